@@ -1,38 +1,53 @@
 """Infinite-width NTK / NNGP kernels in closed form (JAX, jit-compiled), SPEC §2.
 
 Conventions are neural-tangents' (`stax`, parameterization "ntk"): inputs are flattened (fully
-connected) or kept NHWC (convolutional); a Dense/Conv layer maps covariances as
-`K -> W_std**2 * K / fan_in + b_std**2` where the `1 / fan_in` is applied to the input covariance
-(divided by the input dimension) and the NTK follows `Θ -> W_std**2 * Θ' + K_new`.
+connected) or kept NHWC (convolutional); the input covariance is divided by the input dimension
+(channels for Conv), each Dense/Conv maps covariances as `K -> W_std**2 * K + b_std**2` and the NTK as
+`Θ -> W_std**2 * Θ + K_new`; an activation maps `(K, Θ) -> (E[φ(u)φ(v)], Θ · E[φ'(u)φ'(v)])`.
 
-All kernels return numpy float64 arrays by default, computed inside a scoped x64 context, so the
-user's global JAX configuration is untouched. `dtype=np.float32` is faster on GPUs; measured max
-relative error vs float64 on MNIST-like inputs is about 1e-6 (see tests/test_kernels.py).
+Evaluation is tiled: a Gram `K(x1, x2)` is assembled in a numpy array from square tiles whose
+temporaries stay under `max_block_bytes` (default 256 MiB); a symmetric Gram `K(x, x)` only computes
+the tiles on and above the diagonal and mirrors them, so it is exactly symmetric. Entries on the
+diagonal of a symmetric Gram use the closed form at correlation exactly 1 (angle 0), so `K(x_i, x_i)`
+carries no arccos/arcsin cancellation error.
+
+Everything is float64 by default, computed inside a scoped x64 context (`kernelcert._jax.x64_scope`),
+so the user's global JAX configuration is untouched. `dtype=np.float32` is faster on GPUs; its max
+relative error against float64 for FullyConnected(depth=2, W_std=1.4, b_std=0.1) on 2000 MNIST-like
+inputs (uniform [0, 1], d=784) is 1.4e-6 on the NTK Gram (`python -m benchmarks.kernels --quick`,
+column `f32_max_rel_err`). Certificates should use float64.
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-from typing import Callable
+import inspect
+import math
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._jax import x64_scope
+from ._jax import default_device, x64_scope
 from ._validation import as_float_array
 
-_DEFAULT_BLOCK_BYTES = 256 * 2**20
+DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 _ACTIVATIONS = ("relu", "erf")
+_KINDS = ("ntk", "nngp")
 
 
 # --------------------------------------------------------------------------- activations
 def _relu_step(k12, k11, k22, same):
-    """E[relu(u) relu(v)] and E[relu'(u) relu'(v)] for centred Gaussians with covariance [[k11,k12],[k12,k22]]."""
+    """Arc-cosine kernels of ReLU for centred Gaussians with covariance [[k11, k12], [k12, k22]].
+
+    Returns (E[relu(u) relu(v)], E[relu'(u) relu'(v)]) = (sqrt(k11 k22) (sin θ + (π - θ) cos θ) / 2π,
+    (π - θ) / 2π) with cos θ = k12 / sqrt(k11 k22) clipped into [-1, 1] and set to exactly 1 on `same`.
+    """
     norm = jnp.sqrt(k11 * k22)
     cos = jnp.clip(k12 / jnp.where(norm > 0, norm, 1.0), -1.0, 1.0)
-    cos = jnp.where(same, 1.0, cos)  # exact diagonal: the angle of a point with itself is 0
+    cos = jnp.where(same, 1.0, cos)
     theta = jnp.arccos(cos)
     sin = jnp.sqrt(jnp.maximum(1.0 - cos * cos, 0.0))
     k_new = norm * (sin + (jnp.pi - theta) * cos) / (2 * jnp.pi)
@@ -41,38 +56,89 @@ def _relu_step(k12, k11, k22, same):
 
 
 def _erf_step(k12, k11, k22, same):
-    """E[erf(u) erf(v)] and E[erf'(u) erf'(v)]."""
+    """(E[erf(u) erf(v)], E[erf'(u) erf'(v)]) = ((2/π) arcsin(2 k12 / sqrt(p)), (4/π) / sqrt(p - 4 k12²)),
+    p = (1 + 2 k11)(1 + 2 k22); on `same` k12 is set to sqrt(k11 k22) (correlation exactly 1)."""
     prod = (1 + 2 * k11) * (1 + 2 * k22)
     k12 = jnp.where(same, jnp.sqrt(k11 * k22), k12)
     ratio = jnp.clip(2 * k12 / jnp.sqrt(prod), -1.0, 1.0)
     k_new = (2 / jnp.pi) * jnp.arcsin(ratio)
-    k_dot = (4 / jnp.pi) / jnp.sqrt(jnp.maximum(prod - 4 * k12 * k12, 1e-300))
+    # p - 4 k12² >= 1 + 2 k11 + 2 k22 > 0 by Cauchy-Schwarz; the floor only guards rounding.
+    k_dot = (4 / jnp.pi) / jnp.sqrt(jnp.maximum(prod - 4 * k12 * k12, jnp.finfo(prod.dtype).tiny))
     return k_new, k_dot
 
 
-def _relu_diag(k):
+def _relu_var(k):
+    """E[relu(u)²] for u ~ N(0, k)."""
     return k / 2
 
 
-def _erf_diag(k):
+def _erf_var(k):
+    """E[erf(u)²] for u ~ N(0, k)."""
     return (2 / jnp.pi) * jnp.arcsin(2 * k / (1 + 2 * k))
 
 
-_STEP = {"relu": (_relu_step, _relu_diag), "erf": (_erf_step, _erf_diag)}
+_STEP = {"relu": (_relu_step, _relu_var), "erf": (_erf_step, _erf_var)}
+
+
+def _same_mask(n1, n2, offset):
+    """(n1, n2) bool: local column j holds the same point as local row i, i.e. j - i == offset."""
+    return (jnp.arange(n2)[None, :] - jnp.arange(n1)[:, None]) == offset
+
+
+def _check_arch(depth, W_std, b_std, activation, parameterization):
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise ValueError(f"depth must be a non-negative integer (number of hidden layers), got {depth!r}")
+    if not (np.isfinite(W_std) and W_std > 0):
+        raise ValueError(f"W_std must be positive and finite, got {W_std}")
+    if not (np.isfinite(b_std) and b_std >= 0):
+        raise ValueError(f"b_std must be non-negative and finite, got {b_std}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    if parameterization != "ntk":
+        raise ValueError(
+            f"parameterization {parameterization!r} is not supported; only 'ntk' (neural-tangents' default) is "
+            "implemented: with 'standard' the NTK depends on the finite hidden widths (neural-tangents scales each "
+            "layer's NTK term by its input width), so it has no width-free infinite-width form")
+
+
+def _check_kind(kind):
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 'ntk' or 'nngp', got {kind!r}")
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ValueError(f"dtype must be float64 or float32, got {dtype}")
+    return dtype
+
+
+def _check_max_block_bytes(max_block_bytes):
+    if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, (int, np.integer)) or max_block_bytes < 1:
+        raise ValueError(f"max_block_bytes must be a positive integer, got {max_block_bytes!r}")
+    return int(max_block_bytes)
 
 
 # --------------------------------------------------------------------------- base class
 class Kernel(abc.ABC):
-    """Base class: `ntk(x1, x2=None)` / `nngp(x1, x2=None)` -> float64 numpy array (len(x1), len(x2)).
+    """Base class: `ntk(x1, x2=None)` / `nngp(x1, x2=None)` -> numpy array of shape (len(x1), len(x2)).
 
-    Subclasses implement `_prepare(x) -> array` (validation, reshaping) and
-    `_block(x1, x2, same_offset) -> (nngp, ntk)` on jnp arrays, where `same_offset` is the column
-    index of row 0's own point in a symmetric block (or a negative sentinel).
+    `x2=None` means the symmetric Gram `K(x1, x1)` (exactly symmetric, exact diagonal).
+    `block_size` is the side of the square tiles the Gram is computed in (default: the largest that
+    keeps one tile's temporaries under `max_block_bytes`); any value gives the same entries up to
+    floating-point reassociation in the input matmul. `dtype` is float64 (default) or float32.
+
+    Subclasses implement `_prepare(x, name)` (validation, reshaping), `_bytes_per_entry(x, itemsize)`
+    and `_tile(x1, x2, offset, kind)` on jnp arrays of one tile, where local column j holds the same
+    point as local row i iff `j - i == offset`.
     """
 
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
+    _pad_tiles = True  # pad the last tile to the common shape, so the jit compiles one shape per call
+
     def __call__(self, x1, x2=None, *, kind: str = "ntk", block_size: int | None = None, dtype=np.float64):
-        if kind not in ("ntk", "nngp"):
-            raise ValueError(f"kind must be 'ntk' or 'nngp', got {kind!r}")
+        """Same as `ntk` (kind="ntk") or `nngp` (kind="nngp")."""
+        _check_kind(kind)
         return self._evaluate(x1, x2, kind, block_size, dtype)
 
     def ntk(self, x1, x2=None, *, block_size: int | None = None, dtype=np.float64) -> np.ndarray:
@@ -83,108 +149,138 @@ class Kernel(abc.ABC):
         """NNGP kernel K(x1, x2), shape (len(x1), len(x2))."""
         return self._evaluate(x1, x2, "nngp", block_size, dtype)
 
-    # -- internals
+    # -- subclass hooks
     @abc.abstractmethod
-    def _prepare(self, x, name):
-        """Validate and reshape one input array."""
+    def _prepare(self, x, name: str) -> np.ndarray:
+        """Validate and reshape one input array (float64 numpy)."""
 
-    def _block(self, x1, x2, same_offset):
-        """(nngp, ntk) jnp blocks for rows x1 against x2."""
-        raise TypeError(f"{type(self).__name__} does not define a closed-form block")
+    @abc.abstractmethod
+    def _tile(self, x1, x2, offset: int, kind: str):
+        """One (len(x1), len(x2)) tile of the requested kernel."""
 
-    def _bytes_per_entry(self, x) -> int:
-        return 8 * 8
+    def _bytes_per_entry(self, x: np.ndarray, itemsize: int) -> int:
+        return 10 * itemsize
 
-    def default_block_size(self, x1, n2: int, max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> int:
-        """Rows per block so that one block's temporaries stay under `max_block_bytes`."""
-        per_row = max(1, n2 * self._bytes_per_entry(x1))
-        return int(max(1, min(len(x1), max_block_bytes // per_row)))
+    # -- tiling
+    def block_size_for(self, x1, n2: int, dtype=np.float64) -> int:
+        """Side of the square tiles used for `x1` (prepared) against `n2` points under `max_block_bytes`."""
+        itemsize = np.dtype(dtype).itemsize
+        per_entry = max(1, self._bytes_per_entry(x1, itemsize))
+        per_point = itemsize * int(np.prod(x1.shape[1:]))
+        side = max(1, math.isqrt(max(1, self.max_block_bytes // per_entry)))
+        while side > 1 and side * side * per_entry + 2 * side * per_point > self.max_block_bytes:
+            side = max(1, side * 7 // 8)
+        return int(side)
 
-    def _evaluate(self, x1, x2, kind, block_size, dtype):
-        dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-            raise ValueError(f"dtype must be float64 or float32, got {dtype}")
-        symmetric = x2 is None
+    def _tile_shapes(self, a, b, symmetric, block_size, dtype):
+        n1, n2 = len(a), len(b)
+        if block_size is not None:
+            if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+                raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+            return max(1, min(n1, int(block_size))), max(1, min(n2, int(block_size)))
+        side = self.block_size_for(a, n2, dtype)
+        if symmetric:
+            side = max(1, min(n1, side))
+            return side, side
+        rows = max(1, min(n1, side))
+        # few rows (e.g. a handful of test points): widen the tiles instead of making many thin ones
+        per_entry = max(1, self._bytes_per_entry(a, np.dtype(dtype).itemsize))
+        cols = max(side, self.max_block_bytes // (rows * per_entry))
+        return rows, max(1, min(n2, cols))
+
+    def _tiles(self, a: np.ndarray, b: np.ndarray, symmetric: bool, kind: str, block_size, dtype
+               ) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+        """Yield (r0, r1, c0, c1, tile) with tile = K(a[r0:r1], b[c0:c1]) as a numpy array.
+
+        Symmetric: only tiles with c0 >= r0; diagonal tiles are symmetrised (upper triangle mirrored).
+        """
+        rows, cols = self._tile_shapes(a, b, symmetric, block_size, dtype)
+        device = default_device()
+
+        def chunks(x, size):
+            out = []
+            for start in range(0, len(x), size):
+                part = x[start:start + size]
+                if self._pad_tiles and len(part) < size:
+                    part = np.concatenate([part, np.zeros((size - len(part),) + x.shape[1:], x.dtype)])
+                out.append((start, min(len(x), start + size), part))
+            return out
+
+        with x64_scope(dtype):
+            row_chunks = [(s, e, jax.device_put(np.asarray(p, dtype), device)) for s, e, p in chunks(a, rows)]
+            col_chunks = row_chunks if symmetric else [
+                (s, e, jax.device_put(np.asarray(p, dtype), device)) for s, e, p in chunks(b, cols)]
+            for r0, r1, xa in row_chunks:
+                for c0, c1, xb in col_chunks:
+                    if symmetric and c0 < r0:
+                        continue
+                    # same point iff r0 + i == c0 + j; off the diagonal (or non-symmetric) never
+                    offset = r0 - c0 if symmetric else cols
+                    tile = np.asarray(self._tile(xa, xb, offset, kind), dtype=dtype)[: r1 - r0, : c1 - c0]
+                    if symmetric and r0 == c0:
+                        upper = np.triu(tile)
+                        tile = upper + np.triu(tile, 1).T
+                    yield r0, r1, c0, c1, tile
+
+    def _inputs(self, x1, x2):
         a = self._prepare(x1, "x1")
-        b = a if symmetric else self._prepare(x2, "x2")
+        if x2 is None:
+            return a, a, True
+        b = self._prepare(x2, "x2")
         if a.shape[1:] != b.shape[1:]:
             raise ValueError(f"x1 and x2 have different feature shapes {a.shape[1:]} and {b.shape[1:]}")
+        return a, b, False
+
+    def _evaluate(self, x1, x2, kind, block_size, dtype):
+        _check_kind(kind)
+        dtype = _check_dtype(dtype)
+        a, b, symmetric = self._inputs(x1, x2)
         out = np.empty((len(a), len(b)), dtype=dtype)
-        for start, stop, blk in self._blocks(a, b, symmetric, block_size, dtype):
-            out[start:stop] = blk[1 if kind == "ntk" else 0]
+        if out.size == 0:
+            return out
+        for r0, r1, c0, c1, tile in self._tiles(a, b, symmetric, kind, block_size, dtype):
+            out[r0:r1, c0:c1] = tile
+            if symmetric and c0 > r0:
+                out[c0:c1, r0:r1] = tile.T
         return out
-
-    def _blocks(self, a, b, symmetric, block_size, dtype):
-        """Yield (start, stop, (nngp_block, ntk_block)) over row blocks of `a` against all of `b`."""
-        n1 = len(a)
-        if block_size is None:
-            block_size = self.default_block_size(a, len(b))
-        block_size = int(block_size)
-        if block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
-        with x64_scope(dtype):
-            bj = jnp.asarray(b, dtype=dtype)
-            for start in range(0, n1, block_size):
-                stop = min(n1, start + block_size)
-                aj = jnp.asarray(a[start:stop], dtype=dtype)
-                offset = start if symmetric else -(10**12)
-                nngp, ntk = self._block(aj, bj, offset)
-                yield start, stop, (np.asarray(nngp, dtype=dtype), np.asarray(ntk, dtype=dtype))
-
-
-def _same_mask(n1, n2, offset):
-    rows = jnp.arange(n1)[:, None]
-    cols = jnp.arange(n2)[None, :]
-    return (cols - rows) == offset
 
 
 # --------------------------------------------------------------------------- fully connected
-@functools.partial(jax.jit, static_argnames=("depth", "activation"))
-def _fc_block(x1, x2, same_offset, depth, W_std, b_std, activation):
-    step, diag = _STEP[activation]
+@functools.partial(jax.jit, static_argnames=("depth", "activation", "kind"))
+def _fc_tile(x1, x2, offset, W_std, b_std, *, depth, activation, kind):
+    step, var = _STEP[activation]
     d = x1.shape[1]
     w2, b2 = W_std**2, b_std**2
-    k12 = w2 * (x1 @ x2.T) / d + b2
+    same = _same_mask(x1.shape[0], x2.shape[0], offset)
     k11 = w2 * jnp.sum(x1 * x1, axis=1) / d + b2
     k22 = w2 * jnp.sum(x2 * x2, axis=1) / d + b2
-    same = _same_mask(x1.shape[0], x2.shape[0], same_offset)
+    k12 = w2 * (x1 @ x2.T) / d + b2
+    k12 = jnp.where(same, k11[:, None], k12)  # a point with itself: exactly its variance
     ntk = k12
-    for _ in range(depth):
+    for _ in range(depth):  # hidden layer: activation, then Dense
         k_new, k_dot = step(k12, k11[:, None], k22[None, :], same)
         k12 = w2 * k_new + b2
-        ntk = w2 * ntk * k_dot + k12
-        k11 = w2 * diag(k11) + b2
-        k22 = w2 * diag(k22) + b2
-    return k12, ntk
-
-
-def _check_arch(depth, W_std, b_std, activation, parameterization):
-    if int(depth) != depth or depth < 0:
-        raise ValueError(f"depth must be a non-negative integer (number of hidden layers), got {depth}")
-    if not (np.isfinite(W_std) and W_std > 0):
-        raise ValueError(f"W_std must be positive and finite, got {W_std}")
-    if not (np.isfinite(b_std) and b_std >= 0):
-        raise ValueError(f"b_std must be non-negative and finite, got {b_std}")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-    if parameterization != "ntk":
-        raise ValueError(
-            f"parameterization {parameterization!r} is not supported; only 'ntk' (neural-tangents' default) is implemented"
-        )
+        if kind == "ntk":
+            ntk = w2 * ntk * k_dot + k12
+        k11 = w2 * var(k11) + b2
+        k22 = w2 * var(k22) + b2
+    return ntk if kind == "ntk" else k12
 
 
 class FullyConnected(Kernel):
-    """Kernel of `stax.serial(*[Dense(w, W_std, b_std), act] * depth, Dense(1, W_std, b_std))`.
+    """Kernel of `stax.serial(*[Dense(w, W_std, b_std), act] * depth, Dense(1, W_std, b_std))`, w -> ∞.
 
-    `depth` is the number of hidden layers (0 gives the linear kernel W_std² x·x'/d + b_std²).
-    Inputs of any shape are flattened; the input covariance is divided by the input dimension.
+    `depth` is the number of hidden layers (0 gives the linear kernel W_std² x·x'/d + b_std²);
+    `activation` is "relu" (arc-cosine kernels) or "erf". Inputs (N, ...) are flattened to (N, d).
+    Cost: one (n1, d) x (d, n2) matmul plus O(n1 n2 depth) elementwise work, fused in one jit per tile.
     """
 
     def __init__(self, depth: int, W_std: float = 1.0, b_std: float = 0.0, activation: str = "relu",
-                 parameterization: str = "ntk"):
+                 parameterization: str = "ntk", *, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
         _check_arch(depth, W_std, b_std, activation, parameterization)
         self.depth, self.W_std, self.b_std = int(depth), float(W_std), float(b_std)
         self.activation, self.parameterization = activation, parameterization
+        self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
 
     def __repr__(self):
         return (f"FullyConnected(depth={self.depth}, W_std={self.W_std}, b_std={self.b_std}, "
@@ -192,25 +288,25 @@ class FullyConnected(Kernel):
 
     def _prepare(self, x, name):
         x = as_float_array(name, x)
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have shape (N, ...), got {x.shape}")
-        return x.reshape(len(x), -1)
+        if x.ndim < 2 or x.shape[0] == 0 and x.size == 0 and x.ndim < 2:
+            raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
+        x = x.reshape(len(x), -1)
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} has no features (shape {x.shape})")
+        return x
 
-    def _bytes_per_entry(self, x) -> int:
-        return 8 * 10
-
-    def _block(self, x1, x2, same_offset):
-        return _fc_block(x1, x2, same_offset, self.depth, self.W_std, self.b_std, self.activation)
+    def _tile(self, x1, x2, offset, kind):
+        return _fc_tile(x1, x2, offset, self.W_std, self.b_std, depth=self.depth, activation=self.activation,
+                        kind=kind)
 
 
 # --------------------------------------------------------------------------- convolutional
 def _box_mean(k, filter_shape):
-    """SAME-padded mean over a filter window of the trailing two (spatial) axes, zeros outside."""
+    """SAME-padded window mean over the trailing two (spatial) axes, zeros outside (lax SAME padding)."""
     fh, fw = filter_shape
     ph, pw = (fh - 1) // 2, (fw - 1) // 2
-    pad = [(0, 0)] * (k.ndim - 2) + [(ph, fh - 1 - ph), (pw, fw - 1 - pw)]
-    kp = jnp.pad(k, pad)
-    h, w = k.shape[-2], k.shape[-1]
+    kp = jnp.pad(k, [(0, 0)] * (k.ndim - 2) + [(ph, fh - 1 - ph), (pw, fw - 1 - pw)])
+    h, w = k.shape[-2:]
     total = 0.0
     for i in range(fh):
         for j in range(fw):
@@ -218,157 +314,225 @@ def _box_mean(k, filter_shape):
     return total / (fh * fw)
 
 
-@functools.partial(jax.jit, static_argnames=("depth", "activation", "filter_shape"))
-def _conv_block(x1, x2, same_offset, depth, W_std, b_std, activation, filter_shape):
-    # Flatten readout only needs the same-position spatial covariances (n1, n2, H, W): a SAME conv
-    # maps them to the window mean of the previous layer's same-position covariances.
-    step, diag = _STEP[activation]
-    c = x1.shape[-1]
+def _box_mean_pair(k, filter_shape):
+    """Conv of a full spatial covariance (..., H, W, H', W'): both positions shifted by the same offset."""
+    fh, fw = filter_shape
+    ph, pw = (fh - 1) // 2, (fw - 1) // 2
+    pad_h, pad_w = (ph, fh - 1 - ph), (pw, fw - 1 - pw)
+    kp = jnp.pad(k, [(0, 0)] * (k.ndim - 4) + [pad_h, pad_w, pad_h, pad_w])
+    h, w = k.shape[-4:-2]
+    total = 0.0
+    for i in range(fh):
+        for j in range(fw):
+            total = total + kp[..., i:i + h, j:j + w, i:i + h, j:j + w]
+    return total / (fh * fw)
+
+
+@functools.partial(jax.jit, static_argnames=("depth", "activation", "filter_shape", "readout", "kind"))
+def _conv_tile(x1, x2, offset, W_std, b_std, *, depth, activation, filter_shape, readout, kind):
+    step, var = _STEP[activation]
+    n1, n2 = x1.shape[0], x2.shape[0]
+    hgt, wid, chan = x1.shape[1:]
     w2, b2 = W_std**2, b_std**2
-    cov12 = jnp.einsum("ahwc,bhwc->abhw", x1, x2) / c
-    cov11 = jnp.sum(x1 * x1, axis=-1) / c
-    cov22 = jnp.sum(x2 * x2, axis=-1) / c
-    if depth == 0:
-        k_post, theta_post = cov12, jnp.zeros_like(cov12)
+    same_img = _same_mask(n1, n2, offset)
+    # per-image variance maps (N, H, W): they only ever depend on same-position variances
+    v1 = jnp.sum(x1 * x1, axis=-1) / chan
+    v2 = jnp.sum(x2 * x2, axis=-1) / chan
+    if readout == "flatten":
+        # Flatten readout only needs same-position cross-covariances (n1, n2, H, W); a SAME Conv maps them
+        # to the window mean of the previous layer's same-position covariances.
+        cov = jnp.einsum("ahwc,bhwc->abhw", x1, x2) / chan
+        same = same_img[:, :, None, None]
+        conv = functools.partial(_box_mean, filter_shape=filter_shape)
+        expand1, expand2 = (lambda v: v[:, None]), (lambda v: v[None, :])
+        cov = jnp.where(same, v1[:, None], cov)
     else:
-        k12 = w2 * _box_mean(cov12, filter_shape) + b2
-        k11 = w2 * _box_mean(cov11, filter_shape) + b2
-        k22 = w2 * _box_mean(cov22, filter_shape) + b2
+        # GAP readout needs all position pairs: (n1, n2, H, W, H', W').
+        cov = jnp.einsum("ahwc,bxyc->abhwxy", x1, x2) / chan
+        eye = (jnp.arange(hgt)[:, None, None, None] == jnp.arange(hgt)[None, None, :, None]) & \
+              (jnp.arange(wid)[None, :, None, None] == jnp.arange(wid)[None, None, None, :])
+        same = same_img[:, :, None, None, None, None] & eye[None, None]
+        conv = functools.partial(_box_mean_pair, filter_shape=filter_shape)
+        expand1 = lambda v: v[:, None, :, :, None, None]  # noqa: E731
+        expand2 = lambda v: v[None, :, None, None, :, :]  # noqa: E731
+        cov = jnp.where(same, expand1(v1), cov)
+    if depth == 0:
+        k_post, theta_post = cov, jnp.zeros_like(cov)
+    else:
+        k12 = w2 * conv(cov) + b2
+        k11 = w2 * _box_mean(v1, filter_shape) + b2
+        k22 = w2 * _box_mean(v2, filter_shape) + b2
         ntk = k12
-        same = _same_mask(x1.shape[0], x2.shape[0], same_offset)[:, :, None, None]
         for layer in range(depth):
-            k_post, k_dot = step(k12, k11[:, None], k22[None, :], same)
+            k_post, k_dot = step(k12, expand1(k11), expand2(k22), same)
             theta_post = ntk * k_dot
-            if layer < depth - 1:  # next Conv block
-                k11 = w2 * _box_mean(diag(k11), filter_shape) + b2
-                k22 = w2 * _box_mean(diag(k22), filter_shape) + b2
-                k12 = w2 * _box_mean(k_post, filter_shape) + b2
-                ntk = w2 * _box_mean(theta_post, filter_shape) + k12
-    # Flatten + Dense(1): average over positions.
-    k_out = w2 * jnp.mean(k_post, axis=(-2, -1)) + b2
-    ntk_out = w2 * jnp.mean(theta_post, axis=(-2, -1)) + k_out
-    return k_out, ntk_out
+            if layer < depth - 1:  # the next Conv block
+                k12 = w2 * conv(k_post) + b2
+                ntk = w2 * conv(theta_post) + k12
+                k11 = w2 * _box_mean(var(k11), filter_shape) + b2
+                k22 = w2 * _box_mean(var(k22), filter_shape) + b2
+    # Flatten (mean over positions) or global average pooling (mean over position pairs), then Dense(1).
+    spatial = tuple(range(2, k_post.ndim))
+    k_out = w2 * jnp.mean(k_post, axis=spatial) + b2
+    if kind == "nngp":
+        return k_out
+    return w2 * jnp.mean(theta_post, axis=spatial) + k_out
 
 
 class Convolutional(Kernel):
-    """Kernel of `depth` blocks of Conv(filter_shape, 'SAME') + activation, then Flatten and Dense(1).
+    """Kernel of `depth` x [Conv(c, filter_shape, padding='SAME'), act] then a readout and Dense(1), c -> ∞.
 
-    Images are (N, H, W, C). Per pair of images the cost is O(H·W·depth·|filter|); memory per block
-    is about 8·H·W bytes per kernel entry times a small constant. A global-average-pooling readout
-    would need the full (H·W)² spatial covariance per pair and is not offered.
+    Images are (N, H, W, C), stride 1, parameterization "ntk" (neural-tangents' stax.Conv).
+    readout="flatten" (stax.Flatten): tracks the same-position covariances, memory about
+    12·H·W·8 bytes per kernel entry, time O(H·W·|filter|·depth) per pair.
+    readout="gap" (stax.GlobalAvgPool): needs the full covariance over position pairs, memory about
+    12·(H·W)²·8 bytes per kernel entry (e.g. 59 MB per pair for 28x28 images) and time
+    O((H·W)²·|filter|·depth) per pair: only practical for small images or few points.
     """
 
     def __init__(self, depth: int, filter_shape: tuple[int, int] = (3, 3), W_std: float = 1.0, b_std: float = 0.0,
-                 activation: str = "relu", parameterization: str = "ntk", readout: str = "flatten"):
+                 activation: str = "relu", parameterization: str = "ntk", readout: str = "flatten", *,
+                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
         _check_arch(depth, W_std, b_std, activation, parameterization)
-        if readout != "flatten":
-            raise ValueError(f"readout {readout!r} is not supported; use 'flatten' (global average pooling needs "
-                             "the full (H*W)^2 spatial covariance per pair)")
-        fs = tuple(int(f) for f in filter_shape)
+        if readout not in ("flatten", "gap"):
+            raise ValueError(f"readout must be 'flatten' or 'gap', got {readout!r}")
+        try:
+            fs = tuple(int(f) for f in filter_shape)
+        except TypeError:
+            raise ValueError(f"filter_shape must be two positive integers, got {filter_shape!r}") from None
         if len(fs) != 2 or min(fs) < 1:
-            raise ValueError(f"filter_shape must be two positive integers, got {filter_shape}")
+            raise ValueError(f"filter_shape must be two positive integers, got {filter_shape!r}")
         self.depth, self.filter_shape = int(depth), fs
         self.W_std, self.b_std, self.activation = float(W_std), float(b_std), activation
         self.parameterization, self.readout = parameterization, readout
+        self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
 
     def __repr__(self):
         return (f"Convolutional(depth={self.depth}, filter_shape={self.filter_shape}, W_std={self.W_std}, "
-                f"b_std={self.b_std}, activation={self.activation!r})")
+                f"b_std={self.b_std}, activation={self.activation!r}, readout={self.readout!r})")
 
     def _prepare(self, x, name):
         x = as_float_array(name, x)
         if x.ndim != 4:
             raise ValueError(f"{name} must be images of shape (N, H, W, C), got {x.shape}")
+        if min(x.shape[1:]) == 0:
+            raise ValueError(f"{name} has an empty spatial or channel axis (shape {x.shape})")
         return x
 
-    def _bytes_per_entry(self, x) -> int:
-        return 8 * 12 * int(np.prod(x.shape[1:3]))
+    def _bytes_per_entry(self, x, itemsize):
+        positions = int(np.prod(x.shape[1:3]))
+        return 12 * itemsize * (positions if self.readout == "flatten" else positions * positions)
 
-    def _block(self, x1, x2, same_offset):
-        return _conv_block(x1, x2, same_offset, self.depth, self.W_std, self.b_std, self.activation,
-                           self.filter_shape)
+    def _tile(self, x1, x2, offset, kind):
+        return _conv_tile(x1, x2, offset, self.W_std, self.b_std, depth=self.depth, activation=self.activation,
+                          filter_shape=self.filter_shape, readout=self.readout, kind=kind)
 
 
 # --------------------------------------------------------------------------- user kernels
-class CustomKernel(Kernel):
-    """Wrap a user kernel function with the same interface (blocking, dtype, validation).
+def _is_nt_style(fn) -> bool:
+    """True when `fn` can take a third positional argument or has a parameter named `get`."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    if any(p.name == "get" for p in params):
+        return True
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return False  # fn(*args): ambiguous, treat as plain
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3
 
-    `fn` is either a neural-tangents `kernel_fn(x1, x2, get)` (style="nt": called with get="ntk" or
-    "nngp") or a plain `fn(x1, x2) -> array` returning the NTK (style="plain", then `nngp` raises).
-    style="auto" tries the neural-tangents call first and falls back to the plain call on TypeError.
+
+class CustomKernel(Kernel):
+    """Wrap a user kernel function with the same interface (tiling, dtype, validation).
+
+    `fn` is either
+      * style="nt": a neural-tangents `kernel_fn(x1, x2, get)`, called with get="ntk" or "nngp"; the
+        result is an array or an object with `.ntk` / `.nngp` attributes; or
+      * style="plain": `fn(x1, x2) -> array`, the NTK; `nngp` then needs `nngp_fn(x1, x2)`.
+    style="auto" (default) picks "nt" when `fn` has a parameter named `get` or at least three
+    positional parameters, else "plain".
+    Inputs are passed as numpy arrays of the requested dtype (inside the scoped x64 context for
+    float64), one tile at a time; a symmetric Gram evaluates the upper tiles and mirrors them. The
+    function must return finite values of shape (len(x1), len(x2)) or a ValueError is raised.
     """
 
-    def __init__(self, fn: Callable, style: str = "auto", nngp_fn: Callable | None = None):
+    _pad_tiles = False
+
+    def __init__(self, fn: Callable, style: str = "auto", nngp_fn: Callable | None = None, *,
+                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
         if not callable(fn):
-            raise TypeError("fn must be callable")
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if nngp_fn is not None and not callable(nngp_fn):
+            raise TypeError(f"nngp_fn must be callable, got {type(nngp_fn).__name__}")
         if style not in ("auto", "nt", "plain"):
             raise ValueError(f"style must be 'auto', 'nt' or 'plain', got {style!r}")
-        self.fn, self.style, self.nngp_fn = fn, style, nngp_fn
+        self.fn, self.nngp_fn = fn, nngp_fn
+        self.style = ("nt" if _is_nt_style(fn) else "plain") if style == "auto" else style
+        self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
+
+    def __repr__(self):
+        return f"CustomKernel({getattr(self.fn, '__name__', self.fn)!r}, style={self.style!r})"
 
     def _prepare(self, x, name):
         x = as_float_array(name, x)
         if x.ndim < 2:
-            raise ValueError(f"{name} must have shape (N, ...), got {x.shape}")
+            raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
         return x
 
-    def _call(self, x1, x2, get):
-        if self.style in ("auto", "nt"):
-            try:
-                return self.fn(x1, x2, get)
-            except TypeError:
-                if self.style == "nt":
-                    raise
-        if get == "ntk":
-            return self.fn(x1, x2)
-        if self.nngp_fn is None:
-            raise ValueError("this CustomKernel has no NNGP function (pass nngp_fn=...)")
-        return self.nngp_fn(x1, x2)
-
-    def _evaluate(self, x1, x2, kind, block_size, dtype):
-        symmetric = x2 is None
-        a = self._prepare(x1, "x1")
-        b = a if symmetric else self._prepare(x2, "x2")
-        if a.shape[1:] != b.shape[1:]:
-            raise ValueError(f"x1 and x2 have different feature shapes {a.shape[1:]} and {b.shape[1:]}")
-        block_size = block_size or self.default_block_size(a, len(b))
-        out = np.empty((len(a), len(b)), dtype=dtype)
-        with x64_scope(dtype):
-            for start in range(0, len(a), block_size):
-                stop = min(len(a), start + block_size)
-                blk = np.asarray(self._call(jnp.asarray(a[start:stop], dtype), jnp.asarray(b, dtype), kind))
-                if blk.shape != (stop - start, len(b)):
-                    raise ValueError(f"kernel function returned shape {blk.shape}, expected {(stop - start, len(b))}")
-                out[start:stop] = blk
-        if not np.all(np.isfinite(out)):
+    def _tile(self, x1, x2, offset, kind):
+        x1, x2 = np.asarray(x1), np.asarray(x2)
+        if self.style == "nt":
+            res = self.fn(x1, x2, kind)
+            res = getattr(res, kind, res)
+        elif kind == "ntk":
+            res = self.fn(x1, x2)
+        elif self.nngp_fn is None:
+            raise ValueError("this CustomKernel has no NNGP function (pass nngp_fn=... or use an nt-style kernel_fn)")
+        else:
+            res = self.nngp_fn(x1, x2)
+        res = np.asarray(res, dtype=np.float64)
+        if res.shape != (len(x1), len(x2)):
+            raise ValueError(f"kernel function returned shape {res.shape}, expected {(len(x1), len(x2))}")
+        if not np.all(np.isfinite(res)):
             raise ValueError("kernel function returned NaN or infinite values")
-        return out
+        return res
 
 
 # --------------------------------------------------------------------------- streaming reductions
 def row_abs_sums(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> np.ndarray:
-    """`sum_j |K_ij|` for every row of the training Gram K(x, x), computed block by block, shape (n,)."""
-    x = np.asarray(x)
-    block_size = block_size or kernel.default_block_size(x, len(x))
-    sums = np.empty(len(x))
-    for start in range(0, len(x), block_size):
-        stop = min(len(x), start + block_size)
-        blk = kernel(x[start:stop], x, kind=kind, block_size=block_size)
-        if not isinstance(kernel, CustomKernel):
-            # keep the exact diagonal of the symmetric Gram
-            idx = np.arange(start, stop)
-            blk[idx - start, idx] = np.diag(kernel(x[start:stop], kind=kind))
-        sums[start:stop] = np.abs(blk).sum(axis=1)
+    """`sum_j |K_ij|` for every row of the training Gram K = kernel(x, x), shape (n,), float64.
+
+    Streams over the upper tiles of the symmetric Gram (each tile adds its row sums to its rows and,
+    off the diagonal, its column sums to its columns), so memory stays at one tile.
+    """
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"kernel must be a kernelcert Kernel, got {type(kernel).__name__}")
+    _check_kind(kind)
+    a = kernel._prepare(x, "x")
+    sums = np.zeros(len(a))
+    for r0, r1, c0, c1, tile in kernel._tiles(a, a, True, kind, block_size, np.float64):
+        mag = np.abs(tile)
+        sums[r0:r1] += mag.sum(axis=1)
+        if c0 > r0:
+            sums[c0:c1] += mag.sum(axis=0)
     return sums
 
 
 def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> float:
-    """`max_i sum_j |K_ij|` of the training Gram without materialising it (SPEC §2: C_max = 1 / this)."""
-    return float(np.max(row_abs_sums(kernel, x, kind=kind, block_size=block_size)))
+    """Upper bound on `max_i sum_j |K_ij|` of the training Gram, without materialising it (SPEC §2).
+
+    `C_max = 1 / max_abs_row_sum(...)`. The float64 row sums are rounded up by a relative
+    `1e-12 + 4 n eps`, which covers the summation rounding (at most (n - 1) eps relative for
+    non-negative terms) and last-bit differences between tilings, so any C <= 1 / (returned value)
+    satisfies the small-C condition for the Gram this module computes.
+    """
+    sums = row_abs_sums(kernel, x, kind=kind, block_size=block_size)
+    if sums.size == 0:
+        raise ValueError("x is empty")
+    slack = 1e-12 + 4 * len(sums) * np.finfo(np.float64).eps
+    return float(np.nextafter(np.max(sums) * (1.0 + slack), np.inf))
 
 
-def gram(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> np.ndarray:
-    """Symmetric training Gram K(x, x) (float64)."""
-    return kernel(x, kind=kind, block_size=block_size)
-
-
-__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "row_abs_sums", "max_abs_row_sum", "gram"]
+__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "row_abs_sums", "max_abs_row_sum",
+           "DEFAULT_MAX_BLOCK_BYTES"]
