@@ -1,6 +1,13 @@
-"""Shared input checks: every public entry point validates through these, with errors naming the problem."""
+"""Shared input checks: every public entry point validates through these, with errors naming the problem.
+
+All checks return clean copies/views (float64 arrays, int64 labels, Python ints) so callers can use
+the result directly. Bad input raises ValueError (wrong shape, NaN/inf, out-of-range values) or
+TypeError (non-numeric data).
+"""
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -10,6 +17,8 @@ def as_float_array(name: str, a, ndim: int | tuple[int, ...] | None = None, dtyp
     arr = np.asarray(a)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
     arr = arr.astype(dtype, copy=False)
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
@@ -21,11 +30,43 @@ def as_float_array(name: str, a, ndim: int | tuple[int, ...] | None = None, dtyp
     return arr
 
 
-def check_labels(name: str, y, num_classes: int | None = None) -> tuple[np.ndarray, int]:
-    """Integer labels in 0..K-1 as int64 and the number of classes K (>= 2)."""
+def check_finite(name: str, a, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Float64 array with every entry finite (alias of `as_float_array` with float64)."""
+    return as_float_array(name, a, ndim=ndim, dtype=np.float64)
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A Python int (integral floats accepted, bools rejected) within [minimum, maximum]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not np.isfinite(value) or float(value) != int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+    """A real number > 0 (>= 0 with allow_zero; +inf only with allow_inf) as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if np.isnan(value) or (np.isinf(value) and not (allow_inf and value > 0)):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def _check_labels(name: str, y, num_classes) -> tuple[np.ndarray, int]:
     arr = np.asarray(y)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype == bool or arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
@@ -35,23 +76,78 @@ def check_labels(name: str, y, num_classes: int | None = None) -> tuple[np.ndarr
     top = int(arr.max()) + 1 if arr.size else 0
     if num_classes is None:
         num_classes = max(top, 2)
-    num_classes = int(num_classes)
+    num_classes = check_int("num_classes", num_classes)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if top > num_classes:
-        raise ValueError(f"{name} contains label {top - 1} but num_classes={num_classes} (labels must be in 0..{num_classes - 1})")
+        raise ValueError(
+            f"{name} contains label {top - 1} but num_classes={num_classes} (labels must be in 0..{num_classes - 1})"
+        )
     return arr, num_classes
 
 
-def check_gram(name: str, K, rtol: float = 1e-8) -> np.ndarray:
-    """A finite, square, symmetric (within rtol of its largest entry) float64 matrix."""
+def check_labels(*args, num_classes=None, name: str = "labels") -> tuple[np.ndarray, int]:
+    """Integer labels in 0..K-1 as int64 and the number of classes K (>= 2, >= max label + 1).
+
+    Call as `check_labels(y, num_classes=None, name="labels")` or, equivalently,
+    `check_labels(name, y, num_classes=None)`. `num_classes=None` infers `max(max label + 1, 2)`.
+    Float labels are accepted only when they hold integral values.
+    """
+    if args and isinstance(args[0], str):
+        if len(args) < 2 or len(args) > 3:
+            raise TypeError("check_labels(name, y, num_classes=None) takes 2 or 3 positional arguments")
+        name, y = args[0], args[1]
+        if len(args) == 3:
+            num_classes = args[2]
+    else:
+        if len(args) < 1 or len(args) > 2:
+            raise TypeError("check_labels(y, num_classes=None) takes 1 or 2 positional arguments")
+        y = args[0]
+        if len(args) == 2:
+            num_classes = args[1]
+    return _check_labels(name, y, num_classes)
+
+
+def check_gram(*args, name: str = "K_train", rtol: float = 1e-8) -> np.ndarray:
+    """A finite, square float64 matrix, symmetric within `rtol` times its largest |entry|.
+
+    Call as `check_gram(K, name="K_train", rtol=1e-8)` or `check_gram(name, K, rtol=1e-8)`.
+    Returns the matrix as given (not symmetrised); positive semidefiniteness is not checked here.
+    """
+    if args and isinstance(args[0], str):
+        if len(args) < 2 or len(args) > 3:
+            raise TypeError("check_gram(name, K, rtol=1e-8) takes 2 or 3 positional arguments")
+        name, K = args[0], args[1]
+        if len(args) == 3:
+            rtol = args[2]
+    else:
+        if len(args) != 1:
+            raise TypeError("check_gram(K) takes exactly one positional argument")
+        K = args[0]
     K = as_float_array(name, K, ndim=2)
     if K.shape[0] != K.shape[1]:
         raise ValueError(f"{name} must be square, got shape {K.shape}")
-    scale = float(np.max(np.abs(K))) if K.size else 0.0
-    if K.size and np.max(np.abs(K - K.T)) > rtol * max(scale, 1e-300):
-        raise ValueError(f"{name} is not symmetric (max |K - K.T| = {np.max(np.abs(K - K.T)):.3g})")
+    if K.shape[0] == 0:
+        raise ValueError(f"{name} is empty (no training samples)")
+    scale = float(np.max(np.abs(K)))
+    asym = float(np.max(np.abs(K - K.T)))
+    if asym > rtol * max(scale, 1e-300):
+        raise ValueError(f"{name} is not symmetric (max |K - K.T| = {asym:.3g}, largest |entry| = {scale:.3g})")
     return K
+
+
+def check_same_length(**arrays) -> int:
+    """All arguments have the same length (first axis; ints are taken as lengths); returns it.
+
+    Example: `check_same_length(K_train=K, labels=y)`.
+    """
+    if not arrays:
+        raise TypeError("check_same_length needs at least one named array")
+    lengths = {k: (int(v) if isinstance(v, (int, np.integer)) else len(v)) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        desc = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+        raise ValueError(f"length mismatch: {desc}")
+    return next(iter(lengths.values()))
 
 
 def check_columns(name: str, a: np.ndarray, expected: int, what: str = "training samples") -> None:
@@ -60,6 +156,28 @@ def check_columns(name: str, a: np.ndarray, expected: int, what: str = "training
         raise ValueError(f"{name} has {a.shape[1]} columns but the model has {expected} {what}")
 
 
+def check_weights(weights, num_train: int | None = None, *, name: str = "weights") -> np.ndarray:
+    """Label weights as a finite float64 (t, n) array; n must equal `num_train` when given."""
+    W = as_float_array(name, weights, ndim=2)
+    if num_train is not None:
+        check_columns(name, W, num_train, what="training labels")
+    return W
+
+
 def argmax_smallest(scores: np.ndarray) -> np.ndarray:
     """Argmax over the last axis with ties to the smaller index (numpy's argmax already does this)."""
     return np.argmax(scores, axis=-1)
+
+
+__all__ = [
+    "as_float_array",
+    "check_finite",
+    "check_int",
+    "check_positive",
+    "check_labels",
+    "check_gram",
+    "check_same_length",
+    "check_columns",
+    "check_weights",
+    "argmax_smallest",
+]

@@ -288,9 +288,9 @@ class FullyConnected(Kernel):
 
     def _prepare(self, x, name):
         x = as_float_array(name, x)
-        if x.ndim < 2 or x.shape[0] == 0 and x.size == 0 and x.ndim < 2:
+        if x.ndim < 2:
             raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
-        x = x.reshape(len(x), -1)
+        x = x.reshape(len(x), int(np.prod(x.shape[1:])))
         if x.shape[1] == 0:
             raise ValueError(f"{name} has no features (shape {x.shape})")
         return x
