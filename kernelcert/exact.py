@@ -1,193 +1,452 @@
-"""Exact references for small problems: brute force, MILPs (cvxpy + HiGHS), and the LabelCert SVM MILP.
+"""Exact references for small problems: brute-force enumeration, MILPs (cvxpy + HiGHS), LabelCert.
 
-These are the independent oracles of the test suite and benchmarks; they are exponential or
-mixed-integer and meant for n up to about 12 (brute force) or a few dozen to a hundred (MILPs).
+These are the independent oracles of the test suite and benchmarks, offered to users for small
+instances: enumeration is exponential (n up to about 12 with K <= 3), the MILPs are worst-case
+exponential (tens of training samples).
+
+Radius convention (SPEC §1): radius = (fewest flips that change the prediction) - 1. When no
+relabelling within the budget `max_flips` changes the prediction the radius is reported as the
+budget itself (`max_flips`, or n when there is no budget: flipping every label cannot change it).
+Per-class costs are `inf` when the class cannot be reached within the budget.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ._validation import as_float_array, check_gram, check_labels
+from ._validation import as_float_array, check_columns, check_gram, check_int, check_labels, check_same_length
+
+_MAX_LABELLINGS = 20_000_000
+_CHUNK = 1 << 15
+_HIGHS_OPTS = {
+    "mip_rel_gap": 0.0,
+    "mip_abs_gap": 1e-9,
+    "primal_feasibility_tolerance": 1e-9,
+    "mip_feasibility_tolerance": 1e-9,
+}
 
 
+# --------------------------------------------------------------------------- brute force
 @dataclass(frozen=True)
 class BruteForceResult:
-    """radius (t,) (max_flips when nothing within the budget changes the prediction) and class_costs (t, K)."""
+    """Enumeration result. prediction (t,) int64 on the clean labels; radius (t,) int64 (the budget
+    `max_flips` where nothing within it changes the prediction); class_costs (t, K) float64, the fewest
+    flips after which the prediction is c (0 at the prediction, inf if not reachable within the budget);
+    max_flips, the budget used (n when none was given). Unpacks as `radius, class_costs = result`.
+    """
 
+    prediction: np.ndarray
     radius: np.ndarray
     class_costs: np.ndarray
+    max_flips: int
+
+    def __iter__(self):
+        return iter((self.radius, self.class_costs))
 
 
-def _all_labellings(labels, num_classes, max_flips):
-    n = len(labels)
-    if num_classes ** n > 2_000_000:
-        raise ValueError(f"brute force over {num_classes}^{n} labellings is too large (n <= ~12 for K <= 3)")
-    grid = np.array(list(itertools.product(range(num_classes), repeat=n)), dtype=np.int64).reshape(-1, n)
-    dist = (grid != labels).sum(axis=1)
-    keep = dist <= max_flips
-    return grid[keep], dist[keep]
+def _budget(max_flips, n: int) -> int:
+    if max_flips is None:
+        return n
+    return min(check_int("max_flips", max_flips, minimum=0), n)
 
 
-def _from_predictions(preds, dist, base_pred, num_classes, max_flips):
-    """preds (L, t) predictions per labelling; dist (L,) Hamming distances."""
-    t = preds.shape[1]
-    costs = np.full((t, num_classes), np.inf)
-    for c in range(num_classes):
-        hit = preds == c
-        d = np.where(hit, dist[:, None], np.iinfo(np.int64).max)
-        m = d.min(axis=0)
-        costs[:, c] = np.where(m < np.iinfo(np.int64).max, m, np.inf)
-    changed = preds != base_pred[None, :]
-    d = np.where(changed, dist[:, None], np.iinfo(np.int64).max).min(axis=0)
-    radius = np.where(d < np.iinfo(np.int64).max, d - 1, max_flips).astype(np.int64)
-    return BruteForceResult(radius=radius, class_costs=costs)
+def _count_labellings(n: int, K: int, budget: int) -> int:
+    return sum(math.comb(n, d) * (K - 1) ** d for d in range(budget + 1))
+
+
+def _labellings_by_distance(y: np.ndarray, K: int, budget: int, chunk: int = _CHUNK):
+    """Yield (d, L): blocks L (m, n) of all relabellings of y at Hamming distance d = 0..budget."""
+    n = len(y)
+    yield 0, y[None, :].copy()
+    for d in range(1, budget + 1):
+        offsets = np.array(list(itertools.product(range(1, K), repeat=d)), dtype=np.int64)  # (no, d)
+        per = max(1, chunk // len(offsets))
+        combos = itertools.combinations(range(n), d)
+        while True:
+            cmb = np.array(list(itertools.islice(combos, per)), dtype=np.int64).reshape(-1, d)
+            if cmb.shape[0] == 0:
+                break
+            pos = np.repeat(cmb, len(offsets), axis=0)
+            off = np.tile(offsets, (cmb.shape[0], 1))
+            L = np.tile(y, (pos.shape[0], 1))
+            L[np.arange(pos.shape[0])[:, None], pos] = (y[pos] + off) % K
+            yield d, L
+
+
+def _check_enumerable(n: int, K: int, budget: int) -> None:
+    total = _count_labellings(n, K, budget)
+    if total > _MAX_LABELLINGS:
+        raise ValueError(
+            f"brute force would enumerate {total} relabellings (n={n}, K={K}, max_flips={budget}); "
+            f"the limit is {_MAX_LABELLINGS}: use a smaller problem or a smaller max_flips"
+        )
+
+
+def _finish(prediction: np.ndarray, class_costs: np.ndarray, budget: int) -> BruteForceResult:
+    t = len(prediction)
+    other = class_costs.copy()
+    other[np.arange(t), prediction] = np.inf
+    best = other.min(axis=1)
+    radius = np.where(np.isfinite(best), best - 1, budget).astype(np.int64)
+    return BruteForceResult(prediction=prediction.astype(np.int64), radius=radius, class_costs=class_costs,
+                            max_flips=budget)
 
 
 def brute_force_certificate(weights, labels, num_classes=None, max_flips: int | None = None) -> BruteForceResult:
-    """Enumerate every relabelling (within max_flips) of a label-linear model with weights W (t, n)."""
-    w = as_float_array("weights", weights, ndim=2)
-    y, K = check_labels("labels", labels, num_classes)
-    if w.shape[1] != len(y):
-        raise ValueError(f"weights have {w.shape[1]} columns but there are {len(y)} labels")
-    max_flips = len(y) if max_flips is None else int(max_flips)
-    grid, dist = _all_labellings(y, K, max_flips)
-    onehot = np.eye(K)[grid]  # (L, n, K)
-    scores = np.einsum("tn,lnk->ltk", w, onehot)
-    preds = np.argmax(scores, axis=2)
-    base = np.argmax(w @ np.eye(K)[y], axis=1)
-    return _from_predictions(preds, dist, base, K, max_flips)
+    """Exact certificate of a label-linear model by enumerating every relabelling within `max_flips`.
+
+    weights W (t, n), labels (n,) in 0..K-1. Each relabelling y' gets scores `W @ onehot(y')`
+    (t, K) and prediction argmax with ties to the smaller index. Vectorised over blocks of
+    relabellings in order of increasing Hamming distance; at most 2e7 relabellings
+    (sum_d C(n, d)(K-1)^d), i.e. n up to about 12 for K = 3 without a budget.
+    """
+    W = as_float_array("weights", weights, ndim=2)
+    y, K = check_labels(labels, num_classes, name="labels")
+    check_columns("weights", W, len(y), what="training labels")
+    t, n = W.shape
+    budget = _budget(max_flips, n)
+    _check_enumerable(n, K, budget)
+    classes = np.arange(K)
+    costs = np.full((t, K), np.inf)
+    prediction = None
+    for d, L in _labellings_by_distance(y, K, budget):
+        m = L.shape[0]
+        onehot = (L[:, :, None] == classes).astype(np.float64)  # (m, n, K)
+        scores = (W @ onehot.transpose(1, 0, 2).reshape(n, m * K)).reshape(t, m, K)
+        pred = np.argmax(scores, axis=2)  # (t, m)
+        if d == 0:
+            prediction = pred[:, 0]
+        seen = (pred[:, :, None] == classes).any(axis=1)  # (t, K)
+        costs = np.where(seen & np.isinf(costs), float(d), costs)
+    return _finish(prediction, costs, budget)
 
 
 def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels, num_classes=None,
                         max_flips: int | None = None) -> BruteForceResult:
-    """Model-independent oracle: `fit_predict(labels) -> predictions (t,)` retrains from scratch per labelling."""
-    y, K = check_labels("labels", labels, num_classes)
-    max_flips = len(y) if max_flips is None else int(max_flips)
-    grid, dist = _all_labellings(y, K, max_flips)
-    preds = np.stack([np.asarray(fit_predict(g)) for g in grid])
-    base = np.asarray(fit_predict(y))
-    return _from_predictions(preds, dist, base, K, max_flips)
+    """Model-independent oracle: retrain from scratch on every relabelling within `max_flips`.
 
-
-def milp_class_costs(weights, labels, num_classes=None, targets=None) -> np.ndarray:
-    """Exact A_c (t, K): fewest flips after which the prediction is c, by a MILP per (test point, class).
-
-    Strict inequalities of the tie rule (s_c > s_k for k < c) use a margin of 1e-9 * sum|w|; ties
-    for k > c are allowed (s_c >= s_k). Every optimum is re-checked by recomputing the scores.
+    `fit_predict(labels (n,)) -> predictions (t,)` trains the real learner on the given labels and
+    predicts the test points. Called once per relabelling (in order of increasing Hamming
+    distance), so keep n and the budget tiny. Same result fields and conventions as
+    `brute_force_certificate`.
     """
+    if not callable(fit_predict):
+        raise TypeError("fit_predict must be callable: fit_predict(labels) -> predictions (t,)")
+    y, K = check_labels(labels, num_classes, name="labels")
+    n = len(y)
+    budget = _budget(max_flips, n)
+    _check_enumerable(n, K, budget)
+    costs = None
+    prediction = None
+    for d, L in _labellings_by_distance(y, K, budget):
+        for row in L:
+            pred = np.asarray(fit_predict(row.copy()))
+            if pred.ndim != 1 or not np.issubdtype(pred.dtype, np.integer) or pred.min(initial=0) < 0 \
+                    or pred.max(initial=0) >= K:
+                raise ValueError(f"fit_predict must return a 1-D integer array of classes in 0..{K - 1}, got {pred!r}")
+            if costs is None:
+                costs = np.full((len(pred), K), np.inf)
+                prediction = pred.astype(np.int64)
+            elif len(pred) != costs.shape[0]:
+                raise ValueError(f"fit_predict returned {len(pred)} predictions, earlier {costs.shape[0]}")
+            hit = np.isinf(costs[np.arange(len(pred)), pred])
+            costs[np.arange(len(pred))[hit], pred[hit]] = float(d)
+    return _finish(prediction, costs, budget)
+
+
+# --------------------------------------------------------------------------- MILP helpers
+def _solve_highs(prob, time_limit: float | None) -> str:
     import cvxpy as cp
 
-    w = as_float_array("weights", weights, ndim=2)
-    y, K = check_labels("labels", labels, num_classes)
-    t, n = w.shape
-    base = np.argmax(w @ np.eye(K)[y], axis=1)
-    out = np.full((t, K), np.inf)
-    targets = range(K) if targets is None else targets
-    for i in range(t):
-        eps = 1e-9 * np.abs(w[i]).sum()
-        for c in targets:
-            if c == base[i]:
-                out[i, c] = 0.0
-                continue
-            z = cp.Variable((n, K), boolean=True)
-            s = w[i] @ z
-            cons = [cp.sum(z, axis=1) == 1]
-            cons += [s[c] >= s[k] + (eps if k < c else 0.0) for k in range(K) if k != c]
-            prob = cp.Problem(cp.Minimize(n - cp.sum(z[np.arange(n), y])), cons)
-            prob.solve(solver=cp.HIGHS)
-            if prob.status in ("infeasible", "infeasible_inaccurate"):
-                continue
-            if z.value is None:
-                raise RuntimeError(f"MILP failed for test point {i}, class {c}: {prob.status}")
-            y2 = np.argmax(z.value, axis=1)
-            if np.argmax(w[i] @ np.eye(K)[y2]) != c:
-                raise RuntimeError(f"MILP solution for test point {i}, class {c} does not verify")
-            out[i, c] = float((y2 != y).sum())
+    opts = dict(_HIGHS_OPTS)
+    if time_limit is not None:
+        opts["time_limit"] = float(time_limit)
+    try:
+        prob.solve(solver=cp.HIGHS, **opts)
+    except cp.error.SolverError as exc:  # pragma: no cover - solver failure is reported, never hidden
+        return f"solver_error: {exc}"
+    return prob.status
+
+
+def _dual_bound(prob) -> float:
+    """HiGHS's proven lower bound on the optimum (MILP dual bound), -inf if unavailable."""
+    info = getattr(prob.solver_stats, "extra_stats", None)
+    bound = getattr(info, "mip_dual_bound", None)
+    return float(bound) if bound is not None and np.isfinite(bound) else -np.inf
+
+
+def _rows_scale(v: np.ndarray) -> np.ndarray:
+    """v / max|v| (v itself when it is all zeros)."""
+    s = float(np.max(np.abs(v))) if v.size else 0.0
+    return v / s if s > 0 else v
+
+
+# --------------------------------------------------------------------------- exact A_c by MILP
+def _class_cost_problem(n: int, K: int, c: int):
+    import cvxpy as cp
+
+    w = cp.Parameter(n)
+    cost = cp.Parameter((n, K), nonneg=True)  # 1 - onehot(y)
+    marg = cp.Parameter(K)
+    z = cp.Variable((n, K), boolean=True)
+    cons = [cp.sum(z, axis=1) == 1]
+    cons += [w @ (z[:, c] - z[:, k]) >= marg[k] for k in range(K) if k != c]
+    prob = cp.Problem(cp.Minimize(cp.sum(cp.multiply(cost, z))), cons)
+    return prob, w, cost, marg, z
+
+
+def milp_class_costs(weights, labels, num_classes=None, targets=None, *, margin: float = 1e-6,
+                     time_limit: float | None = None) -> np.ndarray:
+    """Exact per-class costs A_c (t, K) of a label-linear model by one MILP per (test point, class).
+
+    A_c = fewest flips after which the prediction IS c: binary one-hot new labels z (n, K),
+    minimise sum_j (1 - z[j, y_j]) subject to s_c > s_k for k < c and s_c >= s_k for k > c
+    (tie rule), with s = w_i @ z. Weights are scaled to max |w_i| = 1 and the strict inequalities
+    use `margin` (relative to max |w_ij|): the MILP is exact except that a labelling whose deciding
+    score gap is a positive number below the margin counts as a tie. Every optimum is re-checked by
+    recomputing the float scores; if the check fails the MILP is re-solved with margins on every
+    inequality, and a RuntimeError is raised if that does not verify either, or when `time_limit`
+    (seconds per MILP) stops the solver before optimality. 0 at the prediction, inf if c cannot
+    win, NaN for classes not in `targets` (None = all classes).
+    """
+    W = as_float_array("weights", weights, ndim=2)
+    y, K = check_labels(labels, num_classes, name="labels")
+    check_columns("weights", W, len(y), what="training labels")
+    if not (np.isfinite(margin) and 0 < margin < 1e-2):
+        raise ValueError(f"margin must be in (0, 1e-2), got {margin}")
+    if targets is None:
+        targets = list(range(K))
+    else:
+        targets = sorted({check_int("target", c, minimum=0, maximum=K - 1) for c in np.atleast_1d(targets)})
+    t, n = W.shape
+    Y = (y[:, None] == np.arange(K)).astype(np.float64)
+    pred = np.argmax(W @ Y, axis=1)
+    out = np.full((t, K), np.nan)
+    out[np.arange(t), pred] = 0.0
+    problems = {}
+    for c in targets:
+        rows = np.flatnonzero(pred != c)
+        if rows.size == 0:
+            continue
+        if c not in problems:
+            problems[c] = _class_cost_problem(n, K, c)
+        prob, w_par, cost_par, marg_par, z = problems[c]
+        cost_par.value = 1.0 - Y
+        for i in rows:
+            wi = _rows_scale(W[i])
+            w_par.value = wi
+            found = None
+            for extra in (0.0, margin):
+                marg_par.value = np.array([(margin if k < c else 0.0) + extra for k in range(K)])
+                status = _solve_highs(prob, time_limit)
+                if status == "infeasible" and extra == 0.0:
+                    found = np.inf
+                    break
+                if status != "optimal":
+                    raise RuntimeError(f"MILP for test point {i}, class {c} ended with status {status!r}"
+                                       + (" (time limit)" if status == "user_limit" else ""))
+                y2 = np.argmax(np.asarray(z.value), axis=1)
+                if int(np.argmax(W[i] @ np.eye(K)[y2])) == c:
+                    found = float(np.count_nonzero(y2 != y))
+                    break
+            if found is None:
+                raise RuntimeError(f"MILP solution for test point {i}, class {c} does not verify even with margins")
+            out[i, c] = found
     return out
 
 
+# --------------------------------------------------------------------------- LabelCert SVM MILP
 @dataclass(frozen=True)
 class LabelCertResult:
-    """radius (t,) from the LabelCert MILP, the attack sizes and the solver status per test point."""
+    """LabelCert result per test point.
 
+    prediction (t,) int64 of the SVM trained on the clean labels; radius (t,) int64: exact where
+    `exact` is True, otherwise a sound lower bound; radius_upper (t,) int64: an upper bound backed by
+    a verified attack (the budget when no attack was verified); exact (t,) bool; attacks: per point
+    the verified attacked labels (n,) of size radius_upper + 1, or None; status: solver status per
+    point; max_flips (budget used, n when none), C and C_max. `np.asarray(result)` is the radius.
+    """
+
+    prediction: np.ndarray
     radius: np.ndarray
-    attack_size: np.ndarray
+    radius_upper: np.ndarray
+    exact: np.ndarray
+    attacks: tuple
     status: tuple
+    max_flips: int
+    C: float
+    C_max: float
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.radius, dtype=dtype)
 
 
-def labelcert_svm_milp(K_train, labels, K_test_train, C: float, num_classes=None, max_flips: int | None = None,
-                       time_limit: float | None = None) -> LabelCertResult:
-    """Exact radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, anchors.md §4).
+def _labelcert_problem(K_train: np.ndarray, y: np.ndarray, C: float, K: int, p: int, budget: int):
+    """Single-level MILP of the attack on a no-bias one-vs-rest SVM whose clean prediction is p.
 
-    The bilevel problem (attacker picks labels, the SVM dual is solved on them) becomes one MILP per
-    test point through the KKT conditions of each class's dual with big-M complementarity:
-    g_i - u_i + v_i = 1 with g_i = y_i sum_j K_ij y_j a_j, u_i a_i = 0, v_i (C - a_i) = 0, where
-    the bilinear terms y*a and y*h are linearised exactly (McCormick with binary y). The objective
-    minimises the number of flips subject to some class c beating the clean prediction p (ties
-    allowed: attacker-favourable, so the radius can only be smaller). radius = optimum - 1
-    (max_flips, or n, when no attack exists within the budget). Raises if the solver does not
-    prove optimality within time_limit.
+    Per binary problem k (one for K = 2): scaled duals a = alpha / C in [0, 1]; labels
+    y^k_j = 2 Z[j, k] - 1 from the shared one-hot Z; z = y^k * a and R_ij = y^k_i z_j linearised
+    exactly (McCormick with binary Z); KKT of the dual (anchors §4):
+    C sum_j K_ij R_ij - u_i + v_i = 1, u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the tight
+    M_u,i = max(0, C sum_j |K_ij| - 1), M_v,i = C sum_j |K_ij| + 1. Logits (scaled by 1/C and by
+    the test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); a binary selector picks the class c
+    that beats p: f_c - f_p >= marg_c, relaxed by a big-M when not selected.
     """
     import cvxpy as cp
 
+    n = len(y)
+    Y = (y[:, None] == np.arange(K)).astype(np.float64)
+    row_abs = np.abs(K_train).sum(axis=1)
+    Mu = np.maximum(0.0, C * row_abs - 1.0)
+    Mv = C * row_abs + 1.0
+    Z = cp.Variable((n, K), boolean=True)
+    flips = cp.sum(cp.multiply(1.0 - Y, Z))
+    cons = [cp.sum(Z, axis=1) == 1, flips <= budget]
+    ones_row, ones_col = np.ones((1, n)), np.ones((n, 1))
+    zs = []
+    for k in range(1 if K == 2 else K):
+        b = Z[:, k]
+        a = cp.Variable(n)
+        w = cp.Variable(n)  # b * a
+        q = cp.Variable((n, n))  # b_i * z_j
+        u = cp.Variable(n, nonneg=True)
+        v = cp.Variable(n, nonneg=True)
+        s = cp.Variable(n, boolean=True)
+        tt = cp.Variable(n, boolean=True)
+        z = 2 * w - a
+        Bm = cp.reshape(b, (n, 1), order="C") @ ones_row
+        Zm = ones_col @ cp.reshape(z, (1, n), order="C")
+        R = 2 * q - Zm
+        cons += [
+            a >= 0, a <= 1,
+            w >= 0, w <= b, w <= a, w >= a - (1 - b),
+            q <= Bm, q >= -Bm, q <= Zm + (1 - Bm), q >= Zm - (1 - Bm),
+            C * cp.sum(cp.multiply(K_train, R), axis=1) - u + v == 1,
+            u <= cp.multiply(Mu, s), a <= 1 - s,
+            v <= cp.multiply(Mv, tt), a >= tt,
+        ]
+        zs.append(z)
+    kx = cp.Parameter(n)
+    bigm = cp.Parameter(nonneg=True)
+    marg = cp.Parameter(K)
+    logits = [kx @ z for z in zs]
+    if K == 2:
+        logits = [logits[0], -logits[0]]
+    sel = cp.Variable(K, boolean=True)
+    cons += [cp.sum(sel) == 1, sel[p] == 0]
+    cons += [logits[c] - logits[p] >= marg[c] - bigm * (1 - sel[c]) for c in range(K) if c != p]
+    prob = cp.Problem(cp.Minimize(flips), cons)
+    return prob, kx, bigm, marg, Z
+
+
+def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
+                       max_flips: int | None = None, *, time_limit: float | None = None,
+                       margin: float = 1e-6) -> LabelCertResult:
+    """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, anchors §4).
+
+    K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
+    test point minimises the number of flips subject to "the retrained SVM's prediction differs from
+    the clean prediction p", the SVM being encoded exactly by the KKT conditions of every class's
+    dual (see `_labelcert_problem`; cvxpy + HiGHS, n up to a few dozen).
+
+    Soundness: the first MILP treats ties as successful attacks for every class, so its optimum m0
+    is a lower bound on the true attack size. Its attack is re-checked by retraining the SVM (QP) on
+    the attacked labels; if it does not change the prediction (a tie or a solver tolerance), the
+    MILP is re-solved with strict margins (`margin`, relative to the test row's largest kernel
+    entry). The radius is exact (m0 - 1) when a verified attack of size m0 exists, else the result
+    is flagged `exact=False` with radius = m0 - 1 (sound lower bound) and radius_upper from the best
+    verified attack. When `time_limit` (seconds per MILP) stops the solver, the radius is the
+    solver's proven bound minus one (flagged non-exact). Budget: `max_flips` (radius = budget when
+    nothing within it changes the prediction).
+    """
     from .learners import KernelSVM
 
-    Kt = check_gram("K_train", K_train)
-    y, K = check_labels("labels", labels, num_classes)
+    Kt = check_gram(K_train, name="K_train")
+    Kt = 0.5 * (Kt + Kt.T)
+    y, K = check_labels(labels, num_classes, name="labels")
+    check_same_length(K_train=Kt, labels=y)
     Kx = as_float_array("K_test_train", K_test_train, ndim=2)
-    n = len(y)
-    if Kx.shape[1] != n or Kt.shape[0] != n:
-        raise ValueError("K_train, labels and K_test_train sizes do not match")
-    max_flips = n if max_flips is None else int(max_flips)
-    base = KernelSVM(C).fit(Kt, y, K).predict(Kx)
-    H = C * np.abs(Kt).sum(axis=1)  # |h_i| <= H_i
-    Mu = np.maximum(0.0, H - 1.0)
-    Mv = H + 1.0
-    radius, sizes, status = np.empty(len(Kx), np.int64), np.full(len(Kx), np.inf), []
-    for i in range(len(Kx)):
-        p = int(base[i])
-        b = cp.Variable((n, K), boolean=True)
-        cons = [cp.sum(b, axis=1) == 1]
-        F = C * np.abs(Kx[i]).sum()
-        outputs = []
-        for k in range(K):
-            a = cp.Variable(n)
-            q = cp.Variable(n)  # q = b_k * a
-            wv = cp.Variable(n)  # wv = b_k * h
-            u = cp.Variable(n, nonneg=True)
-            v = cp.Variable(n, nonneg=True)
-            s = cp.Variable(n, boolean=True)
-            tt = cp.Variable(n, boolean=True)
-            bk = b[:, k]
-            z = 2 * q - a  # y_j a_j
-            h = Kt @ z
-            g = 2 * wv - h  # y_i h_i
-            cons += [a >= 0, a <= C, q >= 0, q <= C * bk, q <= a, q >= a - C * (1 - bk),
-                     wv <= cp.multiply(H, bk), wv >= -cp.multiply(H, bk),
-                     wv <= h + cp.multiply(H, 1 - bk), wv >= h - cp.multiply(H, 1 - bk),
-                     g - u + v == 1,
-                     u <= cp.multiply(Mu, s), a <= C * (1 - s),
-                     v <= cp.multiply(Mv, tt), C - a <= C * (1 - tt)]
-            outputs.append(Kx[i] @ z)
-        sel = cp.Variable(K, boolean=True)
-        cons += [cp.sum(sel) == 1, sel[p] == 0]
-        cons += [outputs[c] - outputs[p] >= -2 * F * (1 - sel[c]) for c in range(K) if c != p]
-        flips = n - cp.sum(b[np.arange(n), y])
-        cons += [flips <= max_flips]
-        prob = cp.Problem(cp.Minimize(flips), cons)
-        opts = {} if time_limit is None else {"time_limit": float(time_limit)}
-        prob.solve(solver=cp.HIGHS, **opts)
-        status.append(prob.status)
-        if prob.status in ("infeasible", "infeasible_inaccurate"):
-            radius[i] = max_flips
-        elif prob.status == "optimal":
-            sizes[i] = round(prob.value)
-            radius[i] = int(sizes[i]) - 1
+    check_columns("K_test_train", Kx, len(y))
+    if not (np.isfinite(margin) and 0 < margin < 1e-2):
+        raise ValueError(f"margin must be in (0, 1e-2), got {margin}")
+    if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
+    n, t = len(y), Kx.shape[0]
+    budget = _budget(max_flips, n)
+    clean = KernelSVM(C).fit(Kt, y, K)
+    C = clean.C_
+    prediction = clean.predict(Kx)
+
+    def attack_works(lab, i, p):
+        return int(KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0]) != p
+
+    radius = np.empty(t, np.int64)
+    upper = np.empty(t, np.int64)
+    exact = np.zeros(t, bool)
+    attacks, statuses = [], []
+    problems = {}
+    for i in range(t):
+        p = int(prediction[i])
+        kx = _rows_scale(Kx[i])
+        if budget == 0 or not np.any(kx):
+            # no flips allowed, or every logit is 0 for every labelling (prediction fixed at class 0)
+            radius[i] = upper[i] = budget
+            exact[i] = True
+            attacks.append(None)
+            statuses.append("trivial")
+            continue
+        if p not in problems:
+            problems[p] = _labelcert_problem(Kt, y, C, K, p, budget)
+        prob, kx_par, bigm_par, marg_par, Z = problems[p]
+        kx_par.value = kx
+        bigm_par.value = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin
+        lower, best, best_lab, status_i = None, None, None, []
+        # margins for classes above / below p: (0, 0) relaxation, then strict, then strict everywhere
+        for above, below in ((0.0, 0.0), (margin, 0.0), (2 * margin, margin)):
+            marg_par.value = np.array([above if c > p else below for c in range(K)])
+            status = _solve_highs(prob, time_limit)
+            status_i.append(status)
+            if status == "infeasible":
+                if lower is None:
+                    lower = budget + 1  # no attack within the budget, even counting ties
+                break
+            if status != "optimal":
+                if lower is None:
+                    lower = max(1, math.ceil(_dual_bound(prob) - 1e-6))
+                break
+            m = int(round(float(prob.value)))
+            if lower is None:
+                lower = max(m, 1)
+            lab = np.argmax(np.asarray(Z.value), axis=1)
+            size = int(np.count_nonzero(lab != y))
+            if size >= 1 and attack_works(lab, i, p):
+                best, best_lab = size, lab
+                break
+        lower = min(lower, budget + 1)
+        radius[i] = lower - 1
+        if best is not None:
+            upper[i] = best - 1
+            exact[i] = best == lower
         else:
-            raise RuntimeError(f"LabelCert MILP for test point {i} ended with status {prob.status}")
-    return LabelCertResult(radius=radius, attack_size=sizes, status=tuple(status))
+            upper[i] = budget
+            exact[i] = lower == budget + 1
+        attacks.append(best_lab)
+        statuses.append("/".join(status_i))
+    return LabelCertResult(prediction=prediction, radius=radius, radius_upper=upper, exact=exact,
+                           attacks=tuple(attacks), status=tuple(statuses), max_flips=budget, C=float(C),
+                           C_max=float(clean.C_max))
+
+
+__all__ = [
+    "BruteForceResult",
+    "LabelCertResult",
+    "brute_force_certificate",
+    "brute_force_retrain",
+    "milp_class_costs",
+    "labelcert_svm_milp",
+]

@@ -26,7 +26,7 @@ _EPS = np.finfo(np.float64).eps
 _BLOCK_BYTES = 64 * 2**20
 
 
-def _onehot(y: np.ndarray, num_classes: int) -> np.ndarray:
+def onehot(y: np.ndarray, num_classes: int) -> np.ndarray:
     """(n, K) float64 one-hot encoding of integer labels."""
     return (y[:, None] == np.arange(num_classes)[None, :]).astype(np.float64)
 
@@ -157,10 +157,10 @@ class KernelRegression(_Fitted):
                 phi = np.where(np.abs(c * e) > 1e-300, -np.expm1(-c * e) / np.where(e == 0, 1.0, e), c)
             self._M = (V * phi[None, :]) @ V.T
             self._M = 0.5 * (self._M + self._M.T)
-        self.y_ = y
+        self.labels_ = y
         self.num_classes_ = num_classes
         self.n_train_ = n
-        self._Y = _onehot(y, num_classes)
+        self._Y = onehot(y, num_classes)
         self._fitted = True
         return self
 
@@ -193,7 +193,7 @@ class KernelRegression(_Fitted):
         """ScaLabelCert certificate: `certificates.certify(self.label_weights(K), y, K, **kw)`."""
         from .certificates import certify
 
-        return certify(self.label_weights(K_test_train), self.y_, self.num_classes_, **kw)
+        return certify(self.label_weights(K_test_train), self.labels_, self.num_classes_, **kw)
 
 
 class KernelSVM(_Fitted):
@@ -222,7 +222,7 @@ class KernelSVM(_Fitted):
     def is_label_linear(self) -> bool:
         """True when C_ <= C_max (alpha = C for every labelling)."""
         self._require_fit()
-        return self.C_ <= self.C_max
+        return self.label_linear_
 
     def fit(self, K_train, y, num_classes: int | None = None) -> "KernelSVM":
         """Fit on the (n, n) PSD training Gram and labels (n,) in 0..num_classes-1; returns self."""
@@ -235,24 +235,25 @@ class KernelSVM(_Fitted):
             raise ValueError("K_train is all zeros: C_max is infinite and the SVM is degenerate")
         self.C_max = c_max
         self.C_ = c_max if self.C is None else self.C
+        self.label_linear_ = self.C_ <= self.C_max
         num_problems = 1 if num_classes == 2 else num_classes
         self._ypm = np.stack([np.where(y == k, 1.0, -1.0) for k in range(num_problems)])
-        if self.C_ <= self.C_max:
+        if self.label_linear_:
             self.alpha_ = np.full((num_problems, n), self.C_)
             self.kkt_residual_ = 0.0
         else:
             alpha = np.empty((num_problems, n))
             resid = 0.0
             for k in range(num_problems):
-                alpha[k], r = _solve_svm_dual(K, self._ypm[k], self.C_)
+                alpha[k], r = solve_svm_dual(K, self._ypm[k], self.C_, return_residual=True)
                 resid = max(resid, r)
             self.alpha_ = alpha
             self.kkt_residual_ = resid
-        self.y_ = y
+        self.labels_ = y
         self.num_classes_ = num_classes
         self.n_train_ = n
         self.K_train_ = K
-        self._Y = _onehot(y, num_classes)
+        self._Y = onehot(y, num_classes)
         self._fitted = True
         return self
 
@@ -308,28 +309,44 @@ class KernelSVM(_Fitted):
             from .exact import labelcert_svm_milp
 
             Kt = self._check_test(K_test_train)
-            return labelcert_svm_milp(self.K_train_, self.y_, Kt, self.C_, self.num_classes_, **kw)
+            return labelcert_svm_milp(self.K_train_, self.labels_, Kt, self.C_, self.num_classes_, **kw)
         if method != "scalabelcert":
             raise ValueError(f"unknown method {method!r}; use 'scalabelcert' or 'milp'")
         from .certificates import certify
 
-        return certify(self.label_weights(K_test_train), self.y_, self.num_classes_, **kw)
+        return certify(self.label_weights(K_test_train), self.labels_, self.num_classes_, **kw)
 
 
 # --------------------------------------------------------------------------- dual QP (C > C_max)
-def _solve_svm_dual(K: np.ndarray, ypm: np.ndarray, C: float) -> tuple[np.ndarray, float]:
-    """Optimal dual variables (n,) of the no-bias SVM and the final KKT residual.
+def solve_svm_dual(K, signs, C: float, *, return_residual: bool = False):
+    """Optimal dual variables alpha (n,) of `max 1'a - 1/2 a' diag(s) K diag(s) a, 0 <= a <= C` (no bias).
 
-    Scaled variables b = a / C in [0, 1] minimise `(C/2) b'Qb - 1'b`, Q = diag(y) K diag(y).
-    An interior-point solve (Clarabel) finds the active set; `_polish_box_qp` then solves the
+    `signs` (n,) in {-1, +1}. With return_residual=True also returns the projected-gradient KKT
+    residual of the scaled problem (0 up to rounding when the exact polish succeeded).
+
+    Scaled variables b = a / C in [0, 1] minimise `(1/2) b'Hb - 1'b`, H = C diag(s) K diag(s).
+    Primal-dual active-set iterations from b = 1 are tried first; if they do not reach a KKT point,
+    an interior-point solve (Clarabel) finds the active set and `_polish_box_qp` then solves the
     KKT system on that active set exactly and keeps the result only if it satisfies every KKT
     condition (otherwise the interior-point solution is returned).
     """
-    import cvxpy as cp
-
+    K = as_float_array("K", K, ndim=2)
+    ypm = as_float_array("signs", signs, ndim=1)
+    if K.shape[0] != K.shape[1] or K.shape[0] != ypm.shape[0]:
+        raise ValueError(f"K must be (n, n) and signs (n,), got {K.shape} and {ypm.shape}")
+    if not np.all(np.abs(ypm) == 1.0):
+        raise ValueError("signs must be -1 or +1")
+    C = check_positive("C", C)
     n = K.shape[0]
     H = C * (ypm[:, None] * K * ypm[None, :])
     H = 0.5 * (H + H.T)
+    # Fast path: active-set iterations from alpha = C (optimal in the small-C regime); accepted only
+    # when every KKT condition holds, so the result is the optimum of this convex problem.
+    sol = _polish_box_qp(H, np.ones(n))
+    if sol is not None:
+        return (C * sol, _kkt_residual(H, sol)) if return_residual else C * sol
+    import cvxpy as cp
+
     b = cp.Variable(n)
     prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(b, cp.psd_wrap(H)) - cp.sum(b)), [b >= 0, b <= 1])
     try:
@@ -341,7 +358,9 @@ def _solve_svm_dual(K: np.ndarray, ypm: np.ndarray, C: float) -> tuple[np.ndarra
     b0 = np.clip(np.asarray(b.value, dtype=np.float64), 0.0, 1.0)
     polished = _polish_box_qp(H, b0)
     sol = polished if polished is not None else b0
-    return C * sol, _kkt_residual(H, sol)
+    if return_residual:
+        return C * sol, _kkt_residual(H, sol)
+    return C * sol
 
 
 def _kkt_residual(H: np.ndarray, b: np.ndarray) -> float:
@@ -383,4 +402,4 @@ def _polish_box_qp(H: np.ndarray, b0: np.ndarray, max_iter: int = 50) -> np.ndar
     return None
 
 
-__all__ = ["KernelRegression", "KernelSVM"]
+__all__ = ["KernelRegression", "KernelSVM", "onehot", "solve_svm_dual"]

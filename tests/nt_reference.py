@@ -1,8 +1,13 @@
-"""Run inside the neural-tangents environment: compute reference kernels for tests/benchmarks.
+"""Run inside the neural-tangents environment (.venv-nt): reference kernels for tests and benchmarks.
 
-Usage: python nt_reference.py IN.npz OUT.npz, where IN holds `x1`, `x2` and a JSON `spec`
-({"arch": "fc"|"conv", "depth", "W_std", "b_std", "activation", "filter_shape"}).
-With `"time": true` it also reports seconds of a warm call (benchmarks/kernels.py uses it).
+Usage: python nt_reference.py IN.npz OUT.npz
+IN holds a JSON list `specs` and, for case i, `x1_i` and `x2_i` (an empty array means x2=None, the
+symmetric Gram). A spec is {"arch": "fc" | "conv", "depth", "W_std", "b_std", "activation":
+"relu" | "erf", "filter_shape": [fh, fw] (conv), "readout": "flatten" | "gap" (conv),
+"dtype": "float64" | "float32", "get": ["nngp", "ntk"] (default both), "time": bool, "repeats": int}.
+OUT gets `{kind}_i` (float64) per requested kind and `seconds_i`: the best of `repeats` warm calls
+(after a jit warm-up call) when "time" is true, else NaN. All cases share one process, so the
+dtype (jax_enable_x64) must be the same for all of them.
 """
 import json
 import sys
@@ -10,12 +15,12 @@ import time
 
 import jax
 
-jax.config.update("jax_enable_x64", True)  # this process only exists to produce references
-import numpy as np  # noqa: E402
-from neural_tangents import stax  # noqa: E402
+import numpy as np
+from neural_tangents import stax
 
 
 def build(spec):
+    """neural-tangents kernel_fn of the architecture in `spec` (parameterization 'ntk')."""
     act = {"relu": stax.Relu, "erf": stax.Erf}[spec["activation"]]
     W, b = spec["W_std"], spec["b_std"]
     if spec["arch"] == "fc":
@@ -23,26 +28,45 @@ def build(spec):
     else:
         fs = tuple(spec["filter_shape"])
         layers = [stax.Conv(64, fs, padding="SAME", W_std=W, b_std=b), act()] * spec["depth"]
-        layers += [stax.Flatten(), stax.Dense(1, W, b)]
+        readout = stax.GlobalAvgPool() if spec.get("readout", "flatten") == "gap" else stax.Flatten()
+        layers += [readout, stax.Dense(1, W, b)]
     return stax.serial(*layers)[2]
+
+
+def run_case(spec, x1, x2):
+    """({kind: array}, seconds) for one case."""
+    get = tuple(spec.get("get", ["nngp", "ntk"]))
+    kernel_fn = jax.jit(build(spec), static_argnames=("get",))
+    res = jax.block_until_ready(kernel_fn(x1, x2, get=get))
+    seconds = np.nan
+    if spec.get("time"):
+        times = []
+        for _ in range(int(spec.get("repeats", 1))):
+            t0 = time.perf_counter()
+            jax.block_until_ready(kernel_fn(x1, x2, get=get))
+            times.append(time.perf_counter() - t0)
+        seconds = min(times)
+    return {name: np.asarray(r, np.float64) for name, r in zip(get, res)}, seconds
 
 
 def main(inp, out):
     data = np.load(inp)
-    spec = json.loads(str(data["spec"]))
-    dtype = np.float32 if spec.get("dtype") == "float32" else np.float64
-    x1 = data["x1"].astype(dtype)
-    x2 = data["x2"].astype(dtype) if "x2" in data and data["x2"].size else None
-    kernel_fn = jax.jit(build(spec), static_argnames=("get",))
-    res = kernel_fn(x1, x2, get=("nngp", "ntk"))
-    res = jax.block_until_ready(res)
-    seconds = None
-    if spec.get("time"):
-        t0 = time.perf_counter()
-        jax.block_until_ready(kernel_fn(x1, x2, get=("nngp", "ntk")))
-        seconds = time.perf_counter() - t0
-    np.savez(out, nngp=np.asarray(res[0], np.float64), ntk=np.asarray(res[1], np.float64),
-             seconds=np.nan if seconds is None else seconds)
+    specs = json.loads(str(data["specs"]))
+    dtypes = {s.get("dtype", "float64") for s in specs}
+    if len(dtypes) > 1:
+        raise SystemExit(f"all cases must share one dtype, got {sorted(dtypes)}")
+    x64 = dtypes == {"float64"} or not specs
+    # this process only exists to produce references: float64 is set for it alone
+    jax.config.update("jax_enable_x64", x64)
+    dtype = np.float64 if x64 else np.float32
+    arrays = {}
+    for i, spec in enumerate(specs):
+        x1 = data[f"x1_{i}"].astype(dtype)
+        x2 = data[f"x2_{i}"].astype(dtype) if data[f"x2_{i}"].size else None
+        res, seconds = run_case(spec, x1, x2)
+        arrays.update({f"{name}_{i}": r for name, r in res.items()})
+        arrays[f"seconds_{i}"] = np.float64(seconds)
+    np.savez(out, **arrays)
 
 
 if __name__ == "__main__":

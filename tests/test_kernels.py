@@ -227,7 +227,10 @@ def test_convolutional_blocked_symmetric_psd():
     K = k.ntk(x)
     assert np.array_equal(K, K.T)
     np.testing.assert_allclose(k.ntk(x, block_size=3), K, rtol=1e-12)
-    np.testing.assert_allclose(k.ntk(x[:4], x, block_size=2), K[:4], rtol=1e-12)
+    part = k.ntk(x[:4], x, block_size=2)
+    off = ~np.eye(4, 11, dtype=bool)  # a general evaluation has no exact diagonal: arccos near 1 loses ~1e-8
+    np.testing.assert_allclose(part[off], K[:4][off], rtol=1e-12)
+    np.testing.assert_allclose(np.diag(part), np.diag(K)[:4], rtol=1e-7)
     assert np.linalg.eigvalsh(K).min() >= -1e-8 * np.abs(K).max()
 
 
