@@ -28,6 +28,7 @@ from .ensemble import NO_ATTACK, AggregateResult, _check_votes, _knapsack, vote_
 __all__ = [
     "roe_predict", "dpa_roe", "dpa_star_roe", "fa", "fa_roe", "whitebox_roe", "whitebox_roe_from_label_linear",
     "weak_orderings", "brute_force_roe_radius", "brute_force_fa_radius", "brute_force_label_flip_roe_radius",
+    "brute_force_cost_model_radius",
 ]
 
 _BLOCK_BYTES = 32 * 2**20
@@ -181,6 +182,9 @@ def _dpa_roe_cases(s, e: _Election):
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])  # g(c_sec, c); 0 for c = c_sec
     g2 = 2 * _prefer(s, cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
     r2 = np.maximum(_ceil_pos(g_sec, 2), _ceil_pos(g2, 2))
+    # With a model whose finalist scores are equal, g2(c_sec) can already be <= 0 although c_pred
+    # wins (the published script asserts CertR2 > 0 here); any attack needs at least one poison.
+    r2 = np.maximum(r2, 1)
     r2[rows, cp] = _BIG
     return r1, r2
 
@@ -235,13 +239,15 @@ def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> Agg
     r largest per-group reductions of gap_c = n_p - n_c - [c < p] sum to <= gap_c. Sound.
     With shifts=[0] it equals DPA.
     """
-    v = _check_votes(votes, num_classes)
+    K = int(num_classes)
+    if K < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    v = _check_votes(votes, K)
     t, L = v.shape
     if L == 0:
         raise ValueError("votes must come from at least one learner")
     sh = _check_shifts(shifts, L)
     reach = _reach(L, sh)
-    K = num_classes
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
     for sl in _blocks(t, L * (len(sh) + 4) * 8 + K * 8, block_size):
@@ -267,8 +273,9 @@ def fa_roe(scores, shifts, *, block_size: int | None = None) -> AggregateResult:
     """FA+ROE certificate (anchors §3) for learner scores (t, k*d, K); group h reaches learners (h + s) mod (k*d).
 
     prediction = roe_predict(scores); radius = min(CertR1, CertR2) - 1 with the greedy max-of-necessary-
-    conditions bounds of the published algorithm. Sound. With shifts=[0] it equals DPA+ROE whenever the
-    round-1 knock-out DP's moves can all be realised (always for K <= 3); otherwise it is larger (tighter).
+    conditions bounds of the published algorithm. Sound. With shifts=[0] it gives the DPA+ROE radius
+    (per knock-out pair the greedy can exceed the DP when c_pred has no votes to move, but such a
+    pair never sets the minimum; the tests check the equality).
     """
     s = _check_scores(scores)
     t, L, K = s.shape
@@ -297,7 +304,8 @@ def fa_roe(scores, shifts, *, block_size: int | None = None) -> AggregateResult:
         g2 = 2 * _prefer(sb, cp) - L + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
         best = np.full(B, _BIG, np.int64)
         for c in range(K):
-            r2 = np.maximum(r1_sec[:, c], _greedy_count(g2[:, c], 2 * hp[:, :, c]))
+            # at least one poison (g2 can be <= 0 with tied scores, see _dpa_roe_cases)
+            r2 = np.maximum(np.maximum(r1_sec[:, c], _greedy_count(g2[:, c], 2 * hp[:, :, c])), 1)
             best = np.minimum(best, np.where(cp == c, _BIG, r2))
         for c1, c2 in itertools.combinations(range(K), 2):
             nsum = _greedy_count(g_cp[:, c1] + g_cp[:, c2], d + 2 * hv_cp - hv[:, :, c1] - hv[:, :, c2])
@@ -625,6 +633,43 @@ def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
             if hit:
                 out[i] = r - 1
                 break
+    return out
+
+
+def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs: int = 500_000) -> np.ndarray:
+    """Exact radius (t,) of ROE in the most generous world consistent with whitebox_roe's cost bounds.
+
+    Every base model m may be turned into any weak ordering of the classes, at cost max(1,
+    vote_costs[m, new vote] if its vote changes, pair_costs[m, a, b] for every z(a) > z(b) it loses),
+    or 0 if nothing the election sees changes. Enumerates all W^M combinations (W = 13 weak
+    orderings for K = 3; tiny only). Returns attack cost - 1, NO_ATTACK when no combination changes
+    the prediction. whitebox_roe must never exceed it, because its bounds only use those costs.
+    """
+    s = _check_scores(scores)
+    t, M, K = s.shape
+    vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
+    pc_all = _check_costs("pair_costs", pair_costs, (t, M, K, K))
+    O = weak_orderings(K)
+    if len(O) ** M > max_configs:
+        raise ValueError(f"brute_force_cost_model_radius: {len(O)}^{M} configurations is too many")
+    ov = np.argmax(O, axis=1)
+    ogt = O[:, :, None] > O[:, None, :]
+    combos = np.array(list(itertools.product(range(len(O)), repeat=M)), dtype=np.int64).reshape(-1, M)
+    preds = roe_predict(O[combos])
+    out = np.empty(t, np.int64)
+    for i in range(t):
+        cost = np.zeros((M, len(O)))
+        for m in range(M):
+            gt = s[i, m][:, None] > s[i, m][None, :]
+            v = int(np.argmax(s[i, m]))
+            same = (ov == v) & (ogt == gt).all(axis=(1, 2))
+            lost = np.where(gt[None] & ~ogt, pc_all[i, m][None], 0.0).max(axis=(1, 2))
+            vote = np.where(ov != v, vc_all[i, m, ov], 0.0)
+            cost[m] = np.where(same, 0.0, np.maximum(1.0, np.maximum(lost, vote)))
+        total = cost[np.arange(M), combos].sum(axis=1)
+        changed = preds != roe_predict(s[i])
+        best = total[changed].min() if changed.any() else np.inf
+        out[i] = int(np.ceil(best - 1e-9)) - 1 if np.isfinite(best) else NO_ATTACK
     return out
 
 

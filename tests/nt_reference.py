@@ -4,8 +4,9 @@ Usage: python nt_reference.py IN.npz OUT.npz
 IN holds a JSON list `specs` and, for case i, `x1_i` and `x2_i` (an empty array means x2=None, the
 symmetric Gram). A spec is {"arch": "fc" | "conv", "depth", "W_std", "b_std", "activation":
 "relu" | "erf", "filter_shape": [fh, fw] (conv), "readout": "flatten" | "gap" (conv),
-"dtype": "float64" | "float32", "get": ["nngp", "ntk"] (default both), "time": bool, "repeats": int}.
-OUT gets `{kind}_i` (float64) per requested kind and `seconds_i`: the best of `repeats` warm calls
+"dtype": "float64" | "float32", "get": ["nngp", "ntk"] (default both), "time": bool, "repeats": int,
+"store": bool (default true; false skips writing the kernels, for large timing runs)}.
+OUT gets `{kind}_i` (float64) per requested kind (when stored) and `seconds_i`: the best of `repeats` warm calls
 (after a jit warm-up call) when "time" is true, else NaN. All cases share one process, so the
 dtype (jax_enable_x64) must be the same for all of them.
 """
@@ -46,6 +47,8 @@ def run_case(spec, x1, x2):
             jax.block_until_ready(kernel_fn(x1, x2, get=get))
             times.append(time.perf_counter() - t0)
         seconds = min(times)
+    if not spec.get("store", True):
+        return {}, seconds
     return {name: np.asarray(r, np.float64) for name, r in zip(get, res)}, seconds
 
 

@@ -1,27 +1,217 @@
+"""Exact oracles against each other: enumeration, retraining, the class-cost MILP and the LabelCert MILP."""
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from kernelcert.exact import brute_force_certificate, brute_force_retrain, labelcert_svm_milp
+import kernelcert.exact as exact
+from kernelcert.exact import (
+    BruteForceResult,
+    brute_force_certificate,
+    brute_force_retrain,
+    labelcert_svm_milp,
+    milp_class_costs,
+)
 from kernelcert.learners import KernelRegression, KernelSVM
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_label_linear_brute_force_equals_retraining(gram_problem, seed):
-    K, Kx, y = gram_problem(6, 4, 3, seed)
-    model = KernelRegression(1e-3).fit(K, y, 3)
-    a = brute_force_certificate(model.label_weights(Kx), y, 3)
-    b = brute_force_retrain(lambda yy: KernelRegression(1e-3).fit(K, yy, 3).predict(Kx), y, 3)
+def rbf_problem(n, t, K, seed, gamma=0.5, spread=2.0):
+    rng = np.random.default_rng(seed)
+    centres = spread * rng.normal(size=(K, 3))
+    y = rng.integers(0, K, n)
+    x = centres[y] + rng.normal(size=(n, 3))
+    xt = centres[rng.integers(0, K, t)] + rng.normal(size=(t, 3))
+
+    def k(a, b):
+        return np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    return k(x, x), k(xt, x), y
+
+
+def naive_enumeration(w, y, K, max_flips=None):
+    """Plain loops over every labelling: scores as explicit sums, smaller index wins ties."""
+    t, n = w.shape
+    budget = n if max_flips is None else min(max_flips, n)
+    costs = np.full((t, K), np.inf)
+    for lab in itertools.product(range(K), repeat=n):
+        lab = np.array(lab)
+        d = int((lab != y).sum())
+        if d > budget:
+            continue
+        for i in range(t):
+            s = [sum(w[i, j] for j in range(n) if lab[j] == k) for k in range(K)]
+            best = 0
+            for k in range(1, K):
+                if s[k] > s[best]:
+                    best = k
+            costs[i, best] = min(costs[i, best], d)
+    pred = np.argmin(costs, axis=1)  # cost 0 only at the clean prediction
+    other = costs.copy()
+    other[np.arange(t), pred] = np.inf
+    radius = np.where(np.isfinite(other.min(1)), other.min(1) - 1, budget)
+    return pred, radius, costs
+
+
+tiny = st.tuples(st.integers(1, 6), st.integers(2, 3), st.integers(0, 2**31))
+
+
+@settings(max_examples=40, deadline=None)
+@given(tiny, st.sampled_from(["normal", "integer"]), st.one_of(st.none(), st.integers(0, 4)))
+def test_brute_force_certificate_matches_naive_enumeration(p, kind, max_flips):
+    n, K, seed = p
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(3, n)) if kind == "normal" else rng.integers(-2, 3, size=(3, n)).astype(float)
+    y = rng.integers(0, K, n)
+    res = brute_force_certificate(w, y, K, max_flips=max_flips)
+    pred, radius, costs = naive_enumeration(w, y, K, max_flips)
+    np.testing.assert_array_equal(res.prediction, pred)
+    np.testing.assert_array_equal(res.radius, radius)
+    np.testing.assert_array_equal(res.class_costs, costs)
+    assert res.max_flips == (n if max_flips is None else min(max_flips, n))
+    r, c = res  # unpacks as (radius, class_costs)
+    assert r is res.radius and c is res.class_costs
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(2, 6), st.integers(2, 3), st.integers(0, 2**31), st.sampled_from([None, 0.5]))
+def test_brute_force_certificate_equals_retraining_regression(n, K, seed, train_time):
+    Kt, Kx, y = rbf_problem(n, 4, K, seed)
+
+    def make():
+        return KernelRegression(ridge=1e-2, train_time=train_time)
+
+    model = make().fit(Kt, y, K)
+    a = brute_force_certificate(model.label_weights(Kx), y, K)
+    b = brute_force_retrain(lambda yy: make().fit(Kt, yy, K).predict(Kx), y, K)
+    np.testing.assert_array_equal(a.prediction, b.prediction)
     np.testing.assert_array_equal(a.radius, b.radius)
     np.testing.assert_array_equal(a.class_costs, b.class_costs)
 
 
-@pytest.mark.parametrize("seed,scale", [(0, 1.0), (1, 1.0), (2, 20.0), (3, 20.0)])
-def test_labelcert_matches_retraining(gram_problem, seed, scale):
-    K, Kx, y = gram_problem(6, 3, 2 + seed % 2, seed)
-    num_classes = 2 + seed % 2
-    C = scale * KernelSVM().fit(K, y, num_classes).C_max
-    lc = labelcert_svm_milp(K, y, Kx, C, num_classes, max_flips=3)
-    bf = brute_force_retrain(lambda yy: KernelSVM(C).fit(K, yy, num_classes).predict(Kx), y, num_classes, max_flips=3)
+def test_conventions_unreachable_and_budget():
+    y = np.array([0, 1, 1, 0])
+    res = brute_force_certificate(np.zeros((2, 4)), y, 3)  # all scores tie forever: class 0 always
+    np.testing.assert_array_equal(res.radius, [4, 4])
+    np.testing.assert_array_equal(res.class_costs, [[0, np.inf, np.inf]] * 2)
+    w = np.array([[1.0, -1.0, -1.0, 1.0]])  # class 0 leads by 4; each flip of a 0 to 1 gains 2
+    res = brute_force_certificate(w, y, 2, max_flips=1)
+    assert res.radius[0] == 1 and res.max_flips == 1 and np.isinf(res.class_costs[0, 1])
+    res = brute_force_certificate(w, y, 2)
+    assert res.radius[0] == 2 and res.class_costs[0, 1] == 3  # a tie after 2 flips: class 0 keeps it
+    res = brute_force_retrain(lambda yy: np.array([int(yy.sum() >= 3)]), y, 2, max_flips=3)
+    assert res.radius[0] == 0 and res.class_costs[0, 1] == 1
+
+
+def test_brute_force_input_errors():
+    with pytest.raises(ValueError, match="columns"):
+        brute_force_certificate(np.ones((2, 3)), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="max_flips"):
+        brute_force_certificate(np.ones((1, 2)), np.array([0, 1]), 2, max_flips=-1)
+    with pytest.raises(ValueError, match="limit"):
+        brute_force_certificate(np.ones((1, 30)), np.zeros(30, int), 3)
+    with pytest.raises(ValueError, match="NaN"):
+        brute_force_certificate(np.array([[np.nan, 1.0]]), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="fit_predict"):
+        brute_force_retrain(lambda yy: np.array([5]), np.array([0, 1]), 2)
+    with pytest.raises(TypeError, match="callable"):
+        brute_force_retrain(None, np.array([0, 1]), 2)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 3), st.integers(0, 2**31), st.sampled_from(["normal", "integer"]))
+def test_milp_class_costs_equal_brute_force(n, K, seed, kind):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(2, n)) if kind == "normal" else rng.integers(-2, 3, size=(2, n)).astype(float)
+    y = rng.integers(0, K, n)
+    np.testing.assert_array_equal(milp_class_costs(w, y, K), brute_force_certificate(w, y, K).class_costs)
+
+
+def test_milp_class_costs_targets_and_four_classes():
+    rng = np.random.default_rng(11)
+    w, y = rng.normal(size=(2, 7)), rng.integers(0, 4, 7)
+    bf = brute_force_certificate(w, y, 4).class_costs
+    part = milp_class_costs(w, y, 4, targets=[1])
+    np.testing.assert_array_equal(part[:, 1], bf[:, 1])
+    pred = np.argmax(w @ np.eye(4)[y], axis=1)
+    for i in range(2):
+        for c in (0, 2, 3):
+            assert part[i, c] == 0 if c == pred[i] else np.isnan(part[i, c])
+    with pytest.raises(ValueError, match="target"):
+        milp_class_costs(w, y, 4, targets=[4])
+
+
+def _svm_oracle(Kt, Kx, y, K, C, max_flips):
+    return brute_force_retrain(lambda yy: KernelSVM(C).fit(Kt, yy, K).predict(Kx), y, K, max_flips=max_flips)
+
+
+@pytest.mark.parametrize("K,factor,formulation,seed", [
+    (2, 1.0, "labelcert", 0),
+    (3, 0.5, "compact", 1),
+    (2, 20.0, "labelcert", 2),
+    (2, 20.0, "compact", 3),
+    (3, 5.0, "labelcert", 4),
+])
+def test_labelcert_equals_svm_retraining(K, factor, formulation, seed):
+    n = 6
+    Kt, Kx, y = rbf_problem(n, 3, K, seed)
+    C = factor * KernelSVM().fit(Kt, y, K).C_max
+    if factor > 1:
+        assert np.any(KernelSVM(C).fit(Kt, y, K).alpha_ < C * (1 - 1e-6)), "pick a problem outside the small-C regime"
+    budget = 3
+    lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=budget, formulation=formulation)
+    bf = _svm_oracle(Kt, Kx, y, K, C, budget)
+    assert lc.exact.all()
+    np.testing.assert_array_equal(lc.prediction, bf.prediction)
     np.testing.assert_array_equal(lc.radius, bf.radius)
-    if scale == 1.0:
-        np.testing.assert_array_equal(np.minimum(KernelSVM(C).fit(K, y, num_classes).certify(Kx).radius, 3), lc.radius)
+    np.testing.assert_array_equal(np.asarray(lc), bf.radius)
+    for i in range(len(Kx)):
+        if lc.radius[i] < budget:  # the attack is verified and of size radius + 1
+            lab = lc.attacks[i]
+            assert (lab != y).sum() == lc.radius[i] + 1
+            assert KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0] != lc.prediction[i]
+
+
+def test_labelcert_equals_brute_force_on_label_linear_ties():
+    # K_train = I (C_max = 1): the SVM is the label-linear vote with W = K_test_train; integer rows tie often
+    rng = np.random.default_rng(3)
+    n, K = 5, 3
+    Kt = np.eye(n)
+    Kx = rng.integers(-1, 3, size=(4, n)).astype(float)
+    y = rng.integers(0, K, n)
+    lc = labelcert_svm_milp(Kt, y, Kx, None, K)
+    bf = brute_force_certificate(Kx, y, K)
+    assert lc.C == lc.C_max == KernelSVM().fit(Kt, y, K).C_max
+    np.testing.assert_array_equal(lc.prediction, bf.prediction)
+    np.testing.assert_array_equal(lc.radius, bf.radius)
+    assert lc.exact.all()
+
+
+def test_labelcert_time_limit_is_flagged_not_exact(monkeypatch):
+    Kt, Kx, y = rbf_problem(5, 2, 2, 5)
+
+    def fake_solve(prob, time_limit):
+        return "user_limit"
+
+    monkeypatch.setattr(exact, "_solve_highs", fake_solve)
+    monkeypatch.setattr(exact, "_dual_bound", lambda prob: 1.7)
+    lc = labelcert_svm_milp(Kt, y, Kx, 10.0, 2, time_limit=1.0)
+    assert not lc.exact.any()
+    np.testing.assert_array_equal(lc.radius, [1, 1])  # ceil(1.7) - 1: a sound lower bound
+    np.testing.assert_array_equal(lc.radius_upper, [5, 5])
+    assert all(a is None for a in lc.attacks)
+
+
+def test_labelcert_input_errors():
+    Kt, Kx, y = rbf_problem(4, 2, 2, 6)
+    with pytest.raises(ValueError, match="columns"):
+        labelcert_svm_milp(Kt, y, Kx[:, :-1], 1.0, 2)
+    with pytest.raises(ValueError, match="length"):
+        labelcert_svm_milp(Kt, y[:-1], Kx, 1.0, 2)
+    with pytest.raises(ValueError, match="formulation"):
+        labelcert_svm_milp(Kt, y, Kx, 1.0, 2, formulation="nope")
+    with pytest.raises(ValueError, match="C"):
+        labelcert_svm_milp(Kt, y, Kx, -1.0, 2)
+    res = labelcert_svm_milp(Kt, y, Kx, 1.0, 2, max_flips=0)
+    np.testing.assert_array_equal(res.radius, [0, 0])
+    assert isinstance(brute_force_certificate(Kx, y, 2), BruteForceResult)

@@ -1,74 +1,309 @@
+"""Learners against independent references: direct solves, scikit-learn, expm / Euler, cvxpy QPs, enumeration."""
+import itertools
+from fractions import Fraction
+
+import cvxpy as cp
 import numpy as np
 import pytest
 import scipy.linalg
+from hypothesis import given, settings, strategies as st
 from sklearn.kernel_ridge import KernelRidge
 
 from kernelcert.learners import KernelRegression, KernelSVM, onehot, solve_svm_dual
 
 
-def test_regression_matches_direct_solve_and_sklearn(gram_problem):
-    K, Kx, y = gram_problem(30, 7, 3, 0)
-    for ridge in (0.0, 0.1):
-        m = KernelRegression(ridge=ridge).fit(K, y, 3)
-        direct = Kx @ np.linalg.solve(K + ridge * np.eye(30), onehot(y, 3))
-        np.testing.assert_allclose(m.decision_function(Kx), direct, rtol=1e-8, atol=1e-10)
-    sk = KernelRidge(alpha=0.1, kernel="precomputed").fit(K, onehot(y, 3))
-    np.testing.assert_allclose(KernelRegression(0.1).fit(K, y, 3).decision_function(Kx), sk.predict(Kx), rtol=1e-7)
-
-
-def test_finite_time_regression(gram_problem):
-    K, Kx, y = gram_problem(12, 4, 2, 1)
-    t, lr, ridge = 0.7, 0.5, 0.05
-    A = K + ridge * np.eye(12)
-    ref = Kx @ np.linalg.solve(A, (np.eye(12) - scipy.linalg.expm(-lr * t * A))) @ onehot(y, 2)
-    m = KernelRegression(ridge, train_time=t, learning_rate=lr).fit(K, y, 2)
-    np.testing.assert_allclose(m.decision_function(Kx), ref, rtol=1e-8, atol=1e-12)
-    long = KernelRegression(ridge, train_time=1e6).fit(K, y, 2).decision_function(Kx)
-    np.testing.assert_allclose(long, KernelRegression(ridge).fit(K, y, 2).decision_function(Kx), rtol=1e-6)
-
-
-def test_singular_gram_suggests_ridge():
-    x = np.ones((3, 2))
-    K = x @ x.T
-    with pytest.raises(ValueError, match="ridge"):
-        KernelRegression().fit(K, np.array([0, 1, 0]))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_svm_small_c_alpha_is_c_for_every_labelling(gram_problem, seed):
-    K, Kx, y = gram_problem(15, 5, 3, seed)
-    m = KernelSVM().fit(K, y, 3)
-    assert m.C_max == pytest.approx(1 / np.abs(K).sum(1).max())
+def rbf_problem(n, t, K, seed, gamma=0.5, spread=2.0):
+    """RBF Gram (n, n) (positive definite for distinct points), test rows (t, n) and clustered labels."""
     rng = np.random.default_rng(seed)
-    for C in (m.C_max, 0.5 * m.C_max):
+    centres = spread * rng.normal(size=(K, 3))
+    y = rng.integers(0, K, n)
+    x = centres[y] + rng.normal(size=(n, 3))
+    xt = centres[rng.integers(0, K, t)] + rng.normal(size=(t, 3))
+
+    def k(a, b):
+        return np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    return k(x, x), k(xt, x), y
+
+
+def lowrank_problem(n, t, K, seed, rank=3):
+    """Linear-kernel Gram of rank `rank` < n (singular PSD), test rows and labels."""
+    rng = np.random.default_rng(seed)
+    x, xt = rng.normal(size=(n, rank)), rng.normal(size=(t, rank))
+    return x @ x.T, xt @ x.T, rng.integers(0, K, n)
+
+
+def cvxpy_svm_dual(K, signs, C):
+    """Independent QP: max 1'a - 1/2 ||L' diag(s) a||^2, 0 <= a <= C, with K = L L' (second-order cone form)."""
+    L = np.linalg.cholesky(K + 1e-12 * np.eye(len(K)))
+    a = cp.Variable(len(signs))
+    prob = cp.Problem(cp.Maximize(cp.sum(a) - 0.5 * cp.sum_squares(L.T @ cp.multiply(signs, a))), [a >= 0, a <= C])
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    assert prob.status == "optimal"
+    return np.asarray(a.value)
+
+
+def dual_objective(K, signs, a):
+    return a.sum() - 0.5 * (a * signs) @ K @ (a * signs)
+
+
+def enumerate_box_qp(K, signs, C):
+    """Exact dual by enumerating active sets (3^n): the unique point satisfying every KKT condition."""
+    n = len(signs)
+    Q = np.outer(signs, signs) * K
+    found = []
+    for pattern in itertools.product((0, 1, 2), repeat=n):  # 0: a=0, 1: free, 2: a=C
+        pattern = np.array(pattern)
+        a = np.where(pattern == 2, C, 0.0)
+        F = pattern == 1
+        if F.any():
+            rhs = 1.0 - Q[np.ix_(F, ~F)] @ a[~F]
+            a[F] = np.linalg.solve(Q[np.ix_(F, F)], rhs)
+        g = 1.0 - Q @ a  # gradient of the dual objective
+        tol = 1e-9
+        ok = (np.all(a[F] >= -tol) and np.all(a[F] <= C + tol) and np.all(np.abs(g[F]) <= tol)
+              and np.all(g[pattern == 0] <= tol) and np.all(g[pattern == 2] >= -tol))
+        if ok:
+            found.append(a)
+    assert found, "no KKT point found"
+    return found[0]
+
+
+# --------------------------------------------------------------------------- kernel regression
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 25), st.integers(2, 4), st.integers(0, 2**31), st.sampled_from([0.0, 1e-3, 0.5]))
+def test_regression_matches_direct_solve_and_sklearn(n, K, seed, ridge):
+    Kt, Kx, y = rbf_problem(n, 6, K, seed)
+    Kt = Kt + 1e-3 * np.eye(n)  # keep the ridge=0 solve well conditioned
+    m = KernelRegression(ridge=ridge).fit(Kt, y, K)
+    Y = onehot(y, K)
+    direct = Kx @ np.linalg.solve(Kt + ridge * np.eye(n), Y)
+    np.testing.assert_allclose(m.decision_function(Kx), direct, rtol=1e-9, atol=1e-11)
+    W = m.label_weights(Kx)
+    assert W.shape == (6, n) and W.dtype == np.float64
+    np.testing.assert_allclose(W @ Y, direct, rtol=1e-9, atol=1e-11)
+    np.testing.assert_array_equal(m.predict(Kx), np.argmax(W @ Y, axis=1))
+    if ridge > 0:
+        sk = KernelRidge(alpha=ridge, kernel="precomputed").fit(Kt, Y)
+        np.testing.assert_allclose(m.decision_function(Kx), sk.predict(Kx), rtol=1e-8, atol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(2, 12), st.integers(0, 2**31), st.sampled_from([0.0, 0.1]),
+       st.floats(0.05, 3.0), st.floats(0.1, 2.0))
+def test_finite_time_matches_expm_and_euler(n, seed, ridge, t, lr):
+    Kt, Kx, y = rbf_problem(n, 4, 3, seed)
+    Y = onehot(y, 3)
+    A = Kt + ridge * np.eye(n)
+    m = KernelRegression(ridge, train_time=t, learning_rate=lr).fit(Kt, y, 3)
+    got = m.decision_function(Kx)
+    # Euler on the coefficient ODE beta' = -lr (A beta - Y), beta(0) = 0; f = K(x, X) beta (SPEC §2)
+    steps = 4000
+    h = t / steps
+    beta = np.zeros_like(Y)
+    for _ in range(steps):
+        beta = beta - h * lr * (A @ beta - Y)
+    np.testing.assert_allclose(got, Kx @ beta, rtol=5e-3, atol=5e-3 * np.abs(got).max())
+    if np.linalg.eigvalsh(A)[0] > 1e-6:
+        ref = Kx @ np.linalg.solve(A, (np.eye(n) - scipy.linalg.expm(-lr * t * A)) @ Y)
+        np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-9 * np.abs(ref).max())
+    np.testing.assert_allclose(m.label_weights(Kx) @ Y, got, rtol=1e-12, atol=1e-14)
+
+
+def test_finite_time_converges_and_handles_singular_gram():
+    Kt, Kx, y = rbf_problem(10, 5, 3, 1)
+    Kt = Kt + 0.05 * np.eye(10)
+    conv = KernelRegression().fit(Kt, y, 3).decision_function(Kx)
+    gaps = [np.abs(KernelRegression(train_time=t).fit(Kt, y, 3).decision_function(Kx) - conv).max()
+            for t in (1.0, 10.0, 100.0, 1e4)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 1e-9
+    np.testing.assert_array_equal(KernelRegression(train_time=np.inf).fit(Kt, y, 3).predict(Kx),
+                                  KernelRegression().fit(Kt, y, 3).predict(Kx))
+    # a singular Gram: the converged solve must refuse, the finite-time flow is defined (Euler reference)
+    Ks, Kxs, ys = lowrank_problem(8, 3, 2, 2)
+    with pytest.raises(ValueError, match="ridge"):
+        KernelRegression().fit(Ks, ys, 2)
+    got = KernelRegression(train_time=0.3).fit(Ks, ys, 2).decision_function(Kxs)
+    Y, beta, h = onehot(ys, 2), np.zeros((8, 2)), 0.3 / 20000
+    for _ in range(20000):
+        beta = beta - h * (Ks @ beta - Y)
+    np.testing.assert_allclose(got, Kxs @ beta, rtol=1e-3, atol=1e-3 * np.abs(got).max())
+
+
+def test_singular_or_indefinite_gram_suggests_ridge():
+    x = np.ones((3, 2))
+    with pytest.raises(ValueError, match="ridge"):
+        KernelRegression().fit(x @ x.T, np.array([0, 1, 0]))
+    Kt, _, y = rbf_problem(6, 1, 2, 3)
+    Kt[0, 1] = Kt[1, 0] = 1.5  # no longer PSD
+    with pytest.raises(ValueError, match="ridge"):
+        KernelRegression().fit(Kt, y)
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        KernelRegression(train_time=1.0).fit(Kt, y)
+    # nearly duplicated points: Cholesky may succeed but the system is numerically singular
+    Kd = np.ones((4, 4)) + 1e-17 * np.eye(4)
+    with pytest.raises(ValueError, match="ridge"):
+        KernelRegression().fit(Kd, np.array([0, 1, 0, 1]))
+    KernelRegression(ridge=1e-3).fit(Kd, np.array([0, 1, 0, 1]))
+
+
+def test_blocks_equal_unblocked():
+    Kt, Kx, y = rbf_problem(20, 13, 3, 4)
+    for m in (KernelRegression(0.1), KernelRegression(0.1, train_time=2.0), KernelSVM(), KernelSVM(C=1.0)):
+        m.fit(Kt, y, 3)
+        np.testing.assert_allclose(m.decision_function(Kx), m.decision_function(Kx, block_size=3), rtol=1e-12,
+                                   atol=1e-14)
+        np.testing.assert_array_equal(m.predict(Kx), m.predict(Kx, block_size=4))
+    m = KernelRegression(0.1).fit(Kt, y, 3)
+    np.testing.assert_allclose(m.label_weights(Kx), m.label_weights(Kx, block_size=2), rtol=1e-13, atol=1e-15)
+
+
+# --------------------------------------------------------------------------- kernel SVM
+@settings(max_examples=15, deadline=None)
+@given(st.integers(3, 9), st.integers(0, 2**31), st.floats(0.05, 1.0))
+def test_svm_small_c_alpha_is_c_for_every_labelling(n, seed, frac):
+    Kt, Kx, y = rbf_problem(n, 4, 3, seed)
+    m = KernelSVM().fit(Kt, y, 3)
+    rows = np.abs(Kt).sum(1)
+    assert m.C_max == pytest.approx(1 / rows.max(), rel=1e-12)
+    assert m.C_ == m.C_max and m.is_label_linear
+    # rigorous: C_max times every exact row sum is <= 1
+    exact_max = max(sum(Fraction(float(v)) for v in np.abs(row)) for row in Kt)
+    assert Fraction(m.C_max) * exact_max <= 1
+    rng = np.random.default_rng(seed)
+    for C in (m.C_max, frac * m.C_max):
         for _ in range(3):
-            signs = rng.choice([-1.0, 1.0], size=15)
-            np.testing.assert_allclose(solve_svm_dual(K, signs, C), C, rtol=1e-5)
-    # label-linear predictions equal the real one-vs-rest SVM outputs' argmax
-    np.testing.assert_array_equal(m.predict(Kx), np.argmax(m.decision_function(Kx), axis=1))
+            signs = rng.choice([-1.0, 1.0], size=n)
+            np.testing.assert_allclose(solve_svm_dual(Kt, signs, C), C, rtol=1e-12)
+            np.testing.assert_allclose(cvxpy_svm_dual(Kt, signs, C), C, rtol=1e-5)
+        svm = KernelSVM(C).fit(Kt, y, 3)
+        assert svm.is_label_linear and np.all(svm.alpha_ == C)
+        np.testing.assert_array_equal(svm.label_weights(Kx), Kx)
+        # decision function = C (2 S - rowsum); predictions = argmax W @ onehot(y)
+        S = Kx @ onehot(y, 3)
+        np.testing.assert_allclose(svm.decision_function(Kx), C * (2 * S - Kx.sum(1, keepdims=True)), rtol=1e-12,
+                                   atol=1e-15)
+        np.testing.assert_array_equal(svm.predict(Kx), np.argmax(S, axis=1))
+    # the KKT argument of SPEC §2, checked over every labelling: the dual gradient at alpha = C_max is >= 0
+    if n <= 8:
+        for signs in itertools.product((-1.0, 1.0), repeat=n):
+            s = np.array(signs)
+            assert np.all(1 - s * (Kt @ (m.C_max * s)) >= -1e-12)
 
 
-def test_svm_above_c_max_is_not_label_linear(gram_problem):
-    K, Kx, y = gram_problem(15, 5, 2, 3)
-    C = 50 * KernelSVM().fit(K, y).C_max
-    m = KernelSVM(C).fit(K, y, 2)
-    assert not np.allclose(m.alpha_, C)
-    with pytest.raises(ValueError, match="C_max"):
-        m.label_weights(Kx)
-    with pytest.raises(ValueError, match="C_max"):
-        m.certify(Kx)
+def test_svm_above_c_max_is_not_label_linear_and_matches_qp():
+    found_non_c = False
+    for seed in range(4):
+        Kt, Kx, y = rbf_problem(12, 6, 3, seed)
+        c_max = KernelSVM().fit(Kt, y, 3).C_max
+        for factor in (1.5, 5.0, 50.0):
+            C = factor * c_max
+            m = KernelSVM(C).fit(Kt, y, 3)
+            assert not m.is_label_linear and m.alpha_.shape == (3, 12)
+            assert m.kkt_residual_ < 1e-9
+            F = np.empty((6, 3))
+            for k in range(3):
+                s = np.where(y == k, 1.0, -1.0)
+                ref = cvxpy_svm_dual(Kt, s, C)
+                # never worse than the interior-point optimum; outputs agree (alpha itself need not be
+                # unique on a nearly singular Gram)
+                assert np.all((m.alpha_[k] >= 0) & (m.alpha_[k] <= C))
+                assert dual_objective(Kt, s, m.alpha_[k]) >= dual_objective(Kt, s, ref) - 1e-9 * C * 12
+                F[:, k] = Kx @ (ref * s)
+                np.testing.assert_allclose(Kt @ (m.alpha_[k] * s), Kt @ (ref * s), atol=1e-4)
+            np.testing.assert_allclose(m.decision_function(Kx), F, atol=1e-4 * max(1.0, np.abs(F).max()))
+            np.testing.assert_array_equal(m.predict(Kx), np.argmax(m.decision_function(Kx), axis=1))
+            found_non_c |= bool(np.any(m.alpha_ < C * (1 - 1e-6)))
+            with pytest.raises(ValueError, match="C_max"):
+                m.label_weights(Kx)
+            with pytest.raises(ValueError, match="C_max"):
+                m.certify(Kx)
+    assert found_non_c, "some C > C_max problem must have alpha != C somewhere"
 
 
-@pytest.mark.parametrize("bad,msg", [
-    (lambda K, y: KernelRegression().fit(K[:, :-1], y), "square"),
-    (lambda K, y: KernelRegression().fit(K + np.triu(np.ones_like(K)), y), "symmetric"),
-    (lambda K, y: KernelRegression().fit(np.where(np.eye(len(K)) > 0, np.nan, K), y), "NaN"),
-    (lambda K, y: KernelRegression().fit(K, y + 5, 3), "label"),
-    (lambda K, y: KernelRegression().fit(K, y[:-1]), "labels"),
-    (lambda K, y: KernelRegression().fit(K, y).predict(np.ones((2, 3))), "columns"),
-    (lambda K, y: KernelSVM().predict(K), "not fitted"),
+@settings(max_examples=10, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 2**31), st.floats(0.5, 100.0))
+def test_svm_dual_equals_active_set_enumeration(n, seed, factor):
+    Kt, _, _ = rbf_problem(n, 1, 2, seed)
+    Kt = Kt + 0.01 * np.eye(n)  # strictly convex: a unique optimum
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=n)
+    C = factor / np.abs(Kt).sum(1).max()
+    np.testing.assert_allclose(solve_svm_dual(Kt, signs, C), enumerate_box_qp(Kt, signs, C), atol=1e-9 * C)
+
+
+def test_binary_svm_uses_one_problem_and_antisymmetric_scores():
+    Kt, Kx, y = rbf_problem(10, 5, 2, 6)
+    for C in (None, 20.0):
+        m = KernelSVM(C).fit(Kt, y, 2)
+        assert m.alpha_.shape == (1, 10)
+        F = m.decision_function(Kx)
+        np.testing.assert_array_equal(F[:, 1], -F[:, 0])
+        np.testing.assert_array_equal(m.predict(Kx), np.where(F[:, 0] >= 0, 0, 1))
+    m = KernelSVM(20.0).fit(Kt, y, 2)
+    s = np.where(y == 0, 1.0, -1.0)
+    np.testing.assert_allclose(m.alpha_[0], cvxpy_svm_dual(Kt, s, 20.0), atol=1e-5 * 20)
+
+
+def test_certify_delegates_to_scalabelcert():
+    from kernelcert.certificates import certify
+
+    Kt, Kx, y = rbf_problem(15, 6, 3, 7)
+    Kt = Kt + 1e-3 * np.eye(15)
+    half = 0.5 * KernelSVM().fit(Kt, y, 3).C_max
+    for m in (KernelRegression(0.1), KernelRegression(0.0, train_time=1.0), KernelSVM(), KernelSVM(half)):
+        m.fit(Kt, y, 3)
+        cert = m.certify(Kx)
+        ref = certify(m.label_weights(Kx), y, 3)
+        np.testing.assert_array_equal(cert.radius, ref.radius)
+        np.testing.assert_array_equal(cert.prediction, m.predict(Kx))
+
+
+def test_svm_milp_certify_path_at_large_c():
+    Kt, Kx, y = rbf_problem(5, 2, 2, 8)
+    m = KernelSVM(C=30.0).fit(Kt, y, 2)
+    assert not m.is_label_linear
+    res = m.certify(Kx, method="milp", max_flips=2)
+    np.testing.assert_array_equal(res.prediction, m.predict(Kx))
+    assert res.radius.shape == (2,) and np.all(res.radius >= 0) and np.all(res.radius <= 2)
+    with pytest.raises(ValueError, match="method"):
+        m.certify(Kx, method="bogus")
+
+
+# --------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("bad,exc,msg", [
+    (lambda K, y, Kx: KernelRegression().fit(K[:, :-1], y), ValueError, "square"),
+    (lambda K, y, Kx: KernelRegression().fit(K + np.triu(np.ones_like(K)), y), ValueError, "symmetric"),
+    (lambda K, y, Kx: KernelSVM().fit(np.where(np.eye(len(K)) > 0, np.nan, K), y), ValueError, "NaN"),
+    (lambda K, y, Kx: KernelRegression().fit(np.where(np.eye(len(K)) > 0, np.inf, K), y), ValueError, "NaN"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y + 5, 3), ValueError, "label"),
+    (lambda K, y, Kx: KernelRegression().fit(K, -y - 1), ValueError, "0..K-1"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y, 1), ValueError, "at least 2"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y, 2), ValueError, "num_classes=2"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y + 0.5), ValueError, "integer"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y[:-1]), ValueError, "length"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y[:, None]), ValueError, "1-D"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y).predict(np.ones((2, 3))), ValueError, "columns"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y).decision_function(Kx[:, :-1]), ValueError, "columns"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y).predict(Kx[0]), ValueError, "dimensions"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y).predict(np.where(Kx > 0.5, np.nan, Kx)), ValueError, "NaN"),
+    (lambda K, y, Kx: KernelSVM().predict(Kx), ValueError, "not fitted"),
+    (lambda K, y, Kx: KernelRegression().label_weights(Kx), ValueError, "not fitted"),
+    (lambda K, y, Kx: KernelSVM().fit(K - 2 * np.eye(len(K)), y), ValueError, "positive semidefinite"),
+    (lambda K, y, Kx: KernelSVM().fit(np.zeros_like(K), y), ValueError, "all zeros"),
+    (lambda K, y, Kx: KernelSVM(C=0.0), ValueError, "C"),
+    (lambda K, y, Kx: KernelSVM(C=-1.0), ValueError, "C"),
+    (lambda K, y, Kx: KernelSVM(C=np.nan), ValueError, "C"),
+    (lambda K, y, Kx: KernelRegression(ridge=-1.0), ValueError, "ridge"),
+    (lambda K, y, Kx: KernelRegression(train_time=0.0), ValueError, "train_time"),
+    (lambda K, y, Kx: KernelRegression(learning_rate=0.0), ValueError, "learning_rate"),
+    (lambda K, y, Kx: KernelRegression().fit(K.astype(str), y), TypeError, "numeric"),
+    (lambda K, y, Kx: solve_svm_dual(K, np.zeros(len(K)), 1.0), ValueError, "signs"),
 ])
-def test_bad_input(gram_problem, bad, msg):
-    K, _, y = gram_problem(10, 2, 3, 4)
-    with pytest.raises(ValueError, match=msg):
-        bad(K, y)
+def test_bad_input(bad, exc, msg):
+    K, Kx, y = rbf_problem(10, 3, 3, 4)
+    y = y.copy()
+    y[:3] = [0, 1, 2]
+    with pytest.raises(exc, match=msg):
+        bad(K, y, Kx)

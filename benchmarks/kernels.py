@@ -1,0 +1,159 @@
+"""Benchmark: FullyConnected NTK Gram vs neural-tangents vs the bare matmul floor.
+
+    .venv/bin/python -m benchmarks.kernels            # N in {1000, 2000, 5000, 10000}
+    .venv/bin/python -m benchmarks.kernels --quick    # N in {1000, 2000}
+
+For each N and dtype (float32, float64) on MNIST-like inputs (uniform [0, 1], d = 784) it times the
+symmetric NTK Gram of FullyConnected(depth=2, W_std=1.4, b_std=0.1, relu): ours (after a jit
+warm-up, best of --repeats), neural-tangents 0.6.5 in its own environment (KERNELCERT_NT_PYTHON or
+.venv-nt/bin/python; timed inside that process after its warm-up, same inputs, get="ntk"), and
+numpy `x @ x.T` of the same shape (the arithmetic floor). It also reports the max relative error of
+our float32 Gram against our float64 one, and of ours against neural-tangents (float64, N <= 2000;
+off the diagonal and on it, where neural-tangents' arccos near 1 carries ~1e-8 error).
+Writes benchmarks/results/kernels.json (kernels_quick.json with --quick) atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from kernelcert.kernels import FullyConnected
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+NT_SCRIPT = ROOT / "tests" / "nt_reference.py"
+ARCH = dict(depth=2, W_std=1.4, b_std=0.1, activation="relu")
+COMPARE_MAX_N = 2000  # neural-tangents' Gram is shipped back for an accuracy check up to this N
+
+
+def nt_python() -> str | None:
+    exe = os.environ.get("KERNELCERT_NT_PYTHON")
+    if exe:
+        return exe
+    local = ROOT / ".venv-nt" / "bin" / "python"
+    return str(local) if local.exists() else None
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def run_neural_tangents(exe: str, xs: dict[int, np.ndarray], dtype: str, repeats: int):
+    """{N: (seconds, ntk or None)} from one neural-tangents process; (None, message) on failure."""
+    sizes = sorted(xs)
+    specs = [dict(arch="fc", **ARCH, dtype=dtype, get=["ntk"], time=True, repeats=repeats,
+                  store=bool(n <= COMPARE_MAX_N and dtype == "float64")) for n in sizes]
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        arrays = {}
+        for i, n in enumerate(sizes):
+            arrays[f"x1_{i}"], arrays[f"x2_{i}"] = xs[n], np.zeros(0)
+        np.savez(inp, specs=json.dumps(specs), **arrays)
+        proc = subprocess.run([exe, str(NT_SCRIPT), str(inp), str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        res = np.load(out)
+        return {n: (float(res[f"seconds_{i}"]), res[f"ntk_{i}"] if f"ntk_{i}" in res else None)
+                for i, n in enumerate(sizes)}, None
+
+
+def max_rel_err(a: np.ndarray, ref: np.ndarray, part: str = "all") -> float:
+    """Max relative error of `a` against `ref` over all entries, the off-diagonal ones or the diagonal."""
+    rel = np.abs(a.astype(np.float64) - ref) / np.abs(ref)
+    if part == "diag":
+        return float(np.max(np.diag(rel)))
+    if part == "offdiag":
+        np.fill_diagonal(rel, 0.0)
+    return float(np.max(rel))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N in {1000, 2000}")
+    parser.add_argument("--sizes", type=int, nargs="+", help="override the N values")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
+    parser.add_argument("--out", type=Path, help="JSON output path")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([1000, 2000] if args.quick else [1000, 2000, 5000, 10000])
+    out_path = args.out or RESULTS / ("kernels_quick.json" if args.quick else "kernels.json")
+    d = 784
+    rng = np.random.default_rng(0)
+    xs = {n: rng.uniform(size=(n, d)) for n in sizes}
+    kernel = FullyConnected(**ARCH)
+    exe = None if args.no_nt else nt_python()
+
+    rows = []
+    for dtype in ("float32", "float64"):
+        nt_res, nt_err = (run_neural_tangents(exe, xs, dtype, args.repeats) if exe else (None, "not configured"))
+        for n in sizes:
+            x = xs[n]
+            ours = kernel.ntk(x, dtype=dtype)  # jit warm-up for this shape (and the result for the accuracy check)
+            ours_s = best_time(lambda: kernel.ntk(x, dtype=dtype), args.repeats)
+            xd = x.astype(dtype)
+            matmul_s = best_time(lambda: xd @ xd.T, args.repeats)
+            row = dict(n=n, d=d, dtype=dtype, ours_s=ours_s, matmul_s=matmul_s, ours_over_matmul=ours_s / matmul_s,
+                       nt_s=None, ours_over_nt=None, nt_rel_err_offdiag=None, nt_rel_err_diag=None,
+                       f32_max_rel_err=None)
+            if nt_res is not None:
+                nt_s, nt_ntk = nt_res[n]
+                row.update(nt_s=nt_s, ours_over_nt=ours_s / nt_s)
+                if nt_ntk is not None:
+                    row["nt_rel_err_offdiag"] = max_rel_err(ours, nt_ntk, "offdiag")
+                    row["nt_rel_err_diag"] = max_rel_err(ours, nt_ntk, "diag")
+            if dtype == "float64":
+                f32 = next(r for r in rows if r["n"] == n and r["dtype"] == "float32")
+                f32["f32_max_rel_err"] = max_rel_err(kernel.ntk(x, dtype="float32"), ours)
+            rows.append(row)
+            del ours
+        if nt_err:
+            print(f"neural-tangents ({dtype}): {nt_err}", file=sys.stderr)
+
+    result = dict(
+        benchmark="kernels", arch=dict(kernel="FullyConnected", **ARCH), d=d, repeats=args.repeats, quick=args.quick,
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__, numpy=np.__version__,
+                     device=str(jax.devices()[0])),
+        neural_tangents=None if exe is None else dict(python=exe), rows=rows)
+    print_table(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out_path)
+    print(f"wrote {out_path}")
+    return result
+
+
+def print_table(rows):
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    head = f"{'N':>6} {'dtype':>8} {'ours s':>9} {'nt s':>9} {'x@x.T s':>9} {'ours/mm':>8} {'ours/nt':>8} " \
+           f"{'f32 relerr':>11} {'nt err off':>11} {'nt err diag':>11}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['n']:>6} {r['dtype']:>8} {r['ours_s']:>9.3f} {fmt(r['nt_s'], '9.3f'):>9} {r['matmul_s']:>9.3f} "
+              f"{r['ours_over_matmul']:>8.2f} {fmt(r['ours_over_nt'], '8.2f'):>8} "
+              f"{fmt(r['f32_max_rel_err'], '11.2e'):>11} {fmt(r['nt_rel_err_offdiag'], '11.2e'):>11} "
+              f"{fmt(r['nt_rel_err_diag'], '11.2e'):>11}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Tightness of the ROE / FA certificates against exhaustive attacks on tiny ensembles, plus runtimes.
+
+Black box: random base-model scores (continuous, or small integers with many ties); the exact
+radius enumerates every poisoned set of partitions (FA: groups) and every behaviour of the
+poisoned models (brute_force_roe_radius / brute_force_fa_radius). White box: whitebox_roe with
+random per-partition costs against the exact cost-model enumeration (brute_force_cost_model_radius),
+and label-linear partitions (kernel regression / small-C SVM on RBF Grams of clustered data)
+against relabelling every training label and recomputing every base model
+(brute_force_label_flip_roe_radius).
+
+    .venv/bin/python -m benchmarks.roe_tightness [--quick] [--seed 0]
+
+Prints tables and writes benchmarks/results/roe_tightness[_quick].json atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from kernelcert import roe
+from kernelcert.ensemble import dpa
+from kernelcert.learners import KernelRegression, KernelSVM, onehot
+
+
+def _scores(rng, shape):
+    if rng.random() < 0.5:
+        return rng.integers(0, 3, size=shape).astype(float)
+    return rng.normal(size=shape)
+
+
+def _stats(name, cert, exact, extra=None):
+    cert, exact = np.asarray(cert), np.asarray(exact)
+    row = {
+        "certificate": name,
+        "points": int(cert.size),
+        "unsound": int((cert > exact).sum()),
+        "tight_fraction": float((cert == exact).mean()),
+        "mean_gap": float((exact - cert).mean()),
+        "max_gap": int((exact - cert).max()),
+    }
+    row.update(extra or {})
+    return row
+
+
+def black_box(rng, trials):
+    rows = []
+    c_roe, e_roe, c_fa, e_fa, c_faroe, e_faroe, c_dpa, e_dpa = ([] for _ in range(8))
+    for _ in range(trials):
+        M, K = int(rng.integers(1, 6)), int(rng.integers(2, 4))
+        s = _scores(rng, (4, M, K))
+        c_roe.append(roe.dpa_roe(s).radius)
+        e_roe.append(roe.brute_force_roe_radius(s))
+        v = np.argmax(s, axis=2)
+        c_dpa.append(dpa(v, K).radius)
+        e_dpa.append(roe.brute_force_fa_radius(v, [0], K))
+        k, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        L = k * d
+        shifts = rng.choice(L, size=d, replace=False)
+        s = _scores(rng, (3, L, K))
+        v = np.argmax(s, axis=2)
+        c_fa.append(roe.fa(v, shifts, K).radius)
+        e_fa.append(roe.brute_force_fa_radius(v, shifts, K))
+        c_faroe.append(roe.fa_roe(s, shifts).radius)
+        e_faroe.append(roe.brute_force_roe_radius(s, shifts))
+    cat = np.concatenate
+    rows.append(_stats("DPA (plurality)", cat(c_dpa), cat(e_dpa)))
+    rows.append(_stats("DPA+ROE", cat(c_roe), cat(e_roe)))
+    rows.append(_stats("FA", cat(c_fa), cat(e_fa)))
+    rows.append(_stats("FA+ROE", cat(c_faroe), cat(e_faroe)))
+    return rows
+
+
+def cost_model(rng, trials):
+    """whitebox_roe with random per-partition costs vs the exact cost-model enumeration."""
+    ex, plain, joint, bb = [], [], [], []
+    for _ in range(trials):
+        M, K = int(rng.integers(1, 5)), int(rng.integers(2, 4))
+        s = _scores(rng, (2, M, K))
+        vc = rng.integers(1, 6, size=(2, M, K)).astype(float)
+        pc = rng.integers(1, 6, size=(2, M, K, K)).astype(float)
+        ex.append(roe.brute_force_cost_model_radius(s, vc, pc))
+        plain.append(roe.whitebox_roe(s, vc, pc, joint=False).radius)
+        joint.append(roe.whitebox_roe(s, vc, pc, joint=True).radius)
+        bb.append(roe.dpa_roe(s).radius)
+    ex, plain, joint, bb = map(np.concatenate, (ex, plain, joint, bb))
+    return [
+        _stats("black-box DPA+ROE", bb, ex),
+        _stats("whitebox_roe joint=False", plain, ex, {"above_black_box_fraction": float((plain > bb).mean())}),
+        _stats("whitebox_roe joint=True", joint, ex, {"above_black_box_fraction": float((joint > bb).mean())}),
+    ]
+
+
+LEARNERS = {
+    "KRR ridge 0.1": lambda: KernelRegression(ridge=0.1),
+    "KRR ridge 10": lambda: KernelRegression(ridge=10.0),
+    "small-C SVM": lambda: KernelSVM(),
+}
+
+
+def white_box(rng, trials):
+    """Label-linear partitions on clustered 2-D data (RBF kernel); exact radius by relabelling every label."""
+    rows = []
+    for name, make in LEARNERS.items():
+        wb, bb, ex = [], [], []
+        for _ in range(max(1, trials // len(LEARNERS))):
+            K = int(rng.integers(2, 4))
+            M = int(rng.integers(2, 4))
+            # K = 2 allows larger partitions (up to 12 labels in all), where one flip rarely suffices
+            sizes = rng.integers(3, 7, size=M) if K == 2 else rng.integers(2, 4, size=M)
+            while K ** sizes.sum() > 6000:
+                sizes[np.argmax(sizes)] -= 1
+            centres = 2.0 * np.stack([np.cos(2 * np.pi * np.arange(K) / K), np.sin(2 * np.pi * np.arange(K) / K)], 1)
+            xt = centres[rng.integers(0, K, 3)] + rng.normal(scale=0.7, size=(3, 2))
+            Ws, ys = [], []
+            for nm in sizes:
+                y = rng.integers(0, K, nm)
+                x = centres[y] + rng.normal(scale=0.7, size=(nm, 2))
+                gram = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / 4)
+                cross = np.exp(-((xt[:, None] - x[None]) ** 2).sum(-1) / 4)
+                Ws.append(make().fit(gram, y, K).label_weights(cross))
+                ys.append(y)
+            wb.append(roe.whitebox_roe_from_label_linear(Ws, ys, K).radius)
+            bb.append(roe.dpa_roe(np.stack([W @ onehot(y, K) for W, y in zip(Ws, ys)], axis=1)).radius)
+            ex.append(roe.brute_force_label_flip_roe_radius(Ws, ys, K)[0])
+        wb, bb, ex = map(np.concatenate, (wb, bb, ex))
+        rows.append(_stats(f"{name}: black-box DPA+ROE", bb, ex))
+        rows.append(_stats(f"{name}: white-box ROE", wb, ex, {"above_black_box_fraction": float((wb > bb).mean())}))
+    return rows
+
+
+def timings(rng, quick):
+    K = 10
+    sizes = dict(t=200, M=50, L=400, d=8, Mw=20) if quick else dict(t=2000, M=1200, L=800, d=16, Mw=50)
+    rows = []
+
+    def clock(name, fn, **shape):
+        t0 = time.perf_counter()
+        res = fn()
+        rows.append({"certificate": name, **shape, "seconds": round(time.perf_counter() - t0, 3),
+                     "median_radius": float(np.median(res.radius))})
+
+    t = sizes["t"]
+    s = rng.normal(size=(t, sizes["M"], K)) + 1.5 * (np.arange(K) == 3)
+    clock("dpa_roe", lambda: roe.dpa_roe(s), t=t, models=sizes["M"], K=K)
+    shifts = rng.choice(sizes["L"], size=sizes["d"], replace=False)
+    s = rng.normal(size=(t // 4, sizes["L"], K)) + 1.0 * (np.arange(K) == 3)
+    clock("fa", lambda: roe.fa(np.argmax(s, 2), shifts, K), t=t // 4, models=sizes["L"], K=K)
+    clock("fa_roe", lambda: roe.fa_roe(s, shifts), t=t // 4, models=sizes["L"], K=K)
+    M = sizes["Mw"]
+    s = rng.normal(size=(t // 4, M, K)) + 0.8 * (np.arange(K) == 3)
+    vc = rng.integers(1, 20, size=(t // 4, M, K)).astype(float)
+    pc = rng.integers(1, 20, size=(t // 4, M, K, K)).astype(float)
+    for joint in (False, "auto"):
+        clock(f"whitebox_roe joint={joint}", lambda: roe.whitebox_roe(s, vc, pc, joint=joint), t=t // 4, models=M, K=K)
+    return rows
+
+
+def _print(title, rows):
+    print(f"\n{title}")
+    keys = list(rows[0])
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    widths = {k: max(len(k), *(len(_fmt(r.get(k, ""))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(_fmt(r.get(k, "")).ljust(widths[k]) for k in keys))
+
+
+def _fmt(x):
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small configuration (about half a minute)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    trials_bb, trials_wb = (300, 200) if args.quick else (1500, 1000)
+    t0 = time.perf_counter()
+    result = {
+        "config": {"quick": args.quick, "seed": args.seed, "black_box_trials": trials_bb, "white_box_trials": trials_wb},
+        "black_box": black_box(rng, trials_bb),
+        "cost_model": cost_model(rng, trials_wb),
+        "white_box": white_box(rng, trials_wb),
+        "timings": timings(rng, args.quick),
+    }
+    result["config"]["total_seconds"] = round(time.perf_counter() - t0, 1)
+    _print("Black-box certificates vs exhaustive attack (radius; tiny ensembles, K <= 3)", result["black_box"])
+    _print("White-box ROE with random per-partition costs vs exhaustive cost-model attack", result["cost_model"])
+    _print("Label-flip radius vs relabelling every label (label-linear partitions)", result["white_box"])
+    _print("Runtime (one run each, CPU)", result["timings"])
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "roe_tightness_quick.json" if args.quick else "roe_tightness.json")
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+    print(f"\nwrote {path} ({result['config']['total_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
