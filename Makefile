@@ -51,10 +51,10 @@ demo: install data
 	$(VENV)/bin/kernelcert demo
 
 bench: install data nt-env
-	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.run_all
+	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.kernels
 
 bench-quick: install data nt-env
-	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.run_all --quick
+	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.kernels --quick
 
 clean:
 	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis

@@ -185,7 +185,8 @@ def main(argv=None):
     trials_bb, trials_wb = (300, 200) if args.quick else (1500, 1000)
     t0 = time.perf_counter()
     result = {
-        "config": {"quick": args.quick, "seed": args.seed, "black_box_trials": trials_bb, "white_box_trials": trials_wb},
+        "config": {"quick": args.quick, "seed": args.seed,
+                   "black_box_trials": trials_bb, "white_box_trials": trials_wb},
         "black_box": black_box(rng, trials_bb),
         "cost_model": cost_model(rng, trials_wb),
         "white_box": white_box(rng, trials_wb),

@@ -538,6 +538,10 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
         for m, (W, y) in enumerate(zip(Ws, ys)):
             Wb = W[sl]
             scores[:, m] = Wb @ onehot(y, K)
+            if len(y) == 0:  # an empty partition's model can never change
+                vcost[:, m] = np.inf
+                pcost[:, m] = np.inf
+                continue
             cert = certify(Wb, y, K, rtol=rtol)
             vcost[:, m] = cert.cost_lower
             pcost[:, m] = pairwise_costs(Wb, y, K, tie="attacker", rtol=rtol)
@@ -691,7 +695,7 @@ def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: in
         raise ValueError(f"brute force over {K}^{n} relabellings is too large")
     max_flips = n if max_flips is None else int(max_flips)
     y0 = np.concatenate(ys)
-    Y = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64).reshape(-1, n)
+    Y = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64).reshape(K ** n, n)
     dist = (Y != y0).sum(axis=1)
     Y, dist = Y[dist <= max_flips], dist[dist <= max_flips]
     t = Ws[0].shape[0]
@@ -701,7 +705,7 @@ def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: in
     start = 0
     for m, (W, nm) in enumerate(zip(Ws, sizes)):
         # retrain partition m on each of its K^n_m relabellings once, then look the scores up
-        local = np.array(list(itertools.product(range(K), repeat=nm)), dtype=np.int64).reshape(-1, nm)
+        local = np.array(list(itertools.product(range(K), repeat=nm)), dtype=np.int64).reshape(K ** nm, nm)
         table = np.stack([W @ onehot(y, K) for y in local])  # (K^n_m, t, K)
         code = Y[:, start:start + nm] @ (K ** np.arange(nm - 1, -1, -1)) if nm else np.zeros(len(Y), np.int64)
         scores[:, :, m] = table[code]

@@ -104,7 +104,8 @@ def ref_fa_roe(s, shifts):
     groups = [[(h + sh) % L for sh in shifts] for h in range(L)]
 
     def cost(a, b):
-        return ref_greedy(n[a] - n[b] + (b > a), [sum(1 + (votes[l] == a) - (votes[l] == b) for l in g) for g in groups])
+        reducers = [sum(1 + (votes[l] == a) - (votes[l] == b) for l in g) for g in groups]
+        return ref_greedy(n[a] - n[b] + (b > a), reducers)
 
     E = [2 * sum(1 for l in range(L) if s[l, cp] > s[l, c]) - L for c in range(K)]
     r1 = 10**9
@@ -142,9 +143,10 @@ def test_roe_tie_rules():
     # equal round-1 counts: the smaller index is m1; run-off tie E = 0 -> smaller index
     s = np.array([[[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]])
     assert roe.roe_predict(s)[0] == 0
-    # run-off between classes 2 (m1, 2 votes) and 1 (m2): E_2(1) = 0 -> smaller index 1 wins
-    s = np.array([[[0, 1, 2], [0, 0, 3], [0, 5, 4], [0, 9, 0.0]]])
-    assert roe.roe_predict(s)[0] == 1
+    # votes 2, 2, 1, 0: m1 = 2, m2 = 0 (ties with class 1, smaller index); two models have
+    # z(2) > z(0), so E_2(0) = 0 and the smaller index, the runner-up 0, wins
+    s = np.array([[[0, 1, 2], [5, 0, 6], [4.5, 5, 4], [9, 1, 0.0]]])
+    assert roe.roe_predict(s)[0] == 0
 
 
 def test_roe_predict_rejects_bad_input():
@@ -247,7 +249,8 @@ def test_dpa_star_roe_is_dpa_roe_on_summed_scores(seed, N, V, K):
 
 
 # --------------------------------------------------------------------------- FA and FA+ROE
-fa_setups = st.tuples(seeds, st.integers(1, 3), st.integers(1, 2), st.integers(2, 3), st.sampled_from(["ties", "normal"]))
+fa_setups = st.tuples(seeds, st.integers(1, 3), st.integers(1, 2), st.integers(2, 3),
+                      st.sampled_from(["ties", "normal"]))
 
 
 @settings(max_examples=40, deadline=None)
@@ -364,6 +367,16 @@ def test_whitebox_roe_sound_by_relabelling_every_label(setup):
     assert np.all(res.radius >= bb.radius)
     no_joint = roe.whitebox_roe_from_label_linear(Ws, ys, K, joint=False)
     assert np.all(no_joint.radius <= res.radius) and np.all(no_joint.radius >= bb.radius)
+
+
+def test_whitebox_label_linear_with_an_empty_partition():
+    rng = np.random.default_rng(4)
+    Ws = [rng.normal(size=(4, 3)) + 0.3, np.zeros((4, 0)), rng.normal(size=(4, 3)) + 0.3]
+    ys = [np.array([0, 0, 1]), np.zeros(0, np.int64), np.array([2, 0, 0])]
+    res = roe.whitebox_roe_from_label_linear(Ws, ys, 3)
+    exact, pred = roe.brute_force_label_flip_roe_radius(Ws, ys, 3)
+    np.testing.assert_array_equal(res.prediction, pred)
+    assert np.all(res.radius <= exact)
 
 
 @settings(max_examples=15, deadline=None)
