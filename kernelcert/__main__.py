@@ -1,3 +1,5 @@
+"""`python -m kernelcert` = the `kernelcert` command (see kernelcert.cli)."""
+
 import sys
 
 from .cli import main

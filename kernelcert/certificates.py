@@ -5,9 +5,29 @@ that do not depend on k). `certify(W, y, K)` returns, per test point, the exact 
 largest number of label flips that provably leaves the prediction unchanged), sound lower and
 verified upper bounds on the per-class costs `A_c`, and attack witnesses.
 
+How it is computed (per block of test points, vectorised over the block):
+
+* ONE sort per test point: the columns are grouped by class (a fixed permutation) and each class
+  segment is sorted. Group `g = 2k` holds the positive weights of class k, `g = 2k + 1` the
+  negative ones; both are read off the sorted segment in order of decreasing |w|.
+* Every reduction of SPEC §3 is `f_g |w_j|` with a factor per group (pairwise problem (a, b):
+  1 for every other class, 2 for a's positive and b's negative weights, 0 for a's negative and
+  b's positive ones), so the greedy "largest reductions first" is a merge of the groups' sorted
+  lists. The top `L` entries of every group (a window) are merged once per test point into a
+  list `c` (all factor-1 values) and `c ∪ 2c`; per-group counts along `c` are tabulated, so the
+  sum of the active reductions in any prefix of the merged order is a handful of table look-ups
+  and every pairwise problem is ONE binary search over that prefix (no per-pair sort).
+* The answer of a pairwise problem is exact when every reduction at least as large as the
+  deciding one lies inside the windows; rows where that cannot be shown are recomputed with
+  8x larger windows, up to whole groups (then the computation is the plain greedy).
+
 Floating point (SPEC §3): an attack is counted as successful as soon as its cumulative margin
-reduction is within `rtol * sum_j |W_ij|` of the margin, so rounding can only make radii and
-lower bounds smaller. Upper bounds and witnesses are verified by recomputing the float scores.
+reduction is within `tol = rtol * sum_j |W_ij|` (plus a rounding allowance of a few `n * eps *
+sum_j |W_ij|`, so that float error can never enlarge a radius, whatever `rtol`) of the margin.
+Upper bounds are backed by attacks that are verified: the scores after the attack are recomputed
+from the moved samples and must make the target win by more than the rounding allowance, which
+guarantees the target also wins when the attacked scores are evaluated from scratch in float64
+(any summation order). `Certificate.witness` re-checks from scratch.
 """
 
 from __future__ import annotations
@@ -16,19 +36,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import as_float_array, check_labels
+from ._validation import as_float_array, check_int, check_labels, check_positive
 
-_DEFAULT_BLOCK_BYTES = 128 * 2**20
+_EPS = float(np.finfo(np.float64).eps)
+_BLOCK_BYTES = 96 * 2**20  # working memory per block of test points
+_FIRST_WINDOW = 64  # entries per group kept in the first pass
+_WINDOW_GROWTH = 8
 
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per-test-point certificate of a label-linear model.
+    """Per-test-point certificate of a label-linear model (SPEC §3).
 
-    prediction (t,), radius (t,) int64 (exact), cost_lower / cost_upper (t, K) float64 bounds on the
-    fewest flips after which the prediction is class c (0 at the prediction, inf if unreachable),
-    class_exact (t, K) = lower == upper, exact (t,) = all classes exact. Keeps references to the
-    weights and labels so that `witness(i)` can rebuild attacks for one test point.
+    prediction (t,) int64; radius (t,) int64, exact (n where no relabelling changes the prediction);
+    cost_lower / cost_upper (t, K) float64: sound lower bound and verified upper bound on A_c, the
+    fewest flips after which the prediction is class c (0 at the prediction, inf if unreachable /
+    no verified attack); class_exact (t, K) = lower == upper; exact (t,) = all classes exact.
+    With class_bounds=False only the radius is computed: cost_lower is then P(p, c) (c must beat
+    the prediction p) and cost_upper inf off the prediction.
+
+    `weights` is a reference to the caller's (t, n) weight array (not a copy) and `labels` the
+    validated labels: `witness(i, ...)` recomputes the attack for test point i from them, so
+    nothing of size t x n is stored. Do not modify the weights afterwards.
     """
 
     prediction: np.ndarray
@@ -41,296 +70,777 @@ class Certificate:
     labels: np.ndarray = field(repr=False)
     num_classes: int = 2
     rtol: float = 1e-9
+    class_bounds: bool = True
 
     def witness(self, i: int, target: int | None = None) -> list[tuple[int, int]]:
-        """Attack [(train_index, new_label), ...] for test point i.
+        """Attack [(train_index, new_label), ...] for test point i, verified from scratch.
 
-        target=None: an attack of size radius+1 that changes the prediction (verified; in a float
-        near-tie within rtol it may need one more flip). target=c: the verified attack behind
-        cost_upper[i, c]. Raises ValueError when no attack exists.
+        target=None: an attack of size radius + 1 that changes the prediction (greedy order of the
+        cheapest pairwise problem; in a float near-tie within the tolerance it may need more flips,
+        then the shortest verified prefix is returned). target=c: the verified attack behind
+        cost_upper[i, c] (exactly cost_upper[i, c] flips; [] for the prediction itself).
+        Raises ValueError when no such attack exists.
         """
-        w = self.weights[i:i + 1]
+        t = self.prediction.shape[0]
+        i = check_int("i", i, minimum=-t, maximum=t - 1) % t
+        layout = _Layout(self.labels, self.num_classes)
+        w = np.asarray(self.weights[i], dtype=np.float64)
         p = int(self.prediction[i])
         if target is None:
-            P, orders = _pairwise_with_orders(w, self.labels, self.num_classes, self.rtol, rivals_of=p)
-            costs = P[0, p].copy()
-            costs[p] = np.inf
-            b = int(np.argmin(costs))
-            if not np.isfinite(costs[b]):
+            if self.radius[i] >= layout.n:
                 raise ValueError(f"no label-flip attack changes the prediction of test point {i}")
-            return _verified_prefix(w[0], self.labels, self.num_classes, orders[b], int(costs[b]),
-                                    lambda pred: pred != p)
-        c = int(target)
-        if not 0 <= c < self.num_classes:
-            raise ValueError(f"target must be in 0..{self.num_classes - 1}, got {target}")
+            return _radius_witness(w, self.labels, self.num_classes, p, int(self.radius[i]) + 1, self.rtol)
+        c = check_int("target", target, minimum=0, maximum=self.num_classes - 1)
         if c == p:
             return []
-        s = _scores(w, self.labels, self.num_classes)
-        size, y2 = _greedy_upper(w, self.labels, self.num_classes, c, s, np.array([p]), return_attack=True)
-        if not np.isfinite(size[0]):
+        if not self.class_bounds or not np.isfinite(self.cost_upper[i, c]):
             raise ValueError(f"no verified attack makes test point {i} predict class {c}")
-        changed = np.flatnonzero(y2[0] != self.labels)
-        return [(int(j), int(y2[0, j])) for j in changed]
+        attack = _target_witness(w, layout, c, self.rtol)
+        if len(attack) != self.cost_upper[i, c]:  # pragma: no cover - determinism guard
+            raise RuntimeError(f"rebuilt attack has {len(attack)} flips, certificate says {self.cost_upper[i, c]}")
+        y2 = self.labels.copy()
+        for j, v in attack:
+            y2[j] = v
+        if _argmax_scores(w, y2, self.num_classes) != c:  # pragma: no cover - guarded by the margin
+            raise RuntimeError(f"attack for test point {i}, class {c} does not verify from scratch")
+        return attack
 
 
-# --------------------------------------------------------------------------- helpers
-def _scores(weights: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class scores (t, K) = W @ onehot(y)."""
-    onehot = np.zeros((len(labels), num_classes))
-    onehot[np.arange(len(labels)), labels] = 1.0
-    return weights @ onehot
+# --------------------------------------------------------------------------- layout and sorting
+class _Layout:
+    """Class grouping of the training columns (fixed for all test points).
+
+    perm (n,): column order grouping the classes; off (K+1,): class segment offsets in that order.
+    Group g = 2k: positive weights of class k, g = 2k + 1: negative weights.
+    """
+
+    def __init__(self, labels: np.ndarray, num_classes: int):
+        self.labels = labels
+        self.n = len(labels)
+        self.K = num_classes
+        self.G = 2 * num_classes
+        self.perm = np.argsort(labels, kind="stable")
+        self.off = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))]).astype(np.int64)
+        self.max_group = int(np.diff(self.off).max()) if self.n else 0
+        # first window: 64 entries per group, fewer for many classes (tables are G x G·L per row)
+        first = min(_FIRST_WINDOW, max(16, 2560 // self.G))
+        self.first_window = max(1, min(first, self.max_group))
+
+    def next_window(self, L: int) -> int:
+        return min(self.max_group, L * _WINDOW_GROWTH)
+
+    def row_bytes(self, L: int) -> int:
+        """Approximate working memory per test point for window size L."""
+        GL = self.G * L
+        return 8 * (3 * self.n + 4 * GL + 6 * GL) + 4 * self.G * (GL + 1) + self.G * GL
 
 
-def _beats(s_b, s_a, b, a):
-    """Tie rule: b beats a iff s_b > s_a, or equal and b < a."""
+def _sorted_segments(wb: np.ndarray, layout: _Layout, with_index: bool = False):
+    """Rows of wb (B, n) with columns grouped by class and each class segment sorted ascending.
+
+    Returns S (B, n) and, with_index, the training index of every entry (B, n).
+    """
+    S = np.take(wb, layout.perm, axis=1)
+    idx = np.broadcast_to(layout.perm, S.shape).copy() if with_index else None
+    for k in range(layout.K):
+        lo, hi = layout.off[k], layout.off[k + 1]
+        if hi - lo < 2:
+            continue
+        if with_index:
+            o = np.argsort(S[:, lo:hi], axis=1, kind="stable")
+            S[:, lo:hi] = np.take_along_axis(S[:, lo:hi], o, axis=1)
+            idx[:, lo:hi] = np.take_along_axis(idx[:, lo:hi], o, axis=1)
+        else:
+            S[:, lo:hi].sort(axis=1)
+    return S, idx
+
+
+def _iters(size: int) -> int:
+    """Binary search steps that shrink an interval of `size` candidates to one."""
+    return max(1, int(np.ceil(np.log2(size + 1))))
+
+
+# --------------------------------------------------------------------------- per-block tables
+class _Context:
+    """Windows, merged lists and count tables for B test points (rows of sorted segments S).
+
+    X (B, G, L): top-L |w| of every group, decreasing (0-padded); cut (B, G): the largest |w| left
+    out of a group's window (0 if none); Xc (B, G, L+1) prefix sums of X; c (B, GL): all window
+    values merged, decreasing; Cc prefix sums of c; CT (B, G, GL+1) int32: CT[r, g, q] = number of
+    group-g entries among the first q entries of c; V (B, 2GL): c and 2c merged, decreasing;
+    Q1 / Q2 (B, 2GL+1): how many of the first q entries of V come from c / from 2c.
+    """
+
+    def __init__(self, S: np.ndarray, layout: _Layout, L: int, rtol: float, index: np.ndarray | None = None):
+        B, n = S.shape
+        K, G = layout.K, layout.G
+        self.B, self.K, self.G, self.L, self.GL = B, K, G, L, G * L
+        self.complete = L >= layout.max_group
+        X = np.zeros((B, G, L))
+        cut = np.zeros((B, G))
+        Iw = np.full((B, G, L), -1, np.int64) if index is not None else None
+        scores = np.empty((B, K))
+        for k in range(K):
+            lo, hi = layout.off[k], layout.off[k + 1]
+            seg = S[:, lo:hi]
+            scores[:, k] = np.add.reduce(seg, axis=1)
+            nk = hi - lo
+            m = min(L, nk)
+            if m:
+                X[:, 2 * k, :m] = np.maximum(seg[:, nk - m:][:, ::-1], 0.0)
+                X[:, 2 * k + 1, :m] = np.maximum(-seg[:, :m], 0.0)
+                if Iw is not None:
+                    Iw[:, 2 * k, :m] = index[:, hi - m:hi][:, ::-1]
+                    Iw[:, 2 * k + 1, :m] = index[:, lo:lo + m]
+            if nk > L:
+                cut[:, 2 * k] = np.maximum(seg[:, nk - 1 - L], 0.0)
+                cut[:, 2 * k + 1] = np.maximum(-seg[:, L], 0.0)
+        X[X == 0] = 0.0  # no negative zeros
+        self.s = scores
+        self.X, self.cut, self.Iw = X, cut, Iw
+        self.cutmax = cut.max(axis=1) if G else np.zeros(B)
+        self.Xc = np.zeros((B, G, L + 1))
+        np.cumsum(X, axis=2, out=self.Xc[:, :, 1:])
+        flat = X.reshape(B, G * L)
+        order = np.argsort(-flat, axis=1, kind="stable")
+        c = np.take_along_axis(flat, order, axis=1)
+        tag = order // L
+        self.c = c
+        self.Cc = np.zeros((B, G * L + 1))
+        np.cumsum(c, axis=1, out=self.Cc[:, 1:])
+        CT = np.zeros((B, G, G * L + 1), np.int32)
+        np.cumsum(tag[:, None, :] == np.arange(G)[None, :, None], axis=2, dtype=np.int32, out=CT[:, :, 1:])
+        self.CT = CT
+        both = np.concatenate([c, 2.0 * c], axis=1)
+        o2 = np.argsort(-both, axis=1, kind="stable")
+        self.V = np.take_along_axis(both, o2, axis=1)
+        self.Q2 = np.zeros((B, 2 * G * L + 1), np.int64)
+        np.cumsum(o2 >= G * L, axis=1, out=self.Q2[:, 1:])
+        self.Q1 = np.arange(2 * G * L + 1)[None, :] - self.Q2
+        absum = np.abs(S).sum(axis=1)
+        # rounding allowance: bounds |float - exact| of every score, margin and prefix sum used
+        # here and of a from-scratch evaluation of the attacked scores (gamma_m <= m eps, generous)
+        self.slack = 16.0 * (n + G * L + 16) * _EPS * absum
+        self.tol = rtol * absum + self.slack
+        self.absum = absum
+
+    # --- table look-ups (r, g, q broadcast together)
+    def count(self, r, g, q):
+        return self.CT[r, g, q]
+
+    def gsum(self, r, g, k):
+        return self.Xc[r, g, k]
+
+
+# --------------------------------------------------------------------------- pairwise problems
+def _pair_active(ctx: _Context, r, a, b, q):
+    """Sum and number of active reductions of pair (a, b) among the first q entries of V.
+
+    Active: factor-1 entries of every class other than a, b (relabel to b if w > 0, to a if
+    w < 0) and factor-2 entries of a's positive and b's negative weights (SPEC §3 table).
+    """
+    q1 = ctx.Q1[r, q]
+    q2 = ctx.Q2[r, q]
+    tot = ctx.Cc[r, q1]
+    cnt = q1.copy()
+    for g in (2 * a, 2 * a + 1, 2 * b, 2 * b + 1):
+        k = ctx.CT[r, g, q1]
+        cnt = cnt - k
+        tot = tot - ctx.Xc[r, g, k]
+    for g in (2 * a, 2 * b + 1):
+        k = ctx.CT[r, g, q2]
+        cnt = cnt + k
+        tot = tot + 2.0 * ctx.Xc[r, g, k]
+    return tot, cnt
+
+
+def _pair_search(ctx: _Context, r, a, b, T):
+    """Greedy count of pairwise problems (query arrays r, a, b, T = margin - tol; T > 0 or not).
+
+    Returns (m, q, found, valid): m the fewest active reductions whose sum reaches T (at least
+    one), q its prefix length in V, found whether the windows reach T, valid whether the answer
+    is exact for the full problem (else the row needs larger windows).
+    """
+    top = 2 * ctx.GL
+    Q = len(r)
+    end = np.full(Q, top)
+    tot, cnt = _pair_active(ctx, r, a, b, end)
+    found = (tot >= T) & (cnt >= 1)
+    lo = np.zeros(Q, np.int64)
+    hi = end.copy()
+    for _ in range(_iters(top + 1)):
+        mid = (lo + hi) >> 1
+        tot, cnt = _pair_active(ctx, r, a, b, mid)
+        ok = (tot >= T) & (cnt >= 1)
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid + 1)
+    q = hi
+    _, m = _pair_active(ctx, r, a, b, q)
+    v = ctx.V[r, np.maximum(q - 1, 0)]
+    # every reduction >= v must be inside the windows: factor-1 groups (all) and the doubled ones
+    need = np.maximum(ctx.cutmax[r], 2.0 * np.maximum(ctx.cut[r, 2 * a], ctx.cut[r, 2 * b + 1]))
+    valid = np.where(found, v > need, ctx.cutmax[r] == 0)
+    return m, np.where(found, q, -1), found, valid
+
+
+def _already(s_a, s_b, a, b, tie: str):
+    """b beats a with no flips: s_b > s_a or s_b == s_a and b < a ('index'); s_b >= s_a ('attacker')."""
+    if tie == "attacker":
+        return s_b >= s_a
     return (s_b > s_a) | ((s_b == s_a) & (b < a))
 
 
-def _pair_reductions(w, labels, a, b):
-    """Per-sample best reduction of s_a - s_b and the relabelling achieving it (SPEC §3 table).
+def _pairs(ctx: _Context, r, a, b, tie: str):
+    """P(a, b) for query arrays (r, a, b): flip counts (float, inf = unreachable), prefix q, valid."""
+    sa, sb = ctx.s[r, a], ctx.s[r, b]
+    done = _already(sa, sb, a, b, tie)
+    T = (sa - sb) - ctx.tol[r]
+    zero_row = ctx.absum[r] == 0  # nothing moves any score: only ties decide
+    P = np.where(done, 0.0, np.inf)
+    q = np.full(len(r), -1)
+    valid = np.ones(len(r), bool)
+    todo = np.flatnonzero(~done & ~zero_row)
+    if todo.size:
+        m, qq, found, ok = _pair_search(ctx, r[todo], a[todo], b[todo], T[todo])
+        # within the tolerance the margin counts as covered by any single flip (SPEC §3)
+        P[todo] = np.where(T[todo] <= 0, 1.0, np.where(found, m, np.inf))
+        q[todo] = qq
+        valid[todo] = ok | (T[todo] <= 0)
+    return P, q, valid
 
-    w (B, n). Returns reductions (B, n) >= 0 and new labels (B, n) (-1 where nothing helps).
+
+# --------------------------------------------------------------------------- attacks as group prefixes
+def _pair_spec(a, b, G):
+    """Moves of the greedy for pair (a, b) as group membership (Q, G) and destinations (Q, G)."""
+    g = np.arange(G)
+    cls, pos = g // 2, g % 2 == 0
+    a, b = a[:, None], b[:, None]
+    member1 = (cls != a) & (cls != b)
+    member2 = (g == 2 * a) | (g == 2 * b + 1)
+    dest = np.where(pos, b, a)
+    return member1, member2, dest
+
+
+def _safe_spec(c, prio, t, G):
+    """'Safe' moves towards target c: positive weights of other classes relabelled to c (doubled
+    order key for classes in `prio` (Q, K)), negative weights of c relabelled to t. Every such move
+    raises s_c - s_k for every k, so the win condition is monotone along the order."""
+    g = np.arange(G)
+    cls, pos = g // 2, g % 2 == 0
+    c = c[:, None]
+    pr = np.take_along_axis(prio, np.broadcast_to(cls, (len(prio), G)), axis=1)
+    member1 = pos & (cls != c) & ~pr
+    member2 = (pos & (cls != c) & pr) | (g == 2 * c + 1)
+    dest = np.where(pos, c, t[:, None])
+    return member1, member2, dest
+
+
+def _after(ctx: _Context, r, q, member1, member2, dest):
+    """Scores (Q, K) after the moves of a spec in the first q entries of V, and their number."""
+    Q = len(r)
+    G = ctx.G
+    g = np.arange(G)[None, :]
+    rr = r[:, None]
+    k1 = ctx.CT[rr, g, ctx.Q1[r, q][:, None]]
+    k2 = ctx.CT[rr, g, ctx.Q2[r, q][:, None]]
+    k = np.where(member1, k1, 0) + np.where(member2, k2, 0)
+    moved = ctx.Xc[rr, g, k]
+    signed = np.where(g % 2 == 0, moved, -moved)  # sum of the moved weights w
+    new = ctx.s[r] - signed.reshape(Q, ctx.K, 2).sum(axis=2)
+    rows = np.arange(Q)
+    for j in range(G):  # one destination per row and group: no repeated index within a step
+        new[rows, dest[:, j]] += signed[:, j]
+    return new, k.sum(axis=1)
+
+
+def _wins(ctx: _Context, r, c, new):
+    """c wins on the attacked scores by more than the rounding allowance (so also from scratch)."""
+    gap = new[np.arange(len(r)), c][:, None] - new
+    gap[np.arange(len(r)), c] = np.inf
+    return gap.min(axis=1) > ctx.slack[r]
+
+
+def _safe_search(ctx: _Context, r, c, prio, t):
+    """Shortest verified prefix of the safe order (monotone win condition): (count or inf, q)."""
+    m1, m2, dest = _safe_spec(c, prio, t, ctx.G)
+    top = 2 * ctx.GL
+    Q = len(r)
+    end = np.full(Q, top)
+    found = _wins(ctx, r, c, _after(ctx, r, end, m1, m2, dest)[0])
+    lo = np.zeros(Q, np.int64)
+    hi = end.copy()
+    for _ in range(_iters(top + 1)):
+        mid = (lo + hi) >> 1
+        ok = _wins(ctx, r, c, _after(ctx, r, mid, m1, m2, dest)[0])
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid + 1)
+    new, cnt = _after(ctx, r, hi, m1, m2, dest)
+    ok = found & _wins(ctx, r, c, new)
+    return np.where(ok, cnt, np.inf), np.where(ok, hi, -1)
+
+
+def _safe_variant(variant: int, s, c, jstar, pred):
+    """Priority classes (Q, K) and destination of c's negative weights (Q,) of safe-order variant
+    2: ({j*}, j*), 3: (rivals beating c, j*), 4: ({p}, p), 5: (rivals beating c, p)."""
+    K = s.shape[1]
+    t = jstar if variant in (2, 3) else pred
+    if variant in (2, 4):
+        return np.arange(K)[None, :] == t[:, None], t
+    beat = _already(s[np.arange(len(c)), c][:, None], s, c[:, None], np.arange(K)[None, :], "index")
+    beat[np.arange(len(c)), c] = False
+    return beat, t
+
+
+def _greedy_moves(ctx: _Context, r, c, max_steps, record: bool = False):
+    """Sequential greedy towards target c: each step applies the single relabelling (the next
+    unused entry of a group, largest |w| first) that maximises min_{k != c} (s_c - s_k); stops when
+    c wins by more than the rounding allowance. Candidates: positive weights of other classes
+    relabelled to c, negative weights of any class relabelled to a class other than c and their own.
+    Returns (moves or inf, and with record the list of (group, destination) per step of row 0).
     """
-    la = labels == a
-    lb = labels == b
-    pos = w > 0
-    red = np.abs(w)
-    red = np.where(la, np.where(pos, 2 * w, 0.0), red)
-    red = np.where(lb, np.where(pos, 0.0, -2 * w), red)
-    new = np.where(pos, b, a)
-    new = np.where(la & ~pos, -1, new)
-    new = np.where(lb & pos, -1, new)
-    new = np.where(red > 0, new, -1)
-    return red, new
+    Q = len(r)
+    K, G, L = ctx.K, ctx.G, ctx.L
+    g = np.arange(G)
+    cls, pos = g // 2, g % 2 == 0
+    rows = np.arange(Q)
+    d = np.arange(K)
+    # valid (group, destination) pairs per query: (Q, G, K)
+    cq = c[:, None, None]
+    valid = np.where(pos[None, :, None], d[None, None, :] == cq,
+                     (d[None, None, :] != cls[None, :, None]) & (d[None, None, :] != cq))
+    valid = valid & ~((cls[None, :, None] == cq) & pos[None, :, None])
+    sc = ctx.s[r].copy()
+    ptr = np.zeros((Q, G), np.int64)
+    result = np.full(Q, np.inf)
+    live = max_steps > 0
+    path = []
+    sign = np.where(pos, 1.0, -1.0)
+    src = np.broadcast_to(cls[None, :, None], (Q, G, K))
+    dst = np.broadcast_to(d[None, None, :], (Q, G, K))
+    top = min(3, K - 1)
+    for step in range(int(max_steps.max(initial=0))):
+        if not live.any():
+            break
+        val = np.where(ptr < L, ctx.X[r[:, None], g[None, :], np.minimum(ptr, L - 1)], 0.0)  # (Q, G)
+        w2 = val * sign
+        w = w2[:, :, None]  # the weight that moves from class cls(g) to class d
+        # only s_src and s_dst change: the strongest untouched rival is among the top 3 rivals
+        riv = np.where(d[None, :] == c[:, None], -np.inf, sc)
+        order = np.argsort(-riv, axis=1, kind="stable")[:, :top]  # (Q, top)
+        other = np.full((Q, G, K), -np.inf)
+        for t in range(top - 1, -1, -1):
+            kt = order[:, t][:, None, None]
+            free = (kt != src) & (kt != dst)
+            other = np.where(free, riv[rows, order[:, t]][:, None, None], other)
+        s_c = sc[rows, c][:, None, None] + np.where(dst == c[:, None, None], w, 0.0) - np.where(src == c[:, None, None], w, 0.0)
+        s_src = np.where(src == c[:, None, None], -np.inf, sc[rows[:, None], cls[None, :]][:, :, None] - w)
+        s_dst = np.where(dst == c[:, None, None], -np.inf, sc[:, None, :] + w)
+        worst = s_c - np.maximum(other, np.maximum(s_src, s_dst))  # (Q, G, K)
+        ok = valid & (val > 0)[:, :, None]
+        worst = np.where(ok, worst, -np.inf)
+        flat = worst.reshape(Q, G * K)
+        best = np.argmax(flat, axis=1)
+        can = np.isfinite(flat[rows, best]) & live
+        bg, bd = best // K, best % K
+        moved = np.where(can, w2[rows, bg], 0.0)
+        sc[rows, cls[bg]] -= moved
+        sc[rows, bd] += moved
+        ptr[rows[can], bg[can]] += 1
+        if record:
+            path.append((int(bg[0]), int(bd[0])) if can[0] else None)
+        gapnow = sc[rows, c][:, None] - sc
+        gapnow[rows, c] = np.inf
+        won = can & (gapnow.min(axis=1) > ctx.slack[r])
+        result[won] = step + 1
+        live &= can & ~won & (step + 1 < max_steps)
+    return (result, path) if record else result
 
 
-def _cover_count(red_sorted_cumsum, margin, strict, tol):
-    """Smallest m with cumsum[m-1] covering margin (>= margin - tol, or > when strict); m=0 if margin already covered.
+# --------------------------------------------------------------------------- Lagrangian lower bounds
+def _lagrangian(ctx: _Context, r, c, R):
+    """Lower bound on A_c from the rival set R (Q, K) with uniform multipliers 1/|R|.
 
-    Returns float array (inf where the total reduction cannot cover the margin).
+    Validity: if c is the prediction after an attack, s'_c >= s'_j for every j, hence
+    M' = (1/|R|) sum_{j in R} s'_j - s'_c <= 0. M is linear in the labels with coefficient
+    coef(k) = 1/|R| on R, 0 on the other classes, -1 on c; relabelling sample j from u to v
+    changes M by w_j (coef(v) - coef(u)), so each sample's best single relabelling (w > 0: to c,
+    reduction w (coef(u) + 1); w < 0: to a class of R, reduction |w| (1/|R| - coef(u))) is
+    independent of the others and taking the largest reductions first is optimal for this
+    relaxation. Its greedy count is the fewest flips that can make M' <= 0, a lower bound on A_c.
+    Returns (bound or inf, valid) — valid False where the windows cannot decide it.
     """
-    B, n = red_sorted_cumsum.shape
-    target = margin - tol
-    already = np.where(strict, 0 > margin, 0 >= margin)  # no flips: exact comparison, no rounding yet
-    if n == 0:
-        return np.where(already, 0.0, np.inf)
-    ok = np.where(strict[:, None], red_sorted_cumsum > target[:, None], red_sorted_cumsum >= target[:, None])
-    first = np.argmax(ok, axis=1).astype(np.float64) + 1
-    any_ok = ok.any(axis=1)
-    return np.where(already, 0.0, np.where(any_ok, first, np.inf))
+    Q = len(r)
+    G = ctx.G
+    g = np.arange(G)
+    cls, pos = g // 2, g % 2 == 0
+    size = R.sum(axis=1).astype(np.float64)
+    inv = 1.0 / size
+    hi_f = 1.0 + inv
+    inR = np.take_along_axis(R, np.broadcast_to(cls, (Q, G)), axis=1)
+    isc = cls[None, :] == c[:, None]
+    # factor index per group: 0 -> 1 + 1/|R|, 1 -> 1, 2 -> 1/|R|, -1 -> no reduction
+    fi = np.where(pos, np.where(inR, 0, np.where(isc, -1, 1)), np.where(isc, 0, np.where(inR, -1, 2)))
+    fv = np.stack([hi_f, np.ones(Q), inv], axis=1)
+    f = np.where(fi >= 0, np.take_along_axis(fv, np.maximum(fi, 0), axis=1), 0.0)
+    s = ctx.s[r]
+    M = (s * R).sum(axis=1) * inv - s[np.arange(Q), c]
+    T = M - ctx.tol[r]
+    GL = ctx.GL
+    rr = r[:, None]
+
+    def counts(tau, strict):
+        # for each factor: how many c entries with fl(f c[q]) >= tau (> tau)
+        pos_f = np.empty((Q, 3), np.int64)
+        for j in range(3):
+            lo = np.zeros(Q, np.int64)
+            hi = np.full(Q, GL)
+            for _ in range(_iters(GL)):
+                act = lo < hi
+                mid = (lo + hi) >> 1
+                val = fv[:, j] * ctx.c[r, np.minimum(mid, GL - 1)]
+                ok = (val > tau) if strict else (val >= tau)
+                lo = np.where(act & ok, mid + 1, lo)
+                hi = np.where(act & ~ok, mid, hi)
+            pos_f[:, j] = lo
+        k = ctx.CT[rr, g[None, :], np.take_along_axis(pos_f, np.maximum(fi, 0), axis=1)]
+        k = np.where(fi >= 0, k, 0)
+        return (f * ctx.Xc[rr, g[None, :], k]).sum(axis=1), k.sum(axis=1)
+
+    best = np.zeros(Q)
+    for j in range(3):
+        present = (fi == j).any(axis=1)
+        lo = np.zeros(Q, np.int64)
+        hi = np.full(Q, GL - 1)
+        for _ in range(_iters(GL)):
+            mid = (lo + hi) >> 1
+            F, _ = counts(fv[:, j] * ctx.c[r, mid], False)
+            ok = F >= T
+            hi = np.where(ok, mid, hi)
+            lo = np.where(ok, lo, mid + 1)
+        tau = fv[:, j] * ctx.c[r, hi]
+        F, _ = counts(tau, False)
+        hit = present & (F >= T) & (tau > 0)
+        best = np.where(hit, np.maximum(best, tau), best)
+    v = best
+    found = v > 0
+    vv = np.where(found, v, 1.0)
+    F_gt, N_gt = counts(vv, True)
+    _, N_ge = counts(vv, False)
+    k = np.maximum(1.0, np.ceil((T - F_gt) / vv))
+    m = np.minimum(N_gt + k, N_ge).astype(np.float64)
+    need = (f * ctx.cut[r]).max(axis=1)
+    valid = np.where(found, v > need, need == 0) & (T > 0)
+    return np.where(found, m, np.inf), valid
 
 
-def _pairwise_with_orders(w, labels, num_classes, rtol, rivals_of=None, tie="index"):
-    """P (B, K, K): P[i, a, b] fewest flips after which b beats a. With rivals_of=p only row a=p is filled.
+# --------------------------------------------------------------------------- one block of rows
+def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
+    """Certificates for the rows of one context. mode: 'radius', 'pairs' or 'full'.
 
-    Also returns, for rivals_of=p, the sorted attack orders per b: list of (indices (n,), new labels (n,)).
+    Returns a dict with prediction, radius, P (pairs), lower/upper (full), redo (rows whose
+    windows were too small) and, with record, the attack descriptors behind the upper bounds.
     """
-    B = w.shape[0]
-    P = np.zeros((B, num_classes, num_classes))
-    s = _scores(w, labels, num_classes)
-    tol = rtol * np.abs(w).sum(axis=1)
-    orders = {}
-    rows = range(num_classes) if rivals_of is None else [rivals_of]
-    for a in rows:
-        for b in range(num_classes):
-            if a == b:
-                continue
-            red, new = _pair_reductions(w, labels, a, b)
-            idx = np.argsort(-red, axis=1, kind="stable")
-            cums = np.cumsum(np.take_along_axis(red, idx, axis=1), axis=1)
-            margin = s[:, a] - s[:, b]
-            strict = np.full(B, (b > a) if tie == "index" else False)
-            P[:, a, b] = _cover_count(cums, margin, strict, tol)
-            if rivals_of is not None and B == 1:
-                orders[b] = (idx[0], np.take_along_axis(new, idx, axis=1)[0])
-    return P, orders
+    B, K, G = ctx.B, ctx.K, ctx.G
+    s = ctx.s
+    pred = np.argmax(s, axis=1)
+    out = {"prediction": pred}
+    if mode == "radius":
+        a = np.broadcast_to(pred[:, None], (B, K))
+        b = np.broadcast_to(np.arange(K), (B, K))
+        sel = a != b
+    else:
+        a = np.broadcast_to(np.arange(K)[None, :, None], (B, K, K))
+        b = np.broadcast_to(np.arange(K)[None, None, :], (B, K, K))
+        sel = a != b
+    r = np.broadcast_to(np.arange(B).reshape((B,) + (1,) * (a.ndim - 1)), a.shape)
+    P = np.zeros(a.shape)
+    Qs = np.full(a.shape, -1)
+    p_, q_, ok_ = _pairs(ctx, r[sel], a[sel], b[sel], tie)
+    P[sel], Qs[sel] = p_, q_
+    redo = np.zeros(B, bool)
+    np.logical_or.at(redo, r[sel][~ok_], True)
+    if mode == "radius":
+        own = np.where(sel, P, np.inf)
+    else:
+        own = np.where(sel, P, np.inf)[np.arange(B), pred]
+        out["P"] = P
+    best = own.min(axis=1)
+    out["radius"] = np.where(np.isfinite(best), best - 1, -1)  # -1: no attack (set to n by caller)
+    out["own"] = np.where(np.arange(K)[None, :] == pred[:, None], 0.0, own)
+    if mode != "full":
+        out["redo"] = redo
+        return out
+
+    rows = np.arange(B)
+    Pc = P.copy()
+    Pc[:, np.arange(K), np.arange(K)] = -1.0
+    jstar = np.argmax(Pc, axis=1)  # (B, K): binding rival of every target
+    lower = np.take_along_axis(Pc, jstar[:, None, :], axis=1)[:, 0, :]
+    lower = np.maximum(lower, 0.0)
+    upper = np.full((B, K), np.inf)
+    kind = np.zeros((B, K), np.int64)
+    qpos = np.full((B, K), -1)
+    isp = np.arange(K)[None, :] == pred[:, None]
+    lower[isp] = 0.0
+    upper[isp] = 0.0
+    rb, cb = np.nonzero(~isp & np.isfinite(lower))
+    if rb.size:
+        js = jstar[rb, cb]
+        # (1) greedy attack of the binding pair (j*, c): exact when c then wins
+        q1 = Qs[rb, js, cb]
+        has = q1 >= 0
+        ver = np.zeros(rb.size, bool)
+        if has.any():
+            i = np.flatnonzero(has)
+            m1, m2, dest = _pair_spec(js[i], cb[i], G)
+            new, cnt = _after(ctx, rb[i], q1[i], m1, m2, dest)
+            ver[i] = _wins(ctx, rb[i], cb[i], new)
+            upper[rb[i[ver[i]]], cb[i[ver[i]]]] = cnt[ver[i]]
+            kind[rb[i], cb[i]] = np.where(ver[i], 1, 0)
+            qpos[rb[i], cb[i]] = np.where(ver[i], q1[i], -1)
+        # (2) safe orders: priority on one rival or on every rival that currently beats c; c's
+        # negative weights go to the binding rival j* or to the prediction p
+        i = np.flatnonzero(~ver)
+        if i.size:
+            rr, cc, jj = rb[i], cb[i], js[i]
+            for variant in (2, 3, 4, 5):
+                prio, dest = _safe_variant(variant, s[rr], cc, jj, pred[rr])
+                use = np.flatnonzero((variant < 4) | (jj != pred[rr]))
+                if use.size == 0:
+                    continue
+                cnt, qq = _safe_search(ctx, rr[use], cc[use], prio[use], dest[use])
+                ru, cu = rr[use], cc[use]
+                better = cnt < upper[ru, cu]
+                upper[ru[better], cu[better]] = cnt[better]
+                kind[ru[better], cu[better]] = variant
+                qpos[ru[better], cu[better]] = qq[better]
+            # (3) sequential greedy where a gap remains; it must beat the best attack so far
+            i = np.flatnonzero(upper[rr, cc] > lower[rr, cc])
+            if i.size:
+                ru, cu = rr[i], cc[i]
+                cap = np.where(np.isfinite(upper[ru, cu]), upper[ru, cu] - 1, 3 * lower[ru, cu] + 10)
+                cnt = _greedy_moves(ctx, ru, cu, np.minimum(cap, ctx.GL).astype(np.int64))
+                better = cnt < upper[ru, cu]
+                upper[ru[better], cu[better]] = cnt[better]
+                kind[ru[better], cu[better]] = 6
+                qpos[ru[better], cu[better]] = cnt[better]
+            # tightness: no verified attack inside incomplete windows -> larger windows
+            miss = ~np.isfinite(upper[rr, cc]) & (ctx.cutmax[rr] > 0)
+            np.logical_or.at(redo, rr[miss], True)
+    # Lagrangian bounds where the pairwise bound is not tight
+    rg, cg = np.nonzero(~isp & (lower < upper) & np.isfinite(lower))
+    if rg.size and K >= 3:
+        beat = _already(s[rg, cg][:, None], s[rg], cg[:, None], np.arange(K)[None, :], "index")
+        beat[np.arange(rg.size), cg] = False
+        allr = np.ones((rg.size, K), bool)
+        allr[np.arange(rg.size), cg] = False
+        # the two rivals with the largest pairwise costs P(j, c)
+        col = np.where(allr, Pc[rg, :, cg], -np.inf)
+        top2 = np.zeros((rg.size, K), bool)
+        o = np.argsort(-col, axis=1, kind="stable")[:, :2]
+        top2[np.arange(rg.size)[:, None], o] = True
+        top2 &= allr
+        sets = ((beat, beat.sum(axis=1) >= 2), (allr, (allr != beat).any(axis=1)),
+                (top2, (top2.sum(axis=1) == 2) & (top2 != beat).any(axis=1) & (top2 != allr).any(axis=1)))
+        for R, use in sets:
+            i = np.flatnonzero(use)
+            if i.size:
+                lb, ok = _lagrangian(ctx, rg[i], cg[i], R[i])
+                take = ok & (lb > lower[rg[i], cg[i]])
+                lower[rg[i[take]], cg[i[take]]] = lb[take]
+    if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
+        raise RuntimeError("internal error: a verified attack is smaller than the lower bound")
+    out.update(lower=lower, upper=upper, redo=redo)
+    if record:
+        out.update(kind=kind, qpos=qpos, jstar=jstar)
+    return out
 
 
-def _verified_prefix(w_row, labels, num_classes, order, m, accept):
-    """Apply the first m (+ extra if needed) moves of `order`, re-check the float scores, return the attack.
+def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float, block_size):
+    """Stream over blocks of test points; rows whose windows were too small are redone with larger ones."""
+    t, n = weights.shape
+    K = layout.K
+    res = {"prediction": np.zeros(t, np.int64), "radius": np.zeros(t, np.int64)}
+    if mode == "pairs":
+        res["P"] = np.zeros((t, K, K))
+    if mode == "full":
+        res["lower"] = np.zeros((t, K))
+        res["upper"] = np.zeros((t, K))
+    res["own"] = np.zeros((t, K))
+    if t == 0:
+        return res
+    if n == 0:  # all scores 0: class 0 predicted, nothing can change
+        inf = np.where(np.arange(K) == 0, 0.0, np.inf)
+        res["own"][:] = inf
+        if mode == "pairs":
+            # b beats a at equal (zero) scores iff b < a (index) or always (attacker)
+            a, b = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
+            res["P"][:] = np.where(_already(0.0, 0.0, a, b, tie) | (a == b), 0.0, np.inf)
+        if mode == "full":
+            res["lower"][:] = inf
+            res["upper"][:] = inf
+        return res
+    if block_size is None:
+        block_size = max(1, _BLOCK_BYTES // layout.row_bytes(layout.first_window))
+    for start in range(0, t, block_size):
+        stop = min(t, start + block_size)
+        S, _ = _sorted_segments(np.asarray(weights[start:stop], dtype=np.float64), layout)
+        rows = np.arange(stop - start)
+        L = layout.first_window
+        while rows.size:
+            chunk = max(1, _BLOCK_BYTES // layout.row_bytes(L))
+            again = []
+            for c0 in range(0, rows.size, chunk):
+                sub = rows[c0:c0 + chunk]
+                ctx = _Context(S[sub], layout, L, rtol)
+                out = _solve(ctx, mode, tie)
+                keep = ~out["redo"] if not ctx.complete else np.ones(sub.size, bool)
+                dst = start + sub[keep]
+                res["prediction"][dst] = out["prediction"][keep]
+                res["radius"][dst] = np.where(out["radius"][keep] < 0, n, out["radius"][keep])
+                res["own"][dst] = out["own"][keep]
+                if mode == "pairs":
+                    res["P"][dst] = out["P"][keep]
+                if mode == "full":
+                    res["lower"][dst] = out["lower"][keep]
+                    res["upper"][dst] = out["upper"][keep]
+                again.append(sub[~keep])
+            rows = np.concatenate(again)
+            L = layout.next_window(L)
+    return res
 
-    order = (indices, new_labels) sorted by usefulness; moves with new label -1 are skipped.
-    """
-    idx, new = order
-    valid = new >= 0
-    idx, new = idx[valid], new[valid]
-    for size in range(m, len(idx) + 1):
+
+# --------------------------------------------------------------------------- witnesses (one row)
+def _argmax_scores(w: np.ndarray, labels: np.ndarray, num_classes: int) -> int:
+    """Prediction of the scores evaluated from scratch, w @ onehot(labels)."""
+    onehot = np.zeros((len(labels), num_classes))
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return int(np.argmax(w @ onehot))
+
+
+def _radius_witness(w, labels, K, p, size, rtol):
+    """Greedy attack of the cheapest pairwise problem (p, b), shortest verified prefix >= size."""
+    layout = _Layout(labels, K)
+    S, _ = _sorted_segments(w[None, :], layout)
+    ctx = _Context(S, layout, max(1, layout.max_group), rtol)
+    b = np.array([k for k in range(K) if k != p])
+    P, _, _ = _pairs(ctx, np.zeros(b.size, np.int64), np.full(b.size, p), b, "index")
+    bb = int(b[np.argmin(P)])
+    la, lb, pos = labels == p, labels == bb, w > 0
+    red = np.where(la, np.where(pos, 2 * w, 0.0), np.where(lb, np.where(pos, 0.0, -2 * w), np.abs(w)))
+    new = np.where(pos, bb, p)
+    idx = np.argsort(-red, kind="stable")
+    idx = idx[(red[idx] > 0) & (new[idx] != labels[idx])]
+    for m in range(size, idx.size + 1):
         y2 = labels.copy()
-        y2[idx[:size]] = new[:size]
-        pred = int(np.argmax(_scores(w_row[None], y2, num_classes)[0]))
-        if accept(pred):
-            return [(int(j), int(v)) for j, v in zip(idx[:size], new[:size])]
-    raise ValueError("no prefix of the pairwise attack verifies on the float scores")
+        y2[idx[:m]] = new[idx[:m]]
+        if _argmax_scores(w, y2, K) != p:
+            return [(int(j), int(new[j])) for j in idx[:m]]
+    raise ValueError("no prefix of the greedy attack changes the prediction (score gaps below rounding)")
 
 
-# --------------------------------------------------------------------------- bounds per class
-def _lagrangian_lower(w, labels, s, c, lam, tol):
-    """Fewest flips to drive M = sum_j lam_j s_j - s_c to <= 0 (lam >= 0 sums to 1 over rivals).
-
-    Validity: if c is the argmax after the attack then s_c >= s_j for all j, hence M <= 0. Each
-    relabelling changes M by w (coef(new) - coef(old)) with coef = lam on rivals, -1 on c, so the
-    per-sample best reductions are independent and the greedy count is the exact minimum for this
-    relaxation, hence a lower bound on A_c.
-    """
-    coef = lam.copy()  # (B, K)
-    coef[:, c] = -1.0
-    own = np.take_along_axis(coef, np.broadcast_to(labels, w.shape), axis=1)  # coef(y_j) per sample
-    cmax = coef.max(axis=1, keepdims=True)
-    red = np.where(w > 0, w * (own + 1.0), -w * (cmax - own))
-    red = np.maximum(red, 0.0)
-    cums = np.cumsum(-np.sort(-red, axis=1), axis=1)
-    margin = (lam * s).sum(axis=1) - s[:, c]
-    return _cover_count(cums, margin, np.zeros(len(w), bool), tol)
-
-
-def _attack_orders(w, labels, num_classes, c, s):
-    """Candidate attack orders for target c: (indices (B, n), new labels (B, n), -1 = skip).
-
-    A move-to-c order (largest positive weights first, doubled for samples of classes at least as
-    strong as c) and, for every rival j, the pairwise order that makes c beat j fastest.
-    """
-    rival = s >= s[:, [c]]
-    lab = np.broadcast_to(labels, w.shape)
-    key = np.where(lab == c, -np.inf, w * np.where(np.take_along_axis(rival, lab, axis=1), 2.0, 1.0))
-    idx = np.argsort(-key, axis=1, kind="stable")
-    ok = np.isfinite(np.take_along_axis(key, idx, axis=1)) & (np.take_along_axis(w, idx, axis=1) > 0)
-    yield idx, np.where(ok, c, -1)
-    for j in range(num_classes):
-        if j == c:
+def _target_witness(w, layout: _Layout, c: int, rtol: float):
+    """Rebuild the verified attack behind cost_upper for target c of one test point."""
+    S, idx = _sorted_segments(w[None, :], layout, with_index=True)
+    L = layout.first_window
+    while True:
+        ctx = _Context(S, layout, L, rtol, index=idx)
+        out = _solve(ctx, "full", "index", record=True)
+        if not out["redo"][0] or ctx.complete:
+            break
+        L = layout.next_window(L)
+    kind, q = int(out["kind"][0, c]), int(out["qpos"][0, c])
+    js = out["jstar"][0, c:c + 1]
+    cc = np.array([c])
+    K = layout.K
+    if kind == 1:
+        m1, m2, dest = _pair_spec(js, cc, ctx.G)
+    elif kind in (2, 3, 4, 5):
+        prio, t = _safe_variant(kind, ctx.s, cc, js, out["prediction"])
+        m1, m2, dest = _safe_spec(cc, prio, t, ctx.G)
+    elif kind == 6:
+        _, path = _greedy_moves(ctx, np.zeros(1, np.int64), cc, np.array([q]), record=True)
+        ptr = np.zeros(ctx.G, np.int64)
+        attack = []
+        for step in path:
+            if step is None:  # pragma: no cover - the recorded run moved every step
+                raise RuntimeError("greedy attack could not be rebuilt")
+            gg, dd = step
+            attack.append((int(ctx.Iw[0, gg, ptr[gg]]), dd))
+            ptr[gg] += 1
+        return sorted(attack)
+    else:
+        raise ValueError(f"no verified attack makes this test point predict class {c}")
+    attack = []
+    for g in range(ctx.G):
+        if m1[0, g]:
+            k = int(ctx.CT[0, g, ctx.Q1[0, q]])
+        elif m2[0, g]:
+            k = int(ctx.CT[0, g, ctx.Q2[0, q]])
+        else:
             continue
-        red, nl = _pair_reductions(w, labels, j, c)
-        idx = np.argsort(-red, axis=1, kind="stable")
-        yield idx, np.take_along_axis(nl, idx, axis=1)
-
-
-def _apply(labels, idx, new, length):
-    """Attacked label rows (B, n): the first `length[b]` moves of each row's order (skipping -1 moves)."""
-    B, n = idx.shape
-    take = (np.arange(n)[None, :] < length[:, None]) & (new >= 0)
-    y2 = np.broadcast_to(labels, (B, n)).copy()
-    rows = np.broadcast_to(np.arange(B)[:, None], (B, n))
-    y2[rows[take], idx[take]] = new[take]
-    return y2, take.sum(axis=1)
-
-
-def _row_scores(w, y2, num_classes):
-    """Scores (B, K) for per-row label vectors y2 (B, n)."""
-    return np.stack([(w * (y2 == k)).sum(axis=1) for k in range(num_classes)], axis=1)
-
-
-def _greedy_upper(w, labels, num_classes, c, s, pred, return_attack=False):
-    """Verified upper bound on A_c: the shortest prefix of any candidate order after which c wins.
-
-    Prefix scores are scanned with cumulative sums, then the chosen attack is re-checked by
-    recomputing the scores from the attacked labels; unverified candidates are dropped.
-    Returns (B,) float (inf where nothing verified), and with return_attack the best (y2, size).
-    """
-    B, n = w.shape
-    best = np.full(B, np.inf)
-    best_y = np.broadcast_to(labels, (B, n)).copy()
-    cls = np.arange(num_classes)
-    for idx, new in _attack_orders(w, labels, num_classes, c, s):
-        valid = new >= 0
-        ws = np.take_along_axis(w, idx, axis=1) * valid
-        old = labels[idx]
-        delta = ws[..., None] * ((np.where(valid, new, -1)[..., None] == cls) * 1.0 - (old[..., None] == cls))
-        sc = s[:, None, :] + np.cumsum(delta, axis=1)
-        win = np.argmax(sc, axis=2) == c
-        pos = np.where(win.any(axis=1), np.argmax(win, axis=1) + 1, -1)
-        y2, size = _apply(labels, idx, new, np.maximum(pos, 0))
-        verified = (pos > 0) & (np.argmax(_row_scores(w, y2, num_classes), axis=1) == c)
-        better = verified & (size < best)
-        best = np.where(better, size, best)
-        best_y[better] = y2[better]
-    best[pred == c] = 0.0
-    if return_attack:
-        return best, best_y
-    return best
+        attack.extend((int(j), int(dest[0, g])) for j in ctx.Iw[0, g, :k])
+    return sorted(attack)
 
 
 # --------------------------------------------------------------------------- public API
+def _validate(weights, labels, num_classes, rtol, block_size):
+    w = as_float_array("weights", weights, ndim=2)
+    y, K = check_labels("labels", labels, num_classes)
+    if w.shape[1] != len(y):
+        raise ValueError(f"weights have {w.shape[1]} columns but there are {len(y)} labels")
+    rtol = check_positive("rtol", rtol, allow_zero=True)
+    if block_size is not None:
+        block_size = check_int("block_size", block_size, minimum=1)
+    return w, y, K, rtol, block_size
+
+
 def pairwise_costs(weights, labels, num_classes=None, *, tie: str = "index", rtol: float = 1e-9,
                    block_size: int | None = None) -> np.ndarray:
-    """P (t, K, K) float: P[i, a, b] = fewest flips after which class b beats class a (0 on the diagonal).
+    """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (SPEC §3).
 
-    tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (SPEC tie rule);
-    tie="attacker": s_b >= s_a already counts (a lower bound valid under any tie convention).
-    inf where no relabelling can make b beat a.
+    tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
+    tie="attacker": s_b >= s_a already counts (a lower bound under any tie convention).
+    0 on the diagonal and where b already beats a; inf where no relabelling makes b beat a.
+    Exact up to the rounding tolerance (which can only make entries smaller). Streams over
+    blocks of `block_size` test points.
     """
     if tie not in ("index", "attacker"):
         raise ValueError(f"tie must be 'index' or 'attacker', got {tie!r}")
-    w, y, K = _validate(weights, labels, num_classes)
-    out = np.zeros((len(w), K, K))
-    for sl in _row_blocks(w, K, block_size):
-        out[sl] = _pairwise_with_orders(w[sl], y, K, rtol, tie=tie)[0]
-    return out
+    w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
+    res = _run(w, _Layout(y, K), "pairs", tie, rtol, block_size)
+    return res["P"]
 
 
 def certify(weights, labels, num_classes=None, *, block_size: int | None = None, rtol: float = 1e-9,
             class_bounds: bool = True) -> Certificate:
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
-    radius is exact (SPEC §3): min over b != p of P(p, b), minus 1 (n when no attack exists).
-    class_bounds=False skips the per-class cost bounds (they are then lower = 0 / upper = inf off the prediction).
-    Streams over blocks of test points; memory is O(block · n · K).
+    radius (exact, SPEC §3) = min over b != p of P(p, b) - 1 (n when no attack exists). With
+    class_bounds (default) also per-class bounds cost_lower <= A_c <= cost_upper: the lower bound
+    is the largest of max_j P(j, c) and Lagrangian combinations of the pairwise constraints, the
+    upper bound the size of a verified attack (exact for K = 2). Streams over blocks of
+    `block_size` test points (default: about 100 MB of working memory); memory does not grow with t.
     """
-    w, y, K = _validate(weights, labels, num_classes)
-    t, n = w.shape
-    pred = np.empty(t, np.int64)
-    radius = np.empty(t, np.int64)
-    lower = np.zeros((t, K))
-    upper = np.zeros((t, K))
-    for sl in _row_blocks(w, K, block_size):
-        wb = w[sl]
-        s = _scores(wb, y, K)
-        p = np.argmax(s, axis=1)
-        pred[sl] = p
-        P, _ = _pairwise_with_orders(wb, y, K, rtol)
-        P_own = P[np.arange(len(wb)), p]  # (B, K): P(p, b)
-        P_own[np.arange(len(wb)), p] = np.inf
-        r = P_own.min(axis=1)
-        radius[sl] = np.where(np.isfinite(r), r - 1, n).astype(np.int64)
-        tol = rtol * np.abs(wb).sum(axis=1)
-        for c in range(K):
-            if not class_bounds:
-                lb, ub = np.zeros(len(wb)), np.full(len(wb), np.inf)
-            else:
-                rivals = np.arange(K) != c
-                lb = P[:, rivals, c].max(axis=1)  # c must beat every rival
-                # Lagrangian combinations: uniform over rivals currently at least as strong as c, and over all rivals
-                for mask in ((s >= s[:, [c]]) & rivals[None, :], np.broadcast_to(rivals, s.shape)):
-                    cnt = mask.sum(axis=1, keepdims=True)
-                    lam = np.where(cnt > 0, mask / np.maximum(cnt, 1), 0.0)
-                    lb = np.maximum(lb, np.where(cnt[:, 0] > 0, _lagrangian_lower(wb, y, s, c, lam, tol), 0.0))
-                ub = _greedy_upper(wb, y, K, c, s, p)
-                # P(p, c) is exact for the prediction changing to c for K == 2
-                if K == 2:
-                    lb = np.where(p == c, 0.0, P[np.arange(len(wb)), p, c])
-            lb = np.where(p == c, 0.0, lb)
-            ub = np.where(p == c, 0.0, ub)
-            lower[sl, c] = lb
-            upper[sl, c] = ub
+    w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
+    mode = "full" if class_bounds else "radius"
+    res = _run(w, _Layout(y, K), mode, "index", rtol, block_size)
+    t = w.shape[0]
+    pred = res["prediction"]
+    if class_bounds:
+        lower, upper = res["lower"], res["upper"]
+    else:
+        lower = res["own"]
+        upper = np.where(np.arange(K)[None, :] == pred[:, None], 0.0, np.inf) if t else np.zeros((0, K))
     class_exact = lower == upper
-    return Certificate(prediction=pred, radius=radius, cost_lower=lower, cost_upper=upper, class_exact=class_exact,
-                       exact=class_exact.all(axis=1), weights=w, labels=y, num_classes=K, rtol=rtol)
+    return Certificate(prediction=pred, radius=res["radius"], cost_lower=lower, cost_upper=upper,
+                       class_exact=class_exact, exact=class_exact.all(axis=1), weights=w, labels=y,
+                       num_classes=K, rtol=rtol, class_bounds=bool(class_bounds))
 
 
 def certify_model(model, K_test_train, **kwargs) -> Certificate:
-    """Certificate of a fitted label-linear learner on kernel rows K(test, train)."""
+    """Certificate of a fitted label-linear learner on kernel rows K(test, train) (calls model.label_weights)."""
     return certify(model.label_weights(K_test_train), model.labels_, model.num_classes_, **kwargs)
 
 
-def _validate(weights, labels, num_classes):
-    w = as_float_array("weights", weights, ndim=2)
-    y, K = check_labels("labels", labels, num_classes)
-    if w.shape[1] != len(y):
-        raise ValueError(f"weights have {w.shape[1]} columns but there are {len(y)} labels")
-    return w, y, K
-
-
-def _row_blocks(w, K, block_size):
-    t, n = w.shape
-    if block_size is None:
-        block_size = max(1, _DEFAULT_BLOCK_BYTES // max(1, 8 * n * (K + 4)))
-    for start in range(0, t, int(block_size)):
-        yield slice(start, min(t, start + int(block_size)))
+__all__ = ["Certificate", "certify", "certify_model", "pairwise_costs"]

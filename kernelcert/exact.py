@@ -2,7 +2,7 @@
 
 These are the independent oracles of the test suite and benchmarks, offered to users for small
 instances: enumeration is exponential (n up to about 12 with K <= 3), the MILPs are worst-case
-exponential (tens of training samples).
+exponential (up to a few dozen training samples; LabelCert above C_max much fewer).
 
 Radius convention (SPEC §1): radius = (fewest flips that change the prediction) - 1. When no
 relabelling within the budget `max_flips` changes the prediction the radius is reported as the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,12 +24,6 @@ from ._validation import as_float_array, check_columns, check_gram, check_int, c
 
 _MAX_LABELLINGS = 20_000_000
 _CHUNK = 1 << 15
-_HIGHS_OPTS = {
-    "mip_rel_gap": 0.0,
-    "mip_abs_gap": 1e-9,
-    "primal_feasibility_tolerance": 1e-9,
-    "mip_feasibility_tolerance": 1e-9,
-}
 
 
 # --------------------------------------------------------------------------- brute force
@@ -160,15 +155,35 @@ def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels,
 
 
 # --------------------------------------------------------------------------- MILP helpers
+# Soundness of the MILP radii and costs rests on two rules. (1) The first LabelCert MILP is a
+# relaxation of the exact problem: ties count as successes, and every numerical perturbation we
+# make is compensated by a slack of at least its size, so its optimum is a lower bound on the true
+# optimum. (2) Every returned attack is re-checked against the real model in float64 (recomputed
+# scores, or an SVM retrained with the QP solver). Exact = a verified attack meets the bound.
+# Coefficients below 1e-6 (after scaling to max 1) are dropped with that slack: HiGHS silently
+# ignores values below 1e-9 and, in our tests (highspy 1.10-1.15), its presolve returned wrong
+# optima ("infeasible", or too many flips) on these models when coefficients near 1e-7 were kept;
+# with the 1e-6 threshold ~2,500 random instances agreed with brute force / QP retraining.
+_DROP = 1e-6
+
+
+def _clean(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entries with |a| < 1e-6 set to 0, and the dropped absolute mass per row (last axis)."""
+    small = np.abs(a) < _DROP
+    return np.where(small, 0.0, a), np.where(small, np.abs(a), 0.0).sum(axis=-1)
+
+
 def _solve_highs(prob, time_limit: float | None) -> str:
     import cvxpy as cp
 
-    opts = dict(_HIGHS_OPTS)
+    opts = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         opts["time_limit"] = float(time_limit)
     try:
-        prob.solve(solver=cp.HIGHS, **opts)
-    except cp.error.SolverError as exc:  # pragma: no cover - solver failure is reported, never hidden
+        with warnings.catch_warnings():  # a time limit is reported through the status instead
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+            prob.solve(solver=cp.HIGHS, warm_start=False, **opts)
+    except cp.error.SolverError as exc:  # reported in the status, never hidden
         return f"solver_error: {exc}"
     return prob.status
 
@@ -184,6 +199,11 @@ def _rows_scale(v: np.ndarray) -> np.ndarray:
     """v / max|v| (v itself when it is all zeros)."""
     s = float(np.max(np.abs(v))) if v.size else 0.0
     return v / s if s > 0 else v
+
+
+def _integral(value) -> int:
+    """The integer objective value of an optimal MILP (flip counts are integers)."""
+    return int(math.ceil(float(value) - 1e-6))
 
 
 # --------------------------------------------------------------------------- exact A_c by MILP
@@ -202,17 +222,19 @@ def _class_cost_problem(n: int, K: int, c: int):
 
 def milp_class_costs(weights, labels, num_classes=None, targets=None, *, margin: float = 1e-6,
                      time_limit: float | None = None) -> np.ndarray:
-    """Exact per-class costs A_c (t, K) of a label-linear model by one MILP per (test point, class).
+    """Exact per-class costs A_c (t, K) of a label-linear model by MILPs per (test point, class).
 
     A_c = fewest flips after which the prediction IS c: binary one-hot new labels z (n, K),
     minimise sum_j (1 - z[j, y_j]) subject to s_c > s_k for k < c and s_c >= s_k for k > c
-    (tie rule), with s = w_i @ z. Weights are scaled to max |w_i| = 1 and the strict inequalities
-    use `margin` (relative to max |w_ij|): the MILP is exact except that a labelling whose deciding
-    score gap is a positive number below the margin counts as a tie. Every optimum is re-checked by
-    recomputing the float scores; if the check fails the MILP is re-solved with margins on every
-    inequality, and a RuntimeError is raised if that does not verify either, or when `time_limit`
-    (seconds per MILP) stops the solver before optimality. 0 at the prediction, inf if c cannot
-    win, NaN for classes not in `targets` (None = all classes).
+    (tie rule), s = w_i @ z (cvxpy + HiGHS). Weights are scaled to max |w_i| = 1, and weights below
+    1e-6 are dropped (HiGHS is unreliable with such coefficients) with a slack of their mass. First a
+    relaxation (ties count, slack allowed): infeasible means c can never win; an optimum whose
+    labelling verifies (float scores recomputed) is exact. Otherwise the MILP is re-solved with strict
+    inequalities by `margin` (+ the slack) and verified again. So this is the oracle for score gaps:
+    exact except that a win by a gap below margin + dropped mass may count as a tie (the cost is then
+    over-estimated; it is never under-estimated, every value being a verified attack).
+    RuntimeError if no optimum verifies or when `time_limit` (seconds per MILP) stops the solver.
+    0 at the prediction, inf if c cannot win, NaN for classes not in `targets` (None = all classes).
     """
     W = as_float_array("weights", weights, ndim=2)
     y, K = check_labels(labels, num_classes, name="labels")
@@ -225,38 +247,39 @@ def milp_class_costs(weights, labels, num_classes=None, targets=None, *, margin:
         targets = sorted({check_int("target", c, minimum=0, maximum=K - 1) for c in np.atleast_1d(targets)})
     t, n = W.shape
     Y = (y[:, None] == np.arange(K)).astype(np.float64)
+    eye = np.eye(K)
     pred = np.argmax(W @ Y, axis=1)
     out = np.full((t, K), np.nan)
     out[np.arange(t), pred] = 0.0
-    problems = {}
     for c in targets:
         rows = np.flatnonzero(pred != c)
         if rows.size == 0:
             continue
-        if c not in problems:
-            problems[c] = _class_cost_problem(n, K, c)
-        prob, w_par, cost_par, marg_par, z = problems[c]
+        prob, w_par, cost_par, marg_par, z = _class_cost_problem(n, K, c)
         cost_par.value = 1.0 - Y
         for i in rows:
-            wi = _rows_scale(W[i])
+            wi, dropped = _clean(_rows_scale(W[i]))
+            eps = float(dropped)
             w_par.value = wi
-            found = None
-            for extra in (0.0, margin):
-                marg_par.value = np.array([(margin if k < c else 0.0) + extra for k in range(K)])
+            value = None
+            # (margin for k < c, margin for k > c): the relaxation (ties and the dropped mass allowed;
+            # infeasible = c can never win), then strict wins, then strict everywhere
+            for strict, loose in ((-eps, -eps), (margin + eps, eps), (2 * margin + eps, margin + eps)):
+                marg_par.value = np.array([strict if k < c else loose for k in range(K)])
                 status = _solve_highs(prob, time_limit)
-                if status == "infeasible" and extra == 0.0:
-                    found = np.inf
+                if status == "infeasible":
+                    value = np.inf
                     break
                 if status != "optimal":
                     raise RuntimeError(f"MILP for test point {i}, class {c} ended with status {status!r}"
                                        + (" (time limit)" if status == "user_limit" else ""))
                 y2 = np.argmax(np.asarray(z.value), axis=1)
-                if int(np.argmax(W[i] @ np.eye(K)[y2])) == c:
-                    found = float(np.count_nonzero(y2 != y))
+                if int(np.argmax(W[i] @ eye[y2])) == c:
+                    value = float(np.count_nonzero(y2 != y))
                     break
-            if found is None:
-                raise RuntimeError(f"MILP solution for test point {i}, class {c} does not verify even with margins")
-            out[i, c] = found
+            if value is None:
+                raise RuntimeError(f"MILP attacks for test point {i}, class {c} do not verify (a near tie)")
+            out[i, c] = value
     return out
 
 
@@ -268,7 +291,7 @@ class LabelCertResult:
     prediction (t,) int64 of the SVM trained on the clean labels; radius (t,) int64: exact where
     `exact` is True, otherwise a sound lower bound; radius_upper (t,) int64: an upper bound backed by
     a verified attack (the budget when no attack was verified); exact (t,) bool; attacks: per point
-    the verified attacked labels (n,) of size radius_upper + 1, or None; status: solver status per
+    the verified attacked labels (n,) of size radius_upper + 1, or None; status: solver statuses per
     point; max_flips (budget used, n when none), C and C_max. `np.asarray(result)` is the radius.
     """
 
@@ -286,26 +309,26 @@ class LabelCertResult:
         return np.asarray(self.radius, dtype=dtype)
 
 
-def _labelcert_problem(K_train: np.ndarray, y: np.ndarray, C: float, K: int, p: int, budget: int,
-                       formulation: str):
+def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int, budget: int):
     """Single-level MILP of the attack on a no-bias one-vs-rest SVM whose clean prediction is p.
 
-    Per binary problem k (one for K = 2): scaled duals a = alpha / C in [0, 1]; labels
-    y^k_j = 2 Z[j, k] - 1 from the shared one-hot Z; z = y^k * a and, for formulation="labelcert",
-    R_ij = y^k_i z_j linearised exactly (McCormick with binary Z; O(n^2) variables). "compact"
-    linearises g_i = y^k_i h_i with h = K z instead (|h_i| <= sum_j |K_ij|; O(n) variables, the
-    same feasible labellings). KKT of the dual (anchors §4): C sum_j K_ij R_ij - u_i + v_i = 1, u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the tight
-    M_u,i = max(0, C sum_j |K_ij| - 1), M_v,i = C sum_j |K_ij| + 1. Logits (scaled by 1/C and by
-    the test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); a binary selector picks the class c
-    that beats p: f_c - f_p >= marg_c, relaxed by a big-M when not selected.
+    G = C·K_train with |G_ij| < 1e-8 dropped (eps_row = dropped mass per row). Per binary problem k
+    (one for K = 2): scaled duals a = alpha / C in [0, 1]; labels y^k_j = 2 Z[j, k] - 1 from the
+    shared one-hot Z; z = y^k * a and R_ij = y^k_i z_j linearised exactly (McCormick with binary Z;
+    O(n^2) variables). (Linearising y_i (G z)_i instead needs only O(n) variables, but HiGHS 1.10-1.15
+    presolve returned wrong optima on that form in our tests, so it is not offered.) KKT of the dual (anchors §4): sum_j G_ij R_ij - u_i + v_i = 1 (within ±eps_row, which keeps the exact
+    solution feasible), u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the tight big-M
+    M_u,i = max(0, C sum_j |K_ij| - 1), M_v,i = C sum_j |K_ij| + 1 (plus the dropped mass). Logits
+    (scaled by 1/C and by the test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); a binary
+    selector picks the class c that beats p: f_c - f_p >= marg_c, relaxed by a big-M when not selected.
     """
     import cvxpy as cp
 
     n = len(y)
     Y = (y[:, None] == np.arange(K)).astype(np.float64)
-    row_abs = np.abs(K_train).sum(axis=1)
-    Mu = np.maximum(0.0, C * row_abs - 1.0)
-    Mv = C * row_abs + 1.0
+    row_abs = np.abs(G).sum(axis=1)
+    Mu = np.maximum(0.0, row_abs + 2 * eps_row - 1.0)
+    Mv = row_abs + 2 * eps_row + 1.0
     Z = cp.Variable((n, K), boolean=True)
     flips = cp.sum(cp.multiply(1.0 - Y, Z))
     cons = [cp.sum(Z, axis=1) == 1, flips <= budget]
@@ -326,19 +349,15 @@ def _labelcert_problem(K_train: np.ndarray, y: np.ndarray, C: float, K: int, p: 
             u <= cp.multiply(Mu, s), a <= 1 - s,
             v <= cp.multiply(Mv, tt), a >= tt,
         ]
-        if formulation == "labelcert":
-            q = cp.Variable((n, n))  # b_i * z_j
-            Bm = cp.reshape(b, (n, 1), order="C") @ ones_row
-            Zm = ones_col @ cp.reshape(z, (1, n), order="C")
-            R = 2 * q - Zm
-            cons += [q <= Bm, q >= -Bm, q <= Zm + (1 - Bm), q >= Zm - (1 - Bm),
-                     C * cp.sum(cp.multiply(K_train, R), axis=1) - u + v == 1]
+        q = cp.Variable((n, n))  # b_i * z_j
+        Bm = cp.reshape(b, (n, 1), order="C") @ ones_row
+        Zm = ones_col @ cp.reshape(z, (1, n), order="C")
+        cons += [q <= Bm, q >= -Bm, q <= Zm + (1 - Bm), q >= Zm - (1 - Bm)]
+        lhs = cp.sum(cp.multiply(G, 2 * q - Zm), axis=1) - u + v
+        if np.any(eps_row > 0):
+            cons += [lhs >= 1 - eps_row, lhs <= 1 + eps_row]
         else:
-            h = K_train @ z
-            g2 = cp.Variable(n)  # b_i * h_i, |h_i| <= row_abs_i
-            cons += [g2 <= cp.multiply(row_abs, b), g2 >= -cp.multiply(row_abs, b),
-                     g2 <= h + cp.multiply(row_abs, 1 - b), g2 >= h - cp.multiply(row_abs, 1 - b),
-                     C * (2 * g2 - h) - u + v == 1]
+            cons += [lhs == 1]
         zs.append(z)
     kx = cp.Parameter(n)
     bigm = cp.Parameter(nonneg=True)
@@ -355,25 +374,25 @@ def _labelcert_problem(K_train: np.ndarray, y: np.ndarray, C: float, K: int, p: 
 
 def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
                        max_flips: int | None = None, *, time_limit: float | None = None,
-                       margin: float = 1e-6, formulation: str = "labelcert") -> LabelCertResult:
+                       margin: float = 1e-6) -> LabelCertResult:
     """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, anchors §4).
 
     K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
     test point minimises the number of flips subject to "the retrained SVM's prediction differs from
     the clean prediction p", the SVM being encoded exactly by the KKT conditions of every class's
-    dual (see `_labelcert_problem`; cvxpy + HiGHS, n up to a few dozen). formulation="labelcert"
-    linearises R_ij = y_i z_j as in LabelCert; "compact" (same optimum, usually ~2x faster) linearises
-    y_i (K z)_i.
+    dual (see `_labelcert_problem`; cvxpy + HiGHS). Cost grows quickly with n, K and C / C_max:
+    measured on 2 cores, n = 20 binary takes 0.15 s per point at C = C_max / 2 and 7 s at 3 C_max;
+    n = 14 with K = 3 at 5 C_max did not finish within 60 s (use `time_limit`).
 
-    Soundness: the first MILP treats ties as successful attacks for every class, so its optimum m0
-    is a lower bound on the true attack size. Its attack is re-checked by retraining the SVM (QP) on
-    the attacked labels; if it does not change the prediction (a tie or a solver tolerance), the
-    MILP is re-solved with strict margins (`margin`, relative to the test row's largest kernel
-    entry). The radius is exact (m0 - 1) when a verified attack of size m0 exists, else the result
-    is flagged `exact=False` with radius = m0 - 1 (sound lower bound) and radius_upper from the best
-    verified attack. When `time_limit` (seconds per MILP) stops the solver, the radius is the
-    solver's proven bound minus one (flagged non-exact). Budget: `max_flips` (radius = budget when
-    nothing within it changes the prediction).
+    Soundness: the first MILP is a relaxation (ties count as attacks for every class; slack covers
+    dropped tiny coefficients), so its optimum m0 is a lower bound on the true attack size. Its
+    attack is re-checked by retraining the SVM (QP) on the attacked labels; if it does not change the
+    prediction (a tie or a solver tolerance), the MILP is re-solved with strict margins (`margin`,
+    relative to the test row's largest kernel entry). The radius is exact (m0 - 1) when a verified
+    attack of size m0 exists; otherwise the point is flagged `exact=False` with radius = m0 - 1 (sound
+    lower bound) and radius_upper from the best verified attack. When `time_limit` (seconds per
+    MILP) stops the solver, the radius is the solver's proven bound minus one (flagged non-exact).
+    Budget: `max_flips` (radius = budget when nothing within it changes the prediction).
     """
     from .learners import KernelSVM
 
@@ -385,8 +404,6 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     check_columns("K_test_train", Kx, len(y))
     if not (np.isfinite(margin) and 0 < margin < 1e-2):
         raise ValueError(f"margin must be in (0, 1e-2), got {margin}")
-    if formulation not in ("labelcert", "compact"):
-        raise ValueError(f"formulation must be 'labelcert' or 'compact', got {formulation!r}")
     if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
     n, t = len(y), Kx.shape[0]
@@ -394,6 +411,7 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     clean = KernelSVM(C).fit(Kt, y, K)
     C = clean.C_
     prediction = clean.predict(Kx)
+    G, eps_row = _clean(C * Kt)
 
     def attack_works(lab, i, p):
         return int(KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0]) != p
@@ -405,8 +423,7 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     problems = {}
     for i in range(t):
         p = int(prediction[i])
-        kx = _rows_scale(Kx[i])
-        if budget == 0 or not np.any(kx):
+        if budget == 0 or not np.any(Kx[i]):
             # no flips allowed, or every logit is 0 for every labelling (prediction fixed at class 0)
             radius[i] = upper[i] = budget
             exact[i] = True
@@ -414,13 +431,15 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
             statuses.append("trivial")
             continue
         if p not in problems:
-            problems[p] = _labelcert_problem(Kt, y, C, K, p, budget, formulation)
+            problems[p] = _labelcert_problem(G, eps_row, y, K, p, budget)
         prob, kx_par, bigm_par, marg_par, Z = problems[p]
+        kx, dropped = _clean(_rows_scale(Kx[i]))
+        slack = 2.0 * float(dropped)  # |change of f_c - f_p| from the dropped entries
         kx_par.value = kx
-        bigm_par.value = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin
+        bigm_par.value = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin + 2.0 * slack + 1.0
         lower, best, best_lab, status_i = None, None, None, []
-        # margins for classes above / below p: (0, 0) relaxation, then strict, then strict everywhere
-        for above, below in ((0.0, 0.0), (margin, 0.0), (2 * margin, margin)):
+        # margins (classes above p, classes below p): relaxation, strict, strict everywhere
+        for above, below in ((-slack, -slack), (margin + slack, slack), (2 * margin + slack, margin + slack)):
             marg_par.value = np.array([above if c > p else below for c in range(K)])
             status = _solve_highs(prob, time_limit)
             status_i.append(status)
@@ -432,12 +451,11 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
                 if lower is None:
                     lower = max(1, math.ceil(_dual_bound(prob) - 1e-6))
                 break
-            m = int(round(float(prob.value)))
             if lower is None:
-                lower = max(m, 1)
+                lower = max(_integral(prob.value), 1)
             lab = np.argmax(np.asarray(Z.value), axis=1)
             size = int(np.count_nonzero(lab != y))
-            if size >= 1 and attack_works(lab, i, p):
+            if 1 <= size <= budget and attack_works(lab, i, p):
                 best, best_lab = size, lab
                 break
         lower = min(lower, budget + 1)

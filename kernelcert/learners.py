@@ -10,6 +10,8 @@ so that they coincide with the prediction the certificate is about.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 
@@ -24,6 +26,7 @@ from ._validation import (
 
 _EPS = np.finfo(np.float64).eps
 _BLOCK_BYTES = 64 * 2**20
+_MILP_MAX_N = 2000  # the SVM keeps its Gram for the exact MILP path only up to this size
 
 
 def onehot(y: np.ndarray, num_classes: int) -> np.ndarray:
@@ -88,6 +91,7 @@ class _Fitted:
         return Kt
 
     def _fit_inputs(self, K_train, y, num_classes):
+        self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         K = check_gram(K_train, name="K_train")
         y, num_classes = check_labels(y, num_classes, name="y")
         check_same_length(K_train=K, y=y)
@@ -209,9 +213,10 @@ class KernelSVM(_Fitted):
     labelling, so `f_k = C sum_j y^k_j K(x, x_j) = 2C·S_k - C·sum_j K(x, x_j)` with
     `S_k = sum_j K(x, x_j)[y_j == k]`: the model is label-linear and `label_weights` returns
     `W = K_test_train`, a positive multiple (1/2C) of the true label weights up to class-independent
-    terms. For C > C_max the dual QP is solved per class (Clarabel through cvxpy, then an exact
-    active-set polish); predictions work but `label_weights` raises, and `certify` needs
-    `method="milp"` (exact LabelCert MILP, small n only).
+    terms. For C > C_max the dual QP is solved per class (primal-dual active-set iterations, with
+    Clarabel through cvxpy as fallback; accepted at a KKT point, `kkt_residual_`); predictions work
+    but `label_weights` raises, and `certify` needs `method="milp"` (exact LabelCert MILP; small n
+    only, so the model keeps the training Gram as `K_train_` only when n <= 2000).
     """
 
     def __init__(self, C: float | None = None):
@@ -249,10 +254,13 @@ class KernelSVM(_Fitted):
                 resid = max(resid, r)
             self.alpha_ = alpha
             self.kkt_residual_ = resid
+            if resid > 1e-6:
+                warnings.warn(f"the SVM dual was solved only to a KKT residual of {resid:.2g}", RuntimeWarning,
+                              stacklevel=2)
         self.labels_ = y
         self.num_classes_ = num_classes
         self.n_train_ = n
-        self.K_train_ = K
+        self.K_train_ = K if n <= _MILP_MAX_N else None
         self._Y = onehot(y, num_classes)
         self._fitted = True
         return self
@@ -306,6 +314,9 @@ class KernelSVM(_Fitted):
         """
         if method == "milp":
             self._require_fit()
+            if self.K_train_ is None:
+                raise ValueError(f"method='milp' is for small problems (n <= {_MILP_MAX_N}); this model has "
+                                 f"n={self.n_train_}")
             from .exact import labelcert_svm_milp
 
             Kt = self._check_test(K_test_train)

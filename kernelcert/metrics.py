@@ -1,48 +1,89 @@
-"""Certified accuracy and median certified robustness (SPEC §1, anchors.md §0.2)."""
+"""Certified accuracy and median certified robustness (SPEC §1, anchors.md §0.2).
+
+Certified accuracy at budget r: the fraction of test points that are correctly classified and
+have radius >= r (misclassified points count as radius -1 whatever their radius).
+Median certified robustness (MCR), two conventions:
+- "radius": the largest r with certified accuracy >= 50% (None when clean accuracy < 50%);
+- "anchor": what the DPA / FA / ROE scripts print, `sum(acc >= 0.5)` over r = 0..max radius,
+  which is the "radius" value plus one (0 when clean accuracy < 50%).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["certified_accuracy", "certified_accuracy_curve", "median_certified_robustness"]
+
+_MAX_DENSE_BUDGETS = 10**7
+
 
 def _check(radius, correct):
-    r = np.asarray(radius, dtype=np.int64)
-    ok = np.asarray(correct, dtype=bool)
-    if r.shape != ok.shape or r.ndim != 1:
-        raise ValueError(f"radius and correct must be 1-D of equal length, got {r.shape} and {ok.shape}")
+    r = np.asarray(radius)
+    ok = np.asarray(correct)
+    if r.ndim != 1 or ok.shape != r.shape:
+        raise ValueError(f"radius and correct must be 1-D of equal length, got shapes {r.shape} and {ok.shape}")
     if r.size == 0:
         raise ValueError("no test points")
-    return r, ok
+    if r.dtype == bool or not np.issubdtype(r.dtype, np.integer):
+        if not np.issubdtype(r.dtype, np.floating) or not np.all(np.isfinite(r)) or np.any(r != np.floor(r)):
+            raise ValueError(f"radius must hold integers, got dtype {r.dtype}")
+    if ok.dtype != bool:
+        if not np.issubdtype(ok.dtype, np.number) or not np.all((ok == 0) | (ok == 1)):
+            raise ValueError(f"correct must be a boolean mask, got dtype {ok.dtype}")
+    r = r.astype(np.int64)
+    if r.min() < -1:
+        raise ValueError(f"radius must be >= -1 (-1 = misclassified), found {r.min()}")
+    return np.where(ok.astype(bool), r, -1)  # effective radius: -1 for misclassified points
 
 
-def certified_accuracy(radius, correct, budget: int) -> float:
-    """Fraction of test points that are correctly classified and have radius >= budget."""
-    r, ok = _check(radius, correct)
-    return float(np.mean(ok & (r >= budget)))
+def certified_accuracy(radius, correct, budget):
+    """Fraction of test points correctly classified with radius >= budget.
+
+    radius (t,) int, correct (t,) bool; budget an int (returns a float) or an array of ints
+    (returns an array of the same shape).
+    """
+    eff = np.sort(_check(radius, correct))
+    b = np.asarray(budget)
+    if b.dtype == bool or not np.issubdtype(b.dtype, np.integer):
+        raise ValueError(f"budget must be an integer or an integer array, got {budget!r}")
+    acc = (len(eff) - np.searchsorted(eff, b, side="left")) / len(eff)
+    return float(acc) if b.ndim == 0 else acc
 
 
 def certified_accuracy_curve(radius, correct, budgets=None):
-    """(budgets, certified accuracy at each budget); default budgets 0..max radius of correct points."""
-    r, ok = _check(radius, correct)
+    """(budgets (m,) int64, certified accuracy (m,)) -- non-increasing in the budget.
+
+    Default budgets 0..(largest radius of a correctly classified point), at least [0]. Cap
+    unbounded radii first (e.g. np.minimum(radius, n_train)) or pass budgets explicitly when
+    that range is huge.
+    """
+    eff = _check(radius, correct)
     if budgets is None:
-        top = int(r[ok].max()) if ok.any() else 0
-        budgets = np.arange(0, max(top, 0) + 1)
-    budgets = np.asarray(budgets, dtype=np.int64)
-    eff = np.where(ok, r, -1)
+        top = max(int(eff.max()), 0)
+        if top >= _MAX_DENSE_BUDGETS:
+            raise ValueError(f"largest radius {top} is too large for dense budgets 0..{top}; cap radii "
+                             "(e.g. at the number of training labels) or pass budgets=")
+        budgets = np.arange(top + 1)
+    budgets = np.asarray(budgets)
+    if budgets.ndim != 1 or budgets.dtype == bool or not np.issubdtype(budgets.dtype, np.integer):
+        raise ValueError(f"budgets must be a 1-D integer array, got shape {budgets.shape} dtype {budgets.dtype}")
+    budgets = budgets.astype(np.int64)
     srt = np.sort(eff)
-    acc = (len(eff) - np.searchsorted(srt, budgets, side="left")) / len(eff)
+    acc = (len(srt) - np.searchsorted(srt, budgets, side="left")) / len(srt)
     return budgets, acc
 
 
 def median_certified_robustness(radius, correct, convention: str = "radius"):
-    """MCR: the largest r with certified accuracy >= 50% ("radius"), or that plus one ("anchor",
-    what the DPA/FA/ROE scripts print as sum(acc >= 0.5)). None when clean accuracy < 50%."""
+    """Median certified robustness (int) under `convention` ("radius" or "anchor", see module doc).
+
+    "radius": the largest r with certified accuracy >= 0.5, None when clean accuracy < 0.5.
+    "anchor": that value + 1 (the anchor scripts' printout), 0 when clean accuracy < 0.5.
+    """
     if convention not in ("radius", "anchor"):
         raise ValueError(f"convention must be 'radius' or 'anchor', got {convention!r}")
-    r, ok = _check(radius, correct)
-    eff = np.sort(np.where(ok, r, -1))[::-1]
-    k = (len(eff) + 1) // 2  # need at least half of the points: ceil(t / 2)
-    m = int(eff[k - 1])
-    if m < 0:
-        return None
-    return m if convention == "radius" else m + 1
+    eff = np.sort(_check(radius, correct))[::-1]
+    k = (len(eff) + 1) // 2  # accuracy >= 0.5 needs ceil(t / 2) points
+    m = int(eff[k - 1])  # the largest r with at least k points at radius >= r
+    if convention == "anchor":
+        return m + 1  # = #{r in 0..max : acc(r) >= 0.5}, also when m = -1
+    return None if m < 0 else m

@@ -1,143 +1,313 @@
+"""DPA and EnsembleCert against independent oracles: brute force over every partition's final vote,
+brute force over knapsack choices, a MILP (cvxpy + HiGHS), and the DPA formula with unit costs."""
+
 import itertools
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernelcert.ensemble import dpa, ensemblecert, ensemblecert_bounds
-from kernelcert.metrics import certified_accuracy, certified_accuracy_curve, median_certified_robustness
-from kernelcert.partition import dpa_hash_partition, partition, seeded_hash_partition, ss_dpa_partition
+from kernelcert.ensemble import (
+    NO_ATTACK, AggregateResult, EnsembleBounds, dpa, ensemblecert, ensemblecert_bounds, min_cost_gain12, plurality,
+    vote_counts,
+)
+
+METHODS = ("dp", "sorted")
 
 
-def _instance(rng, t, N, K, inf_frac=0.2, hi=6):
+def _instance(rng, t, N, K, inf_frac=0.2, hi=6, zero_frac=0.0, same_votes=False):
+    """Random votes (t, N) and integer costs (t, N, K) with 0 at each own vote."""
     v = rng.integers(0, K, (t, N))
+    if same_votes:
+        v[:] = v[:, :1]
     A = rng.integers(1, hi, (t, N, K)).astype(float)
     A[rng.random(A.shape) < inf_frac] = np.inf
+    A[rng.random(A.shape) < zero_frac] = 0.0
     A[np.arange(t)[:, None], np.arange(N)[None, :], v] = 0
     return v, A
 
 
-def _brute(v, A, K):
+def _winner(votes_row, K):
+    return int(np.argmax(np.bincount(votes_row, minlength=K)))
+
+
+def _brute_attack_cost(v, A, K):
+    """Cheapest final vote assignment (one class per partition) whose plurality differs from v's."""
     N = len(v)
-    p = np.argmax(np.bincount(v, minlength=K))
+    p = _winner(v, K)
     best = np.inf
     for fin in itertools.product(range(K), repeat=N):
         fin = np.array(fin)
-        if np.argmax(np.bincount(fin, minlength=K)) != p:
+        if _winner(fin, K) != p:
             best = min(best, A[np.arange(N), fin].sum())
     return best
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 5), st.integers(2, 3), st.integers(0, 2**31))
-def test_ensemblecert_equals_brute_force_and_plans_verify(N, K, seed):
-    rng = np.random.default_rng(seed)
-    v, A = _instance(rng, 3, N, K)
-    res = ensemblecert(v, A, K, return_plan=True)
-    for i in range(3):
-        b = _brute(v[i], A[i], K)
-        if np.isfinite(b):
-            assert res.radius[i] == b - 1
-            fin = np.where(res.plan[i] >= 0, res.plan[i], v[i])
-            assert A[i][np.arange(N), fin].sum() == b
-            assert np.argmax(np.bincount(fin, minlength=K)) != res.prediction[i]
+def _brute_dpa_radius(v, K):
+    """Black-box radius: fewest base models whose votes must change to change the plurality, minus 1."""
+    N = len(v)
+    p = _winner(v, K)
+    best = N + 1
+    for fin in itertools.product(range(K), repeat=N):
+        fin = np.array(fin)
+        if _winner(fin, K) != p:
+            best = min(best, int((fin != v).sum()))
+    return best - 1
+
+
+def _brute_knapsack(a, b, need):
+    if need <= 0:
+        return 0.0
+    best = np.inf
+    for ch in itertools.product(range(3), repeat=len(a)):
+        if sum(ch) >= need:
+            best = min(best, sum(a[i] if c == 1 else b[i] if c == 2 else 0.0 for i, c in enumerate(ch)))
+    return best
+
+
+def _check_choice(a, b, need, cost, choice):
+    for r in range(len(need)):
+        if np.isfinite(cost[r]) and need[r] > 0:
+            ch = choice[r]
+            assert ch.sum() >= need[r]
+            assert np.where(ch == 1, a[r], np.where(ch == 2, b[r], 0.0)).sum() == cost[r]
         else:
-            assert res.radius[i] > 10**9
+            assert not choice[r].any()
+
+
+# --------------------------------------------------------------------------- knapsack solvers
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**32 - 1), st.sampled_from(METHODS))
+def test_knapsack_equals_brute_force(N, seed, method):
+    rng = np.random.default_rng(seed)
+    B = 6
+    a = rng.integers(0, 8, (B, N)).astype(float)
+    b = rng.integers(0, 14, (B, N)).astype(float)
+    a[rng.random(a.shape) < 0.2] = np.inf
+    b[rng.random(b.shape) < 0.3] = np.inf
+    need = rng.integers(-1, 2 * N + 2, B)
+    cost, choice = min_cost_gain12(a, b, need, method=method, return_choice=True)
+    expected = [_brute_knapsack(a[r], b[r], need[r]) for r in range(B)]
+    np.testing.assert_array_equal(cost, expected)
+    _check_choice(a, b, need, cost, choice)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(5, 120), st.integers(0, 2**32 - 1), st.sampled_from(["mixed", "concave", "convex", "ties"]))
+def test_sorted_knapsack_equals_dp_on_larger_instances(N, seed, kind):
+    rng = np.random.default_rng(seed)
+    B = 8
+    a = rng.integers(1, 30, (B, N)).astype(float)
+    if kind == "concave":
+        b = a + rng.integers(0, 30, (B, N)) % np.maximum(a, 1)  # a <= b < 2a
+    elif kind == "convex":
+        b = 2 * a + rng.integers(0, 10, (B, N))
+    elif kind == "ties":
+        a = rng.integers(1, 3, (B, N)).astype(float)
+        b = rng.integers(1, 5, (B, N)).astype(float)
+    else:
+        b = rng.integers(1, 60, (B, N)).astype(float)
+        b[rng.random(b.shape) < 0.3] = np.inf
+        a[rng.random(a.shape) < 0.1] = np.inf
+    need = rng.integers(0, 2 * N + 2, B)
+    c_dp, ch_dp = min_cost_gain12(a, b, need, method="dp", return_choice=True)
+    c_so, ch_so = min_cost_gain12(a, b, need, method="sorted", return_choice=True)
+    np.testing.assert_array_equal(c_dp, c_so)
+    np.testing.assert_array_equal(min_cost_gain12(a, b, need), c_so)
+    _check_choice(a, b, need, c_dp, ch_dp)
+    _check_choice(a, b, need, c_so, ch_so)
+
+
+def test_knapsack_input_errors():
+    a = np.ones((2, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        min_cost_gain12(a, np.ones((2, 4)), np.ones(2, int))
+    with pytest.raises(ValueError, match="need"):
+        min_cost_gain12(a, a, np.ones(3, int))
+    with pytest.raises(ValueError, match="non-negative"):
+        min_cost_gain12(-a, a, np.ones(2, int))
+    with pytest.raises(ValueError, match="method"):
+        min_cost_gain12(a, a, np.ones(2, int), method="greedy")
+
+
+# --------------------------------------------------------------------------- DPA
+def test_dpa_formula_and_ties():
+    votes = np.array([[0, 0, 1, 1], [2, 2, 2, 1], [1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    res = dpa(votes, 3)
+    assert isinstance(res, AggregateResult) and res.radius.dtype == np.int64
+    # ties go to the smaller index: [0,0,1,1] -> 0, [1,1,0,0] -> 0
+    np.testing.assert_array_equal(res.prediction, [0, 2, 1, 0, 0])
+    # floor((n_p - max_c (n_c + [c < p])) / 2): 2 vs 2 -> 0; 3 vs 1+1 -> 0; 3 vs 1+1 -> 0; 2 vs 2 -> 0; 4 vs 0 -> 2
+    np.testing.assert_array_equal(res.radius, [0, 0, 0, 0, 2])
+    assert dpa(np.zeros((1, 7), int), 3).radius[0] == 3
+    assert dpa(np.full((1, 6), 2), 3).radius[0] == 2  # rivals 0, 1 < 2 win ties: 3 flips to class 0 suffice
+    assert dpa(np.full((1, 6), 0), 3).radius[0] == 3
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 40), st.integers(2, 6), st.integers(0, 2**31))
-def test_unit_costs_reproduce_dpa_and_whitebox_dominates(N, K, seed):
+@given(st.integers(1, 6), st.integers(2, 3), st.integers(0, 2**32 - 1))
+def test_dpa_equals_brute_force(N, K, seed):
     rng = np.random.default_rng(seed)
-    v, A = _instance(rng, 5, N, K, inf_frac=0.0)
-    U = np.where(A > 0, 1.0, 0.0)
-    np.testing.assert_array_equal(ensemblecert(v, U, K).radius, dpa(v, K).radius)
-    assert np.all(ensemblecert(v, A, K).radius >= dpa(v, K).radius)
+    v = rng.integers(0, K, (4, N))
+    res = dpa(v, K)
+    for i in range(4):
+        assert res.prediction[i] == _winner(v[i], K)
+        assert res.radius[i] == _brute_dpa_radius(v[i], K)
 
 
-def test_dpa_formula_and_ties():
-    votes = np.array([[0, 0, 1, 1], [2, 2, 2, 1], [1, 1, 1, 0]])
-    res = dpa(votes, 3)
-    np.testing.assert_array_equal(res.prediction, [0, 2, 1])
-    # tie 2-2 with rival 1 > 0: floor((2 - 2) / 2) = 0; 3 vs 1+1: 0; 3 vs 1+1 (0 < 1): 0
-    np.testing.assert_array_equal(res.radius, [0, 0, 0])
-    assert dpa(np.zeros((1, 7), int), 3).radius[0] == 3
+# --------------------------------------------------------------------------- EnsembleCert
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 3), st.integers(0, 2**32 - 1), st.sampled_from(METHODS),
+       st.booleans())
+def test_ensemblecert_equals_brute_force_and_plans_verify(N, K, seed, method, same):
+    rng = np.random.default_rng(seed)
+    v, A = _instance(rng, 3, N, K, zero_frac=0.1, same_votes=same)
+    res = ensemblecert(v, A, K, return_plan=True, method=method)
+    for i in range(3):
+        assert res.prediction[i] == _winner(v[i], K)
+        b = _brute_attack_cost(v[i], A[i], K)
+        if np.isfinite(b):
+            assert res.radius[i] == b - 1
+            fin = np.where(res.plan[i] >= 0, res.plan[i], v[i])
+            assert A[i][np.arange(N), fin].sum() == b  # the plan is a cheapest attack ...
+            assert _winner(fin, K) != res.prediction[i]  # ... and it changes the prediction
+            assert res.target[i] != res.prediction[i]
+            assert np.all(res.plan[i][res.plan[i] >= 0] != v[i][res.plan[i] >= 0])
+        else:
+            assert res.radius[i] == NO_ATTACK and res.target[i] == -1 and np.all(res.plan[i] == -1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 6), st.integers(0, 2**32 - 1), st.booleans())
+def test_unit_costs_reproduce_dpa_and_whitebox_dominates(N, K, seed, same):
+    rng = np.random.default_rng(seed)
+    v, A = _instance(rng, 6, N, K, inf_frac=0.1, hi=20, same_votes=same)
+    U = np.ones_like(A)
+    U[np.arange(6)[:, None], np.arange(N)[None, :], v] = 0
+    ref = dpa(v, K)
+    for method in METHODS:
+        res = ensemblecert(v, U, K, method=method)
+        np.testing.assert_array_equal(res.radius, ref.radius)
+        np.testing.assert_array_equal(res.prediction, ref.prediction)
+        assert np.all(ensemblecert(v, A, K, method=method).radius >= ref.radius)  # costs >= 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(10, 80), st.integers(2, 10), st.integers(0, 2**32 - 1), st.booleans())
+def test_sorted_equals_dp_ensemble(N, K, seed, same):
+    rng = np.random.default_rng(seed)
+    v, A = _instance(rng, 12, N, K, inf_frac=0.15, hi=40, same_votes=same)
+    r_dp = ensemblecert(v, A, K, method="dp", return_plan=True)
+    r_so = ensemblecert(v, A, K, return_plan=True)
+    np.testing.assert_array_equal(r_dp.radius, r_so.radius)
+    for r in (r_dp, r_so):  # plans realise the radius and change the prediction
+        fin = np.where(r.plan >= 0, r.plan, v)
+        cost = A[np.arange(12)[:, None], np.arange(N)[None, :], fin].sum(axis=1)
+        np.testing.assert_array_equal(cost - 1, r.radius)
+        assert np.all(plurality(vote_counts(fin, K)) != r.prediction)
 
 
 def test_milp_on_medium_ensembles():
     import cvxpy as cp
 
     rng = np.random.default_rng(3)
-    K, N = 3, 20
-    v, A = _instance(rng, 2, N, K, inf_frac=0.1, hi=8)
+    K, N, t = 4, 25, 3
+    v, A = _instance(rng, t, N, K, inf_frac=0.15, hi=9)
+    v[0] = np.where(rng.random(N) < 0.7, 1, v[0])  # a confident ensemble
+    A[0, np.arange(N), v[0]] = 0
+    A[0][(A[0] == 0) & (np.arange(K)[None, :] != v[0][:, None])] = 1
     res = ensemblecert(v, A, K)
-    for i in range(2):
+    for i in range(t):
         p = res.prediction[i]
         best = np.inf
+        finite = np.where(np.isfinite(A[i]), A[i], 0.0)
         for c in range(K):
             if c == p:
                 continue
             z = cp.Variable((N, K), boolean=True)
-            finite = np.where(np.isfinite(A[i]), A[i], 0)
-            cons = [cp.sum(z, axis=1) == 1] + [z[j, k] == 0 for j in range(N) for k in range(K) if not np.isfinite(A[i, j, k])]
+            cons = [cp.sum(z, axis=1) == 1]
+            unreachable = ~np.isfinite(A[i])
+            if unreachable.any():
+                cons.append(cp.multiply(unreachable.astype(float), z) == 0)
             counts = cp.sum(z, axis=0)
-            cons.append(counts[c] >= counts[p] + (1 if c > p else 0))
+            cons.append(counts[c] >= counts[p] + (1 if c > p else 0))  # c beats p (tie rule)
             prob = cp.Problem(cp.Minimize(cp.sum(cp.multiply(finite, z))), cons)
             prob.solve(solver=cp.HIGHS)
             if prob.status == "optimal":
                 best = min(best, round(prob.value))
+        assert np.isfinite(best)
         assert res.radius[i] == best - 1
 
 
-def test_bounds_and_errors():
+def test_no_attack_cap_blocks_and_monotonicity():
     rng = np.random.default_rng(4)
+    v, A = _instance(rng, 30, 9, 3, inf_frac=0.3, hi=12)
+    A[0] = np.inf
+    A[0, np.arange(9), v[0]] = 0
+    res = ensemblecert(v, A, 3, return_plan=True)
+    assert res.radius[0] == NO_ATTACK and res.target[0] == -1 and np.all(res.plan[0] == -1)
+    capped = ensemblecert(v, A, 3, max_radius=5)
+    np.testing.assert_array_equal(capped.radius, np.minimum(res.radius, 5))
+    for bs, method in ((1, "sorted"), (7, "sorted"), (4, "dp")):
+        blocked = ensemblecert(v, A, 3, return_plan=True, block_size=bs, method=method)
+        np.testing.assert_array_equal(blocked.radius, res.radius)
+        fin = np.where(blocked.plan >= 0, blocked.plan, v)
+        ok = res.radius < NO_ATTACK
+        cost = A[np.arange(30)[:, None], np.arange(9)[None, :], fin].sum(axis=1)
+        np.testing.assert_array_equal(cost[ok] - 1, res.radius[ok])
+    # any real dtype: float32 / integer costs give the same certificate
+    np.testing.assert_array_equal(ensemblecert(v, A.astype(np.float32), 3).radius, res.radius)
+    A_int = np.where(np.isfinite(A), A, 10**6).astype(np.int32)
+    np.testing.assert_array_equal(ensemblecert(v, A_int, 3).radius,
+                                  ensemblecert(v, np.where(np.isfinite(A), A, 10**6), 3).radius)
+    # raising any cost can only raise the radius; exact when lower == upper
+    up = A + rng.integers(0, 3, A.shape) * (A > 0)
+    bounds = ensemblecert_bounds(v, A, up, 3)
+    assert isinstance(bounds, EnsembleBounds)
+    assert np.all(bounds.radius_lower <= bounds.radius_upper)
+    np.testing.assert_array_equal(bounds.radius_lower, res.radius)
+    np.testing.assert_array_equal(bounds.agree, bounds.radius_lower == bounds.radius_upper)
+    assert ensemblecert_bounds(v, A, A, 3).agree.all()
+    with pytest.raises(ValueError, match="cost_lower must be <="):
+        ensemblecert_bounds(v, A + (A > 0), A, 3)
+
+
+def test_input_errors():
+    rng = np.random.default_rng(5)
     v, A = _instance(rng, 4, 6, 3, inf_frac=0)
-    lo, hi, agree = ensemblecert_bounds(v, A, A + (A > 0), 3)
-    assert np.all(lo <= hi) and agree.dtype == bool
     with pytest.raises(ValueError, match="own vote"):
         ensemblecert(v, A + 1, 3)
     with pytest.raises(ValueError, match="shape"):
         ensemblecert(v, A[:, :, :2], 3)
+    with pytest.raises(ValueError, match="NaN"):
+        ensemblecert(v, np.where(A > 3, np.nan, A), 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        ensemblecert(v, -A, 3)
+    with pytest.raises(ValueError, match="integer"):
+        ensemblecert(v, A * 1.5, 3)
+    with pytest.raises(ValueError, match="method"):
+        ensemblecert(v, A, 3, method="greedy")
+    with pytest.raises(ValueError, match="max_radius"):
+        ensemblecert(v, A, 3, max_radius=-1)
     with pytest.raises(ValueError, match="votes"):
         dpa(v + 5, 3)
-
-
-def test_partitions_are_feature_only_deterministic_and_checked():
-    rng = np.random.default_rng(5)
-    x = rng.integers(0, 256, (50, 12)).astype(float)
-    for rule in ("ss_dpa", "dpa_hash", "seeded_hash"):
-        a = partition(x, 5, rule)
-        np.testing.assert_array_equal(a, partition(x.copy(), 5, rule))
-        assert set(a) == set(range(5))
-    s = ss_dpa_partition(x, 5)
-    assert np.all(np.bincount(s) == 10)
-    np.testing.assert_array_equal(dpa_hash_partition(x, 7), x.sum(1).astype(int) % 7)
-    assert not np.array_equal(seeded_hash_partition(x, 5, seed=1), seeded_hash_partition(x, 5, seed=2))
-    # the assignment of a sample depends on its own features only for the hash rules
-    np.testing.assert_array_equal(seeded_hash_partition(x[::-1], 5)[::-1], seeded_hash_partition(x, 5))
-    with pytest.raises(ValueError, match="exceeds"):
-        ss_dpa_partition(x, 51)
+    with pytest.raises(ValueError, match="shape"):
+        dpa(v[0], 3)
     with pytest.raises(ValueError, match="integer"):
-        dpa_hash_partition(x / 3.3, 5)
-    with pytest.raises(ValueError, match="empty"):
-        dpa_hash_partition(np.zeros((10, 2)), 3)
+        dpa(v.astype(float), 3)
+    with pytest.raises(ValueError, match="N_p"):
+        dpa(np.zeros((3, 0), int), 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        dpa(v * 0, 1)
+    with pytest.raises(TypeError):
+        ensemblecert(v, A.astype(str), 3)
 
 
-def test_metrics_anchor_example_and_properties():
-    r = np.array([-1, 0, 3, 3, 5, 7])
-    ok = r >= 0
-    assert median_certified_robustness(r, ok, "radius") == 3
-    assert median_certified_robustness(r, ok, "anchor") == 4
-    b, acc = certified_accuracy_curve(r, ok)
-    # the anchors' printout: sum(acc >= 0.5) over r = 0..max
-    assert int(np.sum(acc >= 0.5)) == 4
-    assert np.all(np.diff(acc) <= 0)
-    assert certified_accuracy(r, ok, 4) == pytest.approx(2 / 6)
-    assert median_certified_robustness(np.array([-1, -1, 0]), np.array([False, False, True])) is None
-    rng = np.random.default_rng(6)
-    for _ in range(50):
-        rr = rng.integers(-1, 20, 31)
-        okk = rr >= 0
-        m = median_certified_robustness(rr, okk)
-        if m is not None:
-            assert certified_accuracy(rr, okk, m) >= 0.5 > certified_accuracy(rr, okk, m + 1)
+def test_roe_functions_reachable_from_ensemble_module():
+    import kernelcert.ensemble as ens
+    import kernelcert.roe as roe
+
+    for name in ("dpa_roe", "fa", "fa_roe", "dpa_star_roe", "whitebox_roe"):
+        assert getattr(ens, name) is getattr(roe, name)
+    with pytest.raises(AttributeError):
+        ens.not_a_function

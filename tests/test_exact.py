@@ -127,6 +127,21 @@ def test_milp_class_costs_equal_brute_force(n, K, seed, kind):
     np.testing.assert_array_equal(milp_class_costs(w, y, K), brute_force_certificate(w, y, K).class_costs)
 
 
+def test_milp_class_costs_with_mixed_magnitudes():
+    # weights spanning 1e-12 .. 1: tiny weights only decide near ties, which the MILP may count as ties;
+    # every finite value is a verified attack, so the MILP never under-estimates, and it is usually exact
+    rng = np.random.default_rng(12)
+    equal = 0
+    for _ in range(12):
+        n, K = 6, 3
+        w = rng.normal(size=(2, n)) * 10.0 ** rng.uniform(-12, 0, size=(2, n))
+        y = rng.integers(0, K, n)
+        got, ref = milp_class_costs(w, y, K), brute_force_certificate(w, y, K).class_costs
+        assert np.all(got >= ref)
+        equal += int(np.array_equal(got, ref))
+    assert equal >= 9
+
+
 def test_milp_class_costs_targets_and_four_classes():
     rng = np.random.default_rng(11)
     w, y = rng.normal(size=(2, 7)), rng.integers(0, 4, 7)
@@ -145,26 +160,41 @@ def _svm_oracle(Kt, Kx, y, K, C, max_flips):
     return brute_force_retrain(lambda yy: KernelSVM(C).fit(Kt, yy, K).predict(Kx), y, K, max_flips=max_flips)
 
 
-@pytest.mark.parametrize("K,factor,formulation,seed", [
-    (2, 1.0, "labelcert", 0),
-    (3, 0.5, "compact", 1),
-    (2, 20.0, "labelcert", 2),
-    (2, 20.0, "compact", 3),
-    (3, 5.0, "labelcert", 4),
+def cluster_problem(n, t, K, seed, gamma):
+    """Labels = cluster index; large gamma gives kernel entries down to 1e-40 (a numerically hard MILP)."""
+    rng = np.random.default_rng(seed)
+    centres = 3.0 * rng.normal(size=(K, 2))
+    y = np.arange(n) % K
+    x = centres[y] + rng.normal(size=(n, 2))
+    xt = centres[rng.integers(0, K, t)] + 0.5 * rng.normal(size=(t, 2))
+
+    def k(a, b):
+        return np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    return k(x, x), k(xt, x), y
+
+
+@pytest.mark.parametrize("n,K,factor,seed,gamma", [
+    (6, 2, 1.0, 1, 0.3), (6, 3, 0.5, 149, 3.0), (6, 3, 0.5, 7, 0.3), (6, 2, 20.0, 2, 1.0), (6, 2, 10.0, 1, 0.3),
+    (6, 3, 5.0, 4, 1.0), (10, 2, 2.0, 2, 0.1),
 ])
-def test_labelcert_equals_svm_retraining(K, factor, formulation, seed):
-    n = 6
-    Kt, Kx, y = rbf_problem(n, 3, K, seed)
+def test_labelcert_equals_svm_retraining(n, K, factor, seed, gamma):
+    Kt, Kx, y = cluster_problem(n, 3, K, seed, gamma)
     C = factor * KernelSVM().fit(Kt, y, K).C_max
     if factor > 1:
         assert np.any(KernelSVM(C).fit(Kt, y, K).alpha_ < C * (1 - 1e-6)), "pick a problem outside the small-C regime"
     budget = 3
-    lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=budget, formulation=formulation)
+    lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=budget)
     bf = _svm_oracle(Kt, Kx, y, K, C, budget)
     assert lc.exact.all()
     np.testing.assert_array_equal(lc.prediction, bf.prediction)
     np.testing.assert_array_equal(lc.radius, bf.radius)
     np.testing.assert_array_equal(np.asarray(lc), bf.radius)
+    if factor <= 1:  # label-linear: LabelCert, ScaLabelCert and enumeration of W = K_test_train agree
+        from kernelcert.certificates import certify
+
+        np.testing.assert_array_equal(np.minimum(certify(Kx, y, K).radius, budget), lc.radius)
+        np.testing.assert_array_equal(brute_force_certificate(Kx, y, K, max_flips=budget).radius, lc.radius)
     for i in range(len(Kx)):
         if lc.radius[i] < budget:  # the attack is verified and of size radius + 1
             lab = lc.attacks[i]
@@ -208,8 +238,8 @@ def test_labelcert_input_errors():
         labelcert_svm_milp(Kt, y, Kx[:, :-1], 1.0, 2)
     with pytest.raises(ValueError, match="length"):
         labelcert_svm_milp(Kt, y[:-1], Kx, 1.0, 2)
-    with pytest.raises(ValueError, match="formulation"):
-        labelcert_svm_milp(Kt, y, Kx, 1.0, 2, formulation="nope")
+    with pytest.raises(ValueError, match="margin"):
+        labelcert_svm_milp(Kt, y, Kx, 1.0, 2, margin=0.5)
     with pytest.raises(ValueError, match="C"):
         labelcert_svm_milp(Kt, y, Kx, -1.0, 2)
     res = labelcert_svm_milp(Kt, y, Kx, 1.0, 2, max_flips=0)

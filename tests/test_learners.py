@@ -233,6 +233,20 @@ def test_svm_dual_equals_active_set_enumeration(n, seed, factor):
     np.testing.assert_allclose(solve_svm_dual(Kt, signs, C), enumerate_box_qp(Kt, signs, C), atol=1e-9 * C)
 
 
+def test_svm_dual_interior_point_fallback(monkeypatch):
+    import kernelcert.learners as learners
+
+    Kt, _, _ = rbf_problem(5, 1, 2, 9)
+    Kt = Kt + 0.01 * np.eye(5)
+    signs = np.array([1.0, -1.0, 1.0, 1.0, -1.0])
+    C = 10.0 / np.abs(Kt).sum(1).max()
+    exact_alpha = enumerate_box_qp(Kt, signs, C)
+    monkeypatch.setattr(learners, "_polish_box_qp", lambda H, b0, max_iter=50: None)
+    alpha, resid = solve_svm_dual(Kt, signs, C, return_residual=True)  # Clarabel alone
+    np.testing.assert_allclose(alpha, exact_alpha, atol=1e-6 * C)
+    assert resid < 1e-6
+
+
 def test_binary_svm_uses_one_problem_and_antisymmetric_scores():
     Kt, Kx, y = rbf_problem(10, 5, 2, 6)
     for C in (None, 20.0):
@@ -307,3 +321,37 @@ def test_bad_input(bad, exc, msg):
     y[:3] = [0, 1, 2]
     with pytest.raises(exc, match=msg):
         bad(K, y, Kx)
+
+
+def test_validation_helpers():
+    from kernelcert import _validation as v
+
+    y, K = v.check_labels(np.array([0.0, 2.0, 1.0]))
+    assert y.dtype == np.int64 and K == 3
+    y2, K2 = v.check_labels("labels", [0, 1], 4)  # legacy name-first form
+    assert K2 == 4 and list(y2) == [0, 1]
+    with pytest.raises(ValueError, match="num_classes=2"):
+        v.check_labels(np.array([0, 2]), 2)
+    with pytest.raises(ValueError, match="integer"):
+        v.check_labels(np.array([True, False]))
+    with pytest.raises(ValueError, match="integer"):
+        v.check_labels([0, 1], 2.5)
+    with pytest.raises(ValueError, match="symmetric"):
+        v.check_gram(np.array([[1.0, 0.5], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="empty"):
+        v.check_gram(np.zeros((0, 0)))
+    assert v.check_gram("G", np.eye(2)).shape == (2, 2)
+    with pytest.raises(ValueError, match="a has 2, b has 3"):
+        v.check_same_length(a=np.ones(2), b=[1, 2, 3])
+    assert v.check_same_length(a=np.ones(3), b=3) == 3
+    with pytest.raises(ValueError, match=">= 0"):
+        v.check_int("max_flips", -1, minimum=0)
+    with pytest.raises(TypeError, match="integer"):
+        v.check_int("max_flips", True)
+    with pytest.raises(ValueError, match="finite"):
+        v.check_positive("C", np.inf)
+    assert v.check_positive("t", np.inf, allow_inf=True) == np.inf
+    with pytest.raises(ValueError, match="columns"):
+        v.check_weights(np.ones((2, 3)), 4)
+    with pytest.raises(TypeError, match="real"):
+        v.as_float_array("x", np.ones(2, complex))

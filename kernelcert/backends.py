@@ -1,0 +1,198 @@
+"""Execution backends for the certification run: in-process (default) or Dask.
+
+A backend maps a module-level function `fn(task, shared)` over work units and yields
+`(task, result)` pairs as they finish (any order). The work unit of `kernelcert.pipeline` is one
+partition (its Gram, its learners, its per-test certificates); the caller writes each result to
+disk as soon as it arrives, so results do not accumulate in memory and a killed run loses only
+the units in flight. The aggregation is mapped the same way, one block of test points of one
+ensemble per task. Tasks may come from a generator: the Dask backend keeps only a bounded number
+in flight.
+
+- `InProcessBackend`: runs the units one after the other in this process.
+- `DaskBackend`: a `dask.distributed.LocalCluster` with `n_workers` worker processes
+  (`threads_per_worker=1`), or an existing scheduler (`address="tcp://host:port"`; its workers
+  must have kernelcert installed). `shared` is scattered once to every worker (broadcast).
+
+The unit computation is deterministic given its inputs, so every backend yields the same arrays,
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import uuid
+from typing import Any, Callable, Iterable, Iterator
+
+logger = logging.getLogger("kernelcert.backends")
+
+
+class Backend(abc.ABC):
+    """Maps `fn(task, shared)` over tasks; use as a context manager or call `close()`."""
+
+    name: str = "backend"
+    in_process: bool = False
+
+    @abc.abstractmethod
+    def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
+            max_in_flight: int | None = None) -> Iterator[tuple[Any, Any]]:
+        """Yield (task, fn(task, shared)) for every task (a list or a generator), in completion order."""
+
+    def close(self) -> None:
+        """Release workers and connections (idempotent)."""
+
+    def describe(self) -> dict:
+        """JSON-able description for run summaries."""
+        return {"name": self.name}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class InProcessBackend(Backend):
+    """Runs every task sequentially in the calling process."""
+
+    name = "inprocess"
+    in_process = True
+
+    def map(self, fn, tasks, shared, max_in_flight=None):
+        for task in tasks:
+            yield task, fn(task, shared)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "workers": 1}
+
+
+class DaskBackend(Backend):
+    """Dask distributed: a LocalCluster of `n_workers` processes, or an existing scheduler `address`.
+
+    `threads_per_worker=1` by default, so each worker process computes one unit at a time (the
+    kernels and BLAS inside a unit use their own threads). `memory_limit` is passed to the
+    LocalCluster ("auto": total memory / n_workers); `connect_timeout` bounds the wait for a scheduler.
+    """
+
+    name = "dask"
+
+    def __init__(self, address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
+                 memory_limit: str | int = "auto", connect_timeout: str = "20s"):
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError as exc:  # pragma: no cover - dask is a declared dependency
+            raise ValueError("the Dask backends need dask[distributed] installed") from exc
+        if address is None:
+            if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+                raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+            if (isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int)
+                    or threads_per_worker < 1):
+                raise ValueError(f"threads_per_worker must be a positive integer, got {threads_per_worker!r}")
+        self.address = address
+        self._tag = uuid.uuid4().hex[:8]
+        self._cluster = None
+        self._client = None
+        if address is None:
+            self._cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                                         memory_limit=memory_limit, dashboard_address=None,
+                                         silence_logs=logging.ERROR)
+            self._client = Client(self._cluster)
+            self.kind = "dask-local"
+        else:
+            if not isinstance(address, str) or not address:
+                raise ValueError(f"scheduler address must be a string like 'tcp://host:8786', got {address!r}")
+            try:
+                self._client = Client(address, timeout=connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"cannot connect to the Dask scheduler at {address!r}: {exc}") from None
+            self.kind = "dask"
+
+    @property
+    def client(self):
+        return self._client
+
+    def n_workers(self) -> int:
+        return len(self._client.scheduler_info().get("workers", {}))
+
+    def map(self, fn, tasks, shared, max_in_flight: int | None = None):
+        """Submit tasks lazily, at most `max_in_flight` at a time (default 2 per worker + 1), so that a
+        generator of tasks is never materialised; yields (task, result) in completion order."""
+        from dask.distributed import as_completed
+
+        it = iter(tasks)
+        limit = max_in_flight if max_in_flight is not None else 2 * max(1, self.n_workers()) + 1
+        shared_f = self._client.scatter(shared, broadcast=True, hash=False) if shared is not None else None
+        pending = {}
+        ac = as_completed()
+        counter = 0
+
+        def submit_next() -> bool:
+            nonlocal counter
+            try:
+                task = next(it)
+            except StopIteration:
+                return False
+            key = f"kernelcert-{getattr(task, 'key', 'task')}-{self._tag}-{counter}"
+            counter += 1
+            fut = self._client.submit(fn, task, shared_f, key=key, pure=False)
+            pending[fut] = task
+            ac.add(fut)
+            return True
+
+        try:
+            for _ in range(max(1, limit)):
+                if not submit_next():
+                    break
+            for fut in ac:
+                result = fut.result()
+                task = pending.pop(fut)
+                fut.release()
+                submit_next()
+                yield task, result
+        finally:
+            for fut in pending:
+                fut.cancel()
+            shared_f = None
+
+    def describe(self) -> dict:
+        info = {"name": self.kind, "address": self._client.scheduler.address if self._client else None}
+        try:
+            info["workers"] = self.n_workers()
+        except Exception:  # noqa: BLE001 - informational only
+            info["workers"] = None
+        return info
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+
+def make_backend(execution=None, *, kind: str | None = None, workers: int | None = None,
+                 scheduler: str | None = None) -> Backend:
+    """Backend from an `ExecutionConfig` (or from keyword arguments).
+
+    kind "inprocess" (default), "dask-local" (LocalCluster with `workers` processes) or "dask"
+    (connect to `scheduler`).
+    """
+    if execution is not None:
+        kind = kind or execution.backend
+        workers = workers if workers is not None else execution.workers
+        scheduler = scheduler if scheduler is not None else execution.scheduler
+    kind = kind or ("dask" if scheduler else "inprocess")
+    if kind == "inprocess":
+        return InProcessBackend()
+    if kind == "dask-local":
+        return DaskBackend(n_workers=int(workers or 2))
+    if kind == "dask":
+        if not scheduler:
+            raise ValueError("backend 'dask' needs a scheduler address like 'tcp://host:8786'")
+        return DaskBackend(address=scheduler)
+    raise ValueError(f"unknown backend {kind!r}; use 'inprocess', 'dask-local' or 'dask'")
+
+
+__all__ = ["Backend", "InProcessBackend", "DaskBackend", "make_backend"]

@@ -1,0 +1,229 @@
+"""Tables, plots and the Markdown report of a certification run (input: the run's summary dict).
+
+MCR numbers are given in both conventions of SPEC §1 / anchors §0.2: "radius" (the largest
+budget with certified accuracy >= 50%) and "anchor" (that plus one, as the DPA/FA/ROE scripts
+print it). Certified accuracy counts a test point at budget r when it is classified correctly
+and its certified radius is >= r.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+METHOD_LABELS = {
+    "single": "single model (ScaLabelCert)",
+    "dpa": "DPA (black box)",
+    "ensemblecert": "EnsembleCert",
+    "dpa_roe": "DPA+ROE",
+    "whitebox_roe": "white-box ROE",
+    "fa": "FA",
+    "fa_roe": "FA+ROE",
+}
+# (color, linestyle, marker): distinct styles so that coinciding curves stay visible
+_STYLE = {
+    "single": ("C4", "-", "s"), "dpa": ("C0", "--", "o"), "ensemblecert": ("C1", "-", "D"),
+    "dpa_roe": ("C2", ":", "^"), "whitebox_roe": ("C3", "-.", "v"), "fa": ("C5", "--", "<"), "fa_roe": ("C6", ":", ">"),
+}
+
+
+def _fmt_mcr(v) -> str:
+    return "n/a" if v is None else str(int(v))
+
+
+def _learners(summary: dict) -> list[str]:
+    seen = []
+    for r in summary["results"]:
+        if r["learner"] not in seen:
+            seen.append(r["learner"])
+    return seen
+
+
+def _rows(summary: dict, learner: str | None = None) -> list[dict]:
+    return [r for r in summary["results"] if learner is None or r["learner"] == learner]
+
+
+def _method_name(r: dict, summary: dict) -> str:
+    name = METHOD_LABELS.get(r["method"], r["method"])
+    if r["method"] in ("fa", "fa_roe") and summary.get("fa"):
+        name += f" (d={summary['fa']['d']})"
+    return name
+
+
+def results_table(summary: dict, budgets=None) -> str:
+    """Plain-text table: one row per (learner, N_p, method) with accuracy, MCR (both conventions),
+    exactness and certified accuracy at a few budgets."""
+    budgets = [str(b) for b in (budgets if budgets is not None else summary.get("budgets", [])[:6])]
+    head = (f"{'learner':<26}{'N_p':>5}  {'method':<30}{'acc':>7}{'MCR':>6}{'MCR+1':>7}{'exact':>7}"
+            + "".join(f"{'@' + b:>7}" for b in budgets))
+    lines = [head, "-" * len(head)]
+    prev = None
+    for r in summary["results"]:
+        group = (r["learner"], r["num_partitions"])
+        if prev is not None and group != prev:
+            lines.append("")
+        prev = group
+        ca = r["certified_accuracy"]
+        mcr = r["mcr"]
+        upper = ""
+        if "mcr_upper" in r and r["mcr_upper"]["radius"] != mcr["radius"]:
+            upper = f" (<= {_fmt_mcr(r['mcr_upper']['radius'])})"
+        lines.append(f"{r['learner']:<26}{r['num_partitions']:>5}  {_method_name(r, summary):<30}"
+                     f"{r['clean_accuracy']:>7.3f}{_fmt_mcr(mcr['radius']):>6}{_fmt_mcr(mcr['anchor']):>7}"
+                     f"{r['exact_fraction']:>7.2f}" + "".join(f"{ca.get(b, float('nan')):>7.3f}" for b in budgets)
+                     + upper)
+    lines.append("")
+    lines.append("acc = clean accuracy of the aggregate's prediction; MCR = median certified robustness (largest "
+                 "budget with >= 50% certified accuracy; n/a when accuracy < 50%); MCR+1 = the DPA/FA/ROE scripts' "
+                 "convention; exact = fraction of points whose radius is proven exact; @r = certified accuracy at r "
+                 "label flips; '(<= u)' = MCR from EnsembleCert's upper-bound costs.")
+    return "\n".join(lines)
+
+
+def write_plots(summary: dict, run_dir) -> list[Path]:
+    """Certified accuracy vs budget (one figure per learner, a panel per N_p, a line per method) and
+    MCR vs N_p (a panel per learner). Returns the PNG paths (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .pipeline import atomic_write_bytes
+
+    run_dir = Path(run_dir)
+    paths = []
+    learners = _learners(summary)
+    for learner in learners:
+        rows = _rows(summary, learner)
+        nps = sorted({r["num_partitions"] for r in rows})
+        fig, axes = plt.subplots(1, len(nps), figsize=(4.2 * len(nps), 3.6), squeeze=False, sharey=True)
+        for ax, n_p in zip(axes[0], nps):
+            for r in (r for r in rows if r["num_partitions"] == n_p):
+                rad = np.asarray(r["curve"]["radius"], float)
+                acc = np.asarray(r["curve"]["certified_accuracy"], float)
+                if rad.size == 0:
+                    x, y = np.array([0.0, 1.0]), np.array([0.0, 0.0])
+                else:
+                    x = np.concatenate([[0.0], rad, [rad[-1] + 1]])
+                    y = np.concatenate([[acc[0]], acc, [0.0]])
+                color, ls, _ = _STYLE.get(r["method"], (None, "-", "o"))
+                ax.plot(x, y, drawstyle="steps-pre", color=color, linestyle=ls, linewidth=1.6, alpha=0.85,
+                        label=_method_name(r, summary))
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_title(f"{learner}, N_p = {n_p}")
+            ax.set_xlabel("budget r (label flips)")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("certified accuracy")
+        axes[0][-1].legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        paths.append(_save(fig, run_dir / f"certified_accuracy_{_safe(learner)}.png", atomic_write_bytes))
+        plt.close(fig)
+    fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners), 3.6), squeeze=False)
+    for ax, learner in zip(axes[0], learners):
+        rows = _rows(summary, learner)
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = sorted((r["num_partitions"], r["mcr"]["radius"]) for r in rows if r["method"] == method)
+            xs = [p[0] for p in pts]
+            ys = [np.nan if p[1] is None else p[1] for p in pts]
+            color, ls, marker = _STYLE.get(method, (None, "-", "o"))
+            ax.plot(xs, ys, color=color, linestyle=ls, marker=marker, alpha=0.85,
+                    label=METHOD_LABELS.get(method, method))
+        nps = sorted({r["num_partitions"] for r in rows})
+        ax.set_xscale("log")
+        ax.set_xticks(nps)
+        ax.set_xticklabels([str(n) for n in nps])
+        ax.minorticks_off()
+        ax.set_title(learner)
+        ax.set_xlabel("N_p (number of partitions)")
+        ax.set_ylabel("MCR (radius convention)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(_save(fig, run_dir / "mcr_vs_partitions.png", atomic_write_bytes))
+    plt.close(fig)
+    return paths
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+
+
+def _save(fig, path: Path, writer) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    writer(path, buf.getvalue())
+    return path
+
+
+def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
+    """Short Markdown report: setup, a results table per learner, C_max, timings, memory, plots."""
+    d = summary["data"]
+    k = summary["kernel"]
+    lines = [f"# kernelcert run `{summary.get('name', 'run')}`", "",
+             f"Config hash `{summary['config_hash'][:12]}`. Dataset **{d['dataset']}**: {d['n_train']} training / "
+             f"{d['n_test']} test points, {d['num_classes']} classes. Kernel: {k['architecture']} depth {k['depth']} "
+             f"({k['activation']}, W_std={k['W_std']:g}, b_std={k['b_std']:g}, {k['kind'].upper()}). "
+             f"Partition rule `{summary['partition']['rule']}`, N_p in {summary['partition']['num_partitions']}.", ""]
+    if summary.get("fa"):
+        fa = summary["fa"]
+        lines += [f"Finite Aggregation: k = {fa['k']}, d = {fa['d']} ({fa['rule']} groups), i.e. k*d learners.", ""]
+    lines += ["MCR = median certified robustness: the largest number of label flips r with certified accuracy "
+              ">= 50% (radius convention, SPEC §1); MCR+1 is the number the DPA/FA/ROE scripts print "
+              "(anchors §0.2). \"exact\" = fraction of test points whose radius is proven exact "
+              "(ScaLabelCert always; EnsembleCert where lower and upper cost bounds give the same radius); "
+              "all other radii are sound lower bounds.", ""]
+    budgets = [str(b) for b in summary.get("budgets", [])]
+    for learner in _learners(summary):
+        lines += [f"## {learner}", "",
+                  "| N_p | method | accuracy | MCR | MCR+1 | exact | " + " | ".join(f"@{b}" for b in budgets) + " |",
+                  "|---|---|---|---|---|---|" + "---|" * len(budgets)]
+        for r in _rows(summary, learner):
+            ca = r["certified_accuracy"]
+            mcr = _fmt_mcr(r["mcr"]["radius"])
+            if "mcr_upper" in r and r["mcr_upper"]["radius"] != r["mcr"]["radius"]:
+                mcr += f" (upper {_fmt_mcr(r['mcr_upper']['radius'])})"
+            lines.append(f"| {r['num_partitions']} | {_method_name(r, summary)} | {r['clean_accuracy']:.3f} | {mcr} | "
+                         f"{_fmt_mcr(r['mcr']['anchor'])} | {r['exact_fraction']:.2f} | "
+                         + " | ".join(f"{ca[b]:.3f}" for b in budgets) + " |")
+        lines.append("")
+        base = summary.get("base_model_accuracy", {}).get(learner)
+        if base:
+            lines.append("Base-model accuracy (mean over partitions): "
+                         + ", ".join(f"N_p={n}: {v['mean']:.3f}" for n, v in base.items()) + ".")
+            lines.append("")
+    if summary.get("c_max"):
+        lines += ["## SVM C_max per partition", "",
+                  "C_max = 1 / max_i sum_j |K_ij| of each partition's Gram; C <= C_max makes the SVM linear in the "
+                  "labels (SPEC §2).", "", "| learner | N_p | min | median | max | C used |",
+                  "|---|---|---|---|---|---|"]
+        for learner, per in summary["c_max"].items():
+            for n_p, v in per.items():
+                lines.append(f"| {learner} | {n_p} | {v['min']:.4g} | {v['median']:.4g} | {v['max']:.4g} | "
+                             f"{v['C_used']} |")
+        lines.append("")
+    t = summary["timings"]
+    u = summary["units"]
+    mem = summary["memory"]
+    lines += ["## Run", "",
+              f"Backend: {summary['execution'].get('name')} ({summary['execution'].get('workers')} worker(s)). "
+              f"Work units: {u['total']} ({u['computed']} computed, {u['skipped']} reused from an earlier run).", "",
+              "| phase | seconds |", "|---|---|"]
+    lines += [f"| {k_} | {v:.2f} |" for k_, v in t.items()]
+    lines += [f"| units: Gram (sum) | {u['seconds_sum']['gram']:.2f} |",
+              f"| units: fit (sum) | {u['seconds_sum']['fit']:.2f} |",
+              f"| units: certificates (sum) | {u['seconds_sum']['certify']:.2f} |", "",
+              f"Peak memory (RSS high-water): main process {mem['main_peak_rss_mb']:.0f} MiB; per worker process "
+              + ", ".join(f"{v:.0f} MiB" for v in mem["unit_peak_rss_mb"].values())
+              + f" (memory cap for kernel blocks: {mem['memory_cap_mb']} MiB).", ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots:
+            rel = Path(p).name if run_dir is None else Path(p).relative_to(run_dir)
+            lines += [f"![{Path(p).stem}]({rel})", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["results_table", "write_plots", "markdown_report", "METHOD_LABELS"]

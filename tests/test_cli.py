@@ -1,0 +1,87 @@
+"""The `kernelcert` command: --help, run (fresh and resumed), errors, the demo config."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernelcert import cli, pipeline
+
+from test_pipeline import tiny_config, to_toml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_help_via_python_m():
+    out = subprocess.run([sys.executable, "-m", "kernelcert", "--help"], capture_output=True, text=True, env=_env(),
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "run" in out.stdout and "demo" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "kernelcert", "run", "--help"], capture_output=True, text=True,
+                         env=_env(), timeout=120)
+    assert out.returncode == 0 and "--scheduler" in out.stdout and "--workers" in out.stdout
+
+
+def test_run_and_resume(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "from_config", **{"partition.num_partitions": [1, 4]})
+    path = tmp_path / "tiny.toml"
+    path.write_text(to_toml(cfg))
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "EnsembleCert" in out and "DPA+ROE" in out and "white-box ROE" in out
+    assert "5 work units computed, 0 reused" in out
+    run_dir = pipeline.run_directory(pipeline.load_config(path, out_dir=tmp_path / "runs"))
+    assert run_dir.parent == tmp_path / "runs"  # --out wins over [output] dir
+    for name in ("points.csv", "summary.json", "report.md", "mcr_vs_partitions.png"):
+        assert (run_dir / name).exists()
+    assert not (tmp_path / "from_config").exists()
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress", "-q"]) == 0
+    assert "0 work units computed, 5 reused" in capsys.readouterr().out
+
+
+def test_errors_exit_with_status_2(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    bad = tiny_config(tmp_path, **{"data.dataset": "imagenet"})
+    path = tmp_path / "bad.toml"
+    path.write_text(to_toml(bad))
+    assert cli.main(["run", str(path), "--no-progress"]) == 2
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+    path.write_text(to_toml(tiny_config(tmp_path)))
+    assert cli.main(["run", str(path), "--backend", "dask"]) == 2
+    assert "scheduler" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run"])  # argparse: CONFIG is required
+    assert cli.main([]) == 0  # no command: help
+
+
+def test_demo_config_file_matches_builtin():
+    from_file = pipeline.load_config(REPO / "configs" / "demo.toml")
+    builtin = pipeline.load_config_string(cli.DEMO_CONFIG, name="demo")
+    assert from_file.hash() == builtin.hash()
+    assert {lc.type for lc in builtin.learners} == {"svm", "regression"}
+    assert builtin.partition.num_partitions == (1, 10, 50)
+    assert builtin.data.dataset == "mnist"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_example_configs_validate(path):
+    cfg = pipeline.load_config(path)
+    assert cfg.hash() and cfg.learners
+
+
+def test_tiny_demo_on_real_mnist(tmp_path, capsys):
+    code = cli.main(["demo", "--n-train", "120", "--n-test", "30", "--partitions", "1", "4", "--out", str(tmp_path),
+                     "--no-progress", "--no-plots", "-q"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "regression" in captured.out and "svm" in captured.out and "EnsembleCert" in captured.out
+    (run_dir,) = tmp_path.glob("demo-*")
+    header, table = pipeline.read_points(run_dir / "points.csv")
+    assert table.shape[0] == 30 and set(table[:, 1]) <= set(range(10))
