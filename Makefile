@@ -50,11 +50,14 @@ test-fast: install data
 demo: install data
 	$(VENV)/bin/kernelcert demo
 
+# Every benchmark, then docs/results.md regenerated from benchmarks/results/*.json.
+# `make bench` = full mode (hours, resumable); `make bench-quick` (or `make bench QUICK=1`) < 10 min.
+BENCH_ARGS := $(if $(QUICK),--quick,)
 bench: install data nt-env
-	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.kernels
+	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 bench-quick: install data nt-env
-	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.kernels --quick
+	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.run_all --quick
 
 clean:
 	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis

@@ -1,6 +1,6 @@
 """Benchmark: the end-to-end certification run at scale (kernelcert.pipeline + kernelcert.backends).
 
-    .venv/bin/python -m benchmarks.scale            # full MNIST 60k/10k at N_p = 100 + CIFAR-10 simulation
+    .venv/bin/python -m benchmarks.scale            # full MNIST 60k/10k + CIFAR-10 simulation (about an hour)
     .venv/bin/python -m benchmarks.scale --quick    # small versions (about a minute)
 
 Part 1, MNIST: the whole pipeline (depth-2 ReLU NTK, kernel regression and C_max kernel SVM,
@@ -9,7 +9,9 @@ once on a 2-worker `dask.distributed.LocalCluster` (threads_per_worker=1). Repor
 per-phase times, the sum of the work units' own times, peak RSS of the main process and of every
 worker process, and whether both backends produced byte-identical points.csv. Full: 60000/10000 at
 N_p = 100 (run directories under runs/bench_scale/, so an interrupted full run resumes; a resumed run
-reports `resumed`); --quick: 1000/200 at N_p = 10 in a fresh temporary directory.
+reports `resumed`); --quick: 1000/200 at N_p = 10 in a fresh temporary directory. The same
+in-process run is repeated at every N_p of `--partitions` (full: 10, 50, 100, 1000; quick: 10, 50)
+for the end-to-end time and peak-memory table.
 
 Part 2, CIFAR-10 at N_p = 1000 on 16 workers (simulated: no CIFAR-10 is available offline).
 Partitions of 50000/1000 = 50 points with 3072 features (32x32x3 flattened), K = 10. A few
@@ -32,18 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import fmt, md_table, provenance, stamp, write_result
 from kernelcert import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "runs" / "bench_scale"
 ARCH = {"architecture": "fully_connected", "depth": 2, "W_std": 2.0 ** 0.5, "b_std": 0.1, "activation": "relu"}
 LEARNERS = [{"type": "regression", "name": "regression", "ridge": 1e-3}, {"type": "svm", "name": "svm"}]
@@ -84,6 +84,29 @@ def run_mnist(n_train, n_test, n_p, workers, out_root: Path) -> dict:
     a, b = list(points.values())
     out["backends_identical"] = a == b
     return out
+
+
+def run_sweep(n_train, n_test, nps, out_root: Path, reuse: dict | None = None) -> list[dict]:
+    """End-to-end in-process runs at several N_p (one run directory each, so each resumes on its own)."""
+    rows = []
+    for n_p in nps:
+        if reuse is not None and reuse["num_partitions"] == n_p:
+            r = reuse["runs"]["inprocess"]
+        else:
+            cfg = mnist_config(n_train, n_test, n_p, out_root / "inprocess")
+            t0 = time.perf_counter()
+            res = pipeline.run(cfg)
+            s = res.summary
+            r = {"wall_seconds": time.perf_counter() - t0, "resumed": res.skipped_units > 0,
+                 "timings": s["timings"], "unit_seconds_sum": s["units"]["seconds_sum"],
+                 "main_peak_rss_mb": s["memory"]["main_peak_rss_mb"],
+                 "results": [{k: x[k] for k in ("learner", "num_partitions", "method", "clean_accuracy", "mcr",
+                                                "exact_fraction")} for x in s["results"]]}
+        rows.append({"num_partitions": n_p, "wall_seconds": r["wall_seconds"], "resumed": r["resumed"],
+                     "pipeline_seconds": r["timings"]["total"], "unit_seconds_sum": r["unit_seconds_sum"],
+                     "aggregation_seconds": r["timings"]["aggregation"], "peak_rss_mb": r["main_peak_rss_mb"],
+                     "results": r["results"]})
+    return rows
 
 
 def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg_rows) -> dict:
@@ -181,6 +204,14 @@ def _table(res: dict) -> str:
         fmt = lambda v: "n/a" if v is None else str(v)  # noqa: E731
         lines.append(f"{r['learner']:<12}{r['method']:<14}{r['clean_accuracy']:>7.3f}{fmt(mcr['radius']):>6}"
                      f"{fmt(mcr['anchor']):>7}{r['exact_fraction']:>7.2f}")
+    sw = res.get("sweep")
+    if sw:
+        lines.append("")
+        lines.append(f"End-to-end, in-process, MNIST {sw['n_train']}/{sw['n_test']}:")
+        lines.append(f"{'N_p':>6}{'wall s':>9}{'units s':>9}{'agg s':>8}{'peak MiB':>10}")
+        for r in sw["rows"]:
+            lines.append(f"{r['num_partitions']:>6}{r['wall_seconds']:>9.1f}{r['unit_seconds_sum']['total']:>9.1f}"
+                         f"{r['aggregation_seconds']:>8.1f}{r['peak_rss_mb']:>10.0f}" + ("  (resumed)" if r["resumed"] else ""))
     c = res["cifar_simulation"]
     lines.append("")
     lines.append(f"CIFAR-10 scale (simulated): {c['n_train']}/{c['n_test']}, N_p = {c['num_partitions']} "
@@ -196,33 +227,73 @@ def _table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small configuration (about a minute)")
     ap.add_argument("--workers", type=int, default=2, help="local Dask workers for part 1 (default 2)")
+    ap.add_argument("--partitions", type=int, nargs="+", default=None,
+                    help="N_p values of the in-process end-to-end sweep (full: 10 50 100 1000; quick: 10 50)")
     ap.add_argument("--cifar-test", type=int, default=None, help="test points per measured CIFAR-scale unit")
     args = ap.parse_args(argv)
     if args.quick:
         with tempfile.TemporaryDirectory() as tmp:  # always fresh: timings of a resumed run mean little
             mnist = run_mnist(1000, 200, 10, args.workers, Path(tmp))
+            sweep = run_sweep(1000, 200, args.partitions or [10, 50], Path(tmp), reuse=mnist)
         cifar = simulate_cifar(50000, 10000, 1000, 16, sample_units=2, sample_test=args.cifar_test or 200,
                                agg_rows=100)
+        n_train, n_test = 1000, 200
     else:
         mnist = run_mnist(60000, 10000, 100, args.workers, RUNS)
+        sweep = run_sweep(60000, 10000, args.partitions or [10, 50, 100, 1000], RUNS, reuse=mnist)
         cifar = simulate_cifar(50000, 10000, 1000, 16, sample_units=3, sample_test=args.cifar_test or 1000,
                                agg_rows=500)
-    res = {"quick": args.quick, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-           "mnist": mnist, "cifar_simulation": cifar}
+        n_train, n_test = 60000, 10000
+    res = {"mnist": mnist, "sweep": {"n_train": n_train, "n_test": n_test, "rows": sweep}, "cifar_simulation": cifar}
+    stamp(res, "scale", args.quick, argv)
     print(_table(res))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("scale_quick.json" if args.quick else "scale.json")
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, path)
-    print(f"wrote {path}")
-    return 0
+    print(f"wrote {write_result('scale', res, args.quick)}")
+    return res
+
+
+def markdown(result: dict) -> str:
+    """Section of docs/results.md: end-to-end time and memory, Dask vs in-process, CIFAR-10 scale estimate."""
+    m, c = result["mnist"], result["cifar_simulation"]
+    out = ["## Scale: end-to-end runs, Dask and memory", "",
+           "The whole pipeline (`kernelcert.pipeline.run`: data, SS-DPA partitions, depth-2 ReLU NTK, kernel "
+           "regression and C_max kernel SVM per partition, ScaLabelCert, then DPA, EnsembleCert, DPA+ROE and "
+           "white-box ROE) on real MNIST. Wall time includes data loading; *units* is the sum of the per-partition "
+           "work (Gram, fits, certificates); memory is peak RSS.", "", provenance(result), ""]
+    sw = result.get("sweep")
+    if sw:
+        out += [f"**In-process, MNIST {sw['n_train']:,} train / {sw['n_test']:,} test:**", "",
+                md_table(["N_p", "wall s", "units s", "aggregation s", "peak RSS MiB", "resumed"],
+                         [[r["num_partitions"], r["wall_seconds"], r["unit_seconds_sum"]["total"],
+                           r["aggregation_seconds"], r["peak_rss_mb"], r["resumed"]] for r in sw["rows"]]), ""]
+    rows = []
+    for label, r in m["runs"].items():
+        peaks = list(r["worker_peak_rss_mb"].values())
+        rows.append([label, r["wall_seconds"], r["unit_seconds_sum"]["total"], r["timings"]["aggregation"],
+                     r["main_peak_rss_mb"], max(peaks) if peaks else None, len(peaks), r["resumed"]])
+    out += [f"**Backends at N_p = {m['num_partitions']}** (MNIST {m['n_train']:,}/{m['n_test']:,}):", "",
+            md_table(["backend", "wall s", "units s", "aggregation s", "main peak MiB", "max worker peak MiB",
+                      "processes", "resumed"], rows), "",
+            f"The per-test-point tables of both backends are byte-identical: {fmt(m['backends_identical'])}.", ""]
+    first = next(iter(m["runs"].values()))
+    out += [md_table(["learner", "method", "clean accuracy", "MCR", "MCR (anchor convention)", "exact fraction"],
+                     [[r["learner"], r["method"], r["clean_accuracy"], r["mcr"]["radius"], r["mcr"]["anchor"],
+                       r["exact_fraction"]] for r in first["results"]]), ""]
+    out += [f"**CIFAR-10 scale (simulated)**: {c['n_train']:,}/{c['n_test']:,} points, N_p = {c['num_partitions']:,} "
+            f"({c['partition_size']} points x {c['features']} features per partition), {c['workers']} workers. "
+            f"One unit costs {fmt(c['unit_fixed_seconds'])} s (Gram + fits) + "
+            f"{fmt(c['unit_seconds_per_test_point'] * 1e3)} ms per test point, so "
+            f"{fmt(c['unit_seconds_at_full_test'])} s at {c['n_test']:,} test points (measured on {c['measured_units']} "
+            f"units x {c['measured_test_points']} test points); the aggregation takes "
+            f"{fmt(c['aggregation_makespan_seconds'])} s as {c['aggregation_blocks']} blocks; a worker peaks at "
+            f"{fmt(c['worker_peak_rss_mb'])} MiB. Estimated makespan: **{fmt(c['makespan_seconds'] / 60)} min on "
+            f"{c['workers']} workers** ({fmt(c['single_core_seconds'] / 3600)} h on one core). Assumptions: "
+            f"{c['assumption']}."]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
