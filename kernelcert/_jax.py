@@ -19,10 +19,40 @@ def x64_scope(dtype=np.float64):
     return contextlib.nullcontext()
 
 
-def default_device():
-    """The first GPU JAX sees, else the first CPU device."""
+def gpu_devices() -> list:
+    """The GPUs JAX sees (empty list when there are none or no GPU backend is installed)."""
     try:
-        gpus = jax.devices("gpu")
+        return list(jax.devices("gpu"))
     except RuntimeError:
-        gpus = []
+        return []
+
+
+def default_device():
+    """The device kernel tiles go to: the one set by an enclosing `jax.default_device(...)` block
+    (see `device_scope`), else the first GPU JAX sees, else the first CPU device."""
+    scoped = jax.config.jax_default_device
+    if scoped is not None and not isinstance(scoped, str):
+        return scoped
+    gpus = gpu_devices()
     return gpus[0] if gpus else jax.devices("cpu")[0]
+
+
+def resolve_device(name: str):
+    """'auto' (GPU if visible, else CPU), 'cpu' or 'gpu' -> a JAX device; ValueError if 'gpu' has none."""
+    if name == "auto":
+        gpus = gpu_devices()
+        return gpus[0] if gpus else jax.devices("cpu")[0]
+    if name == "cpu":
+        return jax.devices("cpu")[0]
+    if name == "gpu":
+        gpus = gpu_devices()
+        if not gpus:
+            raise ValueError("device 'gpu' requested but JAX sees no GPU (install jax[cuda12] and check "
+                             "`jax.devices()`), or use device = 'auto' / 'cpu'")
+        return gpus[0]
+    raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {name!r}")
+
+
+def device_scope(name: str = "auto"):
+    """Context manager running JAX work (kernels) on the device `resolve_device(name)`; thread-local."""
+    return jax.default_device(resolve_device(name))

@@ -43,6 +43,7 @@ uint32 pairwise costs (tie="attacker"; the dtype's maximum = no attack) with `L{
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -114,6 +115,7 @@ class KernelConfig:
     kind: str = "ntk"
     filter_shape: tuple[int, int] = (3, 3)  # convolutional only
     readout: str = "flatten"  # convolutional only
+    dtype: str = "float64"  # precision of the kernel evaluation (certificates are always float64)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ class ExecutionConfig:
     block_size: int | None = None
     blas_threads: int = 1
     progress: bool = True
+    device: str = "auto"  # where the kernels run: "auto" (a GPU if JAX sees one, else CPU), "cpu", "gpu"
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ class RunConfig:
         return {"format": FORMAT_VERSION, "version": __version__, "data": d["data"], "kernel": d["kernel"],
                 "learners": d["learners"], "partition": d["partition"], "fa": d["fa"], "methods": d["methods"],
                 "numerics": {"memory_cap_mb": self.execution.memory_cap_mb, "block_size": self.execution.block_size,
-                             "blas_threads": self.execution.blas_threads}}
+                             "blas_threads": self.execution.blas_threads,
+                             "device": _device_platform(self.execution.device)}}
 
     def hash(self) -> str:
         """sha256 hex digest of `hash_payload()` (canonical JSON)."""
@@ -333,7 +337,7 @@ def _parse_data(t: dict) -> DataConfig:
 def _parse_kernel(t: dict) -> KernelConfig:
     arch = t.get("architecture", "fully_connected")
     _choice("kernel", "architecture", arch, ARCHITECTURES)
-    allowed = {"architecture", "depth", "W_std", "b_std", "activation", "kind"}
+    allowed = {"architecture", "depth", "W_std", "b_std", "activation", "kind", "dtype"}
     if arch == "convolutional":
         allowed |= {"filter_shape", "readout"}
     _check_keys("kernel", t, allowed)
@@ -348,6 +352,8 @@ def _parse_kernel(t: dict) -> KernelConfig:
         kw["activation"] = _choice("kernel", "activation", t["activation"], ("relu", "erf"))
     if "kind" in t:
         kw["kind"] = _choice("kernel", "kind", t["kind"], ("ntk", "nngp"))
+    if "dtype" in t:
+        kw["dtype"] = _choice("kernel", "dtype", t["dtype"], ("float64", "float32"))
     if "filter_shape" in t:
         fs = _int_list("kernel", "filter_shape", t["filter_shape"], minimum=1, unique=False)
         if len(fs) != 2:
@@ -485,7 +491,7 @@ def _parse_output(t: dict) -> OutputConfig:
 
 def _parse_execution(t: dict) -> ExecutionConfig:
     _check_keys("execution", t, {"backend", "workers", "scheduler", "memory_cap_mb", "block_size", "blas_threads",
-                                 "progress"})
+                                 "progress", "device"})
     kw: dict[str, Any] = {}
     if "backend" in t:
         kw["backend"] = _choice("execution", "backend", t["backend"], BACKENDS)
@@ -504,6 +510,13 @@ def _parse_execution(t: dict) -> ExecutionConfig:
         kw["blas_threads"] = _int("execution", "blas_threads", t["blas_threads"], minimum=1)
     if "progress" in t:
         kw["progress"] = _bool("execution", "progress", t["progress"])
+    if "device" in t:
+        kw["device"] = _choice("execution", "device", t["device"], ("auto", "cpu", "gpu"))
+        if kw["device"] == "gpu":
+            from ._jax import gpu_devices
+
+            if not gpu_devices():
+                raise _err("execution", "device = 'gpu' but JAX sees no GPU here; use 'auto' or 'cpu'")
     cfg = ExecutionConfig(**kw)
     if cfg.backend == "dask" and cfg.scheduler is None:
         raise _err("execution", "backend 'dask' needs scheduler = 'tcp://host:port' (or use 'dask-local')")
@@ -634,8 +647,17 @@ def make_learner(lc: LearnerConfig):
     return KernelRegression(ridge=lc.ridge, train_time=lc.train_time, learning_rate=lc.learning_rate)
 
 
-def _kernel_eval(kernel, kind: str):
-    return kernel.ntk if kind == "ntk" else kernel.nngp
+def _kernel_eval(kernel, kc: KernelConfig):
+    fn = kernel.ntk if kc.kind == "ntk" else kernel.nngp
+    return functools.partial(fn, dtype=np.dtype(kc.dtype))
+
+
+def _device_platform(device: str) -> str:
+    """'cpu' or 'gpu': where `device` resolves on this machine (part of the config hash, since a GPU
+    evaluates the kernels with a different rounding)."""
+    from ._jax import resolve_device
+
+    return "cpu" if resolve_device(device).platform == "cpu" else "gpu"
 
 
 def _cap_bytes(ex: ExecutionConfig) -> int:
@@ -867,7 +889,10 @@ def compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=shared.execution.blas_threads, user_api="blas"):
+    from ._jax import device_scope
+
+    with threadpool_limits(limits=shared.execution.blas_threads, user_api="blas"), \
+            device_scope(shared.execution.device):
         return _compute_unit(task, shared)
 
 
@@ -879,7 +904,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
     K = shared.num_classes
     ex = shared.execution
     kernel = make_kernel(shared.kernel, max_block_bytes=_kernel_block_bytes(ex))
-    evaluate = _kernel_eval(kernel, shared.kernel.kind)
+    evaluate = _kernel_eval(kernel, shared.kernel)
     x, y = task.x, task.y
     n = len(y)
     G = evaluate(x)
