@@ -233,6 +233,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=2, help="local Dask workers for part 1 (default 2)")
     ap.add_argument("--partitions", type=int, nargs="+", default=None,
                     help="N_p values of the in-process end-to-end sweep (full: 10 50 100 1000; quick: 10 50)")
+    ap.add_argument("--n-test", type=int, default=10000,
+                    help="full mode: MNIST test points (default all 10000; fewer for a shorter run, the per-test-"
+                         "point cost is linear)")
     ap.add_argument("--cifar-test", type=int, default=None, help="test points per measured CIFAR-scale unit")
     args = ap.parse_args(argv)
     if args.quick:
@@ -243,11 +246,12 @@ def main(argv=None) -> dict:
                                agg_rows=100)
         n_train, n_test = 1000, 200
     else:
-        mnist = run_mnist(60000, 10000, 100, args.workers, RUNS)
-        sweep = run_sweep(60000, 10000, args.partitions or [10, 50, 100, 1000], RUNS, reuse=mnist)
+        n_test = args.n_test
+        mnist = run_mnist(60000, n_test, 100, args.workers, RUNS)
+        sweep = run_sweep(60000, n_test, args.partitions or [10, 50, 100, 1000], RUNS, reuse=mnist)
         cifar = simulate_cifar(50000, 10000, 1000, 16, sample_units=3, sample_test=args.cifar_test or 1000,
                                agg_rows=500)
-        n_train, n_test = 60000, 10000
+        n_train = 60000
     res = {"mnist": mnist, "sweep": {"n_train": n_train, "n_test": n_test, "rows": sweep}, "cifar_simulation": cifar}
     stamp(res, "scale", args.quick, argv)
     print(_table(res))
@@ -265,10 +269,22 @@ def markdown(result: dict) -> str:
            "work (Gram, fits, certificates); memory is peak RSS.", "", provenance(result), ""]
     sw = result.get("sweep")
     if sw:
+        scale_up = 1.0 if result.get("quick") else 10000 / sw["n_test"]
+        headers = ["N_p", "wall s", "units s", "aggregation s", "peak RSS MiB", "resumed"]
+        if scale_up > 1:
+            headers.append("est. wall s at 10,000 test points")
         out += [f"**In-process, MNIST {sw['n_train']:,} train / {sw['n_test']:,} test:**", "",
-                md_table(["N_p", "wall s", "units s", "aggregation s", "peak RSS MiB", "resumed"],
+                md_table(headers,
                          [[r["num_partitions"], r["wall_seconds"], r["unit_seconds_sum"]["total"],
-                           r["aggregation_seconds"], r["peak_rss_mb"], r["resumed"]] for r in sw["rows"]]), ""]
+                           r["aggregation_seconds"], r["peak_rss_mb"], r["resumed"]]
+                          + ([r["wall_seconds"] + (scale_up - 1) * (r["unit_seconds_sum"]["total"]
+                                                                     - r["unit_seconds_sum"]["gram"]
+                                                                     + r["aggregation_seconds"])]
+                             if scale_up > 1 else []) for r in sw["rows"]]), ""]
+        if scale_up > 1:
+            out += [f"The estimate for the full test set scales the per-test-point work (units minus their "
+                    f"training Grams, plus the aggregation) by {scale_up:g}; everything in a unit except the "
+                    "training Gram and the fits is linear in the number of test points.", ""]
     rows = []
     for label, r in m["runs"].items():
         peaks = list(r["worker_peak_rss_mb"].values())
