@@ -348,8 +348,15 @@ def _after(ctx: _Context, r, q, member1, member2, dest):
     signed = np.where(g % 2 == 0, moved, -moved)  # sum of the moved weights w
     new = ctx.s[r] - signed.reshape(Q, ctx.K, 2).sum(axis=2)
     rows = np.arange(Q)
-    for j in range(G):  # one destination per row and group: no repeated index within a step
-        new[rows, dest[:, j]] += signed[:, j]
+    dp, dn = dest[:, 0], dest[:, 1]
+    if np.all(dest[:, 0::2] == dp[:, None]) and np.all(dest[:, 1::2] == dn[:, None]) and not np.any(dp == dn):
+        # the specs send all positive weights to one class and all negative ones to another: the
+        # additions of each class in group order, as one sequential sum (np.cumsum) per class
+        for d, part in ((dp, signed[:, 0::2]), (dn, signed[:, 1::2])):
+            new[rows, d] = np.cumsum(np.concatenate([new[rows, d][:, None], part], axis=1), axis=1)[:, -1]
+    else:
+        for j in range(G):  # one destination per row and group: no repeated index within a step
+            new[rows, dest[:, j]] += signed[:, j]
     return new, k.sum(axis=1)
 
 
@@ -397,62 +404,92 @@ def _greedy_moves(ctx: _Context, r, c, max_steps, record: bool = False):
     c wins by more than the rounding allowance. Candidates: positive weights of other classes
     relabelled to c, negative weights of any class relabelled to a class other than c and their own.
     Returns (moves or inf, and with record the list of (group, destination) per step of row 0).
+
+    Per step and group only one destination needs scoring. Only s_u (source class u) and s_d
+    change, so the strongest untouched rival is among the 3 strongest rivals of c. A positive
+    weight can only go to c. A negative weight w = -v goes to some d not in {u, c}; with T1 the
+    strongest rival other than u, every d != T1 leaves the rival maximum at exactly
+    max(s_T1, s_u + v) (s_d - v <= s_T1), while d = T1 gives max(s_T2, s_u + v, s_T1 - v) (T2 the
+    next strongest), which is never larger (no s_u term when u = c). So T1 is the best destination,
+    and when it only ties the others every valid d scores the same; the choice (group first, then
+    destination, smallest index among equals, compared on the rounded scores) is the one of a full
+    argmax over (group, destination) pairs.
+    Every query is independent of the others; each step works on the queries still running only.
     """
     Q = len(r)
     K, G, L = ctx.K, ctx.G, ctx.L
     g = np.arange(G)
     cls, pos = g // 2, g % 2 == 0
-    rows = np.arange(Q)
-    d = np.arange(K)
-    # valid (group, destination) pairs per query: (Q, G, K)
-    cq = c[:, None, None]
-    valid = np.where(pos[None, :, None], d[None, None, :] == cq,
-                     (d[None, None, :] != cls[None, :, None]) & (d[None, None, :] != cq))
-    valid = valid & ~((cls[None, :, None] == cq) & pos[None, :, None])
-    sc = ctx.s[r].copy()
-    ptr = np.zeros((Q, G), np.int64)
     result = np.full(Q, np.inf)
-    live = max_steps > 0
     path = []
-    sign = np.where(pos, 1.0, -1.0)
-    src = np.broadcast_to(cls[None, :, None], (Q, G, K))
-    dst = np.broadcast_to(d[None, None, :], (Q, G, K))
     top = min(3, K - 1)
-    for step in range(int(max_steps.max(initial=0))):
-        if not live.any():
-            break
-        val = np.where(ptr < L, ctx.X[r[:, None], g[None, :], np.minimum(ptr, L - 1)], 0.0)  # (Q, G)
-        w2 = val * sign
-        w = w2[:, :, None]  # the weight that moves from class cls(g) to class d
-        # only s_src and s_dst change: the strongest untouched rival is among the top 3 rivals
-        riv = np.where(d[None, :] == c[:, None], -np.inf, sc)
-        order = np.argsort(-riv, axis=1, kind="stable")[:, :top]  # (Q, top)
-        other = np.full((Q, G, K), -np.inf)
-        for t in range(top - 1, -1, -1):
-            kt = order[:, t][:, None, None]
-            free = (kt != src) & (kt != dst)
-            other = np.where(free, riv[rows, order[:, t]][:, None, None], other)
-        s_c = sc[rows, c][:, None, None] + np.where(dst == c[:, None, None], w, 0.0) - np.where(src == c[:, None, None], w, 0.0)
-        s_src = np.where(src == c[:, None, None], -np.inf, sc[rows[:, None], cls[None, :]][:, :, None] - w)
-        s_dst = np.where(dst == c[:, None, None], -np.inf, sc[:, None, :] + w)
-        worst = s_c - np.maximum(other, np.maximum(s_src, s_dst))  # (Q, G, K)
-        ok = valid & (val > 0)[:, :, None]
-        worst = np.where(ok, worst, -np.inf)
-        flat = worst.reshape(Q, G * K)
-        best = np.argmax(flat, axis=1)
-        can = np.isfinite(flat[rows, best]) & live
-        bg, bd = best // K, best % K
-        moved = np.where(can, w2[rows, bg], 0.0)
-        sc[rows, cls[bg]] -= moved
+    # the smallest class index other than u and c, per (c, u): destination among equals
+    d_all = np.arange(K)
+    free = (d_all[None, None, :] != d_all[:, None, None]) & (d_all[None, None, :] != d_all[None, :, None])
+    first_free = np.where(free.any(axis=2), np.argmax(free, axis=2), -1)  # (K c, K u)
+    # working set: the queries still running (rows of the arrays below)
+    idx = np.flatnonzero(max_steps > 0)
+    rw, cw, cap = r[idx], c[idx], max_steps[idx]
+    sc = ctx.s[rw].copy()
+    ptr = np.zeros((idx.size, G), np.int64)
+    val = ctx.X[rw, :, 0].copy()  # (Qw, G): the next unused entry of every group (0 when used up)
+    kk = np.arange(K)[None, :]
+    is_c = kk == cw[:, None]  # (Qw, K)
+    sign = np.where(pos, 1.0, -1.0)
+    step = 0
+    while idx.size:
+        Qw = idx.size
+        rows = np.arange(Qw)
+        riv = sc.copy()
+        riv[rows, cw] = -np.inf
+        # the 3 strongest rivals o_t and their scores v_t (first index among equals, as a stable sort)
+        o = np.full((3, Qw, 1), -1)
+        v = np.full((3, Qw, 1), -np.inf)
+        for t in range(top):
+            o[t, :, 0] = np.argmax(riv, axis=1)
+            v[t, :, 0] = riv[rows, o[t, :, 0]]
+            riv[rows, o[t, :, 0]] = -np.inf
+        # per source class u: s_T1 (strongest rival other than u) and s_T2 (the next one); -inf: none
+        T1v = np.where(kk == o[0], v[1], v[0])
+        T2v = np.where((kk == o[0]) | (kk == o[1]), v[2], v[1])
+        s_c = sc[rows, cw][:, None]
+        vp, vn = val[:, 0::2], val[:, 1::2]
+        # positive weights w = vp of class u: to c (not from c itself)
+        wp = (s_c + vp) - np.maximum(T1v, sc - vp)
+        # negative weights w = -vn: to T1 (from c itself, s_c rises and there is no source rival)
+        w_n = -vn
+        sc_n = (s_c + 0.0) - np.where(is_c, w_n, 0.0)
+        A = np.where(is_c, -np.inf, sc - w_n)
+        M1 = np.maximum(T2v, np.maximum(A, T1v + w_n))
+        wn = sc_n - M1
+        worst = np.stack([np.where((vp > 0) & ~is_c, wp, -np.inf),
+                          np.where((vn > 0) & (T1v > -np.inf), wn, -np.inf)], axis=2).reshape(Qw, G)
+        bg = np.argmax(worst, axis=1)
+        can = np.isfinite(worst[rows, bg])
+        ug = cls[bg]
+        t1 = np.where(o[0, :, 0] == ug, o[1, :, 0], o[0, :, 0])
+        # every other valid destination scores sc_n - max(s_T1, s_u + v): equal after rounding -> tie
+        tie = wn[rows, ug] == sc_n[rows, ug] - np.maximum(T1v[rows, ug], A[rows, ug])
+        bd = np.where(pos[bg], cw, np.where(tie, first_free[cw, ug], t1))
+        w = val[rows, bg] * sign[bg]
+        moved = np.where(can, w, 0.0)
+        sc[rows, ug] -= moved
         sc[rows, bd] += moved
-        ptr[rows[can], bg[can]] += 1
+        rc, gc = rows[can], bg[can]
+        ptr[rc, gc] += 1
+        pc = ptr[rc, gc]
+        val[rc, gc] = np.where(pc < L, ctx.X[rw[rc], gc, np.minimum(pc, L - 1)], 0.0)
         if record:
             path.append((int(bg[0]), int(bd[0])) if can[0] else None)
-        gapnow = sc[rows, c][:, None] - sc
-        gapnow[rows, c] = np.inf
-        won = can & (gapnow.min(axis=1) > ctx.slack[r])
-        result[won] = step + 1
-        live &= can & ~won & (step + 1 < max_steps)
+        gapnow = sc[rows, cw][:, None] - sc
+        gapnow[rows, cw] = np.inf
+        won = can & (gapnow.min(axis=1) > ctx.slack[rw])
+        step += 1
+        result[idx[won]] = step
+        keep = np.flatnonzero(can & ~won & (step < cap))
+        if keep.size < Qw:
+            idx, rw, cw, cap, sc, ptr, val, is_c = (idx[keep], rw[keep], cw[keep], cap[keep], sc[keep], ptr[keep],
+                                                     val[keep], is_c[keep])
     return (result, path) if record else result
 
 
@@ -488,44 +525,88 @@ def _lagrangian(ctx: _Context, r, c, R):
     GL = ctx.GL
     rr = r[:, None]
 
-    def counts(tau, strict):
-        # for each factor: how many c entries with fl(f c[q]) >= tau (> tau)
-        pos_f = np.empty((Q, 3), np.int64)
-        for j in range(3):
-            lo = np.zeros(Q, np.int64)
-            hi = np.full(Q, GL)
-            for _ in range(_iters(GL)):
-                act = lo < hi
-                mid = (lo + hi) >> 1
-                val = fv[:, j] * ctx.c[r, np.minimum(mid, GL - 1)]
-                ok = (val > tau) if strict else (val >= tau)
-                lo = np.where(act & ok, mid + 1, lo)
-                hi = np.where(act & ~ok, mid, hi)
-            pos_f[:, j] = lo
-        k = ctx.CT[rr, g[None, :], np.take_along_axis(pos_f, np.maximum(fi, 0), axis=1)]
-        k = np.where(fi >= 0, k, 0)
-        return (f * ctx.Xc[rr, g[None, :], k]).sum(axis=1), k.sum(axis=1)
+    # only the factors some query uses are searched (column j of the arrays below: factor use[j])
+    present = np.stack([(fi == j).any(axis=1) for j in range(3)], axis=1)  # (Q, 3)
+    use = np.flatnonzero(present.any(axis=0))
+    slot = np.zeros(3, np.int64)
+    slot[use] = np.arange(use.size)
+    fu, present = fv[:, use], present[:, use]
+    fi_pos = slot[np.maximum(fi, 0)][:, None, :]  # (Q, 1, G)
+    r3 = r[:, None, None]
+    g3 = g[None, None, :]
+    nf = use.size
+    top_step = 1 << (int(GL).bit_length() - 1)
 
-    best = np.zeros(Q)
-    for j in range(3):
-        present = (fi == j).any(axis=1)
-        lo = np.zeros(Q, np.int64)
-        hi = np.full(Q, GL - 1)
-        for _ in range(_iters(GL)):
-            mid = (lo + hi) >> 1
-            F, _ = counts(fv[:, j] * ctx.c[r, mid], False)
-            ok = F >= T
-            hi = np.where(ok, mid, hi)
-            lo = np.where(ok, lo, mid + 1)
-        tau = fv[:, j] * ctx.c[r, hi]
-        F, _ = counts(tau, False)
-        hit = present & (F >= T) & (tau > 0)
-        best = np.where(hit, np.maximum(best, tau), best)
-    v = best
+    def counts(tau, strict):
+        # tau (Q, J); for each factor: how many c entries with fl(f c[q]) >= tau (> tau) (a prefix
+        # of c, which decreases; found bit by bit), then the sum (Q, J) and number (Q, J) of the
+        # reductions at least (more than) tau
+        J = tau.shape[1]
+        npos = np.zeros((Q, J, nf), np.int64)
+        f3, tau3 = fu[:, None, :], tau[:, :, None]
+        step = top_step
+        while step:
+            cand = npos + step
+            val = f3 * ctx.c[r3, np.minimum(cand, GL) - 1]
+            ok = (val > tau3) if strict else (val >= tau3)
+            npos = np.where(ok & (cand <= GL), cand, npos)
+            step >>= 1
+        k = ctx.CT[r3, g3, np.take_along_axis(npos, np.broadcast_to(fi_pos, (Q, J, G)), axis=2)]
+        k = np.where(fi[:, None, :] >= 0, k, 0)
+        return (f[:, None, :] * ctx.Xc[r3, g3, k]).sum(axis=2), k.sum(axis=2)
+
+    # v = the largest candidate threshold fl(f c[q]) (f a factor some group uses) with F >= T.
+    # Factor j0 (the first one the query uses) is searched over all of c; a candidate of another
+    # factor can only raise v if it lies above j0's answer (Lo) and below the next larger
+    # candidate of j0 (U, where F < T), so the other factors are searched in that range only.
+    rows = np.arange(Q)
+    j0 = np.argmax(present, axis=1)
+    f0 = fu[rows, j0]
+    lo = np.zeros(Q, np.int64)
+    hi = np.full(Q, GL - 1)
+    for _ in range(_iters(GL)):
+        mid = (lo + hi) >> 1
+        F, _ = counts((f0 * ctx.c[r, mid])[:, None], False)
+        ok = F[:, 0] >= T
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid + 1)
+    tau0 = f0 * ctx.c[r, hi]
+    F, _ = counts(tau0[:, None], False)
+    ok0 = F[:, 0] >= T
+    hit0 = ok0 & (tau0 > 0)
+    U = np.where(ok0, np.where(hi > 0, f0 * ctx.c[r, np.maximum(hi - 1, 0)], np.inf), tau0)
+    Lo = np.where(hit0, tau0, 0.0)
+    # [qa, qb): the positions whose candidates of factor j lie in (Lo, U)
+    qa = np.zeros((Q, nf), np.int64)
+    qb = np.zeros((Q, nf), np.int64)
+    U2, Lo2 = U[:, None], Lo[:, None]
+    step = top_step
+    while step:
+        for q_, above in ((qa, True), (qb, False)):
+            cand = q_ + step
+            val = fu * ctx.c[rr, np.minimum(cand, GL) - 1]
+            ok = (val >= U2) if above else (val > Lo2)
+            q_[...] = np.where(ok & (cand <= GL), cand, q_)
+        step >>= 1
+    other = present & (np.arange(nf)[None, :] != j0[:, None])
+    qb = np.where(other, np.maximum(qa, qb), qa)
+    lo, hi = qa, qb.copy()  # smallest position in [qa, qb) with F >= T (hi == qb: none)
+    for _ in range(_iters(int((qb - qa).max(initial=0)))):
+        act = lo < hi
+        if not act.any():
+            break
+        mid = (lo + hi) >> 1
+        F, _ = counts(fu * ctx.c[rr, np.minimum(mid, GL - 1)], False)
+        ok = F >= T[:, None]
+        hi = np.where(act & ok, mid, hi)
+        lo = np.where(act & ~ok, mid + 1, lo)
+    tau = np.where(hi < qb, fu * ctx.c[rr, np.minimum(hi, GL - 1)], 0.0)
+    v = np.maximum(np.where(hit0, tau0, 0.0), tau.max(axis=1))
     found = v > 0
     vv = np.where(found, v, 1.0)
-    F_gt, N_gt = counts(vv, True)
-    _, N_ge = counts(vv, False)
+    F_gt, N_gt = counts(vv[:, None], True)
+    _, N_ge = counts(vv[:, None], False)
+    F_gt, N_gt, N_ge = F_gt[:, 0], N_gt[:, 0], N_ge[:, 0]
     k = np.maximum(1.0, np.ceil((T - F_gt) / vv))
     m = np.minimum(N_gt + k, N_ge).astype(np.float64)
     need = (f * ctx.cut[r]).max(axis=1)
@@ -584,6 +665,7 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
     lower[isp] = 0.0
     upper[isp] = 0.0
     rb, cb = np.nonzero(~isp & np.isfinite(lower))
+    rest = np.zeros(0, np.int64)
     if rb.size:
         js = jstar[rb, cb]
         # (1) greedy attack of the binding pair (j*, c): exact when c then wins
@@ -600,12 +682,13 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
             qpos[rb[i], cb[i]] = np.where(ver[i], q1[i], -1)
         # (2) safe orders: priority on one rival or on every rival that currently beats c; c's
         # negative weights go to the binding rival j* or to the prediction p
-        i = np.flatnonzero(~ver)
-        if i.size:
-            rr, cc, jj = rb[i], cb[i], js[i]
+        rest = np.flatnonzero(~ver)
+        if rest.size:
+            rr, cc, jj = rb[rest], cb[rest], js[rest]
             for variant in (2, 3, 4, 5):
                 prio, dest = _safe_variant(variant, s[rr], cc, jj, pred[rr])
-                use = np.flatnonzero((variant < 4) | (jj != pred[rr]))
+                # (rows whose gap is closed cannot improve: every attack is verified, lower is sound)
+                use = np.flatnonzero(((variant < 4) | (jj != pred[rr])) & (upper[rr, cc] > lower[rr, cc]))
                 if use.size == 0:
                     continue
                 cnt, qq = _safe_search(ctx, rr[use], cc[use], prio[use], dest[use])
@@ -614,20 +697,10 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
                 upper[ru[better], cu[better]] = cnt[better]
                 kind[ru[better], cu[better]] = variant
                 qpos[ru[better], cu[better]] = qq[better]
-            # (3) sequential greedy where a gap remains; it must beat the best attack so far
-            i = np.flatnonzero(upper[rr, cc] > lower[rr, cc])
-            if i.size:
-                ru, cu = rr[i], cc[i]
-                cap = np.where(np.isfinite(upper[ru, cu]), upper[ru, cu] - 1, 3 * lower[ru, cu] + 10)
-                cnt = _greedy_moves(ctx, ru, cu, np.minimum(cap, ctx.GL).astype(np.int64))
-                better = cnt < upper[ru, cu]
-                upper[ru[better], cu[better]] = cnt[better]
-                kind[ru[better], cu[better]] = 6
-                qpos[ru[better], cu[better]] = cnt[better]
-            # tightness: no verified attack inside incomplete windows -> larger windows
-            miss = ~np.isfinite(upper[rr, cc]) & (ctx.cutmax[rr] > 0)
-            np.logical_or.at(redo, rr[miss], True)
-    # Lagrangian bounds where the pairwise bound is not tight
+    # Lagrangian lower bounds where the pairwise bound is not tight. They come before the sequential
+    # greedy (3) and each rival set only runs where a gap remains: a closed gap cannot change any
+    # more (every bound is sound, every attack verified), so the results do not depend on the order.
+    lower_pair = lower.copy()
     rg, cg = np.nonzero(~isp & (lower < upper) & np.isfinite(lower))
     if rg.size and K >= 3:
         beat = _already(s[rg, cg][:, None], s[rg], cg[:, None], np.arange(K)[None, :], "index")
@@ -643,11 +716,26 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
         sets = ((beat, beat.sum(axis=1) >= 2), (allr, (allr != beat).any(axis=1)),
                 (top2, (top2.sum(axis=1) == 2) & (top2 != beat).any(axis=1) & (top2 != allr).any(axis=1)))
         for R, use in sets:
-            i = np.flatnonzero(use)
+            i = np.flatnonzero(use & (lower[rg, cg] < upper[rg, cg]))
             if i.size:
                 lb, ok = _lagrangian(ctx, rg[i], cg[i], R[i])
                 take = ok & (lb > lower[rg[i], cg[i]])
                 lower[rg[i[take]], cg[i[take]]] = lb[take]
+    if rb.size and rest.size:
+        rr, cc = rb[rest], cb[rest]
+        # (3) sequential greedy where a gap remains; it must beat the best attack so far
+        i = np.flatnonzero(upper[rr, cc] > lower[rr, cc])
+        if i.size:
+            ru, cu = rr[i], cc[i]
+            cap = np.where(np.isfinite(upper[ru, cu]), upper[ru, cu] - 1, 3 * lower_pair[ru, cu] + 10)
+            cnt = _greedy_moves(ctx, ru, cu, np.minimum(cap, ctx.GL).astype(np.int64))
+            better = cnt < upper[ru, cu]
+            upper[ru[better], cu[better]] = cnt[better]
+            kind[ru[better], cu[better]] = 6
+            qpos[ru[better], cu[better]] = cnt[better]
+        # tightness: no verified attack inside incomplete windows -> larger windows
+        miss = ~np.isfinite(upper[rr, cc]) & (ctx.cutmax[rr] > 0)
+        np.logical_or.at(redo, rr[miss], True)
     if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
         raise RuntimeError("internal error: a verified attack is smaller than the lower bound")
     out.update(lower=lower, upper=upper, redo=redo)
