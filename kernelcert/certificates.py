@@ -135,11 +135,57 @@ class _Layout:
         return 8 * (3 * self.n + 4 * GL + 6 * GL) + 4 * self.G * (GL + 1) + self.G * GL
 
 
-def _sorted_segments(wb: np.ndarray, layout: _Layout, with_index: bool = False):
+_SORT_DEVICES = ("auto", "numpy", "jax")
+
+
+def _use_jax_sort(sort_device: str) -> bool:
+    """'numpy': sort with numpy; 'jax': with JAX on its default device; 'auto': JAX when a GPU is visible."""
+    if sort_device not in _SORT_DEVICES:
+        raise ValueError(f"sort_device must be one of {', '.join(_SORT_DEVICES)}, got {sort_device!r}")
+    if sort_device == "auto":
+        from ._jax import gpu_devices
+
+        return bool(gpu_devices())
+    return sort_device == "jax"
+
+
+_jax_segment_sort = None
+
+
+def _sorted_segments_jax(wb: np.ndarray, layout: _Layout) -> np.ndarray:
+    """Same as `_sorted_segments(wb, layout)[0]`, sorted by JAX (float64) on its default device.
+
+    One lexicographic sort per row by (class, value): the class-grouped layout makes it the
+    per-class segment sort. Sorting is exact, so the result equals numpy's (up to the order of
+    +0.0 and -0.0, which compare equal and leave every sum unchanged).
+    """
+    global _jax_segment_sort
+    import jax
+    import jax.numpy as jnp
+
+    from ._jax import default_device, x64_scope
+
+    if _jax_segment_sort is None:
+        def sort(keys, x):
+            return jax.lax.sort((jnp.broadcast_to(keys, x.shape), x), dimension=1, num_keys=2)[1]
+
+        _jax_segment_sort = jax.jit(sort)
+    S = np.take(wb, layout.perm, axis=1)
+    keys = np.repeat(np.arange(layout.K, dtype=np.int32), np.diff(layout.off))
+    with x64_scope(np.float64):
+        dev = default_device()
+        out = _jax_segment_sort(jax.device_put(keys, dev), jax.device_put(S, dev))
+        return np.array(out, dtype=np.float64)
+
+
+def _sorted_segments(wb: np.ndarray, layout: _Layout, with_index: bool = False, use_jax: bool = False):
     """Rows of wb (B, n) with columns grouped by class and each class segment sorted ascending.
 
-    Returns S (B, n) and, with_index, the training index of every entry (B, n).
+    Returns S (B, n) and, with_index, the training index of every entry (B, n). use_jax (not with
+    with_index): sort with `_sorted_segments_jax` (on a GPU when one is the JAX default device).
     """
+    if use_jax and not with_index and wb.size:
+        return _sorted_segments_jax(wb, layout), None
     S = np.take(wb, layout.perm, axis=1)
     idx = np.broadcast_to(layout.perm, S.shape).copy() if with_index else None
     for k in range(layout.K):
@@ -744,8 +790,10 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
     return out
 
 
-def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float, block_size):
+def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float, block_size,
+         sort_device: str = "numpy"):
     """Stream over blocks of test points; rows whose windows were too small are redone with larger ones."""
+    use_jax = _use_jax_sort(sort_device)
     t, n = weights.shape
     K = layout.K
     res = {"prediction": np.zeros(t, np.int64), "radius": np.zeros(t, np.int64)}
@@ -772,7 +820,7 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
         block_size = max(1, _BLOCK_BYTES // layout.row_bytes(layout.first_window))
     for start in range(0, t, block_size):
         stop = min(t, start + block_size)
-        S, _ = _sorted_segments(np.asarray(weights[start:stop], dtype=np.float64), layout)
+        S, _ = _sorted_segments(np.asarray(weights[start:stop], dtype=np.float64), layout, use_jax=use_jax)
         rows = np.arange(stop - start)
         L = layout.first_window
         while rows.size:
@@ -884,24 +932,24 @@ def _validate(weights, labels, num_classes, rtol, block_size):
 
 
 def pairwise_costs(weights, labels, num_classes=None, *, tie: str = "index", rtol: float = 1e-9,
-                   block_size: int | None = None) -> np.ndarray:
+                   block_size: int | None = None, sort_device: str = "auto") -> np.ndarray:
     """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (SPEC §3).
 
     tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
     tie="attacker": s_b >= s_a already counts (a lower bound under any tie convention).
     0 on the diagonal and where b already beats a; inf where no relabelling makes b beat a.
     Exact up to the rounding tolerance (which can only make entries smaller). Streams over
-    blocks of `block_size` test points.
+    blocks of `block_size` test points. sort_device: as in `certify`.
     """
     if tie not in ("index", "attacker"):
         raise ValueError(f"tie must be 'index' or 'attacker', got {tie!r}")
     w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
-    res = _run(w, _Layout(y, K), "pairs", tie, rtol, block_size)
+    res = _run(w, _Layout(y, K), "pairs", tie, rtol, block_size, sort_device)
     return res["P"]
 
 
 def certify(weights, labels, num_classes=None, *, block_size: int | None = None, rtol: float = 1e-9,
-            class_bounds: bool = True) -> Certificate:
+            class_bounds: bool = True, sort_device: str = "auto") -> Certificate:
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
     radius (exact, SPEC §3) = min over b != p of P(p, b) - 1 (n when no attack exists). With
@@ -909,10 +957,12 @@ def certify(weights, labels, num_classes=None, *, block_size: int | None = None,
     is the largest of max_j P(j, c) and Lagrangian combinations of the pairwise constraints, the
     upper bound the size of a verified attack (exact for K = 2). Streams over blocks of
     `block_size` test points (default: about 100 MB of working memory); memory does not grow with t.
+    sort_device: where the per-point sort (the dominant cost) runs: "auto" (JAX on a GPU when one is
+    visible, else numpy), "numpy", or "jax" (JAX's default device); results are identical.
     """
     w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
     mode = "full" if class_bounds else "radius"
-    res = _run(w, _Layout(y, K), mode, "index", rtol, block_size)
+    res = _run(w, _Layout(y, K), mode, "index", rtol, block_size, sort_device)
     t = w.shape[0]
     pred = res["prediction"]
     if class_bounds:

@@ -905,6 +905,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
     ex = shared.execution
     kernel = make_kernel(shared.kernel, max_block_bytes=_kernel_block_bytes(ex))
     evaluate = _kernel_eval(kernel, shared.kernel)
+    sort_device = {"cpu": "numpy", "gpu": "jax"}.get(ex.device, "auto")  # certificate sorts follow the kernels
     x, y = task.x, task.y
     n = len(y)
     G = evaluate(x)
@@ -951,14 +952,14 @@ def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
             out[f"L{j}.scores"][sl] = scores
             t0 = time.perf_counter()
             if full:
-                cert = certify(W, y, K, block_size=B)
+                cert = certify(W, y, K, block_size=B, sort_device=sort_device)
                 out[f"L{j}.votes"][sl] = cert.prediction
                 out[f"L{j}.radius"][sl] = cert.radius
                 out[f"L{j}.cost_lower"][sl] = _to_counts(cert.cost_lower, np.uint32, "cost_lower")
                 out[f"L{j}.cost_upper"][sl] = _to_counts(cert.cost_upper, np.uint32, "cost_upper")
                 out[f"L{j}.class_exact"][sl] = cert.exact
                 if shared.want_pairs:
-                    P = pairwise_costs(W, y, K, tie="attacker", block_size=B)
+                    P = pairwise_costs(W, y, K, tie="attacker", block_size=B, sort_device=sort_device)
                     out[f"L{j}.pair"][sl] = _to_counts(P, pair_dtype, "pairwise costs")
                     # Same guard as roe.whitebox_roe_from_label_linear: if the certified vote and the
                     # argmax of these scores ever disagree, that model gets black-box unit costs.

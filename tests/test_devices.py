@@ -53,3 +53,26 @@ def test_float32_kernels_are_explicit_and_hashed_separately(tmp_path):
     assert acc.keys() == acc32.keys()
     # float32 kernels change the models only by rounding: accuracies agree up to a few points
     assert all(abs(acc[k] - acc32[k]) <= 0.1 for k in acc)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_certificates_sorted_by_jax_are_identical(seed):
+    """The JAX sort path (used on a GPU) gives bit-identical certificates; here JAX runs on the CPU."""
+    from kernelcert.certificates import certify, pairwise_costs
+
+    rng = np.random.default_rng(seed)
+    t, n, K = 40, int(rng.integers(1, 300)), int(rng.integers(2, 6))
+    W = rng.normal(size=(t, n))
+    if seed % 2:  # integer weights: many exact ties, signed zeros
+        W = np.round(W * 2) * (1 - 2 * (rng.random((t, n)) < 0.5))
+    y = rng.integers(0, K, n)
+    a = certify(W, y, K, sort_device="numpy")
+    b = certify(W, y, K, sort_device="jax", block_size=7)
+    for f in ("prediction", "radius", "cost_lower", "cost_upper", "class_exact"):
+        assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    for tie in ("index", "attacker"):
+        assert np.array_equal(pairwise_costs(W, y, K, tie=tie, sort_device="numpy"),
+                              pairwise_costs(W, y, K, tie=tie, sort_device="jax"))
+    assert not jax.config.jax_enable_x64  # the float64 scope did not leak
+    with pytest.raises(ValueError, match="sort_device"):
+        certify(W, y, K, sort_device="tpu")
