@@ -135,7 +135,10 @@ class DaskBackend(Backend):
                 return False
             key = f"kernelcert-{getattr(task, 'key', 'task')}-{self._tag}-{counter}"
             counter += 1
-            fut = self._client.submit(fn, task, shared_f, key=key, pure=False)
+            # ship the task's data (a partition's features) as its own piece of data, not inside the
+            # task graph: large graphs slow the scheduler down
+            task_f = self._client.scatter(task, hash=False)
+            fut = self._client.submit(fn, task_f, shared_f, key=key, pure=False)
             pending[fut] = task
             ac.add(fut)
             return True
