@@ -237,6 +237,16 @@ def _previous_full(n_test: int) -> dict | None:
     return prev if prev.get("sweep", {}).get("n_test") == n_test else None
 
 
+def _earlier_runs(n_test: int) -> list[dict]:
+    """{mnist, sweep} of the existing full scale.json (and the runs it kept) measured with another n_test."""
+    path = result_path("scale", False)
+    if not path.exists():
+        return []
+    prev = json.loads(path.read_text())
+    runs = [{"mnist": prev["mnist"], "sweep": prev["sweep"], "command": prev.get("command")}] + prev.get("earlier", [])
+    return [r for r in runs if r["sweep"]["n_test"] != n_test]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small configuration (about a minute)")
@@ -270,30 +280,31 @@ def main(argv=None) -> dict:
         sweep = [old_rows[r["num_partitions"]] if r["resumed"] and r["num_partitions"] in old_rows
                  and not old_rows[r["num_partitions"]]["resumed"] else r for r in sweep]
         sample_test = args.cifar_test or 1000
-        old_cifar = (prev or {}).get("cifar_simulation")
+        path = result_path("scale", False)
+        old_cifar = json.loads(path.read_text()).get("cifar_simulation") if path.exists() else None
         if old_cifar and old_cifar["measured_test_points"] == sample_test and not args.rerun_cifar:
             cifar = old_cifar
         else:
             cifar = simulate_cifar(50000, 10000, 1000, 16, sample_units=3, sample_test=sample_test, agg_rows=500)
         n_train = 60000
     res = {"mnist": mnist, "sweep": {"n_train": n_train, "n_test": n_test, "rows": sweep}, "cifar_simulation": cifar}
+    if not args.quick:  # keep the measurements of earlier full runs made with another number of test points
+        earlier = _earlier_runs(n_test)
+        if earlier:
+            res["earlier"] = earlier
     stamp(res, "scale", args.quick, argv)
     print(_table(res))
     print(f"wrote {write_result('scale', res, args.quick)}")
     return res
 
 
-def markdown(result: dict) -> str:
-    """Section of docs/results.md: end-to-end time and memory, Dask vs in-process, CIFAR-10 scale estimate."""
-    m, c = result["mnist"], result["cifar_simulation"]
-    out = ["## Scale: end-to-end runs, Dask and memory", "",
-           "The whole pipeline (`kernelcert.pipeline.run`: data, SS-DPA partitions, depth-2 ReLU NTK, kernel "
-           "regression and C_max kernel SVM per partition, ScaLabelCert, then DPA, EnsembleCert, DPA+ROE and "
-           "white-box ROE) on real MNIST. Wall time includes data loading; *units* is the sum of the per-partition "
-           "work (Gram, fits, certificates); memory is peak RSS.", "", provenance(result), ""]
+def _mnist_markdown(result: dict, quick: bool) -> list[str]:
+    """Sweep and backend tables of one full or quick MNIST measurement."""
+    out = []
+    m = result["mnist"]
     sw = result.get("sweep")
     if sw:
-        scale_up = 1.0 if result.get("quick") else 10000 / sw["n_test"]
+        scale_up = 1.0 if quick else 10000 / sw["n_test"]
         headers = ["N_p", "wall s", "units s", "aggregation s", "peak RSS MiB", "resumed"]
         if scale_up > 1:
             headers.append("est. wall s at 10,000 test points")
@@ -322,6 +333,21 @@ def markdown(result: dict) -> str:
     out += [md_table(["learner", "method", "clean accuracy", "MCR", "MCR (anchor convention)", "exact fraction"],
                      [[r["learner"], r["method"], r["clean_accuracy"], r["mcr"]["radius"], r["mcr"]["anchor"],
                        r["exact_fraction"]] for r in first["results"]]), ""]
+    return out
+
+
+def markdown(result: dict) -> str:
+    """Section of docs/results.md: end-to-end time and memory, Dask vs in-process, CIFAR-10 scale estimate."""
+    m, c = result["mnist"], result["cifar_simulation"]
+    out = ["## Scale: end-to-end runs, Dask and memory", "",
+           "The whole pipeline (`kernelcert.pipeline.run`: data, SS-DPA partitions, depth-2 ReLU NTK, kernel "
+           "regression and C_max kernel SVM per partition, ScaLabelCert, then DPA, EnsembleCert, DPA+ROE and "
+           "white-box ROE) on real MNIST. Wall time includes data loading; *units* is the sum of the per-partition "
+           "work (Gram, fits, certificates); memory is peak RSS.", "", provenance(result), ""]
+    out += _mnist_markdown(result, result.get("quick", False))
+    for e in result.get("earlier", []):
+        out += [f"Measured earlier with {e['sweep']['n_test']:,} test points (`{e.get('command')}`):", ""]
+        out += _mnist_markdown(e, False)
     out += [f"**CIFAR-10 scale (simulated)**: {c['n_train']:,}/{c['n_test']:,} points, N_p = {c['num_partitions']:,} "
             f"({c['partition_size']} points x {c['features']} features per partition), {c['workers']} workers. "
             f"One unit costs {fmt(c['unit_fixed_seconds'])} s (Gram + fits) + "
