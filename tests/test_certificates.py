@@ -15,6 +15,7 @@ import kernelcert.certificates as certificates
 from kernelcert.certificates import Certificate, certify, certify_model, pairwise_costs
 from kernelcert.exact import brute_force_certificate, brute_force_retrain, milp_class_costs
 from kernelcert.learners import KernelRegression, KernelSVM, solve_svm_dual
+from problems import rbf_gram
 
 # (n, K, seed) with at most ~70k relabellings for the enumeration oracles
 problems = st.tuples(st.integers(1, 9), st.integers(2, 4), st.integers(0, 2**32 - 1)).filter(
@@ -151,7 +152,7 @@ def test_pairwise_costs_against_enumeration(n, K, seed, tie, kind):
 # --------------------------------------------------------------------------- real learners, retraining
 def psd_gram(rng, n, t):
     A = rng.normal(size=(n + t, 3))
-    G = A @ A.T + 0.5 * np.exp(-0.5 * ((A[:, None, :] - A[None, :, :]) ** 2).sum(-1))
+    G = A @ A.T + 0.5 * rbf_gram(A, A, 0.5)
     return G[:n, :n], G[n:, :n]
 
 
@@ -229,7 +230,7 @@ def test_milp_agrees_on_four_classes(source):
         W = rng.normal(size=(6, n))
     else:  # small-C SVM weights: a PSD kernel's test rows (all entries positive)
         x, xt = rng.normal(size=(n, 3)), rng.normal(size=(6, 3))
-        W = np.exp(-0.5 * ((xt[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+        W = rbf_gram(xt, x, 0.5)
     cert = certify(W, y, K)
     exact = milp_class_costs(W, y, K)
     assert np.all(cert.cost_lower <= exact) and np.all(exact <= cert.cost_upper)

@@ -14,19 +14,7 @@ from kernelcert.exact import (
     milp_class_costs,
 )
 from kernelcert.learners import KernelRegression, KernelSVM
-
-
-def rbf_problem(n, t, K, seed, gamma=0.5, spread=2.0):
-    rng = np.random.default_rng(seed)
-    centres = spread * rng.normal(size=(K, 3))
-    y = rng.integers(0, K, n)
-    x = centres[y] + rng.normal(size=(n, 3))
-    xt = centres[rng.integers(0, K, t)] + rng.normal(size=(t, 3))
-
-    def k(a, b):
-        return np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-    return k(x, x), k(xt, x), y
+from problems import rbf_gram, rbf_problem
 
 
 def naive_enumeration(w, y, K, max_flips=None):
@@ -167,11 +155,7 @@ def cluster_problem(n, t, K, seed, gamma):
     y = np.arange(n) % K
     x = centres[y] + rng.normal(size=(n, 2))
     xt = centres[rng.integers(0, K, t)] + 0.5 * rng.normal(size=(t, 2))
-
-    def k(a, b):
-        return np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-    return k(x, x), k(xt, x), y
+    return rbf_gram(x, x, gamma), rbf_gram(xt, x, gamma), y
 
 
 @pytest.mark.parametrize("n,K,factor,seed,gamma", [

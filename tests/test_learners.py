@@ -10,20 +10,7 @@ from hypothesis import given, settings, strategies as st
 from sklearn.kernel_ridge import KernelRidge
 
 from kernelcert.learners import KernelRegression, KernelSVM, onehot, solve_svm_dual
-
-
-def rbf_problem(n, t, K, seed, gamma=0.5, spread=2.0):
-    """RBF Gram (n, n) (positive definite for distinct points), test rows (t, n) and clustered labels."""
-    rng = np.random.default_rng(seed)
-    centres = spread * rng.normal(size=(K, 3))
-    y = rng.integers(0, K, n)
-    x = centres[y] + rng.normal(size=(n, 3))
-    xt = centres[rng.integers(0, K, t)] + rng.normal(size=(t, 3))
-
-    def k(a, b):
-        return np.exp(-gamma * ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-    return k(x, x), k(xt, x), y
+from problems import rbf_problem
 
 
 def lowrank_problem(n, t, K, seed, rank=3):

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from kernelcert import roe
 from kernelcert.ensemble import dpa
 from kernelcert.learners import KernelRegression, onehot
+from problems import rbf_gram
 
 seeds = st.integers(0, 2**31)
 
@@ -330,8 +331,7 @@ def label_linear_ensemble(rng, M, sizes, K, kind, t=3):
     for nm in sizes:
         if kind == "kernel":
             x, xt = rng.normal(size=(nm, 2)), rng.normal(size=(t, 2))
-            gram = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1))
-            cross = np.exp(-((xt[:, None] - x[None]) ** 2).sum(-1))
+            gram, cross = rbf_gram(x, x), rbf_gram(xt, x)
             y = rng.integers(0, K, nm)
             Ws.append(KernelRegression(ridge=0.1).fit(gram, y, K).label_weights(cross))
         elif kind == "integer":  # exact score ties
