@@ -49,6 +49,19 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
     return value
 
 
+def check_index_array(name: str, a, size: int, what: str) -> np.ndarray:
+    """A non-empty 1-D integer array with entries in 0..size-1, as int64; `what` explains `size`
+    in the error message (e.g. "k*d = 6 groups")."""
+    arr = np.asarray(a)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() >= size:
+        raise ValueError(f"{name} must lie in 0..{size - 1} ({what})")
+    return arr.astype(np.int64)
+
+
 def check_positive(name: str, value, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
     """A real number > 0 (>= 0 with allow_zero; +inf only with allow_inf) as a Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

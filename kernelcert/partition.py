@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import as_float_array, check_int
+from ._validation import as_float_array, check_index_array, check_int
 
 __all__ = [
     "ss_dpa_partition", "dpa_hash_partition", "seeded_hash_partition", "partition", "RULES",
@@ -260,14 +260,7 @@ def fa_spread(group_ids, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASprea
     k = check_int("k", k, minimum=1)
     d = check_int("d", d, minimum=1)
     m = k * d
-    g = np.asarray(group_ids)
-    if g.ndim != 1 or g.size == 0:
-        raise ValueError(f"group_ids must be a non-empty 1-D array, got shape {g.shape}")
-    if not np.issubdtype(g.dtype, np.integer):
-        raise ValueError(f"group_ids must be integers, got dtype {g.dtype}")
-    if g.min() < 0 or g.max() >= m:
-        raise ValueError(f"group_ids must lie in 0..{m - 1} (k*d = {m} groups)")
-    g = g.astype(np.int64)
+    g = check_index_array("group_ids", group_ids, m, f"k*d = {m} groups")
     shifts = np.asarray(random.Random(seed).sample(range(m), d), dtype=np.int64)
     learner = ((g[:, None] + shifts[None, :]) % m).ravel()  # sample j -> d distinct learners
     sample = np.repeat(np.arange(len(g)), d)

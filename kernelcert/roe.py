@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ._validation import as_float_array, check_labels
+from ._validation import as_float_array, check_index_array, check_labels
 from .ensemble import NO_ATTACK, AggregateResult, _check_votes, _knapsack, vote_counts
 
 __all__ = [
@@ -60,16 +60,10 @@ def _check_costs(name, costs, shape) -> np.ndarray:
 
 
 def _check_shifts(shifts, num_learners) -> np.ndarray:
-    sh = np.asarray(shifts)
-    if sh.ndim != 1 or sh.size == 0:
-        raise ValueError(f"shifts must be a non-empty 1-D array, got shape {sh.shape}")
-    if not np.issubdtype(sh.dtype, np.integer):
-        raise ValueError(f"shifts must be integers, got dtype {sh.dtype}")
-    if sh.min() < 0 or sh.max() >= num_learners:
-        raise ValueError(f"shifts must lie in 0..{num_learners - 1} (number of learners k*d = {num_learners})")
+    sh = check_index_array("shifts", shifts, num_learners, f"number of learners k*d = {num_learners}")
     if len(np.unique(sh)) != len(sh):
         raise ValueError("shifts must be distinct")
-    return sh.astype(np.int64)
+    return sh
 
 
 def _reach(num_learners, shifts) -> np.ndarray:
