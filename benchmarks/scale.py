@@ -227,22 +227,16 @@ def _table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _previous_full(n_test: int) -> dict | None:
-    """The existing full scale.json if it measured the same number of test points (resumed runs reuse its
-    timings: a run whose units were all on disk already measured nothing new)."""
+def _load_full() -> dict:
+    """The existing full scale.json ({} if none): a rerun reuses what it already measured."""
     path = result_path("scale", False)
-    if not path.exists():
-        return None
-    prev = json.loads(path.read_text())
-    return prev if prev.get("sweep", {}).get("n_test") == n_test else None
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _earlier_runs(n_test: int) -> list[dict]:
-    """{mnist, sweep} of the existing full scale.json (and the runs it kept) measured with another n_test."""
-    path = result_path("scale", False)
-    if not path.exists():
+def _earlier_runs(prev: dict, n_test: int) -> list[dict]:
+    """{mnist, sweep, command} of `prev` (and the runs it kept) measured with another n_test."""
+    if not prev:
         return []
-    prev = json.loads(path.read_text())
     runs = [{"mnist": prev["mnist"], "sweep": prev["sweep"], "command": prev.get("command")}] + prev.get("earlier", [])
     return [r for r in runs if r["sweep"]["n_test"] != n_test]
 
@@ -269,19 +263,20 @@ def main(argv=None) -> dict:
         n_train, n_test = 1000, 200
     else:
         n_test = args.n_test
-        prev = _previous_full(n_test)
+        full = _load_full()
+        # a run whose units were all on disk measured nothing new: keep the timings of the same-size run
+        prev = full if full.get("sweep", {}).get("n_test") == n_test else {}
         mnist = run_mnist(60000, n_test, 100, args.workers, RUNS)
-        for label, r in mnist["runs"].items():  # a fully resumed run measured nothing: keep the earlier timing
-            old = (prev or {}).get("mnist", {}).get("runs", {}).get(label)
+        for label, r in mnist["runs"].items():
+            old = prev.get("mnist", {}).get("runs", {}).get(label)
             if r["resumed"] and r["units_computed"] == 0 and old and not old["resumed"]:
                 mnist["runs"][label] = old
         sweep = run_sweep(60000, n_test, args.partitions or [10, 50, 100, 1000], RUNS, reuse=mnist)
-        old_rows = {r["num_partitions"]: r for r in (prev or {}).get("sweep", {}).get("rows", [])}
+        old_rows = {r["num_partitions"]: r for r in prev.get("sweep", {}).get("rows", [])}
         sweep = [old_rows[r["num_partitions"]] if r["resumed"] and r["num_partitions"] in old_rows
                  and not old_rows[r["num_partitions"]]["resumed"] else r for r in sweep]
         sample_test = args.cifar_test or 1000
-        path = result_path("scale", False)
-        old_cifar = json.loads(path.read_text()).get("cifar_simulation") if path.exists() else None
+        old_cifar = full.get("cifar_simulation")
         if old_cifar and old_cifar["measured_test_points"] == sample_test and not args.rerun_cifar:
             cifar = old_cifar
         else:
@@ -289,7 +284,7 @@ def main(argv=None) -> dict:
         n_train = 60000
     res = {"mnist": mnist, "sweep": {"n_train": n_train, "n_test": n_test, "rows": sweep}, "cifar_simulation": cifar}
     if not args.quick:  # keep the measurements of earlier full runs made with another number of test points
-        earlier = _earlier_runs(n_test)
+        earlier = _earlier_runs(full, n_test)
         if earlier:
             res["earlier"] = earlier
     stamp(res, "scale", args.quick, argv)

@@ -33,8 +33,7 @@ def default_device():
     scoped = jax.config.jax_default_device
     if scoped is not None and not isinstance(scoped, str):
         return scoped
-    gpus = gpu_devices()
-    return gpus[0] if gpus else jax.devices("cpu")[0]
+    return resolve_device("auto")
 
 
 def resolve_device(name: str):

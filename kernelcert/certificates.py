@@ -32,6 +32,7 @@ guarantees the target also wins when the attacked scores are evaluated from scra
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,7 +150,16 @@ def _use_jax_sort(sort_device: str) -> bool:
     return sort_device == "jax"
 
 
-_jax_segment_sort = None
+@functools.cache
+def _jax_segment_sort():
+    """Jitted lexicographic (class, value) sort of the rows of a class-grouped matrix (built on first use)."""
+    import jax
+    import jax.numpy as jnp
+
+    def sort(keys, x):
+        return jax.lax.sort((jnp.broadcast_to(keys, x.shape), x), dimension=1, num_keys=2)[1]
+
+    return jax.jit(sort)
 
 
 def _sorted_segments_jax(wb: np.ndarray, layout: _Layout) -> np.ndarray:
@@ -159,22 +169,15 @@ def _sorted_segments_jax(wb: np.ndarray, layout: _Layout) -> np.ndarray:
     per-class segment sort. Sorting is exact, so the result equals numpy's (up to the order of
     +0.0 and -0.0, which compare equal and leave every sum unchanged).
     """
-    global _jax_segment_sort
     import jax
-    import jax.numpy as jnp
 
     from ._jax import default_device, x64_scope
 
-    if _jax_segment_sort is None:
-        def sort(keys, x):
-            return jax.lax.sort((jnp.broadcast_to(keys, x.shape), x), dimension=1, num_keys=2)[1]
-
-        _jax_segment_sort = jax.jit(sort)
     S = np.take(wb, layout.perm, axis=1)
     keys = np.repeat(np.arange(layout.K, dtype=np.int32), np.diff(layout.off))
     with x64_scope(np.float64):
         dev = default_device()
-        out = _jax_segment_sort(jax.device_put(keys, dev), jax.device_put(S, dev))
+        out = _jax_segment_sort()(jax.device_put(keys, dev), jax.device_put(S, dev))
         return np.array(out, dtype=np.float64)
 
 
