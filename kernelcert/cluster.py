@@ -1,0 +1,225 @@
+"""Dask clusters that survive lost workers and report why they stopped.
+
+- `local_cluster(...)`: a `LocalCluster` whose worker processes start with `WORKER_ENVIRON`
+  (through Dask's `distributed.nanny.pre-spawn-environ`): glibc's malloc trim threshold raised
+  from Dask's 64 KiB, which otherwise returns freed memory to the OS after every large temporary
+  and costs a unit most of its extra system time (measured in benchmarks/faults.py).
+- `resilient_map(client, fn, tasks, shared, ...)`: submits `fn(task, shared)` for a stream of tasks
+  with a bounded number in flight. `shared` is scattered to *every* worker (`broadcast=True`) and
+  each task travels inside its own small task spec, so when a worker dies the scheduler reruns its
+  tasks elsewhere (the inputs are still on the other workers, or fetched from them by a new one):
+  a run finishes with the same results as long as one worker lives. A task that raises is retried
+  `retries` times. Dask's own errors are translated into `kernelcert.endings` errors:
+  `WorkerKilled` (a unit that killed `allowed-failures + 1` workers; "for memory" when the nanny
+  restarted them for exceeding their memory limit, with the unit and the memory it needed) and
+  `ClusterLost` (scheduler gone, or no worker left for `no_worker_timeout` seconds).
+- `check_workers(client, expected)`: every worker's `Provenance` must equal the client's, else
+  `EnvironmentMismatch` naming the workers and the differences. `check_environment(expected)` is
+  the same check inside a task (workers that join later are checked by their first unit).
+- `reset_worker_peaks(client)`: resets every worker's peak RSS, so that the per-worker memory a
+  run reports is this run's peak.
+
+Dask is imported inside the functions (it is a declared dependency, but importing it costs about
+a second that in-process runs do not need).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from .endings import ClusterLost, WorkerKilled
+from .procmem import reset_peak_rss
+from .provenance import EnvironmentMismatch, Provenance
+
+logger = logging.getLogger("kernelcert.cluster")
+
+# 1 GiB: large enough that freed temporaries of a unit stay in the heap for the next block
+# (a unit's temporaries are bounded by [execution] memory_cap_mb), small enough that an idle
+# worker still returns memory after a run.
+WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+
+def local_cluster(n_workers: int, threads_per_worker: int = 1, memory_limit: str | int = "auto",
+                  environ: dict | None = None):
+    """A `dask.distributed.LocalCluster` on the loopback interface, worker processes started with
+    Dask's default pre-spawn environment updated by `environ` (default `WORKER_ENVIRON`)."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+           **(WORKER_ENVIRON if environ is None else environ)}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                            memory_limit=memory_limit, host="127.0.0.1", dashboard_address=None,
+                            silence_logs=logging.ERROR)
+
+
+@functools.cache
+def _environment(device: str, dtype: str) -> Provenance:
+    return Provenance.current(device, dtype)
+
+
+def check_environment(expected: Provenance, who: str = "this worker") -> Provenance:
+    """Inside a task: raise `EnvironmentMismatch` unless this process matches `expected` (cached per process)."""
+    here = _environment(expected.device, expected.dtype)
+    expected.require_same(here, who)
+    return here
+
+
+def _worker_provenance(device: str, dtype: str) -> dict:
+    return _environment(device, dtype).to_dict()
+
+
+def check_workers(client, expected: Provenance) -> int:
+    """Compare every worker's provenance with `expected`; return the number of workers checked.
+
+    Raises `EnvironmentMismatch` naming each differing worker (and what differs), or naming the
+    worker that could not even compute its provenance (e.g. 'gpu' asked of a worker without one).
+    """
+    try:
+        found = client.run(_worker_provenance, expected.device, expected.dtype, on_error="return")
+    except Exception as exc:  # noqa: BLE001 - any failure to run the check is reported as such
+        raise ClusterLost(f"could not check the Dask workers' environments ({type(exc).__name__}: {exc})") from exc
+    problems = []
+    for address, info in sorted(found.items()):
+        if isinstance(info, BaseException):
+            problems.append(f"worker {address}: cannot compute on {expected.device} ({info})")
+            continue
+        diff = expected.differences(Provenance.from_dict(info))
+        if diff:
+            problems.append(f"worker {address}: " + "; ".join(d.replace(" there", " on the worker") for d in diff))
+    if problems:
+        raise EnvironmentMismatch("refusing Dask workers whose environment differs from this client's (their "
+                                  "results would not be bit-identical): " + " | ".join(problems))
+    return len(found)
+
+
+def reset_worker_peaks(client) -> bool:
+    """Reset the peak RSS of every current worker; False if any worker could not."""
+    done = client.run(reset_peak_rss)
+    return all(done.values())
+
+
+def memory_restarts(client) -> list[dict]:
+    """The nanny's 'worker-restart-memory' events so far: dicts with worker, pid, rss (bytes)."""
+    try:
+        events = client.get_events("worker-restart-memory")
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return []
+    return [dict(e) for _, e in events if isinstance(e, dict)]
+
+
+def _worker_memory_limit(client, address: str | None) -> float | None:
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return None
+    info = workers.get(address) or next(iter(workers.values()), None)
+    limit = (info or {}).get("memory_limit")
+    return float(limit) / 2**20 if limit else None
+
+
+def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: int) -> WorkerKilled:
+    """A clear WorkerKilled from Dask's KilledWorker (which only says the workers died)."""
+    last = getattr(getattr(exc, "last_worker", None), "address", None)
+    mem_events = memory_restarts(client)[restarts_before:]
+    limit_mb = _worker_memory_limit(client, last)
+    for_memory = bool(mem_events) or (needed_mb is not None and limit_mb is not None and needed_mb > 0.95 * limit_mb)
+    tries = getattr(exc, "allowed_failures", 0) + 1
+    need = f"; it needs about {needed_mb:,.0f} MiB" if needed_mb is not None else ""
+    if for_memory:
+        rss = max((e.get("rss", 0) for e in mem_events), default=0) / 2**20
+        seen = f", reaching {rss:,.0f} MiB" if rss else ""
+        lim = f" of their {limit_mb:,.0f} MiB limit" if limit_mb else ""
+        msg = (f"work unit {unit} was killed for memory on {tries} workers{seen}{lim}{need}: give the workers more "
+               "memory (dask worker --memory-limit) or lower [execution] memory_cap_mb")
+    else:
+        msg = (f"work unit {unit} killed {tries} workers (last {last}); they died without a memory-limit restart "
+               f"(crash, or the operating system's out-of-memory killer){need}")
+    return WorkerKilled(msg, unit=unit, for_memory=for_memory, needed_mb=needed_mb, limit_mb=limit_mb)
+
+
+def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any, *,
+                  max_in_flight: int, retries: int = 1, tag: str = "run",
+                  unit_name: Callable[[Any], str] = lambda t: str(getattr(t, "key", "task")),
+                  unit_memory_mb: Callable[[Any], float] | None = None, poll_s: float = 1.0,
+                  no_worker_timeout: float = 60.0) -> Iterator[tuple[Any, Any]]:
+    """Yield (task, fn(task, shared)) in completion order, at most `max_in_flight` tasks submitted at once.
+
+    Tasks should be small (indices into `shared`, which holds the bulk data): each is stored in
+    the scheduler's task spec, so that a task can run again on any worker. See the module docstring
+    for what happens when workers or the scheduler are lost.
+    """
+    from dask.distributed import wait
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    it = iter(tasks)
+    counter = itertools.count()
+    pending: dict = {}
+    restarts_before = len(memory_restarts(client))
+    shared_f = client.scatter(shared, broadcast=True, hash=False) if shared is not None else None
+
+    def submit_next() -> bool:
+        try:
+            task = next(it)
+        except StopIteration:
+            return False
+        key = f"kernelcert-{unit_name(task)}-{tag}-{next(counter)}"
+        pending[client.submit(fn, task, shared_f, key=key, pure=False, retries=retries)] = task
+        return True
+
+    def lost(why: str, exc: BaseException | None = None) -> ClusterLost:
+        err = ClusterLost(f"lost the Dask cluster ({why})")
+        if exc is not None:
+            err.__cause__ = exc
+        return err
+
+    no_workers_since = None
+    try:
+        for _ in range(max(1, max_in_flight)):
+            if not submit_next():
+                break
+        while pending:
+            try:
+                done, _ = wait(list(pending), timeout=poll_s, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = ()
+            except (CommClosedError, OSError) as exc:
+                raise lost(f"{type(exc).__name__}: {exc}", exc) from exc
+            if not done:
+                if client.status not in ("running", "connecting"):
+                    raise lost(f"client status {client.status!r}: the scheduler is gone")
+                try:
+                    n = len(client.scheduler_info().get("workers", {}))
+                except Exception as exc:  # noqa: BLE001
+                    raise lost(f"{type(exc).__name__}: {exc}", exc) from exc
+                no_workers_since = None if n else (no_workers_since or time.monotonic())
+                if no_workers_since is not None and time.monotonic() - no_workers_since > no_worker_timeout:
+                    raise lost(f"no worker left for {no_worker_timeout:.0f} s")
+                continue
+            for fut in done:
+                task = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except KilledWorker as exc:
+                    need = unit_memory_mb(task) if unit_memory_mb is not None else None
+                    raise _killed(client, exc, unit_name(task), need, restarts_before) from exc
+                except (FutureCancelledError, CommClosedError) as exc:
+                    raise lost(f"unit {unit_name(task)} was cancelled: {exc}", exc) from exc
+                fut.release()
+                submit_next()
+                yield task, result
+    finally:
+        for fut in pending:
+            fut.cancel()
+        shared_f = None
+
+
+__all__ = ["WORKER_ENVIRON", "local_cluster", "resilient_map", "check_workers", "check_environment",
+           "reset_worker_peaks", "memory_restarts"]
