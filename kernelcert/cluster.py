@@ -5,17 +5,19 @@
   from Dask's 64 KiB, which otherwise returns freed memory to the OS after every large temporary
   and costs a unit most of its extra system time (measured in benchmarks/faults.py).
 - `resilient_map(client, fn, tasks, shared, ...)`: submits `fn(task, shared)` for a stream of tasks
-  with a bounded number in flight. `shared` is scattered to *every* worker (`broadcast=True`) and
-  each task travels inside its own small task spec, so when a worker dies the scheduler reruns its
-  tasks elsewhere (the inputs are still on the other workers, or fetched from them by a new one):
-  a run finishes with the same results as long as one worker lives. A task that raises is retried
-  `retries` times. Dask's own errors are translated into `kernelcert.endings` errors:
+  with a bounded number in flight. `shared` is scattered to *every* worker (`broadcast=True`), so
+  it survives any worker but the last; each task's own data is scattered as its own piece of data
+  (large task specs slow the scheduler down). When a worker dies, the scheduler reruns its tasks
+  on the other workers (Dask's own resilience); a task whose scattered input died with the worker
+  is cancelled by Dask, and is sent again from the client's copy (at most `resend` times). So a
+  run finishes with the same results as long as one worker lives. A task that raises is retried
+  `retries` times by Dask. Dask's errors are translated into `kernelcert.endings` errors:
   `WorkerKilled` (a unit that killed `allowed-failures + 1` workers; "for memory" when the nanny
   restarted them for exceeding their memory limit, with the unit and the memory it needed) and
   `ClusterLost` (scheduler gone, or no worker left for `no_worker_timeout` seconds).
 - `check_workers(client, expected)`: every worker's `Provenance` must equal the client's, else
-  `EnvironmentMismatch` naming the workers and the differences. `check_environment(expected)` is
-  the same check inside a task (workers that join later are checked by their first unit).
+  `EnvironmentMismatch` naming the workers and the differences (workers that join later are
+  checked by their first unit: `kernelcert.provenance.check_environment`).
 - `reset_worker_peaks(client)`: resets every worker's peak RSS, so that the per-worker memory a
   run reports is this run's peak.
 
@@ -25,7 +27,6 @@ a second that in-process runs do not need).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import time
@@ -33,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .endings import ClusterLost, WorkerKilled
 from .procmem import reset_peak_rss
-from .provenance import EnvironmentMismatch, Provenance
+from .provenance import EnvironmentMismatch, Provenance, current_environment
 
 logger = logging.getLogger("kernelcert.cluster")
 
@@ -55,23 +56,11 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, memory_limit: str
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                             memory_limit=memory_limit, host="127.0.0.1", dashboard_address=None,
-                            silence_logs=logging.ERROR)
-
-
-@functools.cache
-def _environment(device: str, dtype: str) -> Provenance:
-    return Provenance.current(device, dtype)
-
-
-def check_environment(expected: Provenance, who: str = "this worker") -> Provenance:
-    """Inside a task: raise `EnvironmentMismatch` unless this process matches `expected` (cached per process)."""
-    here = _environment(expected.device, expected.dtype)
-    expected.require_same(here, who)
-    return here
+                            silence_logs=logging.CRITICAL)  # failures are reported by resilient_map
 
 
 def _worker_provenance(device: str, dtype: str) -> dict:
-    return _environment(device, dtype).to_dict()
+    return current_environment(device, dtype).to_dict()
 
 
 def check_workers(client, expected: Provenance) -> int:
@@ -113,21 +102,22 @@ def memory_restarts(client) -> list[dict]:
     return [dict(e) for _, e in events if isinstance(e, dict)]
 
 
-def _worker_memory_limit(client, address: str | None) -> float | None:
+def _memory_limits(client) -> dict[str, float]:
+    """{worker address: memory limit in MiB} of the workers that have one."""
     try:
         workers = client.scheduler_info().get("workers", {})
     except Exception:  # noqa: BLE001 - diagnostics only
-        return None
-    info = workers.get(address) or next(iter(workers.values()), None)
-    limit = (info or {}).get("memory_limit")
-    return float(limit) / 2**20 if limit else None
+        return {}
+    return {a: float(w["memory_limit"]) / 2**20 for a, w in workers.items() if w.get("memory_limit")}
 
 
-def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: int) -> WorkerKilled:
+def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: int,
+            known_limits: dict[str, float]) -> WorkerKilled:
     """A clear WorkerKilled from Dask's KilledWorker (which only says the workers died)."""
     last = getattr(getattr(exc, "last_worker", None), "address", None)
     mem_events = memory_restarts(client)[restarts_before:]
-    limit_mb = _worker_memory_limit(client, last)
+    limits = {**known_limits, **_memory_limits(client)}  # the dead worker may be gone from the scheduler
+    limit_mb = limits.get(last) or next(iter(limits.values()), None)
     for_memory = bool(mem_events) or (needed_mb is not None and limit_mb is not None and needed_mb > 0.95 * limit_mb)
     tries = getattr(exc, "allowed_failures", 0) + 1
     need = f"; it needs about {needed_mb:,.0f} MiB" if needed_mb is not None else ""
@@ -135,7 +125,7 @@ def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: in
         rss = max((e.get("rss", 0) for e in mem_events), default=0) / 2**20
         seen = f", reaching {rss:,.0f} MiB" if rss else ""
         lim = f" of their {limit_mb:,.0f} MiB limit" if limit_mb else ""
-        msg = (f"work unit {unit} was killed for memory on {tries} workers{seen}{lim}{need}: give the workers more "
+        msg = (f"work unit {unit} was killed for memory on {tries} worker{'s' if tries > 1 else ''}{seen}{lim}{need}: give the workers more "
                "memory (dask worker --memory-limit) or lower [execution] memory_cap_mb")
     else:
         msg = (f"work unit {unit} killed {tries} workers (last {last}); they died without a memory-limit restart "
@@ -144,18 +134,16 @@ def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: in
 
 
 def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any, *,
-                  max_in_flight: int, retries: int = 1, tag: str = "run",
+                  max_in_flight: int, retries: int = 1, resend: int = 3, tag: str = "run",
                   unit_name: Callable[[Any], str] = lambda t: str(getattr(t, "key", "task")),
                   unit_memory_mb: Callable[[Any], float] | None = None, poll_s: float = 1.0,
                   no_worker_timeout: float = 60.0) -> Iterator[tuple[Any, Any]]:
     """Yield (task, fn(task, shared)) in completion order, at most `max_in_flight` tasks submitted at once.
 
-    Tasks should be small (indices into `shared`, which holds the bulk data): each is stored in
-    the scheduler's task spec, so that a task can run again on any worker. See the module docstring
-    for what happens when workers or the scheduler are lost.
+    See the module docstring for what happens when workers or the scheduler are lost.
     """
     from dask.distributed import wait
-    from distributed.client import FutureCancelledError
+    from distributed.client import FutureCancelledError, FuturesCancelledError
     from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker
 
@@ -163,6 +151,7 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
     counter = itertools.count()
     pending: dict = {}
     restarts_before = len(memory_restarts(client))
+    known_limits = _memory_limits(client)
     shared_f = client.scatter(shared, broadcast=True, hash=False) if shared is not None else None
 
     def submit_next() -> bool:
@@ -170,9 +159,15 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
             task = next(it)
         except StopIteration:
             return False
-        key = f"kernelcert-{unit_name(task)}-{tag}-{next(counter)}"
-        pending[client.submit(fn, task, shared_f, key=key, pure=False, retries=retries)] = task
+        submit(task, 0)
         return True
+
+    def submit(task, attempt: int) -> None:
+        key = f"kernelcert-{unit_name(task)}-{tag}-{next(counter)}"
+        # the task's data travels as its own piece of data (large task specs slow the scheduler down);
+        # if the worker holding it dies, the client still has the task and sends it again
+        task_f = client.scatter(task, hash=False)
+        pending[client.submit(fn, task_f, shared_f, key=key, pure=False, retries=retries)] = (task, attempt)
 
     def lost(why: str, exc: BaseException | None = None) -> ClusterLost:
         err = ClusterLost(f"lost the Dask cluster ({why})")
@@ -190,6 +185,8 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
                 done, _ = wait(list(pending), timeout=poll_s, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 done = ()
+            except FuturesCancelledError:  # some futures were cancelled (input lost): handled one by one below
+                done = [f for f in pending if f.done()]
             except (CommClosedError, OSError) as exc:
                 raise lost(f"{type(exc).__name__}: {exc}", exc) from exc
             if not done:
@@ -204,14 +201,18 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
                     raise lost(f"no worker left for {no_worker_timeout:.0f} s")
                 continue
             for fut in done:
-                task = pending.pop(fut)
+                task, attempt = pending.pop(fut)
                 try:
                     result = fut.result()
                 except KilledWorker as exc:
                     need = unit_memory_mb(task) if unit_memory_mb is not None else None
-                    raise _killed(client, exc, unit_name(task), need, restarts_before) from exc
+                    raise _killed(client, exc, unit_name(task), need, restarts_before, known_limits) from exc
                 except (FutureCancelledError, CommClosedError) as exc:
-                    raise lost(f"unit {unit_name(task)} was cancelled: {exc}", exc) from exc
+                    if client.status == "running" and attempt < resend:
+                        logger.warning("task %s lost its input with a worker: sending it again", unit_name(task))
+                        submit(task, attempt + 1)
+                        continue
+                    raise lost(f"task {unit_name(task)} was cancelled: {exc}", exc) from exc
                 fut.release()
                 submit_next()
                 yield task, result
@@ -221,5 +222,5 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
         shared_f = None
 
 
-__all__ = ["WORKER_ENVIRON", "local_cluster", "resilient_map", "check_workers", "check_environment",
+__all__ = ["WORKER_ENVIRON", "local_cluster", "resilient_map", "check_workers",
            "reset_worker_peaks", "memory_restarts"]

@@ -17,6 +17,7 @@ compile for; workers of one cluster are expected to run one build of the environ
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from dataclasses import asdict, dataclass, fields
@@ -125,10 +126,25 @@ class Provenance:
                 f"{self.machine}")
 
 
+@functools.cache
+def current_environment(device: str, dtype: str = "float64") -> Provenance:
+    """`Provenance.current(device, dtype)`, computed once per process."""
+    return Provenance.current(device, dtype)
+
+
+def check_environment(expected: Provenance, who: str) -> Provenance:
+    """Inside a work unit: this process's provenance, after checking it equals `expected` (the
+    client's); `EnvironmentMismatch` naming `who` otherwise."""
+    here = current_environment(expected.device, expected.dtype)
+    expected.require_same(here, who)
+    return here
+
+
 def resolved_device(name: str) -> str:
     """'auto' / 'cpu' / 'gpu' -> the platform it resolves to here ("cpu" or "gpu"). The client
     resolves the device once and sends the result to its workers, which then never guess."""
     return "cpu" if resolve_device(name).platform == "cpu" else "gpu"
 
 
-__all__ = ["Provenance", "EnvironmentMismatch", "resolved_device", "DEVICES"]
+__all__ = ["Provenance", "EnvironmentMismatch", "current_environment", "check_environment", "resolved_device",
+           "DEVICES"]
