@@ -1,9 +1,11 @@
 """Dask clusters that survive lost workers and report why they stopped.
 
-- `local_cluster(...)`: a `LocalCluster` whose worker processes start with `WORKER_ENVIRON`
-  (through Dask's `distributed.nanny.pre-spawn-environ`): glibc's malloc trim threshold raised
-  from Dask's 64 KiB, which otherwise returns freed memory to the OS after every large temporary
-  and costs a unit most of its extra system time (measured in benchmarks/faults.py).
+- `local_cluster(...)`: a `LocalCluster` on 127.0.0.1 whose worker processes start like the client
+  process as far as malloc goes: without the `MALLOC_TRIM_THRESHOLD_=65536` that Dask's nanny sets
+  by default (`distributed.nanny.pre-spawn-environ`). Setting any malloc threshold switches off
+  glibc's adaptive thresholds, so every temporary above 128 KiB becomes a fresh mmap (page faults,
+  system time) and freed memory is trimmed after every block; glibc's adaptive defaults raise both
+  thresholds to the sizes a unit actually uses (up to 32 / 64 MiB). Measured in benchmarks/faults.py.
 - `resilient_map(client, fn, tasks, shared, ...)`: submits `fn(task, shared)` for a stream of tasks
   with a bounded number in flight. `shared` is scattered to *every* worker (`broadcast=True`), so
   it survives any worker but the last; each task's own data is scattered as its own piece of data
@@ -38,21 +40,22 @@ from .provenance import EnvironmentMismatch, Provenance, current_environment
 
 logger = logging.getLogger("kernelcert.cluster")
 
-# 1 GiB: large enough that freed temporaries of a unit stay in the heap for the next block
-# (a unit's temporaries are bounded by [execution] memory_cap_mb), small enough that an idle
-# worker still returns memory after a run.
-WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": str(2**30)}
+# environment variables removed from / added to Dask's pre-spawn environment of local workers
+WORKER_ENVIRON_DROP = ("MALLOC_TRIM_THRESHOLD_",)
+WORKER_ENVIRON: dict[str, str] = {}
 
 
 def local_cluster(n_workers: int, threads_per_worker: int = 1, memory_limit: str | int = "auto",
                   environ: dict | None = None):
     """A `dask.distributed.LocalCluster` on the loopback interface, worker processes started with
-    Dask's default pre-spawn environment updated by `environ` (default `WORKER_ENVIRON`)."""
+    Dask's default pre-spawn environment less `WORKER_ENVIRON_DROP`, updated by `environ` (default
+    `WORKER_ENVIRON`)."""
     import dask
     from dask.distributed import LocalCluster
 
-    env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-           **(WORKER_ENVIRON if environ is None else environ)}
+    env = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+           if k not in WORKER_ENVIRON_DROP}
+    env.update(WORKER_ENVIRON if environ is None else environ)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
                             memory_limit=memory_limit, host="127.0.0.1", dashboard_address=None,
@@ -222,5 +225,5 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
         shared_f = None
 
 
-__all__ = ["WORKER_ENVIRON", "local_cluster", "resilient_map", "check_workers",
+__all__ = ["WORKER_ENVIRON", "WORKER_ENVIRON_DROP", "local_cluster", "resilient_map", "check_workers",
            "reset_worker_peaks", "memory_restarts"]

@@ -144,6 +144,8 @@ class RunLock:
                 return True
             except FileExistsError:
                 return False
+            except FileNotFoundError:  # our temp file was swept by the holder's cleanup: the lock is taken
+                return False
             except OSError as exc:  # a filesystem without hard links: exclusive create instead
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                     raise
