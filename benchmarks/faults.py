@@ -35,56 +35,66 @@ import psutil
 
 from benchmarks._common import provenance as provenance_line
 from benchmarks._common import stamp, write_result
+from kernelcert.pipeline import UnitFile, load_config, run, run_directory
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 PY = sys.executable
 
 
-def config(out_dir: Path, quick: bool, name: str = "faults", **data) -> dict:
-    d = {"dataset": "synthetic", "num_classes": 3, "n_train": 600 if quick else 1500,
-         "n_test": 150 if quick else 400, "dim": 20, "seed": 5, "separation": 2.0, **data}
-    return {"data": d, "kernel": {"architecture": "fully_connected", "depth": 2, "W_std": 1.5, "b_std": 0.1},
-            "learners": [{"type": "svm"}, {"type": "regression", "ridge": 0.01}],
-            "partition": {"rule": "ss_dpa", "num_partitions": [1, 4, 8, 16]},
-            "output": {"dir": str(out_dir), "name": name, "plots": False}, "execution": {"progress": False}}
+CONFIG = """\
+[data]
+dataset = "synthetic"
+num_classes = 3
+n_train = {n_train}
+n_test = {n_test}
+dim = 20
+seed = 5
+separation = 2.0
+
+[kernel]
+architecture = "fully_connected"
+depth = 2
+W_std = 1.5
+b_std = 0.1
+
+[[learners]]
+type = "svm"
+
+[[learners]]
+type = "regression"
+ridge = 0.01
+
+[partition]
+rule = "ss_dpa"
+num_partitions = {num_partitions}
+
+[output]
+dir = "{out_dir}"
+name = "faults"
+plots = false
+
+[execution]
+progress = false
+"""
 
 
-def to_toml(cfg: dict) -> str:
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        return repr(v)
-
-    lines = []
-    for sec, body in cfg.items():
-        if isinstance(body, list):
-            for item in body:
-                lines.append(f"[[{sec}]]")
-                lines += [f"{k} = {val(v)}" for k, v in item.items()]
-        else:
-            lines.append(f"[{sec}]")
-            lines += [f"{k} = {val(v)}" for k, v in body.items()]
-    return "\n".join(lines) + "\n"
+def config_text(out_dir: Path, quick: bool, n_train: int | None = None, n_test: int | None = None,
+                num_partitions=(1, 4, 8, 16)) -> str:
+    """The rows' config: synthetic, 3 classes, both learners, 29 work units (N_p in 1, 4, 8, 16)."""
+    return CONFIG.format(out_dir=out_dir, n_train=n_train or (600 if quick else 1500),
+                         n_test=n_test or (150 if quick else 400), num_partitions=list(num_partitions))
 
 
 class Case:
     """One row's working directory: its config file, its run directory, the command line."""
 
-    def __init__(self, base: Path, row: str, quick: bool, out: Path | None = None, **data):
+    def __init__(self, base: Path, row: str, quick: bool, out: Path | None = None, **sizes):
         self.dir = base / row
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.cfg = config(out or self.dir / "runs", quick, **data)
         self.path = self.dir / "config.toml"
-        self.path.write_text(to_toml(self.cfg))
-        # run directory = <out>/<name>-<hash12>; the hash is computed by kernelcert itself
-        code = ("import sys, json; from kernelcert.pipeline import config_from_dict, run_directory; "
-                "print(run_directory(config_from_dict(json.loads(sys.argv[1]))))")
-        self.run_dir = Path(subprocess.check_output([PY, "-c", code, json.dumps(self.cfg)], env=ENV, text=True).strip())
+        self.path.write_text(config_text(out or self.dir / "runs", quick, **sizes))
+        self.run_dir = run_directory(load_config(self.path))
 
     def start(self, *args) -> subprocess.Popen:
         return subprocess.Popen([PY, "-m", "kernelcert", "run", str(self.path), "--no-progress", "-q", *args],
@@ -196,9 +206,7 @@ def row_kill_local_worker(base, ref, quick):
 
 
 def row_memory_limited_worker(base, ref, quick):
-    case = Case(base, "memory_limited_worker", quick, n_train=6000, n_test=50)
-    case.cfg["partition"]["num_partitions"] = [1]
-    case.path.write_text(to_toml(case.cfg))
+    case = Case(base, "memory_limited_worker", quick, n_train=6000, n_test=50, num_partitions=[1])
     s = Scheduler(base)
     try:
         s.add_workers(1, "--memory-limit", "300MB")
@@ -211,18 +219,10 @@ def row_memory_limited_worker(base, ref, quick):
 
 
 def _flip(path: Path, member: str, at: int = 3) -> None:
-    import zipfile
-
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
-        info = zf.getinfo(member + ".npy")
-        f.seek(info.header_offset + 26)
-        n, e = np.frombuffer(f.read(4), "<u2")
-        f.seek(info.header_offset + 30 + int(n) + int(e))
-        np.lib.format.read_magic(f)
-        np.lib.format.read_array_header_1_0(f)
-        off = f.tell()
+    """Change one byte of `member`'s data in place (the zip CRC is left stale)."""
+    off = UnitFile(path).data_offset(member) + at
     raw = bytearray(path.read_bytes())
-    raw[off + at] ^= 0x10
+    raw[off] ^= 0x10
     path.write_bytes(bytes(raw))
 
 
@@ -363,7 +363,6 @@ def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str) -> di
     import dask
     from dask.distributed import Client, LocalCluster
 
-    from kernelcert import pipeline
     from kernelcert.pipeline.backends import DaskBackend
 
     env = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
@@ -379,7 +378,10 @@ def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str) -> di
                 return t.user, t.system
 
             before = client.run(cpu)
-            pipeline.run(config(base / "malloc" / label, quick), backend=be)
+            path = base / "malloc" / f"{label}.toml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(config_text(base / "malloc" / label, quick))
+            run(load_config(path), backend=be)
             after = client.run(cpu)
     finally:
         cluster.close()

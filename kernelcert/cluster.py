@@ -128,8 +128,9 @@ def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: in
         rss = max((e.get("rss", 0) for e in mem_events), default=0) / 2**20
         seen = f", reaching {rss:,.0f} MiB" if rss else ""
         lim = f" of their {limit_mb:,.0f} MiB limit" if limit_mb else ""
-        msg = (f"work unit {unit} was killed for memory on {tries} worker{'s' if tries > 1 else ''}{seen}{lim}{need}: give the workers more "
-               "memory (dask worker --memory-limit) or lower [execution] memory_cap_mb")
+        workers = f"{tries} worker{'s' if tries > 1 else ''}"
+        msg = (f"work unit {unit} was killed for memory on {workers}{seen}{lim}{need}: give the workers more "
+               "memory (dask worker --memory-limit), or use more partitions (smaller units)")
     else:
         msg = (f"work unit {unit} killed {tries} workers (last {last}); they died without a memory-limit restart "
                f"(crash, or the operating system's out-of-memory killer){need}")
