@@ -20,6 +20,14 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml  # PyYAML, pinned in requirements.lock (a dask dependency)
+
+import kernelcert
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 pytestmark = pytest.mark.references
 
@@ -164,3 +172,26 @@ def test_the_checks_catch_what_they_should(tmp_path):
     assert REPO_PATH.findall("see docs/math.md, or `benchmarks/results/*.json`.") == [
         "docs/math.md", "benchmarks/results/*.json"]
     assert github_slug("1. Threat model and what a certificate says") == "1-threat-model-and-what-a-certificate-says"
+
+
+def test_license_citation_and_version_have_one_source():
+    """LICENSE is the MIT text pyproject declares (SPDX), CITATION.cff is CFF 1.2.0 and points at the
+    papers, the version lives only in kernelcert.__version__, and py.typed ships as package data."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "MIT"
+    assert project["project"]["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "kernelcert.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+(?:\.dev\d+|rc\d+)?", kernelcert.__version__)
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["kernelcert"]
+    assert (ROOT / "kernelcert" / "py.typed").is_file()
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0"
+    assert {"message", "title", "authors"} <= set(cff) and cff["license"] == "MIT"
+    assert "version" not in cff  # one version source
+    titles = " | ".join(ref["title"] for ref in cff["references"])
+    for paper in ("Partition Aggregation Ensembles against Label Poisoning", "Deep Partition Aggregation",
+                  "Finite Aggregation", "Run-Off Election", "Against Label Poisoning", "Neural Tangent Kernel"):
+        assert paper in titles, paper
