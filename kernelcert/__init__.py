@@ -6,7 +6,7 @@ from .kernels import Convolutional, CustomKernel, FullyConnected, Kernel, max_ab
 from .learners import KernelRegression, KernelSVM
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the single version source (pyproject.toml reads it)
 
 __all__ = [
     "Certificate", "certify", "certify_model", "pairwise_costs", "AggregateResult", "dpa", "ensemblecert",
