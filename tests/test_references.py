@@ -176,13 +176,13 @@ def test_the_checks_catch_what_they_should(tmp_path):
 
 def test_license_citation_and_version_have_one_source():
     """LICENSE is the MIT text pyproject declares (SPDX), CITATION.cff is CFF 1.2.0 and points at the
-    papers, the version lives only in kernelcert.__version__, and py.typed ships as package data."""
+    papers, the version lives only in kernelcert/_version.py (re-exported as kernelcert.__version__), and py.typed ships as package data."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert project["project"]["license"] == "MIT"
     assert project["project"]["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "kernelcert.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "kernelcert._version.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+(?:\.dev\d+|rc\d+)?", kernelcert.__version__)
     assert "py.typed" in project["tool"]["setuptools"]["package-data"]["kernelcert"]
     assert (ROOT / "kernelcert" / "py.typed").is_file()
