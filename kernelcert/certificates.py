@@ -78,8 +78,10 @@ class Certificate:
     class exact. With class_bounds=False only the radius is computed: cost_lower is then P(p, c)
     (c must beat the prediction p) and cost_upper inf off the prediction.
     tolerance (t,) float64: the absolute tolerance `rtol * sum_j |W_ij| + atol_i` the certificate
-    was computed with (every bound holds for every model whose pairwise score differences, under
-    every labelling, are within it of the given weights').
+    was computed with: radius and bounds hold for every model whose label weights W* satisfy
+    sum_j |W_ij - W*_ij| <= tolerance[i] and that predicts `prediction[i]` on the clean labels.
+    Where another class is within the tolerance of the top score (the exact model may predict it),
+    radius is 0 and radius_exact false.
 
     `weights` is a reference to the caller's (t, n) weight array (not a copy) and `labels` the
     validated labels: `witness(i, ...)` recomputes the attack for test point i from them, so
@@ -844,9 +846,8 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
         np.logical_or.at(redo, rr[miss], True)
     if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
         raise RuntimeError("internal error: a verified attack is smaller than the lower bound")
-    # a class whose binding pair was decided inside the band may have a tighter exact answer
-    open_ = (lower < upper) & np.take_along_axis(NR, jstar[:, None, :], axis=1)[:, 0, :]
-    out["band"] = band | open_.any(axis=1)
+    # any pairwise cost decided inside the band (the class lower bounds contain the exact ones)
+    out["band"] = band | NR.any(axis=(1, 2))
     out.update(lower=lower, upper=upper, redo=redo)
     if record:
         out.update(kind=kind, qpos=qpos, jstar=jstar)

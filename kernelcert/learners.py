@@ -204,6 +204,7 @@ class KernelRegression(_KernelLearner):
 
         num_classes: the task's number of classes (required).
         """
+        self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         ridge = check_positive("ridge", self.ridge, allow_zero=True)
         train_time = self.train_time
         if train_time is not None:
@@ -221,9 +222,11 @@ class KernelRegression(_KernelLearner):
             try:
                 cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
             except np.linalg.LinAlgError:
+                safe = ridge + np.sqrt(n) * _gamma(3 * n + 1) * float(np.trace(np.abs(A))) / _SAFE_RELATIVE_ERROR
                 raise ValueError(
                     f"K_train + ridge*I (ridge={ridge}) is singular or not positive definite, "
-                    f"so converged kernel regression is not defined; {hint}"
+                    f"so converged kernel regression is not defined; {hint} (for a PSD K_train, ridge >= {safe:.3g} "
+                    f"keeps the label weights accurate to {_SAFE_RELATIVE_ERROR:g})"
                 ) from None
             lam = _smallest_eigenvalue_lower_bound(A, cho)
             L = np.tril(cho[0])
@@ -356,6 +359,7 @@ class KernelSVM(_KernelLearner):
 
         num_classes: the task's number of classes (required).
         """
+        self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         C = None if self.C is None else check_positive("C", self.C)
         K, y, num_classes = self._fit_inputs(K_train, y, num_classes)
         _check_psd(K, "K_train")

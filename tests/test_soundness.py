@@ -256,6 +256,35 @@ def exact_oracle_fraction(wq, y, K):
     return pred, int(other.min() - 1) if np.isfinite(other.min()) else n, costs, None, None
 
 
+def test_item2_tolerance_covers_perturbed_weights():
+    """Weights known only up to an error (here: integer weights with exact ties, perturbed by 1e-9):
+    without the tolerance the perturbation breaks the ties and the radius of the perturbed weights
+    exceeds the exact model's; with atol >= sum_j |error_j| every bound holds for the exact model."""
+    rng = np.random.default_rng([SEED, 99])
+    over = 0
+    for trial in range(40):
+        n, K = int(rng.integers(2, 7)), int(rng.integers(2, 4))
+        W_true = rng.integers(-2, 3, size=(3, n)).astype(float)
+        y = rng.integers(0, K, n)
+        delta = rng.choice([-1e-9, 1e-9], size=(3, n))
+        W = W_true + delta
+        atol = np.abs(W - W_true).sum(axis=1) * (1 + 1e-12)
+        cert = certify(W, y, K, atol=atol)
+        plain = certify(W, y, K)
+        for i in range(3):
+            pred, radius, costs, _, _ = exact_oracle(W_true[i], y, K)
+            msg = f"seed {SEED}, trial {trial}, row {i}: w*={W_true[i].tolist()}, w={W[i].tolist()}, y={list(y)}"
+            if pred != cert.prediction[i]:
+                # the exact model predicts another class within the tolerance: nothing is claimed
+                assert cert.radius[i] == 0 and not cert.radius_exact[i] and not cert.exact[i], msg
+                continue
+            assert cert.radius[i] <= radius, msg
+            assert np.all(cert.cost_lower[i] <= costs) and np.all(cert.cost_upper[i] >= costs), msg
+            assert not cert.exact[i] or cert.radius[i] == radius, msg
+            over += plain.radius[i] > radius
+    assert over > 0, "the perturbation never mattered: the test would not catch a missing tolerance"
+
+
 def test_item2_singular_fit_is_refused_with_a_safe_ridge():
     x = np.ones((4, 4))
     with pytest.raises(ValueError, match="ridge"):
