@@ -1,10 +1,11 @@
 """Exact references for small problems: brute-force enumeration, MILPs (cvxpy + HiGHS), LabelCert.
 
 These are the independent oracles of the test suite and benchmarks, offered to users for small
-instances: enumeration is exponential (n up to about 12 with K <= 3), the MILPs are worst-case
+instances (single label-linear models, LabelCert's SVM MILP, and the run-off election / finite
+aggregation ensembles of `kernelcert.roe`): enumeration is exponential (n up to about 12 with K <= 3), the MILPs are worst-case
 exponential (up to a few dozen training samples; LabelCert above C_max much fewer).
 
-Radius convention (SPEC §1): radius = (fewest flips that change the prediction) - 1. When no
+Radius convention (docs/math.md §1): radius = (fewest flips that change the prediction) - 1. When no
 relabelling within the budget `max_flips` changes the prediction the radius is reported as the
 budget itself (`max_flips`, or n when there is no budget: flipping every label cannot change it).
 Per-class costs are `inf` when the class cannot be reached within the budget.
@@ -12,6 +13,7 @@ Per-class costs are `inf` when the class cannot be reached within the budget.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -21,6 +23,10 @@ from typing import Callable
 import numpy as np
 
 from ._validation import as_float_array, check_columns, check_gram, check_int, check_labels, check_same_length
+from .learners import KernelSVM, onehot
+from .partition import fa_reach
+from .roe import _check_costs, _check_scores, _check_shifts, roe_predict
+from .voting import NO_ATTACK, check_votes, vote_counts
 
 _MAX_LABELLINGS = 20_000_000
 _CHUNK = 1 << 15
@@ -316,7 +322,7 @@ def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int
     (one for K = 2): scaled duals a = alpha / C in [0, 1]; labels y^k_j = 2 Z[j, k] - 1 from the
     shared one-hot Z; z = y^k * a and R_ij = y^k_i z_j linearised exactly (McCormick with binary Z;
     O(n^2) variables). (Linearising y_i (G z)_i instead needs only O(n) variables, but HiGHS 1.10-1.15
-    presolve returned wrong optima on that form in our tests, so it is not offered.) KKT of the dual (anchors §4): sum_j G_ij R_ij - u_i + v_i = 1 (within ±eps_row, which keeps the exact
+    presolve returned wrong optima on that form in our tests, so it is not offered.) KKT of the dual (LabelCert paper): sum_j G_ij R_ij - u_i + v_i = 1 (within ±eps_row, which keeps the exact
     solution feasible), u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the tight big-M
     M_u,i = max(0, C sum_j |K_ij| - 1), M_v,i = C sum_j |K_ij| + 1 (plus the dropped mass). Logits
     (scaled by 1/C and by the test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); a binary
@@ -375,7 +381,7 @@ def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int
 def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
                        max_flips: int | None = None, *, time_limit: float | None = None,
                        margin: float = 1e-6) -> LabelCertResult:
-    """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, anchors §4).
+    """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, LabelCert paper).
 
     K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
     test point minimises the number of flips subject to "the retrained SVM's prediction differs from
@@ -394,8 +400,6 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     MILP) stops the solver, the radius is the solver's proven bound minus one (flagged non-exact).
     Budget: `max_flips` (radius = budget when nothing within it changes the prediction).
     """
-    from .learners import KernelSVM
-
     Kt = check_gram(K_train, name="K_train")
     Kt = 0.5 * (Kt + Kt.T)
     y, K = check_labels(labels, num_classes, name="labels")
@@ -473,6 +477,164 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
                            C_max=float(clean.C_max))
 
 
+# --------------------------------------------------------------------------- run-off election / FA brute force (tiny only)
+@functools.lru_cache(maxsize=8)
+def _weak_orderings_cached(K: int) -> np.ndarray:
+    rows = [r for r in itertools.product(range(K), repeat=K) if set(r) == set(range(max(r) + 1))]
+    out = -np.array(rows, dtype=np.float64)  # rank 0 = best
+    out.setflags(write=False)
+    return out
+
+
+def weak_orderings(num_classes: int) -> np.ndarray:
+    """Every weak ordering of K classes as a score vector (W, K) (rank 0 highest; 13 for K = 3).
+
+    The election sees a base model only through the weak ordering of its scores (its argmax with
+    ties to the smaller index and every z(a) > z(b)), so these cover every black-box behaviour.
+    """
+    if not 2 <= num_classes <= 5:
+        raise ValueError(f"weak_orderings is meant for 2..5 classes, got {num_classes}")
+    return _weak_orderings_cached(int(num_classes))
+
+
+def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000) -> np.ndarray:
+    """Exact black-box radius (t,) of DPA+ROE (shifts=None) or FA+ROE by enumerating every attack.
+
+    scores (t, L, K). A poison in group h controls learners (h + s) mod L (DPA+ROE: one learner);
+    the controlled learners take every multiset of weak orderings (the election is symmetric in
+    the learners). Returns attack size - 1 (L when no attack exists). Tiny problems only.
+    """
+    s = _check_scores(scores)
+    t, L, K = s.shape
+    sh = np.zeros(1, np.int64) if shifts is None else _check_shifts(shifts, L)
+    reach = fa_reach(L, sh)
+    orders = weak_orderings(K)
+    out = np.full(t, L, np.int64)
+    for i in range(t):
+        p = roe_predict(s[i])
+        found = False
+        for r in range(1, L + 1):
+            seen = set()
+            for groups in itertools.combinations(range(L), r):
+                U = tuple(sorted(set(reach[list(groups)].ravel().tolist())))
+                if U in seen:
+                    continue
+                seen.add(U)
+                if math.comb(len(orders) + len(U) - 1, len(U)) > max_configs:
+                    raise ValueError("brute_force_roe_radius: problem too large to enumerate")
+                combos = np.array(list(itertools.combinations_with_replacement(range(len(orders)), len(U))))
+                batch = np.broadcast_to(s[i], (len(combos), L, K)).copy()
+                batch[:, list(U)] = orders[combos]
+                if np.any(roe_predict(batch) != p):
+                    found = True
+                    break
+            if found:
+                out[i] = r - 1
+                break
+    return out
+
+
+def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
+    """Exact black-box radius (t,) of plurality FA by enumerating the poisoned groups (L when none)."""
+    v = check_votes(votes, num_classes)
+    t, L = v.shape
+    reach = fa_reach(L, _check_shifts(shifts, L))
+    out = np.full(t, L, np.int64)
+    for i in range(t):
+        n = vote_counts(v[i:i + 1], num_classes)[0]
+        p = int(np.argmax(n))
+        for r in range(1, L + 1):
+            hit = False
+            for groups in itertools.combinations(range(L), r):
+                U = np.unique(reach[list(groups)])
+                rest = vote_counts(np.delete(v[i], U)[None], num_classes)[0]
+                # best for rival c: every controlled learner votes c
+                for c in range(num_classes):
+                    if c != p and (rest[c] + len(U) > rest[p] or (rest[c] + len(U) == rest[p] and c < p)):
+                        hit = True
+                if hit:
+                    break
+            if hit:
+                out[i] = r - 1
+                break
+    return out
+
+
+def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs: int = 500_000) -> np.ndarray:
+    """Exact radius (t,) of ROE in the most generous world consistent with whitebox_roe's cost bounds.
+
+    Every base model m may be turned into any weak ordering of the classes, at cost max(1,
+    vote_costs[m, new vote] if its vote changes, pair_costs[m, a, b] for every z(a) > z(b) it loses),
+    or 0 if nothing the election sees changes. Enumerates all W^M combinations (W = 13 weak
+    orderings for K = 3; tiny only). Returns attack cost - 1, NO_ATTACK when no combination changes
+    the prediction. whitebox_roe must never exceed it, because its bounds only use those costs.
+    """
+    s = _check_scores(scores)
+    t, M, K = s.shape
+    vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
+    pc_all = _check_costs("pair_costs", pair_costs, (t, M, K, K))
+    O = weak_orderings(K)
+    if len(O) ** M > max_configs:
+        raise ValueError(f"brute_force_cost_model_radius: {len(O)}^{M} configurations is too many")
+    ov = np.argmax(O, axis=1)
+    ogt = O[:, :, None] > O[:, None, :]
+    combos = np.array(list(itertools.product(range(len(O)), repeat=M)), dtype=np.int64).reshape(-1, M)
+    preds = roe_predict(O[combos])
+    out = np.empty(t, np.int64)
+    for i in range(t):
+        cost = np.zeros((M, len(O)))
+        for m in range(M):
+            gt = s[i, m][:, None] > s[i, m][None, :]
+            v = int(np.argmax(s[i, m]))
+            same = (ov == v) & (ogt == gt).all(axis=(1, 2))
+            lost = np.where(gt[None] & ~ogt, pc_all[i, m][None], 0.0).max(axis=(1, 2))
+            vote = np.where(ov != v, vc_all[i, m, ov], 0.0)
+            cost[m] = np.where(same, 0.0, np.maximum(1.0, np.maximum(lost, vote)))
+        total = cost[np.arange(M), combos].sum(axis=1)
+        changed = preds != roe_predict(s[i])
+        best = total[changed].min() if changed.any() else np.inf
+        out[i] = int(np.ceil(best - 1e-9)) - 1 if np.isfinite(best) else NO_ATTACK
+    return out
+
+
+def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: int, max_flips: int | None = None):
+    """Exact label-flip radius (t,) of ROE over label-linear partitions by relabelling every label.
+
+    Recomputes each base model's scores W_m @ onehot(y'_m) for every relabelling with at most
+    max_flips changes (default all n) and reruns roe_predict. Returns (radius (t,), prediction (t,));
+    radius = max_flips when no enumerated relabelling changes the prediction. n <= 12 only.
+    """
+    Ws = [as_float_array(f"weights_list[{m}]", W, ndim=2) for m, W in enumerate(weights_list)]
+    ys = [check_labels(f"labels_list[{m}]", y, num_classes)[0] for m, y in enumerate(labels_list)]
+    K = num_classes
+    sizes = [len(y) for y in ys]
+    n = sum(sizes)
+    if n > 12 or K ** n > 2_000_000:
+        raise ValueError(f"brute force over {K}^{n} relabellings is too large")
+    max_flips = n if max_flips is None else int(max_flips)
+    y0 = np.concatenate(ys)
+    Y = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64).reshape(K ** n, n)
+    dist = (Y != y0).sum(axis=1)
+    Y, dist = Y[dist <= max_flips], dist[dist <= max_flips]
+    t = Ws[0].shape[0]
+    if any(W.shape != (t, nm) for W, nm in zip(Ws, sizes)):
+        raise ValueError("weights_list[m] must have shape (t, len(labels_list[m])) with a common t")
+    scores = np.empty((len(Y), t, len(Ws), K))
+    start = 0
+    for m, (W, nm) in enumerate(zip(Ws, sizes)):
+        # retrain partition m on each of its K^n_m relabellings once, then look the scores up
+        local = np.array(list(itertools.product(range(K), repeat=nm)), dtype=np.int64).reshape(K ** nm, nm)
+        table = np.stack([W @ onehot(y, K) for y in local])  # (K^n_m, t, K)
+        code = Y[:, start:start + nm] @ (K ** np.arange(nm - 1, -1, -1)) if nm else np.zeros(len(Y), np.int64)
+        scores[:, :, m] = table[code]
+        start += nm
+    preds = roe_predict(scores)  # (L, t)
+    base = preds[dist == 0][0]
+    changed = preds != base
+    att = np.where(changed, dist[:, None], max_flips + 1).min(axis=0)
+    return (att - 1).astype(np.int64), base.astype(np.int64)
+
+
 __all__ = [
     "BruteForceResult",
     "LabelCertResult",
@@ -480,4 +642,9 @@ __all__ = [
     "brute_force_retrain",
     "milp_class_costs",
     "labelcert_svm_milp",
+    "weak_orderings",
+    "brute_force_roe_radius",
+    "brute_force_fa_radius",
+    "brute_force_cost_model_radius",
+    "brute_force_label_flip_roe_radius",
 ]

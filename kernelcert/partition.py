@@ -1,4 +1,4 @@
-"""Feature-only partitioners (SPEC §4, anchors §1-2): a label flip touches exactly one partition.
+"""Feature-only partitioners (docs/math.md §4, DPA paper; FA paper): a label flip touches exactly one partition.
 
 No function here takes labels (except `split_dataset`, which only slices them), so relabelling can
 never move a sample between partitions. All rules are deterministic.
@@ -9,7 +9,7 @@ never move a sample between partitions. All rules are deterministic.
   default, reproduces the published partition files); `primary="first"` is the other order.
 - `dpa_hash_partition`: DPA, integer pixel sum mod N_p (raw integer pixels required).
 - `seeded_hash_partition`: keyed BLAKE2b hash of each row's float64 bytes, mod N_p.
-- `fa_groups` / `fa_spread`: Finite Aggregation (anchors §2): group ids in [0, k*d), and the
+- `fa_groups` / `fa_spread`: Finite Aggregation (FA paper): group ids in [0, k*d), and the
   spread of group h to the d learners (h + s) mod (k*d) for d shifts drawn as the FA code does.
 """
 
@@ -25,10 +25,10 @@ from ._validation import as_float_array, check_index_array, check_int
 
 __all__ = [
     "ss_dpa_partition", "dpa_hash_partition", "seeded_hash_partition", "partition", "RULES",
-    "partition_indices", "split_dataset", "fa_groups", "fa_spread", "FASpread", "FA_DEFAULT_SEED", "SS_DPA_PRIMARY",
+    "partition_indices", "split_dataset", "fa_groups", "fa_spread", "FASpread", "FA_DEFAULT_SEED", "SS_DPA_PRIMARY", "fa_reach",
 ]
 
-FA_DEFAULT_SEED = 999999999 + 208  # random.seed of the FA reference code (anchors §2)
+FA_DEFAULT_SEED = 999999999 + 208  # random.seed of the FA reference code (FA paper)
 _EXACT_INT = 2**53  # float64 holds every integer below this exactly
 
 
@@ -258,7 +258,7 @@ class FASpread:
 
     def reach(self) -> np.ndarray:
         """(k*d, d): the learners reached by each group."""
-        return (np.arange(self.num_learners)[:, None] + self.shifts[None, :]) % self.num_learners
+        return fa_reach(self.num_learners, self.shifts)
 
     def learner_indices(self, learner: int) -> np.ndarray:
         l = check_int("learner", learner, minimum=0, maximum=self.num_learners - 1)
@@ -266,6 +266,11 @@ class FASpread:
 
     def learner_sets(self) -> list[np.ndarray]:
         return [self.learner_indices(l) for l in range(self.num_learners)]
+
+
+def fa_reach(num_learners: int, shifts: np.ndarray) -> np.ndarray:
+    """(H, d) int64: the learners (h + s) mod H reached by group h, for each shift s (H = k*d groups)."""
+    return (np.arange(num_learners)[:, None] + np.asarray(shifts)[None, :]) % num_learners
 
 
 def fa_spread(group_ids, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASpread:
