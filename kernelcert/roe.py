@@ -220,6 +220,13 @@ def dpa_star_roe(scores, *, summation: str = "float64", block_size: int | None =
 
 
 # --------------------------------------------------------------------------- FA and FA + ROE
+# Every FA quantity of the published algorithms is a greedy count: the fewest groups whose largest
+# per-group reductions sum to >= a gap. The reductions are small integers (0..3d) built from
+# "how many of group h's d learners vote c" (circular sums over the shifts), so the greedy runs on
+# a histogram of reduction values instead of a sort, and each count is first bounded from below by
+# a histogram shared by all classes (reductions can only be smaller). Exact counts are computed
+# only for the cases whose lower bound could still set the minimum; the result equals evaluating
+# every case (a skipped case's exact value is >= its bound >= the minimum found).
 def _greedy_count(gap, red) -> np.ndarray:
     """Fewest groups whose largest reductions red (B, H) >= 0 sum to >= gap (B,); 0 if gap <= 0, _BIG if never."""
     if red.shape[1] == 0:
@@ -230,39 +237,87 @@ def _greedy_count(gap, red) -> np.ndarray:
     return np.where(gap <= 0, 0, count).astype(np.int64)
 
 
+def _group_sums(x, shifts) -> np.ndarray:
+    """x (B, L) 0/1 per learner -> (B, L) int16: sum over s of x[:, (h + s) mod L] (group h's learners)."""
+    B, L = x.shape
+    ext = np.empty((B, 2 * L), np.int16)
+    ext[:, :L] = x
+    ext[:, L:] = x
+    out = np.zeros((B, L), np.int16)
+    for s in shifts:
+        out += ext[:, s:s + L]
+    return out
+
+
+def _histogram(values, num_values: int) -> np.ndarray:
+    """(B, H) integers in 0..num_values-1 -> counts (B, num_values) of each value per row."""
+    B = values.shape[0]
+    flat = values.astype(np.int64) + num_values * np.arange(B)[:, None]
+    return np.bincount(flat.ravel(), minlength=B * num_values).reshape(B, num_values)
+
+
+def _greedy_from_histogram(hist, gap) -> np.ndarray:
+    """`_greedy_count` from a histogram (B, V) of the reduction values 0..V-1 of each row, for gaps
+    (B,) or (B, m) (m gaps per row share the row's histogram)."""
+    B, V = hist.shape
+    g = np.asarray(gap, np.int64)
+    g2 = g.reshape(B, -1)
+    mass = np.cumsum((hist * np.arange(V))[:, ::-1], axis=1)[:, ::-1]  # mass[j] = sum of the values >= j
+    num = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # number of groups with value >= j
+    mass_ext = np.concatenate([mass, np.zeros((B, 1), mass.dtype)], axis=1)
+    num_ext = np.concatenate([num, np.zeros((B, 1), num.dtype)], axis=1)
+    ok = (g2 > 0) & (mass[:, :1] >= g2)
+    gs = np.where(ok, g2, 1)
+    # j = the value at which the running sum of the largest reductions reaches the gap (>= 1)
+    j = np.maximum((mass[:, None, :] >= gs[:, :, None]).sum(axis=2) - 1, 1)
+    above_mass = np.take_along_axis(mass_ext, j + 1, axis=1)
+    above_num = np.take_along_axis(num_ext, j + 1, axis=1)
+    count = above_num + (gs - above_mass + j - 1) // j
+    return np.where(g2 <= 0, 0, np.where(ok, count, _BIG)).astype(np.int64).reshape(g.shape)
+
+
 def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
     """Finite Aggregation certificate (FA paper) for votes (t, k*d) of the k*d learners.
 
     Group h (one poison) reaches the d learners (h + s) mod (k*d), s in shifts. Plurality
     prediction (ties to the smaller index); radius = min over c != p of the largest r such that the
-    r largest per-group reductions of gap_c = n_p - n_c - [c < p] sum to <= gap_c. Sound.
-    With shifts=[0] it equals DPA.
+    r largest per-group reductions of gap_c = n_p - n_c - [c < p] sum to <= gap_c, the published
+    algorithm's value. Sound. With shifts=[0] it equals DPA.
     """
     K = int(num_classes)
     if K < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     v = check_votes(votes, K)
     t, L = v.shape
-    if L == 0:
-        raise ValueError("votes must come from at least one learner")
     sh = _check_shifts(shifts, L)
-    reach = fa_reach(L, sh)
+    d = len(sh)
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
-    for sl in row_blocks(t, L * (len(sh) + 4) * 8 + K * 8, block_size):
+    cls = np.arange(K)
+    for sl in row_blocks(t, L * 48 + K * 64, block_size):
         vb = v[sl]
         B = len(vb)
+        rows = np.arange(B)
         n = vote_counts(vb, K)
         p = np.argmax(n, axis=1)
-        rows = np.arange(B)
+        # the prediction changes once a reduction reaches gap_c + 1, gap_c = n_p - n_c - [c < p]
+        need = n[rows, p][:, None] - n - (cls < p[:, None]) + 1
+        cnt_p = _group_sums(vb == p[:, None], sh)
+        hist_p = _histogram(cnt_p + d, 2 * d + 1)  # reductions d + cnt_p - cnt_c <= d + cnt_p
+        bound = _greedy_from_histogram(hist_p, need)
+        bound[rows, p] = _BIG
         best = np.full(B, _BIG, np.int64)
-        for c in range(K):
-            u = 1 + (vb == p[:, None]).astype(np.int64) - (vb == c)  # per-learner reduction (>= 0)
-            delta = u[:, reach].sum(axis=2)  # (B, H)
-            gap = n[rows, p] - n[:, c] - (c < p)
-            # the prediction changes only once the reduction exceeds gap_c, i.e. reaches gap_c + 1
-            cnt = _greedy_count(gap + 1, delta)
-            best = np.minimum(best, np.where(p == c, _BIG, cnt))
+        done = cls[None, :] == p[:, None]
+        while True:
+            cand = np.argmin(np.where(done, _BIG, bound), axis=1)
+            act = np.flatnonzero(~done[rows, cand] & (bound[rows, cand] < best))
+            if act.size == 0:
+                break
+            for c in np.unique(cand[act]):
+                r = act[cand[act] == c]
+                red = d + cnt_p[r] - _group_sums(vb[r] == c, sh)
+                best[r] = np.minimum(best[r], _greedy_from_histogram(_histogram(red, 2 * d + 1), need[r, c]))
+                done[r, c] = True
         pred[sl] = p
         att[sl] = best
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
@@ -272,47 +327,98 @@ def fa_roe(scores, shifts, *, block_size: int | None = None) -> AggregateResult:
     """FA+ROE certificate (ROE paper) for learner scores (t, k*d, K); group h reaches learners (h + s) mod (k*d).
 
     prediction = roe_predict(scores); radius = min(CertR1, CertR2) - 1 with the greedy max-of-necessary-
-    conditions bounds of the published algorithm. Sound. With shifts=[0] it gives the DPA+ROE radius
-    (per knock-out pair the greedy can exceed the DP when c_pred has no votes to move, but such a
-    pair never sets the minimum; the tests check the equality).
+    conditions bounds of the published algorithm (its exact value, computed lazily: see the comment
+    above `_greedy_count`). Sound. With shifts=[0] it gives the DPA+ROE radius (per knock-out pair the
+    greedy can exceed the DP when c_pred has no votes to move, but such a pair never sets the minimum;
+    the tests check the equality).
     """
     s = _check_scores(scores)
     t, L, K = s.shape
     sh = _check_shifts(shifts, L)
-    d = len(sh)
-    reach = fa_reach(L, sh)
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
-    cls = np.arange(K)
-    for sl in row_blocks(t, L * K * (2 * d + 4) * 8, block_size):
-        sb = s[sl]
-        B = len(sb)
-        rows = np.arange(B)
-        e = _Election(sb)
-        cp, sec, n = e.pred, e.sec, e.counts
-        onehot = (e.votes[:, :, None] == cls).astype(np.int64)  # (B, L, K)
-        hv = onehot[:, reach, :].sum(axis=2)  # (B, H, K): votes for each class among group h's learners
-        g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])
-        g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
-        hv_cp = hv[rows, :, cp]  # (B, H)
-        hv_sec = hv[rows, :, sec]
-        r1 = np.stack([_greedy_count(g_cp[:, c], d + hv_cp - hv[:, :, c]) for c in range(K)], axis=1)
-        r1_sec = np.stack([_greedy_count(g_sec[:, c], d + hv_sec - hv[:, :, c]) for c in range(K)], axis=1)
-        zc = np.take_along_axis(sb, cp[:, None, None], axis=2)
-        hp = (zc > sb).astype(np.int64)[:, reach, :].sum(axis=2)  # (B, H, K): learners preferring c_pred over c
-        g2 = 2 * _prefer(sb, cp) - L + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
-        best = np.full(B, _BIG, np.int64)
-        for c in range(K):
-            # at least one poison (g2 can be <= 0 with tied scores, see _dpa_roe_cases)
-            r2 = np.maximum(np.maximum(r1_sec[:, c], _greedy_count(g2[:, c], 2 * hp[:, :, c])), 1)
-            best = np.minimum(best, np.where(cp == c, _BIG, r2))
-        for c1, c2 in itertools.combinations(range(K), 2):
-            nsum = _greedy_count(g_cp[:, c1] + g_cp[:, c2], d + 2 * hv_cp - hv[:, :, c1] - hv[:, :, c2])
-            val = np.maximum(np.maximum(r1[:, c1], r1[:, c2]), nsum)
-            best = np.minimum(best, np.where((cp == c1) | (cp == c2), _BIG, val))
-        pred[sl] = cp
-        att[sl] = best
+    for sl in row_blocks(t, L * K * (s.itemsize + 12) + L * 64 + K * K * 40, block_size):
+        e = _Election(s[sl])
+        pred[sl] = e.pred
+        att[sl] = _fa_roe_block(s[sl], e, sh)
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
+
+
+def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
+    """Attack-size lower bound (B,) of the published FA+ROE algorithm for one block (lazy evaluation).
+
+    Components (B, K) / (B, K, K), each a greedy count: r1[c] = cost(c_pred -> c), r1s[c] =
+    cost(c_sec -> c), r2[c] = run-off flips of c against c_pred, ns[c1, c2] = the summed-gap count.
+    Cases: R2(c) = max(r1s[c], r2[c], 1), R1(c1, c2) = max(r1[c1], r1[c2], ns[c1, c2]). Components
+    start at lower bounds from class-independent histograms (exact where 0 or impossible); the open
+    case with the smallest value is made exact until no open case can beat the best exact case.
+    """
+    B, L, K = s.shape
+    d = len(sh)
+    rows = np.arange(B)
+    cls = np.arange(K)
+    v, n, cp, sec = e.votes, e.counts, e.pred, e.sec
+    g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])
+    g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
+    prefers = np.take_along_axis(s, cp[:, None, None], axis=2) > s  # (B, L, K): learner counts for c_pred vs c
+    g2 = 2 * prefers.sum(axis=1) - L + (cls > cp[:, None])
+    cnt_cp = _group_sums(v == cp[:, None], sh)
+    cnt_sec = _group_sums(v == sec[:, None], sh)
+    h_cp = _histogram(cnt_cp + d, 2 * d + 1)  # reductions d + cnt_a - cnt_c <= d + cnt_a
+    h_sec = _histogram(cnt_sec + d, 2 * d + 1)
+    h_sum = _histogram(2 * cnt_cp + d, 3 * d + 1)  # d + 2 cnt_cp - cnt_c1 - cnt_c2 <= d + 2 cnt_cp
+    r1 = _greedy_from_histogram(h_cp, g_cp)
+    r1s = _greedy_from_histogram(h_sec, g_sec)
+    r2 = _ceil_pos(g2, 2 * d)  # a group holds at most d learners, each moving the margin by 2
+    ns = _greedy_from_histogram(h_sum, g_cp[:, :, None] + g_cp[:, None, :])
+    # exact where the bound is 0 (gap already closed) or impossible even with the larger reductions
+    r1_ex, r1s_ex, ns_ex = (r1 == 0) | (r1 >= _BIG), (r1s == 0) | (r1s >= _BIG), (ns == 0) | (ns >= _BIG)
+    r2_ex = g2 <= 0
+    valid2 = cls[None, :] != cp[:, None]
+    pair = (cls[:, None] < cls[None, :])[None] & valid2[:, :, None] & valid2[:, None, :]
+
+    def counts_of(r, c):
+        return _group_sums(v[r] == c, sh)
+
+    while True:
+        v2 = np.where(valid2, np.maximum(np.maximum(r1s, r2), 1), _BIG)
+        v1 = np.where(pair, np.maximum(np.maximum(r1[:, :, None], r1[:, None, :]), ns), _BIG)
+        ex2 = r1s_ex & r2_ex
+        ex1 = r1_ex[:, :, None] & r1_ex[:, None, :] & ns_ex
+        best = np.minimum(np.where(ex2, v2, _BIG).min(axis=1), np.where(ex1, v1, _BIG).reshape(B, -1).min(axis=1))
+        open_ = np.concatenate([np.where(ex2, _BIG, v2), np.where(ex1, _BIG, v1).reshape(B, -1)], axis=1)
+        q = np.argmin(open_, axis=1)
+        act = np.flatnonzero(open_[rows, q] < best)
+        if act.size == 0:
+            return best
+        qa = q[act]
+        is2 = qa < K
+        c2 = qa[is2]
+        a2 = act[is2]
+        c1a, c1b = np.divmod(qa[~is2] - K, K)
+        a1 = act[~is2]
+        for c in range(K):  # r1s and r2 of the R2 cases, r1 of both classes of the R1 cases
+            r = a2[(c2 == c) & ~r1s_ex[a2, c]]
+            if r.size:
+                red = d + cnt_sec[r] - counts_of(r, c)
+                r1s[r, c] = _greedy_from_histogram(_histogram(red, 2 * d + 1), g_sec[r, c])
+                r1s_ex[r, c] = True
+            r = a2[(c2 == c) & ~r2_ex[a2, c]]
+            if r.size:
+                red = 2 * _group_sums(prefers[r, :, c], sh)
+                r2[r, c] = _greedy_from_histogram(_histogram(red, 2 * d + 1), g2[r, c])
+                r2_ex[r, c] = True
+            r = np.unique(np.concatenate([a1[(c1a == c) & ~r1_ex[a1, c]], a1[(c1b == c) & ~r1_ex[a1, c]]]))
+            if r.size:
+                red = d + cnt_cp[r] - counts_of(r, c)
+                r1[r, c] = _greedy_from_histogram(_histogram(red, 2 * d + 1), g_cp[r, c])
+                r1_ex[r, c] = True
+        for a, b in {(int(x), int(y)) for x, y in zip(c1a, c1b)}:
+            r = a1[(c1a == a) & (c1b == b) & ~ns_ex[a1, a, b]]
+            if r.size:
+                red = d + 2 * cnt_cp[r] - counts_of(r, a) - counts_of(r, b)
+                ns[r, a, b] = _greedy_from_histogram(_histogram(red, 3 * d + 1), g_cp[r, a] + g_cp[r, b])
+                ns_ex[r, a, b] = True
 
 
 # --------------------------------------------------------------------------- white-box ROE

@@ -302,6 +302,30 @@ def test_fa_and_fa_roe_match_published_algorithms(seed, k, d, K, kind):
     np.testing.assert_array_equal(res.radius, want[:, 1])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_fa_and_fa_roe_match_published_algorithms_on_skewed_votes(seed):
+    """Realistic ensembles (a strong true class, a few rivals, some ties): here most classes are
+    pruned by the histogram lower bounds and several rounds of exact evaluation run."""
+    rng = np.random.default_rng(seed)
+    K, k, d, t = 7, 6, 4, 30
+    L = k * d
+    shifts = rng.choice(L, size=d, replace=False)
+    y = rng.integers(0, K, t)
+    s = np.round(rng.normal(size=(t, L, K)) * 2) / 2
+    good = rng.random((t, L)) < rng.uniform(0.4, 0.95, (t, 1))
+    s[np.arange(t)[:, None], np.arange(L)[None, :], y[:, None]] += np.where(good, 2.0, 0.0)
+    v = np.argmax(s, axis=2)
+    want = np.array([ref_fa(x, shifts, K) for x in v])
+    res = roe.fa(v, shifts, K, block_size=7)
+    np.testing.assert_array_equal(res.prediction, want[:, 0])
+    np.testing.assert_array_equal(res.radius, want[:, 1])
+    want = np.array([ref_fa_roe(x, shifts) for x in s])
+    res = roe.fa_roe(s, shifts, block_size=7)
+    np.testing.assert_array_equal(res.prediction, want[:, 0])
+    np.testing.assert_array_equal(res.radius, want[:, 1])
+    np.testing.assert_array_equal(roe.fa_roe(s.astype(np.float32), shifts).radius, want[:, 1])
+
+
 @settings(max_examples=60, deadline=None)
 @given(fa_setups)
 def test_fa_and_fa_roe_never_exceed_exhaustive_black_box_radius(setup):
