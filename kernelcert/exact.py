@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ._validation import as_float_array, check_columns, check_gram, check_int, check_labels, check_same_length
-from .learners import KernelSVM, onehot
+from .learners import KernelSVM, onehot, solve_svm_dual
 from .partition import fa_reach
 from .roe import _check_costs, _check_scores, _check_shifts, roe_predict
 from .voting import NO_ATTACK, check_votes, vote_counts
 
 _MAX_LABELLINGS = 20_000_000
+DEFAULT_MILP_TIME_LIMIT = 300.0  # seconds per LabelCert MILP solve
 _CHUNK = 1 << 15
 
 
@@ -298,7 +300,8 @@ class LabelCertResult:
     `exact` is True, otherwise a sound lower bound; radius_upper (t,) int64: an upper bound backed by
     a verified attack (the budget when no attack was verified); exact (t,) bool; attacks: per point
     the verified attacked labels (n,) of size radius_upper + 1, or None; status: solver statuses per
-    point; max_flips (budget used, n when none), C and C_max. `np.asarray(result)` is the radius.
+    point; max_flips (budget used, n when none), C and C_max; stopped_early (t,) bool: a time limit
+    stopped the solver (radius then the proven bound, exact False). `np.asarray(result)` is the radius.
     """
 
     prediction: np.ndarray
@@ -310,12 +313,13 @@ class LabelCertResult:
     max_flips: int
     C: float
     C_max: float
+    stopped_early: np.ndarray | None = None
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.radius, dtype=dtype)
 
 
-def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int, budget: int):
+def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int):
     """Single-level MILP of the attack on a no-bias one-vs-rest SVM whose clean prediction is p.
 
     G = C·K_train with |G_ij| < 1e-8 dropped (eps_row = dropped mass per row). Per binary problem k
@@ -337,6 +341,7 @@ def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int
     Mv = row_abs + 2 * eps_row + 1.0
     Z = cp.Variable((n, K), boolean=True)
     flips = cp.sum(cp.multiply(1.0 - Y, Z))
+    budget = cp.Parameter(nonneg=True)  # set per test point: min(max_flips, size of a verified attack - 1)
     cons = [cp.sum(Z, axis=1) == 1, flips <= budget]
     ones_row, ones_col = np.ones((1, n)), np.ones((n, 1))
     zs = []
@@ -375,12 +380,65 @@ def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int
     cons += [cp.sum(sel) == 1, sel[p] == 0]
     cons += [logits[c] - logits[p] >= marg[c] - bigm * (1 - sel[c]) for c in range(K) if c != p]
     prob = cp.Problem(cp.Minimize(flips), cons)
-    return prob, kx, bigm, marg, Z
+    return prob, kx, bigm, marg, budget, Z
+
+
+def _svm_margin(Kt: np.ndarray, labels: np.ndarray, K: int, C: float, kx: np.ndarray, p: int) -> float:
+    """f_p(x) - max_{c != p} f_c(x) of the no-bias one-vs-rest SVM retrained on `labels` (dual QP),
+    with the tie rule folded in: the prediction stays p iff the value is > 0 (or = 0 and p is the
+    smallest maximiser). Used only to rank candidate flips; attacks are verified separately."""
+    ypm = np.stack([np.where(labels == k, 1.0, -1.0) for k in range(1 if K == 2 else K)])
+    f = np.array([kx @ (solve_svm_dual(Kt, ypm[k], C) * ypm[k]) for k in range(len(ypm))])
+    if K == 2:
+        f = np.array([f[0], -f[0]])
+    rival = np.delete(f, p).max()
+    return float(f[p] - rival)
+
+
+def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int = 4):
+    """A verified attack (labels (n,)) on the SVM at C found greedily, or None within `budget` flips.
+
+    Each step ranks the untouched samples by the first-order change of f_p - f_c when one label is
+    flipped to c with the current duals held fixed (the label-linear picture), retrains the SVM for
+    the `candidates` best and keeps the flip that lowers the retrained margin most. Any labelling
+    it returns has passed `attack_works` (retraining); it only ever serves as an upper bound and
+    to tighten the MILP's budget.
+    """
+    n = len(y)
+    lab = y.copy()
+    for _ in range(budget):
+        ypm = np.stack([np.where(lab == k, 1.0, -1.0) for k in range(1 if K == 2 else K)])
+        alpha = np.stack([solve_svm_dual(Kt, ypm[k], C) for k in range(len(ypm))])
+        contrib = alpha * kx[None, :]  # (problems, n): |effect| of sample j on f_k per unit of y^k_j
+        options = []
+        for j in np.flatnonzero(lab == y):
+            for c in range(K):
+                if c == y[j]:
+                    continue
+                if K == 2:  # f_0 changes by -2 y^0_j a_j k_j, and the margin f_p - f_(1-p) by twice that
+                    gain = 4.0 * (1.0 if p == 0 else -1.0) * ypm[0, j] * contrib[0, j]
+                else:  # y^(y_j)_j turns -1 and y^c_j turns +1: f_(y_j) drops by 2 a k, f_c rises by 2 a k
+                    gain = 2.0 * contrib[p, j] * (float(y[j] == p) - float(c == p)) + 2.0 * contrib[c, j]
+                options.append((-gain, j, c))
+        if not options:
+            return None
+        options.sort()
+        best = None
+        for _, j, c in options[:candidates]:
+            trial = lab.copy()
+            trial[j] = c
+            m = _svm_margin(Kt, trial, K, C, kx, p)
+            if best is None or m < best[0]:
+                best = (m, trial)
+        lab = best[1]
+        if attack_works(lab):
+            return lab
+    return None
 
 
 def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
-                       max_flips: int | None = None, *, time_limit: float | None = None,
-                       margin: float = 1e-6) -> LabelCertResult:
+                       max_flips: int | None = None, *, time_limit: float | None = DEFAULT_MILP_TIME_LIMIT,
+                       margin: float = 1e-6, progress: bool = False) -> LabelCertResult:
     """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, LabelCert paper).
 
     K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
@@ -397,8 +455,15 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     relative to the test row's largest kernel entry). The radius is exact (m0 - 1) when a verified
     attack of size m0 exists; otherwise the point is flagged `exact=False` with radius = m0 - 1 (sound
     lower bound) and radius_upper from the best verified attack. When `time_limit` (seconds per
-    MILP) stops the solver, the radius is the solver's proven bound minus one (flagged non-exact).
+    MILP; default DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is
+    the solver's proven bound minus one, flagged `exact=False` and `stopped_early=True`.
     Budget: `max_flips` (radius = budget when nothing within it changes the prediction).
+
+    Above C_max a verified attack is searched first (`_greedy_svm_attack`: greedy flips ranked by
+    the fixed-dual first-order effect, each step retrained): an attack of one flip settles the
+    point (radius 0) without a MILP; otherwise the MILP's budget becomes (attack size - 1), so it
+    only looks for strictly smaller attacks and its infeasibility proves the attack optimal.
+    progress=True shows a progress bar over the test points (tqdm).
     """
     Kt = check_gram(K_train, name="K_train")
     Kt = 0.5 * (Kt + Kt.T)
@@ -423,9 +488,11 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     radius = np.empty(t, np.int64)
     upper = np.empty(t, np.int64)
     exact = np.zeros(t, bool)
+    stopped = np.zeros(t, bool)
     attacks, statuses = [], []
     problems = {}
-    for i in range(t):
+    points = tqdm(range(t), desc="LabelCert MILP", unit="point", disable=not progress)
+    for i in points:
         p = int(prediction[i])
         if budget == 0 or not np.any(Kx[i]):
             # no flips allowed, or every logit is 0 for every labelling (prediction fixed at class 0)
@@ -434,14 +501,28 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
             attacks.append(None)
             statuses.append("trivial")
             continue
+        # A verified attack first (above C_max, where the MILP is hard): an upper bound, and the
+        # MILP then only has to look for strictly smaller attacks (or prove there are none).
+        greedy = None
+        if C > clean.C_max:
+            greedy = _greedy_svm_attack(Kt, y, K, C, Kx[i], p, budget, lambda lab: attack_works(lab, i, p))
+        best, best_lab = (None, None) if greedy is None else (int(np.count_nonzero(greedy != y)), greedy)
+        if best == 1:  # one flip suffices: radius 0, nothing smaller to look for
+            radius[i] = upper[i] = 0
+            exact[i] = True
+            attacks.append(best_lab)
+            statuses.append("greedy attack of size 1")
+            continue
+        milp_budget = budget if best is None else best - 1
         if p not in problems:
-            problems[p] = _labelcert_problem(G, eps_row, y, K, p, budget)
-        prob, kx_par, bigm_par, marg_par, Z = problems[p]
+            problems[p] = _labelcert_problem(G, eps_row, y, K, p)
+        prob, kx_par, bigm_par, marg_par, budget_par, Z = problems[p]
         kx, dropped = _clean(_rows_scale(Kx[i]))
         slack = 2.0 * float(dropped)  # |change of f_c - f_p| from the dropped entries
         kx_par.value = kx
         bigm_par.value = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin + 2.0 * slack + 1.0
-        lower, best, best_lab, status_i = None, None, None, []
+        budget_par.value = milp_budget
+        lower, status_i = None, [] if greedy is None else [f"greedy attack of size {best}"]
         # margins (classes above p, classes below p): relaxation, strict, strict everywhere
         for above, below in ((-slack, -slack), (margin + slack, slack), (2 * margin + slack, margin + slack)):
             marg_par.value = np.array([above if c > p else below for c in range(K)])
@@ -449,17 +530,18 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
             status_i.append(status)
             if status == "infeasible":
                 if lower is None:
-                    lower = budget + 1  # no attack within the budget, even counting ties
+                    lower = milp_budget + 1  # no attack within the MILP's budget, even counting ties
                 break
             if status != "optimal":
                 if lower is None:
                     lower = max(1, math.ceil(_dual_bound(prob) - 1e-6))
+                stopped[i] = status == "user_limit"
                 break
             if lower is None:
                 lower = max(_integral(prob.value), 1)
             lab = np.argmax(np.asarray(Z.value), axis=1)
             size = int(np.count_nonzero(lab != y))
-            if 1 <= size <= budget and attack_works(lab, i, p):
+            if 1 <= size <= milp_budget and attack_works(lab, i, p):
                 best, best_lab = size, lab
                 break
         lower = min(lower, budget + 1)
@@ -474,7 +556,7 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
         statuses.append("/".join(status_i))
     return LabelCertResult(prediction=prediction, radius=radius, radius_upper=upper, exact=exact,
                            attacks=tuple(attacks), status=tuple(statuses), max_flips=budget, C=float(C),
-                           C_max=float(clean.C_max))
+                           C_max=float(clean.C_max), stopped_early=stopped)
 
 
 # --------------------------------------------------------------------------- run-off election / FA brute force (tiny only)
@@ -642,6 +724,7 @@ __all__ = [
     "brute_force_retrain",
     "milp_class_costs",
     "labelcert_svm_milp",
+    "DEFAULT_MILP_TIME_LIMIT",
     "weak_orderings",
     "brute_force_roe_radius",
     "brute_force_fa_radius",
