@@ -238,12 +238,15 @@ def _greedy_count(gap, red) -> np.ndarray:
 
 
 def _group_sums(x, shifts) -> np.ndarray:
-    """x (B, L) 0/1 per learner -> (B, L) int16: sum over s of x[:, (h + s) mod L] (group h's learners)."""
+    """x (B, L) 0/1 per learner -> (B, L): sum over s of x[:, (h + s) mod L] (group h's learners).
+
+    int8 when every derived reduction (at most 3d) fits in it, else int16."""
     B, L = x.shape
-    ext = np.empty((B, 2 * L), np.int16)
+    dtype = np.int8 if 3 * len(shifts) <= 127 else np.int16
+    ext = np.empty((B, 2 * L), dtype)
     ext[:, :L] = x
     ext[:, L:] = x
-    out = np.zeros((B, L), np.int16)
+    out = np.zeros((B, L), dtype)
     for s in shifts:
         out += ext[:, s:s + L]
     return out
