@@ -34,7 +34,7 @@ from ..data import LOADERS
 from ..kernels import Convolutional, FullyConnected
 from ..learners import KernelRegression, KernelSVM
 from ..partition import FA_DEFAULT_SEED
-from .methods import METHODS, REGISTRY
+from .methods import REGISTRY
 from .store import FORMAT_VERSION
 
 if sys.version_info >= (3, 11):
@@ -395,14 +395,14 @@ def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
     v = t.get("aggregations") if isinstance(t, dict) else None
     if v is None:
         has_single = partition is not None and 1 in partition.num_partitions
-        return tuple(m for m in METHODS if (REGISTRY[m].target != "fa" or fa is not None)
+        return tuple(m for m in REGISTRY if (REGISTRY[m].target != "fa" or fa is not None)
                      and (not REGISTRY[m].single_model or has_single))
     if not isinstance(v, list) or not v or not all(isinstance(m, str) for m in v):
         problems.append(("methods", "aggregations", f"aggregations must be a non-empty list of method names, got {v!r}"))
         return ()
     unknown = [m for m in v if m not in REGISTRY]
     if unknown:
-        problems.append(("methods", "aggregations", f"unknown aggregation(s) {unknown}; known: {', '.join(METHODS)}"))
+        problems.append(("methods", "aggregations", f"unknown aggregation(s) {unknown}; known: {', '.join(REGISTRY)}"))
     if len(set(v)) != len(v):
         problems.append(("methods", "aggregations", f"duplicate aggregations in {v}"))
     for m in (m for m in v if m in REGISTRY):
@@ -411,7 +411,7 @@ def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
         if REGISTRY[m].single_model and partition is not None and 1 not in partition.num_partitions:
             problems.append(("methods", "aggregations",
                              f"{m!r} (the un-partitioned model) needs 1 in partition.num_partitions"))
-    return tuple(m for m in METHODS if m in v)
+    return tuple(m for m in REGISTRY if m in v)  # registry order
 
 
 @dataclass(frozen=True)
