@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -494,6 +495,27 @@ def test_config_hash_separates_runs(tmp_path):
     (ra.run_dir / "config.hash").write_text("0" * 64 + "\n")
     with pytest.raises(ValueError, match="another config"):
         pipeline.run(a)
+
+
+def test_older_run_directory_formats_are_never_reused(tmp_path, caplog):
+    cfg = pipeline.config_from_dict(tiny_config(tmp_path, **{"partition.num_partitions": [3]}))
+    payload = cfg.hash_payload()
+    assert payload["format"] == store.FORMAT_VERSION
+    assert "path" not in payload["data"] and payload["data"]["dim"] == 5  # unset options are not hashed
+    old_config = json.dumps({"hash": "0" * 64, "hash_payload": {"format": store.FORMAT_VERSION - 1}})
+    run_dir = pipeline.run_directory(cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(old_config)
+    with pytest.raises(ValueError, match=f"format {store.FORMAT_VERSION - 1}.*does not reuse it"):
+        pipeline.run(cfg)
+    shutil.rmtree(run_dir)
+    older = tmp_path / "tiny-0123456789ab"  # the same run under an older format's hash
+    older.mkdir()
+    (older / "config.json").write_text(old_config)
+    with caplog.at_level("WARNING", logger="kernelcert.pipeline"):
+        res = pipeline.run(cfg)
+    assert "older kernelcert format" in caplog.text and str(older) in caplog.text
+    assert res.computed_units == 3
 
 
 def test_block_size_streaming_gives_the_same_certificates(tmp_path):

@@ -35,6 +35,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+def _set_fields(section) -> dict | None:
+    """JSON form of a section dataclass without its None-valued (unset) fields; None for no section."""
+    if section is None:
+        return None
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(section))).items() if v is not None}
+
+
 # --------------------------------------------------------------------------- object factories
 def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
     """The `kernelcert.kernels` object described by a KernelConfig."""
@@ -79,11 +86,14 @@ class RunConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def hash_payload(self) -> dict:
-        """The fields that can change results (see the module docstring)."""
-        d = self.to_dict()
+        """The fields that can change results (see the module docstring). Unset (None) fields are left
+        out, so adding an option that defaults to None to a section (a new dataset, kernel or learner
+        option) leaves the hash of every existing config unchanged; every other value, defaults
+        included, is hashed (a changed default changes the hash)."""
         ex = self.execution
-        return {"format": FORMAT_VERSION, "version": __version__, "data": d["data"], "kernel": d["kernel"],
-                "learners": d["learners"], "partition": d["partition"], "fa": d["fa"], "methods": d["methods"],
+        return {"format": FORMAT_VERSION, "version": __version__, "data": _set_fields(self.data),
+                "kernel": _set_fields(self.kernel), "learners": [_set_fields(lc) for lc in self.learners],
+                "partition": _set_fields(self.partition), "fa": _set_fields(self.fa), "methods": list(self.methods),
                 "numerics": {"memory_cap_mb": ex.memory_cap_mb, "block_size": ex.block_size,
                              "blas_threads": ex.blas_threads,
                              "device": "cpu" if resolve_device(ex.device).platform == "cpu" else "gpu"}}

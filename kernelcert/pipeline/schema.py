@@ -5,6 +5,8 @@ spelled once; problems are collected as (section, key, message) and raised toget
 `ConfigError`. The registries below name what a config may build: `kernelcert.data.LOADERS`
 (datasets), `ARCHITECTURES` (kernel classes), `LEARNER_TYPES` (learner classes). Keys that depend
 on the dataset, architecture or learner type are the arguments that loader / class accepts.
+A new option should default to None (unset): unset fields are left out of the config hash, so
+existing run directories keep their names.
 """
 
 from __future__ import annotations
