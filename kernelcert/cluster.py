@@ -115,14 +115,15 @@ def _memory_limits(client) -> dict[str, float]:
 
 
 def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: int,
-            known_limits: dict[str, float]) -> WorkerKilled:
-    """A clear WorkerKilled from Dask's KilledWorker (which only says the workers died)."""
+            known_limits: dict[str, float], tries: int | None = None) -> WorkerKilled:
+    """A clear WorkerKilled from Dask's KilledWorker (which only says the workers died), or from a
+    unit whose input kept dying with its worker (`tries` sends)."""
     last = getattr(getattr(exc, "last_worker", None), "address", None)
     mem_events = memory_restarts(client)[restarts_before:]
     limits = {**known_limits, **_memory_limits(client)}  # the dead worker may be gone from the scheduler
     limit_mb = limits.get(last) or next(iter(limits.values()), None)
     for_memory = bool(mem_events) or (needed_mb is not None and limit_mb is not None and needed_mb > 0.95 * limit_mb)
-    tries = getattr(exc, "allowed_failures", 0) + 1
+    tries = tries if tries is not None else getattr(exc, "allowed_failures", 0) + 1
     need = f"; it needs about {needed_mb:,.0f} MiB" if needed_mb is not None else ""
     if for_memory:
         rss = max((e.get("rss", 0) for e in mem_events), default=0) / 2**20
@@ -216,6 +217,10 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
                         logger.warning("task %s lost its input with a worker: sending it again", unit_name(task))
                         submit(task, attempt + 1)
                         continue
+                    if client.status == "running" and memory_restarts(client)[restarts_before:]:
+                        need = unit_memory_mb(task) if unit_memory_mb is not None else None
+                        raise _killed(client, exc, unit_name(task), need, restarts_before, known_limits,
+                                      tries=attempt + 1) from exc
                     raise lost(f"task {unit_name(task)} was cancelled: {exc}", exc) from exc
                 fut.release()
                 submit_next()

@@ -33,7 +33,7 @@ from ..cluster import check_workers, local_cluster, reset_worker_peaks, resilien
 from ..procmem import reset_peak_rss
 from ..provenance import Provenance
 
-logger = logging.getLogger("kernelcert.backends")
+logger = logging.getLogger("kernelcert.pipeline")
 
 
 class Backend(abc.ABC):

@@ -45,7 +45,8 @@ from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
-from .store import UnitFile, atomic_write_text, check_unit, prepare_run_dir, unit_layout, unit_path, write_unit
+from .store import (UnitFile, atomic_write_text, check_unit, older_format_runs, prepare_run_dir, unit_layout,
+                    unit_path, write_unit)
 from .summary import build_summary, write_points, write_summary
 from .unit import SharedInputs, UnitTask, compute_unit, unit_memory_mb
 
@@ -153,6 +154,12 @@ def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunRe
     cfg_hash = cfg.hash()
     run_dir = run_directory(cfg)
     created = not run_dir.exists()
+    if created:
+        old = older_format_runs(cfg.output.dir, cfg.output.name)
+        if old:
+            logger.warning("%d run director%s of an older kernelcert format (e.g. %s) %s not reused; this run "
+                           "computes its results in %s", len(old), "y" if len(old) == 1 else "ies", old[-1],
+                           "is" if len(old) == 1 else "are", run_dir)
     provenance = Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype)
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()}, lock)
