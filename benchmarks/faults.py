@@ -396,8 +396,8 @@ def row_worker_tuning(base, ref, quick):
                 f"kernelcert LocalCluster ({WORKER_ENVIRON or 'glibc adaptive defaults'})": WORKER_ENVIRON}
     out = {}
     for rep in range(2):
-        for label, env in variants.items():
-            r = _worker_cpu(env, base, quick, f"{rep}-{len(out)}")
+        for i, (label, env) in enumerate(variants.items()):
+            r = _worker_cpu(env, base, quick, f"{rep}-{i}")  # a fresh run directory each time
             out.setdefault(label, []).append(r)
     return {"outcome": "measured", "cpu_seconds": out,
             "detail": "; ".join(f"{k}: system {min(r['system_s'] for r in v)} s, user {min(r['user_s'] for r in v)} s "

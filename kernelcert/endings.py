@@ -149,6 +149,7 @@ def clear_ending(total: int, saved: Callable[[], int], run_dir):
         if known is None:
             raise
         problem, status = known
+        problem = " ".join(problem.split())  # one line, whatever the underlying message held
         ending = Ending(problem=problem, status=status, saved=int(saved()), total=int(total), run_dir=str(run_dir))
         if status == ExitStatus.INTERRUPTED:
             raise RunInterrupted(ending) from exc

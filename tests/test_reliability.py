@@ -208,6 +208,8 @@ def test_provenance_round_trip_and_differences():
      "unit u killed for memory"),
     (endings.WorkerKilled("unit u crashed", unit="u", for_memory=False), endings.ExitStatus.CLUSTER, "crashed"),
     (endings.ClusterLost("lost the Dask cluster (scheduler gone)"), endings.ExitStatus.CLUSTER, "scheduler gone"),
+    (endings.ClusterLost("lost the Dask cluster (Client lost the connection.\n  Please re-run.)"),
+     endings.ExitStatus.CLUSTER, "(Client lost the connection. Please re-run.)"),
 ])
 def test_expected_stops_become_one_line(exc, status, words):
     with pytest.raises((endings.RunStopped, endings.RunInterrupted)) as info:
