@@ -983,6 +983,7 @@ class _ExactRow:
         self.n = len(labels)
         self.s = [sum(self.w[labels == k].tolist()) for k in range(K)]
         self.prediction = int(max(range(K), key=lambda k: (self.s[k], -k)))
+        self._memo = {}
 
     # --- pairwise problems
     def _order(self, a: int, b: int):
@@ -1007,6 +1008,12 @@ class _ExactRow:
         for every model within tol); strict=True instead asks b to beat a by more than tol (the
         count that holds for every such model).
         """
+        key = (a, b, strict, tie)
+        if key not in self._memo:
+            self._memo[key] = self._pair(a, b, strict, tie)
+        return self._memo[key]
+
+    def _pair(self, a: int, b: int, strict: bool, tie: str):
         M = self.s[a] - self.s[b]
         tie_b = b < a or tie == "attacker"
         if M < 0 or (M == 0 and tie_b):
