@@ -886,7 +886,7 @@ def _rescale(S: np.ndarray, layout: _Layout, tol: np.ndarray):
 
 
 def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np.ndarray, block_size,
-         sort_device: str = "numpy", labels: np.ndarray | None = None):
+         sort_device: str = "numpy"):
     """Stream over blocks of test points; rows whose windows were too small are redone with larger ones.
 
     user_tol (t,): absolute tolerance per row. In 'radius' and 'full' mode the rows the float core

@@ -329,8 +329,11 @@ def test_item4_one_prediction_everywhere(gram_problem):
         cert = model.certify(Kx)
         np.testing.assert_array_equal(model.predict(Kx), cert.prediction)
         np.testing.assert_array_equal(model.predict(Kx), label_linear_prediction(model.label_weights(Kx), yy, 3))
-    svm = KernelSVM().fit(np.eye(2), np.array([0, 1]), 2)
-    np.testing.assert_array_equal(svm.predict(W[:, :2] * 0 + np.array([[0.3, 0.30000000000000004]])), [1])
+    # the SVM at C_max on the same rounding-level tie: its label weights are the kernel row itself
+    svm = KernelSVM().fit(np.eye(3), np.array([0, 0, 1]), 2)
+    Kx = np.array([[0.1, 0.2, 0.30000000000000004]])
+    assert np.argmax(Kx @ np.eye(2)[[0, 0, 1]]) == 0  # what a float matrix product says
+    assert svm.predict(Kx)[0] == svm.certify(Kx).prediction[0] == 1
 
 
 def test_item5_num_classes_is_required():
