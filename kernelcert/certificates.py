@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._jax import default_device, gpu_devices, x64_scope
 from ._validation import as_float_array, check_int, check_labels, check_positive
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -173,8 +174,6 @@ def _use_jax_sort(sort_device: str) -> bool:
     if sort_device not in _SORT_DEVICES:
         raise ValueError(f"sort_device must be one of {', '.join(_SORT_DEVICES)}, got {sort_device!r}")
     if sort_device == "auto":
-        from ._jax import gpu_devices
-
         return bool(gpu_devices())
     return sort_device == "jax"
 
@@ -199,8 +198,6 @@ def _sorted_segments_jax(wb: np.ndarray, layout: _Layout) -> np.ndarray:
     +0.0 and -0.0, which compare equal and leave every sum unchanged).
     """
     import jax
-
-    from ._jax import default_device, x64_scope
 
     S = np.take(wb, layout.perm, axis=1)
     keys = np.repeat(np.arange(layout.K, dtype=np.int32), np.diff(layout.off))
