@@ -883,7 +883,7 @@ def _rescale(S: np.ndarray, layout: _Layout, tol: np.ndarray):
 
 
 def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np.ndarray, block_size,
-         sort_device: str = "numpy", labels: np.ndarray | None = None):
+         sort_device: str = "numpy"):
     """Stream over blocks of test points; rows whose windows were too small are redone with larger ones.
 
     user_tol (t,): absolute tolerance per row. In 'radius' and 'full' mode the rows the float core
@@ -980,6 +980,7 @@ class _ExactRow:
         self.n = len(labels)
         self.s = [sum(self.w[labels == k].tolist()) for k in range(K)]
         self.prediction = int(max(range(K), key=lambda k: (self.s[k], -k)))
+        self._memo = {}
 
     # --- pairwise problems
     def _order(self, a: int, b: int):
@@ -1004,6 +1005,12 @@ class _ExactRow:
         for every model within tol); strict=True instead asks b to beat a by more than tol (the
         count that holds for every such model).
         """
+        key = (a, b, strict, tie)
+        if key not in self._memo:
+            self._memo[key] = self._pair(a, b, strict, tie)
+        return self._memo[key]
+
+    def _pair(self, a: int, b: int, strict: bool, tie: str):
         M = self.s[a] - self.s[b]
         tie_b = b < a or tie == "attacker"
         if M < 0 or (M == 0 and tie_b):
