@@ -45,8 +45,8 @@ from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
-from .store import (UnitFile, atomic_write_text, check_unit, older_format_runs, prepare_run_dir, unit_layout,
-                    unit_path, write_unit)
+from .store import (UnitFile, adopt_units, atomic_write_text, check_unit, older_format_runs, prepare_run_dir,
+                    same_config_runs, unit_layout, unit_path, write_unit)
 from .summary import build_summary, write_points, write_summary
 from .unit import SharedInputs, UnitTask, compute_unit, unit_memory_mb
 
@@ -164,6 +164,8 @@ def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunRe
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()}, lock)
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
+    for other in (same_config_runs(cfg.output.dir, run_dir, cfg_hash) if created else []):
+        logger.info("reusing %d work units of %s (same config hash)", adopt_units(other, run_dir), other)
     try:
         t0 = time.perf_counter()
         plan = plan_run(cfg)

@@ -21,10 +21,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .._jax import device_scope
-from ..procmem import peak_rss_mb
-from ..provenance import Provenance, check_environment
 from ..evidence import build_evidence
 from ..kernels import DEFAULT_MAX_BLOCK_BYTES
+from ..procmem import peak_rss_mb
+from ..provenance import Provenance, check_environment
 from .config import ExecutionConfig, KernelConfig, LearnerConfig, make_kernel, make_learner
 from .progress import progress
 from .store import FORMAT_VERSION, allocate_unit, put_evidence
@@ -115,7 +115,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dic
     G = evaluate(x)
     t_gram = time.perf_counter() - t_start
     models = [make_learner(lc).fit(G, y, K) for lc in shared.learners]
-    c_max = [float(m.C_max) if lc.type == "svm" else None for lc, m in zip(shared.learners, models)]
+    c_max = [float(m.C_max_) if lc.type == "svm" else None for lc, m in zip(shared.learners, models)]
     del G
     t_fit = time.perf_counter() - t_start - t_gram
     t_test = len(shared.x_test)
@@ -128,9 +128,10 @@ def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dic
         sl = slice(s0, min(t_test, s0 + B))
         Kt = evaluate(shared.x_test[sl], x)
         for j, m in enumerate(models):
-            W = m.label_weights(Kt)
+            W, err = m.label_weights(Kt, return_error=True)  # err: bound on the weights' error (certify's atol)
             t0 = time.perf_counter()
-            put_evidence(out, j, sl, build_evidence(W, y, K, level=level, block_size=B, sort_device=sort_device))
+            put_evidence(out, j, sl, build_evidence(W, y, K, level=level, block_size=B, sort_device=sort_device,
+                                                    atol=err))
             t_cert += time.perf_counter() - t0
         del Kt
     meta = {"key": task.key, "kind": task.kind, "num_partitions": task.num_partitions, "index": task.index,
