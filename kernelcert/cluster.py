@@ -11,8 +11,9 @@
   it survives any worker but the last; each task's own data is scattered as its own piece of data
   (large task specs slow the scheduler down). When a worker dies, the scheduler reruns its tasks
   on the other workers (Dask's own resilience); a task whose scattered input died with the worker
-  is cancelled by Dask, and is sent again from the client's copy (at most `resend` times). So a
-  run finishes with the same results as long as one worker lives. A task that raises is retried
+  is cancelled by Dask, and is sent again from the client's copy (at most `resend` times; the
+  shared inputs too, should every copy have died). So a run finishes with the same results as
+  long as one worker lives. A task that raises is retried
   `retries` times by Dask. Dask's errors are translated into `kernelcert.endings` errors:
   `WorkerKilled` (a unit that killed `allowed-failures + 1` workers; "for memory" when the nanny
   restarted them for exceeding their memory limit, with the unit and the memory it needed) and
@@ -157,7 +158,26 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
     pending: dict = {}
     restarts_before = len(memory_restarts(client))
     known_limits = _memory_limits(client)
-    shared_f = client.scatter(shared, broadcast=True, hash=False) if shared is not None else None
+
+    def scatter(data, broadcast=False, task=None):
+        """client.scatter, waiting up to `no_worker_timeout` for a worker when none is there (all dead
+        or restarting: Dask raises TimeoutError 'No valid workers found')."""
+        for _ in range(3):
+            try:
+                return client.scatter(data, broadcast=broadcast, hash=False)
+            except TimeoutError as exc:
+                try:
+                    client.wait_for_workers(1, timeout=no_worker_timeout)
+                except TimeoutError:
+                    if memory_restarts(client)[restarts_before:]:  # the workers keep dying for memory
+                        need = unit_memory_mb(task) if unit_memory_mb is not None and task is not None else None
+                        raise _killed(client, exc, unit_name(task) if task is not None else "(shared inputs)",
+                                      need, restarts_before, known_limits,
+                                      tries=len(memory_restarts(client)[restarts_before:])) from exc
+                    break
+        raise ClusterLost(f"lost the Dask cluster (no worker to send work to for {no_worker_timeout:.0f} s)")
+
+    shared_f = scatter(shared, broadcast=True) if shared is not None else None
 
     def submit_next() -> bool:
         try:
@@ -168,10 +188,13 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
         return True
 
     def submit(task, attempt: int) -> None:
+        nonlocal shared_f
+        if shared_f is not None and shared_f.status != "finished":  # every copy died with its workers
+            shared_f = scatter(shared, broadcast=True, task=task)
         key = f"kernelcert-{unit_name(task)}-{tag}-{next(counter)}"
         # the task's data travels as its own piece of data (large task specs slow the scheduler down);
         # if the worker holding it dies, the client still has the task and sends it again
-        task_f = client.scatter(task, hash=False)
+        task_f = scatter(task, task=task)
         pending[client.submit(fn, task_f, shared_f, key=key, pure=False, retries=retries)] = (task, attempt)
 
     def lost(why: str, exc: BaseException | None = None) -> ClusterLost:

@@ -21,15 +21,17 @@ therefore resumes), and the exit status of the `kernelcert` command:
 turns those exceptions into `RunStopped` (an Exception) or `RunInterrupted` (a KeyboardInterrupt,
 so that callers that stop on Ctrl-C still do), both carrying the `Ending`.
 
-`InterruptGuard` makes SIGINT always stop a run: its handler records the signal before raising
-KeyboardInterrupt, and `check()` (called by the run between units) raises again if the first
-KeyboardInterrupt was swallowed (e.g. by a garbage-collector callback that only prints it).
+`InterruptGuard` makes SIGINT always stop a run: its handler records the signal and raises
+KeyboardInterrupt, except inside a garbage-collector callback or a `__del__` method (where Python
+would only print and discard it); `check()` (called by the run between units) raises it then, and
+also if a KeyboardInterrupt was swallowed on the way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import signal
 import threading
 from dataclasses import dataclass
@@ -156,6 +158,17 @@ def clear_ending(total: int, saved: Callable[[], int], run_dir):
         raise RunStopped(ending) from exc
 
 
+def _in_finalizer(frame) -> bool:
+    """True when `frame` runs inside a garbage-collector callback or a `__del__` method, where an
+    exception is printed and discarded instead of propagating."""
+    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code in callbacks:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class InterruptGuard:
     """SIGINT and SIGTERM always stop the run (a context manager; a no-op off the main thread).
 
@@ -172,6 +185,8 @@ class InterruptGuard:
 
     def _handler(self, signum, frame):
         self.signum = signum
+        if _in_finalizer(frame):  # raised there it would only be printed ("Exception ignored in ...")
+            return  # `check()` raises it at the next unit boundary
         raise Interrupted(signum)
 
     def check(self) -> None:

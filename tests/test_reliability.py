@@ -248,6 +248,32 @@ def test_interrupt_guard_stops_even_when_the_first_interrupt_is_swallowed():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_an_interrupt_inside_a_finalizer_is_deferred_to_the_next_check(monkeypatch):
+    """Python prints and discards an exception raised in a gc callback or __del__ ('Exception ignored
+    in ...'): the guard records the signal there and raises at the next check instead."""
+    import gc
+
+    seen, lost = [], []
+    monkeypatch.setattr(sys, "unraisablehook", lost.append)  # where Python sends what it discards
+
+    def callback(phase, info):
+        if phase == "start" and not seen:
+            seen.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the handler runs here, inside the gc callback
+
+    with endings.InterruptGuard() as guard:
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        assert seen and guard.signum == signal.SIGINT
+        assert not lost  # nothing was raised (and discarded) inside the callback
+        with pytest.raises(endings.Interrupted):
+            guard.check()
+
+
 # --------------------------------------------------------------------------- peak memory
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux")
 def test_peak_rss_can_be_reset_per_run():
