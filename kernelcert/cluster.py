@@ -162,7 +162,7 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
     def scatter(data, broadcast=False, task=None):
         """client.scatter, waiting up to `no_worker_timeout` for a worker when none is there (all dead
         or restarting: Dask raises TimeoutError 'No valid workers found')."""
-        for _ in range(3):
+        for _ in range(5):
             try:
                 return client.scatter(data, broadcast=broadcast, hash=False)
             except TimeoutError as exc:
@@ -175,6 +175,11 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
                                       need, restarts_before, known_limits,
                                       tries=len(memory_restarts(client)[restarts_before:])) from exc
                     break
+            except (CommClosedError, OSError) as exc:  # e.g. the worker chosen to hold it just died
+                if client.status not in ("running", "connecting"):
+                    raise ClusterLost(f"lost the Dask cluster ({type(exc).__name__}: {exc})") from exc
+                time.sleep(poll_s)
+                continue
         raise ClusterLost(f"lost the Dask cluster (no worker to send work to for {no_worker_timeout:.0f} s)")
 
     shared_f = scatter(shared, broadcast=True) if shared is not None else None
