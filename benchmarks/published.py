@@ -32,7 +32,7 @@ from kernelcert.learners import KernelSVM
 from kernelcert.partition import fa_spread
 
 FULL = {"t": 10_000, "K": 10, "M_dpa": 50, "M_dpa_large": 1200, "k": 50, "d": 16,
-        "milp": [[10, 2.0], [10, 5.0], [20, 2.0], [20, 5.0], [50, 2.0]], "milp_points": 3, "milp_time_limit": 120.0,
+        "milp": [[10, 2.0], [10, 5.0], [20, 2.0], [20, 5.0], [50, 2.0]], "milp_points": 2, "milp_time_limit": 120.0,
         "milp_plain_max_n": 20}
 QUICK = {"t": 1_000, "K": 10, "M_dpa": 50, "M_dpa_large": 300, "k": 10, "d": 4,
          "milp": [[10, 2.0], [10, 5.0]], "milp_points": 2, "milp_time_limit": 60.0, "milp_plain_max_n": 10}
