@@ -344,3 +344,33 @@ def test_read_ensemble_outputs_checks_labels_file(tmp_path):
     assert np.array_equal(ens.labels, y) and ens.num_classes == 3 and ens.num_models == 3
     out = certify_ensemble(ens, ["dpa"])
     assert np.array_equal(out.results[0].radius, np.minimum(dpa(s.argmax(2), 3).radius, 3))
+
+
+# --------------------------------------------------------------------------- kernelcert inside the nt environment
+def test_nt_stax_cnn_through_custom_kernel_learner_certify(tmp_path):
+    """In .venv-nt (jax 0.5.3 + neural-tangents 0.6.5): an nt stax CNN kernel_fn via CustomKernel ->
+    KernelRegression -> certify gives the certificates of our closed-form Convolutional (same process), and
+    the nt Grams saved to .npy give identical ones through PrecomputedKernel."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_neural_tangents import nt_python
+
+    exe = nt_python()
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    proc = subprocess.run([exe, str(tests / "nt_pipeline.py"), str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = np.load(tmp_path / "result.npz")
+    assert str(r["jax_version"]).startswith("0.5"), "the nt environment should carry jax 0.5.x"
+    assert Path(str(r["kernelcert_file"])).resolve().parent == (tests.parent / "kernelcert").resolve()
+    assert not bool(r["global_x64_after"])  # kernelcert's float64 stays scoped
+    for a in ("G", "Kt"):
+        ours, ref = r[f"ours_{a}"], r[f"nt_{a}"]
+        assert np.max(np.abs(ours - ref)) <= 1e-6 * np.max(np.abs(ref))
+    assert np.array_equal(r["nt_pred"], r["ours_pred"]) and np.array_equal(r["nt_radius"], r["ours_radius"])
+    assert r["nt_radius"].max() > 0  # a certificate with something to lose
+    assert np.array_equal(r["pre_W"], r["nt_W"]) and np.array_equal(r["pre_radius"], r["nt_radius"])
+    assert sys.executable != exe
