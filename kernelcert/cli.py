@@ -1,11 +1,13 @@
 """`kernelcert` command line.
 
-    kernelcert run CONFIG.toml [--scheduler ADDR] [--workers N] [--out DIR] [--backend B] [--no-progress]
+    kernelcert run CONFIG.toml [--scheduler ADDR] [--workers N] [--out DIR] [--backend B] [--device D]
     kernelcert demo [--out DIR] [--workers N] [--n-train N] [--n-test N] [--partitions 1 10 50]
+    kernelcert aggregate SCORES [--labels LABELS] --method dpa dpa_roe fa fa_roe dpa_star_roe [...]
 
 `run` executes (or resumes) the certification run of a TOML config (see `kernelcert.pipeline`
 and configs/*.toml) and prints the results table; `demo` runs the built-in MNIST demo config
-(`DEMO_CONFIG`, identical to configs/demo.toml). Exit status 2 on a bad config or missing data.
+(`DEMO_CONFIG`, identical to configs/demo.toml); `aggregate` certifies a trained ensemble from its
+saved base-model scores (`kernelcert.aggregate`). Exit status 2 on a bad config, file or missing data.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import logging
 import sys
 import time
+
+from .aggregate import add_aggregate_parser, run_aggregate
 
 DEMO_CONFIG = """\
 # kernelcert demo: real MNIST, NTK of a depth-4 erf network, kernel regression and small-C kernel
@@ -82,6 +86,8 @@ def _add_exec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="run on a local Dask cluster with N worker processes")
     p.add_argument("--backend", choices=("inprocess", "dask-local", "dask"), help="override [execution] backend")
     p.add_argument("--out", metavar="DIR", help="parent directory of the run directory (overrides [output] dir)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="where the kernels run (overrides [execution] "
+                   "device; auto = a GPU when JAX sees one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the results table")
@@ -108,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-test", type=int, help="test subset size (changes the config hash)")
     d.add_argument("--partitions", type=int, nargs="+", metavar="N_P", help="numbers of partitions")
     _add_exec_args(d)
+    add_aggregate_parser(sub)
     return parser
 
 
@@ -155,6 +162,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "aggregate":
+        return run_aggregate(args)
     _setup_logging(args.quiet)
     from . import pipeline, report
 
@@ -166,7 +175,7 @@ def main(argv=None) -> int:
             cfg = _demo_config(args)
         cfg = pipeline.with_overrides(cfg, out_dir=args.out, backend=args.backend, workers=args.workers,
                                       scheduler=args.scheduler, progress=False if args.no_progress else None,
-                                      plots=False if args.no_plots else None)
+                                      plots=False if args.no_plots else None, device=args.device)
         result = pipeline.run(cfg)
     except (FileNotFoundError, ValueError) as exc:
         print(f"kernelcert: error: {exc}", file=sys.stderr)

@@ -633,13 +633,25 @@ def _array_features(loc) -> np.ndarray:
 
 
 def arrays_feature_dtype(path=None, files=None) -> np.dtype:
-    """The stored dtype of the training features of an `arrays` source (no data read).
+    """The stored dtype of the training features of an `arrays` source (headers only, no data read).
 
     Used to refuse partition rules that need integer pixels (DPA's pixel-sum hash) on real-valued
     features such as embeddings.
     """
     locs, _ = _array_locations(path, files)
     return _array_features(locs["x_train"]).dtype
+
+
+def arrays_metadata(path=None, files=None) -> tuple[int | None, float | None]:
+    """(num_classes, max_value) stored as scalars in an `arrays` .npz (None where absent or for .npy files)."""
+    _, npz = _array_locations(path, files)
+    return _npz_scalar(npz, "num_classes", int), _npz_scalar(npz, "max_value", float)
+
+
+def arrays_split_sizes(path=None, files=None) -> tuple[int, int]:
+    """(rows of x_train, rows of x_test) of an `arrays` source (headers only)."""
+    locs, _ = _array_locations(path, files)
+    return len(_array_features(locs["x_train"])), len(_array_features(locs["x_test"]))
 
 
 def arrays(path=None, *, num_classes: int | None = None, max_value: float | None = None, files=None, **options):
@@ -666,7 +678,7 @@ def arrays(path=None, *, num_classes: int | None = None, max_value: float | None
     where = str(npz) if npz is not None else str(Path(path).expanduser()) if path is not None else "arrays"
     if num_classes is not None:
         num_classes = check_int("arrays(): num_classes", num_classes, minimum=2)
-    stored_k = _npz_scalar(npz, "num_classes", int)
+    stored_k, stored_max = arrays_metadata(path, files)
     num_classes = _declared("num_classes", num_classes, stored_k, str(npz))
     if num_classes is None:
         raise ValueError(f"arrays: num_classes must be declared ([data] num_classes, the num_classes= argument or "
@@ -678,7 +690,7 @@ def arrays(path=None, *, num_classes: int | None = None, max_value: float | None
                 or not np.isfinite(max_value) or max_value <= 0:
             raise ValueError(f"arrays(): max_value must be a positive finite number, got {max_value!r}")
         max_value = float(max_value)
-    max_value = _declared("max_value", max_value, _npz_scalar(npz, "max_value", float), str(npz))
+    max_value = _declared("max_value", max_value, stored_max, str(npz))
     x_tr, x_te = _array_features(locs["x_train"]), _array_features(locs["x_test"])
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ArrayFileError(f"{_where_of(locs['x_test'])}: test features have shape {x_te.shape[1:]} per sample but "

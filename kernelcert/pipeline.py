@@ -72,7 +72,7 @@ FORMAT_VERSION = 1
 COST_INF = np.iinfo(np.uint32).max  # sentinel for "no attack" in uint32 cost arrays
 DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}
 METHODS = ("single", "dpa", "ensemblecert", "dpa_roe", "whitebox_roe", "fa", "fa_roe")
-ARCHITECTURES = ("fully_connected", "convolutional")
+ARCHITECTURES = ("fully_connected", "convolutional", "precomputed")
 PARTITION_RULES = ("ss_dpa", "dpa_hash", "seeded_hash")
 FA_RULES = ("dpa_hash", "seeded_hash")
 BACKENDS = ("inprocess", "dask-local", "dask")
@@ -97,7 +97,9 @@ class DataConfig:
     normalize: bool = False
     scale: bool = True
     path: str | None = None
-    num_classes: int | None = None  # synthetic only
+    num_classes: int | None = None  # synthetic and arrays only
+    max_value: float | None = None  # arrays only: the feature maximum scale=True divides by
+    files: tuple[str, str, str, str] | None = None  # arrays only: x_train, y_train, x_test, y_test .npy files
     dim: int | None = None  # synthetic only
     separation: float | None = None  # synthetic only
     test_fraction: float | None = None  # digits only
@@ -116,6 +118,8 @@ class KernelConfig:
     filter_shape: tuple[int, int] = (3, 3)  # convolutional only
     readout: str = "flatten"  # convolutional only
     dtype: str = "float64"  # precision of the kernel evaluation (certificates are always float64)
+    train_train: str | None = None  # precomputed only: K(train, train) .npy
+    test_train: str | None = None  # precomputed only: K(test, train) .npy
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ class RunConfig:
             return len(d.classes)
         if d.dataset == "synthetic":
             return d.num_classes if d.num_classes is not None else 3
+        if d.dataset == "arrays":
+            return d.num_classes  # resolved (declared or stored in the .npz) when the config is parsed
         return DATASET_CLASSES[d.dataset]
 
 
@@ -227,7 +233,8 @@ class RunConfig:
 _SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution")
 _DATA_COMMON = {"dataset", "classes", "n_train", "n_test", "seed", "normalize", "scale"}
 _DATA_EXTRA = {"mnist": {"path"}, "fashion_mnist": {"path"}, "cifar10": {"path"}, "digits": {"test_fraction"},
-               "synthetic": {"num_classes", "dim", "separation"}}
+               "synthetic": {"num_classes", "dim", "separation"},
+               "arrays": {"path", "num_classes", "max_value", "x_train", "y_train", "x_test", "y_test"}}
 
 
 def _err(where: str, msg: str) -> ConfigError:
@@ -319,6 +326,8 @@ def _parse_data(t: dict) -> DataConfig:
         raise _err("data", "dataset 'cifar10' needs path = <cifar-10-batches-py directory>")
     if "num_classes" in t:
         kw["num_classes"] = _int("data", "num_classes", t["num_classes"], minimum=2)
+    if name == "arrays":
+        kw.update(_parse_arrays_source(t, kw))
     if "dim" in t:
         kw["dim"] = _int("data", "dim", t["dim"], minimum=1)
     if "separation" in t:
@@ -328,15 +337,56 @@ def _parse_data(t: dict) -> DataConfig:
         if kw["test_fraction"] >= 1:
             raise _err("data", f"test_fraction must be < 1, got {kw['test_fraction']}")
     cfg = DataConfig(**kw)
-    k_total = (cfg.num_classes or 3) if name == "synthetic" else DATASET_CLASSES[name]
+    k_total = (cfg.num_classes or 3) if name in ("synthetic", "arrays") else DATASET_CLASSES[name]
     if cfg.classes is not None and max(cfg.classes) >= k_total:
         raise _err("data", f"classes {list(cfg.classes)} out of range for {name} (labels 0..{k_total - 1})")
     return cfg
 
 
+def _parse_arrays_source(t: dict, kw: dict) -> dict:
+    """[data] keys of dataset = "arrays": `path` (an .npz or a directory of x_train.npy ...) or the four
+    .npy files; `num_classes` declared or stored in the .npz (never guessed); optional `max_value`."""
+    from .data import ARRAY_ROLES, arrays_metadata
+
+    out: dict[str, Any] = {}
+    given = [r for r in ARRAY_ROLES if r in t]
+    if given:
+        if "path" in t or len(given) != len(ARRAY_ROLES):
+            raise _err("data", "dataset 'arrays' takes either path = <.npz or directory> or all four of "
+                       f"{', '.join(ARRAY_ROLES)} (.npy files), got {', '.join(sorted(set(given) | ({'path'} & set(t))))}")
+        for r in ARRAY_ROLES:
+            if not isinstance(t[r], str) or not t[r]:
+                raise _err("data", f"{r} must be a path string, got {t[r]!r}")
+        out["files"] = tuple(t[r] for r in ARRAY_ROLES)
+    elif "path" not in t:
+        raise _err("data", "dataset 'arrays' needs path = <.npz with x_train, y_train, x_test, y_test, or a "
+                   "directory of x_train.npy, y_train.npy, x_test.npy, y_test.npy> (or the four .npy files)")
+    if "max_value" in t:
+        out["max_value"] = _float("data", "max_value", t["max_value"], positive=True)
+    try:
+        stored_k, stored_max = arrays_metadata(t.get("path"), dict(zip(ARRAY_ROLES, out["files"]))
+                                               if "files" in out else None)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _err("data", str(exc)) from None
+    k = kw.get("num_classes")
+    if k is not None and stored_k is not None and k != stored_k:
+        raise _err("data", f"num_classes = {k} but {t.get('path')} stores num_classes = {stored_k}")
+    if k is None and stored_k is None:
+        raise _err("data", "dataset 'arrays' needs num_classes (or a num_classes scalar in the .npz); it is never "
+                   "guessed from the labels")
+    out["num_classes"] = k if k is not None else stored_k
+    if "max_value" in out and stored_max is not None and out["max_value"] != stored_max:
+        raise _err("data", f"max_value = {out['max_value']} but {t.get('path')} stores max_value = {stored_max}")
+    if "max_value" not in out and stored_max is not None:
+        out["max_value"] = stored_max
+    return out
+
+
 def _parse_kernel(t: dict) -> KernelConfig:
     arch = t.get("architecture", "fully_connected")
     _choice("kernel", "architecture", arch, ARCHITECTURES)
+    if arch == "precomputed":
+        return _parse_precomputed(t)
     allowed = {"architecture", "depth", "W_std", "b_std", "activation", "kind", "dtype"}
     if arch == "convolutional":
         allowed |= {"filter_shape", "readout"}
@@ -365,6 +415,28 @@ def _parse_kernel(t: dict) -> KernelConfig:
     try:
         make_kernel(cfg)  # the kernel's own validation (cheap, no computation)
     except (TypeError, ValueError) as exc:
+        raise _err("kernel", str(exc)) from None
+    return cfg
+
+
+def _parse_precomputed(t: dict) -> KernelConfig:
+    """[kernel] architecture = "precomputed": train_train / test_train .npy paths, kind, dtype."""
+    _check_keys("kernel", t, {"architecture", "train_train", "test_train", "kind", "dtype"})
+    kw: dict[str, Any] = {"architecture": "precomputed"}
+    for key in ("train_train", "test_train"):
+        if key not in t:
+            raise _err("kernel", f"architecture 'precomputed' needs {key} = <.npy of K({key.replace('_', ', ')})>")
+        if not isinstance(t[key], str) or not t[key]:
+            raise _err("kernel", f"{key} must be a path string, got {t[key]!r}")
+        kw[key] = t[key]
+    if "kind" in t:
+        kw["kind"] = _choice("kernel", "kind", t["kind"], ("ntk", "nngp"))
+    if "dtype" in t:
+        kw["dtype"] = _choice("kernel", "dtype", t["dtype"], ("float64", "float32"))
+    cfg = KernelConfig(**kw)
+    try:
+        make_kernel(cfg)  # opens both files (headers only): existence, shapes, dtype
+    except (FileNotFoundError, ValueError) as exc:
         raise _err("kernel", str(exc)) from None
     return cfg
 
@@ -554,6 +626,15 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
     execution = _parse_execution(d.get("execution", {}))
     if data.dataset == "synthetic" and kernel.architecture == "convolutional":
         raise _err("kernel", "the convolutional kernel needs image data; 'synthetic' gives vectors")
+    if data.dataset == "arrays" and "dpa_hash" in (partition.rule, fa.rule if fa is not None else None):
+        from .data import arrays_feature_dtype
+
+        dt = arrays_feature_dtype(data.path, dict(zip(("x_train", "y_train", "x_test", "y_test"), data.files))
+                                  if data.files else None)
+        if dt.kind not in "iub":
+            raise _err("partition" if partition.rule == "dpa_hash" else "fa",
+                       f"rule 'dpa_hash' (DPA's pixel-sum hash) needs integer pixel features, but the arrays' x_train "
+                       f"is {dt}; use rule = 'ss_dpa' or 'seeded_hash' for real-valued features such as embeddings")
     cfg = RunConfig(data=data, kernel=kernel, learners=learners, partition=partition, fa=fa, methods=methods,
                     output=output, execution=execution)
     _check_sizes_static(cfg)
@@ -586,7 +667,7 @@ def load_config_string(text: str, *, name: str = "run", **overrides) -> RunConfi
 
 
 def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, scheduler=None, progress=None,
-                   plots=None) -> RunConfig:
+                   plots=None, device=None) -> RunConfig:
     """Copy of `cfg` with command-line overrides (none of them changes the config hash).
 
     scheduler implies backend "dask"; workers without a scheduler implies "dask-local" unless a
@@ -602,6 +683,8 @@ def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, 
         ex = dataclasses.replace(ex, backend=_choice("execution", "backend", backend, BACKENDS))
     if progress is not None:
         ex = dataclasses.replace(ex, progress=bool(progress))
+    if device is not None:
+        ex = dataclasses.replace(ex, device=_parse_execution({"device": device}).device)
     if ex.backend == "dask" and ex.scheduler is None:
         raise _err("execution", "backend 'dask' needs a scheduler address (--scheduler tcp://host:port)")
     if out_dir is not None:
@@ -628,9 +711,11 @@ def _check_sizes_static(cfg: RunConfig) -> None:
 # =========================================================================== object factories
 def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
     """The `kernelcert.kernels` object described by a KernelConfig."""
-    from .kernels import DEFAULT_MAX_BLOCK_BYTES, Convolutional, FullyConnected
+    from .kernels import DEFAULT_MAX_BLOCK_BYTES, Convolutional, FullyConnected, PrecomputedKernel
 
     mbb = int(max_block_bytes) if max_block_bytes is not None else DEFAULT_MAX_BLOCK_BYTES
+    if kc.architecture == "precomputed":
+        return PrecomputedKernel(kc.train_train, kc.test_train, kind=kc.kind, max_block_bytes=mbb)
     if kc.architecture == "fully_connected":
         return FullyConnected(kc.depth, W_std=kc.W_std, b_std=kc.b_std, activation=kc.activation,
                               max_block_bytes=mbb)
@@ -991,6 +1076,10 @@ class RunPlan:
     num_classes: int
     units: tuple[UnitSpec, ...]
     fa_shifts: dict  # k -> shifts (d,) int64
+    # what the kernel is evaluated on: the features, or for a precomputed kernel the index rows
+    # (split, row) of `PrecomputedKernel.train_points` / `test_points`
+    k_train: np.ndarray = field(default=None, repr=False)
+    k_test: np.ndarray = field(default=None, repr=False)
 
 
 def _load_data(cfg: RunConfig, *, raw: bool = False):
@@ -998,14 +1087,45 @@ def _load_data(cfg: RunConfig, *, raw: bool = False):
     from .data import load_dataset
 
     d = cfg.data
-    opts: dict[str, Any] = {"seed": d.seed, "flatten": cfg.kernel.architecture == "fully_connected",
+    opts: dict[str, Any] = {"seed": d.seed, "flatten": cfg.kernel.architecture != "convolutional",
                             "scale": False if raw else d.scale, "normalize": False if raw else d.normalize}
     if d.classes is not None:
         opts["classes"] = list(d.classes)
-    for key in ("n_train", "n_test", "path", "num_classes", "dim", "separation", "test_fraction"):
+    for key in ("n_train", "n_test", "path", "num_classes", "dim", "separation", "test_fraction", "max_value"):
         if getattr(d, key) is not None:
             opts[key] = getattr(d, key)
+    if d.files is not None:
+        opts["files"] = dict(zip(("x_train", "y_train", "x_test", "y_test"), d.files))
+    if cfg.kernel.architecture == "precomputed" and not raw:
+        opts["return_index"] = True
     return load_dataset(d.dataset, **opts)
+
+
+def _precomputed_inputs(cfg: RunConfig, idx_train: np.ndarray, idx_test: np.ndarray):
+    """Index rows for a precomputed kernel and a fingerprint of its files (size, mtime); ConfigError when the
+    kept samples are not rows of the files."""
+    from .kernels import PrecomputedKernel
+
+    kernel = make_kernel(cfg.kernel)
+    if cfg.data.dataset == "arrays":
+        from .data import arrays_split_sizes
+
+        n_tr, n_te = arrays_split_sizes(cfg.data.path, dict(zip(("x_train", "y_train", "x_test", "y_test"),
+                                                                  cfg.data.files)) if cfg.data.files else None)
+        for path, got, want in ((cfg.kernel.train_train, kernel.num_train, n_tr),
+                                (cfg.kernel.test_train, kernel.num_test, n_te)):
+            if got != want:
+                raise ConfigError(f"config [kernel]: {path} has {got} rows but the arrays have {want} samples in that "
+                                  "split")
+    for what, idx, n, path in (("training", idx_train, kernel.num_train, cfg.kernel.train_train),
+                               ("test", idx_test, kernel.num_test, cfg.kernel.test_train)):
+        if len(idx) and idx.max() >= n:
+            raise ConfigError(f"config [kernel]: {path} has {n} rows but the data has {what} sample {int(idx.max())} "
+                              f"(rows follow the dataset's full {what} split, before classes / n_train / n_test)")
+    stats = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
+             for p in (cfg.kernel.train_train, cfg.kernel.test_train)]
+    return (PrecomputedKernel.train_points(idx_train), PrecomputedKernel.test_points(idx_test),
+            hashlib.sha256(json.dumps(stats).encode()).hexdigest())
 
 
 def plan_run(cfg: RunConfig) -> RunPlan:
@@ -1013,9 +1133,12 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     from . import partition as part
 
     try:
-        x_tr, y_tr, x_te, y_te = _load_data(cfg)
+        x_tr, y_tr, x_te, y_te, *kept = _load_data(cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(f"config [data]: cannot load {cfg.data.dataset!r}: {exc}") from None
+    k_tr, k_te, kernel_fp = x_tr, x_te, ""
+    if kept:  # precomputed kernel: evaluated on index rows of its files
+        k_tr, k_te, kernel_fp = _precomputed_inputs(cfg, *kept)
     K = cfg.num_classes
     for name, yy in (("training", y_tr), ("test", y_te)):
         if len(yy) and (yy.min() < 0 or yy.max() >= K):
@@ -1026,7 +1149,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     needs_raw = cfg.partition.rule == "dpa_hash" or (cfg.fa is not None and cfg.fa.rule == "dpa_hash")
     x_raw = None
     if needs_raw:  # integer pixels for the DPA pixel-sum hash: the same subsample, unscaled
-        x_raw, y_raw, _, y_te_raw = _load_data(cfg, raw=True)
+        x_raw, y_raw, _, y_te_raw, *_ = _load_data(cfg, raw=True)
         if len(x_raw) != n or not np.array_equal(y_raw, y_tr) or not np.array_equal(y_te_raw, y_te):
             raise ConfigError("config [data]: the unscaled data needed by the dpa_hash rule is not the same "
                               "subsample as the scaled data")
@@ -1058,11 +1181,11 @@ def plan_run(cfg: RunConfig) -> RunPlan:
             raise ConfigError(f"work unit {u.key} has no training samples; use fewer partitions")
     # Fingerprints tie each stored unit to the exact data it was computed from, so that a resumed run
     # never reuses a unit whose inputs changed (e.g. a data-loader change the config hash cannot see).
-    test_fp = _digest(np.ascontiguousarray(x_te), y_te, np.array([K]))
+    test_fp = _digest(np.ascontiguousarray(k_te), y_te, np.array([K]), np.array([kernel_fp.encode()]))
     units = [dataclasses.replace(u, fingerprint=_digest(np.array([test_fp.encode()]), u.train_index,
-                                                        np.ascontiguousarray(x_tr[u.train_index]), y_tr[u.train_index]))
+                                                        np.ascontiguousarray(k_tr[u.train_index]), y_tr[u.train_index]))
              for u in units]
-    return RunPlan(x_tr, y_tr, x_te, y_te, K, tuple(units), shifts)
+    return RunPlan(x_tr, y_tr, x_te, y_te, K, tuple(units), shifts, k_tr, k_te)
 
 
 def _digest(*arrays) -> str:
@@ -1119,7 +1242,7 @@ def _check_c_max(cfg: RunConfig, plan: RunPlan, run_dir: Path) -> dict:
 
             it = tqdm(todo, desc="C_max pre-pass", unit="unit")
         for u in it:
-            m = max_abs_row_sum(kernel, plan.x_train[u.train_index], kind=cfg.kernel.kind)
+            m = max_abs_row_sum(kernel, plan.k_train[u.train_index], kind=cfg.kernel.kind)
             cache[u.key] = 1.0 / m
         atomic_write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True))
     for lc in explicit:
@@ -1455,10 +1578,10 @@ def run(config, *, backend=None) -> RunResult:
     try:
         backend_info = be.describe()
         if todo:
-            shared = SharedInputs(x_test=plan.x_test, num_classes=K, kernel=cfg.kernel, learners=cfg.learners,
+            shared = SharedInputs(x_test=plan.k_test, num_classes=K, kernel=cfg.kernel, learners=cfg.learners,
                                   execution=cfg.execution, config_hash=cfg_hash, want_costs=want_costs,
                                   want_pairs=want_pairs, progress=cfg.execution.progress and be.in_process)
-            tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.x_train[u.train_index],
+            tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                               plan.y_train[u.train_index], u.fingerprint) for u in todo)
             bar = None
             if cfg.execution.progress:

