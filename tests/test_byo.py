@@ -521,3 +521,41 @@ def test_run_dpa_hash_on_integer_arrays_and_device_flag(tmp_path):
     assert run_cli(cfg, tmp_path / "d.toml", "--device", "cpu") == 0
     header, table = read_points(only_run_dir(tmp_path / "out") / "points.csv")
     assert len(table) == 30 and "regression/3/dpa/radius" in header
+
+
+def test_reference_config_lists_every_key_the_parser_accepts():
+    """configs/reference.toml documents (as a key or a commented key) every key of every section."""
+    import re
+    from pathlib import Path
+
+    from kernelcert import pipeline
+    from kernelcert.data import LOADERS
+
+    documented: dict[str, set] = {}
+    section = None
+    for line in (Path(__file__).parent.parent / "configs" / "reference.toml").read_text().splitlines():
+        head = re.match(r"^\[\[?(\w+)\]\]?", line)
+        if head:
+            section = head.group(1)
+            continue
+        key = re.match(r"^#?\s*(\w+)\s*=", line)
+        if key and section:
+            documented.setdefault(section, set()).add(key.group(1))
+
+    def allowed(doc):
+        with pytest.raises(pipeline.ConfigError) as exc:
+            pipeline.config_from_dict(doc)
+        msg = str(exc.value)
+        assert "zzz_unknown" in msg, msg
+        return set(msg.split("allowed: ")[1].split(", "))
+
+    learners = [{"type": "regression"}]
+    base = {"data": {"dataset": "synthetic"}, "learners": learners}
+    probes = [("data", {"data": {"dataset": name, "zzz_unknown": 1}, "learners": learners}) for name in LOADERS]
+    probes += [("kernel", {**base, "kernel": {"architecture": a, "zzz_unknown": 1}})
+               for a in ("fully_connected", "convolutional", "precomputed")]
+    probes += [("learners", {**base, "learners": [{"type": t, "zzz_unknown": 1}]}) for t in ("svm", "regression")]
+    probes += [(s, {**base, s: {"zzz_unknown": 1}}) for s in ("partition", "fa", "methods", "output", "execution")]
+    for section, doc in probes:
+        missing = allowed(doc) - documented.get(section, set())
+        assert not missing, f"configs/reference.toml [{section}] lacks {sorted(missing)}"
