@@ -559,3 +559,40 @@ def test_reference_config_lists_every_key_the_parser_accepts():
     for section, doc in probes:
         missing = allowed(doc) - documented.get(section, set())
         assert not missing, f"configs/reference.toml [{section}] lacks {sorted(missing)}"
+
+
+def test_pth_evaluation_files_read_through_torch_load(tmp_path, monkeypatch):
+    """The published repositories' {'labels', 'scores'} .pth files: read with torch.load(map_location='cpu',
+    weights_only=True) and converted to numpy (a stand-in torch module records the call)."""
+    import sys
+    import types
+
+    s, y = ensemble_scores(3, 30, 6, 4, "ties")
+    calls = []
+
+    class Tensor:
+        def __init__(self, a):
+            self.a = a
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self
+
+        def numpy(self):
+            return self.a
+
+    def load(path, map_location=None, weights_only=None):
+        calls.append((str(path), map_location, weights_only))
+        return {"labels": Tensor(y.astype(np.int32)), "scores": Tensor(s)}
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+    (tmp_path / "eval.pth").write_bytes(b"stand-in")
+    assert aggregate_cli([tmp_path / "eval.pth", "--method", "dpa_roe", "fa_roe", "--d", 2, "--out", tmp_path / "o",
+                          "--no-plots", "-q"]) == 0
+    assert calls and all(c[1:] == ("cpu", True) for c in calls)
+    header, table = read_points(tmp_path / "o" / "points.csv")
+    col = dict(zip(header, table.T))
+    assert np.array_equal(col["ensemble/6/dpa_roe/radius"], np.minimum(dpa_roe(s).radius, 6))
+    assert np.array_equal(col["ensemble/3/fa_roe/radius"], np.minimum(fa_roe(s, published_shifts(3, 2)).radius, 6))
