@@ -5,8 +5,9 @@
                          [--models-per-partition V] [--budgets 0 1 2 ...] [--out DIR] [--device D]
 
 Reads scores (t, M, K), DPA* scores (t, N_p, V, K) or votes (t, M) (`kernelcert.scores`), runs the
-black-box aggregation certificates of `kernelcert.ensemble` / `kernelcert.roe` (docs/math.md §4-§5)
-and writes, like a run's aggregation: `points.csv` (per test point: label, then prediction and
+black-box aggregation certificates (docs/math.md §4-§5) through the run's method registry
+(`kernelcert.pipeline.methods.REGISTRY`: dpa, dpa_roe, fa, fa_roe; DPA*+ROE, which needs several
+models per partition, is `kernelcert.roe.dpa_star_roe`) and writes, like a run's aggregation: `points.csv` (per test point: label, then prediction and
 radius per method), `summary.json` (clean and certified accuracy at the budgets, MCR in both
 conventions, the certified-accuracy curve) and plots. FA's k*d learners are the M
 models in learner order; the shifts default to the published FA code's draw
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,18 +35,24 @@ import numpy as np
 
 from ._jax import device_scope
 from .arrayfiles import ArrayFileError
-from .ensemble import dpa
+from .evidence import Evidence
 from .partition import FA_DEFAULT_SEED, fa_spread
-from .pipeline import DEFAULT_BUDGETS, MethodResult, _method_summary, _write_points, atomic_write_text
-from .roe import dpa_roe, dpa_star_roe, fa, fa_roe
+from .pipeline.aggregate import MethodResult
+from .pipeline.config import DEFAULT_BUDGETS
+from .pipeline.methods import METHODS, REGISTRY
+from .pipeline.report import results_table, write_plots
+from .pipeline.store import atomic_write_text
+from .pipeline.summary import MCR_CONVENTIONS, method_summary, write_points
+from .roe import dpa_star_roe
 from .scores import EnsembleOutputs, read_ensemble_outputs
 
 __all__ = ["AGGREGATE_METHODS", "AggregateOutput", "certify_ensemble", "fa_shifts", "write_outputs",
            "add_aggregate_parser", "run_aggregate"]
 
-# method -> what it needs: "votes" (any input), "scores" ((t, M, K)), "star" ((t, N_p, V, K)); fa-type use shifts
-AGGREGATE_METHODS = {"dpa": "votes", "dpa_roe": "scores", "fa": "votes", "fa_roe": "scores",
-                     "dpa_star_roe": "star"}
+# method -> what it reads: "votes" (any input), "scores" ((t, M, K)), "star" ((t, N_p, V, K)). The black-box
+# methods of the registry (those reading only votes / scores) plus DPA*+ROE.
+AGGREGATE_METHODS = {**{m: "scores" if "scores" in REGISTRY[m].needs else "votes" for m in METHODS
+                        if set(REGISTRY[m].needs) <= {"votes", "scores"}}, "dpa_star_roe": "star"}
 _BLOCK_BYTES = 128 * 2**20  # scores of one block of test points handed to the certificate functions
 
 
@@ -94,26 +102,24 @@ def _blocks(t: int, row_bytes: int):
 
 
 def _run_method(method: str, ens: EnsembleOutputs, shifts) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction, radius) over all test points, computed in blocks of test points."""
+    """(prediction, radius) over all test points, computed in blocks of test points: the registry's
+    certificate function on the block's `Evidence` (votes, and scores when the method reads them)."""
     t, K = ens.num_test, ens.num_classes
     pred, rad = np.empty(t, np.int64), np.empty(t, np.int64)
-    if method in ("dpa", "fa"):
-        v = ens.votes
-        for sl in _blocks(t, 8 * v.shape[1] * K):
-            res = dpa(v[sl], K) if method == "dpa" else fa(v[sl], shifts, K)
-            pred[sl], rad[sl] = res.prediction, res.radius
-        return pred, rad
-    s = ens.scores
-    for sl in _blocks(t, 8 * int(np.prod(s.shape[1:]))):
-        block = np.asarray(s[sl], np.float64)
-        if method == "dpa_roe":
-            res = dpa_roe(block)
-        elif method == "fa_roe":
-            res = fa_roe(block, shifts)
+    uses_scores = AGGREGATE_METHODS[method] != "votes"
+    row_bytes = 8 * (int(np.prod(ens.scores.shape[1:])) if uses_scores else ens.num_models * K)
+    for sl in _blocks(t, row_bytes):
+        scores = np.asarray(ens.scores[sl], np.float64) if uses_scores else None
+        if method == "dpa_star_roe":
+            res = dpa_star_roe(scores)
         else:
-            res = dpa_star_roe(block)
+            res = REGISTRY[method].certify(Evidence(votes=ens.votes[sl], scores=scores), K, shifts)
         pred[sl], rad[sl] = res.prediction, res.radius
     return pred, rad
+
+
+def _is_fa(method: str) -> bool:
+    return method in REGISTRY and REGISTRY[method].target == "fa"
 
 
 def _check_methods(methods, ens: EnsembleOutputs) -> tuple[str, ...]:
@@ -128,8 +134,9 @@ def _check_methods(methods, ens: EnsembleOutputs) -> tuple[str, ...]:
         if need == "star" and not ens.per_partition:
             raise ArrayFileError(f"{ens.source}: method dpa_star_roe needs several models per partition: scores "
                                  "(t, N_p, V, K), or (t, N_p*V, K) with --models-per-partition V")
-        if m == "fa" and ens.per_partition:
-            raise ArrayFileError(f"{ens.source}: method fa needs one vote per learner, not DPA* scores")
+        if _is_fa(m) and ens.per_partition:
+            raise ArrayFileError(f"{ens.source}: method {m} needs one output per FA learner, not DPA* scores "
+                                 f"of shape {ens.scores.shape}")
         if m not in out:
             out.append(m)
     if not out:
@@ -150,13 +157,13 @@ def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: 
     methods = _check_methods(methods, ens)
     M = ens.num_models
     sh = None
-    if any(m in ("fa", "fa_roe") for m in methods):
+    if any(_is_fa(m) for m in methods):
         k, d, sh = fa_shifts(M, k=k, d=d, shifts=shifts, seed=fa_seed)
     results = []
     for m in methods:
         pred, rad = _run_method(m, ens, sh)
         groups = M  # DPA: one poison per partition; FA: one poison per group, k*d = M groups
-        results.append(MethodResult(name, k if m in ("fa", "fa_roe") else M, m, pred, np.minimum(rad, groups),
+        results.append(MethodResult(name, k if _is_fa(m) else M, m, pred, np.minimum(rad, groups),
                                     np.zeros(len(pred), bool)))
     summary = {
         "name": name, "source": ens.source,
@@ -165,10 +172,9 @@ def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: 
         "fa": None if sh is None else {"k": k, "d": d, "shifts": sh.tolist(),
                                        "seed": None if shifts is not None else fa_seed},
         "methods": list(methods), "budgets": [int(b) for b in budgets],
-        "mcr_conventions": {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
-                            "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts"},
+        "mcr_conventions": MCR_CONVENTIONS,
         "base_model_accuracy": float(np.mean(ens.votes == ens.labels[:, None])),
-        "results": [_method_summary(r, ens.labels, budgets) for r in results],
+        "results": [method_summary(r, ens.labels, budgets) for r in results],
     }
     seconds = time.perf_counter() - t0
     summary["seconds"] = seconds
@@ -181,15 +187,13 @@ def write_outputs(out: AggregateOutput, labels: np.ndarray, out_dir, *, plots: b
     All files are first written into a staging directory next to `out_dir` and only then moved in
     (one `os.replace` each), so a failure while writing leaves `out_dir` as it was.
     """
-    from . import report
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _write_points(stage / "points.csv", labels, list(out.results))
+        write_points(stage / "points.csv", labels, list(out.results))
         atomic_write_text(stage / "summary.json", json.dumps(out.summary, indent=1))
-        pngs = report.write_plots(out.summary, stage) if plots else []
+        pngs = write_plots(out.summary, stage) if plots else []
         out_dir.mkdir(exist_ok=True)
         names = ["points.csv", "summary.json"] + [Path(p).name for p in pngs]
         for n in names:
@@ -238,10 +242,6 @@ def add_aggregate_parser(sub) -> argparse.ArgumentParser:
 
 def run_aggregate(args) -> int:
     """Execute a parsed `aggregate` command; returns the exit status (2 on a bad file or argument)."""
-    import sys
-
-    from . import report
-
     try:
         if args.num_classes is not None and args.num_classes < 2:
             raise ValueError(f"--num-classes must be at least 2, got {args.num_classes}")
@@ -256,7 +256,7 @@ def run_aggregate(args) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"kernelcert: error: {exc}", file=sys.stderr)
         return 2
-    print(report.results_table(out.summary))
+    print(results_table(out.summary))
     if not args.quiet:
         print()
         print(f"{ens.num_test} test points x {ens.num_models} models x {ens.num_classes} classes certified in "
