@@ -43,7 +43,7 @@ from .pipeline.methods import METHODS, REGISTRY
 from .pipeline.report import results_table, write_plots
 from .pipeline.store import atomic_write_text
 from .pipeline.summary import MCR_CONVENTIONS, method_summary, write_points
-from .roe import dpa_star_roe
+from .roe import DPA_STAR_SUMMATION, dpa_star_roe
 from .scores import EnsembleOutputs, read_ensemble_outputs
 
 __all__ = ["AGGREGATE_METHODS", "AggregateOutput", "certify_ensemble", "fa_shifts", "write_outputs",
@@ -101,7 +101,7 @@ def _blocks(t: int, row_bytes: int):
         yield slice(s, min(t, s + step))
 
 
-def _run_method(method: str, ens: EnsembleOutputs, shifts) -> tuple[np.ndarray, np.ndarray]:
+def _run_method(method: str, ens: EnsembleOutputs, shifts, star_summation: str) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, radius) over all test points, computed in blocks of test points: the registry's
     certificate function on the block's `Evidence` (votes, and scores when the method reads them)."""
     t, K = ens.num_test, ens.num_classes
@@ -109,10 +109,10 @@ def _run_method(method: str, ens: EnsembleOutputs, shifts) -> tuple[np.ndarray, 
     uses_scores = AGGREGATE_METHODS[method] != "votes"
     row_bytes = 8 * (int(np.prod(ens.scores.shape[1:])) if uses_scores else ens.num_models * K)
     for sl in _blocks(t, row_bytes):
-        scores = np.asarray(ens.scores[sl], np.float64) if uses_scores else None
-        if method == "dpa_star_roe":
-            res = dpa_star_roe(scores)
+        if method == "dpa_star_roe":  # scores as stored: the float32 published summation sees the original values
+            res = dpa_star_roe(np.asarray(ens.scores[sl]), summation=star_summation)
         else:
+            scores = np.asarray(ens.scores[sl], np.float64) if uses_scores else None
             res = REGISTRY[method].certify(Evidence(votes=ens.votes[sl], scores=scores), K, shifts)
         pred[sl], rad[sl] = res.prediction, res.radius
     return pred, rad
@@ -145,14 +145,18 @@ def _check_methods(methods, ens: EnsembleOutputs) -> tuple[str, ...]:
 
 
 def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: int | None = None, shifts=None,
-                     fa_seed: int = FA_DEFAULT_SEED, budgets=DEFAULT_BUDGETS, name: str = "ensemble"
-                     ) -> AggregateOutput:
+                     fa_seed: int = FA_DEFAULT_SEED, budgets=DEFAULT_BUDGETS, name: str = "ensemble",
+                     star_summation: str = "float64") -> AggregateOutput:
     """Certificates of every method in `methods` for the saved ensemble `ens`; nothing is written.
 
     Radii are exactly those of `kernelcert.ensemble.dpa`, `kernelcert.roe.dpa_roe / fa / fa_roe /
     dpa_star_roe` on the whole arrays (computed in blocks of test points, which is the same
     per-point computation), capped at the number of groups (see the module docstring).
+    `star_summation`: how DPA*+ROE sums each partition's V scores ("float64", or "float32", the
+    published pipeline's sequential float32 rule, to reproduce its tables; `kernelcert.roe.dpa_star_roe`).
     """
+    if star_summation not in DPA_STAR_SUMMATION:
+        raise ValueError(f"--dpa-star-summation must be one of {', '.join(DPA_STAR_SUMMATION)}, got {star_summation!r}")
     t0 = time.perf_counter()
     methods = _check_methods(methods, ens)
     M = ens.num_models
@@ -161,7 +165,7 @@ def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: 
         k, d, sh = fa_shifts(M, k=k, d=d, shifts=shifts, seed=fa_seed)
     results = []
     for m in methods:
-        pred, rad = _run_method(m, ens, sh)
+        pred, rad = _run_method(m, ens, sh, star_summation)
         groups = M  # DPA: one poison per partition; FA: one poison per group, k*d = M groups
         results.append(MethodResult(name, k if _is_fa(m) else M, m, pred, np.minimum(rad, groups),
                                     np.zeros(len(pred), bool)))
@@ -229,6 +233,9 @@ def add_aggregate_parser(sub) -> argparse.ArgumentParser:
                    f"(default {FA_DEFAULT_SEED}, the published code's)")
     a.add_argument("--models-per-partition", type=int, metavar="V", help="DPA*: consecutive groups of V models "
                    "belong to one partition (scores (t, N_p*V, K))")
+    a.add_argument("--dpa-star-summation", choices=DPA_STAR_SUMMATION, default="float64",
+                   help="DPA*+ROE: sum each partition's scores in float64 (default) or by the published pipeline's "
+                        "sequential float32 rule (reproduces its tables)")
     a.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS), metavar="R",
                    help="budgets for the certified-accuracy table")
     a.add_argument("--out", metavar="DIR", default="aggregate", help="output directory (default ./aggregate)")
@@ -251,7 +258,8 @@ def run_aggregate(args) -> int:
             ens = read_ensemble_outputs(args.scores, key=args.key, labels=args.labels, labels_key=args.labels_key,
                                         num_classes=args.num_classes, models_per_partition=args.models_per_partition)
             out = certify_ensemble(ens, args.method, k=args.k, d=args.d, shifts=args.shifts, fa_seed=args.fa_seed,
-                                   budgets=sorted(set(args.budgets)), name=args.name)
+                                   budgets=sorted(set(args.budgets)), name=args.name,
+                                   star_summation=args.dpa_star_summation)
         paths = write_outputs(out, ens.labels, args.out, plots=not args.no_plots)
     except (FileNotFoundError, ValueError) as exc:
         print(f"kernelcert: error: {exc}", file=sys.stderr)

@@ -38,8 +38,8 @@ class EnsembleOutputs:
     """Base-model outputs of one ensemble on t test points.
 
     scores: (t, M, K) real or (t, N_p, V, K) for DPA* (None for votes-only input); votes: (t, M)
-    int64 argmax votes (ties to the smaller class index; for DPA* input, of the per-partition summed
-    scores); labels: (t,) int64 in 0..K-1; num_classes K; source: the file read (for messages).
+    int64 argmax votes (ties to the smaller class index; for DPA* input, of the per-partition float64
+    sums); labels: (t,) int64 in 0..K-1; num_classes K; source: the file read (for messages).
     """
 
     scores: np.ndarray | None = field(repr=False)
@@ -144,13 +144,15 @@ def read_labels(path, num_classes: int, *, key: str | None = None, num_test: int
 
 
 def _argmax_votes(scores: np.ndarray, block_bytes: int = 64 * 2**20) -> np.ndarray:
-    """argmax over the last axis (first maximum), in blocks of test points."""
+    """Votes (t, M): argmax over the last axis (first maximum) of (t, M, K) scores, or of the float64
+    per-partition sums of DPA* scores (t, N_p, V, K); in blocks of test points."""
     t = len(scores)
     per_row = max(1, scores[0].size * 8) if t else 1
     step = max(1, block_bytes // per_row)
-    out = np.empty(scores.shape[:-1], np.int64)
+    out = np.empty(scores.shape[:2], np.int64)
     for s in range(0, t, step):
-        out[s:s + step] = np.argmax(np.asarray(scores[s:s + step]), axis=-1)
+        blk = np.asarray(scores[s:s + step], np.float64)
+        out[s:s + step] = np.argmax(blk.sum(axis=2) if blk.ndim == 4 else blk, axis=-1)
     return out
 
 
@@ -210,7 +212,7 @@ def read_ensemble_outputs(path, *, key: str | None = None, labels=None, labels_k
                                      f"grouped {V} per partition (scores of shape {arr.shape})")
             arr = arr.reshape(arr.shape[0], arr.shape[1] // V, V, K)
         scores = arr
-        votes = _argmax_votes(arr.sum(axis=2) if arr.ndim == 4 else arr)
+        votes = _argmax_votes(arr)
     else:
         raise ArrayFileError(f"{where}: expected scores (t, M, K), DPA* scores (t, N_p, V, K) or votes (t, M), "
                              f"got shape {arr.shape}")

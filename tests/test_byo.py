@@ -254,6 +254,15 @@ def test_aggregate_votes_only_and_dpa_star(tmp_path):
         header, table = read_points(out / "points.csv")
         col = dict(zip(header, table.T))
         assert np.array_equal(col["ensemble/4/dpa_star_roe/radius"], np.minimum(expect.radius, 4))
+    # the published pipeline's float32 summation, on float32 logits rounded to 0.1 (many near ties)
+    s32 = np.round(s, 1).astype(np.float32).reshape(40, 4, 3, 5)
+    np.savez(tmp_path / "star32.npz", scores=s32, labels=y)
+    assert aggregate_cli([tmp_path / "star32.npz", "--method", "dpa_star_roe", "--dpa-star-summation", "float32",
+                          "--out", tmp_path / "s32", "--no-plots", "-q"]) == 0
+    header, table = read_points(tmp_path / "s32" / "points.csv")
+    res = dpa_star_roe(s32, summation="float32")
+    assert np.array_equal(table[:, header.index("ensemble/4/dpa_star_roe/radius")], np.minimum(res.radius, 4))
+    assert np.array_equal(table[:, header.index("ensemble/4/dpa_star_roe/prediction")], res.prediction)
 
 
 def test_aggregate_writes_summary_and_plots(tmp_path):
