@@ -7,11 +7,12 @@
 Reads scores (t, M, K), DPA* scores (t, N_p, V, K) or votes (t, M) (`kernelcert.scores`), runs the
 black-box aggregation certificates (docs/math.md §4-§5) through the run's method registry
 (`kernelcert.pipeline.methods.REGISTRY`: dpa, dpa_roe, fa, fa_roe; DPA*+ROE, which needs several
-models per partition, is `kernelcert.roe.dpa_star_roe`) and writes, like a run's aggregation: `points.csv` (per test point: label, then prediction and
-radius per method), `summary.json` (clean and certified accuracy at the budgets, MCR in both
-conventions, the certified-accuracy curve) and plots. FA's k*d learners are the M
-models in learner order; the shifts default to the published FA code's draw
-(`random.seed(999999999 + 208); random.sample(range(k*d), d)`).
+models per partition, is `kernelcert.roe.dpa_star_roe`) and writes what a run writes for its
+aggregation: `points.csv` (per test point: label, then prediction, radius and exactness per
+method), `summary.json` (clean and certified accuracy at the budgets, MCR in both conventions, the
+certified-accuracy curve) and plots. FA's k*d learners are the M models in learner order; the
+shifts default to the published FA code's draw (`random.seed(999999999 + 208);
+random.sample(range(k*d), d)`).
 
 Everything is read, checked and computed before anything is written; the files are then written
 into a staging directory and moved in, so an error never leaves a half-written output directory.

@@ -643,9 +643,10 @@ class PrecomputedKernel(Kernel):
         asym = float(np.max(np.abs(G - G.T))) if G.size else 0.0
         if asym > SYMMETRY_RTOL * max(scale, 1e-300):
             i, j = np.unravel_index(int(np.argmax(np.abs(G - G.T))), G.shape)
-            raise ArrayFileError(f"{name}: K(train, train) is not symmetric: K[{int(idx[i])}, {int(idx[j])}] = "
-                                 f"{float(G[i, j])!r} but K[{int(idx[j])}, {int(idx[i])}] = {float(G[j, i])!r} (max |K - K.T| = "
-                                 f"{asym:.3g}, largest |entry| = {scale:.3g})")
+            a, b = int(idx[i]), int(idx[j])
+            raise ArrayFileError(f"{name}: K(train, train) is not symmetric: K[{a}, {b}] = {float(G[i, j])!r} but "
+                                 f"K[{b}, {a}] = {float(G[j, i])!r} (max |K - K.T| = {asym:.3g}, largest |entry| = "
+                                 f"{scale:.3g})")
         G = np.triu(G) + np.triu(G, 1).T  # exactly symmetric, from the upper triangle (as `_tiles` mirrors)
         return G.astype(dtype, copy=False)
 
@@ -689,9 +690,10 @@ class PrecomputedKernel(Kernel):
                 diff = np.abs(A - B)
                 if diff.size and diff.max() > SYMMETRY_RTOL * max(scale, 1e-300):
                     i, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
-                    raise ArrayFileError(f"{self.train_name}: K(train, train) is not symmetric: K[{r0 + i}, {c0 + j}] "
-                                         f"= {float(A[i, j])!r} but K[{c0 + j}, {r0 + i}] = {float(B[i, j])!r} (largest |entry| = "
-                                         f"{scale:.3g})")
+                    a, b = r0 + int(i), c0 + int(j)
+                    raise ArrayFileError(f"{self.train_name}: K(train, train) is not symmetric: K[{a}, {b}] = "
+                                         f"{float(A[i, j])!r} but K[{b}, {a}] = {float(B[i, j])!r} (largest |entry| "
+                                         f"= {scale:.3g})")
 
 
 # --------------------------------------------------------------------------- streaming reductions
@@ -729,5 +731,5 @@ def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | N
     return float(np.nextafter(np.max(sums) * (1.0 + slack), np.inf))
 
 
-__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "PrecomputedKernel", "row_abs_sums", "max_abs_row_sum",
-           "DEFAULT_MAX_BLOCK_BYTES"]
+__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "PrecomputedKernel", "row_abs_sums",
+           "max_abs_row_sum", "DEFAULT_MAX_BLOCK_BYTES"]

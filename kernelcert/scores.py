@@ -109,7 +109,8 @@ def _get(path: Path, members: dict, kind: str, key):
 def _pick(path: Path, members: dict, key: str | None, candidates) -> str | None:
     if key is not None:
         if key not in members:
-            raise ArrayFileError(f"{path}: missing key {key!r} (keys present: {', '.join(map(str, members)) or 'none'})")
+            present = ", ".join(map(str, members)) or "none"
+            raise ArrayFileError(f"{path}: missing key {key!r} (keys present: {present})")
         return key
     for c in candidates:
         if c in members:
@@ -178,7 +179,8 @@ def read_ensemble_outputs(path, *, key: str | None = None, labels=None, labels_k
     where = str(path) if arr_key is None else f"{path} [{arr_key}]"
     arr = _get(path, members, kind, arr_key)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
-        raise ArrayFileError(f"{where}: must be numeric scores (t, M, K) or integer votes (t, M), got dtype {arr.dtype}")
+        raise ArrayFileError(f"{where}: must be numeric scores (t, M, K) or integer votes (t, M), "
+                             f"got dtype {arr.dtype}")
     scores = None
     if arr.ndim == 2:
         if arr.dtype.kind not in "iu":
