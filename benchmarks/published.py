@@ -325,12 +325,12 @@ def run(cfg, seed):
 
 # --------------------------------------------------------------------------- LabelCert MILP above C_max
 def gaussian_problem(n, t, seed):
-    """Two Gaussian classes in R^2 (means -+1 on the first axis, unit variance), NTK of a one-hidden-layer
+    """Two Gaussian classes in R^2 (means -+2 on the first axis, unit variance), NTK of a one-hidden-layer
     ReLU network: K_train (n, n), K_test_train (t, n), labels (n,)."""
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 2
-    x = rng.normal(size=(n, 2)) + np.where(y == 1, 1.0, -1.0)[:, None] * np.array([1.0, 0.0])
-    xt = rng.normal(size=(t, 2)) + rng.choice([-1.0, 1.0], t)[:, None] * np.array([1.0, 0.0])
+    x = rng.normal(size=(n, 2)) + np.where(y == 1, 2.0, -2.0)[:, None] * np.array([1.0, 0.0])
+    xt = rng.normal(size=(t, 2)) + rng.choice([-2.0, 2.0], t)[:, None] * np.array([1.0, 0.0])
     kern = FullyConnected(depth=1, W_std=2**0.5, b_std=0.1)
     return kern.ntk(x), kern.ntk(xt, x), y
 
@@ -363,7 +363,7 @@ def run_milp(cfg, seed):
                      "cpu_s_per_point": ta / len(a.radius), "exact": int(a.exact.sum()),
                      "plain_exact": None if b is None else int(b.exact.sum()), "stopped": int(a.stopped_early.sum()),
                      "plain_stopped": None if b is None else int(b.stopped_early.sum()),
-                     "agree_where_both_exact": bool(np.array_equal(a.radius[both], b.radius[both])),
+                     "agree_where_both_exact": b is None or bool(np.array_equal(a.radius[both], b.radius[both])),
                      "radius": a.radius.tolist(), "status": list(a.status)})
     return rows
 
@@ -415,7 +415,7 @@ def markdown(result: dict) -> str:
     if m:
         out += ["", "### LabelCert MILP above C_max", "",
                 "`kernelcert.exact.labelcert_svm_milp` on two Gaussian classes in R^2 (NTK of a one-hidden-layer ReLU "
-                f"network), {m[0]['points']} test points per row, no flip budget, per-MILP time limit "
+                f"network; class means -+2, unit variance), {m[0]['points']} test points per row, no flip budget, per-MILP time limit "
                 f"{c['milp_time_limit']:g} s (HiGHS). *greedy+MILP* (default): a verified greedy attack first, "
                 "then a MILP restricted to strictly smaller attacks; *plain MILP*: the earlier formulation alone. "
                 "Process CPU time (HiGHS is single-threaded here).", "",

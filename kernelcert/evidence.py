@@ -58,8 +58,12 @@ class Evidence:
     fallback: np.ndarray | None = None
 
     @property
-    def num_classes(self) -> int:
-        return int(self.scores.shape[-1])
+    def num_points(self) -> int:
+        """Number of test points t (the first axis of every present field)."""
+        present = [getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        if not present:
+            raise ValueError("empty Evidence: no field is present")
+        return len(present[0])
 
     @property
     def level(self) -> str:

@@ -81,7 +81,7 @@ def vote_counts(votes: np.ndarray, num_classes: int) -> np.ndarray:
         for c in range(num_classes):
             out[:, c] = np.count_nonzero(v == c, axis=1)
         return out
-    flat = v.astype(np.int64) + num_classes * np.arange(t, dtype=np.int64)[:, None]
+    flat = v.astype(np.int64, copy=False) + num_classes * np.arange(t, dtype=np.int64)[:, None]
     return np.bincount(flat.ravel(), minlength=t * num_classes).reshape(t, num_classes)
 
 
