@@ -1,4 +1,4 @@
-"""Infinite-width NTK / NNGP kernels in closed form (JAX, jit-compiled), SPEC §2.
+"""Infinite-width NTK / NNGP kernels in closed form (JAX, jit-compiled), docs/math.md §2.
 
 Conventions are neural-tangents' (`stax`, parameterization "ntk"): inputs are flattened (fully
 connected) or kept NHWC (convolutional); the input covariance is divided by the input dimension
@@ -717,7 +717,7 @@ def row_abs_sums(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None
 
 
 def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> float:
-    """Upper bound on `max_i sum_j |K_ij|` of the training Gram, without materialising it (SPEC §2).
+    """Upper bound on `max_i sum_j |K_ij|` of the training Gram, without materialising it (docs/math.md §2).
 
     `C_max = 1 / max_abs_row_sum(...)`. The float64 row sums are rounded up by a relative
     `1e-12 + 4 n eps`, which covers the summation rounding (at most (n - 1) eps relative for
