@@ -79,10 +79,10 @@ def _remove_if_empty(run_dir: Path, created: bool) -> None:
 
 def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str) -> None:
     levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
-    shared = SharedInputs(x_test=plan.x_test, num_classes=plan.num_classes, kernel=cfg.kernel,
+    shared = SharedInputs(x_test=plan.k_test, num_classes=plan.num_classes, kernel=cfg.kernel,
                           learners=cfg.learners, execution=cfg.execution, config_hash=cfg_hash, levels=levels,
                           progress=cfg.execution.progress and be.in_process)
-    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.x_train[u.train_index],
+    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                       plan.y_train[u.train_index], u.fingerprint) for u in todo)
     with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
         for task, result in be.map(compute_unit, tasks, shared):
