@@ -370,11 +370,11 @@ def _solve(row: _Row, c: int, lo: float, hi: float, cap, time_limit: float, t0: 
         return _finish(row, c, max(lo, float(min(lb, m_max + 1))), hi, status, None, t0)
     size = len(attack)
     lo = max(lo, float(size))
-    if _wins(row, _apply(row.y, attack), c):
+    if size >= 1 and _wins(row, _apply(row.y, attack), c):
         return _finish(row, c, lo, min(hi, float(size)), "optimal", attack if size < hi else None, t0)
     if need_strict is not None and lo < hi:
         s2, attack2, _ = _optimise(moves, need_strict, rivals, m_max, row.maxabs, time_limit)
-        if s2 == "optimal" and _wins(row, _apply(row.y, attack2), c) and len(attack2) < hi:
+        if s2 == "optimal" and lo <= len(attack2) < hi and _wins(row, _apply(row.y, attack2), c):
             return _finish(row, c, lo, float(len(attack2)), "near_tie", attack2, t0)
     return _finish(row, c, lo, hi, "near_tie", None, t0)
 
