@@ -47,7 +47,12 @@ __all__ = [
 
 _EPS = float(np.finfo(np.float64).eps)
 _DROP = 1e-8  # relabellings moving less than this times max|w| are left out of the MILP (mass accounted for)
-_SOLVER_TOL = 1e-6  # extra margin (times max|w|) against HiGHS's feasibility tolerance (1e-7 on scaled rows)
+# Margins (times max|w|) around HiGHS's primal feasibility tolerance (1e-7 on rows scaled to max|w| = 1).
+# The tolerance only ever makes the solver accept slightly infeasible points, which keeps a relaxation a
+# relaxation; the relaxed rows get a hair more (rounding of the scaled right-hand sides), the strict rows
+# must clear it so that their optimum wins for real.
+_RELAX_TOL = 1e-9
+_STRICT_TOL = 2e-6
 _GRID_MARGIN = 1e-5  # on a dyadic grid q the constraints sit q/2 from the boundary; needs q/2 >= this * max|w|
 _FILTER_ROUNDS = 6
 
@@ -359,10 +364,10 @@ def _solve(row: _Row, c: int, lo: float, hi: float, cap, time_limit: float, t0: 
         need_strict = None
     else:
         need_relax = np.zeros(K)
-        need_relax[rivals] = base - (row.tau + dropped + _SOLVER_TOL * row.maxabs)
+        need_relax[rivals] = base - (row.tau + dropped + _RELAX_TOL * row.maxabs)
         need_strict = np.zeros(K)
-        need_strict[rivals] = base + row.slack + 2 * _SOLVER_TOL * row.maxabs
-    status, attack, bound = _optimise(moves, need_relax, rivals, m_max, row.maxabs, time_limit)
+        need_strict[rivals] = base + row.slack + _STRICT_TOL * row.maxabs
+    status, attack, bound = _optimise(row, c, moves, need_relax, rivals, int(math.ceil(lo)), m_max, time_limit)
     if status == "infeasible":
         return _finish(row, c, max(lo, m_max + 1.0), hi, "infeasible", None, t0)
     if status != "optimal":
@@ -373,16 +378,19 @@ def _solve(row: _Row, c: int, lo: float, hi: float, cap, time_limit: float, t0: 
     if size >= 1 and _wins(row, _apply(row.y, attack), c):
         return _finish(row, c, lo, min(hi, float(size)), "optimal", attack if size < hi else None, t0)
     if need_strict is not None and lo < hi:
-        s2, attack2, _ = _optimise(moves, need_strict, rivals, m_max, row.maxabs, time_limit)
+        s2, attack2, _ = _optimise(row, c, moves, need_strict, rivals, int(lo), m_max, time_limit)
         if s2 == "optimal" and lo <= len(attack2) < hi and _wins(row, _apply(row.y, attack2), c):
             return _finish(row, c, lo, float(len(attack2)), "near_tie", attack2, t0)
     return _finish(row, c, lo, hi, "near_tie", None, t0)
 
 
-def _optimise(moves: _Moves, need: np.ndarray, rivals: np.ndarray, m_max: int, maxabs: float,
+def _optimise(row: _Row, c: int, moves: _Moves, need: np.ndarray, rivals: np.ndarray, m_min: int, m_max: int,
               time_limit: float):
-    """Fewest moves meeting need: filter (pairwise and uniform multipliers), then the MILP.
-    Returns (status, attack or None, dual bound)."""
+    """Fewest moves (at least m_min, at most m_max) meeting need. Only moves of positive weights to c
+    (every weight >= 0, e.g. the C_max SVM): `_positive_min_moves`; otherwise filter (pairwise and
+    uniform multipliers), then the MILP. Returns (status, attack or None, dual bound)."""
+    if np.all(moves.dest == c):
+        return _positive_min_moves(row, c, need, rivals, max(m_min, 0), m_max)
     K = moves.D.shape[1]
     lams = np.zeros((rivals.size + 1, K))
     lams[np.arange(rivals.size), rivals] = 1.0
@@ -393,8 +401,56 @@ def _optimise(moves: _Moves, need: np.ndarray, rivals: np.ndarray, m_max: int, m
     moves = moves.subset(keep)
     if len(moves.sample) == 0:
         return ("optimal", (), 0.0) if np.all(need[rivals] <= 0) else ("infeasible", None, np.inf)
-    status, x, bound = _milp(moves, need, rivals, m_max, maxabs if maxabs > 0 else 1.0, time_limit)
+    status, x, bound = _milp(moves, need, rivals, m_max, row.maxabs if row.maxabs > 0 else 1.0, time_limit)
     return status, (_attack(moves, x) if status == "optimal" else None), bound
+
+
+def _positive_min_moves(row: _Row, c: int, need: np.ndarray, rivals: np.ndarray, m_min: int, m_max: int):
+    """Exact combinatorial solver when every useful move takes a positive weight of a class u != c to c.
+
+    Then an attack is a count m_u per class (the m_u largest weights of u, docs/math.md §3.3 dominance)
+    and c beats k iff T + P_k(m_k) >= need_k, with P_u the prefix sums of class u and T = sum_u P_u(m_u).
+    For a flip count M and forced minimums r, the largest T is the forced prefixes plus the M - sum r
+    largest remaining weights (greedy; prefixes stay prefixes). Starting from r = 0, raise each r_k to
+    the fewest flips of class k with P_k(r_k) >= need_k - T(r). Every attack of at most M flips has
+    m >= r at every step (its T is at most T(r), so it needs at least the raised r_k), so when sum r
+    exceeds M there is none; when r stops changing, the greedy allocation is one. M runs from m_min up.
+    Returns (status, attack, bound) like `_milp`.
+    """
+    w, y = row.w, row.y
+    values, owner, position, prefix, members = [], [], [], {}, {}
+    for u in rivals:
+        idx = np.flatnonzero((y == u) & (w > 0))
+        idx = idx[np.argsort(-w[idx], kind="stable")][:m_max]
+        members[u] = idx
+        prefix[u] = np.concatenate([[0.0], np.cumsum(w[idx])])
+        values.append(w[idx])
+        owner.append(np.full(idx.size, u))
+        position.append(np.arange(idx.size))
+    values, owner, position = np.concatenate(values), np.concatenate(owner), np.concatenate(position)
+    order = np.argsort(-values, kind="stable")
+    values, owner, position = values[order], owner[order], position[order]
+    for M in range(max(m_min, 0), m_max + 1):
+        r = np.zeros(row.K, np.int64)
+        while True:
+            if r.sum() > M:
+                break
+            free = position >= r[owner]
+            take = free & (np.cumsum(free) <= M - r.sum())
+            alloc = r + np.bincount(owner[take], minlength=row.K)
+            T = sum(prefix[u][r[u]] for u in rivals) + values[take].sum()
+            new = r.copy()
+            for k in rivals:
+                gap = need[k] - T
+                if gap > prefix[k][-1]:
+                    new[k] = M + 1  # class k alone cannot close it: no attack of M flips
+                    break
+                new[k] = max(r[k], int(np.searchsorted(prefix[k], gap, side="left")))
+            if np.array_equal(new, r):
+                attack = tuple(sorted((int(j), c) for u in rivals for j in members[u][:alloc[u]]))
+                return "optimal", attack, float(M)
+            r = new
+    return "infeasible", None, np.inf
 
 
 def _attack(moves: _Moves, x: np.ndarray) -> tuple:
