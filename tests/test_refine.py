@@ -83,9 +83,10 @@ def test_exact_costs_match_class_cost_milp():
         assert res.exact.all()
 
 
-def one_hot_milp(w, y, K, c):
-    """Independent oracle for integer weights: binary one-hot labels z (n, K), minimise the flips subject
-    to s_c - s_k >= [k < c] (exact on integers: the rows sit 1/2 inside, far above solver tolerances)."""
+def one_hot_milp(w, y, K, c, margin=None):
+    """Independent oracle: binary one-hot labels z (n, K), minimise the flips subject to
+    s_c - s_k >= [k < c] - 1/2 (exact for integer weights: the rows sit 1/2 inside, far above solver
+    tolerances) or, with `margin`, s_c - s_k >= margin for every k (float weights)."""
     n = len(y)
     cost = (np.arange(K)[None, :] != y[:, None]).astype(float).ravel()
     A_one = np.kron(np.eye(n), np.ones((1, K)))
@@ -97,7 +98,7 @@ def one_hot_milp(w, y, K, c):
         a[:, c] = w
         a[:, k] = -w
         rows.append(a.ravel())
-        lb.append((1.0 if k < c else 0.0) - 0.5)
+        lb.append((1.0 if k < c else 0.0) - 0.5 if margin is None else margin)
     res = milp(cost, constraints=[LinearConstraint(A_one, 1, 1), LinearConstraint(np.array(rows), lb, np.inf)],
                integrality=np.ones(n * K), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
     return np.inf if res.status == 2 else round(res.fun)
@@ -116,6 +117,29 @@ def test_exact_costs_match_one_hot_milp_mid_size(positive):
                       for i in range(len(W))])
     check_against_truth(W, y, K, truth, res, cert)
     assert res.exact.all()
+
+
+def test_exact_costs_match_one_hot_milp_float_weights():
+    """Float weights, n = 50, K = 6 (positive ones take the combinatorial path, signed ones the MILP):
+    where the one-hot MILP with margins -1e-6 and +1e-6 agrees, that is the truth."""
+    rng = np.random.default_rng(17)
+    n, K = 50, 6
+    compared = 0
+    for positive in (True, False):
+        y = rng.integers(0, K, n)
+        W = rng.gamma(0.7, size=(3, n)) if positive else rng.normal(size=(3, n))
+        cert = certify(W, y, K)
+        res = exact_class_costs(W, y, K, certificate=cert)
+        for i in range(len(W)):
+            for c in range(K):
+                if c == cert.prediction[i] or cert.cost_lower[i, c] == cert.cost_upper[i, c]:
+                    continue
+                lo, hi = one_hot_milp(W[i], y, K, c, -1e-6), one_hot_milp(W[i], y, K, c, 1e-6)
+                assert lo <= res.upper[i, c] and res.lower[i, c] <= hi
+                if lo == hi:
+                    assert res.exact[i, c] and res.lower[i, c] == lo
+                    compared += 1
+    assert compared >= 5  # the draw leaves gaps for both paths to close
 
 
 def test_attacks_verify_and_tie_rule():
