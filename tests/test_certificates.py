@@ -364,20 +364,26 @@ def test_degenerate_inputs():
 
 
 @pytest.mark.parametrize("call,exc,msg", [
-    (lambda: certify(np.ones((2, 3)), np.array([0, 1])), ValueError, "columns"),
-    (lambda: certify(np.array([[np.nan, 1.0]]), np.array([0, 1])), ValueError, "NaN"),
-    (lambda: certify(np.array([[np.inf, 1.0]]), np.array([0, 1])), ValueError, "infinite"),
+    (lambda: certify(np.ones((2, 3)), np.array([0, 1]), 2), ValueError, "columns"),
+    (lambda: certify(np.array([[np.nan, 1.0]]), np.array([0, 1]), 2), ValueError, "NaN"),
+    (lambda: certify(np.array([[np.inf, 1.0]]), np.array([0, 1]), 2), ValueError, "infinite"),
     (lambda: certify(np.ones((1, 2)), np.array([0, 3]), 2), ValueError, "label"),
     (lambda: certify(np.ones((1, 2)), np.array([0, -1]), 2), ValueError, "0..K-1"),
     (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 1), ValueError, "at least 2"),
-    (lambda: certify(np.ones(2), np.array([0, 1])), ValueError, "dimensions"),
-    (lambda: certify(np.ones((1, 2)), np.array([[0, 1]])), ValueError, "1-D"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), rtol=-1.0), ValueError, "rtol"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), block_size=0), ValueError, "block_size"),
-    (lambda: certify(np.array([["a", "b"]]), np.array([0, 1])), TypeError, "numeric"),
-    (lambda: pairwise_costs(np.ones((1, 2)), np.array([0, 1]), tie="weird"), ValueError, "tie"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1])).witness(0, target=5), ValueError, "target"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1])).witness(3), ValueError, "i must be"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1])), TypeError, "num_classes"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), None), ValueError, "num_classes is required"),
+    (lambda: certify(np.ones(2), np.array([0, 1]), 2), ValueError, "dimensions"),
+    (lambda: certify(np.ones((1, 2)), np.array([[0, 1]]), 2), ValueError, "1-D"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, rtol=-1.0), ValueError, "rtol"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, atol=-1.0), ValueError, "atol"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, atol=[1.0, 2.0]), ValueError, "atol"),
+    (lambda: certify(np.full((1, 2), 1e10), np.array([0, 1]), 2, rtol=1e300), ValueError, "overflows"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, block_size=0), ValueError, "block_size"),
+    (lambda: certify(np.array([["a", "b"]]), np.array([0, 1]), 2), TypeError, "numeric"),
+    (lambda: pairwise_costs(np.ones((1, 2)), np.array([0, 1]), 2, tie="weird"), ValueError, "tie"),
+    (lambda: pairwise_costs(np.ones((1, 2)), np.array([0, 1])), TypeError, "num_classes"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2).witness(0, target=5), ValueError, "target"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2).witness(3), ValueError, "i must be"),
 ])
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc, match=msg):

@@ -263,11 +263,12 @@ def test_no_attack_cap_blocks_and_monotonicity():
     # raising any cost can only raise the radius; exact when lower == upper
     up = A + rng.integers(0, 3, A.shape) * (A > 0)
     bounds = ensemblecert_bounds(v, A, up, 3)
-    assert isinstance(bounds, EnsembleBounds)
-    assert np.all(bounds.radius_lower <= bounds.radius_upper)
-    np.testing.assert_array_equal(bounds.radius_lower, res.radius)
-    np.testing.assert_array_equal(bounds.agree, bounds.radius_lower == bounds.radius_upper)
-    assert ensemblecert_bounds(v, A, A, 3).agree.all()
+    assert isinstance(bounds, AggregateResult) and EnsembleBounds is AggregateResult  # one result type
+    assert np.all(bounds.radius <= bounds.radius_upper)
+    np.testing.assert_array_equal(bounds.radius, res.radius)
+    np.testing.assert_array_equal(bounds.radius_upper, ensemblecert(v, up, 3).radius)
+    np.testing.assert_array_equal(bounds.exact, bounds.radius == bounds.radius_upper)
+    assert ensemblecert_bounds(v, A, A, 3).exact.all()
     with pytest.raises(ValueError, match="cost_lower must be <="):
         ensemblecert_bounds(v, A + (A > 0), A, 3)
 

@@ -1,0 +1,319 @@
+"""Run configuration: validation of a TOML document into a `RunConfig`, overrides and the config hash.
+
+Sections are parsed by `kernelcert.pipeline.schema`; this module adds what spans sections (the
+methods against the partitions and FA, sizes, device and backend checks), the objects a config
+builds (`make_kernel`, `make_learner`, which also validate their own values), and the hash. Every
+problem found is collected into one `ConfigError` that lists each with its section and key.
+Nothing here computes a kernel matrix.
+
+The config hash (`RunConfig.hash`) covers everything that can change a bit of a result: data,
+kernel, learners, partitions, FA, methods, memory cap, block size, BLAS threads, device platform,
+package version and the run-directory format (`kernelcert.pipeline.store.FORMAT_VERSION`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._jax import gpu_devices, resolve_device
+from .._version import __version__
+from ..data import LOADERS
+from .methods import REGISTRY
+from .schema import (ARCHITECTURES, BACKENDS, DATASET_CLASSES, DEFAULT_BUDGETS, LEARNER_TYPES, BadValue, ConfigError,
+                     DataConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
+                     MethodsConfig, PartitionConfig, check_field, ctor_keys, data_keys, parse_section)
+from .store import FORMAT_VERSION
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+def _set_fields(section) -> dict | None:
+    """JSON form of a section dataclass without its None-valued (unset) fields; None for no section."""
+    if section is None:
+        return None
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(section))).items() if v is not None}
+
+
+# --------------------------------------------------------------------------- object factories
+def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
+    """The `kernelcert.kernels` object described by a KernelConfig."""
+    cls = ARCHITECTURES[kc.architecture]
+    kw = {k: getattr(kc, k) for k in ctor_keys(cls, KernelConfig)}
+    if max_block_bytes is not None:
+        kw["max_block_bytes"] = int(max_block_bytes)
+    return cls(**kw)
+
+
+def make_learner(lc: LearnerConfig):
+    """A fresh, unfitted learner for a LearnerConfig."""
+    cls = LEARNER_TYPES[lc.type]
+    return cls(**{k: getattr(lc, k) for k in ctor_keys(cls, LearnerConfig)})
+
+
+def num_classes_of(data: DataConfig) -> int:
+    """Number of classes K implied by a [data] section."""
+    if data.classes is not None:
+        return len(data.classes)
+    if data.dataset == "synthetic":
+        return data.num_classes if data.num_classes is not None else 3
+    return DATASET_CLASSES[data.dataset]
+
+
+# --------------------------------------------------------------------------- the run config
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration. `hash()` identifies the results it produces."""
+
+    data: DataConfig
+    kernel: KernelConfig
+    learners: tuple[LearnerConfig, ...]
+    partition: PartitionConfig
+    fa: FAConfig | None
+    methods: tuple[str, ...]
+    output: OutputConfig
+    execution: ExecutionConfig
+
+    def to_dict(self) -> dict:
+        """Plain (JSON-able) dict of every field."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def hash_payload(self) -> dict:
+        """The fields that can change results (see the module docstring). Unset (None) fields are left
+        out, so adding an option that defaults to None to a section (a new dataset, kernel or learner
+        option) leaves the hash of every existing config unchanged; every other value, defaults
+        included, is hashed (a changed default changes the hash)."""
+        ex = self.execution
+        return {"format": FORMAT_VERSION, "version": __version__, "data": _set_fields(self.data),
+                "kernel": _set_fields(self.kernel), "learners": [_set_fields(lc) for lc in self.learners],
+                "partition": _set_fields(self.partition), "fa": _set_fields(self.fa), "methods": list(self.methods),
+                "numerics": {"memory_cap_mb": ex.memory_cap_mb, "block_size": ex.block_size,
+                             "blas_threads": ex.blas_threads,
+                             "device": "cpu" if resolve_device(ex.device).platform == "cpu" else "gpu"}}
+
+    def hash(self) -> str:
+        """sha256 hex digest of `hash_payload()` (canonical JSON)."""
+        blob = json.dumps(self.hash_payload(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K implied by the data section."""
+        return num_classes_of(self.data)
+
+
+_SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution")
+
+
+def _default_learner_name(t: dict) -> str:
+    if t.get("type") == "svm":
+        return "svm" if t.get("C") is None else f"svm_C{t['C']:g}"
+    name = f"regression_ridge{t.get('ridge', 0.0):g}"
+    return name + (f"_t{t['train_time']:g}" if t.get("train_time") is not None else "")
+
+
+def _parse_learners(items, problems: list) -> tuple[LearnerConfig, ...]:
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        problems.append(("learners", None, "need at least one [[learners]] entry (type = \"svm\" or \"regression\")"))
+        return ()
+    out = []
+    for i, t in enumerate(items):
+        where = f"learners #{i + 1}"
+        typ = t.get("type") if isinstance(t, dict) else None
+        if not isinstance(typ, str) or typ not in LEARNER_TYPES:
+            problems.append((where, "type", "each [[learners]] entry needs type = \"svm\" or \"regression\"" if typ is None
+                             else f"type must be one of {', '.join(map(repr, LEARNER_TYPES))}, got {typ!r}"))
+            continue
+        allowed = {"type", "name"} | ctor_keys(LEARNER_TYPES[typ], LearnerConfig)
+        defaults = {"name": _default_learner_name(t)} if "name" not in t else None
+        lc = parse_section(LearnerConfig, where, t, problems, allowed=allowed, defaults=defaults)
+        if lc is not None:
+            try:
+                make_learner(lc)  # the learner's own validation
+            except (TypeError, ValueError) as exc:
+                problems.append((where, None, str(exc)))
+            out.append(lc)
+    names = [c.name for c in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        problems.append(("learners", "name", f"duplicate learner names {dup}; give each a distinct name = \"...\""))
+    return tuple(out)
+
+
+def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
+    section = parse_section(MethodsConfig, "methods", t, problems)
+    if section is None:
+        return ()
+    if section.aggregations is None:
+        has_single = partition is not None and 1 in partition.num_partitions
+        return tuple(m for m in REGISTRY if (REGISTRY[m].target != "fa" or fa is not None)
+                     and (not REGISTRY[m].single_model or has_single))
+    v = section.aggregations
+    unknown = [m for m in v if m not in REGISTRY]
+    if unknown:
+        problems.append(("methods", "aggregations", f"unknown aggregation(s) {unknown}; known: {', '.join(REGISTRY)}"))
+    for m in (m for m in v if m in REGISTRY):
+        if REGISTRY[m].target == "fa" and fa is None:
+            problems.append(("methods", "aggregations", f"{m!r} needs an [fa] section (d = number of shifts)"))
+        if REGISTRY[m].single_model and partition is not None and 1 not in partition.num_partitions:
+            problems.append(("methods", "aggregations",
+                             f"{m!r} (the un-partitioned model) needs 1 in partition.num_partitions"))
+    return tuple(m for m in REGISTRY if m in v)  # registry order
+
+
+def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
+    """Validate a parsed TOML document into a `RunConfig`; one ConfigError (a ValueError) lists every
+    problem. `name` is the default run name (e.g. the config file's stem) when [output] has none."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config must be a table, got {type(d).__name__}")
+    p: list = []
+    unknown = sorted(set(d) - set(_SECTIONS))
+    if unknown:
+        p.append((None, None, f"unknown section(s) {', '.join(map(repr, unknown))}; allowed: "
+                                  f"{', '.join(_SECTIONS)}"))
+    if "data" not in d:
+        p.append(("data", None, "missing required section [data]"))
+    if "learners" not in d:
+        p.append(("learners", None, "missing [[learners]] (at least one learner)"))
+    data_t = d.get("data", {})
+    ds = data_t.get("dataset") if isinstance(data_t, dict) else None
+    ds = ds if isinstance(ds, str) or ds is None else repr(ds)
+    if "data" in d and isinstance(data_t, dict) and ds is not None and ds not in LOADERS:
+        p.append(("data", "dataset", f"unknown dataset {ds!r}; known datasets: {', '.join(LOADERS)}"))
+        data = None
+    elif "data" in d:
+        data = parse_section(DataConfig, "data", data_t, p, allowed=data_keys(ds) if ds else None)
+    else:
+        data = None
+    kern_t = d.get("kernel", {})
+    arch = kern_t.get("architecture", "fully_connected") if isinstance(kern_t, dict) else None
+    arch = arch if isinstance(arch, str) else None
+    allowed = ({"architecture", "kind", "dtype"} | ctor_keys(ARCHITECTURES[arch], KernelConfig)
+               if arch in ARCHITECTURES else None)
+    kernel = parse_section(KernelConfig, "kernel", kern_t, p, allowed=allowed)
+    if kernel is not None:
+        try:
+            make_kernel(kernel)  # the kernel's own validation (cheap, no computation)
+        except (TypeError, ValueError) as exc:
+            p.append(("kernel", None, str(exc)))
+    learners = _parse_learners(d["learners"], p) if "learners" in d else ()
+    partition = parse_section(PartitionConfig, "partition", d.get("partition", {}), p)
+    fa = None
+    if "fa" in d:
+        k_default = tuple(n for n in partition.num_partitions if n > 1) if partition else ()
+        fa = parse_section(FAConfig, "fa", d["fa"], p, defaults={"k": k_default})
+        if fa is not None and not fa.k:
+            p.append(("fa", "k", "no k given and partition.num_partitions has no N_p > 1; set k = [...]"))
+    methods = _parse_methods(d.get("methods", {}), partition, fa if "fa" in d else None, p)
+    out_t = d.get("output", {})
+    if name is not None and isinstance(out_t, dict) and "name" not in out_t:
+        out_t = {**out_t, "name": name}
+    output = parse_section(OutputConfig, "output", out_t, p)
+    execution = parse_section(ExecutionConfig, "execution", d.get("execution", {}), p)
+    if execution is not None:
+        if execution.device == "gpu" and not gpu_devices():
+            p.append(("execution", "device", "device = 'gpu' but JAX sees no GPU here; use 'auto' or 'cpu'"))
+        if execution.backend == "dask" and execution.scheduler is None:
+            p.append(("execution", "scheduler",
+                      "backend 'dask' needs scheduler = 'tcp://host:port' (or use 'dask-local')"))
+    if data is not None and kernel is not None:
+        if data.dataset == "synthetic" and kernel.architecture == "convolutional":
+            p.append(("kernel", "architecture", "the convolutional kernel needs image data; 'synthetic' gives vectors"))
+        k_total = (data.num_classes or 3) if data.dataset == "synthetic" else DATASET_CLASSES.get(data.dataset)
+        if data.classes is not None and len(data.classes) < 2:
+            p.append(("data", "classes", f"classes must list at least two classes, got {list(data.classes)}"))
+        elif data.classes is not None and k_total is not None and max(data.classes) >= k_total:
+            p.append(("data", "classes", f"classes {list(data.classes)} out of range for {data.dataset} "
+                                         f"(labels 0..{k_total - 1})"))
+    if data is not None and partition is not None:
+        p += size_problems(data.n_train, partition, fa)
+    if p:
+        raise ConfigError.of(p)
+    return RunConfig(data=data, kernel=kernel, learners=learners, partition=partition, fa=fa, methods=methods,
+                     output=output, execution=execution)
+
+
+def size_problems(n_train: int | None, partition: PartitionConfig, fa: FAConfig | None, what: str | None = None) -> list:
+    """Size checks against the training-set size n (None: unknown until the data is loaded):
+    every N_p <= n and every FA k*d <= n. `what` describes n in the messages."""
+    if n_train is None:
+        return []
+    what = what or f"n_train={n_train}"
+    p = [("partition", "num_partitions", f"num_partitions {n_p} exceeds the training set size {what}")
+         for n_p in partition.num_partitions if n_p > n_train]
+    if fa is not None:
+        p += [("fa", "k", f"k*d = {k}*{fa.d} = {k * fa.d} groups exceed {what}")
+              for k in fa.k if k * fa.d > n_train]
+    return p
+
+
+def load_config(path, **overrides) -> RunConfig:
+    """Read and validate a TOML config file; `overrides` as in `with_overrides`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    try:
+        cfg = config_from_dict(doc, name=path.stem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}", exc.problems) from None
+    return with_overrides(cfg, **overrides) if overrides else cfg
+
+
+def load_config_string(text: str, *, name: str = "run", **overrides) -> RunConfig:
+    """Same as `load_config` for TOML text."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML ({exc})") from None
+    cfg = config_from_dict(doc, name=name)
+    return with_overrides(cfg, **overrides) if overrides else cfg
+
+
+def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, scheduler=None, progress=None,
+                   plots=None) -> RunConfig:
+    """Copy of `cfg` with command-line overrides (none of them changes the config hash).
+
+    scheduler implies backend "dask"; workers without a scheduler implies "dask-local" unless a
+    backend is given.
+    """
+    ex, out = cfg.execution, cfg.output
+    try:
+        if scheduler is not None:
+            ex = dataclasses.replace(ex, scheduler=str(scheduler), backend="dask")
+        if workers is not None:
+            ex = dataclasses.replace(ex, workers=check_field(ExecutionConfig, "workers", workers),
+                                     backend=ex.backend if scheduler is not None else "dask-local")
+        if backend is not None:
+            ex = dataclasses.replace(ex, backend=check_field(ExecutionConfig, "backend", backend))
+    except BadValue as exc:
+        raise ConfigError.of([("execution", None, str(exc))]) from None
+    if progress is not None:
+        ex = dataclasses.replace(ex, progress=bool(progress))
+    if ex.backend == "dask" and ex.scheduler is None:
+        raise ConfigError.of([("execution", "scheduler",
+                               "backend 'dask' needs a scheduler address (--scheduler tcp://host:port)")])
+    if out_dir is not None:
+        out = dataclasses.replace(out, dir=str(out_dir))
+    if plots is not None:
+        out = dataclasses.replace(out, plots=bool(plots))
+    return dataclasses.replace(cfg, execution=ex, output=out)
+
+
+__all__ = ["RunConfig", "DataConfig", "KernelConfig", "LearnerConfig", "PartitionConfig", "FAConfig", "OutputConfig",
+           "ExecutionConfig", "ConfigError", "load_config", "load_config_string", "config_from_dict",
+           "with_overrides", "make_kernel", "make_learner", "size_problems", "num_classes_of", "DATASET_CLASSES",
+           "ARCHITECTURES", "LEARNER_TYPES", "BACKENDS", "DEFAULT_BUDGETS"]
