@@ -62,20 +62,21 @@ class _Row:
     """One test row w (n,) with labels y: exact class sums, tolerances and the dyadic grid (if any).
 
     slack: bound on the rounding error of any float64 evaluation of a score difference (docs/math.md
-    §3.6, with the generous constant of `certify` for the largest window); tau = rtol * sum|w| + slack,
-    the tolerance of the lower-bound computations. grid: q > 0 when every w_j is an integer multiple
+    §3.6, with the generous constant of `certify` for the largest window), plus model_tolerance * sum|w|
+    when w is a recomputation of the weights the bounds came from (each weight off by at most that much
+    in total); tau = rtol * sum|w| + slack, the tolerance of the lower-bound computations. grid: q > 0 when every w_j is an integer multiple
     of q and sum|w| <= 2^53 q, so every float64 sum of weights is exact in any order (then ties are
     decided exactly by the tie rule); None otherwise.
     """
 
-    def __init__(self, w: np.ndarray, y: np.ndarray, K: int, rtol: float):
+    def __init__(self, w: np.ndarray, y: np.ndarray, K: int, rtol: float, model_tolerance: float = 0.0):
         self.w, self.y, self.K = w, y, K
         self.n = len(y)
         self.absum = float(np.abs(w).sum())
         self.maxabs = float(np.abs(w).max()) if self.n else 0.0
-        self.slack = 16.0 * (2 * K + 1) * (self.n + 16) * _EPS * self.absum
+        self.slack = (16.0 * (2 * K + 1) * (self.n + 16) * _EPS + model_tolerance) * self.absum
         self.tau = rtol * self.absum + self.slack
-        self.grid = _dyadic_grid(w, self.absum)
+        self.grid = _dyadic_grid(w, self.absum) if model_tolerance == 0 else None
         # class sums rounded once from the exact sums (used for constraint right-hand sides only)
         self.scores = np.array([math.fsum(w[y == k]) for k in range(K)])
 
@@ -316,7 +317,8 @@ class ClassCostSolve:
 
 
 def solve_class_cost(weights_row, labels, num_classes, target: int, lower: float, upper: float, *,
-                     cap: float | None = None, time_limit: float = 10.0, rtol: float = 1e-9) -> ClassCostSolve:
+                     cap: float | None = None, time_limit: float = 10.0, rtol: float = 1e-9,
+                     model_tolerance: float = 0.0) -> ClassCostSolve:
     """Exact A_c for one row (n,) of label weights, given sound bounds lower <= A_c <= upper.
 
     `upper` must be backed by a verified attack (e.g. `Certificate.cost_upper`; inf when none) and
@@ -332,6 +334,9 @@ def solve_class_cost(weights_row, labels, num_classes, target: int, lower: float
        q (every float64 sum exact) the constraints sit exactly q/2 inside the tie rule instead.
     3. its optimum is checked with error-free sums; if it does not win (a near tie), a strict MILP
        (margin slack + solver tolerance) gives a verified attack and the gap stays open.
+    model_tolerance: when `weights_row` is a recomputation of the weights behind `lower` / `upper` that
+    may differ from them by rounding (at most model_tolerance * sum|w| in total), every attack must win
+    by that much more and the relaxation is loosened by as much, so the answer holds for both.
     """
     t0 = time.process_time()
     w = as_float_array("weights_row", weights_row, ndim=1)
@@ -341,10 +346,11 @@ def solve_class_cost(weights_row, labels, num_classes, target: int, lower: float
     c = check_int("target", target, minimum=0, maximum=K - 1)
     check_positive("time_limit", time_limit)
     rtol = check_positive("rtol", rtol, allow_zero=True)
+    model_tolerance = check_positive("model_tolerance", model_tolerance, allow_zero=True)
     lo, hi = float(lower), float(upper)
     if not lo <= hi:
         raise ValueError(f"lower ({lower}) must be <= upper ({upper})")
-    return _solve(_Row(w, y, K, rtol), c, lo, hi, cap, time_limit, t0)
+    return _solve(_Row(w, y, K, rtol, model_tolerance), c, lo, hi, cap, time_limit, t0)
 
 
 def _solve(row: _Row, c: int, lo: float, hi: float, cap, time_limit: float, t0: float) -> ClassCostSolve:
@@ -473,7 +479,8 @@ def _finish(row, c, lo, hi, status, attack, t0) -> ClassCostSolve:
 
 # --------------------------------------------------------------------------- many problems
 def refine_class_costs(weights, labels, num_classes, rows, targets, lower, upper, *, caps=None,
-                       time_limit: float = 10.0, rtol: float = 1e-9) -> list[ClassCostSolve]:
+                       time_limit: float = 10.0, rtol: float = 1e-9,
+                       model_tolerance: float = 0.0) -> list[ClassCostSolve]:
     """`solve_class_cost` for the problems (rows[q], targets[q]) of one model, weights (t, n);
     lower / upper / caps (Q,) per problem. Returns one ClassCostSolve per problem."""
     W = as_float_array("weights", weights, ndim=2)
@@ -498,13 +505,14 @@ def refine_class_costs(weights, labels, num_classes, rows, targets, lower, upper
         raise ValueError("lower must be <= upper for every problem")
     check_positive("time_limit", time_limit)
     rtol = check_positive("rtol", rtol, allow_zero=True)
+    model_tolerance = check_positive("model_tolerance", model_tolerance, allow_zero=True)
     out = []
     cache: dict[int, _Row] = {}
     for q in range(rows.size):
         t0 = time.process_time()
         i = int(rows[q])
         if i not in cache:
-            cache = {i: _Row(W[i], y, K, rtol)}  # problems of one row come together: keep one row
+            cache = {i: _Row(W[i], y, K, rtol, model_tolerance)}  # one row's problems come together
         out.append(_solve(cache[i], int(targets[q]), float(lower[q]), float(upper[q]),
                           None if caps is None else float(caps[q]), time_limit, t0))
     return out
@@ -660,19 +668,26 @@ class PartitionSolver:
     weights(j, rows) -> (len(rows), n_j) label weights of partition j's model for those test points
     (e.g. `lambda j, rows: W[j][rows]`, or kernel rows computed on demand); labels[j] (n_j,) its
     training labels. Calls `refine_class_costs` per partition with `time_limit` seconds per problem.
-    Counts: problems, optimal, timed_out (time limit or solver status), near_tie.
+    accept(j, rows, W) -> (len(rows),) bool, optional: rows whose recomputed weights may be used (the
+    others keep their bounds), e.g. a check against stored scores; then pass the `model_tolerance`
+    that check guarantees (see `solve_class_cost`). Counts: problems, optimal, timed_out (time limit or
+    solver status), near_tie, rejected (problems of rows `accept` refused).
     """
 
     def __init__(self, weights: Callable[[int, np.ndarray], np.ndarray], labels, num_classes: int, *,
-                 time_limit: float = 10.0, rtol: float = 1e-9):
+                 time_limit: float = 10.0, rtol: float = 1e-9, model_tolerance: float = 0.0,
+                 accept: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None):
         if not callable(weights):
             raise TypeError("weights must be callable: weights(partition, rows) -> (len(rows), n_j) array")
+        if accept is not None and not callable(accept):
+            raise TypeError("accept must be callable: accept(partition, rows, W) -> (len(rows),) bool")
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
         self.labels = [check_labels(f"labels[{j}]", y, self.num_classes)[0] for j, y in enumerate(labels)]
-        self.weights = weights
+        self.weights, self.accept = weights, accept
         self.time_limit = check_positive("time_limit", time_limit)
         self.rtol = check_positive("rtol", rtol, allow_zero=True)
-        self.problems = self.optimal = self.timed_out = self.near_tie = 0
+        self.model_tolerance = check_positive("model_tolerance", model_tolerance, allow_zero=True)
+        self.problems = self.optimal = self.timed_out = self.near_tie = self.rejected = 0
 
     def __call__(self, points, partitions, classes, lower, upper, caps):
         new_lo = np.array(lower, dtype=np.float64)
@@ -681,10 +696,15 @@ class PartitionSolver:
             q = np.flatnonzero(partitions == j)
             pts, inv = np.unique(points[q], return_inverse=True)
             W = np.asarray(self.weights(int(j), pts), dtype=np.float64)
+            if self.accept is not None:
+                ok = np.asarray(self.accept(int(j), pts, W), dtype=bool)
+                self.rejected += int(np.count_nonzero(~ok[inv]))
+                q, inv = q[ok[inv]], inv[ok[inv]]
             order = np.argsort(inv, kind="stable")  # one row's problems together
             qs = q[order]
             res = refine_class_costs(W, self.labels[j], self.num_classes, inv[order], classes[qs], new_lo[qs],
-                                     new_hi[qs], caps=caps[qs], time_limit=self.time_limit, rtol=self.rtol)
+                                     new_hi[qs], caps=caps[qs], time_limit=self.time_limit, rtol=self.rtol,
+                                     model_tolerance=self.model_tolerance)
             for k, s in zip(qs, res):
                 new_lo[k], new_hi[k] = s.lower, s.upper
                 self.problems += 1

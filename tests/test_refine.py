@@ -277,3 +277,66 @@ def test_input_errors_name_the_argument():
         refine_class_costs(w[None, :], y, 2, [3], [1], [0.0], [1.0])
     with pytest.raises(TypeError, match="weights must be callable"):
         PartitionSolver(np.zeros((2, 2)), [y], 2)
+
+
+def test_run_with_exactness_refinement(tmp_path):
+    """`[exactness] refine = true` in a run: same units (not hashed), refined EnsembleCert radii inside the
+    unrefined bounds, exact ones equal to EnsembleCert on exactly solved costs of the same models, and
+    the before/after fractions in points.csv, summary.json and the report."""
+    from kernelcert import pipeline
+    from kernelcert.pipeline.config import make_kernel, make_learner
+
+    cfg = {
+        "data": {"dataset": "synthetic", "num_classes": 4, "n_train": 240, "n_test": 60, "dim": 6, "seed": 1,
+                 "separation": 1.5},
+        "kernel": {"architecture": "fully_connected", "depth": 1, "W_std": 1.5, "b_std": 0.1},
+        "learners": [{"type": "svm"}, {"type": "regression", "ridge": 0.01}],
+        "partition": {"rule": "ss_dpa", "num_partitions": [4, 8]},
+        "methods": {"aggregations": ["dpa", "ensemblecert"]},
+        "output": {"dir": str(tmp_path), "name": "tiny", "plots": False},
+        "execution": {"progress": False},
+    }
+    base = pipeline.run(cfg)
+    cfg["exactness"] = {"refine": True, "time_limit": 20}
+    res = pipeline.run(cfg)
+    assert res.run_dir == base.run_dir and res.computed_units == 0
+    conf = pipeline.config_from_dict(cfg)
+    plan = pipeline.plan_run(conf)
+    kern = make_kernel(conf.kernel)
+    K = plan.num_classes
+    header, table = pipeline.read_points(res.points_path)
+    col = {h: i for i, h in enumerate(header)}
+    refined_any = False
+    for r0, r1 in zip(base.results, res.results):
+        assert (r0.learner, r0.num_partitions, r0.method) == (r1.learner, r1.num_partitions, r1.method)
+        if r1.method != "ensemblecert":
+            assert r1.exact_before is None
+            continue
+        assert np.array_equal(r1.exact_before, r0.exact)
+        assert np.all(r0.radius <= r1.radius) and np.all(r1.radius <= r1.radius_upper)
+        assert np.all(r1.radius_upper <= r0.radius_upper) and np.all(r1.exact[r0.exact])
+        refined_any |= bool(np.any(r1.exact & ~r0.exact))
+        # the oracle: the same partition models, every class cost solved exactly
+        j = [lc.name for lc in conf.learners].index(r1.learner)
+        units = {u.key: u for u in plan.units}
+        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
+        costs, votes = [], []
+        for key in target.units:
+            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
+            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+            ex = exact_class_costs(W, y, K)
+            assert ex.exact.all()
+            costs.append(ex.lower)
+            votes.append(ex.prediction)
+        truth = ensemblecert(np.stack(votes, 1), np.stack(costs, 1), K, max_radius=len(plan.y_train)).radius
+        assert np.array_equal(r1.radius[r1.exact], truth[r1.exact])
+        assert np.all(r1.radius <= truth) and np.all(truth <= r1.radius_upper)
+        base_col = f"{r1.learner}/{r1.num_partitions}/ensemblecert"
+        assert np.array_equal(table[:, col[f"{base_col}/exact"]], r1.exact.astype(int))
+        assert np.array_equal(table[:, col[f"{base_col}/exact_before_refinement"]], r0.exact.astype(int))
+    assert refined_any, "the configuration should leave some radius to refine"
+    block = res.summary["exactness"]
+    assert block["refine"] and not block["budget_exhausted"] and len(block["results"]) == 4
+    assert "## Exactness refinement" in res.report_path.read_text()
+    with pytest.raises(ValueError, match="exactness"):
+        pipeline.config_from_dict({**cfg, "exactness": {"refine": "yes"}})
