@@ -114,7 +114,7 @@ def ensemble_case(cfg: dict, parts: dict, lr: str, N: int) -> dict:
 
     solver = PartitionSolver(weights, p["y"], K, time_limit=cfg["time_limit"])
     res = refine_ensemblecert(votes, L, U, K, solver, budget_seconds=cfg["budget_factor"] * run_s)
-    if not np.array_equal(res.exact_before, eb.agree):  # pragma: no cover - same knapsack twice
+    if not np.array_equal(res.exact_before, eb.exact):  # pragma: no cover - same knapsack twice
         raise RuntimeError("refine_ensemblecert and ensemblecert_bounds disagree before refinement")
     t_pts = len(votes)
     recompute = float(sum(parts["gram_s"][j] + fit_s[j] for j in touched)
@@ -197,12 +197,14 @@ def main(argv=None) -> dict:
                   f"{g['points']} points; lower gaps {g['lower_gap_hist']}, upper gaps {g['upper_gap_hist']}; "
                   f"MILP median {g['solve_s_median'] * 1e3:.1f} ms, max {g['solve_s_max']:.2f} s", flush=True)
         del parts
-    run = {"config": dict(cfg, seed=args.seed, ntk=NTK_ARCH), "ensemble": ens, "gaps": gaps,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    stamp(run, NAME, args.quick, argv)
-    out = merge_runs(read_result(NAME, args.quick), run)
-    stamp(out, NAME, args.quick, argv)
-    print(f"wrote {write_result(NAME, out, args.quick)}")
+        # written after every N_p, so a long run that is stopped keeps what it finished
+        run = {"config": dict(cfg, seed=args.seed, ntk=NTK_ARCH), "ensemble": ens, "gaps": gaps,
+               "finished_partitions": [e["N_p"] for e in ens[::len(LEARNERS)]],
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        stamp(run, NAME, args.quick, argv)
+        out = merge_runs(read_result(NAME, args.quick), run)
+        stamp(out, NAME, args.quick, argv)
+        print(f"wrote {write_result(NAME, out, args.quick)}", flush=True)
     print(markdown(out))
     return out
 
