@@ -1,7 +1,8 @@
 """Exactness benchmark: true gaps of the class-cost bounds at partition scale and EnsembleCert radii proven exact.
 
-    .venv/bin/python -m benchmarks.exactness            # MNIST 10-class, n_train 10,000, 1,000 test points, N_p 10/50/100
-    .venv/bin/python -m benchmarks.exactness --n-train 60000 --n-test 300 --gap-points 30   # partitions of 600-6,000
+    .venv/bin/python -m benchmarks.exactness            # MNIST 10 classes, n_train 10,000, 1,000 test points,
+                                                        # N_p 10/50/100
+    .venv/bin/python -m benchmarks.exactness --n-train 60000 --n-test 300 --partitions 100 50 --gap-points 30
     .venv/bin/python -m benchmarks.exactness --quick    # n_train 2,000, 200 test points, N_p 10/50
 
 Each invocation adds (or replaces) one run, keyed by (n_train, n_test, N_p list), in the result file.

@@ -5,9 +5,12 @@ predicts c) between a sound lower bound and a verified attack. This module close
 matter:
 
 1. `solve_class_cost` / `refine_class_costs` / `exact_class_costs`: an exact A_c for one test row of
-   a model with n = 10^3-10^4 training samples, by a small mixed-integer program (HiGHS through
+   a model with n = 10^2-10^4 training samples, by a small mixed-integer program (HiGHS through
    `scipy.optimize.milp`) over the only relabellings that can be part of an attack cheaper than the
-   verified one (see `solve_class_cost` for the reductions and why each is exact).
+   verified one (see `solve_class_cost` for the reductions and why each is exact), or, when no weight
+   is negative (the C_max SVM), by an exact combinatorial method (`_positive_min_moves`).
+   Measured on MNIST partitions of 100-1,000 samples (benchmarks/exactness.py): about 1-5 ms per
+   problem, every open class cost closed.
 2. `refine_ensemblecert`: EnsembleCert (§4.3) from lower and upper costs; where the two radii differ,
    only the costs used by the lower-bound knapsack's cheapest plan are refined, the knapsack is
    re-solved, and so on until the radius is proven or the time budget is spent.
@@ -41,8 +44,8 @@ from .certificates import certify
 from .ensemble import ensemblecert
 
 __all__ = [
-    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "attack_makes_class_win", "exact_class_costs",
-    "refine_class_costs", "refine_ensemblecert", "solve_class_cost",
+    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "attack_makes_class_win",
+    "exact_class_costs", "refine_class_costs", "refine_ensemblecert", "solve_class_cost",
 ]
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -64,9 +67,10 @@ class _Row:
     slack: bound on the rounding error of any float64 evaluation of a score difference (docs/math.md
     §3.6, with the generous constant of `certify` for the largest window), plus model_tolerance * sum|w|
     when w is a recomputation of the weights the bounds came from (each weight off by at most that much
-    in total); tau = rtol * sum|w| + slack, the tolerance of the lower-bound computations. grid: q > 0 when every w_j is an integer multiple
-    of q and sum|w| <= 2^53 q, so every float64 sum of weights is exact in any order (then ties are
-    decided exactly by the tie rule); None otherwise.
+    in total); tau = rtol * sum|w| + slack, the tolerance of the lower-bound computations. grid: q > 0
+    when every w_j is an integer multiple of q and sum|w| <= 2^53 q, so every float64 sum of weights is
+    exact in any order (then ties are decided exactly by the tie rule); None otherwise (and always None
+    with a model tolerance).
     """
 
     def __init__(self, w: np.ndarray, y: np.ndarray, K: int, rtol: float, model_tolerance: float = 0.0):
