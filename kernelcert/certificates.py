@@ -317,7 +317,7 @@ def _pair_active(ctx: _Context, r, a, b, q):
     """Sum and number of active reductions of pair (a, b) among the first q entries of V.
 
     Active: factor-1 entries of every class other than a, b (relabel to b if w > 0, to a if
-    w < 0) and factor-2 entries of a's positive and b's negative weights (SPEC §3 table).
+    w < 0) and factor-2 entries of a's positive and b's negative weights (docs/math.md §3 table).
     """
     q1 = ctx.Q1[r, q]
     q2 = ctx.Q2[r, q]
@@ -883,7 +883,7 @@ def _rescale(S: np.ndarray, layout: _Layout, tol: np.ndarray):
 
 
 def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np.ndarray, block_size,
-         sort_device: str = "numpy", labels: np.ndarray | None = None):
+         sort_device: str = "numpy"):
     """Stream over blocks of test points; rows whose windows were too small are redone with larger ones.
 
     user_tol (t,): absolute tolerance per row. In 'radius' and 'full' mode the rows the float core
@@ -980,6 +980,7 @@ class _ExactRow:
         self.n = len(labels)
         self.s = [sum(self.w[labels == k].tolist()) for k in range(K)]
         self.prediction = int(max(range(K), key=lambda k: (self.s[k], -k)))
+        self._memo = {}
 
     # --- pairwise problems
     def _order(self, a: int, b: int):
@@ -1004,6 +1005,12 @@ class _ExactRow:
         for every model within tol); strict=True instead asks b to beat a by more than tol (the
         count that holds for every such model).
         """
+        key = (a, b, strict, tie)
+        if key not in self._memo:
+            self._memo[key] = self._pair(a, b, strict, tie)
+        return self._memo[key]
+
+    def _pair(self, a: int, b: int, strict: bool, tie: str):
         M = self.s[a] - self.s[b]
         tie_b = b < a or tie == "attacker"
         if M < 0 or (M == 0 and tie_b):

@@ -1,28 +1,29 @@
 """`kernelcert` command line.
 
-    kernelcert run CONFIG.toml [--scheduler ADDR] [--workers N] [--out DIR] [--backend B] [--no-progress]
+    kernelcert run CONFIG.toml [--scheduler ADDR] [--workers N] [--out DIR] [--backend B] [--device D]
     kernelcert demo [--out DIR] [--workers N] [--n-train N] [--n-test N] [--partitions 1 10 50]
+    kernelcert aggregate SCORES [--labels LABELS] --method dpa dpa_roe fa fa_roe dpa_star_roe [...]
     kernelcert --version
 
 `run` executes (or resumes) the certification run of a TOML config (see `kernelcert.pipeline`
 and configs/*.toml) and prints the results table; `demo` runs the built-in MNIST demo config
-(`demo_config_text()`, the package data file kernelcert/configs/demo.toml). Exit status 2 on a
-bad config or missing data, and on a missing command.
+(`demo_config_text()`, the package data file kernelcert/configs/demo.toml); `aggregate` certifies
+a trained ensemble from its saved base-model outputs (`kernelcert.aggregate`). Exit status 2 on a
+bad config, a bad input file or missing data, and on a missing command.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
 from importlib import resources
 
 from ._version import __version__
-from .pipeline import ConfigError, RunConfig, load_config, load_config_string, run, with_overrides
-from .pipeline.config import size_problems
-from .pipeline.methods import REGISTRY
+from .aggregate import add_aggregate_parser, run_aggregate
+from .pipeline import RunConfig, config_from_dict, load_config, run, with_overrides
+from .pipeline.config import parse_toml
 from .pipeline.report import results_table
 
 
@@ -47,6 +48,8 @@ def _add_exec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="run on a local Dask cluster with N worker processes")
     p.add_argument("--backend", choices=("inprocess", "dask-local", "dask"), help="override [execution] backend")
     p.add_argument("--out", metavar="DIR", help="parent directory of the run directory (overrides [output] dir)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="where the kernels run (overrides [execution] "
+                   "device; auto = a GPU when JAX sees one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("-q", "--quiet", action="store_true", help="only print the results table")
@@ -74,31 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-test", type=int, help="test subset size (changes the config hash)")
     d.add_argument("--partitions", type=int, nargs="+", metavar="N_P", help="numbers of partitions")
     _add_exec_args(d)
+    add_aggregate_parser(sub)
     return parser
 
 
 def _demo_config(args) -> RunConfig:
-    cfg = load_config_string(demo_config_text(), name="demo")
-    data, part, fa = cfg.data, cfg.partition, cfg.fa
-    for flag, value, key in (("--n-train", args.n_train, "n_train"), ("--n-test", args.n_test, "n_test")):
-        if value is not None:
-            if value < 1:
-                raise ConfigError(f"{flag} must be positive, got {value}")
-            data = dataclasses.replace(data, **{key: value})
+    """The demo config with the command-line sizes, validated like any config."""
+    doc = parse_toml(demo_config_text())
+    if args.n_train is not None:
+        doc["data"]["n_train"] = args.n_train
+    if args.n_test is not None:
+        doc["data"]["n_test"] = args.n_test
     if args.partitions:
-        nps = tuple(sorted(set(args.partitions)))
-        if nps[0] < 1:
-            raise ConfigError(f"--partitions must be positive, got {list(args.partitions)}")
-        part = dataclasses.replace(part, num_partitions=nps)
-        ks = tuple(n for n in nps if n > 1)
-        fa = dataclasses.replace(fa, k=ks) if ks else None
-    methods = tuple(m for m in cfg.methods if REGISTRY[m].target != "fa" or fa is not None)
-    if 1 not in part.num_partitions:
-        methods = tuple(m for m in methods if not REGISTRY[m].single_model)
-    problems = size_problems(data.n_train, part, fa)
-    if problems:
-        raise ConfigError.of(problems)
-    return dataclasses.replace(cfg, data=data, partition=part, fa=fa, methods=methods)
+        nps = sorted(set(args.partitions))
+        doc["partition"]["num_partitions"] = nps
+        if any(n > 1 for n in nps):
+            doc["fa"]["k"] = [n for n in nps if n > 1]
+        else:
+            doc.pop("fa")  # no ensemble to spread
+    return config_from_dict(doc, name="demo")
 
 
 def main(argv=None) -> int:
@@ -106,15 +103,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print("kernelcert: error: a command is required (run, demo); see kernelcert --help", file=sys.stderr)
+        print("kernelcert: error: a command is required (run, demo, aggregate); see kernelcert --help",
+              file=sys.stderr)
         return 2
+    if args.command == "aggregate":
+        return run_aggregate(args)
     _setup_logging(args.quiet)
     t0 = time.perf_counter()
     try:
         cfg = load_config(args.config) if args.command == "run" else _demo_config(args)
         cfg = with_overrides(cfg, out_dir=args.out, backend=args.backend, workers=args.workers,
                              scheduler=args.scheduler, progress=False if args.no_progress else None,
-                             plots=False if args.no_plots else None)
+                             plots=False if args.no_plots else None, device=args.device)
         result = run(cfg)
     except (FileNotFoundError, ValueError) as exc:
         print(f"kernelcert: error: {exc}", file=sys.stderr)

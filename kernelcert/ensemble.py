@@ -31,7 +31,7 @@ __all__ = [
 EnsembleBounds = AggregateResult  # former name of ensemblecert_bounds' result (now radius / radius_upper / exact)
 
 
-# =========================================================================== 2. DPA
+# =========================================================================== DPA
 def dpa(votes, num_classes: int) -> AggregateResult:
     """Black-box DPA / SS-DPA certificate (docs/math.md §4, DPA paper), vectorised over test points.
 
@@ -49,7 +49,7 @@ def dpa(votes, num_classes: int) -> AggregateResult:
     return AggregateResult(prediction=p, radius=radius.astype(np.int64))
 
 
-# =========================================================================== 4. EnsembleCert
+# =========================================================================== EnsembleCert
 def _cost_array(costs, v: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     """dtype and shape checks only (cheap); values are checked block by block in `_check_cost_block`."""
     A = np.asarray(costs)

@@ -97,13 +97,13 @@ def level_for_fields(names) -> str:
     return LEVELS[max((_level(FIELD_LEVEL[n]) for n in names), default=0)]
 
 
-def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", block_size: int | None = None,
-                   rtol: float = 1e-9, sort_device: str = "auto") -> Evidence:
+def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", **certify_options) -> Evidence:
     """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
 
     Certificates (`kernelcert.certificates.certify`, `pairwise_costs` with tie="attacker") are
-    computed only for level "certificate" / "pairs"; `block_size`, `rtol` and `sort_device` are
-    passed on to them. A model with no training labels (n = 0) can never change: its costs are
+    computed only for level "certificate" / "pairs"; `certify_options` (e.g. block_size,
+    sort_device, tolerances) are passed on to both unchanged, so their defaults are the
+    certificates' own. A model with no training labels (n = 0) can never change: its costs are
     inf except 0 at its own vote, its radius 0 (= n) and its fallback False.
     """
     lv = _level(level)
@@ -124,12 +124,12 @@ def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", b
         ev = Evidence(votes=vote, scores=scores, radius=np.zeros(t, np.int64), cost_lower=costs,
                       cost_upper=costs.copy(), costs_exact=np.ones(t, bool))
         return ev if lv == 1 else dataclasses.replace(ev, pair_costs=pairs, fallback=np.zeros(t, bool))
-    cert = certify(W, y, K, block_size=block_size, rtol=rtol, sort_device=sort_device)
+    cert = certify(W, y, K, **certify_options)
     ev = Evidence(votes=cert.prediction, scores=scores, radius=cert.radius, cost_lower=cert.cost_lower,
                   cost_upper=cert.cost_upper, costs_exact=cert.exact)
     if lv == 1:
         return ev
-    P = pairwise_costs(W, y, K, tie="attacker", block_size=block_size, rtol=rtol, sort_device=sort_device)
+    P = pairwise_costs(W, y, K, tie="attacker", **certify_options)
     return dataclasses.replace(ev, pair_costs=P, fallback=cert.prediction != vote)
 
 

@@ -11,7 +11,11 @@ Black-box certificates (one poison fully controls one partition, or one FA group
 `whitebox_roe` replaces "one poison changes anything" by per-partition flip costs, and
 `whitebox_roe_from_label_linear` computes those costs for label-linear base models (docs/math.md §3).
 All radii: the largest number of poisons (label flips) that provably leaves the prediction
-unchanged; attack size = radius + 1. `brute_force_*` are exact references for tiny ensembles.
+unchanged; attack size = radius + 1; NO_ATTACK (kernelcert.voting) when no attack exists, and
+internally an attack size >= NO_ATTACK marks an impossible case. Exact references for tiny
+ensembles (enumeration of every attack) are in `kernelcert.exact` (`brute_force_roe_radius`, ...).
+Vote counting, row blocks and the gains-{1, 2} knapsack come from `kernelcert.voting`, shared with
+EnsembleCert.
 """
 
 from __future__ import annotations
@@ -34,8 +38,6 @@ __all__ = [
     "roe_predict", "dpa_roe", "dpa_star_roe", "fa", "fa_roe", "whitebox_roe", "whitebox_roe_from_label_linear",
     "DPA_STAR_SUMMATION",
 ]
-
-_BIG = NO_ATTACK  # integer "no attack of this kind"; min(...) - 1 over real cases never reaches it
 
 
 # --------------------------------------------------------------------------- validation / blocks
@@ -149,7 +151,7 @@ def _knockout_table(min_size: int) -> np.ndarray:
 
 
 def _dpa_roe_cases(s, e: _Election):
-    """Black-box attack-size lower bounds per case (ROE paper), int64 with _BIG where the case is impossible.
+    """Black-box attack-size lower bounds per case (ROE paper), int64 with NO_ATTACK where the case is impossible.
 
     r1 (B, K, K): c_pred knocked out of round 1 by the ordered pair (c1, c2), DP(g(cp, c1)+, g(cp, c2)+).
     r2 (B, K): c reaches the final and wins it, max(ceil+(g(c_sec, c), 2), ceil+(g2(c), 2)).
@@ -164,14 +166,14 @@ def _dpa_roe_cases(s, e: _Election):
     r1 = table[gp[:, :, None], gp[:, None, :]]
     bad = (cls[:, :, None] == cp[:, None, None]) | (cls[:, None, :] == cp[:, None, None]) | (
         cls[:, :, None] == cls[:, None, :])
-    r1 = np.where(bad, _BIG, r1)
+    r1 = np.where(bad, NO_ATTACK, r1)
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])  # g(c_sec, c); 0 for c = c_sec
     g2 = 2 * _prefer(s, cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
     r2 = np.maximum(_ceil_pos(g_sec, 2), _ceil_pos(g2, 2))
     # With a model whose finalist scores are equal, g2(c_sec) can already be <= 0 although c_pred
     # wins (the published script asserts CertR2 > 0 here); any attack needs at least one poison.
     r2 = np.maximum(r2, 1)
-    r2[rows, cp] = _BIG
+    r2[rows, cp] = NO_ATTACK
     return r1, r2
 
 
@@ -228,12 +230,12 @@ def dpa_star_roe(scores, *, summation: str = "float64", block_size: int | None =
 # only for the cases whose lower bound could still set the minimum; the result equals evaluating
 # every case (a skipped case's exact value is >= its bound >= the minimum found).
 def _greedy_count(gap, red) -> np.ndarray:
-    """Fewest groups whose largest reductions red (B, H) >= 0 sum to >= gap (B,); 0 if gap <= 0, _BIG if never."""
+    """Fewest groups whose largest reductions red (B, H) >= 0 sum to >= gap (B,); 0 if gap <= 0, NO_ATTACK if never."""
     if red.shape[1] == 0:
-        return np.where(gap <= 0, 0, _BIG).astype(np.int64)
+        return np.where(gap <= 0, 0, NO_ATTACK).astype(np.int64)
     cums = np.cumsum(-np.sort(-red, axis=1), axis=1)
     count = (cums < gap[:, None]).sum(axis=1) + 1
-    count = np.where(cums[:, -1] < gap, _BIG, count)
+    count = np.where(cums[:, -1] < gap, NO_ATTACK, count)
     return np.where(gap <= 0, 0, count).astype(np.int64)
 
 
@@ -276,7 +278,7 @@ def _greedy_from_histogram(hist, gap) -> np.ndarray:
     above_mass = np.take_along_axis(mass_ext, j + 1, axis=1)
     above_num = np.take_along_axis(num_ext, j + 1, axis=1)
     count = above_num + (gs - above_mass + j - 1) // j
-    return np.where(g2 <= 0, 0, np.where(ok, count, _BIG)).astype(np.int64).reshape(g.shape)
+    return np.where(g2 <= 0, 0, np.where(ok, count, NO_ATTACK)).astype(np.int64).reshape(g.shape)
 
 
 def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
@@ -308,11 +310,11 @@ def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> Agg
         cnt_p = _group_sums(vb == p[:, None], sh)
         hist_p = _histogram(cnt_p + d, 2 * d + 1)  # reductions d + cnt_p - cnt_c <= d + cnt_p
         bound = _greedy_from_histogram(hist_p, need)
-        bound[rows, p] = _BIG
-        best = np.full(B, _BIG, np.int64)
+        bound[rows, p] = NO_ATTACK
+        best = np.full(B, NO_ATTACK, np.int64)
         done = cls[None, :] == p[:, None]
         while True:
-            cand = np.argmin(np.where(done, _BIG, bound), axis=1)
+            cand = np.argmin(np.where(done, NO_ATTACK, bound), axis=1)
             act = np.flatnonzero(~done[rows, cand] & (bound[rows, cand] < best))
             if act.size == 0:
                 break
@@ -375,7 +377,7 @@ def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
     r2 = _ceil_pos(g2, 2 * d)  # a group holds at most d learners, each moving the margin by 2
     ns = _greedy_from_histogram(h_sum, g_cp[:, :, None] + g_cp[:, None, :])
     # exact where the bound is 0 (gap already closed) or impossible even with the larger reductions
-    r1_ex, r1s_ex, ns_ex = (r1 == 0) | (r1 >= _BIG), (r1s == 0) | (r1s >= _BIG), (ns == 0) | (ns >= _BIG)
+    r1_ex, r1s_ex, ns_ex = (r1 == 0) | (r1 >= NO_ATTACK), (r1s == 0) | (r1s >= NO_ATTACK), (ns == 0) | (ns >= NO_ATTACK)
     r2_ex = g2 <= 0
     valid2 = cls[None, :] != cp[:, None]
     pair = (cls[:, None] < cls[None, :])[None] & valid2[:, :, None] & valid2[:, None, :]
@@ -384,12 +386,12 @@ def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
         return _group_sums(v[r] == c, sh)
 
     while True:
-        v2 = np.where(valid2, np.maximum(np.maximum(r1s, r2), 1), _BIG)
-        v1 = np.where(pair, np.maximum(np.maximum(r1[:, :, None], r1[:, None, :]), ns), _BIG)
+        v2 = np.where(valid2, np.maximum(np.maximum(r1s, r2), 1), NO_ATTACK)
+        v1 = np.where(pair, np.maximum(np.maximum(r1[:, :, None], r1[:, None, :]), ns), NO_ATTACK)
         ex2 = r1s_ex & r2_ex
         ex1 = r1_ex[:, :, None] & r1_ex[:, None, :] & ns_ex
-        best = np.minimum(np.where(ex2, v2, _BIG).min(axis=1), np.where(ex1, v1, _BIG).reshape(B, -1).min(axis=1))
-        open_ = np.concatenate([np.where(ex2, _BIG, v2), np.where(ex1, _BIG, v1).reshape(B, -1)], axis=1)
+        best = np.minimum(np.where(ex2, v2, NO_ATTACK).min(axis=1), np.where(ex1, v1, NO_ATTACK).reshape(B, -1).min(axis=1))
+        open_ = np.concatenate([np.where(ex2, NO_ATTACK, v2), np.where(ex1, NO_ATTACK, v1).reshape(B, -1)], axis=1)
         q = np.argmin(open_, axis=1)
         act = np.flatnonzero(open_[rows, q] < best)
         if act.size == 0:
@@ -443,11 +445,11 @@ def _min_cost_gain2(options, need1, need2) -> np.ndarray:
 
 
 def _as_attack(cost) -> np.ndarray:
-    """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> _BIG."""
+    """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> NO_ATTACK."""
     fin = np.isfinite(cost)
     safe = np.where(fin, cost, 0.0)
     c = np.ceil(safe - 1e-9 * np.maximum(safe, 1.0))
-    return np.where(fin, c, _BIG).astype(np.int64)
+    return np.where(fin, c, NO_ATTACK).astype(np.int64)
 
 
 def _where_min(mask, cost):
@@ -519,7 +521,7 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
         gain1, gain2 = overtake_gains(v, vc[:, :, c], c, votes_a, vc_a_other)
         return _KNAPSACK(gain1, gain2, np.maximum(need, 0))[0]
 
-    best = np.full(B, _BIG, np.int64)
+    best = np.full(B, NO_ATTACK, np.int64)
     # ---- R2: c != c_pred reaches the final (beats c_sec unless c = c_sec) and wins the run-off
     for c in range(K):
         r_a = np.where(sec == c, 0.0, beats(c, sec, votes_sec, vc_sec_other, g_sec[:, c]))
@@ -529,7 +531,7 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
         r_b = cums[rows, np.minimum(k, M)]
         r_b = np.where(k > M, np.inf, r_b)
         val = np.maximum(np.maximum(_as_attack(r_a), _as_attack(r_b)), bb2[:, c])
-        best = np.minimum(best, np.where(cp == c, _BIG, val))
+        best = np.minimum(best, np.where(cp == c, NO_ATTACK, val))
     if K < 3:
         return best
     # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1
@@ -541,7 +543,7 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
         act = np.flatnonzero(valid & (val < best))
         if act.size:
             val[act] = np.maximum(val[act], _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint))
-        best = np.minimum(best, np.where(valid, val, _BIG))
+        best = np.minimum(best, np.where(valid, val, NO_ATTACK))
     return best
 
 

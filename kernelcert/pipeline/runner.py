@@ -33,8 +33,8 @@ from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
-from .store import (UnitFile, atomic_save_npz, atomic_write_text, older_format_runs, prepare_run_dir, unit_done,
-                    unit_path)
+from .store import (UnitFile, adopt_units, atomic_save_npz, atomic_write_text, older_format_runs, prepare_run_dir,
+                    same_config_runs, unit_done, unit_path)
 from .summary import build_summary, write_points, write_summary
 from .unit import SharedInputs, UnitTask, compute_unit
 
@@ -81,10 +81,10 @@ def _remove_if_empty(run_dir: Path, created: bool) -> None:
 
 def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str) -> None:
     levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
-    shared = SharedInputs(x_test=plan.x_test, num_classes=plan.num_classes, kernel=cfg.kernel,
+    shared = SharedInputs(x_test=plan.k_test, num_classes=plan.num_classes, kernel=cfg.kernel,
                           learners=cfg.learners, execution=cfg.execution, config_hash=cfg_hash, levels=levels,
                           progress=cfg.execution.progress and be.in_process)
-    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.x_train[u.train_index],
+    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                       plan.y_train[u.train_index], u.fingerprint) for u in todo)
     with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
         for task, result in be.map(compute_unit, tasks, shared):
@@ -113,6 +113,8 @@ def run(config, *, backend=None) -> RunResult:
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()})
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
+    for other in (same_config_runs(cfg.output.dir, run_dir, cfg_hash) if created else []):
+        logger.info("reusing %d work units of %s (same config hash)", adopt_units(other, run_dir), other)
     try:
         t0 = time.perf_counter()
         plan = plan_run(cfg)
