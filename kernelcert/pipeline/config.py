@@ -25,7 +25,7 @@ from .._version import __version__
 from ..data import LOADERS, arrays_feature_dtype, arrays_metadata
 from .methods import REGISTRY
 from .schema import (ARCHITECTURES, BACKENDS, DATASET_CLASSES, DEFAULT_BUDGETS, LEARNER_TYPES, BadValue, ConfigError,
-                     DataConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
+                     DataConfig, ExactnessConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
                      MethodsConfig, PartitionConfig, check_field, ctor_keys, data_keys, parse_section)
 from .store import FORMAT_VERSION
 
@@ -82,6 +82,7 @@ class RunConfig:
     methods: tuple[str, ...]
     output: OutputConfig
     execution: ExecutionConfig
+    exactness: ExactnessConfig = ExactnessConfig()
 
     def to_dict(self) -> dict:
         """Plain (JSON-able) dict of every field."""
@@ -111,7 +112,7 @@ class RunConfig:
         return num_classes_of(self.data)
 
 
-_SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution")
+_SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution", "exactness")
 
 
 def _default_learner_name(t: dict) -> str:
@@ -269,6 +270,7 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
         out_t = {**out_t, "name": name}
     output = parse_section(OutputConfig, "output", out_t, p)
     execution = parse_section(ExecutionConfig, "execution", d.get("execution", {}), p)
+    exactness = parse_section(ExactnessConfig, "exactness", d.get("exactness", {}), p)
     if execution is not None:
         if execution.device == "gpu" and not gpu_devices():
             p.append(("execution", "device", "device = 'gpu' but JAX sees no GPU here; use 'auto' or 'cpu'"))
@@ -291,7 +293,7 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
     if p:
         raise ConfigError.of(p)
     return RunConfig(data=data, kernel=kernel, learners=learners, partition=partition, fa=fa, methods=methods,
-                     output=output, execution=execution)
+                     output=output, execution=execution, exactness=exactness)
 
 
 def size_problems(n_train: int | None, partition: PartitionConfig, fa: FAConfig | None, what: str | None = None) -> list:

@@ -259,6 +259,19 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class ExactnessConfig:
+    """[exactness]: after aggregation, refine EnsembleCert radii until proven exact (`kernelcert.refine`):
+    refine on/off; CPU-time budget of the refinement, at most budget_factor times the run's time before
+    it (and at most budget_seconds when set); time_limit seconds per class-cost problem. Not hashed: the
+    work units do not depend on it (the step re-reads them)."""
+
+    refine: bool = _spec(False, _bool)
+    budget_factor: float = _spec(1.0, _num(positive=True))
+    budget_seconds: float | None = _spec(None, _num(positive=True))
+    time_limit: float = _spec(10.0, _num(positive=True))
+
+
+@dataclass(frozen=True)
 class MethodsConfig:
     """[methods]: the aggregation methods (names of `kernelcert.pipeline.methods.REGISTRY`; default: all
     that apply). Checked against the registry by `kernelcert.pipeline.config`."""
@@ -308,5 +321,6 @@ def data_keys(dataset: str) -> set:
 
 
 __all__ = ["ConfigError", "BadValue", "parse_section", "check_field", "MethodsConfig", "ctor_keys", "data_keys", "DataConfig", "KernelConfig",
-           "LearnerConfig", "PartitionConfig", "FAConfig", "OutputConfig", "ExecutionConfig", "DATASET_CLASSES",
+           "LearnerConfig", "PartitionConfig", "FAConfig", "OutputConfig", "ExecutionConfig", "ExactnessConfig",
+           "DATASET_CLASSES",
            "ARCHITECTURES", "LEARNER_TYPES", "PARTITION_RULES", "FA_RULES", "BACKENDS", "DEFAULT_BUDGETS", "DATA_SHARED"]
