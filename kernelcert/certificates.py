@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _scalabel_kernel
 from ._validation import as_float_array, check_int, check_labels, check_positive
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -793,15 +794,30 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
     return out
 
 
+_ENGINES = ("numba", "numpy")
+
+
 def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float, block_size,
-         sort_device: str = "numpy"):
-    """Stream over blocks of test points; rows whose windows were too small are redone with larger ones."""
+         sort_device: str = "numpy", engine: str = "numba", pairs_tie: str | None = None):
+    """Stream over blocks of test points; rows whose windows were too small are redone with larger ones.
+
+    engine "numba": the compiled row kernel (`_scalabel_kernel`), "numpy": the vectorised core below
+    (the test oracle); identical results. pairs_tie (mode "full"): also return the pairwise costs
+    with that tie rule as res["P"] (the kernel takes them from the same pass).
+    """
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}")
+    if pairs_tie is not None and mode == "full" and engine == "numpy":
+        res = _run(weights, layout, mode, tie, rtol, block_size, sort_device, engine)
+        res["P"] = _run(weights, layout, "pairs", pairs_tie, rtol, block_size, sort_device, engine)["P"]
+        return res
     use_jax = _use_jax_sort(sort_device)
     t, n = weights.shape
     K = layout.K
     res = {"prediction": np.zeros(t, np.int64), "radius": np.zeros(t, np.int64)}
-    if mode == "pairs":
+    if mode == "pairs" or pairs_tie is not None:
         res["P"] = np.zeros((t, K, K))
+        tie = pairs_tie or tie
     if mode == "full":
         res["lower"] = np.zeros((t, K))
         res["upper"] = np.zeros((t, K))
@@ -811,7 +827,7 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
     if n == 0:  # all scores 0: class 0 predicted, nothing can change
         inf = np.where(np.arange(K) == 0, 0.0, np.inf)
         res["own"][:] = inf
-        if mode == "pairs":
+        if "P" in res:
             # b beats a at equal (zero) scores iff b < a (index) or always (attacker)
             a, b = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
             res["P"][:] = np.where(_already(0.0, 0.0, a, b, tie) | (a == b), 0.0, np.inf)
@@ -824,6 +840,12 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
     for start in range(0, t, block_size):
         stop = min(t, start + block_size)
         S, _ = _sorted_segments(np.asarray(weights[start:stop], dtype=np.float64), layout, use_jax=use_jax)
+        if engine == "numba":
+            out = _scalabel_kernel.solve_block(S, layout.off, layout.first_window, layout.max_group, _WINDOW_GROWTH,
+                                               rtol, mode, tie, "P" in res)
+            for key, value in out.items():
+                res[key][start:stop] = value
+            continue
         rows = np.arange(stop - start)
         L = layout.first_window
         while rows.size:
@@ -935,24 +957,25 @@ def _validate(weights, labels, num_classes, rtol, block_size):
 
 
 def pairwise_costs(weights, labels, num_classes=None, *, tie: str = "index", rtol: float = 1e-9,
-                   block_size: int | None = None, sort_device: str = "auto") -> np.ndarray:
+                   block_size: int | None = None, sort_device: str = "auto", engine: str = "numba") -> np.ndarray:
     """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (SPEC §3).
 
     tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
     tie="attacker": s_b >= s_a already counts (a lower bound under any tie convention).
     0 on the diagonal and where b already beats a; inf where no relabelling makes b beat a.
     Exact up to the rounding tolerance (which can only make entries smaller). Streams over
-    blocks of `block_size` test points. sort_device: as in `certify`.
+    blocks of `block_size` test points. sort_device, engine: as in `certify`.
     """
     if tie not in ("index", "attacker"):
         raise ValueError(f"tie must be 'index' or 'attacker', got {tie!r}")
     w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
-    res = _run(w, _Layout(y, K), "pairs", tie, rtol, block_size, sort_device)
+    res = _run(w, _Layout(y, K), "pairs", tie, rtol, block_size, sort_device, engine)
     return res["P"]
 
 
 def certify(weights, labels, num_classes=None, *, block_size: int | None = None, rtol: float = 1e-9,
-            class_bounds: bool = True, sort_device: str = "auto") -> Certificate:
+            class_bounds: bool = True, sort_device: str = "auto", engine: str = "numba",
+            pairwise: str | None = None):
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
     radius (exact, SPEC §3) = min over b != p of P(p, b) - 1 (n when no attack exists). With
@@ -962,10 +985,16 @@ def certify(weights, labels, num_classes=None, *, block_size: int | None = None,
     `block_size` test points (default: about 100 MB of working memory); memory does not grow with t.
     sort_device: where the per-point sort (the dominant cost) runs: "auto" (JAX on a GPU when one is
     visible, else numpy), "numpy", or "jax" (JAX's default device); results are identical.
+    engine: "numba" (default, the compiled row kernel) or "numpy" (the vectorised reference); the
+    results are identical. pairwise ("index" or "attacker", needs class_bounds): also return the
+    pairwise costs `pairwise_costs(..., tie=pairwise)`, taken from the same pass; the result is then
+    the pair (Certificate, P (t, K, K)).
     """
     w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
+    if pairwise is not None and (pairwise not in ("index", "attacker") or not class_bounds):
+        raise ValueError(f"pairwise must be None, 'index' or 'attacker' (with class_bounds=True), got {pairwise!r}")
     mode = "full" if class_bounds else "radius"
-    res = _run(w, _Layout(y, K), mode, "index", rtol, block_size, sort_device)
+    res = _run(w, _Layout(y, K), mode, "index", rtol, block_size, sort_device, engine, pairwise)
     t = w.shape[0]
     pred = res["prediction"]
     if class_bounds:
@@ -974,9 +1003,10 @@ def certify(weights, labels, num_classes=None, *, block_size: int | None = None,
         lower = res["own"]
         upper = np.where(np.arange(K)[None, :] == pred[:, None], 0.0, np.inf) if t else np.zeros((0, K))
     class_exact = lower == upper
-    return Certificate(prediction=pred, radius=res["radius"], cost_lower=lower, cost_upper=upper,
+    cert = Certificate(prediction=pred, radius=res["radius"], cost_lower=lower, cost_upper=upper,
                        class_exact=class_exact, exact=class_exact.all(axis=1), weights=w, labels=y,
                        num_classes=K, rtol=rtol, class_bounds=bool(class_bounds))
+    return cert if pairwise is None else (cert, res["P"])
 
 
 def certify_model(model, K_test_train, **kwargs) -> Certificate:
