@@ -129,6 +129,7 @@ def _iters(size):
 def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2):
     """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags,
     its prefix sums Cc (GL+1,), count table CT (GL+1, G), c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
+    c and buf_v have GL+1 entries (the last one is a sentinel).
     Same definitions (and tie orders: stable by flat index) as `certificates._Context`."""
     G = 2 * K
     GL = G * L
@@ -215,17 +216,20 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
             CT[q + 1, g] = CT[q, g]
         CT[q + 1, tag[q]] += 1
     # V: c and 2c merged (decreasing; c first among equals), Q2[q]: 2c entries among the first q
+    # (c[GL] = -1 is a sentinel below every entry: no bounds tests in the loop)
+    c[GL] = -1.0
     i, j = 0, 0
+    q2 = 0
     Q2[0] = 0
     for o in range(2 * GL):
-        if j >= GL or (i < GL and c[i] >= 2.0 * c[j]):
-            V[o] = c[i]
-            Q2[o + 1] = Q2[o]
-            i += 1
-        else:
-            V[o] = 2.0 * c[j]
-            Q2[o + 1] = Q2[o] + 1
-            j += 1
+        x = c[i]
+        z = 2.0 * c[j]
+        one = x >= z
+        V[o] = x if one else z
+        q2 += 1 - one
+        Q2[o + 1] = q2
+        i += one
+        j += 1 - one
 
 
 # --------------------------------------------------------------------------- pairwise problems
@@ -595,9 +599,9 @@ def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, l
     X = np.empty((G, L))
     cut = np.empty(G)
     Xc = np.empty((G, L + 1))
-    c = np.empty(GL)
+    c = np.empty(GL + 1)
     tag = np.empty(GL, np.int64)
-    buf_v = np.empty(GL)
+    buf_v = np.empty(GL + 1)
     buf_t = np.empty(GL, np.int64)
     Cc = np.empty(GL + 1)
     CT = np.empty((GL + 1, G), np.int32)
