@@ -41,6 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from kernelcert import pipeline
+from kernelcert.pipeline import store
+from kernelcert.pipeline.aggregate import AggTask, aggregate_block
+from kernelcert.pipeline.methods import METHODS, REGISTRY, method_label, method_style
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,8 +54,8 @@ KERNEL = {"architecture": "fully_connected", "depth": 1, "W_std": 2.0 ** 0.5, "b
 PARTITION_RULE = "ss_dpa"
 MIN_PER_PARTITION = 40  # smallest mean partition size allowed (N_p <= n_train / 40)
 NP_GRID = (1, 10, 50, 100, 500, 1000)
-ALL_METHODS = ("single", "dpa", "ensemblecert", "dpa_roe", "whitebox_roe", "fa", "fa_roe")
-ENSEMBLE_METHODS = ALL_METHODS[1:]
+ALL_METHODS = METHODS  # the registry's order
+ENSEMBLE_METHODS = tuple(m for m in METHODS if not REGISTRY[m].single_model)
 BUDGETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 TABLE_BUDGETS = ("0", "1", "2", "5", "10", "20", "50")
 AGG_TIMING_ROWS = 200  # test points on which each aggregation method is timed (reported per point)
@@ -105,8 +108,8 @@ def make_config(dataset: str, data: dict, run_name: str, n_train: int, n_test: i
                 kernel: dict | None = None) -> pipeline.RunConfig:
     """The pipeline RunConfig of one experiment run (every applicable method, FA with k = the N_p > 1)."""
     nps = tuple(sorted(nps))
-    methods = [m for m in ALL_METHODS if not (m == "single" and 1 not in nps)
-               and not (m in ("fa", "fa_roe") and not any(n > 1 for n in nps))]
+    methods = [m for m in ALL_METHODS if not (REGISTRY[m].single_model and 1 not in nps)
+               and not (REGISTRY[m].target == "fa" and not any(n > 1 for n in nps))]
     doc = {
         "data": {**data, "n_train": int(n_train), "n_test": int(n_test), "seed": 0},
         "kernel": dict(kernel or KERNEL),
@@ -123,7 +126,7 @@ def make_config(dataset: str, data: dict, run_name: str, n_train: int, n_test: i
 
 # =========================================================================== extraction from a run
 def _unit_files(run_dir: Path, kind: str, n_p: int, count: int, d: int | None = None):
-    return [pipeline.UnitFile(run_dir / "units" / f"{pipeline.unit_key(kind, n_p, i, d)}.npz") for i in range(count)]
+    return [store.UnitFile(store.unit_path(run_dir, store.unit_key(kind, n_p, i, d))) for i in range(count)]
 
 
 def _class_cost_exactness(files, j: int) -> dict:
@@ -136,7 +139,7 @@ def _class_cost_exactness(files, j: int) -> dict:
         n_pairs += ce.size
         lo = f.rows(f"L{j}.cost_lower").astype(np.float64)
         hi = f.rows(f"L{j}.cost_upper").astype(np.float64)
-        fin = (lo != pipeline.COST_INF) & (hi != pipeline.COST_INF)
+        fin = (lo != store.COST_INF) & (hi != store.COST_INF)
         cells += int(fin.sum())
         cells_exact += int((fin & (lo == hi)).sum())
         g = (hi - lo)[fin & (hi > lo)]
@@ -155,20 +158,15 @@ def _unit_seconds(files) -> dict:
 
 
 def _time_aggregation(files, j: int, kind: str, methods, num_classes: int, n_train: int, shifts=None) -> dict:
-    """Seconds per test point of each aggregation method (pipeline.aggregate_block on the first rows)."""
+    """Seconds per test point of each aggregation method (aggregate_block on the first rows)."""
     t = files[0].shape(f"L{j}.votes")[0]
     stop = min(t, AGG_TIMING_ROWS)
-    arrays = {}
-    for name in ("votes", "scores", "cost_lower", "cost_upper", "pair", "roe_fallback"):
-        if f"L{j}.{name}" in files[0]:
-            arrays[name] = np.stack([f.rows(f"L{j}.{name}", 0, stop) for f in files], axis=1)
-    if f"L{j}.radius" in files[0]:
-        arrays["radius"] = files[0].rows(f"L{j}.radius", 0, stop)
     out = {}
     for m in methods:
-        task = pipeline.AggTask(j, len(files), kind, 0, stop, (m,), num_classes, n_train, arrays, shifts)
+        arrays = store.read_stored_block(files, j, 0, stop, REGISTRY[m].needs)
+        task = AggTask(j, len(files), kind, 0, stop, (m,), num_classes, n_train, arrays, shifts)
         t0 = time.perf_counter()
-        pipeline.aggregate_block(task)
+        aggregate_block(task)
         out[m] = (time.perf_counter() - t0) / stop
     return out
 
@@ -195,13 +193,13 @@ def extract_rows(res: pipeline.RunResult, dataset: str, run_name: str, learners:
     cost_exact: dict[tuple, dict] = {}
     for name, (j, _) in by_name.items():
         for n_p in nps:
-            ms = [m for m in s["methods"] if m in ENSEMBLE_METHODS[:4] or (m == "single" and n_p == 1)]
-            for m, v in _time_aggregation(files_np[n_p], j, "ensemble", ms, K, n_train).items():
+            ms = [m for m in s["methods"] if REGISTRY[m].applies_to("partition", n_p)]
+            for m, v in _time_aggregation(files_np[n_p], j, "partition", ms, K, n_train).items():
                 agg_time[(name, n_p, m)] = v
             if f"L{j}.class_exact" in files_np[n_p][0]:
                 cost_exact[(name, n_p)] = _class_cost_exactness(files_np[n_p], j)
         if fa:
-            ms = [m for m in s["methods"] if m in ("fa", "fa_roe")]
+            ms = [m for m in s["methods"] if REGISTRY[m].target == "fa"]
             for k in fa["k"]:
                 sh = np.asarray(fa["shifts"][str(k)], np.int64)
                 for m, v in _time_aggregation(files_fa[k], j, "fa", ms, K, n_train, sh).items():
@@ -455,15 +453,10 @@ def compute_findings(result: dict) -> list[str]:
 
 
 # =========================================================================== plots
-_STYLE = {"single": ("C4", "-", "s"), "dpa": ("C0", "--", "o"), "ensemblecert": ("C1", "-", "D"),
-          "dpa_roe": ("C2", ":", "^"), "whitebox_roe": ("C3", "-.", "v"), "fa": ("C5", "--", "<"),
-          "fa_roe": ("C6", ":", ">")}
-
-
 def _png(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    pipeline.atomic_write_bytes(path, buf.getvalue())
+    store.atomic_write_bytes(path, buf.getvalue())
 
 
 def _cert_curve(row, xmax: int):
@@ -490,7 +483,6 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from kernelcert.report import METHOD_LABELS
 
     paths = []
     for ds, d in result["datasets"].items():
@@ -509,12 +501,12 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
                     pts = [(n, v) for n, v in _series(rows, name, m, run) if m != "single" and n > 1]
                     if not pts:
                         continue
-                    color, ls, marker = _STYLE[m]
+                    color, ls, marker = method_style(m)
                     n_tr = next(x["n_train"] for x in d["runs"] if x["run"] == run)
                     ax.plot([p[0] for p in pts], [np.nan if p[1] is None else p[1] for p in pts], color=color,
                             linestyle=ls, marker=marker, alpha=0.45 if small else 0.85, markersize=4 if small else 6,
                             markerfacecolor="none" if small else color, linewidth=1 if small else 1.6,
-                            label=f"{METHOD_LABELS.get(m, m)}" + (f" (n={n_tr})" if len(runs) > 1 else ""))
+                            label=f"{method_label(m)}" + (f" (n={n_tr})" if len(runs) > 1 else ""))
                 single = _series(rows, name, "single", run)
                 if single and single[0][1] is not None:
                     n_tr = next(x["n_train"] for x in d["runs"] if x["run"] == run)
@@ -549,9 +541,9 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
                 xmax = max([max(r["curve"]["radius"] or [0]) for r in sel] + [1])
                 for r in sel:
                     b, y = _cert_curve(r, xmax + 1)
-                    color, ls, _ = _STYLE[r["method"]]
+                    color, ls, _ = method_style(r["method"])
                     ax.plot(b, y, color=color, linestyle=ls, linewidth=1.3, alpha=0.85,
-                            label=METHOD_LABELS.get(r["method"], r["method"]))
+                            label=method_label(r["method"]))
                 ax.set_xscale("symlog", linthresh=1.0)
                 ax.set_ylim(0, 1)
                 ax.grid(alpha=0.3)
@@ -684,7 +676,7 @@ def markdown(result: dict) -> str:
 
 # =========================================================================== main
 def _write_json(path: Path, result: dict) -> None:
-    pipeline.atomic_write_text(path, json.dumps(result, indent=1, allow_nan=False, default=_json_default))
+    store.atomic_write_text(path, json.dumps(result, indent=1, allow_nan=False, default=_json_default))
 
 
 def _json_default(o):

@@ -50,7 +50,7 @@ from kernelcert.certificates import certify
 from kernelcert.data import mnist
 from kernelcert.kernels import FullyConnected
 from kernelcert.learners import KernelRegression, onehot
-from kernelcert.pipeline import atomic_write_bytes, atomic_write_text
+from kernelcert.pipeline.store import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "finite_width"

@@ -111,7 +111,10 @@ def run_sweep(n_train, n_test, nps, out_root: Path, reuse: dict | None = None) -
 
 def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg_rows) -> dict:
     """Measure work units at CIFAR-10 partition size in a 1-worker Dask process, extrapolate to n_p units."""
-    from kernelcert.backends import DaskBackend
+    from kernelcert.pipeline.aggregate import agg_block_rows
+    from kernelcert.pipeline.backends import DaskBackend
+    from kernelcert.pipeline.store import counts_to_float
+    from kernelcert.pipeline.unit import SharedInputs, UnitTask, compute_unit
     from kernelcert.ensemble import dpa, ensemblecert
     from kernelcert.roe import dpa_roe, whitebox_roe
 
@@ -122,15 +125,15 @@ def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg
         "kernel": ARCH, "learners": LEARNERS, "partition": {"num_partitions": [1]},
         "methods": {"aggregations": METHODS}, "execution": {"memory_cap_mb": 1024, "progress": False}})
     rng = np.random.default_rng(0)
-    shared = pipeline.SharedInputs(x_test=rng.random((sample_test, dim)), num_classes=K, kernel=cfg.kernel,
-                                   learners=cfg.learners, execution=cfg.execution, config_hash="simulation",
-                                   want_costs=True, want_pairs=True)
-    tasks = [pipeline.UnitTask(f"sim-{i}", "partition", n_p, i, rng.random((n_part, dim)), rng.integers(0, K, n_part))
+    shared = SharedInputs(x_test=rng.random((sample_test, dim)), num_classes=K, kernel=cfg.kernel,
+                          learners=cfg.learners, execution=cfg.execution, config_hash="simulation",
+                          levels={"partition": "pairs"})
+    tasks = [UnitTask(f"sim-{i}", "partition", n_p, i, rng.random((n_part, dim)), rng.integers(0, K, n_part))
              for i in range(sample_units + 1)]  # the first one warms up the worker (imports, jit)
     with DaskBackend(n_workers=1) as be:
         outs = []
         for task in tasks:  # one at a time, so each unit's wall time is its own
-            ((_, res),) = list(be.map(pipeline.compute_unit, [task], shared))
+            ((_, res),) = list(be.map(compute_unit, [task], shared))
             outs.append(res)
     metas = [json.loads(str(o["meta"])) for o in outs[1:]]
     fixed = float(np.median([m["seconds"]["gram"] + m["seconds"]["fit"] for m in metas]))
@@ -147,10 +150,10 @@ def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg
         return np.stack(arrs, axis=1)
 
     votes = stack("votes").astype(np.int64)
-    lower = stack("cost_lower", pipeline.counts_to_float)
-    upper = stack("cost_upper", pipeline.counts_to_float)
+    lower = stack("cost_lower", counts_to_float)
+    upper = stack("cost_upper", counts_to_float)
     scores = stack("scores")
-    pair = stack("pair", pipeline.counts_to_float)
+    pair = stack("pair", counts_to_float)
     agg = {}
     for name, fn in (("dpa", lambda: dpa(votes, K)), ("ensemblecert_lower", lambda: ensemblecert(votes, lower, K)),
                      ("ensemblecert_upper", lambda: ensemblecert(votes, upper, K)),
@@ -161,7 +164,7 @@ def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg
         agg[name] = (time.perf_counter() - t0) * n_test / rows * len(LEARNERS)
     agg_total = float(sum(agg.values()))
     # the run maps aggregation blocks over the same workers (pipeline.aggregate_block)
-    block = pipeline._agg_block_rows(n_p, K, cfg.execution)
+    block = agg_block_rows(n_p, K, cfg.execution)
     blocks = math.ceil(n_test / block) * len(LEARNERS)
     agg_makespan = math.ceil(blocks / workers) * agg_total / blocks
     makespan = math.ceil(n_p / workers) * unit_full + agg_makespan

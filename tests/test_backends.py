@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kernelcert import pipeline
-from kernelcert.backends import DaskBackend, InProcessBackend, make_backend
+from kernelcert.pipeline.backends import DaskBackend, InProcessBackend, make_backend
 
 from test_pipeline import tiny_config
 

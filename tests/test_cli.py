@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import kernelcert
 from kernelcert import cli, pipeline
 
 from test_pipeline import tiny_config, to_toml
@@ -58,12 +59,39 @@ def test_errors_exit_with_status_2(tmp_path, capsys):
     assert "scheduler" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["run"])  # argparse: CONFIG is required
-    assert cli.main([]) == 0  # no command: help
+    assert cli.main([]) == 2  # no command: usage on stderr, non-zero status
+    assert "usage: kernelcert" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kernelcert {kernelcert.__version__}"
+
+
+def test_outputs_line_has_no_stray_comma(tmp_path, capsys):
+    path = tmp_path / "tiny.toml"
+    path.write_text(to_toml(tiny_config(tmp_path / "runs", **{"partition.num_partitions": [1, 3]})))
+    assert cli.main(["run", str(path), "--no-progress", "--no-plots", "-q"]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.strip() == "points.csv, summary.json, report.md"
+
+
+def test_failed_run_leaves_no_empty_run_directory(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "runs")
+    cfg["learners"] = [{"type": "svm", "C": 10.0}]  # fails in the C_max pre-pass, after the directory exists
+    path = tmp_path / "bad_c.toml"
+    path.write_text(to_toml(cfg))
+    assert cli.main(["run", str(path), "--no-progress", "-q"]) == 2
+    assert "exceeds C_max" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").iterdir())
 
 
 def test_demo_config_file_matches_builtin():
     from_file = pipeline.load_config(REPO / "configs" / "demo.toml")
-    builtin = pipeline.load_config_string(cli.DEMO_CONFIG, name="demo")
+    builtin = pipeline.load_config_string(cli.demo_config_text(), name="demo")  # package data
+    assert (REPO / "configs" / "demo.toml").read_text() == cli.demo_config_text()
     assert from_file.hash() == builtin.hash()
     assert {lc.type for lc in builtin.learners} == {"svm", "regression"}
     assert builtin.partition.num_partitions == (1, 10, 50)

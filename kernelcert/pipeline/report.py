@@ -1,6 +1,6 @@
 """Tables, plots and the Markdown report of a certification run (input: the run's summary dict).
 
-MCR numbers are given in both conventions of SPEC §1 / anchors §0.2: "radius" (the largest
+MCR numbers are given in both conventions of docs/math.md §1: "radius" (the largest
 budget with certified accuracy >= 50%) and "anchor" (that plus one, as the DPA/FA/ROE scripts
 print it). Certified accuracy counts a test point at budget r when it is classified correctly
 and its certified radius is >= r.
@@ -8,25 +8,13 @@ and its certified radius is >= r.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
-METHOD_LABELS = {
-    "single": "single model (ScaLabelCert)",
-    "dpa": "DPA (black box)",
-    "ensemblecert": "EnsembleCert",
-    "dpa_roe": "DPA+ROE",
-    "whitebox_roe": "white-box ROE",
-    "fa": "FA",
-    "fa_roe": "FA+ROE",
-}
-# (color, linestyle, marker): distinct styles so that coinciding curves stay visible
-_STYLE = {
-    "single": ("C4", "-", "s"), "dpa": ("C0", "--", "o"), "ensemblecert": ("C1", "-", "D"),
-    "dpa_roe": ("C2", ":", "^"), "whitebox_roe": ("C3", "-.", "v"), "fa": ("C5", "--", "<"), "fa_roe": ("C6", ":", ">"),
-}
-
+from .methods import REGISTRY, method_label, method_style
+from .store import atomic_write_bytes
 
 def _fmt_mcr(v) -> str:
     return "n/a" if v is None else str(int(v))
@@ -45,8 +33,8 @@ def _rows(summary: dict, learner: str | None = None) -> list[dict]:
 
 
 def _method_name(r: dict, summary: dict) -> str:
-    name = METHOD_LABELS.get(r["method"], r["method"])
-    if r["method"] in ("fa", "fa_roe") and summary.get("fa"):
+    name = method_label(r["method"])
+    if r["method"] in REGISTRY and REGISTRY[r["method"]].target == "fa" and summary.get("fa"):
         name += f" (d={summary['fa']['d']})"
     return name
 
@@ -84,12 +72,10 @@ def results_table(summary: dict, budgets=None) -> str:
 def write_plots(summary: dict, run_dir) -> list[Path]:
     """Certified accuracy vs budget (one figure per learner, a panel per N_p, a line per method) and
     MCR vs N_p (a panel per learner). Returns the PNG paths (written atomically)."""
-    import matplotlib
+    import matplotlib  # imported here: plotting is the only user and matplotlib is slow to import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from .pipeline import atomic_write_bytes
 
     run_dir = Path(run_dir)
     paths = []
@@ -107,7 +93,7 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
                 else:
                     x = np.concatenate([[0.0], rad, [rad[-1] + 1]])
                     y = np.concatenate([[acc[0]], acc, [0.0]])
-                color, ls, _ = _STYLE.get(r["method"], (None, "-", "o"))
+                color, ls, _ = method_style(r["method"])
                 ax.plot(x, y, drawstyle="steps-pre", color=color, linestyle=ls, linewidth=1.6, alpha=0.85,
                         label=_method_name(r, summary))
             ax.set_xscale("symlog", linthresh=1.0)
@@ -117,7 +103,7 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
         axes[0][0].set_ylabel("certified accuracy")
         axes[0][-1].legend(fontsize=7, loc="upper right")
         fig.tight_layout()
-        paths.append(_save(fig, run_dir / f"certified_accuracy_{_safe(learner)}.png", atomic_write_bytes))
+        paths.append(_save(fig, run_dir / f"certified_accuracy_{_safe(learner)}.png"))
         plt.close(fig)
     fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners), 3.6), squeeze=False)
     for ax, learner in zip(axes[0], learners):
@@ -126,9 +112,9 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
             pts = sorted((r["num_partitions"], r["mcr"]["radius"]) for r in rows if r["method"] == method)
             xs = [p[0] for p in pts]
             ys = [np.nan if p[1] is None else p[1] for p in pts]
-            color, ls, marker = _STYLE.get(method, (None, "-", "o"))
+            color, ls, marker = method_style(method)
             ax.plot(xs, ys, color=color, linestyle=ls, marker=marker, alpha=0.85,
-                    label=METHOD_LABELS.get(method, method))
+                    label=method_label(method))
         nps = sorted({r["num_partitions"] for r in rows})
         ax.set_xscale("log")
         ax.set_xticks(nps)
@@ -140,7 +126,7 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save(fig, run_dir / "mcr_vs_partitions.png", atomic_write_bytes))
+    paths.append(_save(fig, run_dir / "mcr_vs_partitions.png"))
     plt.close(fig)
     return paths
 
@@ -149,12 +135,10 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
-def _save(fig, path: Path, writer) -> Path:
-    import io
-
+def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    writer(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -171,8 +155,8 @@ def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
         fa = summary["fa"]
         lines += [f"Finite Aggregation: k = {fa['k']}, d = {fa['d']} ({fa['rule']} groups), i.e. k*d learners.", ""]
     lines += ["MCR = median certified robustness: the largest number of label flips r with certified accuracy "
-              ">= 50% (radius convention, SPEC §1); MCR+1 is the number the DPA/FA/ROE scripts print "
-              "(anchors §0.2). \"exact\" = fraction of test points whose radius is proven exact "
+              ">= 50% (radius convention, docs/math.md §1); MCR+1 is the number the DPA/FA/ROE scripts "
+              "print. \"exact\" = fraction of test points whose radius is proven exact "
               "(ScaLabelCert always; EnsembleCert where lower and upper cost bounds give the same radius); "
               "all other radii are sound lower bounds.", ""]
     budgets = [str(b) for b in summary.get("budgets", [])]
@@ -197,7 +181,7 @@ def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
     if summary.get("c_max"):
         lines += ["## SVM C_max per partition", "",
                   "C_max = 1 / max_i sum_j |K_ij| of each partition's Gram; C <= C_max makes the SVM linear in the "
-                  "labels (SPEC §2).", "", "| learner | N_p | min | median | max | C used |",
+                  "labels (docs/math.md §2).", "", "| learner | N_p | min | median | max | C used |",
                   "|---|---|---|---|---|---|"]
         for learner, per in summary["c_max"].items():
             for n_p, v in per.items():
@@ -226,4 +210,4 @@ def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["results_table", "write_plots", "markdown_report", "METHOD_LABELS"]
+__all__ = ["results_table", "write_plots", "markdown_report"]

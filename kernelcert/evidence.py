@@ -1,0 +1,149 @@
+"""What one label-linear base model contributes to an aggregation: its `Evidence` on test points.
+
+A base model of a partition ensemble (docs/math.md §2-§5) is seen by every aggregation method
+through the same few arrays, all computed from its label weights W (t, n), its training labels
+y (n,) and the number of classes K by one function, `build_evidence`:
+
+- `votes` (t,) int64: the model's vote (the ScaLabelCert prediction when certificates are
+  computed, otherwise the argmax of the scores; the two differ only at rounding-level ties);
+- `scores` (t, K) float64: class scores W @ onehot(y);
+- `radius` (t,) int64: the ScaLabelCert radius (exact, docs/math.md §3);
+- `cost_lower` / `cost_upper` (t, K) float64: per-class flip-cost bounds (inf = no attack);
+- `costs_exact` (t,) bool: lower == upper for every class;
+- `pair_costs` (t, K, K) float64: P[i, a, b] = fewest flips after which b beats a, with ties
+  counted for the attacker (a lower bound under any tie convention; inf = no attack);
+- `fallback` (t,) bool: the certified vote and the argmax of the scores disagree (a rounding-level
+  tie); white-box run-off election then gives this model black-box unit costs (`roe_costs`).
+
+What is computed depends on `level`: "votes" (votes and scores), "certificate" (plus radius and
+class-cost bounds), "pairs" (plus pairwise costs and the fallback flags). `stack_evidence` puts
+the evidence of M models side by side (a model axis after the test-point axis), which is what the
+aggregation methods read. This module is used both by the certification run
+(`kernelcert.pipeline`) and by in-memory compositions such as white-box ROE from label weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .certificates import certify, pairwise_costs
+from .learners import onehot
+
+LEVELS = ("votes", "certificate", "pairs")
+FIELD_LEVEL = {"votes": "votes", "scores": "votes", "radius": "certificate", "cost_lower": "certificate",
+               "cost_upper": "certificate", "costs_exact": "certificate", "pair_costs": "pairs",
+               "fallback": "pairs"}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence of one base model on t test points, or of M models stacked on axis 1 (see module doc).
+
+    Shapes for one model: votes (t,), scores (t, K), radius (t,), cost_lower / cost_upper (t, K),
+    costs_exact (t,), pair_costs (t, K, K), fallback (t,); stacked: (t, M, ...) throughout.
+    Fields above the computed `level` are None.
+    """
+
+    votes: np.ndarray
+    scores: np.ndarray
+    radius: np.ndarray | None = None
+    cost_lower: np.ndarray | None = None
+    cost_upper: np.ndarray | None = None
+    costs_exact: np.ndarray | None = None
+    pair_costs: np.ndarray | None = None
+    fallback: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.scores.shape[-1])
+
+    @property
+    def level(self) -> str:
+        """The highest level whose fields are all present."""
+        present = [lv for lv in LEVELS
+                   if all(getattr(self, f) is not None for f, need in FIELD_LEVEL.items() if need == lv)]
+        return present[-1] if present else "votes"
+
+    def roe_costs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vote costs, pair costs) for white-box run-off election: `cost_lower` and `pair_costs`,
+        with black-box unit costs (1 flip) for every model flagged `fallback` (sound: any change of a
+        model needs at least one flip)."""
+        if self.cost_lower is None or self.pair_costs is None or self.fallback is None:
+            raise ValueError("white-box ROE costs need evidence of level 'pairs'")
+        vote_costs = np.where(self.fallback[..., None], 1.0, self.cost_lower)
+        pair_costs = np.where(self.fallback[..., None, None], 1.0, self.pair_costs)
+        return vote_costs, pair_costs
+
+
+def _level(level: str) -> int:
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {level!r}")
+    return LEVELS.index(level)
+
+
+def level_for_fields(names) -> str:
+    """The lowest level that provides every evidence field in `names`."""
+    unknown = sorted(set(names) - set(FIELD_LEVEL))
+    if unknown:
+        raise ValueError(f"unknown evidence field(s) {unknown}; known: {', '.join(FIELD_LEVEL)}")
+    return LEVELS[max((_level(FIELD_LEVEL[n]) for n in names), default=0)]
+
+
+def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", block_size: int | None = None,
+                   rtol: float = 1e-9, sort_device: str = "auto") -> Evidence:
+    """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
+
+    Certificates (`kernelcert.certificates.certify`, `pairwise_costs` with tie="attacker") are
+    computed only for level "certificate" / "pairs"; `block_size`, `rtol` and `sort_device` are
+    passed on to them. A model with no training labels (n = 0) can never change: its costs are
+    inf except 0 at its own vote, its radius 0 (= n) and its fallback False.
+    """
+    lv = _level(level)
+    W = np.asarray(weights, dtype=np.float64)
+    y = np.asarray(labels)
+    if W.ndim != 2 or y.ndim != 1 or W.shape[1] != len(y):
+        raise ValueError(f"weights must be (t, n) and labels (n,), got shapes {W.shape} and {y.shape}")
+    K = int(num_classes)
+    scores = W @ onehot(y, K)
+    vote = np.argmax(scores, axis=1)
+    if lv == 0:
+        return Evidence(votes=vote, scores=scores)
+    t = W.shape[0]
+    if len(y) == 0:
+        own = np.arange(K)[None, :] == vote[:, None]
+        costs = np.where(own, 0.0, np.inf)
+        pairs = np.where(np.eye(K, dtype=bool)[None], 0.0, np.full((t, K, K), np.inf))
+        ev = Evidence(votes=vote, scores=scores, radius=np.zeros(t, np.int64), cost_lower=costs,
+                      cost_upper=costs.copy(), costs_exact=np.ones(t, bool))
+        return ev if lv == 1 else dataclasses.replace(ev, pair_costs=pairs, fallback=np.zeros(t, bool))
+    cert = certify(W, y, K, block_size=block_size, rtol=rtol, sort_device=sort_device)
+    ev = Evidence(votes=cert.prediction, scores=scores, radius=cert.radius, cost_lower=cert.cost_lower,
+                  cost_upper=cert.cost_upper, costs_exact=cert.exact)
+    if lv == 1:
+        return ev
+    P = pairwise_costs(W, y, K, tie="attacker", block_size=block_size, rtol=rtol, sort_device=sort_device)
+    return dataclasses.replace(ev, pair_costs=P, fallback=cert.prediction != vote)
+
+
+def stack_evidence(items: Sequence[Evidence]) -> Evidence:
+    """The evidence of M models side by side: every present field stacked on a new axis 1."""
+    items = list(items)
+    if not items:
+        raise ValueError("stack_evidence needs at least one Evidence")
+    out = {}
+    for f in dataclasses.fields(Evidence):
+        vals = [getattr(e, f.name) for e in items]
+        if any(v is None for v in vals):
+            if not all(v is None for v in vals):
+                raise ValueError(f"evidence field {f.name!r} is present for some models only")
+            out[f.name] = None
+        else:
+            out[f.name] = np.stack(vals, axis=1)
+    return Evidence(**out)
+
+
+__all__ = ["Evidence", "build_evidence", "stack_evidence", "level_for_fields", "LEVELS", "FIELD_LEVEL"]

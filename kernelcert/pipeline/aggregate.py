@@ -1,0 +1,124 @@
+"""Aggregation: every registered method on every (learner, aggregation target), in blocks of test points.
+
+Each block is one backend task (`AggTask`) carrying the block's rows of its target's unit files in
+their compact stored dtypes, so a Dask worker needs no access to the run directory;
+`aggregate_block` decodes them into stacked `Evidence` and calls each method's certificate
+function from the registry (`kernelcert.pipeline.methods`). Radii are capped at the number of
+training labels (a sentinel radius means no relabelling at all changes the prediction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..evidence import FIELD_LEVEL
+from .config import ExecutionConfig, RunConfig
+from .methods import METHODS, REGISTRY
+from .plan import AggregationTarget, RunPlan
+from .progress import progress
+from .store import UnitFile, decode_block, read_stored_block
+from .unit import rows_per_block
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Per-test-point result of one (learner, target size, method): prediction, radius, exact (t,)
+    and radius_upper (t,) for methods that bound the radius from both sides."""
+
+    learner: str
+    num_partitions: int
+    method: str
+    prediction: np.ndarray
+    radius: np.ndarray
+    exact: np.ndarray
+    radius_upper: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class AggTask:
+    """One aggregation work item: learner `learner` on target (`kind`, `num_partitions`), test points
+    start..stop; `arrays` maps evidence fields to stored rows stacked over the target's units."""
+
+    learner: int
+    num_partitions: int
+    kind: str
+    start: int
+    stop: int
+    methods: tuple[str, ...]
+    num_classes: int
+    n_train: int
+    arrays: dict = field(repr=False)
+    shifts: np.ndarray | None = field(default=None, repr=False)
+
+
+def agg_block_rows(num_models: int, num_classes: int, ex: ExecutionConfig) -> int:
+    """Test points per aggregation block: the block's float64 votes, costs, scores and pair costs
+    (about 8 * M * K * (2K + 16) bytes per test point) stay under `memory_cap_mb`."""
+    return rows_per_block(8 * num_models * num_classes * (2 * num_classes + 16), ex)
+
+
+def aggregate_block(task: AggTask, shared=None) -> dict:
+    """Certificates of every method of `task` on its block: {method: {"prediction", "radius", "exact"
+    [, "radius_upper"]}} (module-level, runs on any backend)."""
+    ev = decode_block(task.arrays)
+    out: dict[str, dict] = {}
+    for name in task.methods:
+        res = REGISTRY[name].certify(ev, task.num_classes, task.shifts)
+        d = {"prediction": np.asarray(res.prediction, np.int64), "radius": np.minimum(res.radius, task.n_train),
+             "exact": res.exact}
+        if res.radius_upper is not None:
+            d["radius_upper"] = np.minimum(res.radius_upper, task.n_train)
+        out[name] = d
+    return out
+
+
+def _groups(cfg: RunConfig, plan: RunPlan) -> list[tuple[int, AggregationTarget, tuple[str, ...]]]:
+    """(learner index, target, methods) for every ensemble to aggregate."""
+    groups = []
+    for j in range(len(cfg.learners)):
+        for target in plan.targets:
+            methods = tuple(m for m in cfg.methods if REGISTRY[m].applies_to(target.kind, target.size))
+            if methods:
+                groups.append((j, target, methods))
+    return groups
+
+
+def _tasks(cfg: RunConfig, plan: RunPlan, files: dict, groups):
+    """Lazily yield the AggTasks of `groups` (rows are read from the unit files when a task is built)."""
+    K, t, n_train = plan.num_classes, len(plan.y_test), len(plan.y_train)
+    for j, target, methods in groups:
+        fields = sorted({f for m in methods for f in REGISTRY[m].needs}, key=list(FIELD_LEVEL).index)
+        members = [files[key] for key in target.units]
+        B = agg_block_rows(len(members), K, cfg.execution)
+        for s0 in range(0, t, B):
+            s1 = min(t, s0 + B)
+            yield AggTask(j, target.size, target.kind, s0, s1, methods, K, n_train,
+                          read_stored_block(members, j, s0, s1, fields), target.shifts)
+
+
+def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend) -> list[MethodResult]:
+    """Run every aggregation block on `backend`; per-(learner, target size, method) results in
+    (learner, size, registry) order."""
+    t = len(plan.y_test)
+    acc: dict[tuple, dict] = {}
+    groups = _groups(cfg, plan)
+    total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
+    tasks = progress(_tasks(cfg, plan, files, groups), cfg.execution.progress, desc="aggregation blocks",
+                     unit="block", total=total)
+    for task, res in backend.map(aggregate_block, tasks, None):
+        sl = slice(task.start, task.stop)
+        for method, d in res.items():
+            key = (task.learner, task.num_partitions, method)
+            if key not in acc:
+                acc[key] = {name: np.empty(t, arr.dtype) for name, arr in d.items()}
+            for name, arr in d.items():
+                acc[key][name][sl] = arr
+    order = {m: i for i, m in enumerate(METHODS)}
+    return [MethodResult(cfg.learners[j].name, n_p, method, d["prediction"], d["radius"], d["exact"],
+                         d.get("radius_upper"))
+            for (j, n_p, method), d in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]]))]
+
+
+__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows"]

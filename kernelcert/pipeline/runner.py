@@ -1,0 +1,155 @@
+"""`run(config)`: orchestration of a certification run, TOML config -> run directory.
+
+1. Validate the config (`config`); prepare the run directory (`store`); build the plan once
+   (`plan`: data, aggregation targets, work units, size and C_max checks) - all before any kernel
+   matrix is computed for certification.
+2. Compute the work units not already stored (`unit`, on a `backends` backend), writing each
+   atomically as soon as it arrives, so a killed run resumes without recomputing finished units.
+3. Aggregate every registered method on every target (`aggregate`), then write `points.csv`,
+   `summary.json` (`summary`), plots and `report.md` (`report`); these are recomputed on every
+   run, which is cheap.
+
+Run directory: `<output.dir>/<output.name>-<hash12>` (see `RunConfig.hash`): a changed config
+never mixes with old results, and a directory whose `config.hash` names another config is refused.
+Each unit file also records a fingerprint of its inputs, so a code change that alters the data
+behind an unchanged config recomputes the affected units.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .aggregate import MethodResult, aggregate
+from .backends import make_backend
+from .config import RunConfig, config_from_dict, load_config
+from .methods import evidence_level
+from .plan import check_c_max, plan_run
+from .progress import Progress
+from .report import markdown_report, write_plots
+from .store import UnitFile, atomic_save_npz, atomic_write_text, prepare_run_dir, unit_done, unit_path
+from .summary import build_summary, write_points, write_summary
+from .unit import SharedInputs, UnitTask, compute_unit
+
+logger = logging.getLogger("kernelcert.pipeline")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `run` produced: the run directory, output paths, the summary dict and unit counts."""
+
+    run_dir: Path
+    config_hash: str
+    summary: dict
+    results: tuple[MethodResult, ...] = field(repr=False)
+    points_path: Path
+    summary_path: Path
+    report_path: Path | None
+    plots: tuple[Path, ...]
+    computed_units: int
+    skipped_units: int
+
+
+def run_directory(cfg: RunConfig) -> Path:
+    """`<output.dir>/<output.name>-<first 12 hex digits of the config hash>`."""
+    return Path(cfg.output.dir) / f"{cfg.output.name}-{cfg.hash()[:12]}"
+
+
+def _as_config(config) -> RunConfig:
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig, a TOML path or a dict, got {type(config).__name__}")
+    return config
+
+
+def _remove_if_empty(run_dir: Path, created: bool) -> None:
+    """A run that failed before storing any unit leaves no directory behind (only if it created it)."""
+    units = run_dir / "units"
+    if created and run_dir.exists() and not (units.exists() and any(units.iterdir())):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str) -> None:
+    levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
+    shared = SharedInputs(x_test=plan.x_test, num_classes=plan.num_classes, kernel=cfg.kernel,
+                          learners=cfg.learners, execution=cfg.execution, config_hash=cfg_hash, levels=levels,
+                          progress=cfg.execution.progress and be.in_process)
+    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.x_train[u.train_index],
+                      plan.y_train[u.train_index], u.fingerprint) for u in todo)
+    with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
+        for task, result in be.map(compute_unit, tasks, shared):
+            atomic_save_npz(unit_path(run_dir, task.key), result)
+            bar.update(1)
+
+
+def run(config, *, backend=None) -> RunResult:
+    """Run (or resume) the certification described by `config` (RunConfig, path to a TOML file or dict).
+
+    `backend`: an open `kernelcert.pipeline.backends.Backend` to use instead of the configured one.
+    Returns a RunResult; the run directory holds points.csv, summary.json, plots and report.md.
+    """
+    cfg = _as_config(config)
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    cfg_hash = cfg.hash()
+    run_dir = run_directory(cfg)
+    created = not run_dir.exists()
+    prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
+                    {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()})
+    logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
+    try:
+        t0 = time.perf_counter()
+        plan = plan_run(cfg)
+        timings["data_and_partitions"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prepass = check_c_max(cfg, plan, run_dir)
+        timings["c_max_prepass"] = time.perf_counter() - t0
+    except BaseException:
+        _remove_if_empty(run_dir, created)
+        raise
+    done = {u.key for u in plan.units if unit_done(unit_path(run_dir, u.key), cfg_hash, u.fingerprint)}
+    todo = sorted((u for u in plan.units if u.key not in done), key=lambda u: -u.size)
+    logger.info("%d work units: %d already done (skipped), %d to compute", len(plan.units), len(done), len(todo))
+
+    t0 = time.perf_counter()
+    be = make_backend(cfg.execution) if backend is None else backend
+    try:
+        backend_info = be.describe()
+        if todo:
+            try:
+                _compute_units(cfg, plan, todo, be, run_dir, cfg_hash)
+            except BaseException:
+                _remove_if_empty(run_dir, created)
+                raise
+        timings["units_wall"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        files = {u.key: UnitFile(unit_path(run_dir, u.key)) for u in plan.units}
+        results = aggregate(cfg, plan, files, be)
+        timings["aggregation"] = time.perf_counter() - t0
+    finally:
+        if backend is None:
+            be.close()
+    timings["total"] = time.perf_counter() - t_all
+    summary = build_summary(cfg, plan, results, files, run_dir=run_dir, cfg_hash=cfg_hash, prepass=prepass,
+                            computed=len(todo), skipped=len(done), timings=timings, backend_info=backend_info)
+    points_path = run_dir / "points.csv"
+    write_points(points_path, plan.y_test, results)
+    plots = tuple(write_plots(summary, run_dir)) if cfg.output.plots else ()
+    report_path = run_dir / "report.md"
+    atomic_write_text(report_path, markdown_report(summary, plots, run_dir))
+    summary_path = run_dir / "summary.json"
+    write_summary(summary_path, summary)
+    logger.info("done in %.1f s: %s", timings["total"], run_dir)
+    return RunResult(run_dir=run_dir, config_hash=cfg_hash, summary=summary, results=tuple(results),
+                     points_path=points_path, summary_path=summary_path, report_path=report_path, plots=plots,
+                     computed_units=len(todo), skipped_units=len(done))
+
+
+__all__ = ["run", "RunResult", "run_directory"]

@@ -1,0 +1,279 @@
+"""The run directory on disk: the only code that knows its layout and encodings.
+
+Layout of `<output.dir>/<output.name>-<hash12>/`: `config.hash`, `config.json`, `units/<key>.npz`
+(one per work unit), `cmax_prepass.json`, and the outputs (`points.csv`, `summary.json`,
+`report.md`, PNG plots). Every file is written atomically (temporary file in the same directory,
+fsync, `os.replace`), so a killed run leaves either the old or the new file, never half of one.
+
+Unit file format (version `FORMAT_VERSION`; `.npz` stored uncompressed so `UnitFile` reads rows in
+place): `meta` (JSON) and, per learner j, the `Evidence` of its model on every test point:
+`L{j}.votes` (t,) int16, `L{j}.scores` (t, K) float64; at level "certificate" also `L{j}.radius`
+(t,) int64, `L{j}.cost_lower` / `L{j}.cost_upper` (t, K) uint32 and `L{j}.class_exact` (t,) bool;
+at level "pairs" also `L{j}.pair` (t, K, K) uint16 (uint32 for partitions of 65535 samples or
+more) and `L{j}.roe_fallback` (t,) bool. Flip counts are stored as unsigned integers whose
+maximum value means "no attack" (inf).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..evidence import FIELD_LEVEL, LEVELS, Evidence
+
+logger = logging.getLogger("kernelcert.pipeline")
+
+FORMAT_VERSION = 1
+COST_INF = np.iinfo(np.uint32).max  # stored "no attack" in uint32 cost arrays
+
+# evidence field -> (stored name, stored dtype or None for the pair dtype)
+_STORED = {"votes": ("votes", np.int16), "scores": ("scores", np.float64), "radius": ("radius", np.int64),
+           "cost_lower": ("cost_lower", np.uint32), "cost_upper": ("cost_upper", np.uint32),
+           "costs_exact": ("class_exact", bool), "pair_costs": ("pair", None), "fallback": ("roe_fallback", bool)}
+_COUNTS = ("cost_lower", "cost_upper", "pair_costs")
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used (another config's, another format's, not writable)."""
+
+
+# --------------------------------------------------------------------------- atomic files
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _atomic(path, write) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same directory, fsync, os.replace."""
+    _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Atomic text write (UTF-8)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez (uncompressed, so rows can be read in place) to a temporary file, then os.replace."""
+    _atomic(path, lambda f: np.savez(f, **arrays))
+
+
+# --------------------------------------------------------------------------- flip-count encoding
+def to_counts(a: np.ndarray, dtype, what: str) -> np.ndarray:
+    """Float flip counts (inf = no attack) -> unsigned integers with the dtype's maximum as inf."""
+    a = np.asarray(a, dtype=np.float64)
+    sentinel = np.iinfo(dtype).max
+    fin = np.isfinite(a)
+    if np.any(np.isnan(a)) or np.any(a[fin] < 0) or np.any(a[fin] != np.round(a[fin])):
+        raise ValueError(f"{what}: expected non-negative integer flip counts or inf")
+    if np.any(a[fin] >= sentinel):
+        raise ValueError(f"{what}: a flip count does not fit {np.dtype(dtype).name}")
+    return np.where(fin, a, sentinel).astype(dtype)
+
+
+def counts_to_float(a: np.ndarray) -> np.ndarray:
+    """Inverse of `to_counts`: float64 with inf where the dtype's maximum was stored."""
+    a = np.asarray(a)
+    out = a.astype(np.float64)
+    out[a == np.iinfo(a.dtype).max] = np.inf
+    return out
+
+
+# --------------------------------------------------------------------------- unit files
+def unit_key(kind: str, size: int, index: int, d: int | None = None) -> str:
+    """File stem of a work unit: partition `index` of N_p = size, or FA learner `index` of k = size, d."""
+    if kind == "partition":
+        return f"np{size:05d}-p{index:05d}"
+    return f"fa-k{size:05d}-d{d:03d}-l{index:05d}"
+
+
+def evidence_fields(level: str) -> tuple[str, ...]:
+    """The evidence fields stored at `level`."""
+    top = LEVELS.index(level)
+    return tuple(f for f, lv in FIELD_LEVEL.items() if LEVELS.index(lv) <= top)
+
+
+def allocate_unit(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int) -> dict:
+    """Empty stored arrays of a unit holding `level` evidence of every learner on every test point."""
+    pair_dtype = np.uint16 if n_train < np.iinfo(np.uint16).max else np.uint32
+    trail = {"scores": (num_classes,), "cost_lower": (num_classes,), "cost_upper": (num_classes,),
+             "pair_costs": (num_classes, num_classes)}
+    out = {}
+    for j in range(num_learners):
+        for f in evidence_fields(level):
+            name, dtype = _STORED[f]
+            out[f"L{j}.{name}"] = np.empty((num_test, *trail.get(f, ())), pair_dtype if dtype is None else dtype)
+    return out
+
+
+def put_evidence(arrays: dict, learner: int, rows: slice, ev: Evidence) -> None:
+    """Write learner `learner`'s evidence on test points `rows` into the arrays of `allocate_unit`."""
+    for f, (name, _) in _STORED.items():
+        key = f"L{learner}.{name}"
+        if key not in arrays:
+            continue
+        value = getattr(ev, f)
+        if f in _COUNTS:
+            value = to_counts(value, arrays[key].dtype, f)
+        arrays[key][rows] = value
+
+
+class UnitFile:
+    """Random row access to the arrays of an uncompressed `.npz` without loading whole members.
+
+    Reads the zip directory and each member's .npy header once; `rows(name, start, stop)` reads only
+    the bytes of rows start..stop of a C-ordered array (one open/seek/read).
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._index: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        with zipfile.ZipFile(self.path) as zf, open(self.path, "rb") as f:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(f"{self.path}: member {info.filename} is compressed; expected np.savez output")
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    raise ValueError(f"{self.path}: corrupt zip member header for {info.filename}")
+                name_len, extra_len = struct.unpack("<HH", local[26:30])
+                f.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                if fortran and len(shape) > 1:
+                    raise ValueError(f"{self.path}: member {info.filename} is Fortran-ordered")
+                if dtype.hasobject:
+                    raise ValueError(f"{self.path}: member {info.filename} holds Python objects")
+                self._index[info.filename[:-4]] = (f.tell(), dtype, tuple(shape))
+
+    def __contains__(self, name) -> bool:
+        return name in self._index
+
+    def shape(self, name) -> tuple[int, ...]:
+        return self._index[name][2]
+
+    def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows start..stop of member `name` (all rows when stop is None)."""
+        offset, dtype, shape = self._index[name]
+        n = shape[0] if shape else 1
+        stop = n if stop is None else min(stop, n)
+        start = max(0, min(start, stop))
+        row_items = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        row_bytes = row_items * dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(offset + start * row_bytes)
+            buf = f.read((stop - start) * row_bytes)
+        if len(buf) != (stop - start) * row_bytes:
+            raise ValueError(f"{self.path}: truncated member {name}")
+        arr = np.frombuffer(buf, dtype=dtype)
+        return arr.reshape((stop - start,) + shape[1:]) if shape else arr.reshape(())
+
+    def meta(self) -> dict:
+        """The unit's JSON metadata."""
+        return json.loads(str(self.rows("meta")[()]))
+
+
+def read_stored_block(files, learner: int, start: int, stop: int, fields) -> dict:
+    """Rows start..stop of learner `learner`'s stored evidence `fields`, stacked over the unit files
+    (axis 1), in their compact stored dtypes (what an aggregation task ships to a worker)."""
+    return {f: np.stack([uf.rows(f"L{learner}.{_STORED[f][0]}", start, stop) for uf in files], axis=1)
+            for f in fields}
+
+
+def decode_block(stored: dict) -> Evidence:
+    """The stacked `Evidence` of a `read_stored_block` result (float64 costs with inf, int64 votes)."""
+    kw = {}
+    for f, a in stored.items():
+        if f in _COUNTS:
+            a = counts_to_float(a)
+        elif f == "votes":
+            a = a.astype(np.int64)
+        kw[f] = a
+    kw.setdefault("votes", None)
+    kw.setdefault("scores", None)
+    return Evidence(**kw)
+
+
+def unit_done(path: Path, cfg_hash: str, fingerprint: str) -> bool:
+    """True when `path` holds a complete unit of this config computed from exactly these inputs."""
+    if not path.exists():
+        return False
+    try:
+        meta = UnitFile(path).meta()
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        logger.warning("unreadable unit file %s: recomputing it", path)
+        return False
+    if meta.get("config_hash") != cfg_hash or meta.get("format") != FORMAT_VERSION:
+        return False
+    if meta.get("fingerprint") != fingerprint:
+        logger.warning("unit %s was computed from different inputs (data or partition code changed): "
+                       "recomputing it", path.name)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- run directories
+def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict) -> Path:
+    """Create (or reuse) `run_dir` under `out_dir` after checking it is writable; refuse a directory of
+    another config or another format version."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"config [output]: output directory {str(out)!r} is not writable ({exc})") from None
+    hash_file = run_dir / "config.hash"
+    if hash_file.exists():
+        old = hash_file.read_text().strip()
+        if old != cfg_hash:
+            raise RunDirError(f"{run_dir} holds results of another config (hash {old[:12]}, this one "
+                              f"{cfg_hash[:12]}); refusing to mix them")
+    (run_dir / "units").mkdir(parents=True, exist_ok=True)
+    for stale in list(run_dir.glob(".*.tmp")) + list((run_dir / "units").glob(".*.tmp")):
+        stale.unlink(missing_ok=True)  # leftovers of a killed run
+    atomic_write_text(run_dir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
+    atomic_write_text(hash_file, cfg_hash + "\n")
+    return run_dir
+
+
+def unit_path(run_dir: Path, key: str) -> Path:
+    return Path(run_dir) / "units" / f"{key}.npz"
+
+
+def read_json(path, default=None):
+    """JSON content of `path` (default when it does not exist)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+__all__ = ["FORMAT_VERSION", "COST_INF", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
+           "to_counts", "counts_to_float", "unit_key", "unit_path", "evidence_fields", "allocate_unit",
+           "put_evidence", "UnitFile", "read_stored_block", "decode_block", "unit_done", "prepare_run_dir",
+           "read_json"]

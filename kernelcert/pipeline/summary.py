@@ -1,0 +1,134 @@
+"""The run's tables: `summary.json` (per-method numbers, unit statistics, timings, memory) and
+`points.csv` (one row per test point, one column per learner/N_p/method/field), plus their readers.
+
+MCR numbers are given in both conventions of docs/math.md §1: "radius" (the largest budget with
+certified accuracy >= 50%) and "anchor" (that plus one, as the DPA/FA/ROE scripts print it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..metrics import certified_accuracy, median_certified_robustness
+from .aggregate import MethodResult
+from .config import RunConfig
+from .plan import RunPlan
+from .store import UnitFile, atomic_write_text
+from .unit import peak_rss_mb
+
+MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
+                   "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §1)"}
+
+
+def method_summary(r: MethodResult, y_test: np.ndarray, budgets) -> dict:
+    """Accuracy, certified accuracy at `budgets`, MCR (both conventions), exactness and the curve."""
+    correct = r.prediction == y_test
+    eff = np.where(correct, r.radius, -1)
+    vals = np.unique(eff[eff >= 0])
+    curve_acc = [float(np.mean(eff >= v)) for v in vals]
+    d = {"learner": r.learner, "num_partitions": r.num_partitions, "method": r.method,
+         "clean_accuracy": float(np.mean(correct)),
+         "certified_accuracy": {str(b): certified_accuracy(r.radius, correct, int(b)) for b in budgets},
+         "mcr": {"radius": median_certified_robustness(r.radius, correct, "radius"),
+                 "anchor": median_certified_robustness(r.radius, correct, "anchor")},
+         "exact_fraction": float(np.mean(r.exact)),
+         "median_radius": float(np.median(r.radius)),
+         "curve": {"radius": [int(v) for v in vals], "certified_accuracy": curve_acc}}
+    if r.radius_upper is not None:
+        d["mcr_upper"] = {"radius": median_certified_robustness(r.radius_upper, correct, "radius"),
+                          "anchor": median_certified_robustness(r.radius_upper, correct, "anchor")}
+        d["bounds_agree_fraction"] = float(np.mean(r.radius == r.radius_upper))
+    return d
+
+
+def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile]) -> tuple[dict, dict, dict, dict]:
+    """(base-model accuracy, SVM C_max per partition ensemble, unit seconds, worker peak memory)."""
+    metas = {k: f.meta() for k, f in files.items()}
+    peaks: dict[str, float] = {}
+    for m in metas.values():
+        wid = f"{m['host']}:{m['pid']}"
+        peaks[wid] = max(peaks.get(wid, 0.0), float(m["peak_rss_mb"]))
+    base_acc: dict = {}
+    c_max: dict = {}
+    for j, lc in enumerate(cfg.learners):
+        for target in (t for t in plan.targets if t.kind == "partition"):
+            accs = [float(np.mean(files[k].rows(f"L{j}.votes") == plan.y_test)) for k in target.units]
+            base_acc.setdefault(lc.name, {})[str(target.size)] = {
+                "mean": float(np.mean(accs)), "min": float(np.min(accs)), "max": float(np.max(accs))}
+            if lc.type == "svm":
+                cm = np.array([metas[k]["c_max"][j] for k in target.units])
+                c_max.setdefault(lc.name, {})[str(target.size)] = {
+                    "min": float(cm.min()), "median": float(np.median(cm)), "max": float(cm.max()),
+                    "C_used": "C_max per partition" if lc.C is None else lc.C}
+    seconds = {k: float(sum(m["seconds"][k] for m in metas.values())) for k in ("gram", "fit", "certify", "total")}
+    return base_acc, c_max, seconds, peaks
+
+
+def build_summary(cfg: RunConfig, plan: RunPlan, results: list[MethodResult], files: dict[str, UnitFile], *,
+                  run_dir: Path, cfg_hash: str, prepass: dict, computed: int, skipped: int, timings: dict,
+                  backend_info: dict) -> dict:
+    """The summary dict written to summary.json (and read by the report)."""
+    base_acc, c_max, seconds, peaks = _unit_statistics(cfg, plan, files)
+    return {
+        "config_hash": cfg_hash, "run_dir": str(run_dir), "name": cfg.output.name,
+        "data": {"dataset": cfg.data.dataset, "n_train": len(plan.y_train), "n_test": len(plan.y_test),
+                 "num_classes": plan.num_classes, "feature_shape": list(plan.x_train.shape[1:])},
+        "kernel": dataclasses.asdict(cfg.kernel), "learners": [dataclasses.asdict(lc) for lc in cfg.learners],
+        "partition": dataclasses.asdict(cfg.partition),
+        "fa": None if cfg.fa is None else {**dataclasses.asdict(cfg.fa),
+                                           "shifts": {str(k): v.tolist() for k, v in plan.fa_shifts.items()}},
+        "methods": list(cfg.methods), "budgets": list(cfg.output.budgets),
+        "mcr_conventions": MCR_CONVENTIONS,
+        "results": [method_summary(r, plan.y_test, cfg.output.budgets) for r in results],
+        "base_model_accuracy": base_acc,
+        "c_max": c_max,
+        "c_max_prepass": {"units": len(prepass), "min": min(prepass.values())} if prepass else None,
+        "units": {"total": len(plan.units), "computed": computed, "skipped": skipped, "seconds_sum": seconds},
+        "timings": timings,
+        "memory": {"main_peak_rss_mb": peak_rss_mb(), "unit_peak_rss_mb": peaks,
+                   "memory_cap_mb": cfg.execution.memory_cap_mb},
+        "execution": {"backend": cfg.execution.backend, **backend_info},
+    }
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    atomic_write_text(path, json.dumps(summary, indent=1, sort_keys=False))
+
+
+def write_points(path: Path, y_test: np.ndarray, results: list[MethodResult]) -> None:
+    """points.csv: index, label, then learner/N_p/method/{prediction, radius, exact[, radius_upper]}."""
+    cols = ["index", "label"]
+    data = [np.arange(len(y_test)), y_test]
+    for r in results:
+        base = f"{r.learner}/{r.num_partitions}/{r.method}"
+        cols += [f"{base}/prediction", f"{base}/radius", f"{base}/exact"]
+        data += [r.prediction, r.radius, r.exact.astype(np.int64)]
+        if r.radius_upper is not None:
+            cols.append(f"{base}/radius_upper")
+            data.append(r.radius_upper)
+    table = np.stack([np.asarray(c, np.int64) for c in data], axis=1)
+    lines = [",".join(cols)]
+    lines += [",".join(map(str, row)) for row in table.tolist()]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_points(path) -> tuple[list[str], np.ndarray]:
+    """(column names, int64 table) of a points.csv."""
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    return header, table
+
+
+def read_summary(path) -> dict:
+    """The summary dict of a summary.json (or of the run directory holding it)."""
+    path = Path(path)
+    return json.loads((path / "summary.json" if path.is_dir() else path).read_text())
+
+
+__all__ = ["method_summary", "build_summary", "write_summary", "write_points", "read_points", "read_summary",
+           "MCR_CONVENTIONS"]

@@ -1,0 +1,159 @@
+"""One work unit: a base-model training set, its Gram computed once, every learner fitted on it,
+the test points streamed in blocks, and the `Evidence` of each model stored per test point.
+
+`compute_unit(task, shared)` is module-level so that Dask workers can run it; it returns the
+unit's arrays (the stored encoding of `kernelcert.pipeline.store`) plus its `meta`, and the caller
+writes them atomically. Memory: the partition's Gram (and the learners' factorisations) plus one
+block of test-by-partition kernel rows, label weights and certificate temporaries sized to
+`[execution] memory_cap_mb` (`unit_block_rows`). No train-by-test matrix is ever held whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .._jax import device_scope
+from ..evidence import build_evidence
+from ..kernels import DEFAULT_MAX_BLOCK_BYTES
+from .config import ExecutionConfig, KernelConfig, LearnerConfig, make_kernel, make_learner
+from .progress import progress
+from .store import FORMAT_VERSION, allocate_unit, put_evidence
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """What a backend ships to a worker for one unit: its identity and its own training data."""
+
+    key: str
+    kind: str
+    num_partitions: int
+    index: int
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class SharedInputs:
+    """Inputs common to every unit (scattered once to each Dask worker). `levels`: the evidence level
+    per target kind ("partition", "fa"), from the methods' needs (`methods.evidence_level`)."""
+
+    x_test: np.ndarray = field(repr=False)
+    num_classes: int
+    kernel: KernelConfig
+    learners: tuple[LearnerConfig, ...]
+    execution: ExecutionConfig
+    config_hash: str
+    levels: dict
+    progress: bool = False
+
+
+def cap_bytes(ex: ExecutionConfig) -> int:
+    """`memory_cap_mb` in bytes."""
+    return int(ex.memory_cap_mb) * 2**20
+
+
+def rows_per_block(row_bytes: int, ex: ExecutionConfig) -> int:
+    """Rows (test points) per block: `execution.block_size` if set, else as many rows of `row_bytes`
+    bytes as fit in `memory_cap_mb` (at least one)."""
+    if ex.block_size is not None:
+        return int(ex.block_size)
+    return int(max(1, cap_bytes(ex) // max(1, int(row_bytes))))
+
+
+def kernel_block_bytes(ex: ExecutionConfig) -> int:
+    """Tile size for the kernel evaluation: a quarter of the memory cap (1 MiB .. the kernels' default)."""
+    return int(max(2**20, min(DEFAULT_MAX_BLOCK_BYTES, cap_bytes(ex) // 4)))
+
+
+def unit_block_rows(n_part: int, num_classes: int, num_learners: int, ex: ExecutionConfig) -> int:
+    """Test points per block inside a work unit: the test-by-partition kernel block, label weights
+    and certificate temporaries (about 8 * n_part * (3 + 2 L + K) bytes per test point)."""
+    return rows_per_block(8 * max(1, n_part) * (3 + 2 * num_learners + num_classes), ex)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB.
+
+    Linux: VmHWM of /proc/self/status (the high-water mark of this process image; getrusage's
+    ru_maxrss would also count the parent's memory at fork for spawned worker processes).
+    Elsewhere: getrusage, or psutil's current RSS.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource  # optional: not on Windows
+    except ImportError:  # pragma: no cover - Windows
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return float(r) / (1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0)
+
+
+def compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
+    """Evidence of every learner on every test point for one work unit (BLAS limited to
+    `execution.blas_threads` threads, kernels on `execution.device`). Returns the stored arrays plus
+    `meta` (JSON string)."""
+    with threadpool_limits(limits=shared.execution.blas_threads, user_api="blas"), \
+            device_scope(shared.execution.device):
+        return _compute_unit(task, shared)
+
+
+def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
+    t_start = time.perf_counter()
+    K, ex = shared.num_classes, shared.execution
+    kernel = make_kernel(shared.kernel, max_block_bytes=kernel_block_bytes(ex))
+    fn = kernel.ntk if shared.kernel.kind == "ntk" else kernel.nngp
+    evaluate = functools.partial(fn, dtype=np.dtype(shared.kernel.dtype))
+    sort_device = {"cpu": "numpy", "gpu": "jax"}.get(ex.device, "auto")  # certificate sorts follow the kernels
+    x, y = task.x, task.y
+    n = len(y)
+    G = evaluate(x)
+    t_gram = time.perf_counter() - t_start
+    models = [make_learner(lc).fit(G, y, K) for lc in shared.learners]
+    c_max = [float(m.C_max) if lc.type == "svm" else None for lc, m in zip(shared.learners, models)]
+    del G
+    t_fit = time.perf_counter() - t_start - t_gram
+    t_test = len(shared.x_test)
+    level = shared.levels.get(task.kind) or "votes"
+    out = allocate_unit(len(models), t_test, K, level, n)
+    B = unit_block_rows(n, K, len(models), ex)
+    t_cert = 0.0
+    for s0 in progress(range(0, t_test, B), shared.progress, desc=f"  {task.key} test blocks", unit="block",
+                       nested=True):
+        sl = slice(s0, min(t_test, s0 + B))
+        Kt = evaluate(shared.x_test[sl], x)
+        for j, m in enumerate(models):
+            W = m.label_weights(Kt)
+            t0 = time.perf_counter()
+            put_evidence(out, j, sl, build_evidence(W, y, K, level=level, block_size=B, sort_device=sort_device))
+            t_cert += time.perf_counter() - t0
+        del Kt
+    meta = {"key": task.key, "kind": task.kind, "num_partitions": task.num_partitions, "index": task.index,
+            "fingerprint": task.fingerprint, "n": n, "num_test": t_test, "num_classes": K,
+            "config_hash": shared.config_hash, "format": FORMAT_VERSION, "level": level,
+            "learners": [lc.name for lc in shared.learners], "c_max": c_max,
+            "block_rows": B, "seconds": {"gram": t_gram, "fit": t_fit, "certify": t_cert,
+                                         "total": time.perf_counter() - t_start},
+            "pid": os.getpid(), "host": socket.gethostname(), "peak_rss_mb": peak_rss_mb()}
+    out["meta"] = np.array(json.dumps(meta))
+    return out
+
+
+__all__ = ["UnitTask", "SharedInputs", "compute_unit", "unit_block_rows", "rows_per_block", "kernel_block_bytes",
+           "cap_bytes", "peak_rss_mb"]
