@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .certificates import certify, pairwise_costs
+from .certificates import certify
 from .learners import onehot
 
 LEVELS = ("votes", "certificate", "pairs")
@@ -97,7 +97,7 @@ def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", b
                    rtol: float = 1e-9, sort_device: str = "auto") -> Evidence:
     """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
 
-    Certificates (`kernelcert.certificates.certify`, `pairwise_costs` with tie="attacker") are
+    Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs from the same pass) are
     computed only for level "certificate" / "pairs"; `block_size`, `rtol` and `sort_device` are
     passed on to them. A model with no training labels (n = 0) can never change: its costs are
     inf except 0 at its own vote, its radius 0 (= n) and its fallback False.
@@ -120,12 +120,14 @@ def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", b
         ev = Evidence(votes=vote, scores=scores, radius=np.zeros(t, np.int64), cost_lower=costs,
                       cost_upper=costs.copy(), costs_exact=np.ones(t, bool))
         return ev if lv == 1 else dataclasses.replace(ev, pair_costs=pairs, fallback=np.zeros(t, bool))
-    cert = certify(W, y, K, block_size=block_size, rtol=rtol, sort_device=sort_device)
+    # level "pairs": the attacker-tie pairwise costs come from the same certify pass
+    out = certify(W, y, K, block_size=block_size, rtol=rtol, sort_device=sort_device,
+                  pairwise="attacker" if lv == 2 else None)
+    cert, P = out if lv == 2 else (out, None)
     ev = Evidence(votes=cert.prediction, scores=scores, radius=cert.radius, cost_lower=cert.cost_lower,
                   cost_upper=cert.cost_upper, costs_exact=cert.exact)
     if lv == 1:
         return ev
-    P = pairwise_costs(W, y, K, tie="attacker", block_size=block_size, rtol=rtol, sort_device=sort_device)
     return dataclasses.replace(ev, pair_costs=P, fallback=cert.prediction != vote)
 
 
