@@ -161,19 +161,31 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
         for i in range(1, L):
             acc = acc + X[g, i]
             Xc[g, i + 1] = acc
-    # c: stable merge (decreasing, ties by flat index) of the G decreasing group lists
+    # c: stable merge (decreasing, ties by flat index) of the G decreasing group lists. Zeros (the
+    # tail of every group) all come last, in flat-index order, so only the positive prefixes are
+    # merged: bottom-up, adjacent runs pairwise (the left run first among equals).
+    runs = np.empty(G + 1, np.int64)
+    pos = 0
     for g in range(G):
+        runs[g] = pos
         for i in range(L):
-            c[g * L + i] = X[g, i]
-            tag[g * L + i] = g
+            x = X[g, i]
+            if not x > 0.0:
+                break
+            c[pos] = x
+            tag[pos] = g
+            pos += 1
+    runs[G] = pos
+    nzero = pos
     src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
-    width = L
+    nruns = G
     flips = 0
-    while width < GL:
-        start = 0
-        while start < GL:
-            mid = min(start + width, GL)
-            end = min(start + 2 * width, GL)
+    while nruns > 1:
+        k = 0
+        while k < nruns:
+            start = runs[k]
+            mid = runs[k + 1]
+            end = runs[k + 2] if k + 2 <= nruns else mid
             i, j, o = start, mid, start
             while i < mid and j < end:
                 if src_v[i] >= src_v[j]:
@@ -195,14 +207,23 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
                 dst_t[o] = src_t[j]
                 j += 1
                 o += 1
-            start += 2 * width
+            runs[k // 2] = start
+            k += 2
+        nruns = (nruns + 1) // 2
+        runs[nruns] = nzero
         src_v, src_t, dst_v, dst_t = dst_v, dst_t, src_v, src_t
-        width *= 2
         flips += 1
     if flips % 2 == 1:
-        for q in range(GL):
+        for q in range(nzero):
             c[q] = buf_v[q]
             tag[q] = buf_t[q]
+    pos = nzero
+    for g in range(G):
+        for i in range(L):
+            if not X[g, i] > 0.0:
+                c[pos] = 0.0
+                tag[pos] = g
+                pos += 1
     Cc[0] = 0.0
     acc = c[0]
     Cc[1] = acc
