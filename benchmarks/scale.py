@@ -218,8 +218,10 @@ def _table(res: dict) -> str:
                      f"{'compiles':>9}")
         for r in sw["rows"]:
             cpu = r.get("cpu_seconds")
-            lines.append(f"{r['num_partitions']:>6}{r['wall_seconds']:>9.1f}{cpu if cpu is not None else float('nan'):>9.1f}"
-                         f"{r['unit_seconds_sum']['total']:>9.1f}{r['unit_seconds_sum'].get('certify', float('nan')):>10.1f}"
+            cert = r["unit_seconds_sum"].get("certify", float("nan"))
+            lines.append(f"{r['num_partitions']:>6}{r['wall_seconds']:>9.1f}"
+                         f"{cpu if cpu is not None else float('nan'):>9.1f}"
+                         f"{r['unit_seconds_sum']['total']:>9.1f}{cert:>10.1f}"
                          f"{r['aggregation_seconds']:>8.1f}{r['peak_rss_mb']:>10.0f}{r.get('kernel_compiles') or 0:>9}"
                          + ("  (resumed)" if r["resumed"] else ""))
     c = res["cifar_simulation"]

@@ -401,29 +401,24 @@ def _greedy_moves(s, X, slack, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v,
     for g in range(G):
         ptr[g] = 0
         val[g] = X[g, 0]
-    top = min(3, K - 1)
     step = 0
     while True:
+        # the 3 strongest rivals, first index among equals (one pass; same as three argmax passes)
         o0, o1, o2 = -1, -1, -1
         v0, v1, v2 = -np.inf, -np.inf, -np.inf
-        # the 3 strongest rivals (first index among equals)
-        for t in range(top):
-            best = -1
-            bv = -np.inf
-            for k in range(K):
-                if k == c or k == o0 or k == o1:
-                    vk = -np.inf
-                else:
-                    vk = sc[k]
-                if best < 0 or vk > bv:
-                    best = k
-                    bv = vk
-            if t == 0:
-                o0, v0 = best, bv
-            elif t == 1:
-                o1, v1 = best, bv
-            else:
-                o2, v2 = best, bv
+        for k in range(K):
+            if k == c:
+                continue
+            vk = sc[k]
+            if o0 < 0 or vk > v0:
+                o2, v2 = o1, v1
+                o1, v1 = o0, v0
+                o0, v0 = k, vk
+            elif o1 < 0 or vk > v1:
+                o2, v2 = o1, v1
+                o1, v1 = k, vk
+            elif o2 < 0 or vk > v2:
+                o2, v2 = k, vk
         s_c = sc[c]
         sc_n0 = s_c + 0.0
         bg = 0
@@ -480,10 +475,22 @@ def _greedy_moves(s, X, slack, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v,
 
 # --------------------------------------------------------------------------- Lagrangian lower bounds
 @njit(cache=True)
-def _lag_counts(c, CT, Xc, K, GL, fu, fi, f, tau, strict, top_step, npos, terms):
-    """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`)."""
+def _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, npos, terms, hint_j, hint_q):
+    """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`).
+
+    npos[j]: how many entries q of c have fl(fu[j] c[q]) >= tau (> tau), a prefix since c decreases.
+    hint (not strict): tau == fl(fu[hint_j] c[hint_q]), so that prefix ends at the first q > hint_q
+    whose product is smaller (found by scanning forward; the same count as the bit-by-bit search)."""
     G = 2 * K
     for j in range(3):
+        if not present[j]:
+            continue
+        if j == hint_j and not strict:
+            p = hint_q + 1
+            while p < GL and fu[j] * c[p] >= tau:
+                p += 1
+            npos[j] = p
+            continue
         p = 0
         step = top_step
         while step:
@@ -554,13 +561,14 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
-        F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, f0 * c[mid], False, top_step, npos, terms)
+        F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, f0 * c[mid], False, top_step, npos, terms, j0,
+                            mid)
         if F >= T:
             hi = mid
         else:
             lo = mid + 1
     tau0 = f0 * c[hi]
-    F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, tau0, False, top_step, npos, terms)
+    F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau0, False, top_step, npos, terms, j0, hi)
     ok0 = F >= T
     hit0 = ok0 and tau0 > 0.0
     if ok0:
@@ -589,8 +597,8 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
         hi = qb
         while lo < hi:
             mid = (lo + hi) >> 1
-            F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, fj * c[min(mid, GL - 1)], False, top_step, npos,
-                                terms)
+            F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, fj * c[min(mid, GL - 1)], False, top_step,
+                                npos, terms, j, min(mid, GL - 1))
             if F >= T:
                 hi = mid
             else:
@@ -600,8 +608,8 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
             v = tau
     found = v > 0.0
     vv = v if found else 1.0
-    F_gt, N_gt = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, vv, True, top_step, npos, terms)
-    _f, N_ge = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, vv, False, top_step, npos, terms)
+    F_gt, N_gt = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, vv, True, top_step, npos, terms, -1, 0)
+    _f, N_ge = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, vv, False, top_step, npos, terms, -1, 0)
     k = max(1.0, np.ceil((T - F_gt) / vv))
     m = min(float(N_gt) + k, float(N_ge))
     valid = ((v > need) if found else (need == 0.0)) and T > 0.0
