@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from benchmarks._common import fmt, md_table, provenance, stamp, write_result
-from kernelcert import roe
+from kernelcert import exact, roe
 from kernelcert.ensemble import dpa
 from kernelcert.learners import KernelRegression, KernelSVM, onehot
 
@@ -53,19 +53,19 @@ def black_box(rng, trials):
         M, K = int(rng.integers(1, 6)), int(rng.integers(2, 4))
         s = _scores(rng, (4, M, K))
         c_roe.append(roe.dpa_roe(s).radius)
-        e_roe.append(roe.brute_force_roe_radius(s))
+        e_roe.append(exact.brute_force_roe_radius(s))
         v = np.argmax(s, axis=2)
         c_dpa.append(dpa(v, K).radius)
-        e_dpa.append(roe.brute_force_fa_radius(v, [0], K))
+        e_dpa.append(exact.brute_force_fa_radius(v, [0], K))
         k, d = int(rng.integers(1, 4)), int(rng.integers(1, 3))
         L = k * d
         shifts = rng.choice(L, size=d, replace=False)
         s = _scores(rng, (3, L, K))
         v = np.argmax(s, axis=2)
         c_fa.append(roe.fa(v, shifts, K).radius)
-        e_fa.append(roe.brute_force_fa_radius(v, shifts, K))
+        e_fa.append(exact.brute_force_fa_radius(v, shifts, K))
         c_faroe.append(roe.fa_roe(s, shifts).radius)
-        e_faroe.append(roe.brute_force_roe_radius(s, shifts))
+        e_faroe.append(exact.brute_force_roe_radius(s, shifts))
     cat = np.concatenate
     rows.append(_stats("DPA (plurality)", cat(c_dpa), cat(e_dpa)))
     rows.append(_stats("DPA+ROE", cat(c_roe), cat(e_roe)))
@@ -82,7 +82,7 @@ def cost_model(rng, trials):
         s = _scores(rng, (2, M, K))
         vc = rng.integers(1, 6, size=(2, M, K)).astype(float)
         pc = rng.integers(1, 6, size=(2, M, K, K)).astype(float)
-        ex.append(roe.brute_force_cost_model_radius(s, vc, pc))
+        ex.append(exact.brute_force_cost_model_radius(s, vc, pc))
         plain.append(roe.whitebox_roe(s, vc, pc, joint=False).radius)
         joint.append(roe.whitebox_roe(s, vc, pc, joint=True).radius)
         bb.append(roe.dpa_roe(s).radius)
@@ -125,7 +125,7 @@ def white_box(rng, trials):
                 ys.append(y)
             wb.append(roe.whitebox_roe_from_label_linear(Ws, ys, K).radius)
             bb.append(roe.dpa_roe(np.stack([W @ onehot(y, K) for W, y in zip(Ws, ys)], axis=1)).radius)
-            ex.append(roe.brute_force_label_flip_roe_radius(Ws, ys, K)[0])
+            ex.append(exact.brute_force_label_flip_roe_radius(Ws, ys, K)[0])
         wb, bb, ex = map(np.concatenate, (wb, bb, ex))
         rows.append(_stats(f"{name}: black-box DPA+ROE", bb, ex))
         rows.append(_stats(f"{name}: white-box ROE", wb, ex, {"above_black_box_fraction": float((wb > bb).mean())}))

@@ -1,4 +1,4 @@
-"""Benchmark: the end-to-end certification run at scale (kernelcert.pipeline + kernelcert.backends).
+"""Benchmark: the end-to-end certification run at scale (kernelcert.pipeline and its backends).
 
     .venv/bin/python -m benchmarks.scale            # full MNIST 60k/10k + CIFAR-10 simulation (about an hour)
     .venv/bin/python -m benchmarks.scale --quick    # small versions (about a minute)

@@ -289,14 +289,15 @@ def _pair_active(Cc, CT, Xc, Q2, a, b, q):
 
 
 @njit(cache=True)
-def _pair(s, tol, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
-    """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none) and validity (`_pairs`)."""
+def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
+    """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none), validity and whether the
+    decision lies within `band` of its threshold (`_pairs`)."""
     sa = s[a]
     sb = s[b]
     if sb > sa or (sb == sa and b < a):
-        return 0.0, -1, True
+        return 0.0, -1, True, abs(sa - sb) <= band
     if absum == 0.0:
-        return np.inf, -1, True
+        return np.inf, -1, True, abs(sa - sb) <= band
     T = (sa - sb) - tol
     top = 2 * GL
     tot, cnt = _pair_active(Cc, CT, Xc, Q2, a, b, top)
@@ -313,13 +314,14 @@ def _pair(s, tol, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
         else:
             lo = mid + 1
     q = hi
-    _, m = _pair_active(Cc, CT, Xc, Q2, a, b, q)
+    tq, m = _pair_active(Cc, CT, Xc, Q2, a, b, q)
     v = V[max(q - 1, 0)]
     need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
     valid = (v > need) if found else (cutmax == 0.0)
+    near = (T <= 0.0) or (found and (tq - T <= band))
     if T <= 0.0:
-        return 1.0, (q if found else -1), True
-    return (float(m) if found else np.inf), (q if found else -1), valid
+        return 1.0, (q if found else -1), True, near
+    return (float(m) if found else np.inf), (q if found else -1), valid, near
 
 
 # --------------------------------------------------------------------------- attacks as group prefixes
@@ -350,23 +352,23 @@ def _after(s, Cc, CT, Xc, Q2, K, q, member1, member2, dest, new, signed):
 
 
 @njit(cache=True)
-def _wins(new, c, slack):
-    """c wins on the attacked scores by more than the rounding allowance."""
+def _wins(new, c, margin):
+    """c wins on the attacked scores by more than `margin` (the tolerance plus the rounding allowance)."""
     gmin = np.inf
     for k in range(new.shape[0]):
         if k != c:
             gap = new[c] - new[k]
             if gap < gmin:
                 gmin = gap
-    return gmin > slack
+    return gmin > margin
 
 
 @njit(cache=True)
-def _safe_search(s, slack, Cc, CT, Xc, Q2, K, GL, c, member1, member2, dest, new, signed):
+def _safe_search(s, margin, Cc, CT, Xc, Q2, K, GL, c, member1, member2, dest, new, signed):
     """Shortest verified prefix of a monotone attack order: (count or inf)."""
     top = 2 * GL
     _after(s, Cc, CT, Xc, Q2, K, top, member1, member2, dest, new, signed)
-    found = _wins(new, c, slack)
+    found = _wins(new, c, margin)
     lo = 0
     hi = top
     for _ in range(_iters(top + 1)):
@@ -374,12 +376,12 @@ def _safe_search(s, slack, Cc, CT, Xc, Q2, K, GL, c, member1, member2, dest, new
             break
         mid = (lo + hi) >> 1
         _after(s, Cc, CT, Xc, Q2, K, mid, member1, member2, dest, new, signed)
-        if _wins(new, c, slack):
+        if _wins(new, c, margin):
             hi = mid
         else:
             lo = mid + 1
     cnt = _after(s, Cc, CT, Xc, Q2, K, hi, member1, member2, dest, new, signed)
-    if found and _wins(new, c, slack):
+    if found and _wins(new, c, margin):
         return float(cnt)
     return np.inf
 
@@ -391,7 +393,7 @@ def _beats(s, c, k):
 
 
 @njit(cache=True)
-def _greedy_moves(s, X, slack, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v, A, worst, first_free):
+def _greedy_moves(s, X, margin, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v, A, worst, first_free):
     """Sequential greedy towards target c (`certificates._greedy_moves`): moves or inf."""
     G = 2 * K
     if max_steps <= 0:
@@ -467,7 +469,7 @@ def _greedy_moves(s, X, slack, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v,
             pc = ptr[bg]
             val[bg] = X[bg, min(pc, L - 1)] if pc < L else 0.0
         step += 1
-        if can and _wins(sc, c, slack):
+        if can and _wins(sc, c, margin):
             return float(step)
         if not can or step >= max_steps:
             return np.inf
@@ -618,11 +620,12 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
 
 # --------------------------------------------------------------------------- one row, one window size
 @njit(cache=True)
-def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, lower, upper):
+def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Qs, lower, upper):
     """All pairwise problems (and with mode FULL the per-class bounds) of one row for window size L.
 
     Fills P / Qs (K, K) (mode RADIUS: row `pred` only) and lower / upper (K,) (FULL).
-    Returns (pairs valid, bounds need larger windows)."""
+    Returns (pairs valid, bounds need larger windows, radius decided inside the band, some pair
+    decided inside the band) — the band flags as `certificates._solve` sets them."""
     G = 2 * K
     GL = G * L
     X = np.empty((G, L))
@@ -641,10 +644,14 @@ def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, l
     for g in range(G):
         if cut[g] > cutmax:
             cutmax = cut[g]
+    NR = np.zeros((K, K), np.bool_)
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
-    tol = rtol * absum + slack
+    tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
+    band = 2.0 * user_tol + 4.0 * slack
 
     pairs_ok = True
+    nr_any = False
+    best = np.inf
     for a in range(K):
         if mode == MODE_RADIUS and a != pred:
             continue
@@ -652,16 +659,30 @@ def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, l
             if a == b:
                 P[a, b] = 0.0
                 Qs[a, b] = -1
+                NR[a, b] = False
                 continue
-            p, q, ok = _pair(s, tol, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b)
+            p, q, ok, near = _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b)
             P[a, b] = p
             Qs[a, b] = q
+            NR[a, b] = near
+            nr_any = nr_any or near
             if not ok:
                 pairs_ok = False
+            if a == pred and p < best:
+                best = p
+    # rows to resolve exactly: top two scores within the band, or a pair attaining the radius decided in it
+    second = -np.inf
+    for k in range(K):
+        if k != pred and s[k] > second:
+            second = s[k]
+    radius_band = s[pred] - second <= band
+    for b in range(K):
+        if b != pred and NR[pred, b] and P[pred, b] == best:
+            radius_band = True
     if mode != MODE_FULL:
-        return pairs_ok, False
+        return pairs_ok, False, radius_band, nr_any
     if not pairs_ok and not complete:  # the row is redone with larger windows anyway
-        return pairs_ok, True
+        return pairs_ok, True, radius_band, nr_any
 
     # ----- per-class bounds (`certificates._solve`, mode 'full')
     member1 = np.zeros(G, np.bool_)
@@ -703,7 +724,7 @@ def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, l
                 member2[g] = g == 2 * js or g == 2 * cc + 1
                 dest[g] = cc if g % 2 == 0 else js
             cnt = _after(s, Cc, CT, Xc, Q2, K, q1, member1, member2, dest, new, signed)
-            ver = _wins(new, cc, slack)
+            ver = _wins(new, cc, tol)
             if ver:
                 upper[cc] = float(cnt)
         if ver:
@@ -729,7 +750,7 @@ def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, l
                     member1[g] = False
                     member2[g] = g == 2 * cc + 1
                     dest[g] = t
-            cnt = _safe_search(s, slack, Cc, CT, Xc, Q2, K, GL, cc, member1, member2, dest, new, signed)
+            cnt = _safe_search(s, tol, Cc, CT, Xc, Q2, K, GL, cc, member1, member2, dest, new, signed)
             if cnt < upper[cc]:
                 upper[cc] = cnt
     for cc in range(K):
@@ -818,39 +839,46 @@ def _solve_row(row, off, K, L, complete, n, rtol, absum, s, pred, mode, P, Qs, l
             else:
                 cap = 3.0 * lower_pair[cc] + 10.0
             steps = int(min(cap, float(GL)))
-            cnt = _greedy_moves(s, X, slack, K, L, cc, steps, sc, ptr, val, scn_, wn_, T1v, A, worst, first_free)
+            cnt = _greedy_moves(s, X, tol, K, L, cc, steps, sc, ptr, val, scn_, wn_, T1v, A, worst, first_free)
             if cnt < upper[cc]:
                 upper[cc] = cnt
         if not np.isfinite(upper[cc]) and cutmax > 0.0:
             miss = True
-    return pairs_ok, miss
+    return pairs_ok, miss, radius_band, nr_any
 
 
 # --------------------------------------------------------------------------- rows
 @njit(cache=True, parallel=True)
-def certify_rows(S, off, first_window, max_group, growth, rtol, mode, tie, want_pairs,
-                 pred, radius, own, P_out, lower_out, upper_out):
+def certify_rows(S, off, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
+                 pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out):
     """Certificates of the rows of S (B, n): class-grouped, each class segment sorted ascending.
 
     off (K+1,) class segment offsets; windows start at `first_window` entries per group and grow
-    by `growth` (capped at `max_group`) on the rows that need it, as in `certificates._run`.
-    mode: MODE_RADIUS (radius and own costs), MODE_PAIRS (all pairwise costs), MODE_FULL
-    (radius and per-class bounds; with want_pairs also the pairwise costs, taken at the window
-    size where the pairs alone would have been accepted). tie: TIE_INDEX or TIE_ATTACKER for P.
-    Outputs (written in place): pred, radius (B,) int64; own, lower, upper (B, K); P_out (B, K, K).
+    by `growth` (capped at `max_group`) on the rows that need it, as in `certificates._run`;
+    user_tol (B,) the absolute tolerance of every row. mode: MODE_RADIUS (radius and own costs),
+    MODE_PAIRS (all pairwise costs), MODE_FULL (radius and per-class bounds; with want_pairs also
+    the pairwise costs, taken at the window size where the pairs alone are accepted). tie:
+    TIE_INDEX or TIE_ATTACKER for P. Outputs (written in place): pred, radius (B,) int64; own,
+    lower, upper (B, K); P_out (B, K, K); band (B,): the row was decided inside the rounding /
+    tolerance band (resolved exactly by the caller); pairs_band (B,): the same for the pairwise
+    costs alone; nonfinite (B,): a score sum is not finite (nothing else is computed for the row).
     """
     B, n = S.shape
     K = off.shape[0] - 1
     for i in prange(B):
         row = S[i]
-        absum = 0.0
         ab = np.empty(n)
         for j in range(n):
             ab[j] = abs(row[j])
         absum = _sum_all(ab)
         s = np.empty(K)
+        finite = np.isfinite(absum)
         for k in range(K):
             s[k] = 0.0 + _pairwise_sum(row, off[k], off[k + 1] - off[k])
+            finite = finite and np.isfinite(s[k])
+        nonfinite[i] = not finite
+        if not finite:
+            continue
         p = _argmax(s)
         pred[i] = p
         P = np.zeros((K, K))
@@ -861,9 +889,11 @@ def certify_rows(S, off, first_window, max_group, growth, rtol, mode, tie, want_
         pairs_taken = not (mode == MODE_PAIRS or want_pairs)
         while True:
             complete = L >= max_group
-            pairs_ok, miss = _solve_row(row, off, K, L, complete, n, rtol, absum, s, p, mode, P, Qs, lower, upper)
+            pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
+                                                             mode, P, Qs, lower, upper)
             if not pairs_taken and (pairs_ok or complete):
                 pairs_taken = True
+                pairs_band[i] = nr_any
                 for a in range(K):
                     for b in range(K):
                         x = P[a, b]
@@ -871,6 +901,12 @@ def certify_rows(S, off, first_window, max_group, growth, rtol, mode, tie, want_
                             x = 0.0
                         P_out[i, a, b] = x
             if (pairs_ok and not miss) or complete:
+                if mode == MODE_RADIUS:
+                    band[i] = radius_band
+                elif mode == MODE_PAIRS:
+                    band[i] = nr_any
+                else:
+                    band[i] = radius_band or nr_any
                 break
             L = min(max_group, L * growth)
         best = np.inf
@@ -891,27 +927,34 @@ _MODES = {"radius": MODE_RADIUS, "pairs": MODE_PAIRS, "full": MODE_FULL}
 _TIES = {"index": TIE_INDEX, "attacker": TIE_ATTACKER}
 
 
-def solve_block(S: np.ndarray, off: np.ndarray, first_window: int, max_group: int, growth: int, rtol: float,
+def solve_block(S: np.ndarray, off: np.ndarray, first_window: int, max_group: int, growth: int, user_tol,
                 mode: str, tie: str, want_pairs: bool) -> dict:
-    """Run `certify_rows` on one block of sorted rows S (B, n); returns a dict of the outputs.
+    """Run `certify_rows` on one block of sorted rows S (B, n) with absolute tolerances user_tol (B,).
 
-    Keys: prediction, radius (B,) int64; own (B, K); P (B, K, K) for mode 'pairs' or want_pairs
-    (tie rule `tie`); lower, upper (B, K) for mode 'full'. Radius n means no attack exists.
+    Returns a dict: prediction, radius (B,) int64 (n: no attack exists); own (B, K); band (B,) bool;
+    P (B, K, K) and pairs_band (B,) for mode 'pairs' or want_pairs (tie rule `tie`); lower, upper
+    (B, K) for mode 'full'. Raises FloatingPointError where a score sum is not finite.
     """
     S = np.ascontiguousarray(S, dtype=np.float64)
     off = np.ascontiguousarray(off, dtype=np.int64)
+    user_tol = np.ascontiguousarray(np.broadcast_to(np.asarray(user_tol, dtype=np.float64), S.shape[:1]))
     B = S.shape[0]
     K = off.shape[0] - 1
     pairs = mode == "pairs" or want_pairs
     full = mode == "full"
     out = {"prediction": np.zeros(B, np.int64), "radius": np.zeros(B, np.int64), "own": np.zeros((B, K)),
+           "band": np.zeros(B, np.bool_), "pairs_band": np.zeros(B, np.bool_),
            "P": np.zeros((B, K, K) if pairs else (0, K, K)), "lower": np.zeros((B, K) if full else (0, K)),
            "upper": np.zeros((B, K) if full else (0, K))}
-    certify_rows(S, off, int(first_window), int(max_group), int(growth), float(rtol), _MODES[mode], _TIES[tie],
-                 bool(want_pairs), out["prediction"], out["radius"], out["own"], out["P"], out["lower"],
-                 out["upper"])
+    nonfinite = np.zeros(B, np.bool_)
+    certify_rows(S, off, int(first_window), int(max_group), int(growth), user_tol, _MODES[mode], _TIES[tie],
+                 bool(want_pairs), out["prediction"], out["radius"], out["own"], out["band"], out["pairs_band"],
+                 nonfinite, out["P"], out["lower"], out["upper"])
+    if nonfinite.any():
+        raise FloatingPointError("non-finite intermediate in the certificate (a score sum overflowed); "
+                                 "the range guard should have rescaled this row")
     if not pairs:
-        del out["P"]
+        del out["P"], out["pairs_band"]
     if not full:
         del out["lower"], out["upper"]
     return out

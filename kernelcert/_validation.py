@@ -24,7 +24,11 @@ def as_float_array(name: str, a, ndim: int | tuple[int, ...] | None = None, dtyp
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
             raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dimensions, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    # fast path: any NaN or inf makes the sum non-finite, so a finite sum proves every entry finite;
+    # otherwise (including a sum that merely overflows) the entries are checked one by one
+    with np.errstate(over="ignore", invalid="ignore"):
+        total_ok = bool(np.isfinite(np.sum(arr, dtype=np.float64)))
+    if not total_ok and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or infinite entries")
     return arr

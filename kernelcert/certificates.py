@@ -1,4 +1,4 @@
-"""ScaLabelCert: label-flip certificates for one label-linear model (SPEC §3).
+"""ScaLabelCert: label-flip certificates for one label-linear model (docs/math.md §3).
 
 A model is label-linear when its class scores are `s_k(x) = sum_j W[x, j] [y_j = k]` (plus terms
 that do not depend on k). `certify(W, y, K)` returns, per test point, the exact radius (the
@@ -10,7 +10,7 @@ How it is computed (per block of test points, vectorised over the block):
 * ONE sort per test point: the columns are grouped by class (a fixed permutation) and each class
   segment is sorted. Group `g = 2k` holds the positive weights of class k, `g = 2k + 1` the
   negative ones; both are read off the sorted segment in order of decreasing |w|.
-* Every reduction of SPEC §3 is `f_g |w_j|` with a factor per group (pairwise problem (a, b):
+* Every reduction of docs/math.md §3 is `f_g |w_j|` with a factor per group (pairwise problem (a, b):
   1 for every other class, 2 for a's positive and b's negative weights, 0 for a's negative and
   b's positive ones), so the greedy "largest reductions first" is a merge of the groups' sorted
   lists. The top `L` entries of every group (a window) are merged once per test point into a
@@ -21,23 +21,43 @@ How it is computed (per block of test points, vectorised over the block):
   deciding one lies inside the windows; rows where that cannot be shown are recomputed with
   8x larger windows, up to whole groups (then the computation is the plain greedy).
 
-Floating point (SPEC §3): an attack is counted as successful as soon as its cumulative margin
-reduction is within `tol = rtol * sum_j |W_ij|` (plus a rounding allowance of a few `n * eps *
-sum_j |W_ij|`, so that float error can never enlarge a radius, whatever `rtol`) of the margin.
-Upper bounds are backed by attacks that are verified: the scores after the attack are recomputed
-from the moved samples and must make the target win by more than the rounding allowance, which
-guarantees the target also wins when the attacked scores are evaluated from scratch in float64
-(any summation order). `Certificate.witness` re-checks from scratch.
+Floating point (docs/math.md §3), in three layers around the float core:
+
+1. Range guard. After the sort, every row whose largest |w| lies outside [2^-500, 2^500] is
+   multiplied by a power of two that brings it into [1, 2) (exact up to the underflow of entries
+   far below the row's scale, which the rounding allowance covers), so no sum can overflow; a
+   non-finite intermediate raises FloatingPointError, it is never read as "no attack".
+2. Tolerances. An attack is counted as successful as soon as its cumulative margin reduction is
+   within `tol_i + slack_i` of the margin, where `tol_i = rtol * sum_j |W_ij| + atol_i` is the
+   caller's bound on the error of the weights themselves (a learner passes the a-posteriori error
+   bound of its solve, see `learners.KernelRegression.label_weights`) and `slack_i`, a few
+   `n * eps * sum_j |W_ij|`, bounds every rounding error of the float computation. Upper bounds
+   are backed by attacks that are verified: the attacked scores are recomputed and the target must
+   win by more than `tol_i + slack_i`, so it also wins for the exact model.
+3. Exact resolution. The float core flags the rows whose decision falls inside that band (top two
+   scores, or the deciding prefix sum of a radius pair or a binding class pair, within twice the
+   band). Those few rows are recomputed in exact integer arithmetic (every float is an integer
+   multiple of 2^-1074): the exact prediction (ties to the smaller index), the exact pairwise costs
+   with the tie rule (an attack that only reaches an exact tie succeeds only if the tie goes to the
+   attacker's class), and exactly verified greedy attacks. With `tol_i = 0` the radius of every row
+   is then exact; with `tol_i > 0` a row whose decision lies within `tol_i` keeps the sound
+   (smaller) value and is flagged not exact (`Certificate.radius_exact`).
+
+`label_linear_prediction` is the one definition of a label-linear model's prediction (exact
+argmax, ties to the smaller index); `Certificate.prediction` and the learners' `predict` equal it.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _scalabel_kernel
+from ._jax import default_device, gpu_devices, x64_scope
 from ._validation import as_float_array, check_int, check_labels, check_positive
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -48,14 +68,22 @@ _WINDOW_GROWTH = 8
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per-test-point certificate of a label-linear model (SPEC §3).
+    """Per-test-point certificate of a label-linear model (docs/math.md §3).
 
-    prediction (t,) int64; radius (t,) int64, exact (n where no relabelling changes the prediction);
+    prediction (t,) int64: the exact argmax of the scores, ties to the smaller index (the same as
+    `label_linear_prediction`); radius (t,) int64 (n where no relabelling changes the prediction);
+    radius_exact (t,) bool: the radius is proven equal to the exact radius (always true with zero
+    tolerance; false where a decision lies within the caller's tolerance `tolerance[i]`);
     cost_lower / cost_upper (t, K) float64: sound lower bound and verified upper bound on A_c, the
     fewest flips after which the prediction is class c (0 at the prediction, inf if unreachable /
-    no verified attack); class_exact (t, K) = lower == upper; exact (t,) = all classes exact.
-    With class_bounds=False only the radius is computed: cost_lower is then P(p, c) (c must beat
-    the prediction p) and cost_upper inf off the prediction.
+    no verified attack); class_exact (t, K) = lower == upper; exact (t,) = radius_exact and every
+    class exact. With class_bounds=False only the radius is computed: cost_lower is then P(p, c)
+    (c must beat the prediction p) and cost_upper inf off the prediction.
+    tolerance (t,) float64: the absolute tolerance `rtol * sum_j |W_ij| + atol_i` the certificate
+    was computed with: radius and bounds hold for every model whose label weights W* satisfy
+    sum_j |W_ij - W*_ij| <= tolerance[i] and that predicts `prediction[i]` on the clean labels.
+    Where another class is within the tolerance of the top score (the exact model may predict it),
+    radius is 0 and radius_exact false.
 
     `weights` is a reference to the caller's (t, n) weight array (not a copy) and `labels` the
     validated labels: `witness(i, ...)` recomputes the attack for test point i from them, so
@@ -68,44 +96,46 @@ class Certificate:
     cost_upper: np.ndarray
     class_exact: np.ndarray
     exact: np.ndarray
+    radius_exact: np.ndarray
     weights: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
     num_classes: int = 2
-    rtol: float = 1e-9
+    tolerance: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     class_bounds: bool = True
 
     def witness(self, i: int, target: int | None = None) -> list[tuple[int, int]]:
-        """Attack [(train_index, new_label), ...] for test point i, verified from scratch.
+        """Attack [(train_index, new_label), ...] for test point i, verified in exact arithmetic.
 
         target=None: an attack of size radius + 1 that changes the prediction (greedy order of the
-        cheapest pairwise problem; in a float near-tie within the tolerance it may need more flips,
-        then the shortest verified prefix is returned). target=c: the verified attack behind
-        cost_upper[i, c] (exactly cost_upper[i, c] flips; [] for the prediction itself).
-        Raises ValueError when no such attack exists.
+        cheapest pairwise problem; where the radius is not exact because of the tolerance it may
+        need more flips, then the shortest verified prefix is returned). target=c: the verified
+        attack behind cost_upper[i, c] (exactly cost_upper[i, c] flips; [] for the prediction
+        itself); c then wins by more than the tolerance. Raises ValueError when no such attack exists.
         """
         t = self.prediction.shape[0]
         i = check_int("i", i, minimum=-t, maximum=t - 1) % t
-        layout = _Layout(self.labels, self.num_classes)
         w = np.asarray(self.weights[i], dtype=np.float64)
+        tol = float(self.tolerance[i]) if self.tolerance.size else 0.0
+        row = _ExactRow(w, self.labels, self.num_classes, tol)
         p = int(self.prediction[i])
+        if row.prediction != p:  # pragma: no cover - the certificate's prediction is the exact one
+            raise RuntimeError(f"test point {i}: exact prediction {row.prediction}, certificate says {p}")
         if target is None:
-            if self.radius[i] >= layout.n:
+            if self.radius[i] >= len(self.labels):
                 raise ValueError(f"no label-flip attack changes the prediction of test point {i}")
-            return _radius_witness(w, self.labels, self.num_classes, p, int(self.radius[i]) + 1, self.rtol)
+            return row.radius_witness(int(self.radius[i]) + 1)
         c = check_int("target", target, minimum=0, maximum=self.num_classes - 1)
         if c == p:
             return []
         if not self.class_bounds or not np.isfinite(self.cost_upper[i, c]):
             raise ValueError(f"no verified attack makes test point {i} predict class {c}")
-        attack = _target_witness(w, layout, c, self.rtol)
-        if len(attack) != self.cost_upper[i, c]:  # pragma: no cover - determinism guard
-            raise RuntimeError(f"rebuilt attack has {len(attack)} flips, certificate says {self.cost_upper[i, c]}")
-        y2 = self.labels.copy()
-        for j, v in attack:
-            y2[j] = v
-        if _argmax_scores(w, y2, self.num_classes) != c:  # pragma: no cover - guarded by the margin
-            raise RuntimeError(f"attack for test point {i}, class {c} does not verify from scratch")
-        return attack
+        size = int(self.cost_upper[i, c])
+        for attack in (_target_witness(w, _Layout(self.labels, self.num_classes), c, tol),
+                       row.target_attack(c)):
+            if attack is not None and len(attack) == size and row.wins_after(attack, c):
+                return attack
+        raise RuntimeError(  # pragma: no cover - determinism guard
+            f"the attack behind cost_upper[{i}, {c}] = {size} could not be rebuilt and verified")
 
 
 # --------------------------------------------------------------------------- layout and sorting
@@ -145,8 +175,6 @@ def _use_jax_sort(sort_device: str) -> bool:
     if sort_device not in _SORT_DEVICES:
         raise ValueError(f"sort_device must be one of {', '.join(_SORT_DEVICES)}, got {sort_device!r}")
     if sort_device == "auto":
-        from ._jax import gpu_devices
-
         return bool(gpu_devices())
     return sort_device == "jax"
 
@@ -171,8 +199,6 @@ def _sorted_segments_jax(wb: np.ndarray, layout: _Layout) -> np.ndarray:
     +0.0 and -0.0, which compare equal and leave every sum unchanged).
     """
     import jax
-
-    from ._jax import default_device, x64_scope
 
     S = np.take(wb, layout.perm, axis=1)
     keys = np.repeat(np.arange(layout.K, dtype=np.int32), np.diff(layout.off))
@@ -221,7 +247,7 @@ class _Context:
     Q1 / Q2 (B, 2GL+1): how many of the first q entries of V come from c / from 2c.
     """
 
-    def __init__(self, S: np.ndarray, layout: _Layout, L: int, rtol: float, index: np.ndarray | None = None):
+    def __init__(self, S: np.ndarray, layout: _Layout, L: int, user_tol: np.ndarray, index: np.ndarray | None = None):
         B, n = S.shape
         K, G = layout.K, layout.G
         self.B, self.K, self.G, self.L, self.GL = B, K, G, L, G * L
@@ -268,10 +294,15 @@ class _Context:
         np.cumsum(o2 >= G * L, axis=1, out=self.Q2[:, 1:])
         self.Q1 = np.arange(2 * G * L + 1)[None, :] - self.Q2
         absum = np.abs(S).sum(axis=1)
+        if not (np.all(np.isfinite(absum)) and np.all(np.isfinite(scores))):
+            raise FloatingPointError("non-finite intermediate in the certificate (a score sum overflowed); "
+                                     "the range guard should have rescaled this row")
         # rounding allowance: bounds |float - exact| of every score, margin and prefix sum used
         # here and of a from-scratch evaluation of the attacked scores (gamma_m <= m eps, generous)
         self.slack = 16.0 * (n + G * L + 16) * _EPS * absum
-        self.tol = rtol * absum + self.slack
+        self.user_tol = np.asarray(user_tol, dtype=np.float64)
+        # decisions: an attack succeeds within tol; a verified attack wins by more than tol
+        self.tol = self.user_tol + self.slack
         self.absum = absum
 
     # --- table look-ups (r, g, q broadcast together)
@@ -307,9 +338,9 @@ def _pair_active(ctx: _Context, r, a, b, q):
 def _pair_search(ctx: _Context, r, a, b, T):
     """Greedy count of pairwise problems (query arrays r, a, b, T = margin - tol; T > 0 or not).
 
-    Returns (m, q, found, valid): m the fewest active reductions whose sum reaches T (at least
+    Returns (m, q, found, valid, tot): m the fewest active reductions whose sum reaches T (at least
     one), q its prefix length in V, found whether the windows reach T, valid whether the answer
-    is exact for the full problem (else the row needs larger windows).
+    is exact for the full problem (else the row needs larger windows), tot the sum at q.
     """
     top = 2 * ctx.GL
     Q = len(r)
@@ -325,12 +356,12 @@ def _pair_search(ctx: _Context, r, a, b, T):
         hi = np.where(ok, mid, hi)
         lo = np.where(ok, lo, mid + 1)
     q = hi
-    _, m = _pair_active(ctx, r, a, b, q)
+    tq, m = _pair_active(ctx, r, a, b, q)
     v = ctx.V[r, np.maximum(q - 1, 0)]
     # every reduction >= v must be inside the windows: factor-1 groups (all) and the doubled ones
     need = np.maximum(ctx.cutmax[r], 2.0 * np.maximum(ctx.cut[r, 2 * a], ctx.cut[r, 2 * b + 1]))
     valid = np.where(found, v > need, ctx.cutmax[r] == 0)
-    return m, np.where(found, q, -1), found, valid
+    return m, np.where(found, q, -1), found, valid, tq
 
 
 def _already(s_a, s_b, a, b, tie: str):
@@ -340,8 +371,17 @@ def _already(s_a, s_b, a, b, tie: str):
     return (s_b > s_a) | ((s_b == s_a) & (b < a))
 
 
+def _band(ctx: _Context, r):
+    """Width of the band around a decision threshold inside which the float core's answer may
+    differ from the exact one (or from a model within the tolerance): with every score, margin and
+    prefix sum within slack of its exact value, a success by more than 2 tol + 4 slack in floats
+    is a success by more than tol in exact arithmetic."""
+    return 2.0 * ctx.user_tol[r] + 4.0 * ctx.slack[r]
+
+
 def _pairs(ctx: _Context, r, a, b, tie: str):
-    """P(a, b) for query arrays (r, a, b): flip counts (float, inf = unreachable), prefix q, valid."""
+    """P(a, b) for query arrays (r, a, b): flip counts (float, inf = unreachable), prefix q, valid,
+    near (the decision lies within `_band(ctx, r)` of its threshold, so the exact value may differ)."""
     sa, sb = ctx.s[r, a], ctx.s[r, b]
     done = _already(sa, sb, a, b, tie)
     T = (sa - sb) - ctx.tol[r]
@@ -349,14 +389,17 @@ def _pairs(ctx: _Context, r, a, b, tie: str):
     P = np.where(done, 0.0, np.inf)
     q = np.full(len(r), -1)
     valid = np.ones(len(r), bool)
+    band = _band(ctx, r)
+    near = np.abs(sa - sb) <= band  # whether b already beats a may differ in exact arithmetic
     todo = np.flatnonzero(~done & ~zero_row)
     if todo.size:
-        m, qq, found, ok = _pair_search(ctx, r[todo], a[todo], b[todo], T[todo])
-        # within the tolerance the margin counts as covered by any single flip (SPEC §3)
+        m, qq, found, ok, tq = _pair_search(ctx, r[todo], a[todo], b[todo], T[todo])
+        # within the tolerance the margin counts as covered by any single flip (docs/math.md §3)
         P[todo] = np.where(T[todo] <= 0, 1.0, np.where(found, m, np.inf))
         q[todo] = qq
         valid[todo] = ok | (T[todo] <= 0)
-    return P, q, valid
+        near[todo] = (T[todo] <= 0) | (found & (tq - T[todo] <= band[todo]))
+    return P, q, valid, near
 
 
 # --------------------------------------------------------------------------- attacks as group prefixes
@@ -411,10 +454,11 @@ def _after(ctx: _Context, r, q, member1, member2, dest):
 
 
 def _wins(ctx: _Context, r, c, new):
-    """c wins on the attacked scores by more than the rounding allowance (so also from scratch)."""
+    """c wins on the attacked scores by more than tolerance + rounding allowance (so also exactly,
+    and for every model within the tolerance)."""
     gap = new[np.arange(len(r)), c][:, None] - new
     gap[np.arange(len(r)), c] = np.inf
-    return gap.min(axis=1) > ctx.slack[r]
+    return gap.min(axis=1) > ctx.tol[r]
 
 
 def _safe_search(ctx: _Context, r, c, prio, t):
@@ -533,7 +577,7 @@ def _greedy_moves(ctx: _Context, r, c, max_steps, record: bool = False):
             path.append((int(bg[0]), int(bd[0])) if can[0] else None)
         gapnow = sc[rows, cw][:, None] - sc
         gapnow[rows, cw] = np.inf
-        won = can & (gapnow.min(axis=1) > ctx.slack[rw])
+        won = can & (gapnow.min(axis=1) > ctx.tol[rw])
         step += 1
         result[idx[won]] = step
         keep = np.flatnonzero(can & ~won & (step < cap))
@@ -669,7 +713,9 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
     """Certificates for the rows of one context. mode: 'radius', 'pairs' or 'full'.
 
     Returns a dict with prediction, radius, P (pairs), lower/upper (full), redo (rows whose
-    windows were too small) and, with record, the attack descriptors behind the upper bounds.
+    windows were too small), band (rows whose prediction, radius or a binding class pair was
+    decided inside the rounding / tolerance band: they are resolved exactly by the caller) and,
+    with record, the attack descriptors behind the upper bounds.
     """
     B, K, G = ctx.B, ctx.K, ctx.G
     s = ctx.s
@@ -686,18 +732,28 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
     r = np.broadcast_to(np.arange(B).reshape((B,) + (1,) * (a.ndim - 1)), a.shape)
     P = np.zeros(a.shape)
     Qs = np.full(a.shape, -1)
-    p_, q_, ok_ = _pairs(ctx, r[sel], a[sel], b[sel], tie)
-    P[sel], Qs[sel] = p_, q_
+    NR = np.zeros(a.shape, bool)
+    p_, q_, ok_, near_ = _pairs(ctx, r[sel], a[sel], b[sel], tie)
+    P[sel], Qs[sel], NR[sel] = p_, q_, near_
     redo = np.zeros(B, bool)
     np.logical_or.at(redo, r[sel][~ok_], True)
     if mode == "radius":
         own = np.where(sel, P, np.inf)
+        own_near = NR
     else:
         own = np.where(sel, P, np.inf)[np.arange(B), pred]
+        own_near = NR[np.arange(B), pred]
         out["P"] = P
     best = own.min(axis=1)
     out["radius"] = np.where(np.isfinite(best), best - 1, -1)  # -1: no attack (set to n by caller)
     out["own"] = np.where(np.arange(K)[None, :] == pred[:, None], 0.0, own)
+    # rows to resolve exactly: top two scores within the band, or a pair attaining the radius decided in it
+    rows_b = np.arange(B)
+    second = s.copy()
+    second[rows_b, pred] = -np.inf
+    gap = s[rows_b, pred] - (second.max(axis=1) if K > 1 else -np.inf)
+    band = (gap <= _band(ctx, rows_b)) | np.any(own_near & (own == best[:, None]), axis=1)
+    out["band"] = band if mode == "radius" else NR.any(axis=(1, 2))
     if mode != "full":
         out["redo"] = redo
         return out
@@ -788,36 +844,73 @@ def _solve(ctx: _Context, mode: str, tie: str, record: bool = False):
         np.logical_or.at(redo, rr[miss], True)
     if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
         raise RuntimeError("internal error: a verified attack is smaller than the lower bound")
+    # any pairwise cost decided inside the band (the class lower bounds contain the exact ones)
+    out["band"] = band | NR.any(axis=(1, 2))
     out.update(lower=lower, upper=upper, redo=redo)
     if record:
         out.update(kind=kind, qpos=qpos, jstar=jstar)
     return out
 
 
+# --------------------------------------------------------------------------- range guard
+_SAFE_EXP = 500  # rows with max |w| in [2^-500, 2^500] cannot overflow or lose the rounding allowance
+
+
+def _rescale(S: np.ndarray, layout: _Layout, tol: np.ndarray):
+    """Range guard: rows of the sorted block S whose largest |w| is outside [2^-500, 2^500] are
+    multiplied by the power of two that brings it into [0.5, 1); tol (absolute tolerances) likewise.
+
+    Multiplying by a power of two is exact (the order of every sorted segment is kept) except for
+    entries that underflow, each off by at most 2^-1075 after scaling, far below the rounding
+    allowance of a row of scale 1. The largest |w| of a row is read off the ends of its sorted
+    class segments (O(K) per row). Returns (S, tol), copies only where a row was scaled.
+    """
+    nonempty = np.flatnonzero(np.diff(layout.off) > 0)
+    if S.size == 0 or nonempty.size == 0:
+        return S, tol
+    ends = np.concatenate([S[:, layout.off[nonempty]], S[:, layout.off[nonempty + 1] - 1]], axis=1)
+    top = np.abs(ends).max(axis=1)
+    scale_bad = (top > 2.0 ** _SAFE_EXP) | ((top > 0) & (top < 2.0 ** -_SAFE_EXP))
+    if not scale_bad.any():
+        return S, tol
+    idx = np.flatnonzero(scale_bad)
+    _, e = np.frexp(top[idx])
+    S = S.copy()
+    tol = np.array(tol, dtype=np.float64, copy=True)
+    S[idx] = np.ldexp(S[idx], -e[:, None])
+    # a tolerance only shrinks when scaled down into the subnormals; round it up by one unit there
+    tol[idx] = np.nextafter(np.ldexp(tol[idx], -e), np.inf) * (tol[idx] > 0)
+    return S, tol
+
+
 _ENGINES = ("numba", "numpy")
 
 
-def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float, block_size,
+def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np.ndarray, block_size,
          sort_device: str = "numpy", engine: str = "numba", pairs_tie: str | None = None):
     """Stream over blocks of test points; rows whose windows were too small are redone with larger ones.
 
-    engine "numba": the compiled row kernel (`_scalabel_kernel`), "numpy": the vectorised core below
-    (the test oracle); identical results. pairs_tie (mode "full"): also return the pairwise costs
-    with that tie rule as res["P"] (the kernel takes them from the same pass).
+    user_tol (t,): absolute tolerance per row. In 'radius' and 'full' mode the rows the float core
+    flags as decided inside the band are then resolved in exact arithmetic (`_resolve_exact`).
+    engine "numba": the float core is the compiled row kernel (`_scalabel_kernel`), "numpy": the
+    vectorised core below (the test oracle); identical results. pairs_tie (mode "full"): also
+    return the pairwise costs with that tie rule as res["P"], as mode "pairs" computes them (the
+    kernel takes them from the same pass).
     """
     if engine not in _ENGINES:
         raise ValueError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}")
     if pairs_tie is not None and mode == "full" and engine == "numpy":
-        res = _run(weights, layout, mode, tie, rtol, block_size, sort_device, engine)
-        res["P"] = _run(weights, layout, "pairs", pairs_tie, rtol, block_size, sort_device, engine)["P"]
+        res = _run(weights, layout, mode, tie, user_tol, block_size, sort_device, engine)
+        res["P"] = _run(weights, layout, "pairs", pairs_tie, user_tol, block_size, sort_device, engine)["P"]
         return res
     use_jax = _use_jax_sort(sort_device)
     t, n = weights.shape
     K = layout.K
-    res = {"prediction": np.zeros(t, np.int64), "radius": np.zeros(t, np.int64)}
+    res = {"prediction": np.zeros(t, np.int64), "radius": np.zeros(t, np.int64),
+           "radius_exact": np.ones(t, bool), "band": np.zeros(t, bool)}
     if mode == "pairs" or pairs_tie is not None:
         res["P"] = np.zeros((t, K, K))
-        tie = pairs_tie or tie
+        res["pairs_band"] = np.zeros(t, bool)
     if mode == "full":
         res["lower"] = np.zeros((t, K))
         res["upper"] = np.zeros((t, K))
@@ -830,7 +923,7 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
         if "P" in res:
             # b beats a at equal (zero) scores iff b < a (index) or always (attacker)
             a, b = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
-            res["P"][:] = np.where(_already(0.0, 0.0, a, b, tie) | (a == b), 0.0, np.inf)
+            res["P"][:] = np.where(_already(0.0, 0.0, a, b, pairs_tie or tie) | (a == b), 0.0, np.inf)
         if mode == "full":
             res["lower"][:] = inf
             res["upper"][:] = inf
@@ -840,9 +933,10 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
     for start in range(0, t, block_size):
         stop = min(t, start + block_size)
         S, _ = _sorted_segments(np.asarray(weights[start:stop], dtype=np.float64), layout, use_jax=use_jax)
+        S, tol_b = _rescale(S, layout, user_tol[start:stop])
         if engine == "numba":
             out = _scalabel_kernel.solve_block(S, layout.off, layout.first_window, layout.max_group, _WINDOW_GROWTH,
-                                               rtol, mode, tie, "P" in res)
+                                               tol_b, mode, pairs_tie or tie, "P" in res)
             for key, value in out.items():
                 res[key][start:stop] = value
             continue
@@ -853,13 +947,15 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
             again = []
             for c0 in range(0, rows.size, chunk):
                 sub = rows[c0:c0 + chunk]
-                ctx = _Context(S[sub], layout, L, rtol)
+                ctx = _Context(S[sub], layout, L, tol_b[sub])
                 out = _solve(ctx, mode, tie)
                 keep = ~out["redo"] if not ctx.complete else np.ones(sub.size, bool)
                 dst = start + sub[keep]
                 res["prediction"][dst] = out["prediction"][keep]
                 res["radius"][dst] = np.where(out["radius"][keep] < 0, n, out["radius"][keep])
                 res["own"][dst] = out["own"][keep]
+                if "band" in out:
+                    res["band"][dst] = out["band"][keep]
                 if mode == "pairs":
                     res["P"][dst] = out["P"][keep]
                 if mode == "full":
@@ -868,44 +964,229 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, rtol: float,
                 again.append(sub[~keep])
             rows = np.concatenate(again)
             L = layout.next_window(L)
+    _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["band"]), res, mode, tie)
+    if pairs_tie is not None and mode == "full":  # the pairs as mode "pairs" resolves them
+        _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["pairs_band"]), res, "pairs",
+                       pairs_tie)
     return res
 
 
+# --------------------------------------------------------------------------- exact resolution
+def _exact_ints(values: np.ndarray) -> tuple[list[int], int]:
+    """Finite floats as exact Python integers at a common scale: values[i] = ints[i] * 2^E."""
+    v = np.asarray(values, dtype=np.float64)
+    m, e = np.frexp(v)
+    mant = (m * 2.0 ** 53).astype(np.int64)  # exact: |m| in [0.5, 1)
+    e = e.astype(np.int64) - 53
+    nz = mant != 0
+    E = int(e[nz].min()) if nz.any() else 0
+    sh = np.where(nz, e - E, 0)
+    return [int(a) << int(b) for a, b in zip(mant.tolist(), sh.tolist())], E
+
+
+class _ExactRow:
+    """One test point in exact integer arithmetic (every float64 is an integer multiple of 2^-1074).
+
+    w (n,) label weights, labels (n,), K classes, tol >= 0 the absolute tolerance. Gives the exact
+    scores and prediction (ties to the smaller index), exact pairwise costs with the tie rule
+    (`pair`), the exact radius, greedy attacks and their exact verification.
+    """
+
+    def __init__(self, w: np.ndarray, labels: np.ndarray, K: int, tol: float):
+        ints, self.E = _exact_ints(np.append(w, tol))
+        self.tol = ints[-1]
+        self.w = np.array(ints[:-1], dtype=object).reshape(-1)  # Python ints
+        self.wabs = np.array([abs(x) for x in ints[:-1]], dtype=object).reshape(-1)
+        self.wf = np.asarray(w, dtype=np.float64)
+        self.absw = np.abs(self.wf)
+        self.labels = labels
+        self.K = K
+        self.n = len(labels)
+        self.s = [sum(self.w[labels == k].tolist()) for k in range(K)]
+        self.prediction = int(max(range(K), key=lambda k: (self.s[k], -k)))
+        self._memo = {}
+
+    # --- pairwise problems
+    def _order(self, a: int, b: int):
+        """Greedy order of pair (a, b): indices by decreasing reduction f|w| (positive reductions
+        only), their factors and their destinations. Float keys order exactly: 2|w| is exact
+        unless it overflows to inf, and equal keys are ordered by |w|."""
+        y, w = self.labels, self.wf
+        pos = w > 0
+        f = np.where(y == a, np.where(pos, 2, 0), np.where(y == b, np.where(pos, 0, 2), 1)) * (w != 0)
+        dest = np.where(pos, b, a)
+        with np.errstate(over="ignore"):
+            key = f * self.absw
+        idx = np.flatnonzero(f > 0)
+        idx = idx[np.lexsort((-self.absw[idx], -key[idx]))]
+        return idx, f[idx], dest[idx]
+
+    def pair(self, a: int, b: int, strict: bool = False, tie: str = "index"):
+        """(P, order): fewest flips after which b beats a (inf if none; 0 if b already does).
+
+        tol == 0: b beats a iff s_b > s_a or (s_b == s_a and b < a) (tie="index"; "attacker": or
+        s_b == s_a). tol > 0: the margin counts as covered within tol (P >= 1, a sound lower bound
+        for every model within tol); strict=True instead asks b to beat a by more than tol (the
+        count that holds for every such model).
+        """
+        key = (a, b, strict, tie)
+        if key not in self._memo:
+            self._memo[key] = self._pair(a, b, strict, tie)
+        return self._memo[key]
+
+    def _pair(self, a: int, b: int, strict: bool, tie: str):
+        M = self.s[a] - self.s[b]
+        tie_b = b < a or tie == "attacker"
+        if M < 0 or (M == 0 and tie_b):
+            return 0.0, None
+        order = self._order(a, b)
+        idx, f, _ = order
+        red = self.wabs[idx] * f.astype(object)  # Python int products, exact
+        prefix = list(itertools.accumulate(red.tolist(), initial=0))
+        if self.tol == 0:
+            need, strict_gt = M, not tie_b
+        elif strict:
+            need, strict_gt = M + self.tol, True
+        else:
+            need, strict_gt = M - self.tol, False
+        m = (bisect.bisect_right if strict_gt else bisect.bisect_left)(prefix, need)
+        if m >= len(prefix):
+            return np.inf, order
+        return float(max(m, 1)), order
+
+    def radius(self) -> tuple[int, bool, np.ndarray]:
+        """(radius, exact, own (K,) = P(p, c)): the radius and whether it holds for every model within tol."""
+        p = self.prediction
+        own = np.zeros(self.K)
+        strict = np.zeros(self.K)
+        for b in range(self.K):
+            if b != p:
+                own[b] = self.pair(p, b)[0]
+                strict[b] = self.pair(p, b, strict=True)[0] if self.tol else own[b]
+        own_b = np.delete(own, p)
+        best = own_b.min() if own_b.size else np.inf
+        radius = int(best - 1) if np.isfinite(best) else self.n
+        exact = True
+        if self.tol:
+            st_b = np.delete(strict, p)
+            gaps = [self.s[p] - self.s[k] for k in range(self.K) if k != p]
+            exact = bool(np.min(st_b) == best) and all(g > self.tol for g in gaps)
+        return radius, exact, own
+
+    # --- attacks
+    def apply(self, attack) -> list[int]:
+        """Exact scores after the relabelling [(j, new_label), ...]."""
+        s = list(self.s)
+        for j, v in attack:
+            wj = int(self.w[j])
+            s[self.labels[j]] -= wj
+            s[v] += wj
+        return s
+
+    def wins_after(self, attack, c: int) -> bool:
+        """c is the prediction after the attack, by more than tol over every other class (tol > 0),
+        or by the tie rule (tol == 0)."""
+        s = self.apply(attack)
+        for k in range(self.K):
+            if k == c:
+                continue
+            d = s[c] - s[k]
+            if self.tol:
+                if not d > self.tol:
+                    return False
+            elif d < 0 or (d == 0 and k < c):
+                return False
+        return True
+
+    def changes_prediction(self, attack) -> bool:
+        s = self.apply(attack)
+        return int(max(range(self.K), key=lambda k: (s[k], -k))) != self.prediction
+
+    def greedy_attack(self, a: int, b: int, m: int, order=None):
+        """The m largest reductions of pair (a, b) as [(j, new_label), ...], sorted by j."""
+        idx, _, dest = order if order is not None else self._order(a, b)
+        return sorted((int(j), int(d)) for j, d in zip(idx[:m], dest[:m]))
+
+    def radius_witness(self, size: int):
+        """Greedy attack of the cheapest pairwise problem (p, b), shortest exactly verified prefix >= size."""
+        p = self.prediction
+        costs = [(self.pair(p, b)[0], b) for b in range(self.K) if b != p]
+        _, bb = min(costs)
+        idx, _, _ = order = self._order(p, bb)
+        for m in range(size, idx.size + 1):
+            att = self.greedy_attack(p, bb, m, order)
+            if self.changes_prediction(att):
+                return att
+        raise ValueError("no prefix of the greedy attack changes the prediction")
+
+    def target_attack(self, c: int):
+        """Greedy attack of the binding pair (j*, c) (j* = argmax_j P(j, c)), exactly verified, or None."""
+        costs = [(self.pair(j, c)[0], j) for j in range(self.K) if j != c]
+        Pj, j = max(costs, key=lambda x: (x[0], -x[1]))
+        if not np.isfinite(Pj):
+            return None
+        Pm = self.pair(j, c, strict=True)[0] if self.tol else Pj
+        if not np.isfinite(Pm):
+            return None
+        att = self.greedy_attack(j, c, int(Pm))
+        return att if self.wins_after(att, c) else None
+
+    def class_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) (K,): lower = max_j P(j, c) (exact pairwise), upper = size of an exactly
+        verified greedy attack (inf if none); 0 at the prediction."""
+        K = self.K
+        lower = np.zeros(K)
+        upper = np.zeros(K)
+        for c in range(K):
+            if c == self.prediction:
+                continue
+            lower[c] = max(self.pair(j, c)[0] for j in range(K) if j != c)
+            att = self.target_attack(c) if np.isfinite(lower[c]) else None
+            upper[c] = len(att) if att is not None else np.inf
+        return lower, upper
+
+
+def _resolve_exact(weights: np.ndarray, labels: np.ndarray, K: int, user_tol: np.ndarray, rows: np.ndarray,
+                   res: dict, mode: str, tie: str = "index") -> None:
+    """Exact post-pass (in place on res) for the rows the float core decided inside the band.
+
+    'pairs' mode: the row's pairwise costs P (K, K) are recomputed exactly (tie rule `tie`).
+    Otherwise replaces prediction, radius and radius_exact (and, in 'radius' mode, P(p, c)) by the
+    exact values; in 'full' mode tightens the class bounds with the exact pairwise lower bounds and
+    exactly verified attacks (the core's bounds stay valid: they do not depend on the prediction,
+    except at the core's own prediction, which is replaced when the exact prediction differs).
+    """
+    for i in rows.tolist():
+        row = _ExactRow(np.asarray(weights[i], dtype=np.float64), labels, K, float(user_tol[i]))
+        if mode == "pairs":
+            res["P"][i] = [[row.pair(a, b, tie=tie)[0] if a != b else 0.0 for b in range(K)] for a in range(K)]
+            continue
+        p_core, p = int(res["prediction"][i]), row.prediction
+        radius, exact, own = row.radius()
+        res["prediction"][i] = p
+        res["radius"][i] = radius
+        res["radius_exact"][i] = exact
+        res["own"][i] = own
+        if mode == "full":
+            lo, up = row.class_bounds()
+            keep = np.arange(K) != p_core  # the core's bounds at its own prediction say nothing
+            lower = np.where(keep, np.maximum(res["lower"][i], lo), lo)
+            upper = np.where(keep, np.minimum(res["upper"][i], up), up)
+            lower[p] = upper[p] = 0.0
+            if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
+                raise RuntimeError(f"internal error: exact and float bounds of test point {i} contradict")
+            res["lower"][i], res["upper"][i] = lower, upper
+
+
 # --------------------------------------------------------------------------- witnesses (one row)
-def _argmax_scores(w: np.ndarray, labels: np.ndarray, num_classes: int) -> int:
-    """Prediction of the scores evaluated from scratch, w @ onehot(labels)."""
-    onehot = np.zeros((len(labels), num_classes))
-    onehot[np.arange(len(labels)), labels] = 1.0
-    return int(np.argmax(w @ onehot))
-
-
-def _radius_witness(w, labels, K, p, size, rtol):
-    """Greedy attack of the cheapest pairwise problem (p, b), shortest verified prefix >= size."""
-    layout = _Layout(labels, K)
-    S, _ = _sorted_segments(w[None, :], layout)
-    ctx = _Context(S, layout, max(1, layout.max_group), rtol)
-    b = np.array([k for k in range(K) if k != p])
-    P, _, _ = _pairs(ctx, np.zeros(b.size, np.int64), np.full(b.size, p), b, "index")
-    bb = int(b[np.argmin(P)])
-    la, lb, pos = labels == p, labels == bb, w > 0
-    red = np.where(la, np.where(pos, 2 * w, 0.0), np.where(lb, np.where(pos, 0.0, -2 * w), np.abs(w)))
-    new = np.where(pos, bb, p)
-    idx = np.argsort(-red, kind="stable")
-    idx = idx[(red[idx] > 0) & (new[idx] != labels[idx])]
-    for m in range(size, idx.size + 1):
-        y2 = labels.copy()
-        y2[idx[:m]] = new[idx[:m]]
-        if _argmax_scores(w, y2, K) != p:
-            return [(int(j), int(new[j])) for j in idx[:m]]
-    raise ValueError("no prefix of the greedy attack changes the prediction (score gaps below rounding)")
-
-
-def _target_witness(w, layout: _Layout, c: int, rtol: float):
-    """Rebuild the verified attack behind cost_upper for target c of one test point."""
+def _target_witness(w, layout: _Layout, c: int, tol: float):
+    """Rebuild the float core's verified attack behind its upper bound for target c of one test
+    point (None when the core has none)."""
     S, idx = _sorted_segments(w[None, :], layout, with_index=True)
+    S, tol_r = _rescale(S, layout, np.array([tol]))
     L = layout.first_window
     while True:
-        ctx = _Context(S, layout, L, rtol, index=idx)
+        ctx = _Context(S, layout, L, tol_r, index=idx)
         out = _solve(ctx, "full", "index", record=True)
         if not out["redo"][0] or ctx.complete:
             break
@@ -913,7 +1194,6 @@ def _target_witness(w, layout: _Layout, c: int, rtol: float):
     kind, q = int(out["kind"][0, c]), int(out["qpos"][0, c])
     js = out["jstar"][0, c:c + 1]
     cc = np.array([c])
-    K = layout.K
     if kind == 1:
         m1, m2, dest = _pair_spec(js, cc, ctx.G)
     elif kind in (2, 3, 4, 5):
@@ -931,7 +1211,7 @@ def _target_witness(w, layout: _Layout, c: int, rtol: float):
             ptr[gg] += 1
         return sorted(attack)
     else:
-        raise ValueError(f"no verified attack makes this test point predict class {c}")
+        return None
     attack = []
     for g in range(ctx.G):
         if m1[0, g]:
@@ -945,56 +1225,82 @@ def _target_witness(w, layout: _Layout, c: int, rtol: float):
 
 
 # --------------------------------------------------------------------------- public API
-def _validate(weights, labels, num_classes, rtol, block_size):
+def _validate(weights, labels, num_classes, block_size, rtol=0.0, atol=None):
+    """Validated (W, y, K, block_size, tol): tol (t,) = rtol * sum_j |W_ij| + atol_i, finite."""
     w = as_float_array("weights", weights, ndim=2)
+    if num_classes is None:
+        raise ValueError("num_classes is required: pass the task's number of classes (the attacker may relabel to "
+                         "any class of the task, and a training set may lack some of them)")
     y, K = check_labels("labels", labels, num_classes)
     if w.shape[1] != len(y):
         raise ValueError(f"weights have {w.shape[1]} columns but there are {len(y)} labels")
     rtol = check_positive("rtol", rtol, allow_zero=True)
     if block_size is not None:
         block_size = check_int("block_size", block_size, minimum=1)
-    return w, y, K, rtol, block_size
+    t = w.shape[0]
+    if atol is None:
+        tol = np.zeros(t)
+    else:
+        tol = as_float_array("atol", atol, ndim=(0, 1))
+        if tol.ndim == 1 and tol.shape[0] != t:
+            raise ValueError(f"atol has {tol.shape[0]} entries but there are {t} test points (weight rows)")
+        if np.any(tol < 0):
+            raise ValueError("atol must be >= 0")
+        tol = np.broadcast_to(tol, (t,)).astype(np.float64)
+    if rtol > 0 and t:
+        with np.errstate(over="ignore"):
+            tol = (tol + rtol * np.abs(w).sum(axis=1)) * (1.0 + 4 * _EPS)  # rounded up
+        if not np.all(np.isfinite(tol)):
+            raise ValueError("rtol * sum_j |W_ij| overflows for some row; pass the tolerance as atol instead")
+    return w, y, K, block_size, tol
 
 
-def pairwise_costs(weights, labels, num_classes=None, *, tie: str = "index", rtol: float = 1e-9,
+def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rtol: float = 0.0, atol=None,
                    block_size: int | None = None, sort_device: str = "auto", engine: str = "numba") -> np.ndarray:
-    """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (SPEC §3).
+    """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (docs/math.md §3).
 
     tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
     tie="attacker": s_b >= s_a already counts (a lower bound under any tie convention).
     0 on the diagonal and where b already beats a; inf where no relabelling makes b beat a.
-    Exact up to the rounding tolerance (which can only make entries smaller). Streams over
-    blocks of `block_size` test points. sort_device, engine: as in `certify`.
+    Never above the exact value: decisions within the tolerance `rtol * sum_j |W_ij| + atol_i`
+    (atol: scalar or (t,), the caller's bound on the weights' error) plus the rounding allowance
+    count as covered. num_classes is the task's number of classes (required). Streams over blocks
+    of `block_size` test points. sort_device, engine: as in `certify`.
     """
     if tie not in ("index", "attacker"):
         raise ValueError(f"tie must be 'index' or 'attacker', got {tie!r}")
-    w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
-    res = _run(w, _Layout(y, K), "pairs", tie, rtol, block_size, sort_device, engine)
+    w, y, K, block_size, tol = _validate(weights, labels, num_classes, block_size, rtol, atol)
+    res = _run(w, _Layout(y, K), "pairs", tie, tol, block_size, sort_device, engine)
     return res["P"]
 
 
-def certify(weights, labels, num_classes=None, *, block_size: int | None = None, rtol: float = 1e-9,
+def certify(weights, labels, num_classes: int, *, block_size: int | None = None, rtol: float = 0.0, atol=None,
             class_bounds: bool = True, sort_device: str = "auto", engine: str = "numba",
             pairwise: str | None = None):
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
-    radius (exact, SPEC §3) = min over b != p of P(p, b) - 1 (n when no attack exists). With
-    class_bounds (default) also per-class bounds cost_lower <= A_c <= cost_upper: the lower bound
-    is the largest of max_j P(j, c) and Lagrangian combinations of the pairwise constraints, the
-    upper bound the size of a verified attack (exact for K = 2). Streams over blocks of
-    `block_size` test points (default: about 100 MB of working memory); memory does not grow with t.
-    sort_device: where the per-point sort (the dominant cost) runs: "auto" (JAX on a GPU when one is
-    visible, else numpy), "numpy", or "jax" (JAX's default device); results are identical.
-    engine: "numba" (default, the compiled row kernel) or "numpy" (the vectorised reference); the
-    results are identical. pairwise ("index" or "attacker", needs class_bounds): also return the
-    pairwise costs `pairwise_costs(..., tie=pairwise)`, taken from the same pass; the result is then
-    the pair (Certificate, P (t, K, K)).
+    num_classes: the task's number of classes K (required: the attacker may relabel to any class of
+    the task, also one absent from y). radius (docs/math.md §3) = min over b != p of P(p, b) - 1
+    (n when no attack exists), exact where `radius_exact` (every row when the tolerance is 0).
+    Tolerance per row `rtol * sum_j |W_ij| + atol_i` (default 0; atol scalar or (t,)): the caller's
+    bound on |sum_j (W_ij - W*_ij) z_j| for z in {-1, 0, 1}^n, i.e. on sum_j |W_ij - W*_ij| between
+    the given weights and the model's exact ones (learners compute it: `model.certify` passes it);
+    every bound then holds for the exact model. With class_bounds (default) also per-class bounds
+    cost_lower <= A_c <= cost_upper: the lower bound is the largest of max_j P(j, c) and Lagrangian
+    combinations of the pairwise constraints, the upper bound the size of a verified attack (exact
+    for K = 2 with zero tolerance). Streams over blocks of `block_size` test points (default: about
+    100 MB of working memory); memory does not grow with t. sort_device: where the per-point sort
+    (the dominant cost) runs: "auto" (JAX on a GPU when one is visible, else numpy), "numpy", or
+    "jax" (JAX's default device); results are identical. engine: "numba" (default, the compiled
+    row kernel) or "numpy" (the vectorised reference); the results are identical. pairwise
+    ("index" or "attacker", needs class_bounds): also return `pairwise_costs(..., tie=pairwise)`
+    with the same tolerance, taken from the same pass; the result is then (Certificate, P (t, K, K)).
     """
-    w, y, K, rtol, block_size = _validate(weights, labels, num_classes, rtol, block_size)
+    w, y, K, block_size, tol = _validate(weights, labels, num_classes, block_size, rtol, atol)
     if pairwise is not None and (pairwise not in ("index", "attacker") or not class_bounds):
         raise ValueError(f"pairwise must be None, 'index' or 'attacker' (with class_bounds=True), got {pairwise!r}")
     mode = "full" if class_bounds else "radius"
-    res = _run(w, _Layout(y, K), mode, "index", rtol, block_size, sort_device, engine, pairwise)
+    res = _run(w, _Layout(y, K), mode, "index", tol, block_size, sort_device, engine, pairwise)
     t = w.shape[0]
     pred = res["prediction"]
     if class_bounds:
@@ -1003,15 +1309,52 @@ def certify(weights, labels, num_classes=None, *, block_size: int | None = None,
         lower = res["own"]
         upper = np.where(np.arange(K)[None, :] == pred[:, None], 0.0, np.inf) if t else np.zeros((0, K))
     class_exact = lower == upper
+    radius_exact = res["radius_exact"]
     cert = Certificate(prediction=pred, radius=res["radius"], cost_lower=lower, cost_upper=upper,
-                       class_exact=class_exact, exact=class_exact.all(axis=1), weights=w, labels=y,
-                       num_classes=K, rtol=rtol, class_bounds=bool(class_bounds))
+                       class_exact=class_exact, exact=class_exact.all(axis=1) & radius_exact,
+                       radius_exact=radius_exact, weights=w, labels=y, num_classes=K, tolerance=tol,
+                       class_bounds=bool(class_bounds))
     return cert if pairwise is None else (cert, res["P"])
 
 
+def label_linear_prediction(weights, labels, num_classes: int, *, block_size: int | None = None) -> np.ndarray:
+    """The prediction (t,) int64 of a label-linear model: argmax_k sum_j W_ij [y_j = k] in exact
+    arithmetic, ties to the smaller index (docs/math.md §2).
+
+    Scores are computed in float64 (W @ onehot(y)); rows whose top two scores are within the
+    rounding bound (2.02 n eps sum_j |W_ij|, or not finite) are recomputed exactly. Equals
+    `certify(...).prediction` and the learners' `predict` in the label-linear regime.
+    """
+    w, y, K, block_size, _ = _validate(weights, labels, num_classes, block_size)
+    t, n = w.shape
+    out = np.zeros(t, np.int64)
+    if t == 0 or n == 0:
+        return out
+    Y = (y[:, None] == np.arange(K)[None, :]).astype(np.float64)
+    step = block_size or max(1, (64 * 2**20) // (8 * n))
+    for start in range(0, t, step):
+        wb = w[start:start + step]
+        with np.errstate(over="ignore", invalid="ignore"):
+            s = wb @ Y
+            bound = 2.02 * (n + 2) * _EPS * np.abs(wb).sum(axis=1)
+            pred = np.argmax(s, axis=1)
+            rows = np.arange(len(wb))
+            second = s.copy()
+            second[rows, pred] = -np.inf
+            safe = (s[rows, pred] - second.max(axis=1)) > 2.0 * bound  # False for NaN / inf
+        for i in np.flatnonzero(~safe).tolist():
+            pred[i] = _ExactRow(wb[i], y, K, 0.0).prediction
+        out[start:start + len(wb)] = pred
+    return out
+
+
 def certify_model(model, K_test_train, **kwargs) -> Certificate:
-    """Certificate of a fitted label-linear learner on kernel rows K(test, train) (calls model.label_weights)."""
-    return certify(model.label_weights(K_test_train), model.labels_, model.num_classes_, **kwargs)
+    """Certificate of a fitted label-linear learner on kernel rows K(test, train): the learner's label
+    weights and their error bound (`model.label_weights(K, return_error=True)`, passed as atol)."""
+    W, err = model.label_weights(K_test_train, return_error=True)
+    atol = err if kwargs.get("atol") is None else err + np.asarray(kwargs["atol"], dtype=np.float64)
+    kwargs["atol"] = atol
+    return certify(W, model.labels_, model.num_classes_, **kwargs)
 
 
-__all__ = ["Certificate", "certify", "certify_model", "pairwise_costs"]
+__all__ = ["Certificate", "certify", "certify_model", "label_linear_prediction", "pairwise_costs"]

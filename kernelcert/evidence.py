@@ -58,8 +58,12 @@ class Evidence:
     fallback: np.ndarray | None = None
 
     @property
-    def num_classes(self) -> int:
-        return int(self.scores.shape[-1])
+    def num_points(self) -> int:
+        """Number of test points t (the first axis of every present field)."""
+        present = [getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        if not present:
+            raise ValueError("empty Evidence: no field is present")
+        return len(present[0])
 
     @property
     def level(self) -> str:
@@ -97,8 +101,8 @@ def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", b
                    rtol: float = 1e-9, sort_device: str = "auto") -> Evidence:
     """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
 
-    Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs from the same pass) are
-    computed only for level "certificate" / "pairs"; `block_size`, `rtol` and `sort_device` are
+    Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs from the
+    same pass) are computed only for level "certificate" / "pairs"; `block_size`, `rtol` and `sort_device` are
     passed on to them. A model with no training labels (n = 0) can never change: its costs are
     inf except 0 at its own vote, its radius 0 (= n) and its fallback False.
     """

@@ -1,10 +1,11 @@
 """Exact references for small problems: brute-force enumeration, MILPs (cvxpy + HiGHS), LabelCert.
 
 These are the independent oracles of the test suite and benchmarks, offered to users for small
-instances: enumeration is exponential (n up to about 12 with K <= 3), the MILPs are worst-case
+instances (single label-linear models, LabelCert's SVM MILP, and the run-off election / finite
+aggregation ensembles of `kernelcert.roe`): enumeration is exponential (n up to about 12 with K <= 3), the MILPs are worst-case
 exponential (up to a few dozen training samples; LabelCert above C_max much fewer).
 
-Radius convention (SPEC §1): radius = (fewest flips that change the prediction) - 1. When no
+Radius convention (docs/math.md §1): radius = (fewest flips that change the prediction) - 1. When no
 relabelling within the budget `max_flips` changes the prediction the radius is reported as the
 budget itself (`max_flips`, or n when there is no budget: flipping every label cannot change it).
 Per-class costs are `inf` when the class cannot be reached within the budget.
@@ -12,6 +13,7 @@ Per-class costs are `inf` when the class cannot be reached within the budget.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -19,10 +21,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ._validation import as_float_array, check_columns, check_gram, check_int, check_labels, check_same_length
+from .learners import KernelSVM, onehot, solve_svm_dual
+from .partition import fa_reach
+from .roe import _check_costs, _check_scores, _check_shifts, roe_predict
+from .voting import NO_ATTACK, check_votes, vote_counts
 
 _MAX_LABELLINGS = 20_000_000
+DEFAULT_MILP_TIME_LIMIT = 300.0  # seconds per LabelCert MILP solve
 _CHUNK = 1 << 15
 
 
@@ -292,7 +300,8 @@ class LabelCertResult:
     `exact` is True, otherwise a sound lower bound; radius_upper (t,) int64: an upper bound backed by
     a verified attack (the budget when no attack was verified); exact (t,) bool; attacks: per point
     the verified attacked labels (n,) of size radius_upper + 1, or None; status: solver statuses per
-    point; max_flips (budget used, n when none), C and C_max. `np.asarray(result)` is the radius.
+    point; max_flips (budget used, n when none), C and C_max; stopped_early (t,) bool: a time limit
+    stopped the solver (radius then the proven bound, exact False). `np.asarray(result)` is the radius.
     """
 
     prediction: np.ndarray
@@ -304,19 +313,20 @@ class LabelCertResult:
     max_flips: int
     C: float
     C_max: float
+    stopped_early: np.ndarray | None = None
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self.radius, dtype=dtype)
 
 
-def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int, budget: int):
+def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int):
     """Single-level MILP of the attack on a no-bias one-vs-rest SVM whose clean prediction is p.
 
     G = C·K_train with |G_ij| < 1e-8 dropped (eps_row = dropped mass per row). Per binary problem k
     (one for K = 2): scaled duals a = alpha / C in [0, 1]; labels y^k_j = 2 Z[j, k] - 1 from the
     shared one-hot Z; z = y^k * a and R_ij = y^k_i z_j linearised exactly (McCormick with binary Z;
     O(n^2) variables). (Linearising y_i (G z)_i instead needs only O(n) variables, but HiGHS 1.10-1.15
-    presolve returned wrong optima on that form in our tests, so it is not offered.) KKT of the dual (anchors §4): sum_j G_ij R_ij - u_i + v_i = 1 (within ±eps_row, which keeps the exact
+    presolve returned wrong optima on that form in our tests, so it is not offered.) KKT of the dual (LabelCert paper): sum_j G_ij R_ij - u_i + v_i = 1 (within ±eps_row, which keeps the exact
     solution feasible), u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the tight big-M
     M_u,i = max(0, C sum_j |K_ij| - 1), M_v,i = C sum_j |K_ij| + 1 (plus the dropped mass). Logits
     (scaled by 1/C and by the test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); a binary
@@ -331,6 +341,7 @@ def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int
     Mv = row_abs + 2 * eps_row + 1.0
     Z = cp.Variable((n, K), boolean=True)
     flips = cp.sum(cp.multiply(1.0 - Y, Z))
+    budget = cp.Parameter(nonneg=True)  # set per test point: min(max_flips, size of a verified attack - 1)
     cons = [cp.sum(Z, axis=1) == 1, flips <= budget]
     ones_row, ones_col = np.ones((1, n)), np.ones((n, 1))
     zs = []
@@ -369,13 +380,66 @@ def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int
     cons += [cp.sum(sel) == 1, sel[p] == 0]
     cons += [logits[c] - logits[p] >= marg[c] - bigm * (1 - sel[c]) for c in range(K) if c != p]
     prob = cp.Problem(cp.Minimize(flips), cons)
-    return prob, kx, bigm, marg, Z
+    return prob, kx, bigm, marg, budget, Z
+
+
+def _svm_margin(Kt: np.ndarray, labels: np.ndarray, K: int, C: float, kx: np.ndarray, p: int) -> float:
+    """f_p(x) - max_{c != p} f_c(x) of the no-bias one-vs-rest SVM retrained on `labels` (dual QP),
+    with the tie rule folded in: the prediction stays p iff the value is > 0 (or = 0 and p is the
+    smallest maximiser). Used only to rank candidate flips; attacks are verified separately."""
+    ypm = np.stack([np.where(labels == k, 1.0, -1.0) for k in range(1 if K == 2 else K)])
+    f = np.array([kx @ (solve_svm_dual(Kt, ypm[k], C) * ypm[k]) for k in range(len(ypm))])
+    if K == 2:
+        f = np.array([f[0], -f[0]])
+    rival = np.delete(f, p).max()
+    return float(f[p] - rival)
+
+
+def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int = 4):
+    """A verified attack (labels (n,)) on the SVM at C found greedily, or None within `budget` flips.
+
+    Each step ranks the untouched samples by the first-order change of f_p - f_c when one label is
+    flipped to c with the current duals held fixed (the label-linear picture), retrains the SVM for
+    the `candidates` best and keeps the flip that lowers the retrained margin most. Any labelling
+    it returns has passed `attack_works` (retraining); it only ever serves as an upper bound and
+    to tighten the MILP's budget.
+    """
+    n = len(y)
+    lab = y.copy()
+    for _ in range(budget):
+        ypm = np.stack([np.where(lab == k, 1.0, -1.0) for k in range(1 if K == 2 else K)])
+        alpha = np.stack([solve_svm_dual(Kt, ypm[k], C) for k in range(len(ypm))])
+        contrib = alpha * kx[None, :]  # (problems, n): |effect| of sample j on f_k per unit of y^k_j
+        options = []
+        for j in np.flatnonzero(lab == y):
+            for c in range(K):
+                if c == y[j]:
+                    continue
+                if K == 2:  # f_0 changes by -2 y^0_j a_j k_j, and the margin f_p - f_(1-p) by twice that
+                    gain = 4.0 * (1.0 if p == 0 else -1.0) * ypm[0, j] * contrib[0, j]
+                else:  # y^(y_j)_j turns -1 and y^c_j turns +1: f_(y_j) drops by 2 a k, f_c rises by 2 a k
+                    gain = 2.0 * contrib[p, j] * (float(y[j] == p) - float(c == p)) + 2.0 * contrib[c, j]
+                options.append((-gain, j, c))
+        if not options:
+            return None
+        options.sort()
+        best = None
+        for _, j, c in options[:candidates]:
+            trial = lab.copy()
+            trial[j] = c
+            m = _svm_margin(Kt, trial, K, C, kx, p)
+            if best is None or m < best[0]:
+                best = (m, trial)
+        lab = best[1]
+        if attack_works(lab):
+            return lab
+    return None
 
 
 def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
-                       max_flips: int | None = None, *, time_limit: float | None = None,
-                       margin: float = 1e-6) -> LabelCertResult:
-    """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, anchors §4).
+                       max_flips: int | None = None, *, time_limit: float | None = DEFAULT_MILP_TIME_LIMIT,
+                       margin: float = 1e-6, progress: bool = False) -> LabelCertResult:
+    """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, LabelCert paper).
 
     K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
     test point minimises the number of flips subject to "the retrained SVM's prediction differs from
@@ -391,11 +455,16 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     relative to the test row's largest kernel entry). The radius is exact (m0 - 1) when a verified
     attack of size m0 exists; otherwise the point is flagged `exact=False` with radius = m0 - 1 (sound
     lower bound) and radius_upper from the best verified attack. When `time_limit` (seconds per
-    MILP) stops the solver, the radius is the solver's proven bound minus one (flagged non-exact).
+    MILP; default DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is
+    the solver's proven bound minus one, flagged `exact=False` and `stopped_early=True`.
     Budget: `max_flips` (radius = budget when nothing within it changes the prediction).
-    """
-    from .learners import KernelSVM
 
+    Above C_max a verified attack is searched first (`_greedy_svm_attack`: greedy flips ranked by
+    the fixed-dual first-order effect, each step retrained): an attack of one flip settles the
+    point (radius 0) without a MILP; otherwise the MILP's budget becomes (attack size - 1), so it
+    only looks for strictly smaller attacks and its infeasibility proves the attack optimal.
+    progress=True shows a progress bar over the test points (tqdm).
+    """
     Kt = check_gram(K_train, name="K_train")
     Kt = 0.5 * (Kt + Kt.T)
     y, K = check_labels(labels, num_classes, name="labels")
@@ -419,9 +488,11 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     radius = np.empty(t, np.int64)
     upper = np.empty(t, np.int64)
     exact = np.zeros(t, bool)
+    stopped = np.zeros(t, bool)
     attacks, statuses = [], []
     problems = {}
-    for i in range(t):
+    points = tqdm(range(t), desc="LabelCert MILP", unit="point", disable=not progress)
+    for i in points:
         p = int(prediction[i])
         if budget == 0 or not np.any(Kx[i]):
             # no flips allowed, or every logit is 0 for every labelling (prediction fixed at class 0)
@@ -430,14 +501,28 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
             attacks.append(None)
             statuses.append("trivial")
             continue
+        # A verified attack first (above C_max, where the MILP is hard): an upper bound, and the
+        # MILP then only has to look for strictly smaller attacks (or prove there are none).
+        greedy = None
+        if C > clean.C_max:
+            greedy = _greedy_svm_attack(Kt, y, K, C, Kx[i], p, budget, lambda lab: attack_works(lab, i, p))
+        best, best_lab = (None, None) if greedy is None else (int(np.count_nonzero(greedy != y)), greedy)
+        if best == 1:  # one flip suffices: radius 0, nothing smaller to look for
+            radius[i] = upper[i] = 0
+            exact[i] = True
+            attacks.append(best_lab)
+            statuses.append("greedy attack of size 1")
+            continue
+        milp_budget = budget if best is None else best - 1
         if p not in problems:
-            problems[p] = _labelcert_problem(G, eps_row, y, K, p, budget)
-        prob, kx_par, bigm_par, marg_par, Z = problems[p]
+            problems[p] = _labelcert_problem(G, eps_row, y, K, p)
+        prob, kx_par, bigm_par, marg_par, budget_par, Z = problems[p]
         kx, dropped = _clean(_rows_scale(Kx[i]))
         slack = 2.0 * float(dropped)  # |change of f_c - f_p| from the dropped entries
         kx_par.value = kx
         bigm_par.value = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin + 2.0 * slack + 1.0
-        lower, best, best_lab, status_i = None, None, None, []
+        budget_par.value = milp_budget
+        lower, status_i = None, [] if greedy is None else [f"greedy attack of size {best}"]
         # margins (classes above p, classes below p): relaxation, strict, strict everywhere
         for above, below in ((-slack, -slack), (margin + slack, slack), (2 * margin + slack, margin + slack)):
             marg_par.value = np.array([above if c > p else below for c in range(K)])
@@ -445,17 +530,18 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
             status_i.append(status)
             if status == "infeasible":
                 if lower is None:
-                    lower = budget + 1  # no attack within the budget, even counting ties
+                    lower = milp_budget + 1  # no attack within the MILP's budget, even counting ties
                 break
             if status != "optimal":
                 if lower is None:
                     lower = max(1, math.ceil(_dual_bound(prob) - 1e-6))
+                stopped[i] = status == "user_limit"
                 break
             if lower is None:
                 lower = max(_integral(prob.value), 1)
             lab = np.argmax(np.asarray(Z.value), axis=1)
             size = int(np.count_nonzero(lab != y))
-            if 1 <= size <= budget and attack_works(lab, i, p):
+            if 1 <= size <= milp_budget and attack_works(lab, i, p):
                 best, best_lab = size, lab
                 break
         lower = min(lower, budget + 1)
@@ -470,7 +556,165 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
         statuses.append("/".join(status_i))
     return LabelCertResult(prediction=prediction, radius=radius, radius_upper=upper, exact=exact,
                            attacks=tuple(attacks), status=tuple(statuses), max_flips=budget, C=float(C),
-                           C_max=float(clean.C_max))
+                           C_max=float(clean.C_max), stopped_early=stopped)
+
+
+# --------------------------------------------------------------------------- run-off election / FA brute force (tiny only)
+@functools.lru_cache(maxsize=8)
+def _weak_orderings_cached(K: int) -> np.ndarray:
+    rows = [r for r in itertools.product(range(K), repeat=K) if set(r) == set(range(max(r) + 1))]
+    out = -np.array(rows, dtype=np.float64)  # rank 0 = best
+    out.setflags(write=False)
+    return out
+
+
+def weak_orderings(num_classes: int) -> np.ndarray:
+    """Every weak ordering of K classes as a score vector (W, K) (rank 0 highest; 13 for K = 3).
+
+    The election sees a base model only through the weak ordering of its scores (its argmax with
+    ties to the smaller index and every z(a) > z(b)), so these cover every black-box behaviour.
+    """
+    if not 2 <= num_classes <= 5:
+        raise ValueError(f"weak_orderings is meant for 2..5 classes, got {num_classes}")
+    return _weak_orderings_cached(int(num_classes))
+
+
+def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000) -> np.ndarray:
+    """Exact black-box radius (t,) of DPA+ROE (shifts=None) or FA+ROE by enumerating every attack.
+
+    scores (t, L, K). A poison in group h controls learners (h + s) mod L (DPA+ROE: one learner);
+    the controlled learners take every multiset of weak orderings (the election is symmetric in
+    the learners). Returns attack size - 1 (L when no attack exists). Tiny problems only.
+    """
+    s = _check_scores(scores)
+    t, L, K = s.shape
+    sh = np.zeros(1, np.int64) if shifts is None else _check_shifts(shifts, L)
+    reach = fa_reach(L, sh)
+    orders = weak_orderings(K)
+    out = np.full(t, L, np.int64)
+    for i in range(t):
+        p = roe_predict(s[i])
+        found = False
+        for r in range(1, L + 1):
+            seen = set()
+            for groups in itertools.combinations(range(L), r):
+                U = tuple(sorted(set(reach[list(groups)].ravel().tolist())))
+                if U in seen:
+                    continue
+                seen.add(U)
+                if math.comb(len(orders) + len(U) - 1, len(U)) > max_configs:
+                    raise ValueError("brute_force_roe_radius: problem too large to enumerate")
+                combos = np.array(list(itertools.combinations_with_replacement(range(len(orders)), len(U))))
+                batch = np.broadcast_to(s[i], (len(combos), L, K)).copy()
+                batch[:, list(U)] = orders[combos]
+                if np.any(roe_predict(batch) != p):
+                    found = True
+                    break
+            if found:
+                out[i] = r - 1
+                break
+    return out
+
+
+def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
+    """Exact black-box radius (t,) of plurality FA by enumerating the poisoned groups (L when none)."""
+    v = check_votes(votes, num_classes)
+    t, L = v.shape
+    reach = fa_reach(L, _check_shifts(shifts, L))
+    out = np.full(t, L, np.int64)
+    for i in range(t):
+        n = vote_counts(v[i:i + 1], num_classes)[0]
+        p = int(np.argmax(n))
+        for r in range(1, L + 1):
+            hit = False
+            for groups in itertools.combinations(range(L), r):
+                U = np.unique(reach[list(groups)])
+                rest = vote_counts(np.delete(v[i], U)[None], num_classes)[0]
+                # best for rival c: every controlled learner votes c
+                for c in range(num_classes):
+                    if c != p and (rest[c] + len(U) > rest[p] or (rest[c] + len(U) == rest[p] and c < p)):
+                        hit = True
+                if hit:
+                    break
+            if hit:
+                out[i] = r - 1
+                break
+    return out
+
+
+def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs: int = 500_000) -> np.ndarray:
+    """Exact radius (t,) of ROE in the most generous world consistent with whitebox_roe's cost bounds.
+
+    Every base model m may be turned into any weak ordering of the classes, at cost max(1,
+    vote_costs[m, new vote] if its vote changes, pair_costs[m, a, b] for every z(a) > z(b) it loses),
+    or 0 if nothing the election sees changes. Enumerates all W^M combinations (W = 13 weak
+    orderings for K = 3; tiny only). Returns attack cost - 1, NO_ATTACK when no combination changes
+    the prediction. whitebox_roe must never exceed it, because its bounds only use those costs.
+    """
+    s = _check_scores(scores)
+    t, M, K = s.shape
+    vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
+    pc_all = _check_costs("pair_costs", pair_costs, (t, M, K, K))
+    O = weak_orderings(K)
+    if len(O) ** M > max_configs:
+        raise ValueError(f"brute_force_cost_model_radius: {len(O)}^{M} configurations is too many")
+    ov = np.argmax(O, axis=1)
+    ogt = O[:, :, None] > O[:, None, :]
+    combos = np.array(list(itertools.product(range(len(O)), repeat=M)), dtype=np.int64).reshape(-1, M)
+    preds = roe_predict(O[combos])
+    out = np.empty(t, np.int64)
+    for i in range(t):
+        cost = np.zeros((M, len(O)))
+        for m in range(M):
+            gt = s[i, m][:, None] > s[i, m][None, :]
+            v = int(np.argmax(s[i, m]))
+            same = (ov == v) & (ogt == gt).all(axis=(1, 2))
+            lost = np.where(gt[None] & ~ogt, pc_all[i, m][None], 0.0).max(axis=(1, 2))
+            vote = np.where(ov != v, vc_all[i, m, ov], 0.0)
+            cost[m] = np.where(same, 0.0, np.maximum(1.0, np.maximum(lost, vote)))
+        total = cost[np.arange(M), combos].sum(axis=1)
+        changed = preds != roe_predict(s[i])
+        best = total[changed].min() if changed.any() else np.inf
+        out[i] = int(np.ceil(best - 1e-9)) - 1 if np.isfinite(best) else NO_ATTACK
+    return out
+
+
+def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: int, max_flips: int | None = None):
+    """Exact label-flip radius (t,) of ROE over label-linear partitions by relabelling every label.
+
+    Recomputes each base model's scores W_m @ onehot(y'_m) for every relabelling with at most
+    max_flips changes (default all n) and reruns roe_predict. Returns (radius (t,), prediction (t,));
+    radius = max_flips when no enumerated relabelling changes the prediction. n <= 12 only.
+    """
+    Ws = [as_float_array(f"weights_list[{m}]", W, ndim=2) for m, W in enumerate(weights_list)]
+    ys = [check_labels(f"labels_list[{m}]", y, num_classes)[0] for m, y in enumerate(labels_list)]
+    K = num_classes
+    sizes = [len(y) for y in ys]
+    n = sum(sizes)
+    if n > 12 or K ** n > 2_000_000:
+        raise ValueError(f"brute force over {K}^{n} relabellings is too large")
+    max_flips = n if max_flips is None else int(max_flips)
+    y0 = np.concatenate(ys)
+    Y = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64).reshape(K ** n, n)
+    dist = (Y != y0).sum(axis=1)
+    Y, dist = Y[dist <= max_flips], dist[dist <= max_flips]
+    t = Ws[0].shape[0]
+    if any(W.shape != (t, nm) for W, nm in zip(Ws, sizes)):
+        raise ValueError("weights_list[m] must have shape (t, len(labels_list[m])) with a common t")
+    scores = np.empty((len(Y), t, len(Ws), K))
+    start = 0
+    for m, (W, nm) in enumerate(zip(Ws, sizes)):
+        # retrain partition m on each of its K^n_m relabellings once, then look the scores up
+        local = np.array(list(itertools.product(range(K), repeat=nm)), dtype=np.int64).reshape(K ** nm, nm)
+        table = np.stack([W @ onehot(y, K) for y in local])  # (K^n_m, t, K)
+        code = Y[:, start:start + nm] @ (K ** np.arange(nm - 1, -1, -1)) if nm else np.zeros(len(Y), np.int64)
+        scores[:, :, m] = table[code]
+        start += nm
+    preds = roe_predict(scores)  # (L, t)
+    base = preds[dist == 0][0]
+    changed = preds != base
+    att = np.where(changed, dist[:, None], max_flips + 1).min(axis=0)
+    return (att - 1).astype(np.int64), base.astype(np.int64)
 
 
 __all__ = [
@@ -480,4 +724,10 @@ __all__ = [
     "brute_force_retrain",
     "milp_class_costs",
     "labelcert_svm_milp",
+    "DEFAULT_MILP_TIME_LIMIT",
+    "weak_orderings",
+    "brute_force_roe_radius",
+    "brute_force_fa_radius",
+    "brute_force_cost_model_radius",
+    "brute_force_label_flip_roe_radius",
 ]

@@ -1,11 +1,17 @@
-"""Label-linear kernel learners: infinite-width networks trained to convergence (SPEC §2).
+"""Label-linear kernel learners: infinite-width networks trained to convergence (docs/math.md §2).
 
 Both learners take precomputed kernel matrices (NTK or NNGP): `K_train` (n, n) for fitting and
 `K_test_train` (t, n) = Θ(x_test, X_train) for prediction. Their class scores are
 `s_k(x) = sum_j W[x, j] [y_j == k]` (+ terms that do not depend on k) with label weights
-`W = label_weights(K_test_train)`, which is what ScaLabelCert certifies (SPEC §3).
-Predictions are argmax over classes with ties to the smaller index, computed from `W @ onehot(y)`
-so that they coincide with the prediction the certificate is about.
+`W = label_weights(K_test_train)`, which is what ScaLabelCert certifies (docs/math.md §3).
+Predictions are `certificates.label_linear_prediction(W, y, K)`: the exact argmax over classes of
+`W @ onehot(y)`, ties to the smaller index, the same prediction the certificate is about.
+
+They follow the scikit-learn estimator conventions for precomputed kernels: parameters are stored
+by `__init__` as given and validated by `fit`; `get_params` / `set_params` / `sklearn.base.clone`
+work; fitted state has a trailing underscore; using an unfitted model raises
+`sklearn.exceptions.NotFittedError`. `fit` takes the task's number of classes (required: a training
+set may lack a class the attacker can relabel to).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from ._validation import (
     as_float_array,
@@ -23,15 +31,22 @@ from ._validation import (
     check_positive,
     check_same_length,
 )
+from .certificates import Certificate, certify, label_linear_prediction
 
-_EPS = np.finfo(np.float64).eps
+_EPS = float(np.finfo(np.float64).eps)
 _BLOCK_BYTES = 64 * 2**20
-_MILP_MAX_N = 2000  # the SVM keeps its Gram for the exact MILP path only up to this size
+_WARN_RELATIVE_ERROR = 1e-4  # fits whose weight error bound exceeds this (relative) are warned about
+_SAFE_RELATIVE_ERROR = 1e-6  # the suggested ridge brings the bound below this
 
 
 def onehot(y: np.ndarray, num_classes: int) -> np.ndarray:
     """(n, K) float64 one-hot encoding of integer labels."""
     return (y[:, None] == np.arange(num_classes)[None, :]).astype(np.float64)
+
+
+def _gamma(m: int) -> float:
+    """gamma_m = m eps / (1 - m eps), the usual bound on the relative error of m roundings."""
+    return m * _EPS / (1.0 - m * _EPS)
 
 
 def _row_blocks(t: int, n: int, block_size: int | None):
@@ -67,7 +82,7 @@ def _safe_c_max(row_abs_sums: np.ndarray) -> float:
 
     The float row sums of n non-negative terms are within a relative (n+2)·eps of the exact sums,
     so inflating by that factor and rounding the reciprocal down keeps the small-C condition of
-    SPEC §2 true in exact arithmetic (the margin is ~n·1e-16 relative).
+    docs/math.md §2 true in exact arithmetic (the margin is ~n·1e-16 relative).
     """
     n = row_abs_sums.shape[0]
     m = float(np.max(row_abs_sums))
@@ -77,12 +92,49 @@ def _safe_c_max(row_abs_sums: np.ndarray) -> float:
     return float(np.nextafter(1.0 / m_up, 0.0))
 
 
-class _Fitted:
-    """Shared bookkeeping: fitted-state checks and test-matrix validation."""
+def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
+    """A rigorous lower bound on the smallest eigenvalue of the symmetric matrix A (<= 0: none found).
+
+    Inverse iteration with the Cholesky factor `cho` of A estimates lambda_min from above; then
+    A - sigma I is factorised for sigma = a fraction of the estimate. When that Cholesky runs to
+    completion, L L' = A - sigma I + E with |E| <= gamma_{n+1} |L||L'| (Higham, Accuracy and
+    Stability of Numerical Algorithms, Thm 10.3), so lambda_min(A) >= sigma - gamma_{n+1} ||L||_F^2
+    - eps max |A_ii - sigma| (the rounding of the shifted diagonal). Cost: one more Cholesky.
+    """
+    n = A.shape[0]
+    v = np.random.default_rng(0).normal(size=n)
+    v /= np.linalg.norm(v)
+    for _ in range(12):
+        v = scipy.linalg.cho_solve(cho, v, check_finite=False)
+        norm = np.linalg.norm(v)
+        if not np.isfinite(norm) or norm == 0:
+            return 0.0
+        v /= norm
+    estimate = float(v @ (A @ v))  # Rayleigh quotient: >= lambda_min
+    diag = np.diag(A)
+    for frac in (0.5, 0.0625, 0.002):
+        sigma = frac * estimate
+        if not sigma > 0:
+            return 0.0
+        try:
+            L = scipy.linalg.cholesky(A - sigma * np.eye(n), lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            continue
+        lf2 = float(np.sum(L * L)) * (1.0 + (n * n + 2) * _EPS)  # rounded up
+        bound = sigma - _gamma(n + 1) * lf2 * (1.0 + 4 * _EPS) - _EPS * float(np.max(np.abs(diag - sigma)))
+        return bound if bound > 0 else 0.0
+    return 0.0
+
+
+class _KernelLearner(BaseEstimator):
+    """Shared bookkeeping: fitted-state checks, test-matrix validation, prediction and certificates."""
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return bool(getattr(self, "_fitted", False))
 
     def _require_fit(self) -> None:
-        if not getattr(self, "_fitted", False):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(K_train, y) first")
+        check_is_fitted(self, msg=f"this {type(self).__name__} is not fitted yet; call fit(K_train, y, num_classes) "
+                                  "first")
 
     def _check_test(self, K_test_train) -> np.ndarray:
         self._require_fit()
@@ -92,80 +144,140 @@ class _Fitted:
 
     def _fit_inputs(self, K_train, y, num_classes):
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
+        if num_classes is None:
+            raise ValueError("num_classes is required: pass the task's number of classes (a training set may lack "
+                             "some of them, and the attacker may relabel to any)")
         K = check_gram(K_train, name="K_train")
         y, num_classes = check_labels(y, num_classes, name="y")
         check_same_length(K_train=K, y=y)
         K = 0.5 * (K + K.T)  # exact symmetry (check_gram allowed a 1e-8 relative asymmetry)
         return K, y, num_classes
 
-
-class KernelRegression(_Fitted):
-    """Kernel (ridge) regression on one-hot targets: an infinite-width network trained with squared loss.
-
-    Converged (`train_time=None`): `S(x) = Θ(x, X) (Θ + λI)^-1 Y`. Finite time t with learning rate η
-    (gradient flow, SPEC §2): `S_t(x) = Θ(x, X) A^-1 (I - exp(-η t A)) Y` with `A = Θ + λI`.
-    Label weights `W = Θ(x, X) A^-1` (converged) or `Θ(x, X) A^-1 (I - exp(-η t A))`, shape (t, n);
-    class scores are exactly `W @ onehot(y)`.
-
-    Parameters: ridge λ >= 0; train_time t > 0 or None/inf (converged); learning_rate η > 0.
-    With λ = 0 and no finite time the training Gram must be numerically positive definite; a
-    singular or indefinite one raises ValueError (use a ridge).
-    """
-
-    def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0):
-        self.ridge = check_positive("ridge", ridge, allow_zero=True)
-        if train_time is not None:
-            train_time = check_positive("train_time", train_time, allow_inf=True)
-            if np.isinf(train_time):
-                train_time = None
-        self.train_time = train_time
-        self.learning_rate = check_positive("learning_rate", learning_rate)
-        self._fitted = False
-
-    def fit(self, K_train, y, num_classes: int | None = None) -> "KernelRegression":
-        """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self."""
-        K, y, num_classes = self._fit_inputs(K_train, y, num_classes)
-        n = K.shape[0]
-        A = K + self.ridge * np.eye(n)
-        self._cho = None
-        self._M = None
-        if self.train_time is None:
-            hint = "pass ridge > 0 (e.g. ridge=1e-6 * mean(diag(K_train)))" if self.ridge == 0 else "increase ridge"
-            try:
-                cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
-            except np.linalg.LinAlgError:
-                raise ValueError(
-                    f"K_train + ridge*I (ridge={self.ridge}) is singular or not positive definite, "
-                    f"so converged kernel regression is not defined; {hint}"
-                ) from None
-            anorm = float(np.max(np.abs(A).sum(axis=0)))
-            rcond, info = scipy.linalg.lapack.dpocon(cho[0], anorm, uplo="L")
-            if info != 0 or not rcond > n * _EPS:
-                raise ValueError(
-                    f"K_train + ridge*I (ridge={self.ridge}) is numerically singular "
-                    f"(reciprocal condition number {rcond:.2g}); {hint}"
-                )
-            self._cho = cho
-        else:
-            # Eigendecomposition: A^-1 (I - exp(-c A)) = V diag(phi(e)) V', phi(e) = -expm1(-c e) / e,
-            # phi(0) = c, well defined for singular A (SPEC §2, finite training time).
-            e, V = scipy.linalg.eigh(A, check_finite=False)
-            tol = _psd_tolerance(K)
-            if e[0] - self.ridge < -tol:
-                raise ValueError(
-                    f"K_train is not positive semidefinite (smallest eigenvalue {e[0] - self.ridge:.3g}); "
-                    "kernel Gram matrices must be PSD"
-                )
-            c = self.learning_rate * self.train_time
-            with np.errstate(divide="ignore", invalid="ignore"):
-                phi = np.where(np.abs(c * e) > 1e-300, -np.expm1(-c * e) / np.where(e == 0, 1.0, e), c)
-            self._M = (V * phi[None, :]) @ V.T
-            self._M = 0.5 * (self._M + self._M.T)
+    def _finish_fit(self, y, num_classes, n) -> None:
         self.labels_ = y
         self.num_classes_ = num_classes
         self.n_train_ = n
         self._Y = onehot(y, num_classes)
         self._fitted = True
+
+    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+        """Label weights W (t, n) float64 (class scores `W @ onehot(y)`); with return_error=True also
+        err (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W*."""
+        raise NotImplementedError  # pragma: no cover - defined by every learner
+
+    def certify(self, K_test_train, **kw) -> Certificate:
+        """ScaLabelCert certificate (`certificates.certify`) of the label weights on K_test_train, with
+        the weights' error bound added to the tolerance (`atol`), so that it holds for the exact model."""
+        W, err = self.label_weights(K_test_train, return_error=True)
+        if kw.get("atol") is not None:
+            err = err + np.asarray(kw["atol"], dtype=np.float64)
+        kw["atol"] = err
+        return certify(W, self.labels_, self.num_classes_, **kw)
+
+
+class KernelRegression(_KernelLearner):
+    """Kernel (ridge) regression on one-hot targets: an infinite-width network trained with squared loss.
+
+    Converged (`train_time=None`): `S(x) = Θ(x, X) (Θ + λI)^-1 Y`. Finite time t with learning rate η
+    (gradient flow, docs/math.md §2): `S_t(x) = Θ(x, X) A^-1 (I - exp(-η t A)) Y` with `A = Θ + λI`.
+    Label weights `W = Θ(x, X) A^-1` (converged) or `Θ(x, X) A^-1 (I - exp(-η t A))`, shape (t, n);
+    class scores are exactly `W @ onehot(y)`.
+
+    Parameters (validated by fit): ridge λ >= 0; train_time t > 0 or None/inf (converged);
+    learning_rate η > 0. With λ = 0 and no finite time the training Gram must be numerically
+    positive definite: fit computes a rigorous lower bound on the smallest eigenvalue of Θ + λI and
+    refuses the fit (ValueError naming a safe ridge) when none is positive; it warns (RuntimeWarning)
+    when the float weights are only guaranteed to a relative accuracy worse than 1e-4, naming the
+    ridge that brings the guarantee to 1e-6. Certificates stay sound either way (`certify` adds the
+    weights' error bound to its tolerance).
+
+    Fitted attributes: labels_, num_classes_, n_train_, eig_lower_ (converged: the lower bound on
+    the smallest eigenvalue of Θ + λI), weight_error_factor_ (the bound on sum_j |W_ij - W*_ij| is
+    this factor times ||W_i||_2).
+    """
+
+    def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0):
+        self.ridge = ridge
+        self.train_time = train_time
+        self.learning_rate = learning_rate
+
+    def fit(self, K_train, y, num_classes: int) -> "KernelRegression":
+        """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self.
+
+        num_classes: the task's number of classes (required).
+        """
+        self._fitted = False  # a failed re-fit must not leave a half-updated model usable
+        ridge = check_positive("ridge", self.ridge, allow_zero=True)
+        train_time = self.train_time
+        if train_time is not None:
+            train_time = check_positive("train_time", train_time, allow_inf=True)
+            if np.isinf(train_time):
+                train_time = None
+        learning_rate = check_positive("learning_rate", self.learning_rate)
+        K, y, num_classes = self._fit_inputs(K_train, y, num_classes)
+        n = K.shape[0]
+        A = K + ridge * np.eye(n)
+        self._cho = None
+        self._M = None
+        if train_time is None:
+            hint = "pass ridge > 0 (e.g. ridge=1e-6 * mean(diag(K_train)))" if ridge == 0 else "increase ridge"
+            try:
+                cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                safe = ridge + np.sqrt(n) * _gamma(3 * n + 1) * float(np.trace(np.abs(A))) / _SAFE_RELATIVE_ERROR
+                raise ValueError(
+                    f"K_train + ridge*I (ridge={ridge}) is singular or not positive definite, "
+                    f"so converged kernel regression is not defined; {hint} (for a PSD K_train, ridge >= {safe:.3g} "
+                    f"keeps the label weights accurate to {_SAFE_RELATIVE_ERROR:g})"
+                ) from None
+            lam = _smallest_eigenvalue_lower_bound(A, cho)
+            L = np.tril(cho[0])
+            # backward error of the Cholesky solve (A + dA) w = k: |dA| <= gamma_{3n+1} |L||L'| (Higham,
+            # Thm 10.4), ||dA||_2 <= gamma_{3n+1} ||L||_F^2; plus the rounding of the diagonal of A
+            back = _gamma(3 * n + 1) * float(np.sum(L * L)) * (1.0 + (n * n + 2) * _EPS)
+            back += _EPS * float(np.max(np.abs(np.diag(A))))
+            if not lam > 0:
+                safe = ridge + back * np.sqrt(n) / _SAFE_RELATIVE_ERROR
+                raise ValueError(
+                    f"K_train + ridge*I (ridge={ridge}) is numerically singular: no positive lower bound on its "
+                    f"smallest eigenvalue can be proven in float64, so the solve's error cannot be bounded; "
+                    f"{hint} (ridge >= {safe:.3g} keeps the label weights accurate to {_SAFE_RELATIVE_ERROR:g})"
+                )
+            # ||W_i - W*_i||_1 <= sqrt(n) ||A^-1||_2 ||dA||_2 ||W_i||_2
+            factor = float(np.sqrt(n) * back / lam * (1.0 + 8 * _EPS))
+            if factor > _WARN_RELATIVE_ERROR:
+                safe = ridge + max(0.0, np.sqrt(n) * back / _SAFE_RELATIVE_ERROR - lam)
+                warnings.warn(
+                    f"K_train + ridge*I (ridge={ridge}) is ill-conditioned: the label weights are only guaranteed to "
+                    f"a relative accuracy of {factor:.2g} (smallest eigenvalue >= {lam:.3g}). Certificates account for "
+                    f"it (rows within that margin are not exact); ridge >= {safe:.3g} would bring it below "
+                    f"{_SAFE_RELATIVE_ERROR:g}", RuntimeWarning, stacklevel=2)
+            self._cho = cho
+            self.eig_lower_ = lam
+        else:
+            # Eigendecomposition: A^-1 (I - exp(-c A)) = V diag(phi(e)) V', phi(e) = -expm1(-c e) / e,
+            # phi(0) = c, well defined for singular A (docs/math.md §2, finite training time).
+            e, V = scipy.linalg.eigh(A, check_finite=False)
+            tol = _psd_tolerance(K)
+            if e[0] - ridge < -tol:
+                raise ValueError(
+                    f"K_train is not positive semidefinite (smallest eigenvalue {e[0] - ridge:.3g}); "
+                    "kernel Gram matrices must be PSD"
+                )
+            c = learning_rate * train_time
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                phi = np.where(np.abs(c * e) > 1e-300, -np.expm1(-c * e) / np.where(e == 0, 1.0, e), c)
+            self._M = (V * phi[None, :]) @ V.T
+            self._M = 0.5 * (self._M + self._M.T)
+            # first-order error of M: eigh is backward stable (||E|| <= p(n) eps ||A||), phi has
+            # |phi'| <= c^2 / 2 and |phi| <= c on the spectrum, the products add n eps ||M||_F; the
+            # constant 8 n stands for p(n). Row error: sqrt(n) ||k_i||_2 ||dM||_2, see label_weights.
+            normA = float(np.linalg.norm(A))
+            dM = 8.0 * n * _EPS * (c + 0.5 * c * c * normA) + _gamma(n + 2) * float(np.linalg.norm(self._M))
+            self.eig_lower_ = None
+            self._dM = dM
+        self.weight_error_factor_ = factor if train_time is None else float(np.sqrt(n) * self._dM)
+        self._finish_fit(y, num_classes, n)
         return self
 
     def _weights_block(self, Kb: np.ndarray) -> np.ndarray:
@@ -173,13 +285,23 @@ class KernelRegression(_Fitted):
             return scipy.linalg.cho_solve(self._cho, Kb.T, check_finite=False).T
         return Kb @ self._M
 
-    def label_weights(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
-        """Label weights W (t, n), float64; class scores are `W @ onehot(y)` (streamed over row blocks)."""
+    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+        """Label weights W (t, n), float64; class scores are `W @ onehot(y)` (streamed over row blocks).
+
+        return_error=True: also err (t,), a bound on sum_j |W_ij - W*_ij| against the exact model's
+        weights W* (converged: the backward error of the Cholesky solve over the proven lower bound
+        on the smallest eigenvalue, `weight_error_factor_ * ||W_i||_2`; finite time: a first-order
+        bound `weight_error_factor_ * ||K_i||_2`). `certify` takes it as `atol`.
+        """
         Kt = self._check_test(K_test_train)
         W = np.empty((Kt.shape[0], self.n_train_), dtype=np.float64)
         for sl in _row_blocks(Kt.shape[0], self.n_train_, block_size):
             W[sl] = self._weights_block(Kt[sl])
-        return W
+        if not return_error:
+            return W
+        base = np.linalg.norm(W, axis=1) if self._cho is not None else np.linalg.norm(Kt, axis=1)
+        err = self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
+        return W, err
 
     def decision_function(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
         """Class scores S (t, K) = W @ onehot(y) (regression outputs on one-hot targets)."""
@@ -190,47 +312,57 @@ class KernelRegression(_Fitted):
         return S
 
     def predict(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
-        """Predicted classes (t,) int64: argmax of the scores, ties to the smaller index."""
-        return np.argmax(self.decision_function(K_test_train, block_size=block_size), axis=1).astype(np.int64)
-
-    def certify(self, K_test_train, **kw):
-        """ScaLabelCert certificate: `certificates.certify(self.label_weights(K), y, K, **kw)`."""
-        from .certificates import certify
-
-        return certify(self.label_weights(K_test_train), self.labels_, self.num_classes_, **kw)
+        """Predicted classes (t,) int64: `label_linear_prediction(W, y, K)` (exact argmax of the scores
+        of the label weights, ties to the smaller index) = `certify(...).prediction`."""
+        return label_linear_prediction(self.label_weights(K_test_train, block_size=block_size), self.labels_,
+                                       self.num_classes_, block_size=block_size)
 
 
-class KernelSVM(_Fitted):
-    """Soft-margin kernel SVM without bias, one-vs-rest: an infinite-width network with hinge loss (SPEC §2).
+class KernelSVM(_KernelLearner):
+    """Soft-margin kernel SVM without bias, one-vs-rest: an infinite-width network with hinge loss (docs/math.md §2).
 
     Class k solves `max_a 1'a - 1/2 a' diag(y^k) K diag(y^k) a, 0 <= a <= C` with y^k_j = +1 if
     label j is k else -1, and outputs `f_k(x) = sum_j a_j y^k_j K(x, x_j)`. For K = 2 the same
     one-vs-rest convention is used; both binary problems share one dual solution, so `alpha_` has
     one row and f_1 = -f_0.
 
-    `C_max = 1 / max_i sum_j |K_ij|` (set by fit, rounded down by a rigorous rounding margin of
-    relative size ~n·1e-16). `C=None` uses C = C_max. For C <= C_max, alpha = C·1 for every
-    labelling, so `f_k = C sum_j y^k_j K(x, x_j) = 2C·S_k - C·sum_j K(x, x_j)` with
-    `S_k = sum_j K(x, x_j)[y_j == k]`: the model is label-linear and `label_weights` returns
-    `W = K_test_train`, a positive multiple (1/2C) of the true label weights up to class-independent
-    terms. For C > C_max the dual QP is solved per class (primal-dual active-set iterations, with
-    Clarabel through cvxpy as fallback; accepted at a KKT point, `kkt_residual_`); predictions work
-    but `label_weights` raises, and `certify` needs `method="milp"` (exact LabelCert MILP; small n
-    only, so the model keeps the training Gram as `K_train_` only when n <= 2000).
+    `C_max_ = 1 / max_i sum_j |K_ij|` (set by fit, rounded down by a rigorous rounding margin of
+    relative size ~n·1e-16; `C_max` is a read-only alias). `C=None` uses C = C_max_. For
+    C <= C_max_, alpha = C·1 for every labelling, so `f_k = C sum_j y^k_j K(x, x_j) = 2C·S_k -
+    C·sum_j K(x, x_j)` with `S_k = sum_j K(x, x_j)[y_j == k]`: the model is label-linear and
+    `label_weights` returns `W = K_test_train`, a positive multiple (1/2C) of the true label
+    weights up to class-independent terms (exact: no solve, error 0). For C > C_max_ the dual QP
+    is solved per class (primal-dual active-set iterations, with Clarabel through cvxpy as
+    fallback; accepted at a KKT point, `kkt_residual_`); predictions work but `label_weights` and
+    `certify` raise: the exact certificate there is the LabelCert MILP,
+    `kernelcert.exact.labelcert_svm_milp(K_train, y, K_test_train, C, num_classes)` (small n only).
+
+    Fitted attributes: C_, C_max_, label_linear_, alpha_ (problems, n), kkt_residual_, labels_,
+    num_classes_, n_train_.
     """
 
     def __init__(self, C: float | None = None):
-        self.C = None if C is None else check_positive("C", C)
-        self._fitted = False
+        self.C = C
+
+    @property
+    def C_max(self) -> float:
+        """Read-only alias of the fitted `C_max_`."""
+        self._require_fit()
+        return self.C_max_
 
     @property
     def is_label_linear(self) -> bool:
-        """True when C_ <= C_max (alpha = C for every labelling)."""
+        """True when C_ <= C_max_ (alpha = C for every labelling)."""
         self._require_fit()
         return self.label_linear_
 
-    def fit(self, K_train, y, num_classes: int | None = None) -> "KernelSVM":
-        """Fit on the (n, n) PSD training Gram and labels (n,) in 0..num_classes-1; returns self."""
+    def fit(self, K_train, y, num_classes: int) -> "KernelSVM":
+        """Fit on the (n, n) PSD training Gram and labels (n,) in 0..num_classes-1; returns self.
+
+        num_classes: the task's number of classes (required).
+        """
+        self._fitted = False  # a failed re-fit must not leave a half-updated model usable
+        C = None if self.C is None else check_positive("C", self.C)
         K, y, num_classes = self._fit_inputs(K_train, y, num_classes)
         _check_psd(K, "K_train")
         n = K.shape[0]
@@ -238,9 +370,9 @@ class KernelSVM(_Fitted):
         c_max = _safe_c_max(row_abs)
         if not np.isfinite(c_max):
             raise ValueError("K_train is all zeros: C_max is infinite and the SVM is degenerate")
-        self.C_max = c_max
-        self.C_ = c_max if self.C is None else self.C
-        self.label_linear_ = self.C_ <= self.C_max
+        self.C_max_ = c_max
+        self.C_ = c_max if C is None else C
+        self.label_linear_ = self.C_ <= self.C_max_
         num_problems = 1 if num_classes == 2 else num_classes
         self._ypm = np.stack([np.where(y == k, 1.0, -1.0) for k in range(num_problems)])
         if self.label_linear_:
@@ -257,27 +389,25 @@ class KernelSVM(_Fitted):
             if resid > 1e-6:
                 warnings.warn(f"the SVM dual was solved only to a KKT residual of {resid:.2g}", RuntimeWarning,
                               stacklevel=2)
-        self.labels_ = y
-        self.num_classes_ = num_classes
-        self.n_train_ = n
-        self.K_train_ = K if n <= _MILP_MAX_N else None
-        self._Y = onehot(y, num_classes)
-        self._fitted = True
+        self._finish_fit(y, num_classes, n)
         return self
 
     def _not_linear_error(self) -> ValueError:
         return ValueError(
-            f"C={self.C_:.6g} exceeds C_max={self.C_max:.6g} = 1/max_i sum_j |K_ij|: the SVM is not linear in the "
-            "labels, so it has no label weights and ScaLabelCert does not apply; use C <= C_max (C=None for C_max) "
-            "or certify(..., method='milp') for the exact LabelCert MILP on small problems"
+            f"C={self.C_:.6g} exceeds C_max={self.C_max_:.6g} = 1/max_i sum_j |K_ij|: the SVM is not linear in the "
+            "labels, so it has no label weights and ScaLabelCert does not apply; use C <= C_max (C=None for C_max), "
+            "or the exact LabelCert MILP kernelcert.exact.labelcert_svm_milp(K_train, y, K_test_train, C, "
+            "num_classes) on small problems"
         )
 
-    def label_weights(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
-        """W = K_test_train (t, n) float64 (label-linear regime only; a positive multiple of the label weights)."""
+    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+        """W = K_test_train (t, n) float64 (label-linear regime only; a positive multiple of the label
+        weights). return_error=True: also err (t,) = 0 (the weights are the kernel values themselves)."""
         Kt = self._check_test(K_test_train)
         if not self.is_label_linear:
             raise self._not_linear_error()
-        return np.array(Kt, dtype=np.float64, copy=True)
+        W = np.array(Kt, dtype=np.float64, copy=True)
+        return (W, np.zeros(W.shape[0])) if return_error else W
 
     def decision_function(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
         """One-vs-rest SVM outputs f (t, K): f_k(x) = sum_j alpha_kj y^k_j K(x, x_j)."""
@@ -292,40 +422,27 @@ class KernelSVM(_Fitted):
     def predict(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
         """Predicted classes (t,) int64, ties to the smaller index.
 
-        In the label-linear regime computed as argmax of `W @ onehot(y)` (the certified rule); otherwise
-        argmax of `decision_function`.
+        In the label-linear regime `label_linear_prediction(K_test_train, y, K)` (the certified rule,
+        exact argmax); otherwise argmax of `decision_function`.
         """
         Kt = self._check_test(K_test_train)
+        if self.is_label_linear:
+            return label_linear_prediction(Kt, self.labels_, self.num_classes_, block_size=block_size)
         out = np.empty(Kt.shape[0], dtype=np.int64)
-        linear = self.is_label_linear
         for sl in _row_blocks(Kt.shape[0], self.n_train_, block_size):
-            if linear:
-                out[sl] = np.argmax(Kt[sl] @ self._Y, axis=1)
-            else:
-                out[sl] = np.argmax(self.decision_function(Kt[sl]), axis=1)
+            out[sl] = np.argmax(self.decision_function(Kt[sl]), axis=1)
         return out
 
-    def certify(self, K_test_train, *, method: str = "scalabelcert", **kw):
-        """Certificate for every test row.
+    def certify(self, K_test_train, **kw) -> Certificate:
+        """ScaLabelCert certificate (needs C <= C_max_): `certificates.certify(K_test_train, y, K, **kw)`.
 
-        method="scalabelcert" (default, needs C <= C_max): `certificates.certify(K_test_train, y, K, **kw)`.
-        method="milp": exact LabelCert MILP at any C (`exact.labelcert_svm_milp`, small n only; `kw` may
-        hold max_flips, time_limit); returns a `LabelCertResult`.
+        Above C_max_ the SVM is not label-linear: this raises ValueError; use the exact LabelCert MILP
+        `kernelcert.exact.labelcert_svm_milp` (small n).
         """
-        if method == "milp":
-            self._require_fit()
-            if self.K_train_ is None:
-                raise ValueError(f"method='milp' is for small problems (n <= {_MILP_MAX_N}); this model has "
-                                 f"n={self.n_train_}")
-            from .exact import labelcert_svm_milp
-
-            Kt = self._check_test(K_test_train)
-            return labelcert_svm_milp(self.K_train_, self.labels_, Kt, self.C_, self.num_classes_, **kw)
-        if method != "scalabelcert":
-            raise ValueError(f"unknown method {method!r}; use 'scalabelcert' or 'milp'")
-        from .certificates import certify
-
-        return certify(self.label_weights(K_test_train), self.labels_, self.num_classes_, **kw)
+        self._require_fit()
+        if not self.is_label_linear:
+            raise self._not_linear_error()
+        return super().certify(K_test_train, **kw)
 
 
 # --------------------------------------------------------------------------- dual QP (C > C_max)

@@ -1,4 +1,4 @@
-"""Certified accuracy and median certified robustness (SPEC §1, anchors.md §0.2).
+"""Certified accuracy and median certified robustness (docs/math.md §1, §7.0.2).
 
 Certified accuracy at budget r: the fraction of test points that are correctly classified and
 have radius >= r (misclassified points count as radius -1 whatever their radius).

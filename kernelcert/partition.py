@@ -1,13 +1,15 @@
-"""Feature-only partitioners (SPEC §4, anchors §1-2): a label flip touches exactly one partition.
+"""Feature-only partitioners (docs/math.md §4, DPA paper; FA paper): a label flip touches exactly one partition.
 
 No function here takes labels (except `split_dataset`, which only slices them), so relabelling can
 never move a sample between partitions. All rules are deterministic.
 
 - `ss_dpa_partition`: SS-DPA, samples sorted lexicographically by feature values, partition =
-  sorted index mod N_p (balanced: sizes differ by at most one).
+  sorted index mod N_p (balanced: sizes differ by at most one). The sort is the published DPA
+  code's `np.lexsort(pixels.T)`: the LAST feature is the primary key (`primary="last"`, the
+  default, reproduces the published partition files); `primary="first"` is the other order.
 - `dpa_hash_partition`: DPA, integer pixel sum mod N_p (raw integer pixels required).
 - `seeded_hash_partition`: keyed BLAKE2b hash of each row's float64 bytes, mod N_p.
-- `fa_groups` / `fa_spread`: Finite Aggregation (anchors §2): group ids in [0, k*d), and the
+- `fa_groups` / `fa_spread`: Finite Aggregation (FA paper): group ids in [0, k*d), and the
   spread of group h to the d learners (h + s) mod (k*d) for d shifts drawn as the FA code does.
 """
 
@@ -23,10 +25,10 @@ from ._validation import as_float_array, check_index_array, check_int
 
 __all__ = [
     "ss_dpa_partition", "dpa_hash_partition", "seeded_hash_partition", "partition", "RULES",
-    "partition_indices", "split_dataset", "fa_groups", "fa_spread", "FASpread", "FA_DEFAULT_SEED",
+    "partition_indices", "split_dataset", "fa_groups", "fa_spread", "FASpread", "FA_DEFAULT_SEED", "SS_DPA_PRIMARY", "fa_reach",
 ]
 
-FA_DEFAULT_SEED = 999999999 + 208  # random.seed of the FA reference code (anchors §2)
+FA_DEFAULT_SEED = 999999999 + 208  # random.seed of the FA reference code (FA paper)
 _EXACT_INT = 2**53  # float64 holds every integer below this exactly
 
 
@@ -73,7 +75,8 @@ def _check_nonempty(assign: np.ndarray, num_partitions: int, rule: str) -> np.nd
 
 # --------------------------------------------------------------------------- group-id rules (no emptiness check)
 def _lex_keys(rows: np.ndarray) -> np.ndarray:
-    """One opaque key per row whose byte order is the lexicographic order of the rows' values.
+    """One opaque key per row whose byte order is the lexicographic order of the rows' values
+    (first column first; pass the columns reversed for a last-column-first order).
 
     Raw 8-bit pixels use their bytes directly; other values are mapped to unsigned integers with
     the same order (float64: sign bit flipped for x >= 0, all bits flipped for x < 0; int64: sign
@@ -82,11 +85,11 @@ def _lex_keys(rows: np.ndarray) -> np.ndarray:
     lo, hi = rows.min(), rows.max()
     if np.issubdtype(rows.dtype, np.integer):
         if lo >= 0 and hi <= 255:
-            keys = rows.astype(np.uint8)
+            keys = rows.astype(np.uint8, order="C")
         else:
             keys = (rows.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8")
     elif lo >= 0 and hi <= 255 and np.all(rows == np.floor(rows)):
-        keys = rows.astype(np.uint8)
+        keys = rows.astype(np.uint8, order="C")
     else:
         bits = rows.view(np.uint64)
         neg = (bits >> np.uint64(63)).astype(bool)
@@ -95,10 +98,17 @@ def _lex_keys(rows: np.ndarray) -> np.ndarray:
     return keys.view(np.dtype((np.void, keys.dtype.itemsize * rows.shape[1]))).ravel()
 
 
-def _ss_dpa_ids(rows: np.ndarray, m: int, on_duplicates: str) -> np.ndarray:
+SS_DPA_PRIMARY = ("last", "first")
+
+
+def _ss_dpa_ids(rows: np.ndarray, m: int, on_duplicates: str, primary: str = "last") -> np.ndarray:
     if on_duplicates not in ("stable", "error"):
         raise ValueError(f"on_duplicates must be 'stable' or 'error', got {on_duplicates!r}")
-    keys = _lex_keys(rows)
+    if primary not in SS_DPA_PRIMARY:
+        raise ValueError(f"primary must be 'last' (the published DPA order) or 'first', got {primary!r}")
+    # np.lexsort(rows.T) of the DPA code compares the last column first: the same order as a
+    # first-column-first comparison of the column-reversed rows (a view; `_lex_keys` copies once)
+    keys = _lex_keys(rows[:, ::-1] if primary == "last" else rows)
     order = np.argsort(keys, kind="stable")  # stable: duplicated rows keep their original index order
     if on_duplicates == "error" and len(rows) > 1:
         srt = keys[order]
@@ -132,15 +142,21 @@ def _seeded_hash_ids(rows: np.ndarray, m: int, seed) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- public partitioners
-def ss_dpa_partition(x, num_partitions: int, on_duplicates: str = "stable") -> np.ndarray:
+def ss_dpa_partition(x, num_partitions: int, on_duplicates: str = "stable", primary: str = "last") -> np.ndarray:
     """SS-DPA rule: assignment (n,) int64 = (index in the lexicographic order of the rows) mod N_p.
 
-    x (n, ...) features only. Rows are compared value by value (first feature first). Duplicated
-    rows are ordered by their original index ("stable") or rejected ("error", as the reference
+    x (n, ...) features only, flattened row-major to (n, d) (the DPA code flattens channel-first
+    (C, H, W) tensors: pass images in that layout to reproduce its files). Rows are compared value
+    by value. primary="last" (default): the last feature is the primary key, exactly the published
+    SS-DPA code's `np.lexsort(pixels.T)`, so its partition files are reproduced; primary="first":
+    the first feature is the primary key (a different, equally valid assignment). Integer data
+    (e.g. uint8 pixels) is sorted on its own bytes, without a float copy; an order-preserving map
+    of the values (such as pixels / 255) gives the same assignment. Duplicated rows are ordered
+    by their original index ("stable", as np.lexsort does) or rejected ("error", as the reference
     implementation does). Balanced: partition sizes differ by at most one.
     """
     rows = _rows(x)
-    return _ss_dpa_ids(rows, _num_parts(num_partitions, len(rows)), on_duplicates)
+    return _ss_dpa_ids(rows, _num_parts(num_partitions, len(rows)), on_duplicates, primary)
 
 
 def dpa_hash_partition(x, num_partitions: int) -> np.ndarray:
@@ -242,7 +258,7 @@ class FASpread:
 
     def reach(self) -> np.ndarray:
         """(k*d, d): the learners reached by each group."""
-        return (np.arange(self.num_learners)[:, None] + self.shifts[None, :]) % self.num_learners
+        return fa_reach(self.num_learners, self.shifts)
 
     def learner_indices(self, learner: int) -> np.ndarray:
         l = check_int("learner", learner, minimum=0, maximum=self.num_learners - 1)
@@ -250,6 +266,11 @@ class FASpread:
 
     def learner_sets(self) -> list[np.ndarray]:
         return [self.learner_indices(l) for l in range(self.num_learners)]
+
+
+def fa_reach(num_learners: int, shifts: np.ndarray) -> np.ndarray:
+    """(H, d) int64: the learners (h + s) mod H reached by group h, for each shift s (H = k*d groups)."""
+    return (np.arange(num_learners)[:, None] + np.asarray(shifts)[None, :]) % num_learners
 
 
 def fa_spread(group_ids, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASpread:

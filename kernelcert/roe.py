@@ -1,43 +1,52 @@
-"""Run-off election (ROE) and finite aggregation (FA) certificates (SPEC §5, anchors §2-3).
+"""Run-off election (ROE) and finite aggregation (FA) certificates (docs/math.md §5, FA paper; ROE paper).
 
 Election (`roe_predict`): round 1 is a plurality vote of the base models' argmax (ties to the
 smaller index); the top two classes m1, m2 (stable order, ties to the smaller index) meet in a
 run-off whose margin is E_{m1}(m2) = 2 #{models with z(m1) > z(m2)} - M, so a model with equal
 scores for the two finalists counts for m2. m1 wins if E > 0, m2 if E < 0, the smaller index if
-E = 0 (anchors §3).
+E = 0 (ROE paper).
 
 Black-box certificates (one poison fully controls one partition, or one FA group of d learners):
 `dpa_roe`, `dpa_star_roe`, `fa`, `fa_roe` follow the published algorithms. White-box:
 `whitebox_roe` replaces "one poison changes anything" by per-partition flip costs, and
-`whitebox_roe_from_label_linear` computes those costs for label-linear base models (SPEC §3).
+`whitebox_roe_from_label_linear` computes those costs for label-linear base models (docs/math.md §3).
 All radii: the largest number of poisons (label flips) that provably leaves the prediction
-unchanged; attack size = radius + 1. `brute_force_*` are exact references for tiny ensembles.
+unchanged; attack size = radius + 1; NO_ATTACK (kernelcert.voting) when no attack exists, and
+internally an attack size >= NO_ATTACK marks an impossible case. Exact references for tiny
+ensembles (enumeration of every attack) are in `kernelcert.exact` (`brute_force_roe_radius`, ...).
+Vote counting, row blocks and the gains-{1, 2} knapsack come from `kernelcert.voting`, shared with
+EnsembleCert.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
 
 import numpy as np
 
 from ._validation import as_float_array, check_index_array, check_labels
-from .ensemble import NO_ATTACK, AggregateResult, _check_votes, _knapsack, vote_counts
+from .certificates import certify
+from .learners import onehot
+from .partition import fa_reach
+from .voting import (
+    NO_ATTACK, AggregateResult, check_votes, knapsack_dp, knapsack_solver, overtake_gains, radius_from_attack,
+    row_blocks, vote_counts,
+)
 
 __all__ = [
     "roe_predict", "dpa_roe", "dpa_star_roe", "fa", "fa_roe", "whitebox_roe", "whitebox_roe_from_label_linear",
-    "weak_orderings", "brute_force_roe_radius", "brute_force_fa_radius", "brute_force_label_flip_roe_radius",
-    "brute_force_cost_model_radius",
+    "DPA_STAR_SUMMATION",
 ]
-
-_BLOCK_BYTES = 32 * 2**20
-_BIG = NO_ATTACK  # integer "no attack of this kind"; min(...) - 1 over real cases never reaches it
 
 
 # --------------------------------------------------------------------------- validation / blocks
-def _check_scores(scores, name="scores", ndim=3) -> np.ndarray:
-    s = as_float_array(name, scores, ndim=ndim)
+def _check_scores(scores, name="scores", ndim=3, dtype=None) -> np.ndarray:
+    """Finite scores as float64, or as float32 when they are float32 (the election only compares
+    scores, so keeping float32 changes no result and saves a copy)."""
+    if dtype is None:
+        dtype = np.float32 if np.asarray(scores).dtype == np.float32 else np.float64
+    s = as_float_array(name, scores, ndim=ndim, dtype=dtype)
     if s.shape[-1] < 2:
         raise ValueError(f"{name} must have at least 2 classes in its last axis, got shape {s.shape}")
     if s.shape[-2] < 1:
@@ -64,21 +73,6 @@ def _check_shifts(shifts, num_learners) -> np.ndarray:
     if len(np.unique(sh)) != len(sh):
         raise ValueError("shifts must be distinct")
     return sh
-
-
-def _reach(num_learners, shifts) -> np.ndarray:
-    """(H, d) learners reached by group h: (h + s) mod (k d) for each shift s (anchors §2)."""
-    return (np.arange(num_learners)[:, None] + shifts[None, :]) % num_learners
-
-
-def _blocks(t, row_bytes, block_size):
-    if block_size is None:
-        block_size = max(1, _BLOCK_BYTES // max(1, int(row_bytes)))
-    block_size = int(block_size)
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    for start in range(0, t, block_size):
-        yield slice(start, min(t, start + block_size))
 
 
 def _ceil_pos(a, b):
@@ -115,7 +109,7 @@ def _prefer(s, a, b=None) -> np.ndarray:
 def roe_predict(scores) -> np.ndarray:
     """Run-off election prediction for scores (..., M, K) of M base models: (...,) int64.
 
-    The rule of anchors §3 (see the module docstring); used by every certificate and brute force here.
+    The rule of ROE paper (see the module docstring); used by every certificate and brute force here.
     """
     s = as_float_array("scores", scores)
     if s.ndim < 2:
@@ -148,7 +142,7 @@ def _knockout_table(min_size: int) -> np.ndarray:
     """DP(i, j) of dp_calc.py for i, j < size (size >= min_size, rounded up to a power of two, cached).
 
     DP(i, j) = fewest single-vote moves that drive both round-1 gaps (i, j) to <= 0 when one move
-    reduces them by (2, 1) or (1, 2) (anchors §3, case R1). Read-only.
+    reduces them by (2, 1) or (1, 2) (ROE paper, case R1). Read-only.
     """
     size = 64
     while size < min_size:
@@ -157,7 +151,7 @@ def _knockout_table(min_size: int) -> np.ndarray:
 
 
 def _dpa_roe_cases(s, e: _Election):
-    """Black-box attack-size lower bounds per case (anchors §3), int64 with _BIG where the case is impossible.
+    """Black-box attack-size lower bounds per case (ROE paper), int64 with NO_ATTACK where the case is impossible.
 
     r1 (B, K, K): c_pred knocked out of round 1 by the ordered pair (c1, c2), DP(g(cp, c1)+, g(cp, c2)+).
     r2 (B, K): c reaches the final and wins it, max(ceil+(g(c_sec, c), 2), ceil+(g2(c), 2)).
@@ -172,23 +166,19 @@ def _dpa_roe_cases(s, e: _Election):
     r1 = table[gp[:, :, None], gp[:, None, :]]
     bad = (cls[:, :, None] == cp[:, None, None]) | (cls[:, None, :] == cp[:, None, None]) | (
         cls[:, :, None] == cls[:, None, :])
-    r1 = np.where(bad, _BIG, r1)
+    r1 = np.where(bad, NO_ATTACK, r1)
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])  # g(c_sec, c); 0 for c = c_sec
     g2 = 2 * _prefer(s, cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
     r2 = np.maximum(_ceil_pos(g_sec, 2), _ceil_pos(g2, 2))
     # With a model whose finalist scores are equal, g2(c_sec) can already be <= 0 although c_pred
     # wins (the published script asserts CertR2 > 0 here); any attack needs at least one poison.
     r2 = np.maximum(r2, 1)
-    r2[rows, cp] = _BIG
+    r2[rows, cp] = NO_ATTACK
     return r1, r2
 
 
-def _radius_from_attack(att) -> np.ndarray:
-    return np.where(att >= _BIG, NO_ATTACK, att - 1).astype(np.int64)
-
-
 def dpa_roe(scores, *, block_size: int | None = None) -> AggregateResult:
-    """Black-box DPA+ROE certificate (anchors §3) for base-model scores (t, M, K).
+    """Black-box DPA+ROE certificate (ROE paper) for base-model scores (t, M, K).
 
     prediction (t,) = roe_predict(scores); radius (t,) = min(CertR1, CertR2) - 1, a sound lower
     bound on the black-box radius (each poison controls one partition's scores completely).
@@ -197,144 +187,248 @@ def dpa_roe(scores, *, block_size: int | None = None) -> AggregateResult:
     t, M, K = s.shape
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
-    for sl in _blocks(t, M * K * 10 + K * K * 24, block_size):
+    for sl in row_blocks(t, M * K * 10 + K * K * 24, block_size):
         e = _Election(s[sl])
         r1, r2 = _dpa_roe_cases(s[sl], e)
         pred[sl] = e.pred
         att[sl] = np.minimum(r1.reshape(len(r1), -1).min(axis=1), r2.min(axis=1))
-    return AggregateResult(prediction=pred, radius=_radius_from_attack(att))
+    return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
-def dpa_star_roe(scores, *, block_size: int | None = None) -> AggregateResult:
-    """DPA*+ROE (anchors §3): scores (t, N_p, V, K) of V base models per partition, summed per partition.
+DPA_STAR_SUMMATION = ("float64", "float32")
 
-    One poison still touches one partition, so DPA+ROE applies unchanged to the summed scores.
+
+def dpa_star_roe(scores, *, summation: str = "float64", block_size: int | None = None) -> AggregateResult:
+    """DPA*+ROE (ROE paper): scores (t, N_p, V, K) of V base models per partition, summed per partition.
+
+    One poison still touches one partition, so DPA+ROE applies unchanged to the summed scores
+    (sound for either summation: the certificate treats each partition's sum as arbitrary).
+    summation: "float64" (default; each version's scores in float64, summed in float64) or
+    "float32": the published pipeline's rule (the ROE repository's dpa_star_bases.py), a float32
+    accumulator starting at 0 to which versions 0, 1, ..., V-1 are added in that order. Pick
+    "float32" to reproduce the published DPA*+ROE tables: on logits with many near ties (e.g.
+    rounded to 0.1) the two summations can give different predictions.
     """
-    s = _check_scores(scores, ndim=4)
-    return dpa_roe(s.sum(axis=2), block_size=block_size)
+    if summation not in DPA_STAR_SUMMATION:
+        raise ValueError(f"summation must be 'float64' or 'float32' (the published rule), got {summation!r}")
+    if summation == "float64":
+        s = _check_scores(scores, ndim=4, dtype=np.float64)
+        return dpa_roe(s.sum(axis=2), block_size=block_size)
+    s = _check_scores(scores, ndim=4, dtype=np.float32)
+    total = np.zeros(s.shape[:2] + s.shape[3:], np.float32)
+    for version in range(s.shape[2]):  # sequential float32 adds, as the published loop does
+        total += s[:, :, version]
+    return dpa_roe(total, block_size=block_size)
 
 
 # --------------------------------------------------------------------------- FA and FA + ROE
+# Every FA quantity of the published algorithms is a greedy count: the fewest groups whose largest
+# per-group reductions sum to >= a gap. The reductions are small integers (0..3d) built from
+# "how many of group h's d learners vote c" (circular sums over the shifts), so the greedy runs on
+# a histogram of reduction values instead of a sort, and each count is first bounded from below by
+# a histogram shared by all classes (reductions can only be smaller). Exact counts are computed
+# only for the cases whose lower bound could still set the minimum; the result equals evaluating
+# every case (a skipped case's exact value is >= its bound >= the minimum found).
 def _greedy_count(gap, red) -> np.ndarray:
-    """Fewest groups whose largest reductions red (B, H) >= 0 sum to >= gap (B,); 0 if gap <= 0, _BIG if never."""
+    """Fewest groups whose largest reductions red (B, H) >= 0 sum to >= gap (B,); 0 if gap <= 0, NO_ATTACK if never."""
     if red.shape[1] == 0:
-        return np.where(gap <= 0, 0, _BIG).astype(np.int64)
+        return np.where(gap <= 0, 0, NO_ATTACK).astype(np.int64)
     cums = np.cumsum(-np.sort(-red, axis=1), axis=1)
     count = (cums < gap[:, None]).sum(axis=1) + 1
-    count = np.where(cums[:, -1] < gap, _BIG, count)
+    count = np.where(cums[:, -1] < gap, NO_ATTACK, count)
     return np.where(gap <= 0, 0, count).astype(np.int64)
 
 
+def _group_sums(x, shifts) -> np.ndarray:
+    """x (B, L) 0/1 per learner -> (B, L): sum over s of x[:, (h + s) mod L] (group h's learners).
+
+    int8 when every derived reduction (at most 3d) fits in it, else int16."""
+    B, L = x.shape
+    dtype = np.int8 if 3 * len(shifts) <= 127 else np.int16
+    ext = np.empty((B, 2 * L), dtype)
+    ext[:, :L] = x
+    ext[:, L:] = x
+    out = np.zeros((B, L), dtype)
+    for s in shifts:
+        out += ext[:, s:s + L]
+    return out
+
+
+def _histogram(values, num_values: int) -> np.ndarray:
+    """(B, H) integers in 0..num_values-1 -> counts (B, num_values) of each value per row."""
+    B = values.shape[0]
+    flat = values.astype(np.int64) + num_values * np.arange(B)[:, None]
+    return np.bincount(flat.ravel(), minlength=B * num_values).reshape(B, num_values)
+
+
+def _greedy_from_histogram(hist, gap) -> np.ndarray:
+    """`_greedy_count` from a histogram (B, V) of the reduction values 0..V-1 of each row, for gaps
+    (B,) or (B, m) (m gaps per row share the row's histogram)."""
+    B, V = hist.shape
+    g = np.asarray(gap, np.int64)
+    g2 = g.reshape(B, -1)
+    mass = np.cumsum((hist * np.arange(V))[:, ::-1], axis=1)[:, ::-1]  # mass[j] = sum of the values >= j
+    num = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # number of groups with value >= j
+    mass_ext = np.concatenate([mass, np.zeros((B, 1), mass.dtype)], axis=1)
+    num_ext = np.concatenate([num, np.zeros((B, 1), num.dtype)], axis=1)
+    ok = (g2 > 0) & (mass[:, :1] >= g2)
+    gs = np.where(ok, g2, 1)
+    # j = the value at which the running sum of the largest reductions reaches the gap (>= 1)
+    j = np.maximum((mass[:, None, :] >= gs[:, :, None]).sum(axis=2) - 1, 1)
+    above_mass = np.take_along_axis(mass_ext, j + 1, axis=1)
+    above_num = np.take_along_axis(num_ext, j + 1, axis=1)
+    count = above_num + (gs - above_mass + j - 1) // j
+    return np.where(g2 <= 0, 0, np.where(ok, count, NO_ATTACK)).astype(np.int64).reshape(g.shape)
+
+
 def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
-    """Finite Aggregation certificate (anchors §2) for votes (t, k*d) of the k*d learners.
+    """Finite Aggregation certificate (FA paper) for votes (t, k*d) of the k*d learners.
 
     Group h (one poison) reaches the d learners (h + s) mod (k*d), s in shifts. Plurality
     prediction (ties to the smaller index); radius = min over c != p of the largest r such that the
-    r largest per-group reductions of gap_c = n_p - n_c - [c < p] sum to <= gap_c. Sound.
-    With shifts=[0] it equals DPA.
+    r largest per-group reductions of gap_c = n_p - n_c - [c < p] sum to <= gap_c, the published
+    algorithm's value. Sound. With shifts=[0] it equals DPA.
     """
     K = int(num_classes)
     if K < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    v = _check_votes(votes, K)
+    v = check_votes(votes, K)
     t, L = v.shape
-    if L == 0:
-        raise ValueError("votes must come from at least one learner")
     sh = _check_shifts(shifts, L)
-    reach = _reach(L, sh)
+    d = len(sh)
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
-    for sl in _blocks(t, L * (len(sh) + 4) * 8 + K * 8, block_size):
+    cls = np.arange(K)
+    for sl in row_blocks(t, L * 48 + K * 64, block_size):
         vb = v[sl]
         B = len(vb)
+        rows = np.arange(B)
         n = vote_counts(vb, K)
         p = np.argmax(n, axis=1)
-        rows = np.arange(B)
-        best = np.full(B, _BIG, np.int64)
-        for c in range(K):
-            u = 1 + (vb == p[:, None]).astype(np.int64) - (vb == c)  # per-learner reduction (>= 0)
-            delta = u[:, reach].sum(axis=2)  # (B, H)
-            gap = n[rows, p] - n[:, c] - (c < p)
-            # the prediction changes only once the reduction exceeds gap_c, i.e. reaches gap_c + 1
-            cnt = _greedy_count(gap + 1, delta)
-            best = np.minimum(best, np.where(p == c, _BIG, cnt))
+        # the prediction changes once a reduction reaches gap_c + 1, gap_c = n_p - n_c - [c < p]
+        need = n[rows, p][:, None] - n - (cls < p[:, None]) + 1
+        cnt_p = _group_sums(vb == p[:, None], sh)
+        hist_p = _histogram(cnt_p + d, 2 * d + 1)  # reductions d + cnt_p - cnt_c <= d + cnt_p
+        bound = _greedy_from_histogram(hist_p, need)
+        bound[rows, p] = NO_ATTACK
+        best = np.full(B, NO_ATTACK, np.int64)
+        done = cls[None, :] == p[:, None]
+        while True:
+            cand = np.argmin(np.where(done, NO_ATTACK, bound), axis=1)
+            act = np.flatnonzero(~done[rows, cand] & (bound[rows, cand] < best))
+            if act.size == 0:
+                break
+            for c in np.unique(cand[act]):
+                r = act[cand[act] == c]
+                red = d + cnt_p[r] - _group_sums(vb[r] == c, sh)
+                best[r] = np.minimum(best[r], _greedy_from_histogram(_histogram(red, 2 * d + 1), need[r, c]))
+                done[r, c] = True
         pred[sl] = p
         att[sl] = best
-    return AggregateResult(prediction=pred, radius=_radius_from_attack(att))
+    return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
 def fa_roe(scores, shifts, *, block_size: int | None = None) -> AggregateResult:
-    """FA+ROE certificate (anchors §3) for learner scores (t, k*d, K); group h reaches learners (h + s) mod (k*d).
+    """FA+ROE certificate (ROE paper) for learner scores (t, k*d, K); group h reaches learners (h + s) mod (k*d).
 
     prediction = roe_predict(scores); radius = min(CertR1, CertR2) - 1 with the greedy max-of-necessary-
-    conditions bounds of the published algorithm. Sound. With shifts=[0] it gives the DPA+ROE radius
-    (per knock-out pair the greedy can exceed the DP when c_pred has no votes to move, but such a
-    pair never sets the minimum; the tests check the equality).
+    conditions bounds of the published algorithm (its exact value, computed lazily: see the comment
+    above `_greedy_count`). Sound. With shifts=[0] it gives the DPA+ROE radius (per knock-out pair the
+    greedy can exceed the DP when c_pred has no votes to move, but such a pair never sets the minimum;
+    the tests check the equality).
     """
     s = _check_scores(scores)
     t, L, K = s.shape
     sh = _check_shifts(shifts, L)
-    d = len(sh)
-    reach = _reach(L, sh)
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
+    for sl in row_blocks(t, L * K * (s.itemsize + 12) + L * 64 + K * K * 40, block_size):
+        e = _Election(s[sl])
+        pred[sl] = e.pred
+        att[sl] = _fa_roe_block(s[sl], e, sh)
+    return AggregateResult(prediction=pred, radius=radius_from_attack(att))
+
+
+def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
+    """Attack-size lower bound (B,) of the published FA+ROE algorithm for one block (lazy evaluation).
+
+    Components (B, K) / (B, K, K), each a greedy count: r1[c] = cost(c_pred -> c), r1s[c] =
+    cost(c_sec -> c), r2[c] = run-off flips of c against c_pred, ns[c1, c2] = the summed-gap count.
+    Cases: R2(c) = max(r1s[c], r2[c], 1), R1(c1, c2) = max(r1[c1], r1[c2], ns[c1, c2]). Components
+    start at lower bounds from class-independent histograms (exact where 0 or impossible); the open
+    case with the smallest value is made exact until no open case can beat the best exact case.
+    """
+    B, L, K = s.shape
+    d = len(sh)
+    rows = np.arange(B)
     cls = np.arange(K)
-    for sl in _blocks(t, L * K * (2 * d + 4) * 8, block_size):
-        sb = s[sl]
-        B = len(sb)
-        rows = np.arange(B)
-        e = _Election(sb)
-        cp, sec, n = e.pred, e.sec, e.counts
-        onehot = (e.votes[:, :, None] == cls).astype(np.int64)  # (B, L, K)
-        hv = onehot[:, reach, :].sum(axis=2)  # (B, H, K): votes for each class among group h's learners
-        g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])
-        g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
-        hv_cp = hv[rows, :, cp]  # (B, H)
-        hv_sec = hv[rows, :, sec]
-        r1 = np.stack([_greedy_count(g_cp[:, c], d + hv_cp - hv[:, :, c]) for c in range(K)], axis=1)
-        r1_sec = np.stack([_greedy_count(g_sec[:, c], d + hv_sec - hv[:, :, c]) for c in range(K)], axis=1)
-        zc = np.take_along_axis(sb, cp[:, None, None], axis=2)
-        hp = (zc > sb).astype(np.int64)[:, reach, :].sum(axis=2)  # (B, H, K): learners preferring c_pred over c
-        g2 = 2 * _prefer(sb, cp) - L + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
-        best = np.full(B, _BIG, np.int64)
-        for c in range(K):
-            # at least one poison (g2 can be <= 0 with tied scores, see _dpa_roe_cases)
-            r2 = np.maximum(np.maximum(r1_sec[:, c], _greedy_count(g2[:, c], 2 * hp[:, :, c])), 1)
-            best = np.minimum(best, np.where(cp == c, _BIG, r2))
-        for c1, c2 in itertools.combinations(range(K), 2):
-            nsum = _greedy_count(g_cp[:, c1] + g_cp[:, c2], d + 2 * hv_cp - hv[:, :, c1] - hv[:, :, c2])
-            val = np.maximum(np.maximum(r1[:, c1], r1[:, c2]), nsum)
-            best = np.minimum(best, np.where((cp == c1) | (cp == c2), _BIG, val))
-        pred[sl] = cp
-        att[sl] = best
-    return AggregateResult(prediction=pred, radius=_radius_from_attack(att))
+    v, n, cp, sec = e.votes, e.counts, e.pred, e.sec
+    g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])
+    g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
+    prefers = np.take_along_axis(s, cp[:, None, None], axis=2) > s  # (B, L, K): learner counts for c_pred vs c
+    g2 = 2 * prefers.sum(axis=1) - L + (cls > cp[:, None])
+    cnt_cp = _group_sums(v == cp[:, None], sh)
+    cnt_sec = _group_sums(v == sec[:, None], sh)
+    h_cp = _histogram(cnt_cp + d, 2 * d + 1)  # reductions d + cnt_a - cnt_c <= d + cnt_a
+    h_sec = _histogram(cnt_sec + d, 2 * d + 1)
+    h_sum = _histogram(2 * cnt_cp + d, 3 * d + 1)  # d + 2 cnt_cp - cnt_c1 - cnt_c2 <= d + 2 cnt_cp
+    r1 = _greedy_from_histogram(h_cp, g_cp)
+    r1s = _greedy_from_histogram(h_sec, g_sec)
+    r2 = _ceil_pos(g2, 2 * d)  # a group holds at most d learners, each moving the margin by 2
+    ns = _greedy_from_histogram(h_sum, g_cp[:, :, None] + g_cp[:, None, :])
+    # exact where the bound is 0 (gap already closed) or impossible even with the larger reductions
+    r1_ex, r1s_ex, ns_ex = (r1 == 0) | (r1 >= NO_ATTACK), (r1s == 0) | (r1s >= NO_ATTACK), (ns == 0) | (ns >= NO_ATTACK)
+    r2_ex = g2 <= 0
+    valid2 = cls[None, :] != cp[:, None]
+    pair = (cls[:, None] < cls[None, :])[None] & valid2[:, :, None] & valid2[:, None, :]
+
+    def counts_of(r, c):
+        return _group_sums(v[r] == c, sh)
+
+    while True:
+        v2 = np.where(valid2, np.maximum(np.maximum(r1s, r2), 1), NO_ATTACK)
+        v1 = np.where(pair, np.maximum(np.maximum(r1[:, :, None], r1[:, None, :]), ns), NO_ATTACK)
+        ex2 = r1s_ex & r2_ex
+        ex1 = r1_ex[:, :, None] & r1_ex[:, None, :] & ns_ex
+        best = np.minimum(np.where(ex2, v2, NO_ATTACK).min(axis=1), np.where(ex1, v1, NO_ATTACK).reshape(B, -1).min(axis=1))
+        open_ = np.concatenate([np.where(ex2, NO_ATTACK, v2), np.where(ex1, NO_ATTACK, v1).reshape(B, -1)], axis=1)
+        q = np.argmin(open_, axis=1)
+        act = np.flatnonzero(open_[rows, q] < best)
+        if act.size == 0:
+            return best
+        qa = q[act]
+        is2 = qa < K
+        c2 = qa[is2]
+        a2 = act[is2]
+        c1a, c1b = np.divmod(qa[~is2] - K, K)
+        a1 = act[~is2]
+        for c in range(K):  # r1s and r2 of the R2 cases, r1 of both classes of the R1 cases
+            r = a2[(c2 == c) & ~r1s_ex[a2, c]]
+            if r.size:
+                red = d + cnt_sec[r] - counts_of(r, c)
+                r1s[r, c] = _greedy_from_histogram(_histogram(red, 2 * d + 1), g_sec[r, c])
+                r1s_ex[r, c] = True
+            r = a2[(c2 == c) & ~r2_ex[a2, c]]
+            if r.size:
+                red = 2 * _group_sums(prefers[r, :, c], sh)
+                r2[r, c] = _greedy_from_histogram(_histogram(red, 2 * d + 1), g2[r, c])
+                r2_ex[r, c] = True
+            r = np.unique(np.concatenate([a1[(c1a == c) & ~r1_ex[a1, c]], a1[(c1b == c) & ~r1_ex[a1, c]]]))
+            if r.size:
+                red = d + cnt_cp[r] - counts_of(r, c)
+                r1[r, c] = _greedy_from_histogram(_histogram(red, 2 * d + 1), g_cp[r, c])
+                r1_ex[r, c] = True
+        for a, b in {(int(x), int(y)) for x, y in zip(c1a, c1b)}:
+            r = a1[(c1a == a) & (c1b == b) & ~ns_ex[a1, a, b]]
+            if r.size:
+                red = d + 2 * cnt_cp[r] - counts_of(r, a) - counts_of(r, b)
+                ns[r, a, b] = _greedy_from_histogram(_histogram(red, 3 * d + 1), g_cp[r, a] + g_cp[r, b])
+                ns_ex[r, a, b] = True
 
 
 # --------------------------------------------------------------------------- white-box ROE
-def _min_cost_gain(options, need) -> np.ndarray:
-    """Multiple-choice knapsack: min total cost with total gain >= need (B,), one option per partition.
-
-    options: list of (gain >= 1, cost (B, N)), inf = not available. f[:, g] = min cost of gain >= g,
-    so overshoot is absorbed. O(N * len(options) * B * max(need)).
-    """
-    B = len(need)
-    G = int(need.max()) if B else 0
-    if G <= 0:
-        return np.zeros(B)
-    f = np.full((B, G + 1), np.inf)
-    f[:, 0] = 0.0
-    gi = np.arange(G + 1)
-    N = options[0][1].shape[1]
-    for m in range(N):
-        new = f.copy()
-        for gain, cost in options:
-            np.minimum(new, f[:, np.maximum(gi - gain, 0)] + cost[:, m, None], out=new)
-        f = new
-    return np.where(need <= 0, 0.0, f[np.arange(B), np.clip(need, 0, G)])
-
-
 def _min_cost_gain2(options, need1, need2) -> np.ndarray:
-    """Two-dimensional version of _min_cost_gain: total gains >= (need1, need2); options (g1, g2, cost (B, N))."""
+    """Two-dimensional version of voting.knapsack_dp: total gains >= (need1, need2); options (g1, g2, cost (B, N))."""
     B = len(need1)
     G1, G2 = int(max(need1.max(), 0)), int(max(need2.max(), 0))
     f = np.full((B, G1 + 1, G2 + 1), np.inf)
@@ -351,11 +445,11 @@ def _min_cost_gain2(options, need1, need2) -> np.ndarray:
 
 
 def _as_attack(cost) -> np.ndarray:
-    """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> _BIG."""
+    """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> NO_ATTACK."""
     fin = np.isfinite(cost)
     safe = np.where(fin, cost, 0.0)
     c = np.ceil(safe - 1e-9 * np.maximum(safe, 1.0))
-    return np.where(fin, c, _BIG).astype(np.int64)
+    return np.where(fin, c, NO_ATTACK).astype(np.int64)
 
 
 def _where_min(mask, cost):
@@ -363,11 +457,12 @@ def _where_min(mask, cost):
     return np.where(mask, cost, np.inf).min(axis=-1)
 
 
+_KNAPSACK = knapsack_solver("auto")  # the exact gains-{1, 2} solver EnsembleCert uses
 _JOINT_BUDGET = 400_000  # partitions * (G1 + 1) * (G2 + 1) per test point above which joint="auto" skips the 2-D DP
 
 
 def whitebox_roe(scores, vote_costs, pair_costs, *, joint="auto", block_size: int | None = None) -> AggregateResult:
-    """White-box DPA+ROE certificate from per-partition flip costs (SPEC §5).
+    """White-box DPA+ROE certificate from per-partition flip costs (docs/math.md §5).
 
     scores (t, M, K): base-model scores. vote_costs (t, M, K): lower bound on the flips inside
     partition m after which model m votes c (its own vote is treated as 0). pair_costs (t, M, K, K):
@@ -389,11 +484,11 @@ def whitebox_roe(scores, vote_costs, pair_costs, *, joint="auto", block_size: in
     pc_all = _check_costs("pair_costs", pair_costs, (t, M, K, K))
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
-    for sl in _blocks(t, M * K * (K + 12) * 8, block_size):
+    for sl in row_blocks(t, M * K * (K + 12) * 8, block_size):
         e = _Election(s[sl])
         pred[sl] = e.pred
         att[sl] = _whitebox_block(s[sl], vc_all[sl], pc_all[sl], e, joint)
-    return AggregateResult(prediction=pred, radius=_radius_from_attack(att))
+    return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
 def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
@@ -422,13 +517,11 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
     g2 = 2 * prefers.sum(axis=1) - M + (cls > cp[:, None])
 
     def beats(c, a, votes_a, vc_a_other, need):
-        """Knapsack: class c overtakes class a in round 1 (SPEC §4 gains 2 / 1), need = g(a, c)."""
-        vcc = vc[:, :, c]
-        gain1 = np.where(votes_a, vc_a_other, np.where(v == c, np.inf, vcc))
-        gain2 = np.where(votes_a, vcc, np.inf)
-        return _knapsack(gain1, gain2, np.maximum(need, 0))[0]
+        """Knapsack: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c)."""
+        gain1, gain2 = overtake_gains(v, vc[:, :, c], c, votes_a, vc_a_other)
+        return _KNAPSACK(gain1, gain2, np.maximum(need, 0))[0]
 
-    best = np.full(B, _BIG, np.int64)
+    best = np.full(B, NO_ATTACK, np.int64)
     # ---- R2: c != c_pred reaches the final (beats c_sec unless c = c_sec) and wins the run-off
     for c in range(K):
         r_a = np.where(sec == c, 0.0, beats(c, sec, votes_sec, vc_sec_other, g_sec[:, c]))
@@ -438,7 +531,7 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
         r_b = cums[rows, np.minimum(k, M)]
         r_b = np.where(k > M, np.inf, r_b)
         val = np.maximum(np.maximum(_as_attack(r_a), _as_attack(r_b)), bb2[:, c])
-        best = np.minimum(best, np.where(cp == c, _BIG, val))
+        best = np.minimum(best, np.where(cp == c, NO_ATTACK, val))
     if K < 3:
         return best
     # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1
@@ -450,7 +543,7 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
         act = np.flatnonzero(valid & (val < best))
         if act.size:
             val[act] = np.maximum(val[act], _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint))
-        best = np.minimum(best, np.where(valid, val, _BIG))
+        best = np.minimum(best, np.where(valid, val, NO_ATTACK))
     return best
 
 
@@ -468,9 +561,9 @@ def _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint) -> np.ndarray:
     to_third = _where_min(third[:, None, :], vca)  # cheapest vote for a class outside {c_pred, c1, c2}
     need1, need2 = g_cp[act, c1], g_cp[act, c2]
     # Per partition, moving its vote from u to w changes g(cp, c1) + g(cp, c2) by at most
-    # 2[u = cp] + [w in {c1, c2}] - [u in {c1, c2}] (anchors §3, FA+ROE nsum); the summed gap need
+    # 2[u = cp] + [w in {c1, c2}] - [u in {c1, c2}] (ROE paper, FA+ROE nsum); the summed gap need
     # not be clipped: both gaps <= 0 implies their sum <= 0.
-    ksum = _min_cost_gain([
+    ksum, _ = knapsack_dp([
         (3, np.where(on_cp, to_pair, np.inf)),
         (2, np.where(on_cp, to_third, np.inf)),
         (1, np.where(~on_cp & ~in_pair, to_pair, np.inf)),
@@ -493,16 +586,14 @@ def _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint) -> np.ndarray:
 
 def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int | None = None, *, joint="auto",
                                    rtol: float = 1e-9, block_size: int | None = None) -> AggregateResult:
-    """White-box DPA+ROE for label-linear base models (SPEC §2-§3, §5).
+    """White-box DPA+ROE for label-linear base models (docs/math.md §2-§3, §5).
 
     weights_list[m]: label weights W_m (t, n_m) of partition m's model; labels_list[m]: its labels
     y_m (n_m,). Scores W_m @ onehot(y_m), vote costs certify(...).cost_lower, pair costs
-    pairwise_costs(..., tie="attacker") (from the same certify pass), then whitebox_roe. Radius capped at the total number of
-    training labels (no relabelling at all changes the prediction). Streams over test-point blocks.
+    pairwise_costs(..., tie="attacker") (from the same certify pass), then whitebox_roe. Radius
+    capped at the total number of training labels (no relabelling at all changes the prediction).
+    Streams over test-point blocks.
     """
-    from .certificates import certify
-    from .learners import onehot
-
     if len(weights_list) != len(labels_list) or len(weights_list) == 0:
         raise ValueError(f"need one labels array per weights array (got {len(weights_list)} and {len(labels_list)})")
     Ws, ys = [], []
@@ -524,7 +615,7 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
     pred = np.empty(t, np.int64)
     radius = np.empty(t, np.int64)
     row_bytes = 8 * (M * K * (K + 4) + max(W.shape[1] for W in Ws) * (K + 4))
-    for sl in _blocks(t, row_bytes, block_size):
+    for sl in row_blocks(t, row_bytes, block_size):
         B = sl.stop - sl.start
         scores = np.empty((B, M, K))
         vcost = np.empty((B, M, K))
@@ -548,163 +639,3 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
         pred[sl] = res.prediction
         radius[sl] = np.minimum(res.radius, n_total)
     return AggregateResult(prediction=pred, radius=radius)
-
-
-# --------------------------------------------------------------------------- exact references (tiny only)
-@functools.lru_cache(maxsize=8)
-def _weak_orderings_cached(K: int) -> np.ndarray:
-    rows = [r for r in itertools.product(range(K), repeat=K) if set(r) == set(range(max(r) + 1))]
-    out = -np.array(rows, dtype=np.float64)  # rank 0 = best
-    out.setflags(write=False)
-    return out
-
-
-def weak_orderings(num_classes: int) -> np.ndarray:
-    """Every weak ordering of K classes as a score vector (W, K) (rank 0 highest; 13 for K = 3).
-
-    The election sees a base model only through the weak ordering of its scores (its argmax with
-    ties to the smaller index and every z(a) > z(b)), so these cover every black-box behaviour.
-    """
-    if not 2 <= num_classes <= 5:
-        raise ValueError(f"weak_orderings is meant for 2..5 classes, got {num_classes}")
-    return _weak_orderings_cached(int(num_classes))
-
-
-def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000) -> np.ndarray:
-    """Exact black-box radius (t,) of DPA+ROE (shifts=None) or FA+ROE by enumerating every attack.
-
-    scores (t, L, K). A poison in group h controls learners (h + s) mod L (DPA+ROE: one learner);
-    the controlled learners take every multiset of weak orderings (the election is symmetric in
-    the learners). Returns attack size - 1 (L when no attack exists). Tiny problems only.
-    """
-    s = _check_scores(scores)
-    t, L, K = s.shape
-    sh = np.zeros(1, np.int64) if shifts is None else _check_shifts(shifts, L)
-    reach = _reach(L, sh)
-    orders = weak_orderings(K)
-    out = np.full(t, L, np.int64)
-    for i in range(t):
-        p = roe_predict(s[i])
-        found = False
-        for r in range(1, L + 1):
-            seen = set()
-            for groups in itertools.combinations(range(L), r):
-                U = tuple(sorted(set(reach[list(groups)].ravel().tolist())))
-                if U in seen:
-                    continue
-                seen.add(U)
-                if math.comb(len(orders) + len(U) - 1, len(U)) > max_configs:
-                    raise ValueError("brute_force_roe_radius: problem too large to enumerate")
-                combos = np.array(list(itertools.combinations_with_replacement(range(len(orders)), len(U))))
-                batch = np.broadcast_to(s[i], (len(combos), L, K)).copy()
-                batch[:, list(U)] = orders[combos]
-                if np.any(roe_predict(batch) != p):
-                    found = True
-                    break
-            if found:
-                out[i] = r - 1
-                break
-    return out
-
-
-def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
-    """Exact black-box radius (t,) of plurality FA by enumerating the poisoned groups (L when none)."""
-    v = _check_votes(votes, num_classes)
-    t, L = v.shape
-    reach = _reach(L, _check_shifts(shifts, L))
-    out = np.full(t, L, np.int64)
-    for i in range(t):
-        n = vote_counts(v[i:i + 1], num_classes)[0]
-        p = int(np.argmax(n))
-        for r in range(1, L + 1):
-            hit = False
-            for groups in itertools.combinations(range(L), r):
-                U = np.unique(reach[list(groups)])
-                rest = vote_counts(np.delete(v[i], U)[None], num_classes)[0]
-                # best for rival c: every controlled learner votes c
-                for c in range(num_classes):
-                    if c != p and (rest[c] + len(U) > rest[p] or (rest[c] + len(U) == rest[p] and c < p)):
-                        hit = True
-                if hit:
-                    break
-            if hit:
-                out[i] = r - 1
-                break
-    return out
-
-
-def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs: int = 500_000) -> np.ndarray:
-    """Exact radius (t,) of ROE in the most generous world consistent with whitebox_roe's cost bounds.
-
-    Every base model m may be turned into any weak ordering of the classes, at cost max(1,
-    vote_costs[m, new vote] if its vote changes, pair_costs[m, a, b] for every z(a) > z(b) it loses),
-    or 0 if nothing the election sees changes. Enumerates all W^M combinations (W = 13 weak
-    orderings for K = 3; tiny only). Returns attack cost - 1, NO_ATTACK when no combination changes
-    the prediction. whitebox_roe must never exceed it, because its bounds only use those costs.
-    """
-    s = _check_scores(scores)
-    t, M, K = s.shape
-    vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
-    pc_all = _check_costs("pair_costs", pair_costs, (t, M, K, K))
-    O = weak_orderings(K)
-    if len(O) ** M > max_configs:
-        raise ValueError(f"brute_force_cost_model_radius: {len(O)}^{M} configurations is too many")
-    ov = np.argmax(O, axis=1)
-    ogt = O[:, :, None] > O[:, None, :]
-    combos = np.array(list(itertools.product(range(len(O)), repeat=M)), dtype=np.int64).reshape(-1, M)
-    preds = roe_predict(O[combos])
-    out = np.empty(t, np.int64)
-    for i in range(t):
-        cost = np.zeros((M, len(O)))
-        for m in range(M):
-            gt = s[i, m][:, None] > s[i, m][None, :]
-            v = int(np.argmax(s[i, m]))
-            same = (ov == v) & (ogt == gt).all(axis=(1, 2))
-            lost = np.where(gt[None] & ~ogt, pc_all[i, m][None], 0.0).max(axis=(1, 2))
-            vote = np.where(ov != v, vc_all[i, m, ov], 0.0)
-            cost[m] = np.where(same, 0.0, np.maximum(1.0, np.maximum(lost, vote)))
-        total = cost[np.arange(M), combos].sum(axis=1)
-        changed = preds != roe_predict(s[i])
-        best = total[changed].min() if changed.any() else np.inf
-        out[i] = int(np.ceil(best - 1e-9)) - 1 if np.isfinite(best) else NO_ATTACK
-    return out
-
-
-def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: int, max_flips: int | None = None):
-    """Exact label-flip radius (t,) of ROE over label-linear partitions by relabelling every label.
-
-    Recomputes each base model's scores W_m @ onehot(y'_m) for every relabelling with at most
-    max_flips changes (default all n) and reruns roe_predict. Returns (radius (t,), prediction (t,));
-    radius = max_flips when no enumerated relabelling changes the prediction. n <= 12 only.
-    """
-    from .learners import onehot
-
-    Ws = [as_float_array(f"weights_list[{m}]", W, ndim=2) for m, W in enumerate(weights_list)]
-    ys = [check_labels(f"labels_list[{m}]", y, num_classes)[0] for m, y in enumerate(labels_list)]
-    K = num_classes
-    sizes = [len(y) for y in ys]
-    n = sum(sizes)
-    if n > 12 or K ** n > 2_000_000:
-        raise ValueError(f"brute force over {K}^{n} relabellings is too large")
-    max_flips = n if max_flips is None else int(max_flips)
-    y0 = np.concatenate(ys)
-    Y = np.array(list(itertools.product(range(K), repeat=n)), dtype=np.int64).reshape(K ** n, n)
-    dist = (Y != y0).sum(axis=1)
-    Y, dist = Y[dist <= max_flips], dist[dist <= max_flips]
-    t = Ws[0].shape[0]
-    if any(W.shape != (t, nm) for W, nm in zip(Ws, sizes)):
-        raise ValueError("weights_list[m] must have shape (t, len(labels_list[m])) with a common t")
-    scores = np.empty((len(Y), t, len(Ws), K))
-    start = 0
-    for m, (W, nm) in enumerate(zip(Ws, sizes)):
-        # retrain partition m on each of its K^n_m relabellings once, then look the scores up
-        local = np.array(list(itertools.product(range(K), repeat=nm)), dtype=np.int64).reshape(K ** nm, nm)
-        table = np.stack([W @ onehot(y, K) for y in local])  # (K^n_m, t, K)
-        code = Y[:, start:start + nm] @ (K ** np.arange(nm - 1, -1, -1)) if nm else np.zeros(len(Y), np.int64)
-        scores[:, :, m] = table[code]
-        start += nm
-    preds = roe_predict(scores)  # (L, t)
-    base = preds[dist == 0][0]
-    changed = preds != base
-    att = np.where(changed, dist[:, None], max_flips + 1).min(axis=0)
-    return (att - 1).astype(np.int64), base.astype(np.int64)

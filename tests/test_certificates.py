@@ -82,17 +82,24 @@ def test_continuous_weights_radius_exact_and_bounds_bracket(p, kind):
 
 @settings(max_examples=50, deadline=None)
 @given(problems)
-def test_exact_ties_never_overclaim(p):
-    """Integer weights create exact score ties; rounding tolerance may only shrink radii and lower bounds."""
+def test_exact_ties_resolved_exactly(p):
+    """Integer weights create exact score ties (small integers: the float sums of the brute force are
+    exact): the rows inside the rounding band are resolved exactly, so the radius is exact, the tie
+    rule decides, and K = 2 costs are exact. (Before the exact post-pass this test could only ask for
+    radius <= brute force.)"""
     n, K, seed = p
     rng = np.random.default_rng(seed)
     W, y = random_weights(rng, 5, n, "int"), rng.integers(0, K, n)
     cert, bf = certify(W, y, K), brute_force_certificate(W, y, K)
     np.testing.assert_array_equal(cert.prediction, bf.prediction)
-    assert np.all(cert.radius <= bf.radius)
+    np.testing.assert_array_equal(cert.radius, bf.radius)
+    assert cert.radius_exact.all()
     assert np.all(cert.cost_lower <= bf.class_costs)
     assert np.all(bf.class_costs <= cert.cost_upper)  # upper bounds are verified attacks
-    check_witnesses(cert, W, y, K, exact_radius=False)
+    if K == 2:
+        np.testing.assert_array_equal(cert.cost_upper, bf.class_costs)
+        assert cert.exact.all()
+    check_witnesses(cert, W, y, K)
 
 
 def test_tolerance_counts_near_ties_as_successes():
@@ -135,10 +142,7 @@ def test_pairwise_costs_against_enumeration(n, K, seed, tie, kind):
     assert P.shape == (2, K, K)
     for i in range(2):
         ref = enumerate_pairwise(W[i], y, K, tie)
-        if kind == "normal":
-            np.testing.assert_array_equal(P[i], ref)
-        else:  # exact ties: the tolerance may only make entries smaller
-            assert np.all(P[i] <= ref)
+        np.testing.assert_array_equal(P[i], ref)  # exact ties included (resolved exactly)
     if tie == "index":
         cert = certify(W, y, K)
         own = P[np.arange(2), cert.prediction].copy()
@@ -290,7 +294,7 @@ def test_small_windows_fall_back_to_the_same_answers(monkeypatch):
         assert np.all(small.cost_lower <= ref.cost_upper) and np.all(ref.cost_lower <= small.cost_upper)
         assert np.all(small.cost_lower >= P.max(axis=1))
         if seed % 10 == 0:
-            check_witnesses(small, W, y, K, exact_radius=seed % 4 != 0)
+            check_witnesses(small, W, y, K)
 
 
 @settings(max_examples=40, deadline=None)
@@ -304,11 +308,9 @@ def test_small_windows_against_brute_force(p, kind, first):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(certificates, "_FIRST_WINDOW", first)
         cert = certify(W, y, K)
-        if kind == "normal":
-            np.testing.assert_array_equal(cert.radius, bf.radius)
-        assert np.all(cert.radius <= bf.radius)
+        np.testing.assert_array_equal(cert.radius, bf.radius)
         assert np.all(cert.cost_lower <= bf.class_costs) and np.all(bf.class_costs <= cert.cost_upper)
-        check_witnesses(cert, W, y, K, exact_radius=kind == "normal")
+        check_witnesses(cert, W, y, K)
 
 
 def test_radius_only_mode():
@@ -364,20 +366,26 @@ def test_degenerate_inputs():
 
 
 @pytest.mark.parametrize("call,exc,msg", [
-    (lambda: certify(np.ones((2, 3)), np.array([0, 1])), ValueError, "columns"),
-    (lambda: certify(np.array([[np.nan, 1.0]]), np.array([0, 1])), ValueError, "NaN"),
-    (lambda: certify(np.array([[np.inf, 1.0]]), np.array([0, 1])), ValueError, "infinite"),
+    (lambda: certify(np.ones((2, 3)), np.array([0, 1]), 2), ValueError, "columns"),
+    (lambda: certify(np.array([[np.nan, 1.0]]), np.array([0, 1]), 2), ValueError, "NaN"),
+    (lambda: certify(np.array([[np.inf, 1.0]]), np.array([0, 1]), 2), ValueError, "infinite"),
     (lambda: certify(np.ones((1, 2)), np.array([0, 3]), 2), ValueError, "label"),
     (lambda: certify(np.ones((1, 2)), np.array([0, -1]), 2), ValueError, "0..K-1"),
     (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 1), ValueError, "at least 2"),
-    (lambda: certify(np.ones(2), np.array([0, 1])), ValueError, "dimensions"),
-    (lambda: certify(np.ones((1, 2)), np.array([[0, 1]])), ValueError, "1-D"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), rtol=-1.0), ValueError, "rtol"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), block_size=0), ValueError, "block_size"),
-    (lambda: certify(np.array([["a", "b"]]), np.array([0, 1])), TypeError, "numeric"),
-    (lambda: pairwise_costs(np.ones((1, 2)), np.array([0, 1]), tie="weird"), ValueError, "tie"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1])).witness(0, target=5), ValueError, "target"),
-    (lambda: certify(np.ones((1, 2)), np.array([0, 1])).witness(3), ValueError, "i must be"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1])), TypeError, "num_classes"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), None), ValueError, "num_classes is required"),
+    (lambda: certify(np.ones(2), np.array([0, 1]), 2), ValueError, "dimensions"),
+    (lambda: certify(np.ones((1, 2)), np.array([[0, 1]]), 2), ValueError, "1-D"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, rtol=-1.0), ValueError, "rtol"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, atol=-1.0), ValueError, "atol"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, atol=[1.0, 2.0]), ValueError, "atol"),
+    (lambda: certify(np.full((1, 2), 1e10), np.array([0, 1]), 2, rtol=1e300), ValueError, "overflows"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2, block_size=0), ValueError, "block_size"),
+    (lambda: certify(np.array([["a", "b"]]), np.array([0, 1]), 2), TypeError, "numeric"),
+    (lambda: pairwise_costs(np.ones((1, 2)), np.array([0, 1]), 2, tie="weird"), ValueError, "tie"),
+    (lambda: pairwise_costs(np.ones((1, 2)), np.array([0, 1])), TypeError, "num_classes"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2).witness(0, target=5), ValueError, "target"),
+    (lambda: certify(np.ones((1, 2)), np.array([0, 1]), 2).witness(3), ValueError, "i must be"),
 ])
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc, match=msg):

@@ -11,6 +11,7 @@ from kernelcert.ensemble import (
     NO_ATTACK, AggregateResult, EnsembleBounds, dpa, ensemblecert, ensemblecert_bounds, min_cost_gain12, plurality,
     vote_counts,
 )
+from kernelcert.voting import knapsack_dp
 
 METHODS = ("dp", "sorted")
 
@@ -90,6 +91,40 @@ def test_knapsack_equals_brute_force(N, seed, method):
     expected = [_brute_knapsack(a[r], b[r], need[r]) for r in range(B)]
     np.testing.assert_array_equal(cost, expected)
     _check_choice(a, b, need, cost, choice)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_general_knapsack_dp_equals_brute_force(N, seed):
+    """knapsack_dp with any gains (the white-box run-off uses gains 1, 2, 3) against enumeration."""
+    rng = np.random.default_rng(seed)
+    B = 5
+    gains = sorted(rng.choice(np.arange(1, 5), size=int(rng.integers(1, 4)), replace=False).tolist())
+    costs = [rng.integers(0, 9, (B, N)).astype(float) for _ in gains]
+    for c in costs:
+        c[rng.random(c.shape) < 0.25] = np.inf
+    need = rng.integers(-1, 4 * N + 2, B)
+    cost, choice = knapsack_dp(list(zip(gains, costs)), need, keep_choices=True)
+    for r in range(B):
+        best = 0.0 if need[r] <= 0 else np.inf
+        for ch in itertools.product(range(len(gains) + 1), repeat=N):
+            g = sum(gains[k - 1] for k in ch if k)
+            if g >= need[r]:
+                best = min(best, sum(costs[k - 1][r, i] for i, k in enumerate(ch) if k))
+        assert cost[r] == best
+        if np.isfinite(best) and need[r] > 0:  # the choice is an optimal solution (gain taken per partition)
+            assert choice[r].sum() >= need[r]
+            taken = [costs[gains.index(int(g))][r, i] for i, g in enumerate(choice[r]) if g]
+            assert sum(taken) == best
+
+
+def test_vote_counts_both_paths():
+    rng = np.random.default_rng(0)
+    for N in (3, 40):  # per-class comparisons for few models, one bincount for many
+        v = rng.integers(0, 5, (7, N))
+        want = np.array([[np.count_nonzero(row == c) for c in range(5)] for row in v])
+        np.testing.assert_array_equal(vote_counts(v, 5), want)
+        np.testing.assert_array_equal(vote_counts(v.astype(np.uint8), 5), want)
 
 
 @settings(max_examples=25, deadline=None)
@@ -263,11 +298,12 @@ def test_no_attack_cap_blocks_and_monotonicity():
     # raising any cost can only raise the radius; exact when lower == upper
     up = A + rng.integers(0, 3, A.shape) * (A > 0)
     bounds = ensemblecert_bounds(v, A, up, 3)
-    assert isinstance(bounds, EnsembleBounds)
-    assert np.all(bounds.radius_lower <= bounds.radius_upper)
-    np.testing.assert_array_equal(bounds.radius_lower, res.radius)
-    np.testing.assert_array_equal(bounds.agree, bounds.radius_lower == bounds.radius_upper)
-    assert ensemblecert_bounds(v, A, A, 3).agree.all()
+    assert isinstance(bounds, AggregateResult) and EnsembleBounds is AggregateResult  # one result type
+    assert np.all(bounds.radius <= bounds.radius_upper)
+    np.testing.assert_array_equal(bounds.radius, res.radius)
+    np.testing.assert_array_equal(bounds.radius_upper, ensemblecert(v, up, 3).radius)
+    np.testing.assert_array_equal(bounds.exact, bounds.radius == bounds.radius_upper)
+    assert ensemblecert_bounds(v, A, A, 3).exact.all()
     with pytest.raises(ValueError, match="cost_lower must be <="):
         ensemblecert_bounds(v, A + (A > 0), A, 3)
 

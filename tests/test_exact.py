@@ -186,6 +186,26 @@ def test_labelcert_equals_svm_retraining(n, K, factor, seed, gamma):
             assert KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0] != lc.prediction[i]
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_labelcert_greedy_upper_bound_does_not_change_radii(monkeypatch, seed):
+    """Above C_max the verified greedy attack bounds the MILP's budget; radii equal those of the plain
+    MILP and of retraining on every relabelling, and every reported attack re-verifies."""
+    Kt, Kx, y = cluster_problem(8, 4, 2, seed, 0.3)
+    C = 4.0 * KernelSVM().fit(Kt, y, 2).C_max
+    lc = labelcert_svm_milp(Kt, y, Kx, C, 2, max_flips=4, progress=True)
+    assert any("greedy" in s for s in lc.status)
+    bf = _svm_oracle(Kt, Kx, y, 2, C, 4)
+    np.testing.assert_array_equal(lc.radius, bf.radius)
+    assert lc.exact.all() and not lc.stopped_early.any()
+    for i, lab in enumerate(lc.attacks):
+        if lab is not None:
+            assert (lab != y).sum() == lc.radius_upper[i] + 1
+            assert KernelSVM(C).fit(Kt, lab, 2).predict(Kx[i:i + 1])[0] != lc.prediction[i]
+    monkeypatch.setattr(exact, "_greedy_svm_attack", lambda *a, **k: None)
+    plain = labelcert_svm_milp(Kt, y, Kx, C, 2, max_flips=4)
+    np.testing.assert_array_equal(plain.radius, lc.radius)
+
+
 def test_labelcert_equals_brute_force_on_label_linear_ties():
     # K_train = I (C_max = 1): the SVM is the label-linear vote with W = K_test_train; integer rows tie often
     rng = np.random.default_rng(3)
@@ -209,8 +229,9 @@ def test_labelcert_time_limit_is_flagged_not_exact(monkeypatch):
 
     monkeypatch.setattr(exact, "_solve_highs", fake_solve)
     monkeypatch.setattr(exact, "_dual_bound", lambda prob: 1.7)
+    monkeypatch.setattr(exact, "_greedy_svm_attack", lambda *a, **k: None)  # no upper bound either
     lc = labelcert_svm_milp(Kt, y, Kx, 10.0, 2, time_limit=1.0)
-    assert not lc.exact.any()
+    assert not lc.exact.any() and lc.stopped_early.all()
     np.testing.assert_array_equal(lc.radius, [1, 1])  # ceil(1.7) - 1: a sound lower bound
     np.testing.assert_array_equal(lc.radius_upper, [5, 5])
     assert all(a is None for a in lc.attacks)

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 from hypothesis import given, settings, strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.kernel_ridge import KernelRidge
+from sklearn.utils.validation import check_is_fitted
 
 from kernelcert.learners import KernelRegression, KernelSVM, onehot, solve_svm_dual
 from problems import rbf_problem
@@ -121,18 +124,18 @@ def test_finite_time_converges_and_handles_singular_gram():
 def test_singular_or_indefinite_gram_suggests_ridge():
     x = np.ones((3, 2))
     with pytest.raises(ValueError, match="ridge"):
-        KernelRegression().fit(x @ x.T, np.array([0, 1, 0]))
+        KernelRegression().fit(x @ x.T, np.array([0, 1, 0]), 2)
     Kt, _, y = rbf_problem(6, 1, 2, 3)
     Kt[0, 1] = Kt[1, 0] = 1.5  # no longer PSD
     with pytest.raises(ValueError, match="ridge"):
-        KernelRegression().fit(Kt, y)
+        KernelRegression().fit(Kt, y, 2)
     with pytest.raises(ValueError, match="positive semidefinite"):
-        KernelRegression(train_time=1.0).fit(Kt, y)
+        KernelRegression(train_time=1.0).fit(Kt, y, 2)
     # nearly duplicated points: Cholesky may succeed but the system is numerically singular
     Kd = np.ones((4, 4)) + 1e-17 * np.eye(4)
-    with pytest.raises(ValueError, match="ridge"):
-        KernelRegression().fit(Kd, np.array([0, 1, 0, 1]))
-    KernelRegression(ridge=1e-3).fit(Kd, np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="ridge >= "):
+        KernelRegression().fit(Kd, np.array([0, 1, 0, 1]), 2)
+    KernelRegression(ridge=1e-3).fit(Kd, np.array([0, 1, 0, 1]), 2)
 
 
 def test_blocks_equal_unblocked():
@@ -261,45 +264,49 @@ def test_certify_delegates_to_scalabelcert():
         np.testing.assert_array_equal(cert.prediction, m.predict(Kx))
 
 
-def test_svm_milp_certify_path_at_large_c():
+def test_svm_above_c_max_points_to_the_milp():
     Kt, Kx, y = rbf_problem(5, 2, 2, 8)
     m = KernelSVM(C=30.0).fit(Kt, y, 2)
     assert not m.is_label_linear
-    res = m.certify(Kx, method="milp", max_flips=2)
-    np.testing.assert_array_equal(res.prediction, m.predict(Kx))
-    assert res.radius.shape == (2,) and np.all(res.radius >= 0) and np.all(res.radius <= 2)
-    with pytest.raises(ValueError, match="method"):
-        m.certify(Kx, method="bogus")
+    with pytest.raises(ValueError, match="labelcert_svm_milp"):
+        m.certify(Kx)
+    with pytest.raises(ValueError, match="labelcert_svm_milp"):
+        m.label_weights(Kx)
+    with pytest.raises(TypeError):
+        KernelSVM().fit(Kt, y, 2).certify(Kx, method="milp")  # the MILP lives in kernelcert.exact only
 
 
 # --------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("bad,exc,msg", [
-    (lambda K, y, Kx: KernelRegression().fit(K[:, :-1], y), ValueError, "square"),
-    (lambda K, y, Kx: KernelRegression().fit(K + np.triu(np.ones_like(K)), y), ValueError, "symmetric"),
-    (lambda K, y, Kx: KernelSVM().fit(np.where(np.eye(len(K)) > 0, np.nan, K), y), ValueError, "NaN"),
-    (lambda K, y, Kx: KernelRegression().fit(np.where(np.eye(len(K)) > 0, np.inf, K), y), ValueError, "NaN"),
+    (lambda K, y, Kx: KernelRegression().fit(K[:, :-1], y, 3), ValueError, "square"),
+    (lambda K, y, Kx: KernelRegression().fit(K + np.triu(np.ones_like(K)), y, 3), ValueError, "symmetric"),
+    (lambda K, y, Kx: KernelSVM().fit(np.where(np.eye(len(K)) > 0, np.nan, K), y, 3), ValueError, "NaN"),
+    (lambda K, y, Kx: KernelRegression().fit(np.where(np.eye(len(K)) > 0, np.inf, K), y, 3), ValueError, "NaN"),
     (lambda K, y, Kx: KernelRegression().fit(K, y + 5, 3), ValueError, "label"),
-    (lambda K, y, Kx: KernelRegression().fit(K, -y - 1), ValueError, "0..K-1"),
+    (lambda K, y, Kx: KernelRegression().fit(K, -y - 1, 3), ValueError, "0..K-1"),
     (lambda K, y, Kx: KernelRegression().fit(K, y, 1), ValueError, "at least 2"),
     (lambda K, y, Kx: KernelSVM().fit(K, y, 2), ValueError, "num_classes=2"),
-    (lambda K, y, Kx: KernelRegression().fit(K, y + 0.5), ValueError, "integer"),
-    (lambda K, y, Kx: KernelRegression().fit(K, y[:-1]), ValueError, "length"),
-    (lambda K, y, Kx: KernelRegression().fit(K, y[:, None]), ValueError, "1-D"),
-    (lambda K, y, Kx: KernelRegression().fit(K, y).predict(np.ones((2, 3))), ValueError, "columns"),
-    (lambda K, y, Kx: KernelSVM().fit(K, y).decision_function(Kx[:, :-1]), ValueError, "columns"),
-    (lambda K, y, Kx: KernelSVM().fit(K, y).predict(Kx[0]), ValueError, "dimensions"),
-    (lambda K, y, Kx: KernelSVM().fit(K, y).predict(np.where(Kx > 0.5, np.nan, Kx)), ValueError, "NaN"),
-    (lambda K, y, Kx: KernelSVM().predict(Kx), ValueError, "not fitted"),
-    (lambda K, y, Kx: KernelRegression().label_weights(Kx), ValueError, "not fitted"),
-    (lambda K, y, Kx: KernelSVM().fit(K - 2 * np.eye(len(K)), y), ValueError, "positive semidefinite"),
-    (lambda K, y, Kx: KernelSVM().fit(np.zeros_like(K), y), ValueError, "all zeros"),
-    (lambda K, y, Kx: KernelSVM(C=0.0), ValueError, "C"),
-    (lambda K, y, Kx: KernelSVM(C=-1.0), ValueError, "C"),
-    (lambda K, y, Kx: KernelSVM(C=np.nan), ValueError, "C"),
-    (lambda K, y, Kx: KernelRegression(ridge=-1.0), ValueError, "ridge"),
-    (lambda K, y, Kx: KernelRegression(train_time=0.0), ValueError, "train_time"),
-    (lambda K, y, Kx: KernelRegression(learning_rate=0.0), ValueError, "learning_rate"),
-    (lambda K, y, Kx: KernelRegression().fit(K.astype(str), y), TypeError, "numeric"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y), TypeError, "num_classes"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y, None), ValueError, "num_classes is required"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y + 0.5, 3), ValueError, "integer"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y[:-1], 3), ValueError, "length"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y[:, None], 3), ValueError, "1-D"),
+    (lambda K, y, Kx: KernelRegression().fit(K, y, 3).predict(np.ones((2, 3))), ValueError, "columns"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y, 3).decision_function(Kx[:, :-1]), ValueError, "columns"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y, 3).predict(Kx[0]), ValueError, "dimensions"),
+    (lambda K, y, Kx: KernelSVM().fit(K, y, 3).predict(np.where(Kx > 0.5, np.nan, Kx)), ValueError, "NaN"),
+    (lambda K, y, Kx: KernelSVM().predict(Kx), NotFittedError, "not fitted"),
+    (lambda K, y, Kx: KernelRegression().label_weights(Kx), NotFittedError, "not fitted"),
+    (lambda K, y, Kx: KernelSVM().C_max, NotFittedError, "not fitted"),
+    (lambda K, y, Kx: KernelSVM().fit(K - 2 * np.eye(len(K)), y, 3), ValueError, "positive semidefinite"),
+    (lambda K, y, Kx: KernelSVM().fit(np.zeros_like(K), y, 3), ValueError, "all zeros"),
+    (lambda K, y, Kx: KernelSVM(C=0.0).fit(K, y, 3), ValueError, "C"),
+    (lambda K, y, Kx: KernelSVM(C=-1.0).fit(K, y, 3), ValueError, "C"),
+    (lambda K, y, Kx: KernelSVM(C=np.nan).fit(K, y, 3), ValueError, "C"),
+    (lambda K, y, Kx: KernelRegression(ridge=-1.0).fit(K, y, 3), ValueError, "ridge"),
+    (lambda K, y, Kx: KernelRegression(train_time=0.0).fit(K, y, 3), ValueError, "train_time"),
+    (lambda K, y, Kx: KernelRegression(learning_rate=0.0).fit(K, y, 3), ValueError, "learning_rate"),
+    (lambda K, y, Kx: KernelRegression().fit(K.astype(str), y, 3), TypeError, "numeric"),
     (lambda K, y, Kx: solve_svm_dual(K, np.zeros(len(K)), 1.0), ValueError, "signs"),
 ])
 def test_bad_input(bad, exc, msg):
@@ -342,3 +349,84 @@ def test_validation_helpers():
         v.check_weights(np.ones((2, 3)), 4)
     with pytest.raises(TypeError, match="real"):
         v.as_float_array("x", np.ones(2, complex))
+
+
+# --------------------------------------------------------------------------- scikit-learn conventions
+@pytest.mark.parametrize("make", [lambda: KernelRegression(ridge=1e-3, train_time=2.0, learning_rate=0.5),
+                                  lambda: KernelRegression(), lambda: KernelSVM(), lambda: KernelSVM(C=0.25)])
+def test_sklearn_clone_params_and_fitted_state(make):
+    Kt, Kx, y = rbf_problem(12, 4, 3, 2)
+    Kt = Kt + 1e-2 * np.eye(12)
+    model = make()
+    params = model.get_params()
+    assert set(params) == ({"C"} if isinstance(model, KernelSVM) else {"ridge", "train_time", "learning_rate"})
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        model.predict(Kx)
+    model.fit(Kt, y, 3)
+    check_is_fitted(model)
+    twin = clone(model)
+    assert type(twin) is type(model) and twin.get_params() == params
+    with pytest.raises(NotFittedError):
+        check_is_fitted(twin)  # clone copies parameters, not fitted state
+    np.testing.assert_array_equal(twin.fit(Kt, y, 3).predict(Kx), model.predict(Kx))
+    # set_params changes a parameter; validation happens at fit
+    if isinstance(model, KernelSVM):
+        model.set_params(C=-1.0)
+        with pytest.raises(ValueError, match="C"):
+            model.fit(Kt, y, 3)
+        assert not model.__sklearn_is_fitted__()  # a failed re-fit leaves no usable model
+    else:
+        model.set_params(ridge=0.5)
+        assert model.ridge == 0.5
+        model.fit(Kt, y, 3)
+        np.testing.assert_allclose(model.decision_function(Kx),
+                                   KernelRegression(0.5, params["train_time"], params["learning_rate"])
+                                   .fit(Kt, y, 3).decision_function(Kx))
+
+
+def test_fitted_attributes_have_a_trailing_underscore():
+    Kt, Kx, y = rbf_problem(10, 3, 3, 5)
+    svm = KernelSVM().fit(Kt, y, 3)
+    assert svm.C_max == svm.C_max_ and svm.C_ == svm.C_max_
+    with pytest.raises(AttributeError):
+        svm.C_max = 1.0  # read-only alias
+    public = {k for k in vars(svm) if not k.startswith("_")}
+    assert public == {"C", "C_", "C_max_", "label_linear_", "alpha_", "kkt_residual_", "labels_", "num_classes_",
+                      "n_train_"}
+    reg = KernelRegression(ridge=1e-3).fit(Kt, y, 3)
+    public = {k for k in vars(reg) if not k.startswith("_")}
+    assert public == {"ridge", "train_time", "learning_rate", "eig_lower_", "weight_error_factor_", "labels_",
+                      "num_classes_", "n_train_"}
+    assert 0 < reg.eig_lower_ <= np.linalg.eigvalsh(Kt + 1e-3 * np.eye(10))[0]
+
+
+def test_weight_error_bound_against_a_rational_solve():
+    """The reported bound covers the difference to the exact (rational) solution, also near singularity."""
+    for seed, ridge in ((0, 0.0), (1, 1e-8), (2, 1e-3)):
+        Kt, Kx, y = rbf_problem(7, 3, 2, seed)
+        Kt = Kt.copy()
+        m = KernelRegression(ridge=ridge).fit(Kt, y, 2)
+        W, err = m.label_weights(Kx, return_error=True)
+        A = [[Fraction(float(v)) + (Fraction(ridge) if i == j else 0) for j, v in enumerate(row)]
+             for i, row in enumerate(Kt)]
+        for i in range(len(Kx)):
+            exact = _rational_solve(A, [Fraction(float(v)) for v in Kx[i]])
+            true_err = sum(abs(Fraction(float(W[i, j])) - exact[j]) for j in range(7))
+            assert true_err <= Fraction(float(err[i]))
+
+
+def _rational_solve(A, b):
+    n = len(b)
+    M = [row[:] + [b[i]] for i, row in enumerate(A)]
+    for c in range(n):
+        piv = next(r for r in range(c, n) if M[r][c] != 0)
+        M[c], M[piv] = M[piv], M[c]
+        inv = 1 / M[c][c]
+        M[c] = [v * inv for v in M[c]]
+        for r in range(n):
+            if r != c and M[r][c] != 0:
+                f = M[r][c]
+                M[r] = [a - f * bb for a, bb in zip(M[r], M[c])]
+    return [M[r][n] for r in range(n)]

@@ -18,9 +18,12 @@ def _pixels(rng, n, d=12):
     return rng.integers(0, 256, (n, d)).astype(np.uint8)
 
 
-def _ss_dpa_oracle(x, k):
-    """Python reference: sort row tuples (ties by original index), assign sorted position mod k."""
+def _ss_dpa_oracle(x, k, primary="last"):
+    """Python reference: sort row tuples (last feature first for primary="last"; ties by original
+    index), assign sorted position mod k."""
     rows = [tuple(float(v) for v in r) for r in np.asarray(x, float).reshape(len(x), -1)]
+    if primary == "last":
+        rows = [r[::-1] for r in rows]
     order = sorted(range(len(rows)), key=lambda i: (rows[i], i))
     out = np.empty(len(rows), int)
     out[order] = np.arange(len(rows)) % k
@@ -45,10 +48,51 @@ def test_ss_dpa_matches_python_sort_and_is_balanced(n, k, seed, kind):
         x = rng.integers(-2, 2, (n, 2)) / 2.0
     a = ss_dpa_partition(x, k)
     np.testing.assert_array_equal(a, _ss_dpa_oracle(x, k))
+    np.testing.assert_array_equal(ss_dpa_partition(x, k, primary="first"), _ss_dpa_oracle(x, k, "first"))
     sizes = np.bincount(a, minlength=k)
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == n
     np.testing.assert_array_equal(a, ss_dpa_partition(x.copy(), k))  # deterministic
     np.testing.assert_array_equal(a, ss_dpa_partition(x.astype(np.float64), k))  # dtype-independent
+
+
+def _published_ss_dpa(images_uint8, k):
+    """Transcription of the published SS-DPA rule (DPA repository, partition_data_unsupervised.py):
+    ToTensor (uint8 / 255 in float32, channel-first), `(x * 255).int()`, flatten, `np.lexsort` of the
+    transposed pixel matrix (last pixel = primary key), partition i = idxs[i::k]."""
+    f = images_uint8.astype(np.float32) / np.float32(255)
+    ints = (f * np.float32(255)).astype(np.int32).reshape(len(images_uint8), -1)
+    idxs = np.lexsort(ints.transpose())
+    if np.any(np.all(ints[idxs[1:]] == ints[idxs[:-1]], axis=1)):
+        raise Exception("Not implemented for repeat images for label-flipping robustness certificate.")
+    return [idxs[i::k] for i in range(k)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 4, 4)])
+def test_ss_dpa_reproduces_the_published_partition(seed, shape):
+    rng = np.random.default_rng(seed)
+    n, k = 300, 7
+    # few grey levels and a constant last pixel in some rows: ties on the primary keys are common,
+    # so the first-feature order gives a different assignment
+    imgs = rng.integers(0, 3, (n,) + shape).astype(np.uint8) * 120
+    imgs[: n // 2, -1, -1, -1] = 7
+    imgs = np.unique(imgs.reshape(n, -1), axis=0)  # the published code aborts on duplicates
+    imgs = imgs[rng.permutation(len(imgs))].reshape((-1,) + shape)
+    groups = _published_ss_dpa(imgs, k)
+    expected = np.empty(len(imgs), np.int64)
+    for i, idx in enumerate(groups):
+        expected[idx] = i
+    for x in (imgs, imgs.reshape(len(imgs), -1), imgs / 255.0, imgs.astype(np.int64)):
+        np.testing.assert_array_equal(ss_dpa_partition(x, k), expected)
+        np.testing.assert_array_equal(ss_dpa_partition(x, k, on_duplicates="error"), expected)
+    assert not np.array_equal(ss_dpa_partition(imgs, k, primary="first"), expected)
+    for i, idx in enumerate(partition_indices(ss_dpa_partition(imgs, k), k)):
+        np.testing.assert_array_equal(idx, np.sort(groups[i]))
+
+
+def test_ss_dpa_primary_option_errors():
+    with pytest.raises(ValueError, match="primary must be 'last'"):
+        ss_dpa_partition(np.zeros((3, 2)), 2, primary="middle")
 
 
 def test_ss_dpa_permutation_keeps_partition_contents():
@@ -61,12 +105,14 @@ def test_ss_dpa_permutation_keeps_partition_contents():
 
 def test_ss_dpa_duplicates():
     x = np.array([[3, 1], [1, 2], [3, 1], [0, 5]], float)
-    np.testing.assert_array_equal(ss_dpa_partition(x, 2, on_duplicates="stable"), [0, 1, 1, 0])
+    np.testing.assert_array_equal(ss_dpa_partition(x, 2, on_duplicates="stable"), [0, 0, 1, 1])  # (1,3)(1,3)(2,1)(5,0)
+    np.testing.assert_array_equal(ss_dpa_partition(x, 2, primary="first"), [0, 1, 1, 0])  # (0,5)(1,2)(3,1)(3,1)
     with pytest.raises(ValueError, match="duplicated.*rows 0 and 2"):
         ss_dpa_partition(x, 2, on_duplicates="error")
     with pytest.raises(ValueError, match="on_duplicates"):
         ss_dpa_partition(x, 2, on_duplicates="drop")
-    assert ss_dpa_partition(x[[0, 1, 3]], 3, on_duplicates="error").tolist() == [2, 1, 0]
+    assert ss_dpa_partition(x[[0, 1, 3]], 3, on_duplicates="error").tolist() == [0, 1, 2]
+    assert ss_dpa_partition(x[[0, 1, 3]], 3, on_duplicates="error", primary="first").tolist() == [2, 1, 0]
 
 
 def test_dpa_hash_formula_and_errors():

@@ -3,8 +3,10 @@ resume, config-hash separation and kill-and-resume (kernelcert.pipeline)."""
 
 import copy
 import functools
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,6 +152,64 @@ def test_bad_config_sections_and_learners(tmp_path):
             pipeline.config_from_dict(cfg)
 
 
+def test_one_error_lists_every_problem():
+    cfg = tiny_config("runs", **{"data.n_train": 0, "kernel.depth": -1, "execution.workers": "two"})
+    cfg["learners"] = [{"type": "regression", "ridge": -1.0, "colour": 1}]
+    with pytest.raises(pipeline.ConfigError) as exc:
+        pipeline.config_from_dict(cfg)
+    where = {(sec, key) for sec, key, _ in exc.value.problems}
+    assert {("data", "n_train"), ("kernel", "depth"), ("execution", "workers"), ("learners #1", "ridge"),
+            ("learners #1", "colour")} <= where
+    text = str(exc.value)
+    assert "5 problems" in text and "[data]: n_train must be >= 1" in text and "[kernel]: depth must be >= 0" in text
+
+
+def test_keys_follow_the_loader_and_the_architecture():
+    """Dataset-specific keys are the loader's arguments; architecture-specific ones the kernel class's."""
+    cfg = pipeline.config_from_dict(tiny_config("runs"))
+    assert cfg.data.dim == 5 and cfg.num_classes == 3
+    for changes, message in (({"data.test_fraction": 0.5}, "unknown key.*'test_fraction'"),
+                             ({"kernel.readout": "gap"}, "unknown key.*'readout'")):
+        with pytest.raises(pipeline.ConfigError, match=message):
+            pipeline.config_from_dict(tiny_config("runs", **changes))
+    digits = pipeline.config_from_dict({"data": {"dataset": "digits", "test_fraction": 0.5},
+                                        "kernel": {"architecture": "convolutional", "readout": "gap", "depth": 1},
+                                        "learners": [{"type": "svm"}]})
+    assert digits.data.test_fraction == 0.5 and digits.kernel.readout == "gap"
+    assert pipeline.make_kernel(digits.kernel).readout == "gap"
+
+
+def test_a_registered_method_flows_through_the_run(tmp_path, monkeypatch):
+    """Adding an aggregation method is one registry record: config, units, aggregation, points and report."""
+    from kernelcert.pipeline.methods import REGISTRY, AggregationMethod, MethodOutput
+
+    def majority_of_scores(ev, num_classes, shifts):  # plurality of the argmax of the scores, radius 0
+        votes = np.argmax(ev.scores, axis=2)
+        counts = np.stack([(votes == c).sum(axis=1) for c in range(num_classes)], axis=1)
+        return MethodOutput(np.argmax(counts, axis=1), np.zeros(len(votes), np.int64), np.zeros(len(votes), bool))
+
+    monkeypatch.setitem(REGISTRY, "score_majority", AggregationMethod(
+        "score_majority", "score majority", ("C7", "-", "x"), "partition", ("scores",), majority_of_scores))
+    res = pipeline.run(tiny_config(tmp_path, **{"methods.aggregations": ["dpa", "score_majority"],
+                                                "partition.num_partitions": [3]}))
+    points = pipeline.read_points(res.points_path)
+    np.testing.assert_array_equal(column(points, "svm/3/score_majority/radius"), 0)
+    assert "score majority" in res.report_path.read_text()
+    meta = pipeline.UnitFile(res.run_dir / "units" / "np00003-p00000.npz").meta()
+    assert meta["level"] == "votes"  # neither method needs certificates: none were computed
+
+
+def test_n_train_above_the_dataset_is_capped_with_a_warning(tmp_path, caplog):
+    cfg = {"data": {"dataset": "digits", "n_train": 5000, "n_test": 10}, "kernel": {"depth": 1},
+           "learners": [{"type": "regression", "ridge": 0.1}], "partition": {"num_partitions": [2]},
+           "methods": {"aggregations": ["dpa"]}, "output": {"dir": str(tmp_path), "plots": False},
+           "execution": {"progress": False}}
+    with caplog.at_level("WARNING", logger="kernelcert.pipeline"):
+        res = pipeline.run(cfg)
+    assert "n_train = 5000 exceeds the 1348 training samples available" in caplog.text
+    assert res.summary["data"]["n_train"] == 1348
+
+
 def test_svm_c_above_c_max_fails_in_the_prepass(tmp_path):
     cfg = tiny_config(tmp_path / "runs")
     cfg["learners"] = [{"type": "svm", "C": 10.0}]
@@ -247,6 +307,24 @@ def test_outputs_exist_and_are_consistent(tiny_run):
     assert "EnsembleCert" in res.report_path.read_text()
 
 
+# Stored sha256 of points.csv of two small synthetic runs (results must not move with refactors).
+# A legitimate change of the numbers (e.g. a partition rule's sample order, a tie rule) changes them:
+# then regenerate with
+#   python -c "import hashlib,sys,tempfile; sys.path[:0]=['.','tests']; from kernelcert import pipeline; \
+#   from test_pipeline import tiny_config, _fa_config; d=tempfile.mkdtemp(); \
+#   [print(hashlib.sha256(pipeline.run(c).points_path.read_bytes()).hexdigest()) \
+#    for c in (tiny_config(d+'/a'), _fa_config(d+'/b', d=2))]"
+# and say in the commit why the results moved.
+GOLDEN_POINTS_SHA256 = {
+    "tiny": "fa5fe55157095d74cada6e32cc993e57cbf5e286e6ce81df8f234083acf0c242",
+    "fa_d2": "55f9b604c608974453f1d0449762d9f1a38dbf9f108a90a08d4b3554e3e5b267",
+}
+
+
+def test_points_csv_matches_the_stored_hash(tiny_run):
+    assert hashlib.sha256(tiny_run.points_path.read_bytes()).hexdigest() == GOLDEN_POINTS_SHA256["tiny"]
+
+
 def test_matches_direct_computation(tiny_run):
     """Independent recomputation through the public API: data, partition, Gram, fit, certify, aggregate."""
     x_tr, y_tr, x_te, y_te = synthetic(num_classes=3, n_train=90, n_test=30, dim=5, seed=3, separation=2.5)
@@ -277,6 +355,25 @@ def test_matches_direct_computation(tiny_run):
                                       np.minimum(ensemblecert(votes, np.stack(upper, 1), 3).radius, 90))
         np.testing.assert_array_equal(column(points, f"{name}/5/dpa_roe/radius"),
                                       dpa_roe(np.stack(scores, 1)).radius)
+
+
+def test_each_method_reads_only_its_declared_evidence(tiny_run):
+    """Every registered partition method, run alone on exactly the evidence fields it declares,
+    reproduces its points.csv columns (so `needs` in the registry is complete)."""
+    from kernelcert.pipeline.aggregate import AggTask, aggregate_block
+    from kernelcert.pipeline.methods import REGISTRY
+
+    points = pipeline.read_points(tiny_run.points_path)
+    for name, m in REGISTRY.items():
+        if m.target != "partition":
+            continue
+        n_p = 1 if m.single_model else 5
+        files = [store.UnitFile(store.unit_path(tiny_run.run_dir, store.unit_key("partition", n_p, i)))
+                 for i in range(n_p)]
+        arrays = store.read_stored_block(files, 0, 0, 30, m.needs)
+        res = aggregate_block(AggTask(0, n_p, "partition", 0, 30, (name,), 3, 90, arrays))[name]
+        for f in ("prediction", "radius"):
+            np.testing.assert_array_equal(res[f], column(points, f"svm/{n_p}/{name}/{f}"), err_msg=f"{name} {f}")
 
 
 def test_single_model_radius_is_sound_by_retraining(tiny_run):
@@ -400,6 +497,27 @@ def test_config_hash_separates_runs(tmp_path):
         pipeline.run(a)
 
 
+def test_older_run_directory_formats_are_never_reused(tmp_path, caplog):
+    cfg = pipeline.config_from_dict(tiny_config(tmp_path, **{"partition.num_partitions": [3]}))
+    payload = cfg.hash_payload()
+    assert payload["format"] == store.FORMAT_VERSION
+    assert "path" not in payload["data"] and payload["data"]["dim"] == 5  # unset options are not hashed
+    old_config = json.dumps({"hash": "0" * 64, "hash_payload": {"format": store.FORMAT_VERSION - 1}})
+    run_dir = pipeline.run_directory(cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(old_config)
+    with pytest.raises(ValueError, match=f"format {store.FORMAT_VERSION - 1}.*does not reuse it"):
+        pipeline.run(cfg)
+    shutil.rmtree(run_dir)
+    older = tmp_path / "tiny-0123456789ab"  # the same run under an older format's hash
+    older.mkdir()
+    (older / "config.json").write_text(old_config)
+    with caplog.at_level("WARNING", logger="kernelcert.pipeline"):
+        res = pipeline.run(cfg)
+    assert "older kernelcert format" in caplog.text and str(older) in caplog.text
+    assert res.computed_units == 3
+
+
 def test_block_size_streaming_gives_the_same_certificates(tmp_path):
     small = pipeline.run(tiny_config(tmp_path, **{"execution.block_size": 4, "partition.num_partitions": [1, 5]}))
     meta = pipeline.UnitFile(small.run_dir / "units" / "np00001-p00000.npz").meta()
@@ -521,6 +639,7 @@ def test_fa_learners_match_direct_training(tmp_path, fa_partition):
     from kernelcert.roe import fa, fa_roe
 
     res = pipeline.run(_fa_config(tmp_path, d=2))
+    assert hashlib.sha256(res.points_path.read_bytes()).hexdigest() == GOLDEN_POINTS_SHA256["fa_d2"]
     shifts = np.array(res.summary["fa"]["shifts"]["3"])
     assert len(shifts) == 2 and res.summary["fa"]["d"] == 2
     x_tr, y_tr, x_te, y_te = synthetic(num_classes=3, n_train=90, n_test=30, dim=5, seed=3, separation=2.5)
@@ -555,3 +674,19 @@ def test_dpa_hash_rule_uses_integer_pixels(tmp_path):
     sizes = np.bincount(dpa_hash_partition(x_raw, 4), minlength=4)
     got = [pipeline.UnitFile(res.run_dir / "units" / f"np00004-p{i:05d}.npz").meta()["n"] for i in range(4)]
     assert got == sizes.tolist()
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(caplog, capsys):
+    """Redirected output (Slurm, nohup): periodic log lines, no carriage returns, nothing nested."""
+    from kernelcert.pipeline.progress import Progress, progress
+
+    with caplog.at_level("INFO", logger="kernelcert.pipeline"):
+        with Progress(3, True, desc="work units", unit="unit", interval=0.0) as bar:
+            for _ in range(3):
+                bar.update()
+        assert list(progress(range(5), True, desc="inner blocks", unit="block", nested=True)) == list(range(5))
+        assert list(progress(range(2), False, desc="disabled", unit="block")) == [0, 1]
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    assert "work units: 3/3 units" in caplog.text
+    assert "inner blocks" not in caplog.text and "disabled" not in caplog.text

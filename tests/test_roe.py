@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kernelcert import roe
+from kernelcert import exact as oracles, roe
 from kernelcert.ensemble import dpa
 from kernelcert.learners import KernelRegression, onehot
 from problems import rbf_gram
@@ -207,7 +207,7 @@ def test_dpa_roe_never_exceeds_exhaustive_black_box_radius(seed, M, K, kind):
     rng = np.random.default_rng(seed)
     s = random_scores(rng, (4, M, K), kind)
     res = roe.dpa_roe(s)
-    exact = roe.brute_force_roe_radius(s)
+    exact = oracles.brute_force_roe_radius(s)
     assert np.all(res.radius <= exact)
     assert np.all(res.radius >= 0)
 
@@ -218,7 +218,7 @@ def test_dpa_roe_tightness_on_fixed_sample():
     for _ in range(60):
         M, K = rng.integers(1, 6), rng.integers(2, 4)
         s = random_scores(rng, (4, M, K), "ties" if rng.random() < 0.5 else "normal")
-        cert, exact = roe.dpa_roe(s).radius, roe.brute_force_roe_radius(s)
+        cert, exact = roe.dpa_roe(s).radius, oracles.brute_force_roe_radius(s)
         assert np.all(cert <= exact)
         tight += int((cert == exact).sum())
         total += len(cert)
@@ -229,7 +229,7 @@ def test_dpa_roe_tightness_on_fixed_sample():
 def test_brute_force_roe_finds_concrete_attack():
     # 5 models all voting 0 and preferring 0: three poisons are needed (R2: E_0(1) = 5 -> 3 flips)
     s = np.tile(np.array([2.0, 1.0, 0.0]), (1, 5, 1))
-    assert roe.brute_force_roe_radius(s)[0] == 2
+    assert oracles.brute_force_roe_radius(s)[0] == 2
     assert roe.dpa_roe(s).radius[0] == 2
 
 
@@ -244,9 +244,39 @@ def test_dpa_star_roe_is_dpa_roe_on_summed_scores(seed, N, V, K):
     np.testing.assert_array_equal(res.radius, ref.radius)
     # a poisoned partition controls the sum of its V models; exhaustive check on the sums
     if N <= 4 and K <= 3:
-        assert np.all(res.radius <= roe.brute_force_roe_radius(s.sum(axis=2)))
+        assert np.all(res.radius <= oracles.brute_force_roe_radius(s.sum(axis=2)))
     with pytest.raises(ValueError, match="4 dimensions"):
         roe.dpa_star_roe(s[:, :, 0])
+
+
+def published_dpa_star_sum(s):
+    """Transcription of the ROE repository's dpa_star_bases.py: a float32 zero tensor to which each
+    version's float32 scores (t, N, K) are added in version order."""
+    total = np.zeros((s.shape[0], s.shape[1], s.shape[3]), np.float32)
+    for version in range(s.shape[2]):
+        scores = s[:, :, version].astype(np.float32)
+        total = (total + scores).astype(np.float32)
+    return total
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dpa_star_float32_summation_is_the_published_rule(seed):
+    rng = np.random.default_rng(seed)
+    # logits quantised to 0.1 (not exact in binary): float32 and float64 sums round differently and
+    # the run-off comparisons then disagree on some points
+    s = np.round(rng.normal(size=(400, 7, 5, 4)) * 10) / 10
+    pub = published_dpa_star_sum(s)
+    res32 = roe.dpa_star_roe(s, summation="float32")
+    ref = roe.dpa_roe(pub)
+    np.testing.assert_array_equal(res32.prediction, ref.prediction)
+    np.testing.assert_array_equal(res32.radius, ref.radius)
+    np.testing.assert_array_equal(roe.dpa_star_roe(s.astype(np.float32), summation="float32").radius, ref.radius)
+    res64 = roe.dpa_star_roe(s)
+    np.testing.assert_array_equal(res64.radius, roe.dpa_roe(s.sum(axis=2)).radius)
+    if seed == 0:  # the two summations really are different rules on such logits
+        assert not np.array_equal(pub.astype(np.float64), s.sum(axis=2))
+    with pytest.raises(ValueError, match="summation"):
+        roe.dpa_star_roe(s, summation="float16")
 
 
 # --------------------------------------------------------------------------- FA and FA+ROE
@@ -272,6 +302,30 @@ def test_fa_and_fa_roe_match_published_algorithms(seed, k, d, K, kind):
     np.testing.assert_array_equal(res.radius, want[:, 1])
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_fa_and_fa_roe_match_published_algorithms_on_skewed_votes(seed):
+    """Realistic ensembles (a strong true class, a few rivals, some ties): here most classes are
+    pruned by the histogram lower bounds and several rounds of exact evaluation run."""
+    rng = np.random.default_rng(seed)
+    K, k, d, t = 7, 6, 4, 30
+    L = k * d
+    shifts = rng.choice(L, size=d, replace=False)
+    y = rng.integers(0, K, t)
+    s = np.round(rng.normal(size=(t, L, K)) * 2) / 2
+    good = rng.random((t, L)) < rng.uniform(0.4, 0.95, (t, 1))
+    s[np.arange(t)[:, None], np.arange(L)[None, :], y[:, None]] += np.where(good, 2.0, 0.0)
+    v = np.argmax(s, axis=2)
+    want = np.array([ref_fa(x, shifts, K) for x in v])
+    res = roe.fa(v, shifts, K, block_size=7)
+    np.testing.assert_array_equal(res.prediction, want[:, 0])
+    np.testing.assert_array_equal(res.radius, want[:, 1])
+    want = np.array([ref_fa_roe(x, shifts) for x in s])
+    res = roe.fa_roe(s, shifts, block_size=7)
+    np.testing.assert_array_equal(res.prediction, want[:, 0])
+    np.testing.assert_array_equal(res.radius, want[:, 1])
+    np.testing.assert_array_equal(roe.fa_roe(s.astype(np.float32), shifts).radius, want[:, 1])
+
+
 @settings(max_examples=60, deadline=None)
 @given(fa_setups)
 def test_fa_and_fa_roe_never_exceed_exhaustive_black_box_radius(setup):
@@ -281,10 +335,10 @@ def test_fa_and_fa_roe_never_exceed_exhaustive_black_box_radius(setup):
     shifts = rng.choice(L, size=d, replace=False)
     s = random_scores(rng, (3, L, K), kind)
     v = np.argmax(s, axis=2)
-    assert np.all(roe.fa(v, shifts, K).radius <= roe.brute_force_fa_radius(v, shifts, K))
+    assert np.all(roe.fa(v, shifts, K).radius <= oracles.brute_force_fa_radius(v, shifts, K))
     res = roe.fa_roe(s, shifts)
     np.testing.assert_array_equal(res.prediction, roe.roe_predict(s))
-    assert np.all(res.radius <= roe.brute_force_roe_radius(s, shifts))
+    assert np.all(res.radius <= oracles.brute_force_roe_radius(s, shifts))
 
 
 @settings(max_examples=40, deadline=None)
@@ -307,7 +361,7 @@ def test_fa_spreading_lowers_each_group_share():
     assert roe.fa(v, [0], 2).radius[0] == 2  # DPA: floor((4 - 0) / 2)
     # one poison turns 2 learners (tie 2:2, class 0 keeps it), two poisons reach at least 3
     assert roe.fa(v, [0, 1], 2).radius[0] == 1
-    assert roe.brute_force_fa_radius(v, [0, 1], 2)[0] == 1
+    assert oracles.brute_force_fa_radius(v, [0, 1], 2)[0] == 1
 
 
 def test_fa_rejects_bad_shifts_and_votes():
@@ -359,7 +413,7 @@ def test_whitebox_roe_sound_by_relabelling_every_label(setup):
         sizes[np.argmax(sizes)] -= 1
     Ws, ys = label_linear_ensemble(rng, M, sizes, K, kind)
     res = roe.whitebox_roe_from_label_linear(Ws, ys, K)
-    exact, pred = roe.brute_force_label_flip_roe_radius(Ws, ys, K)
+    exact, pred = oracles.brute_force_label_flip_roe_radius(Ws, ys, K)
     bb = roe.dpa_roe(ensemble_scores(Ws, ys, K))
     np.testing.assert_array_equal(res.prediction, pred)
     np.testing.assert_array_equal(res.prediction, bb.prediction)
@@ -374,7 +428,7 @@ def test_whitebox_label_linear_with_an_empty_partition():
     Ws = [rng.normal(size=(4, 3)) + 0.3, np.zeros((4, 0)), rng.normal(size=(4, 3)) + 0.3]
     ys = [np.array([0, 0, 1]), np.zeros(0, np.int64), np.array([2, 0, 0])]
     res = roe.whitebox_roe_from_label_linear(Ws, ys, 3)
-    exact, pred = roe.brute_force_label_flip_roe_radius(Ws, ys, 3)
+    exact, pred = oracles.brute_force_label_flip_roe_radius(Ws, ys, 3)
     np.testing.assert_array_equal(res.prediction, pred)
     assert np.all(res.radius <= exact)
 
@@ -410,7 +464,7 @@ def test_whitebox_roe_against_kernel_regression_retraining(seed, K):
         best = np.where(changed, np.minimum(best, flips), best)
     exact = np.minimum(best - 1, n)
     assert np.all(res.radius <= exact)
-    np.testing.assert_array_equal(roe.brute_force_label_flip_roe_radius(Ws, ys, K)[0], exact)
+    np.testing.assert_array_equal(oracles.brute_force_label_flip_roe_radius(Ws, ys, K)[0], exact)
 
 
 @settings(max_examples=30, deadline=None)
@@ -455,7 +509,7 @@ def test_whitebox_roe_sound_against_cost_model_enumeration(seed, M, K, kind, joi
     pc = rng.integers(1, 6, size=(M, K, K)).astype(float)
     pc[rng.random(pc.shape) < 0.1] = np.inf
     wb = roe.whitebox_roe(s[None], vc[None], pc[None], joint=joint)
-    exact = roe.brute_force_cost_model_radius(s[None], vc[None], pc[None])
+    exact = oracles.brute_force_cost_model_radius(s[None], vc[None], pc[None])
     assert wb.radius[0] <= exact[0]
     assert wb.radius[0] >= roe.dpa_roe(s[None]).radius[0]
 
@@ -465,8 +519,8 @@ def test_whitebox_roe_sound_against_cost_model_enumeration(seed, M, K, kind, joi
 def test_cost_model_oracle_with_unit_costs_is_black_box_enumeration(seed, M, K, kind):
     rng = np.random.default_rng(seed)
     s = random_scores(rng, (2, M, K), kind)
-    unit = roe.brute_force_cost_model_radius(s, np.ones((2, M, K)), np.ones((2, M, K, K)))
-    np.testing.assert_array_equal(unit, roe.brute_force_roe_radius(s))
+    unit = oracles.brute_force_cost_model_radius(s, np.ones((2, M, K)), np.ones((2, M, K, K)))
+    np.testing.assert_array_equal(unit, oracles.brute_force_roe_radius(s))
 
 
 def test_whitebox_tightness_on_fixed_sample():
@@ -479,7 +533,7 @@ def test_whitebox_tightness_on_fixed_sample():
         pc = rng.integers(1, 6, size=(2, M, K, K)).astype(float)
         wb.append(roe.whitebox_roe(s, vc, pc).radius)
         bb.append(roe.dpa_roe(s).radius)
-        ex.append(roe.brute_force_cost_model_radius(s, vc, pc))
+        ex.append(oracles.brute_force_cost_model_radius(s, vc, pc))
     wb, bb, ex = map(np.concatenate, (wb, bb, ex))
     assert np.all(bb <= wb) and np.all(wb <= ex)
     print(f"white-box ROE tight on {(wb == ex).sum()}/{len(wb)}, above black box on {(wb > bb).sum()}")
@@ -503,7 +557,7 @@ def test_whitebox_joint_dp_tightens_knockout():
             best = min(best, sum(vc[m, w[m]] for m in range(4) if w[m] != v[m]))
     assert best == 5
     assert joint == 4 and plain == 3  # the single and summed knapsacks only give 4 flips
-    assert joint <= roe.brute_force_cost_model_radius(s[None], vc[None], pc[None])[0]
+    assert joint <= oracles.brute_force_cost_model_radius(s[None], vc[None], pc[None])[0]
 
 
 def test_whitebox_rejects_bad_costs():

@@ -15,7 +15,7 @@ from kernelcert.data import mnist
 from kernelcert.kernels import FullyConnected
 from kernelcert.learners import KernelRegression, KernelSVM
 
-FIELDS = ("prediction", "radius", "cost_lower", "cost_upper", "class_exact", "exact")
+FIELDS = ("prediction", "radius", "radius_exact", "cost_lower", "cost_upper", "class_exact", "exact")
 
 
 def assert_same(W, y, K, **kw):
@@ -108,6 +108,20 @@ def test_tolerances_and_blocks(rtol):
     y = rng.integers(0, 5, 90)
     W = adversarial_rows(rng, 17, 90, 5, y, "favoured")
     assert_same(W, y, 5, rtol=rtol, block_size=4)
+    assert_same(W, y, 5, rtol=rtol, atol=rng.uniform(0, 0.3, 17))  # per-row absolute tolerances
+
+
+def test_near_ties_and_extreme_scales():
+    """Rows decided inside the rounding / tolerance band (resolved exactly afterwards) and rows the
+    range guard rescales: the kernel must flag the same rows as the numpy core."""
+    rng = np.random.default_rng(19)
+    y = rng.integers(0, 4, 40)
+    W = rng.integers(-2, 3, (12, 40)).astype(float)
+    W[:, 0] += 1e-15 * rng.standard_normal(12)  # scores tied up to rounding
+    assert_same(W, y, 4)
+    assert_same(W, y, 4, atol=1e-14)
+    for scale in (2.0 ** 600, 2.0 ** -600):
+        assert_same(rng.standard_normal((5, 40)) * scale, y, 4)
 
 
 def test_mnist_label_weights():

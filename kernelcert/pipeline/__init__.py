@@ -4,7 +4,8 @@ Modules, each one concern (lower ones never import higher ones; see docs/archite
 
 - `methods`: the registry of aggregation methods (`REGISTRY`, `METHODS`);
 - `store`: the run directory, atomic writes, the unit-file encoding, resume checks;
-- `config`: the config schema, validation (`ConfigError`), overrides and the config hash;
+- `schema`: the config sections as dataclasses whose fields carry their checks (`ConfigError`);
+- `config`: validation of a whole config, overrides, the objects it builds and the config hash;
 - `progress`: bars on a terminal, periodic log lines otherwise;
 - `unit`: one work unit (Gram once, fit, stream test blocks, build `Evidence`);
 - `plan`: data, aggregation targets and work units, size and C_max checks, built once;

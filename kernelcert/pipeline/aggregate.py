@@ -15,7 +15,7 @@ import numpy as np
 
 from ..evidence import FIELD_LEVEL
 from .config import ExecutionConfig, RunConfig
-from .methods import METHODS, REGISTRY
+from .methods import REGISTRY
 from .plan import AggregationTarget, RunPlan
 from .progress import progress
 from .store import UnitFile, decode_block, read_stored_block
@@ -115,7 +115,7 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
                 acc[key] = {name: np.empty(t, arr.dtype) for name, arr in d.items()}
             for name, arr in d.items():
                 acc[key][name][sl] = arr
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(REGISTRY)}
     return [MethodResult(cfg.learners[j].name, n_p, method, d["prediction"], d["radius"], d["exact"],
                          d.get("radius_upper"))
             for (j, n_p, method), d in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]]))]

@@ -24,7 +24,7 @@ import logging
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
-logger = logging.getLogger("kernelcert.backends")
+logger = logging.getLogger("kernelcert.pipeline")
 
 
 class Backend(abc.ABC):

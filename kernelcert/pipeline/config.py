@@ -1,13 +1,10 @@
-"""Run configuration: the TOML schema as frozen dataclasses, validation, overrides and the config hash.
+"""Run configuration: validation of a TOML document into a `RunConfig`, overrides and the config hash.
 
-Each section is a frozen dataclass whose fields carry their own check (`_spec`); one generic
-parser (`_parse_section`) validates any table against its dataclass, so each key is spelled once.
-Keys that depend on the dataset, the kernel architecture or the learner type are those the
-loader / kernel class / learner class accepts (its signature), and the built objects validate
-their own values: adding a dataset is a record in `kernelcert.data.LOADERS` (plus its class count
-in `DATASET_CLASSES`), adding an architecture a record in `ARCHITECTURES`, a learner a record in
-`LEARNER_TYPES`. Every problem found is collected into one `ConfigError` that lists each with its
-section and key. Nothing here computes a kernel matrix.
+Sections are parsed by `kernelcert.pipeline.schema`; this module adds what spans sections (the
+methods against the partitions and FA, sizes, device and backend checks), the objects a config
+builds (`make_kernel`, `make_learner`, which also validate their own values), and the hash. Every
+problem found is collected into one `ConfigError` that lists each with its section and key.
+Nothing here computes a kernel matrix.
 
 The config hash (`RunConfig.hash`) covers everything that can change a bit of a result: data,
 kernel, learners, partitions, FA, methods, memory cap, block size, BLAS threads, device platform,
@@ -18,23 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
-import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-import numpy as np
-
-from .._version import __version__
 from .._jax import gpu_devices, resolve_device
+from .._version import __version__
 from ..data import LOADERS
-from ..kernels import Convolutional, FullyConnected
-from ..learners import KernelRegression, KernelSVM
-from ..partition import FA_DEFAULT_SEED
-from .methods import METHODS, REGISTRY
+from .methods import REGISTRY
+from .schema import (ARCHITECTURES, BACKENDS, DATASET_CLASSES, DEFAULT_BUDGETS, LEARNER_TYPES, BadValue, ConfigError,
+                     DataConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
+                     MethodsConfig, PartitionConfig, check_field, ctor_keys, data_keys, parse_section)
 from .store import FORMAT_VERSION
 
 if sys.version_info >= (3, 11):
@@ -42,255 +34,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}  # synthetic: num_classes
-ARCHITECTURES = {"fully_connected": FullyConnected, "convolutional": Convolutional}
-LEARNER_TYPES = {"svm": KernelSVM, "regression": KernelRegression}
-PARTITION_RULES = ("ss_dpa", "dpa_hash", "seeded_hash")
-FA_RULES = ("dpa_hash", "seeded_hash")
-BACKENDS = ("inprocess", "dask-local", "dask")
-DEFAULT_BUDGETS = (0, 1, 2, 5, 10, 20, 50, 100)
 
-
-class ConfigError(ValueError):
-    """A bad run configuration (raised before any heavy work). `problems`: ((section, key, message), ...)."""
-
-    def __init__(self, message: str, problems: tuple = ()):
-        super().__init__(message)
-        self.problems = tuple(problems)
-
-    @classmethod
-    def of(cls, problems) -> "ConfigError":
-        """One error listing every (section, key, message) problem."""
-        problems = tuple(problems)
-        lines = [f"[{sec}]: {msg}" if sec else msg for sec, _, msg in problems]
-        text = (f"config {lines[0]}" if len(lines) == 1
-                else f"config: {len(lines)} problems:\n  " + "\n  ".join(lines))
-        return cls(text, problems)
-
-
-class _Bad(ValueError):
-    """One invalid value (message without the section)."""
-
-
-# --------------------------------------------------------------------------- value checks
-def _int(minimum=None, maximum=None) -> Callable:
-    def check(key, v):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise _Bad(f"{key} must be an integer, got {v!r}")
-        v = int(v)
-        if minimum is not None and v < minimum:
-            raise _Bad(f"{key} must be >= {minimum}, got {v}")
-        if maximum is not None and v > maximum:
-            raise _Bad(f"{key} must be <= {maximum}, got {v}")
-        return v
-    return check
-
-
-def _num(*, positive=False, nonneg=False, below=None) -> Callable:
-    def check(key, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise _Bad(f"{key} must be a number, got {v!r}")
-        v = float(v)
-        if not math.isfinite(v):
-            raise _Bad(f"{key} must be finite, got {v}")
-        if positive and not v > 0:
-            raise _Bad(f"{key} must be > 0, got {v}")
-        if nonneg and v < 0:
-            raise _Bad(f"{key} must be >= 0, got {v}")
-        if below is not None and v >= below:
-            raise _Bad(f"{key} must be < {below}, got {v}")
-        return v
-    return check
-
-
-def _bool(key, v):
-    if not isinstance(v, bool):
-        raise _Bad(f"{key} must be true or false, got {v!r}")
-    return v
-
-
-def _choice(*choices) -> Callable:
-    def check(key, v):
-        if v not in choices:
-            raise _Bad(f"{key} must be one of {', '.join(map(repr, choices))}, got {v!r}")
-        return v
-    return check
-
-
-def _str(forbid: str = "") -> Callable:
-    def check(key, v):
-        if not isinstance(v, str) or not v or any(ch in v for ch in forbid):
-            extra = f" without {' '.join(map(repr, forbid))}" if forbid else ""
-            raise _Bad(f"{key} must be a non-empty string{extra}, got {v!r}")
-        return v
-    return check
-
-
-def _ints(minimum=None, *, unique=True, sort=False, length=None) -> Callable:
-    one = _int(minimum)
-
-    def check(key, v):
-        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and length is None:
-            v = [v]
-        if not isinstance(v, (list, tuple)) or len(v) == 0:
-            raise _Bad(f"{key} must be a non-empty list of integers, got {v!r}")
-        out = tuple(one(f"{key} entries", x) for x in v)
-        if unique and len(set(out)) != len(out):
-            raise _Bad(f"{key} has duplicate entries: {list(out)}")
-        if length is not None and len(out) != length:
-            raise _Bad(f"{key} must be {length} integers, got {list(out)}")
-        return tuple(sorted(out)) if sort else out
-    return check
-
-
-def _spec(default, check: Callable, **kw):
-    """A dataclass field with its value check (read by `_parse_section`)."""
-    return field(default=default, metadata={"check": check}, **kw)
-
-
-_REQUIRED = dataclasses.MISSING
-
-
-# --------------------------------------------------------------------------- sections
-@dataclass(frozen=True)
-class DataConfig:
-    """[data]: which dataset and how to subsample it (`kernelcert.data.load_dataset`).
-
-    Keys beyond the shared ones are those the dataset's loader accepts (e.g. synthetic:
-    num_classes, dim, separation; digits: test_fraction; the image datasets: path).
-    """
-
-    dataset: str = _spec(_REQUIRED, _choice(*LOADERS))
-    classes: tuple[int, ...] | None = _spec(None, _ints(0))
-    n_train: int | None = _spec(None, _int(1))
-    n_test: int | None = _spec(None, _int(1))
-    seed: int = _spec(0, _int(0))
-    normalize: bool = _spec(False, _bool)
-    scale: bool = _spec(True, _bool)
-    path: str | None = _spec(None, _str())
-    num_classes: int | None = _spec(None, _int(2))
-    dim: int | None = _spec(None, _int(1))
-    separation: float | None = _spec(None, _num(nonneg=True))
-    test_fraction: float | None = _spec(None, _num(positive=True, below=1))
-
-
-_DATA_SHARED = ("dataset", "classes", "n_train", "n_test", "seed", "normalize", "scale")
-
-
-@dataclass(frozen=True)
-class KernelConfig:
-    """[kernel]: the infinite-width architecture whose NTK (or NNGP) the learners use. Keys beyond
-    architecture / kind / dtype are the architecture class's constructor arguments."""
-
-    architecture: str = _spec("fully_connected", _choice(*ARCHITECTURES))
-    depth: int = _spec(2, _int(0))
-    W_std: float = _spec(1.0, _num(positive=True))
-    b_std: float = _spec(0.0, _num(nonneg=True))
-    activation: str = _spec("relu", _choice("relu", "erf"))
-    kind: str = _spec("ntk", _choice("ntk", "nngp"))
-    filter_shape: tuple[int, int] = _spec((3, 3), _ints(1, unique=False, length=2))
-    readout: str = _spec("flatten", _choice("flatten", "gap"))
-    dtype: str = _spec("float64", _choice("float64", "float32"))  # kernel precision (certificates: float64)
-
-
-@dataclass(frozen=True)
-class LearnerConfig:
-    """One [[learners]] entry: its type (`LEARNER_TYPES`), a name, and the type's constructor arguments."""
-
-    type: str = _spec(_REQUIRED, _choice(*LEARNER_TYPES))
-    name: str = _spec(_REQUIRED, _str("/,\n\""))
-    C: float | None = _spec(None, _num(positive=True))
-    ridge: float = _spec(0.0, _num(nonneg=True))
-    train_time: float | None = _spec(None, _num(positive=True))
-    learning_rate: float = _spec(1.0, _num(positive=True))
-
-
-@dataclass(frozen=True)
-class PartitionConfig:
-    """[partition]: feature-only rule and the numbers of partitions N_p (1 = the single model)."""
-
-    rule: str = _spec("ss_dpa", _choice(*PARTITION_RULES))
-    num_partitions: tuple[int, ...] = _spec((1, 10, 50), _ints(1, sort=True))
-    seed: int = _spec(0, _int(0))  # seeded_hash only
-
-
-@dataclass(frozen=True)
-class FAConfig:
-    """[fa]: Finite Aggregation, k*d learners on spread sets for each k (default: the N_p > 1)."""
-
-    d: int = _spec(_REQUIRED, _int(1))
-    k: tuple[int, ...] = _spec((), _ints(1, sort=True))
-    rule: str = _spec("seeded_hash", _choice(*FA_RULES))
-    seed: int = _spec(FA_DEFAULT_SEED, _int(0))  # seed of the shifts (Python random, as the FA code)
-    hash_seed: int = _spec(0, _int(0))  # key of seeded_hash group ids
-
-
-@dataclass(frozen=True)
-class OutputConfig:
-    """[output]: where the run directory goes, budgets for the certified-accuracy table, plots on/off."""
-
-    dir: str = _spec("runs", _str())
-    name: str = _spec("run", _str("/\\"))
-    budgets: tuple[int, ...] = _spec(DEFAULT_BUDGETS, _ints(0, sort=True))
-    plots: bool = _spec(True, _bool)
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    """[execution]: backend, workers, scheduler, memory cap for kernel blocks, test block size, BLAS
-    threads (hashed: a fixed count makes every backend bit-identical), progress, device."""
-
-    backend: str = _spec("inprocess", _choice(*BACKENDS))
-    workers: int = _spec(2, _int(1))
-    scheduler: str | None = _spec(None, _str())
-    memory_cap_mb: int = _spec(1024, _int(16))
-    block_size: int | None = _spec(None, _int(1))
-    blas_threads: int = _spec(1, _int(1))
-    progress: bool = _spec(True, _bool)
-    device: str = _spec("auto", _choice("auto", "cpu", "gpu"))  # "auto": a GPU if JAX sees one
-
-
-def _parse_section(cls, where: str, table, problems: list, *, allowed=None, defaults=None):
-    """Validate `table` against dataclass `cls` (only `allowed` keys); the instance, or None with
-    the problems appended to `problems`."""
-    if not isinstance(table, dict):
-        problems.append((where, None, f"must be a table, got {type(table).__name__}"))
+def _set_fields(section) -> dict | None:
+    """JSON form of a section dataclass without its None-valued (unset) fields; None for no section."""
+    if section is None:
         return None
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    allowed = set(fields) if allowed is None else set(allowed)
-    n0 = len(problems)
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        problems.append((where, unknown[0], f"unknown key(s) {', '.join(map(repr, unknown))}; "
-                                            f"allowed: {', '.join(sorted(allowed))}"))
-    kw: dict[str, Any] = dict(defaults or {})
-    for key, f in fields.items():
-        if key in table and key in allowed:
-            try:
-                kw[key] = f.metadata["check"](key, table[key])
-            except _Bad as exc:
-                problems.append((where, key, str(exc)))
-        elif key not in kw and f.default is _REQUIRED:
-            problems.append((where, key, f"missing required key {key!r}"))
-    return cls(**kw) if len(problems) == n0 else None
-
-
-def _ctor_keys(cls, config_cls) -> set:
-    """The constructor arguments of `cls` that are fields of `config_cls`."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    return set(inspect.signature(cls).parameters) & names
-
-
-def _data_keys(dataset: str) -> set:
-    loader_args = set(inspect.signature(LOADERS[dataset]).parameters)
-    return set(_DATA_SHARED) | (loader_args & {f.name for f in dataclasses.fields(DataConfig)})
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(section))).items() if v is not None}
 
 
 # --------------------------------------------------------------------------- object factories
 def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
     """The `kernelcert.kernels` object described by a KernelConfig."""
     cls = ARCHITECTURES[kc.architecture]
-    kw = {k: getattr(kc, k) for k in _ctor_keys(cls, KernelConfig)}
+    kw = {k: getattr(kc, k) for k in ctor_keys(cls, KernelConfig)}
     if max_block_bytes is not None:
         kw["max_block_bytes"] = int(max_block_bytes)
     return cls(**kw)
@@ -299,7 +55,7 @@ def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
 def make_learner(lc: LearnerConfig):
     """A fresh, unfitted learner for a LearnerConfig."""
     cls = LEARNER_TYPES[lc.type]
-    return cls(**{k: getattr(lc, k) for k in _ctor_keys(cls, LearnerConfig)})
+    return cls(**{k: getattr(lc, k) for k in ctor_keys(cls, LearnerConfig)})
 
 
 def num_classes_of(data: DataConfig) -> int:
@@ -330,11 +86,14 @@ class RunConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def hash_payload(self) -> dict:
-        """The fields that can change results (see the module docstring)."""
-        d = self.to_dict()
+        """The fields that can change results (see the module docstring). Unset (None) fields are left
+        out, so adding an option that defaults to None to a section (a new dataset, kernel or learner
+        option) leaves the hash of every existing config unchanged; every other value, defaults
+        included, is hashed (a changed default changes the hash)."""
         ex = self.execution
-        return {"format": FORMAT_VERSION, "version": __version__, "data": d["data"], "kernel": d["kernel"],
-                "learners": d["learners"], "partition": d["partition"], "fa": d["fa"], "methods": d["methods"],
+        return {"format": FORMAT_VERSION, "version": __version__, "data": _set_fields(self.data),
+                "kernel": _set_fields(self.kernel), "learners": [_set_fields(lc) for lc in self.learners],
+                "partition": _set_fields(self.partition), "fa": _set_fields(self.fa), "methods": list(self.methods),
                 "numerics": {"memory_cap_mb": ex.memory_cap_mb, "block_size": ex.block_size,
                              "blas_threads": ex.blas_threads,
                              "device": "cpu" if resolve_device(ex.device).platform == "cpu" else "gpu"}}
@@ -374,9 +133,9 @@ def _parse_learners(items, problems: list) -> tuple[LearnerConfig, ...]:
             problems.append((where, "type", "each [[learners]] entry needs type = \"svm\" or \"regression\"" if typ is None
                              else f"type must be one of {', '.join(map(repr, LEARNER_TYPES))}, got {typ!r}"))
             continue
-        allowed = {"type", "name"} | _ctor_keys(LEARNER_TYPES[typ], LearnerConfig)
+        allowed = {"type", "name"} | ctor_keys(LEARNER_TYPES[typ], LearnerConfig)
         defaults = {"name": _default_learner_name(t)} if "name" not in t else None
-        lc = _parse_section(LearnerConfig, where, t, problems, allowed=allowed, defaults=defaults)
+        lc = parse_section(LearnerConfig, where, t, problems, allowed=allowed, defaults=defaults)
         if lc is not None:
             try:
                 make_learner(lc)  # the learner's own validation
@@ -391,32 +150,24 @@ def _parse_learners(items, problems: list) -> tuple[LearnerConfig, ...]:
 
 
 def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
-    _parse_section(_MethodsTable, "methods", t, problems)
-    v = t.get("aggregations") if isinstance(t, dict) else None
-    if v is None:
-        has_single = partition is not None and 1 in partition.num_partitions
-        return tuple(m for m in METHODS if (REGISTRY[m].target != "fa" or fa is not None)
-                     and (not REGISTRY[m].single_model or has_single))
-    if not isinstance(v, list) or not v or not all(isinstance(m, str) for m in v):
-        problems.append(("methods", "aggregations", f"aggregations must be a non-empty list of method names, got {v!r}"))
+    section = parse_section(MethodsConfig, "methods", t, problems)
+    if section is None:
         return ()
+    if section.aggregations is None:
+        has_single = partition is not None and 1 in partition.num_partitions
+        return tuple(m for m in REGISTRY if (REGISTRY[m].target != "fa" or fa is not None)
+                     and (not REGISTRY[m].single_model or has_single))
+    v = section.aggregations
     unknown = [m for m in v if m not in REGISTRY]
     if unknown:
-        problems.append(("methods", "aggregations", f"unknown aggregation(s) {unknown}; known: {', '.join(METHODS)}"))
-    if len(set(v)) != len(v):
-        problems.append(("methods", "aggregations", f"duplicate aggregations in {v}"))
+        problems.append(("methods", "aggregations", f"unknown aggregation(s) {unknown}; known: {', '.join(REGISTRY)}"))
     for m in (m for m in v if m in REGISTRY):
         if REGISTRY[m].target == "fa" and fa is None:
             problems.append(("methods", "aggregations", f"{m!r} needs an [fa] section (d = number of shifts)"))
         if REGISTRY[m].single_model and partition is not None and 1 not in partition.num_partitions:
             problems.append(("methods", "aggregations",
                              f"{m!r} (the un-partitioned model) needs 1 in partition.num_partitions"))
-    return tuple(m for m in METHODS if m in v)
-
-
-@dataclass(frozen=True)
-class _MethodsTable:
-    aggregations: Any = _spec(None, lambda key, v: v)
+    return tuple(m for m in REGISTRY if m in v)  # registry order
 
 
 def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
@@ -440,34 +191,34 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
         p.append(("data", "dataset", f"unknown dataset {ds!r}; known datasets: {', '.join(LOADERS)}"))
         data = None
     elif "data" in d:
-        data = _parse_section(DataConfig, "data", data_t, p, allowed=_data_keys(ds) if ds else None)
+        data = parse_section(DataConfig, "data", data_t, p, allowed=data_keys(ds) if ds else None)
     else:
         data = None
     kern_t = d.get("kernel", {})
     arch = kern_t.get("architecture", "fully_connected") if isinstance(kern_t, dict) else None
     arch = arch if isinstance(arch, str) else None
-    allowed = ({"architecture", "kind", "dtype"} | _ctor_keys(ARCHITECTURES[arch], KernelConfig)
+    allowed = ({"architecture", "kind", "dtype"} | ctor_keys(ARCHITECTURES[arch], KernelConfig)
                if arch in ARCHITECTURES else None)
-    kernel = _parse_section(KernelConfig, "kernel", kern_t, p, allowed=allowed)
+    kernel = parse_section(KernelConfig, "kernel", kern_t, p, allowed=allowed)
     if kernel is not None:
         try:
             make_kernel(kernel)  # the kernel's own validation (cheap, no computation)
         except (TypeError, ValueError) as exc:
             p.append(("kernel", None, str(exc)))
     learners = _parse_learners(d["learners"], p) if "learners" in d else ()
-    partition = _parse_section(PartitionConfig, "partition", d.get("partition", {}), p)
+    partition = parse_section(PartitionConfig, "partition", d.get("partition", {}), p)
     fa = None
     if "fa" in d:
         k_default = tuple(n for n in partition.num_partitions if n > 1) if partition else ()
-        fa = _parse_section(FAConfig, "fa", d["fa"], p, defaults={"k": k_default})
+        fa = parse_section(FAConfig, "fa", d["fa"], p, defaults={"k": k_default})
         if fa is not None and not fa.k:
             p.append(("fa", "k", "no k given and partition.num_partitions has no N_p > 1; set k = [...]"))
     methods = _parse_methods(d.get("methods", {}), partition, fa if "fa" in d else None, p)
     out_t = d.get("output", {})
     if name is not None and isinstance(out_t, dict) and "name" not in out_t:
         out_t = {**out_t, "name": name}
-    output = _parse_section(OutputConfig, "output", out_t, p)
-    execution = _parse_section(ExecutionConfig, "execution", d.get("execution", {}), p)
+    output = parse_section(OutputConfig, "output", out_t, p)
+    execution = parse_section(ExecutionConfig, "execution", d.get("execution", {}), p)
     if execution is not None:
         if execution.device == "gpu" and not gpu_devices():
             p.append(("execution", "device", "device = 'gpu' but JAX sees no GPU here; use 'auto' or 'cpu'"))
@@ -544,11 +295,11 @@ def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, 
         if scheduler is not None:
             ex = dataclasses.replace(ex, scheduler=str(scheduler), backend="dask")
         if workers is not None:
-            ex = dataclasses.replace(ex, workers=_int(1)("workers", workers),
+            ex = dataclasses.replace(ex, workers=check_field(ExecutionConfig, "workers", workers),
                                      backend=ex.backend if scheduler is not None else "dask-local")
         if backend is not None:
-            ex = dataclasses.replace(ex, backend=_choice(*BACKENDS)("backend", backend))
-    except _Bad as exc:
+            ex = dataclasses.replace(ex, backend=check_field(ExecutionConfig, "backend", backend))
+    except BadValue as exc:
         raise ConfigError.of([("execution", None, str(exc))]) from None
     if progress is not None:
         ex = dataclasses.replace(ex, progress=bool(progress))

@@ -79,11 +79,11 @@ def _from(res, t: int) -> MethodOutput:
 
 def _single(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
     # the one model's ScaLabelCert radius, exact (docs/math.md §3)
-    return MethodOutput(ev.votes[:, 0].copy(), ev.radius[:, 0], np.ones(len(ev.votes), bool))
+    return MethodOutput(ev.votes[:, 0].copy(), ev.radius[:, 0], np.ones(ev.num_points, bool))
 
 
 def _dpa(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    return _from(dpa(ev.votes, num_classes), len(ev.votes))
+    return _from(dpa(ev.votes, num_classes), ev.num_points)
 
 
 def _ensemblecert(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
@@ -93,20 +93,20 @@ def _ensemblecert(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
 
 
 def _dpa_roe(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    return _from(dpa_roe(ev.scores), len(ev.votes))
+    return _from(dpa_roe(ev.scores), ev.num_points)
 
 
 def _whitebox_roe(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
     vote_costs, pair_costs = ev.roe_costs()
-    return _from(whitebox_roe(ev.scores, vote_costs, pair_costs), len(ev.votes))
+    return _from(whitebox_roe(ev.scores, vote_costs, pair_costs), ev.num_points)
 
 
 def _fa(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    return _from(fa(ev.votes, shifts, num_classes), len(ev.votes))
+    return _from(fa(ev.votes, shifts, num_classes), ev.num_points)
 
 
 def _fa_roe(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    return _from(fa_roe(ev.scores, shifts), len(ev.votes))
+    return _from(fa_roe(ev.scores, shifts), ev.num_points)
 
 
 _ALL = (

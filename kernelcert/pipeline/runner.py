@@ -31,7 +31,8 @@ from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
-from .store import UnitFile, atomic_save_npz, atomic_write_text, prepare_run_dir, unit_done, unit_path
+from .store import (UnitFile, atomic_save_npz, atomic_write_text, older_format_runs, prepare_run_dir, unit_done,
+                    unit_path)
 from .summary import build_summary, write_points, write_summary
 from .unit import SharedInputs, UnitTask, compute_unit
 
@@ -101,6 +102,12 @@ def run(config, *, backend=None) -> RunResult:
     cfg_hash = cfg.hash()
     run_dir = run_directory(cfg)
     created = not run_dir.exists()
+    if created:
+        old = older_format_runs(cfg.output.dir, cfg.output.name)
+        if old:
+            logger.warning("%d run director%s of an older kernelcert format (e.g. %s) %s not reused; this run "
+                           "computes its results in %s", len(old), "y" if len(old) == 1 else "ies", old[-1],
+                           "is" if len(old) == 1 else "are", run_dir)
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()})
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])

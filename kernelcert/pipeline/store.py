@@ -30,7 +30,9 @@ from ..evidence import FIELD_LEVEL, LEVELS, Evidence
 
 logger = logging.getLogger("kernelcert.pipeline")
 
-FORMAT_VERSION = 1
+# Run-directory format. 1: the first release; 2: the config hash leaves out unset (None) fields.
+# A directory of another format is never reused (its units are not mixed into a run of this one).
+FORMAT_VERSION = 2
 COST_INF = np.iinfo(np.uint32).max  # stored "no attack" in uint32 cost arrays
 
 # evidence field -> (stored name, stored dtype or None for the pair dtype)
@@ -250,6 +252,11 @@ def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict) ->
     except OSError as exc:
         raise RunDirError(f"config [output]: output directory {str(out)!r} is not writable ({exc})") from None
     hash_file = run_dir / "config.hash"
+    old_format = (read_json(run_dir / "config.json", {}).get("hash_payload") or {}).get("format")
+    if old_format is not None and old_format != FORMAT_VERSION:
+        raise RunDirError(f"{run_dir} was written by run-directory format {old_format}; this kernelcert writes "
+                          f"format {FORMAT_VERSION} and does not reuse it. Delete it or choose another "
+                          "[output] dir / name")
     if hash_file.exists():
         old = hash_file.read_text().strip()
         if old != cfg_hash:
@@ -261,6 +268,12 @@ def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict) ->
     atomic_write_text(run_dir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
     atomic_write_text(hash_file, cfg_hash + "\n")
     return run_dir
+
+
+def older_format_runs(out_dir, name: str) -> list[Path]:
+    """Run directories `<out_dir>/<name>-*` written by an older run-directory format (not reused)."""
+    return sorted(p.parent for p in Path(out_dir).glob(f"{name}-*/config.json")
+                  if (read_json(p, {}).get("hash_payload") or {}).get("format", FORMAT_VERSION) < FORMAT_VERSION)
 
 
 def unit_path(run_dir: Path, key: str) -> Path:
@@ -276,4 +289,4 @@ def read_json(path, default=None):
 __all__ = ["FORMAT_VERSION", "COST_INF", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
            "to_counts", "counts_to_float", "unit_key", "unit_path", "evidence_fields", "allocate_unit",
            "put_evidence", "UnitFile", "read_stored_block", "decode_block", "unit_done", "prepare_run_dir",
-           "read_json"]
+           "older_format_runs", "read_json"]

@@ -21,7 +21,7 @@ from .store import UnitFile, atomic_write_text
 from .unit import peak_rss_mb
 
 MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
-                   "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §1)"}
+                   "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §7.0.2)"}
 
 
 def method_summary(r: MethodResult, y_test: np.ndarray, budgets) -> dict:

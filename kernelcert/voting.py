@@ -1,0 +1,326 @@
+"""Shared pieces of every aggregation certificate (docs/math.md §4-§5): votes, results, knapsack.
+
+Used by `kernelcert.ensemble` (DPA, EnsembleCert) and `kernelcert.roe` (run-off election, FA);
+imports nothing from kernelcert but `_validation`.
+
+- `NO_ATTACK`: THE "no attack" convention of the aggregation layer. A radius equal to it means no
+  relabelling at all changes the prediction; internally an attack size >= NO_ATTACK means "this
+  kind of attack is impossible" (`radius_from_attack`, `radius_from_cost`).
+- `AggregateResult`: the one result type of every aggregation certificate.
+- `check_votes`, `vote_counts`, `plurality` (ties to the smaller class index), `row_blocks`.
+- `min_cost_gain12`: the multiple-choice knapsack with gains {0, 1, 2} (EnsembleCert and the
+  white-box run-off election), solved exactly by a sort-based method; `knapsack_dp`, the general
+  dynamic programme (any positive integer gains), serves as its oracle and for the other gains.
+- `overtake_gains`: the per-partition options of "class c overtakes class a in the plurality".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import check_int
+
+__all__ = [
+    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "plurality", "row_blocks",
+    "radius_from_attack", "radius_from_cost", "min_cost_gain12", "knapsack_dp", "overtake_gains",
+]
+
+NO_ATTACK = np.iinfo(np.int64).max // 4  # radius when no attack exists at all (unbounded)
+BLOCK_BYTES = 32 * 2**20  # working memory per block of test points
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """Aggregated certificate over t test points.
+
+    prediction (t,) int64 ensemble prediction; radius (t,) int64 certified radius: a sound lower
+    bound, exact where `exact` says so. Optional (None when the method does not provide them):
+    radius_upper (t,) int64 an upper bound backed by an attack (or by upper-bound costs);
+    exact (t,) bool, True where radius == the true radius is proven (e.g. radius == radius_upper);
+    plan (t, N_p) int64 target class per partition of a cheapest attack (-1 = untouched);
+    target (t,) int64 the class that attack makes beat the prediction (-1 = no attack).
+    NO_ATTACK in a radius: no relabelling at all changes the prediction.
+    """
+
+    prediction: np.ndarray
+    radius: np.ndarray
+    plan: np.ndarray | None = None
+    target: np.ndarray | None = None
+    radius_upper: np.ndarray | None = None
+    exact: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- votes
+def check_num_classes(num_classes) -> int:
+    return check_int("num_classes", num_classes, minimum=2)
+
+
+def check_votes(votes, num_classes) -> np.ndarray:
+    """votes (t, N_p) integer class indices in 0..K-1 -> int64; ValueError naming the problem."""
+    v = np.asarray(votes)
+    if v.ndim != 2:
+        raise ValueError(f"votes must have shape (t, N_p), got {v.shape}")
+    if v.shape[1] == 0:
+        raise ValueError("votes must contain at least one base model (N_p >= 1)")
+    if v.dtype == bool or not np.issubdtype(v.dtype, np.integer):
+        raise ValueError(f"votes must be integer class indices, got dtype {v.dtype}")
+    K = check_num_classes(num_classes)
+    if v.size and (v.min() < 0 or v.max() >= K):
+        raise ValueError(f"votes must be in 0..{K - 1}, found values in {v.min()}..{v.max()}")
+    return v.astype(np.int64, copy=False)
+
+
+def vote_counts(votes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts (t, K) int64 of each class among the N_p votes (t, N_p) of each test point."""
+    v = np.asarray(votes)
+    t, N = v.shape
+    if N <= 2 * num_classes:  # few models: one comparison per class
+        out = np.empty((t, num_classes), np.int64)
+        for c in range(num_classes):
+            out[:, c] = np.count_nonzero(v == c, axis=1)
+        return out
+    flat = v.astype(np.int64, copy=False) + num_classes * np.arange(t, dtype=np.int64)[:, None]
+    return np.bincount(flat.ravel(), minlength=t * num_classes).reshape(t, num_classes)
+
+
+def plurality(counts: np.ndarray) -> np.ndarray:
+    """Plurality winner (t,) of vote counts (t, K); ties go to the smaller class index."""
+    return np.argmax(counts, axis=1)  # argmax returns the first maximum
+
+
+def row_blocks(t: int, row_bytes: int, block_size: int | None = None):
+    """Slices over t test points; by default each block's working set (row_bytes per point) stays
+    near 32 MiB. block_size overrides the number of points per block."""
+    if block_size is None:
+        block_size = max(1, BLOCK_BYTES // max(1, int(row_bytes)))
+    block_size = check_int("block_size", block_size, minimum=1)
+    for start in range(0, t, block_size):
+        yield slice(start, min(start + block_size, t))
+
+
+def radius_from_attack(att) -> np.ndarray:
+    """Integer attack sizes (>= NO_ATTACK = impossible) -> radius = attack - 1, or NO_ATTACK."""
+    att = np.asarray(att)
+    return np.where(att >= NO_ATTACK, NO_ATTACK, att - 1).astype(np.int64)
+
+
+def radius_from_cost(cost, max_radius=None) -> np.ndarray:
+    """Attack costs (float, integer-valued below 2**53, inf = none) -> radius int64 = cost - 1, or
+    NO_ATTACK; capped at max_radius if given."""
+    cost = np.asarray(cost)
+    fin = np.isfinite(cost)
+    radius = np.full(cost.shape, NO_ATTACK, np.int64)
+    radius[fin] = cost[fin].astype(np.int64) - 1
+    if max_radius is not None:
+        radius = np.minimum(radius, check_int("max_radius", max_radius, minimum=0))
+    return radius
+
+
+# --------------------------------------------------------------------------- knapsack
+def overtake_gains(votes, cost_to_c, c: int, votes_a, cheapest_change_a):
+    """Per-partition options of "class c overtakes class a" (docs/math.md §4) for one class c.
+
+    votes (B, N) base votes; cost_to_c (B, N) flips that make each model vote c; votes_a (B, N)
+    bool, the model votes a; cheapest_change_a (B, N) the cheapest vote change of such a model.
+    A model voting a gains 2 (moves to c) or 1 (moves anywhere else, cheapest); any other model
+    not voting c gains 1 by moving to c. Returns (gain1, gain2) (B, N) float64 (inf = no option).
+    """
+    gain1 = np.where(votes_a, cheapest_change_a, np.where(votes == c, np.inf, cost_to_c))
+    gain2 = np.where(votes_a, cost_to_c, np.inf)
+    return gain1, gain2
+
+
+def knapsack_dp(options, need, keep_choices: bool = False):
+    """Dynamic programme for the multiple-choice knapsack with any positive integer gains.
+
+    options: list of (gain >= 1, cost (B, N)) with non-negative costs (inf = not available); each
+    of the N partitions takes at most one option (or none: gain 0, cost 0). Minimises total cost
+    subject to total gain >= need (B,). f[g] = min cost of total gain >= g over the partitions seen
+    so far (g = 0..max(need); overshoot is absorbed); O(N * len(options) * max(need)) per row.
+    Returns (cost (B,) float64, inf = infeasible; choice (B, N) int8, the gain taken by each
+    partition in an optimal solution (0 = untouched), or None).
+    """
+    need = np.asarray(need, dtype=np.int64)
+    costs = [(int(g), np.asarray(c, dtype=np.float64)) for g, c in options]
+    B, N = costs[0][1].shape
+    G = int(need.max()) if B else 0
+    if G <= 0:
+        return np.zeros(B), (np.zeros((B, N), np.int8) if keep_choices else None)
+    f = np.full((B, G + 1), np.inf)
+    f[:, 0] = 0.0
+    tables = np.empty((N, B, G + 1), np.int8) if keep_choices else None
+    shifted = np.empty_like(f)
+    for i in range(N):
+        new = f.copy()
+        pick = np.zeros((B, G + 1), np.int8) if keep_choices else None
+        for gain, cost in costs:
+            # f[max(g - gain, 0)] as a shifted view: the first `gain` slots come from f[0] = 0
+            k = min(gain, G + 1)
+            shifted[:, :k] = 0.0
+            shifted[:, k:] = f[:, :G + 1 - k]
+            shifted += cost[:, i:i + 1]
+            if keep_choices:
+                better = shifted < new
+                pick[better] = gain
+            np.minimum(new, shifted, out=new)
+        if keep_choices:
+            tables[i] = pick
+        f = new
+    cost = np.where(need <= 0, 0.0, f[np.arange(B), np.clip(need, 0, G)])
+    if not keep_choices:
+        return cost, None
+    choice = np.zeros((B, N), np.int8)
+    g = np.clip(need, 0, G)
+    rows = np.arange(B)
+    for i in range(N - 1, -1, -1):
+        ch = tables[i][rows, g]
+        choice[:, i] = ch
+        g = np.maximum(g - ch, 0)
+    choice[~np.isfinite(cost)] = 0
+    return cost, choice
+
+
+def _knapsack_sorted(gain1, gain2, need, keep_choices: bool = False):
+    """Exact sort-based solver of the gains-{1, 2} knapsack, O(N log N) per row, vectorised over rows.
+
+    With a_i = gain1 and b_i = gain2 (>= 0, inf allowed), call a partition *concave* if
+    b_i < 2 a_i and *convex* otherwise.
+    - An optimal solution takes at most one concave partition at gain 1: two of them (cost
+      a_i + a_j) can be replaced by the one with the smaller b at gain 2 at strictly lower cost,
+      since min(b_i, b_j) <= (b_i + b_j) / 2 < a_i + a_j.
+    - A convex partition is two independent unit items of costs a_i and b_i - a_i >= a_i, so the
+      cheapest m units of all convex partitions are a sorted prefix (the second unit of a
+      partition never comes before its first), F(m) = prefix sum.
+    - With k concave partitions at gain 2 and none at gain 1 the cheapest are the k smallest b;
+      with one more at gain 1 (j), cost = sum of the k smallest b among the others + a_j, i.e.
+      min(P(k+1) + min_{pos <= k} (a - b), P(k) + min_{pos > k} a) in b-sorted order.
+    Enumerating k and e in {0, 1} with m = max(need - 2k - e, 0) convex units is exhaustive.
+    Returns (cost (B,), choice (B, N) int8 in {0, 1, 2} or None), like `knapsack_dp`.
+    """
+    a = np.asarray(gain1, dtype=np.float64)
+    b = np.asarray(gain2, dtype=np.float64)
+    need = np.asarray(need, dtype=np.int64)
+    B, N = a.shape
+    inf = np.inf
+    conc = b < 2 * a
+    # ---- concave partitions, sorted by b
+    bc = np.where(conc, b, inf)
+    if keep_choices:
+        corder = np.argsort(bc, axis=1, kind="stable")
+        bs = np.take_along_axis(bc, corder, axis=1)
+    else:
+        corder = None
+        bs = np.sort(bc, axis=1)
+    nconc = conc.sum(axis=1)
+    P = np.zeros((B, N + 1))
+    np.cumsum(bs, axis=1, out=P[:, 1:])  # P[k] = sum of the k smallest concave b (inf if k > nconc)
+    if nconc.any():
+        if corder is None:
+            corder = np.argsort(bc, axis=1, kind="stable")
+        a_s = np.take_along_axis(np.where(conc, a, inf), corder, axis=1)
+        with np.errstate(invalid="ignore"):
+            d_s = np.where(np.isfinite(bs), a_s - bs, inf)  # a - b at concave positions, inf elsewhere
+        pm = np.full((B, N + 1), inf)
+        np.minimum.accumulate(d_s, axis=1, out=pm[:, 1:])  # pm[j] = min over positions < j
+        sm = np.full((B, N + 1), inf)
+        sm[:, :N] = np.minimum.accumulate(a_s[:, ::-1], axis=1)[:, ::-1]  # sm[j] = min over positions >= j
+        c1_in = np.full((B, N + 1), inf)
+        c1_in[:, :N] = P[:, 1:] + pm[:, 1:]  # j among the first k+1
+        c1_out = np.full((B, N + 1), inf)
+        c1_out[:, :N] = P[:, :N] + sm[:, 1:]  # j beyond the first k+1 (or the (k+1)-th)
+        cost_e1 = np.minimum(c1_in, c1_out)
+        ks = np.arange(N + 1)
+        cost_e1 = np.where(ks[None, :] < nconc[:, None], cost_e1, inf)
+    else:
+        cost_e1 = np.full((B, N + 1), inf)
+    # ---- convex partitions as unit items
+    conv = ~conc
+    u1 = np.where(conv, a, inf)
+    with np.errstate(invalid="ignore"):
+        u2 = np.where(conv & np.isfinite(b), b - a, inf)
+    units = np.concatenate([u1, u2], axis=1)
+    if keep_choices:
+        uorder = np.argsort(units, axis=1, kind="stable")  # stable: a partition's first unit comes first
+        us = np.take_along_axis(units, uorder, axis=1)
+    else:
+        uorder = None
+        us = np.sort(units, axis=1)
+    F = np.zeros((B, 2 * N + 2))
+    np.cumsum(us, axis=1, out=F[:, 1:2 * N + 1])
+    F[:, -1] = inf  # m > 2N: impossible
+    ks = np.arange(N + 1)[None, :]
+    total = np.empty((B, 2, N + 1))
+    for e, ce in ((0, P), (1, cost_e1)):
+        m = np.clip(need[:, None] - 2 * ks - e, 0, 2 * N + 1)
+        total[:, e] = ce + np.take_along_axis(F, m, axis=1)
+    flat = total.reshape(B, -1)
+    best = np.argmin(flat, axis=1)
+    rows = np.arange(B)
+    cost = flat[rows, best]
+    cost = np.where(need <= 0, 0.0, cost)
+    if not keep_choices:
+        return cost, None
+    # ---- reconstruct an optimal choice
+    e_star, k_star = best // (N + 1), best % (N + 1)
+    ok = np.isfinite(cost) & (need > 0)
+    e_star, k_star = np.where(ok, e_star, 0), np.where(ok, k_star, 0)
+    choice = np.zeros((B, N), np.int8)
+    pos = np.arange(N)[None, :]
+    gain_sorted = np.where(pos < k_star[:, None], 2, 0).astype(np.int8)  # in concave b-order
+    if nconc.any():
+        e1 = e_star == 1
+        kk = np.minimum(k_star, N - 1)
+        use_in = e1 & (c1_in[rows, k_star] <= c1_out[rows, k_star])
+        j_in = np.argmin(np.where(pos <= kk[:, None], d_s, inf), axis=1)  # first k+1 at gain 2, j at 1
+        j_out = np.argmin(np.where(pos >= kk[:, None] + 1, a_s, inf), axis=1)
+        gain_sorted[use_in, :] = np.where(pos[0] <= kk[use_in, None], 2, 0)
+        j = np.where(use_in, j_in, j_out)
+        gain_sorted[rows[e1], j[e1]] = 1
+        np.put_along_axis(choice, corder, gain_sorted, axis=1)
+    m_star = np.where(ok, np.clip(need - 2 * k_star - e_star, 0, 2 * N), 0)
+    taken = np.arange(2 * N)[None, :] < m_star[:, None]
+    part = np.where(taken, uorder % N, N)  # dummy column N for units not taken
+    units_taken = np.bincount((part + (N + 1) * rows[:, None]).ravel(), minlength=B * (N + 1)).reshape(B, N + 1)
+    choice = np.where(conv, units_taken[:, :N], choice).astype(np.int8)
+    choice[~ok] = 0
+    return cost, choice
+
+
+def _knapsack_dp12(gain1, gain2, need, keep_choices: bool = False):
+    return knapsack_dp([(1, gain1), (2, gain2)], need, keep_choices)
+
+
+KNAPSACK_METHODS = {"sorted": _knapsack_sorted, "dp": _knapsack_dp12}
+
+
+def knapsack_solver(method: str):
+    """The gains-{1, 2} solver (gain1, gain2, need, keep_choices) -> (cost, choice) for a method name."""
+    if method == "auto":
+        method = "sorted"
+    if method not in KNAPSACK_METHODS:
+        raise ValueError(f"method must be 'auto', 'dp' or 'sorted', got {method!r}")
+    return KNAPSACK_METHODS[method]
+
+
+def min_cost_gain12(gain1, gain2, need, *, method: str = "auto", return_choice: bool = False):
+    """Multiple-choice knapsack: minimum total cost with total gain >= need (B,).
+
+    Each of N partitions is left alone (gain 0, cost 0), or gains 1 at cost gain1 (B, N) or 2 at
+    cost gain2 (B, N); costs >= 0, inf = option unavailable. Exact. method: "dp" (O(N * max
+    need)), "sorted" (O(N log N)), "auto" = "sorted". Returns cost (B,) float (inf = infeasible)
+    and, with return_choice, choice (B, N) int8 in {0, 1, 2} of an optimal solution.
+    """
+    g1 = np.asarray(gain1, dtype=np.float64)
+    g2 = np.asarray(gain2, dtype=np.float64)
+    nd = np.asarray(need)
+    if g1.ndim != 2 or g1.shape != g2.shape:
+        raise ValueError(f"gain1 and gain2 must have the same shape (B, N), got {g1.shape} and {g2.shape}")
+    if nd.shape != g1.shape[:1] or not np.issubdtype(nd.dtype, np.integer):
+        raise ValueError(f"need must be an integer array of shape {g1.shape[:1]}, got {nd.shape} {nd.dtype}")
+    for name, g in (("gain1", g1), ("gain2", g2)):
+        if np.isnan(g).any() or (g < 0).any():
+            raise ValueError(f"{name} must be non-negative (inf allowed), without NaN")
+    cost, choice = knapsack_solver(method)(g1, g2, nd, keep_choices=return_choice)
+    return (cost, choice) if return_choice else cost
