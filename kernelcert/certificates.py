@@ -21,6 +21,11 @@ How it is computed (per block of test points, vectorised over the block):
   deciding one lies inside the windows; rows where that cannot be shown are recomputed with
   8x larger windows, up to whole groups (then the computation is the plain greedy).
 
+The float core runs as a compiled kernel, one row per thread (`_scalabel_kernel`, numba; engine
+"numba", the default): the same tables and searches as the vectorised numpy code below, in the same
+floating-point order, so every output is identical; the numpy code (engine "numpy") stays as the
+reference the kernel is tested against.
+
 Floating point (docs/math.md §3), in three layers around the float core:
 
 1. Range guard. After the sort, every row whose largest |w| lies outside [2^-500, 2^500] is
