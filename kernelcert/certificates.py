@@ -323,7 +323,7 @@ def _pair_active(ctx: _Context, r, a, b, q):
     """Sum and number of active reductions of pair (a, b) among the first q entries of V.
 
     Active: factor-1 entries of every class other than a, b (relabel to b if w > 0, to a if
-    w < 0) and factor-2 entries of a's positive and b's negative weights (SPEC §3 table).
+    w < 0) and factor-2 entries of a's positive and b's negative weights (docs/math.md §3 table).
     """
     q1 = ctx.Q1[r, q]
     q2 = ctx.Q2[r, q]

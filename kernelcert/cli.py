@@ -13,16 +13,14 @@ bad config or missing data, and on a missing command.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
 from importlib import resources
 
 from ._version import __version__
-from .pipeline import ConfigError, RunConfig, load_config, load_config_string, run, with_overrides
-from .pipeline.config import size_problems
-from .pipeline.methods import REGISTRY
+from .pipeline import RunConfig, config_from_dict, load_config, run, with_overrides
+from .pipeline.config import parse_toml
 from .pipeline.report import results_table
 
 
@@ -78,27 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo_config(args) -> RunConfig:
-    cfg = load_config_string(demo_config_text(), name="demo")
-    data, part, fa = cfg.data, cfg.partition, cfg.fa
-    for flag, value, key in (("--n-train", args.n_train, "n_train"), ("--n-test", args.n_test, "n_test")):
-        if value is not None:
-            if value < 1:
-                raise ConfigError(f"{flag} must be positive, got {value}")
-            data = dataclasses.replace(data, **{key: value})
+    """The demo config with the command-line sizes, validated like any config."""
+    doc = parse_toml(demo_config_text())
+    if args.n_train is not None:
+        doc["data"]["n_train"] = args.n_train
+    if args.n_test is not None:
+        doc["data"]["n_test"] = args.n_test
     if args.partitions:
-        nps = tuple(sorted(set(args.partitions)))
-        if nps[0] < 1:
-            raise ConfigError(f"--partitions must be positive, got {list(args.partitions)}")
-        part = dataclasses.replace(part, num_partitions=nps)
-        ks = tuple(n for n in nps if n > 1)
-        fa = dataclasses.replace(fa, k=ks) if ks else None
-    methods = tuple(m for m in cfg.methods if REGISTRY[m].target != "fa" or fa is not None)
-    if 1 not in part.num_partitions:
-        methods = tuple(m for m in methods if not REGISTRY[m].single_model)
-    problems = size_problems(data.n_train, part, fa)
-    if problems:
-        raise ConfigError.of(problems)
-    return dataclasses.replace(cfg, data=data, partition=part, fa=fa, methods=methods)
+        nps = sorted(set(args.partitions))
+        doc["partition"]["num_partitions"] = nps
+        if any(n > 1 for n in nps):
+            doc["fa"]["k"] = [n for n in nps if n > 1]
+        else:
+            doc.pop("fa")  # no ensemble to spread
+    return config_from_dict(doc, name="demo")
 
 
 def main(argv=None) -> int:

@@ -97,13 +97,13 @@ def level_for_fields(names) -> str:
     return LEVELS[max((_level(FIELD_LEVEL[n]) for n in names), default=0)]
 
 
-def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", block_size: int | None = None,
-                   rtol: float = 1e-9, sort_device: str = "auto") -> Evidence:
+def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", **certify_options) -> Evidence:
     """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
 
-    Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs from the
-    same pass) are computed only for level "certificate" / "pairs"; `block_size`, `rtol` and `sort_device` are
-    passed on to them. A model with no training labels (n = 0) can never change: its costs are
+    Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs taken
+    from the same pass) are computed only for level "certificate" / "pairs"; `certify_options`
+    (e.g. block_size, sort_device, tolerances) are passed on unchanged, so their defaults are the
+    certificates' own. A model with no training labels (n = 0) can never change: its costs are
     inf except 0 at its own vote, its radius 0 (= n) and its fallback False.
     """
     lv = _level(level)
@@ -125,8 +125,7 @@ def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", b
                       cost_upper=costs.copy(), costs_exact=np.ones(t, bool))
         return ev if lv == 1 else dataclasses.replace(ev, pair_costs=pairs, fallback=np.zeros(t, bool))
     # level "pairs": the attacker-tie pairwise costs come from the same certify pass
-    out = certify(W, y, K, block_size=block_size, rtol=rtol, sort_device=sort_device,
-                  pairwise="attacker" if lv == 2 else None)
+    out = certify(W, y, K, pairwise="attacker" if lv == 2 else None, **certify_options)
     cert, P = out if lv == 2 else (out, None)
     ev = Evidence(votes=cert.prediction, scores=scores, radius=cert.radius, cost_lower=cert.cost_lower,
                   cost_upper=cert.cost_upper, costs_exact=cert.exact)

@@ -149,7 +149,7 @@ def test_pairwise_costs_against_enumeration(n, K, seed, tie, kind):
         own[np.arange(2), cert.prediction] = np.inf
         best = own.min(axis=1)
         np.testing.assert_array_equal(cert.radius, np.where(np.isfinite(best), best - 1, n))
-        # the class lower bounds contain the pairwise bound max_j P(j, c) (SPEC §3)
+        # the class lower bounds contain the pairwise bound max_j P(j, c) (docs/math.md §3)
         assert np.all(cert.cost_lower >= P.max(axis=1))
 
 
@@ -161,7 +161,7 @@ def psd_gram(rng, n, t):
 
 
 def svm_qp_predict(K_train, labels, C, K_test_row, num_classes):
-    """One-vs-rest SVM without bias retrained from scratch: dual QP per class (SPEC §2)."""
+    """One-vs-rest SVM without bias retrained from scratch: dual QP per class (docs/math.md §2)."""
     probs = 1 if num_classes == 2 else num_classes
     f = []
     for k in range(probs):

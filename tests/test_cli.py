@@ -78,6 +78,20 @@ def test_outputs_line_has_no_stray_comma(tmp_path, capsys):
     assert last.strip() == "points.csv, summary.json, report.md"
 
 
+def test_renamed_config_reuses_the_finished_units(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "runs", **{"partition.num_partitions": [1, 3], "output.name": None})
+    first, renamed = tmp_path / "first.toml", tmp_path / "renamed.toml"
+    first.write_text(to_toml(cfg))
+    assert cli.main(["run", str(first), "--no-progress", "--no-plots", "-q"]) == 0
+    renamed.write_text(first.read_text())
+    assert cli.main(["run", str(renamed), "--no-progress", "--no-plots", "-q"]) == 0
+    assert "0 work units computed, 4 reused" in capsys.readouterr().out
+    (a,) = (tmp_path / "runs").glob("first-*")
+    (b,) = (tmp_path / "runs").glob("renamed-*")
+    assert a.name.split("-")[-1] == b.name.split("-")[-1]
+    assert (a / "points.csv").read_bytes() == (b / "points.csv").read_bytes()
+
+
 def test_failed_run_leaves_no_empty_run_directory(tmp_path, capsys):
     cfg = tiny_config(tmp_path / "runs")
     cfg["learners"] = [{"type": "svm", "C": 10.0}]  # fails in the C_max pre-pass, after the directory exists

@@ -87,7 +87,7 @@ def test_finite_time_matches_expm_and_euler(n, seed, ridge, t, lr):
     A = Kt + ridge * np.eye(n)
     m = KernelRegression(ridge, train_time=t, learning_rate=lr).fit(Kt, y, 3)
     got = m.decision_function(Kx)
-    # Euler on the coefficient ODE beta' = -lr (A beta - Y), beta(0) = 0; f = K(x, X) beta (SPEC §2)
+    # Euler on the coefficient ODE beta' = -lr (A beta - Y), beta(0) = 0; f = K(x, X) beta (docs/math.md §2)
     steps = 4000
     h = t / steps
     beta = np.zeros_like(Y)
@@ -175,7 +175,7 @@ def test_svm_small_c_alpha_is_c_for_every_labelling(n, seed, frac):
         np.testing.assert_allclose(svm.decision_function(Kx), C * (2 * S - Kx.sum(1, keepdims=True)), rtol=1e-12,
                                    atol=1e-15)
         np.testing.assert_array_equal(svm.predict(Kx), np.argmax(S, axis=1))
-    # the KKT argument of SPEC §2, checked over every labelling: the dual gradient at alpha = C_max is >= 0
+    # the KKT argument of docs/math.md §2, checked over every labelling: the dual gradient at alpha = C_max is >= 0
     if n <= 8:
         for signs in itertools.product((-1.0, 1.0), repeat=n):
             s = np.array(signs)

@@ -273,13 +273,17 @@ def load_config(path, **overrides) -> RunConfig:
     return with_overrides(cfg, **overrides) if overrides else cfg
 
 
-def load_config_string(text: str, *, name: str = "run", **overrides) -> RunConfig:
-    """Same as `load_config` for TOML text."""
+def parse_toml(text: str) -> dict:
+    """The TOML document `text` as a dict (ConfigError on invalid TOML)."""
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML ({exc})") from None
-    cfg = config_from_dict(doc, name=name)
+
+
+def load_config_string(text: str, *, name: str = "run", **overrides) -> RunConfig:
+    """Same as `load_config` for TOML text."""
+    cfg = config_from_dict(parse_toml(text), name=name)
     return with_overrides(cfg, **overrides) if overrides else cfg
 
 
@@ -314,6 +318,6 @@ def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, 
 
 
 __all__ = ["RunConfig", "DataConfig", "KernelConfig", "LearnerConfig", "PartitionConfig", "FAConfig", "OutputConfig",
-           "ExecutionConfig", "ConfigError", "load_config", "load_config_string", "config_from_dict",
+           "ExecutionConfig", "ConfigError", "load_config", "load_config_string", "config_from_dict", "parse_toml",
            "with_overrides", "make_kernel", "make_learner", "size_problems", "num_classes_of", "DATASET_CLASSES",
            "ARCHITECTURES", "LEARNER_TYPES", "BACKENDS", "DEFAULT_BUDGETS"]

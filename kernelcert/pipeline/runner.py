@@ -31,8 +31,8 @@ from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
-from .store import (UnitFile, atomic_save_npz, atomic_write_text, older_format_runs, prepare_run_dir, unit_done,
-                    unit_path)
+from .store import (UnitFile, adopt_units, atomic_save_npz, atomic_write_text, older_format_runs, prepare_run_dir,
+                    same_config_runs, unit_done, unit_path)
 from .summary import build_summary, write_points, write_summary
 from .unit import SharedInputs, UnitTask, compute_unit
 
@@ -111,6 +111,8 @@ def run(config, *, backend=None) -> RunResult:
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()})
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
+    for other in (same_config_runs(cfg.output.dir, run_dir, cfg_hash) if created else []):
+        logger.info("reusing %d work units of %s (same config hash)", adopt_units(other, run_dir), other)
     try:
         t0 = time.perf_counter()
         plan = plan_run(cfg)

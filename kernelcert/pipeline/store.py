@@ -276,6 +276,29 @@ def older_format_runs(out_dir, name: str) -> list[Path]:
                   if (read_json(p, {}).get("hash_payload") or {}).get("format", FORMAT_VERSION) < FORMAT_VERSION)
 
 
+def same_config_runs(out_dir, run_dir: Path, cfg_hash: str) -> list[Path]:
+    """Other run directories `<out_dir>/*-<hash12>` of this very config (e.g. before the config file
+    was renamed): their units can be reused."""
+    return sorted(p.parent for p in Path(out_dir).glob(f"*-{cfg_hash[:12]}/config.hash")
+                  if p.parent != run_dir and p.read_text().strip() == cfg_hash)
+
+
+def adopt_units(src_dir: Path, run_dir: Path) -> int:
+    """Hard-link (or copy) the unit files of `src_dir` into `run_dir` (each is still verified by
+    `unit_done` before use); returns how many were taken."""
+    count = 0
+    for src in sorted((Path(src_dir) / "units").glob("*.npz")):
+        dst = Path(run_dir) / "units" / src.name
+        if dst.exists():
+            continue
+        try:
+            os.link(src, dst)
+        except OSError:
+            atomic_write_bytes(dst, src.read_bytes())
+        count += 1
+    return count
+
+
 def unit_path(run_dir: Path, key: str) -> Path:
     return Path(run_dir) / "units" / f"{key}.npz"
 
@@ -289,4 +312,4 @@ def read_json(path, default=None):
 __all__ = ["FORMAT_VERSION", "COST_INF", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
            "to_counts", "counts_to_float", "unit_key", "unit_path", "evidence_fields", "allocate_unit",
            "put_evidence", "UnitFile", "read_stored_block", "decode_block", "unit_done", "prepare_run_dir",
-           "older_format_runs", "read_json"]
+           "older_format_runs", "same_config_runs", "adopt_units", "read_json"]

@@ -126,7 +126,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
     G = evaluate(x)
     t_gram = time.perf_counter() - t_start
     models = [make_learner(lc).fit(G, y, K) for lc in shared.learners]
-    c_max = [float(m.C_max) if lc.type == "svm" else None for lc, m in zip(shared.learners, models)]
+    c_max = [float(m.C_max_) if lc.type == "svm" else None for lc, m in zip(shared.learners, models)]
     del G
     t_fit = time.perf_counter() - t_start - t_gram
     t_test = len(shared.x_test)
@@ -139,9 +139,10 @@ def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
         sl = slice(s0, min(t_test, s0 + B))
         Kt = evaluate(shared.x_test[sl], x)
         for j, m in enumerate(models):
-            W = m.label_weights(Kt)
+            W, err = m.label_weights(Kt, return_error=True)  # err: bound on the weights' error (certify's atol)
             t0 = time.perf_counter()
-            put_evidence(out, j, sl, build_evidence(W, y, K, level=level, block_size=B, sort_device=sort_device))
+            put_evidence(out, j, sl, build_evidence(W, y, K, level=level, block_size=B, sort_device=sort_device,
+                                                    atol=err))
             t_cert += time.perf_counter() - t0
         del Kt
     meta = {"key": task.key, "kind": task.kind, "num_partitions": task.num_partitions, "index": task.index,
