@@ -26,7 +26,7 @@ import itertools
 import numpy as np
 
 from ._validation import as_float_array, check_index_array, check_labels
-from .certificates import certify, pairwise_costs
+from .certificates import certify
 from .learners import onehot
 from .partition import fa_reach
 from .voting import (
@@ -590,8 +590,9 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
 
     weights_list[m]: label weights W_m (t, n_m) of partition m's model; labels_list[m]: its labels
     y_m (n_m,). Scores W_m @ onehot(y_m), vote costs certify(...).cost_lower, pair costs
-    pairwise_costs(..., tie="attacker"), then whitebox_roe. Radius capped at the total number of
-    training labels (no relabelling at all changes the prediction). Streams over test-point blocks.
+    pairwise_costs(..., tie="attacker") (from the same certify pass), then whitebox_roe. Radius
+    capped at the total number of training labels (no relabelling at all changes the prediction).
+    Streams over test-point blocks.
     """
     if len(weights_list) != len(labels_list) or len(weights_list) == 0:
         raise ValueError(f"need one labels array per weights array (got {len(weights_list)} and {len(labels_list)})")
@@ -626,9 +627,8 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
                 vcost[:, m] = np.inf
                 pcost[:, m] = np.inf
                 continue
-            cert = certify(Wb, y, K, rtol=rtol)
+            cert, pcost[:, m] = certify(Wb, y, K, rtol=rtol, pairwise="attacker")  # one pass for both
             vcost[:, m] = cert.cost_lower
-            pcost[:, m] = pairwise_costs(Wb, y, K, tie="attacker", rtol=rtol)
             # If certify's vote disagrees with these scores (a rounding-level tie), fall back to
             # black-box unit costs for this model: still sound, as any change needs >= 1 flip.
             bad = cert.prediction != np.argmax(scores[:, m], axis=1)
