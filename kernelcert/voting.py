@@ -81,8 +81,15 @@ def vote_counts(votes: np.ndarray, num_classes: int) -> np.ndarray:
         for c in range(num_classes):
             out[:, c] = np.count_nonzero(v == c, axis=1)
         return out
-    flat = v.astype(np.int64, copy=False) + num_classes * np.arange(t, dtype=np.int64)[:, None]
-    return np.bincount(flat.ravel(), minlength=t * num_classes).reshape(t, num_classes)
+    # one bincount per block of rows, small enough that its temporaries stay in cache
+    rows = max(1, 2**18 // N)
+    out = np.empty((t, num_classes), np.int64)
+    offset = num_classes * np.arange(min(rows, t), dtype=np.int64)[:, None]
+    for a in range(0, t, rows):
+        b = min(t, a + rows)
+        flat = (v[a:b] + offset[:b - a]).ravel()
+        out[a:b] = np.bincount(flat, minlength=(b - a) * num_classes).reshape(b - a, num_classes)
+    return out
 
 
 def plurality(counts: np.ndarray) -> np.ndarray:

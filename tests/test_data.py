@@ -559,8 +559,8 @@ def test_load_dataset_dispatch():
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
     np.testing.assert_array_equal(data.load_dataset("Digits", seed=2)[1], data.digits(seed=2)[1])
-    assert set(data.LOADERS) == {"mnist", "fashion_mnist", "cifar10", "digits", "synthetic"}
-    known = "mnist, fashion_mnist, cifar10, digits, synthetic"
+    assert set(data.LOADERS) == {"mnist", "fashion_mnist", "cifar10", "digits", "synthetic", "arrays"}
+    known = "mnist, fashion_mnist, cifar10, digits, synthetic, arrays"
     with pytest.raises(ValueError, match=f"unknown dataset 'imagenet'.*{known}"):
         data.load_dataset("imagenet")
     with pytest.raises(TypeError):

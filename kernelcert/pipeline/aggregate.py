@@ -25,7 +25,8 @@ from .unit import rows_per_block
 @dataclass(frozen=True)
 class MethodResult:
     """Per-test-point result of one (learner, target size, method): prediction, radius, exact (t,)
-    and radius_upper (t,) for methods that bound the radius from both sides."""
+    and radius_upper (t,) for methods that bound the radius from both sides; exact_before (t,) where
+    a refinement step ran (`kernelcert.pipeline.exactness`): exact before it."""
 
     learner: str
     num_partitions: int
@@ -34,6 +35,7 @@ class MethodResult:
     radius: np.ndarray
     exact: np.ndarray
     radius_upper: np.ndarray | None = None
+    exact_before: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .._jax import gpu_devices, resolve_device
 from .._version import __version__
-from ..data import LOADERS
+from ..data import LOADERS, arrays_feature_dtype, arrays_metadata
 from .methods import REGISTRY
 from .schema import (ARCHITECTURES, BACKENDS, DATASET_CLASSES, DEFAULT_BUDGETS, LEARNER_TYPES, BadValue, ConfigError,
-                     DataConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
+                     DataConfig, ExactnessConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
                      MethodsConfig, PartitionConfig, check_field, ctor_keys, data_keys, parse_section)
 from .store import FORMAT_VERSION
 
@@ -64,6 +64,8 @@ def num_classes_of(data: DataConfig) -> int:
         return len(data.classes)
     if data.dataset == "synthetic":
         return data.num_classes if data.num_classes is not None else 3
+    if data.dataset == "arrays":
+        return data.num_classes  # declared or stored in the .npz (`_resolve_arrays`)
     return DATASET_CLASSES[data.dataset]
 
 
@@ -80,6 +82,7 @@ class RunConfig:
     methods: tuple[str, ...]
     output: OutputConfig
     execution: ExecutionConfig
+    exactness: ExactnessConfig = ExactnessConfig()
 
     def to_dict(self) -> dict:
         """Plain (JSON-able) dict of every field."""
@@ -109,7 +112,7 @@ class RunConfig:
         return num_classes_of(self.data)
 
 
-_SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution")
+_SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution", "exactness")
 
 
 def _default_learner_name(t: dict) -> str:
@@ -170,6 +173,45 @@ def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
     return tuple(m for m in REGISTRY if m in v)  # registry order
 
 
+def _resolve_arrays(data: DataConfig, problems: list) -> DataConfig:
+    """[data] dataset = "arrays": one source (path or files), num_classes declared or stored in the .npz
+    (never guessed from labels; both must agree), max_value likewise."""
+    if (data.path is None) == (data.files is None):
+        problems.append(("data", "path", "dataset 'arrays' needs exactly one of path = <.npz with x_train, y_train, "
+                                         "x_test, y_test, or a directory of those .npy files> and files = {...}"))
+        return data
+    try:
+        stored_k, stored_max = arrays_metadata(data.path, data.files_dict())
+    except (FileNotFoundError, ValueError) as exc:
+        problems.append(("data", "path" if data.path else "files", str(exc)))
+        return data
+    for key, given, stored in (("num_classes", data.num_classes, stored_k), ("max_value", data.max_value, stored_max)):
+        if given is not None and stored is not None and given != stored:
+            problems.append(("data", key, f"{key} = {given} but {data.path} stores {key} = {stored}"))
+    if data.num_classes is None and stored_k is None:
+        problems.append(("data", "num_classes", "dataset 'arrays' needs num_classes (or a num_classes scalar in the "
+                                                ".npz); it is never guessed from the labels"))
+    return dataclasses.replace(data, num_classes=data.num_classes if data.num_classes is not None else stored_k,
+                               max_value=data.max_value if data.max_value is not None else stored_max)
+
+
+def _integer_features_problems(data: DataConfig, partition, fa) -> list:
+    """The dpa_hash rule (DPA's pixel-sum hash) on arrays needs integer pixel features."""
+    rules = [("partition", partition.rule), ("fa", fa.rule if fa is not None else None)]
+    hashed = [sec for sec, rule in rules if rule == "dpa_hash"]
+    if data.dataset != "arrays" or not hashed:
+        return []
+    try:
+        dt = arrays_feature_dtype(data.path, data.files_dict())
+    except (FileNotFoundError, ValueError):
+        return []  # reported by _resolve_arrays
+    if dt.kind in "iub":
+        return []
+    return [(sec, "rule", f"rule 'dpa_hash' (DPA's pixel-sum hash) needs integer pixel features, but the arrays' "
+                          f"x_train is {dt}; use rule = 'ss_dpa' or 'seeded_hash' for real-valued features such as "
+                          "embeddings") for sec in hashed]
+
+
 def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
     """Validate a parsed TOML document into a `RunConfig`; one ConfigError (a ValueError) lists every
     problem. `name` is the default run name (e.g. the config file's stem) when [output] has none."""
@@ -200,11 +242,20 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
     allowed = ({"architecture", "kind", "dtype"} | ctor_keys(ARCHITECTURES[arch], KernelConfig)
                if arch in ARCHITECTURES else None)
     kernel = parse_section(KernelConfig, "kernel", kern_t, p, allowed=allowed)
+    if kernel is not None and kernel.architecture == "precomputed":
+        for key in ("train_train", "test_train"):
+            if getattr(kernel, key) is None:
+                p.append(("kernel", key, f"architecture 'precomputed' needs {key} = <.npy of "
+                                         f"K({key.replace('_', ', ')})>"))
+        if kernel.train_train is None or kernel.test_train is None:
+            kernel = None
     if kernel is not None:
         try:
-            make_kernel(kernel)  # the kernel's own validation (cheap, no computation)
-        except (TypeError, ValueError) as exc:
+            make_kernel(kernel)  # the kernel's own validation (cheap; a precomputed kernel reads file headers)
+        except (FileNotFoundError, TypeError, ValueError) as exc:
             p.append(("kernel", None, str(exc)))
+    if data is not None and data.dataset == "arrays":
+        data = _resolve_arrays(data, p)
     learners = _parse_learners(d["learners"], p) if "learners" in d else ()
     partition = parse_section(PartitionConfig, "partition", d.get("partition", {}), p)
     fa = None
@@ -219,6 +270,7 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
         out_t = {**out_t, "name": name}
     output = parse_section(OutputConfig, "output", out_t, p)
     execution = parse_section(ExecutionConfig, "execution", d.get("execution", {}), p)
+    exactness = parse_section(ExactnessConfig, "exactness", d.get("exactness", {}), p)
     if execution is not None:
         if execution.device == "gpu" and not gpu_devices():
             p.append(("execution", "device", "device = 'gpu' but JAX sees no GPU here; use 'auto' or 'cpu'"))
@@ -228,7 +280,8 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
     if data is not None and kernel is not None:
         if data.dataset == "synthetic" and kernel.architecture == "convolutional":
             p.append(("kernel", "architecture", "the convolutional kernel needs image data; 'synthetic' gives vectors"))
-        k_total = (data.num_classes or 3) if data.dataset == "synthetic" else DATASET_CLASSES.get(data.dataset)
+        k_total = ((data.num_classes or 3) if data.dataset == "synthetic" else data.num_classes
+                   if data.dataset == "arrays" else DATASET_CLASSES.get(data.dataset))
         if data.classes is not None and len(data.classes) < 2:
             p.append(("data", "classes", f"classes must list at least two classes, got {list(data.classes)}"))
         elif data.classes is not None and k_total is not None and max(data.classes) >= k_total:
@@ -236,10 +289,11 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
                                          f"(labels 0..{k_total - 1})"))
     if data is not None and partition is not None:
         p += size_problems(data.n_train, partition, fa)
+        p += _integer_features_problems(data, partition, fa)
     if p:
         raise ConfigError.of(p)
     return RunConfig(data=data, kernel=kernel, learners=learners, partition=partition, fa=fa, methods=methods,
-                     output=output, execution=execution)
+                     output=output, execution=execution, exactness=exactness)
 
 
 def size_problems(n_train: int | None, partition: PartitionConfig, fa: FAConfig | None, what: str | None = None) -> list:
@@ -288,7 +342,7 @@ def load_config_string(text: str, *, name: str = "run", **overrides) -> RunConfi
 
 
 def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, scheduler=None, progress=None,
-                   plots=None) -> RunConfig:
+                   plots=None, device=None) -> RunConfig:
     """Copy of `cfg` with command-line overrides (none of them changes the config hash).
 
     scheduler implies backend "dask"; workers without a scheduler implies "dask-local" unless a
@@ -303,8 +357,12 @@ def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, 
                                      backend=ex.backend if scheduler is not None else "dask-local")
         if backend is not None:
             ex = dataclasses.replace(ex, backend=check_field(ExecutionConfig, "backend", backend))
+        if device is not None:
+            ex = dataclasses.replace(ex, device=check_field(ExecutionConfig, "device", device))
     except BadValue as exc:
         raise ConfigError.of([("execution", None, str(exc))]) from None
+    if device == "gpu" and not gpu_devices():
+        raise ConfigError.of([("execution", "device", "--device gpu but JAX sees no GPU here; use auto or cpu")])
     if progress is not None:
         ex = dataclasses.replace(ex, progress=bool(progress))
     if ex.backend == "dask" and ex.scheduler is None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import load_dataset
-from ..kernels import max_abs_row_sum
+from ..data import arrays_split_sizes, load_dataset
+from ..kernels import PrecomputedKernel, max_abs_row_sum
 from ..partition import fa_groups, fa_spread, partition
 from .config import ConfigError, RunConfig, make_kernel, size_problems
 from .progress import progress
@@ -70,6 +70,10 @@ class RunPlan:
     num_classes: int
     units: tuple[UnitSpec, ...]
     targets: tuple[AggregationTarget, ...]
+    # what the kernel is evaluated on: the features, or for a precomputed kernel the index rows
+    # (split, row) of `PrecomputedKernel.train_points` / `test_points`
+    k_train: np.ndarray = field(default=None, repr=False)
+    k_test: np.ndarray = field(default=None, repr=False)
 
     @property
     def fa_shifts(self) -> dict:
@@ -78,16 +82,45 @@ class RunPlan:
 
 
 def load_data(cfg: RunConfig, *, raw: bool = False):
-    """(x_train, y_train, x_test, y_test) via `kernelcert.data.load_dataset`; raw=True gives unscaled pixels."""
+    """(x_train, y_train, x_test, y_test) via `kernelcert.data.load_dataset`; raw=True gives unscaled pixels.
+    With a precomputed kernel (and not raw) also (idx_train, idx_test): the kept rows of the source splits."""
     d = cfg.data
-    opts: dict[str, Any] = {"seed": d.seed, "flatten": cfg.kernel.architecture == "fully_connected",
+    opts: dict[str, Any] = {"seed": d.seed, "flatten": cfg.kernel.architecture != "convolutional",
                             "scale": False if raw else d.scale, "normalize": False if raw else d.normalize}
     if d.classes is not None:
         opts["classes"] = list(d.classes)
-    for key in ("n_train", "n_test", "path", "num_classes", "dim", "separation", "test_fraction"):
+    for key in ("n_train", "n_test", "path", "num_classes", "dim", "separation", "test_fraction", "max_value"):
         if getattr(d, key) is not None:
             opts[key] = getattr(d, key)
+    if d.files is not None:
+        opts["files"] = d.files_dict()
+    if cfg.kernel.architecture == "precomputed" and not raw:
+        opts["return_index"] = True
     return load_dataset(d.dataset, **opts)
+
+
+def precomputed_inputs(cfg: RunConfig, idx_train: np.ndarray, idx_test: np.ndarray):
+    """(train index rows, test index rows, fingerprint of the kernel files) for a precomputed kernel;
+    ConfigError when the files' rows do not match the data (sizes of an arrays source, or a kept
+    sample beyond the files' rows). The fingerprint (path, size, mtime of both files) lets a resumed
+    run notice replaced kernel files."""
+    kc = cfg.kernel
+    kernel = make_kernel(kc)
+    if cfg.data.dataset == "arrays":
+        n_tr, n_te = arrays_split_sizes(cfg.data.path, cfg.data.files_dict())
+        for path, got, want, what in ((kc.train_train, kernel.num_train, n_tr, "training"),
+                                      (kc.test_train, kernel.num_test, n_te, "test")):
+            if got != want:
+                raise ConfigError(f"config [kernel]: {path} has {got} rows but the arrays have {want} {what} samples")
+    for what, idx, n, path in (("training", idx_train, kernel.num_train, kc.train_train),
+                               ("test", idx_test, kernel.num_test, kc.test_train)):
+        if len(idx) and idx.max() >= n:
+            raise ConfigError(f"config [kernel]: {path} has {n} rows but the data has {what} sample {int(idx.max())} "
+                              f"(rows follow the dataset's full {what} split, before classes / n_train / n_test)")
+    stats = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
+             for p in (kc.train_train, kc.test_train)]
+    return (PrecomputedKernel.train_points(idx_train), PrecomputedKernel.test_points(idx_test),
+            hashlib.sha256(json.dumps(stats).encode()).hexdigest())
 
 
 def _digest(*arrays) -> str:
@@ -116,9 +149,12 @@ def _fa_sets(cfg: RunConfig, x: np.ndarray, k: int):
 def plan_run(cfg: RunConfig) -> RunPlan:
     """Load the data, compute partitions (features only) and FA spread sets; ConfigError on bad sizes."""
     try:
-        x_tr, y_tr, x_te, y_te = load_data(cfg)
+        x_tr, y_tr, x_te, y_te, *kept = load_data(cfg)
     except (FileNotFoundError, TypeError, ValueError) as exc:
         raise ConfigError(f"config [data]: cannot load {cfg.data.dataset!r}: {exc}") from None
+    k_tr, k_te, kernel_fp = x_tr, x_te, ""
+    if kept:  # precomputed kernel: evaluated on index rows of its files
+        k_tr, k_te, kernel_fp = precomputed_inputs(cfg, *kept)
     K = cfg.num_classes
     for name, yy in (("training", y_tr), ("test", y_te)):
         if len(yy) and (yy.min() < 0 or yy.max() >= K):
@@ -134,7 +170,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     needs_raw = cfg.partition.rule == "dpa_hash" or (cfg.fa is not None and cfg.fa.rule == "dpa_hash")
     x_raw = None
     if needs_raw:  # integer pixels for the DPA pixel-sum hash: the same subsample, unscaled
-        x_raw, y_raw, _, y_te_raw = load_data(cfg, raw=True)
+        x_raw, y_raw, _, y_te_raw, *_ = load_data(cfg, raw=True)
         if len(x_raw) != n or not np.array_equal(y_raw, y_tr) or not np.array_equal(y_te_raw, y_te):
             raise ConfigError("config [data]: the unscaled data needed by the dpa_hash rule is not the same "
                               "subsample as the scaled data")
@@ -165,11 +201,13 @@ def plan_run(cfg: RunConfig) -> RunPlan:
             raise ConfigError(f"work unit {u.key} has no training samples; use fewer partitions")
     # Fingerprints tie each stored unit to the exact data it was computed from, so that a resumed run
     # never reuses a unit whose inputs changed (e.g. a data-loader change the config hash cannot see).
-    test_fp = _digest(np.ascontiguousarray(x_te), y_te, np.array([K]))
+    # (a precomputed kernel's units are tied to its files' fingerprint and their index rows)
+    fp_parts = (np.array([kernel_fp.encode()]),) if kernel_fp else ()
+    test_fp = _digest(np.ascontiguousarray(k_te), y_te, np.array([K]), *fp_parts)
     units = [dataclasses.replace(u, fingerprint=_digest(np.array([test_fp.encode()]), u.train_index,
-                                                        np.ascontiguousarray(x_tr[u.train_index]), y_tr[u.train_index]))
+                                                        np.ascontiguousarray(k_tr[u.train_index]), y_tr[u.train_index]))
              for u in units]
-    return RunPlan(x_tr, y_tr, x_te, y_te, K, tuple(units), tuple(targets))
+    return RunPlan(x_tr, y_tr, x_te, y_te, K, tuple(units), tuple(targets), k_tr, k_te)
 
 
 def check_c_max(cfg: RunConfig, plan: RunPlan, run_dir: Path) -> dict:
@@ -189,7 +227,7 @@ def check_c_max(cfg: RunConfig, plan: RunPlan, run_dir: Path) -> dict:
     if todo:
         logger.info("C_max pre-pass (explicit SVM C): %d work units", len(todo))
         for u in progress(todo, cfg.execution.progress, desc="C_max pre-pass", unit="unit"):
-            cache[u.key] = 1.0 / max_abs_row_sum(kernel, plan.x_train[u.train_index], kind=cfg.kernel.kind)
+            cache[u.key] = 1.0 / max_abs_row_sum(kernel, plan.k_train[u.train_index], kind=cfg.kernel.kind)
         atomic_write_text(cache_path, json.dumps(cache, indent=0, sort_keys=True))
     for lc in explicit:
         bad = [(k, v) for k, v in sorted(cache.items()) if lc.C > v]
@@ -202,4 +240,4 @@ def check_c_max(cfg: RunConfig, plan: RunPlan, run_dir: Path) -> dict:
     return cache
 
 
-__all__ = ["UnitSpec", "AggregationTarget", "RunPlan", "plan_run", "load_data", "check_c_max"]
+__all__ = ["UnitSpec", "AggregationTarget", "RunPlan", "plan_run", "load_data", "precomputed_inputs", "check_c_max"]

@@ -5,7 +5,8 @@
    matrix is computed for certification.
 2. Compute the work units not already stored (`unit`, on a `backends` backend), writing each
    atomically as soon as it arrives, so a killed run resumes without recomputing finished units.
-3. Aggregate every registered method on every target (`aggregate`), then write `points.csv`,
+3. Aggregate every registered method on every target (`aggregate`); with `[exactness] refine = true`
+   refine the EnsembleCert radii that are not proven exact (`exactness`); then write `points.csv`,
    `summary.json` (`summary`), plots and `report.md` (`report`); these are recomputed on every
    run, which is cheap.
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from .aggregate import MethodResult, aggregate
 from .backends import make_backend
 from .config import RunConfig, config_from_dict, load_config
+from .exactness import exactness_markdown, refine_results
 from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
@@ -79,10 +81,10 @@ def _remove_if_empty(run_dir: Path, created: bool) -> None:
 
 def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str) -> None:
     levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
-    shared = SharedInputs(x_test=plan.x_test, num_classes=plan.num_classes, kernel=cfg.kernel,
+    shared = SharedInputs(x_test=plan.k_test, num_classes=plan.num_classes, kernel=cfg.kernel,
                           learners=cfg.learners, execution=cfg.execution, config_hash=cfg_hash, levels=levels,
                           progress=cfg.execution.progress and be.in_process)
-    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.x_train[u.train_index],
+    tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                       plan.y_train[u.train_index], u.fingerprint) for u in todo)
     with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
         for task, result in be.map(compute_unit, tasks, shared):
@@ -142,17 +144,25 @@ def run(config, *, backend=None) -> RunResult:
         files = {u.key: UnitFile(unit_path(run_dir, u.key)) for u in plan.units}
         results = aggregate(cfg, plan, files, be)
         timings["aggregation"] = time.perf_counter() - t0
+        exactness = None
+        if cfg.exactness.refine:
+            t0 = time.perf_counter()
+            results, exactness = refine_results(cfg, plan, files, results, time.perf_counter() - t_all)
+            timings["exactness_refinement"] = time.perf_counter() - t0
     finally:
         if backend is None:
             be.close()
     timings["total"] = time.perf_counter() - t_all
     summary = build_summary(cfg, plan, results, files, run_dir=run_dir, cfg_hash=cfg_hash, prepass=prepass,
                             computed=len(todo), skipped=len(done), timings=timings, backend_info=backend_info)
+    if exactness is not None:
+        summary["exactness"] = exactness
     points_path = run_dir / "points.csv"
     write_points(points_path, plan.y_test, results)
     plots = tuple(write_plots(summary, run_dir)) if cfg.output.plots else ()
     report_path = run_dir / "report.md"
-    atomic_write_text(report_path, markdown_report(summary, plots, run_dir))
+    atomic_write_text(report_path, markdown_report(summary, plots, run_dir)
+                      + ("" if exactness is None else exactness_markdown(exactness)))
     summary_path = run_dir / "summary.json"
     write_summary(summary_path, summary)
     logger.info("done in %.1f s: %s", timings["total"], run_dir)

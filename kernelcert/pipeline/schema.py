@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..data import LOADERS
-from ..kernels import Convolutional, FullyConnected
+from ..data import ARRAY_ROLES, LOADERS
+from ..kernels import Convolutional, FullyConnected, PrecomputedKernel
 from ..learners import KernelRegression, KernelSVM
 from ..partition import FA_DEFAULT_SEED
 
-DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}  # synthetic: num_classes
-ARCHITECTURES = {"fully_connected": FullyConnected, "convolutional": Convolutional}
+DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}  # synthetic, arrays: num_classes
+ARCHITECTURES = {"fully_connected": FullyConnected, "convolutional": Convolutional, "precomputed": PrecomputedKernel}
 LEARNER_TYPES = {"svm": KernelSVM, "regression": KernelRegression}
 PARTITION_RULES = ("ss_dpa", "dpa_hash", "seeded_hash")
 FA_RULES = ("dpa_hash", "seeded_hash")
@@ -133,6 +133,14 @@ def _names(key, v):
     return tuple(v)
 
 
+def _array_files(key, v):
+    """[data] files = {x_train = "...", y_train = "...", x_test = "...", y_test = "..."} -> 4 paths in that order."""
+    if not isinstance(v, dict) or set(v) != set(ARRAY_ROLES) or not all(isinstance(p, str) and p for p in v.values()):
+        raise BadValue(f"{key} must be a table of the four .npy paths "
+                       f"{{{', '.join(r + ' = <path>' for r in ARRAY_ROLES)}}}, got {v!r}")
+    return tuple(v[r] for r in ARRAY_ROLES)
+
+
 def _spec(default, check: Callable, **kw):
     """A dataclass field with its value check (read by `_parse_section`)."""
     return field(default=default, metadata={"check": check}, **kw)
@@ -147,7 +155,9 @@ class DataConfig:
     """[data]: which dataset and how to subsample it (`kernelcert.data.load_dataset`).
 
     Keys beyond the shared ones are those the dataset's loader accepts (e.g. synthetic:
-    num_classes, dim, separation; digits: test_fraction; the image datasets: path).
+    num_classes, dim, separation; digits: test_fraction; the image datasets: path; arrays: path or
+    files, num_classes, max_value). For "arrays", num_classes and max_value stored in the .npz are
+    filled in when the config is read (`kernelcert.pipeline.config`).
     """
 
     dataset: str = _spec(_REQUIRED, _choice(*LOADERS))
@@ -162,6 +172,12 @@ class DataConfig:
     dim: int | None = _spec(None, _int(1))
     separation: float | None = _spec(None, _num(nonneg=True))
     test_fraction: float | None = _spec(None, _num(positive=True, below=1))
+    max_value: float | None = _spec(None, _num(positive=True))
+    files: tuple[str, str, str, str] | None = _spec(None, _array_files)
+
+    def files_dict(self) -> dict | None:
+        """`files` as the {role: path} dict `kernelcert.data.arrays` takes (None when not given)."""
+        return None if self.files is None else dict(zip(ARRAY_ROLES, self.files))
 
 
 DATA_SHARED = ("dataset", "classes", "n_train", "n_test", "seed", "normalize", "scale")
@@ -181,6 +197,8 @@ class KernelConfig:
     filter_shape: tuple[int, int] = _spec((3, 3), _ints(1, unique=False, length=2))
     readout: str = _spec("flatten", _choice("flatten", "gap"))
     dtype: str = _spec("float64", _choice("float64", "float32"))  # kernel precision (certificates: float64)
+    train_train: str | None = _spec(None, _str())  # precomputed: K(train, train) .npy
+    test_train: str | None = _spec(None, _str())  # precomputed: K(test, train) .npy
 
 
 @dataclass(frozen=True)
@@ -241,6 +259,19 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class ExactnessConfig:
+    """[exactness]: after aggregation, refine EnsembleCert radii until proven exact (`kernelcert.refine`):
+    refine on/off; CPU-time budget of the refinement, at most budget_factor times the run's time before
+    it (and at most budget_seconds when set); time_limit seconds per class-cost problem. Not hashed: the
+    work units do not depend on it (the step re-reads them)."""
+
+    refine: bool = _spec(False, _bool)
+    budget_factor: float = _spec(1.0, _num(positive=True))
+    budget_seconds: float | None = _spec(None, _num(positive=True))
+    time_limit: float = _spec(10.0, _num(positive=True))
+
+
+@dataclass(frozen=True)
 class MethodsConfig:
     """[methods]: the aggregation methods (names of `kernelcert.pipeline.methods.REGISTRY`; default: all
     that apply). Checked against the registry by `kernelcert.pipeline.config`."""
@@ -290,5 +321,6 @@ def data_keys(dataset: str) -> set:
 
 
 __all__ = ["ConfigError", "BadValue", "parse_section", "check_field", "MethodsConfig", "ctor_keys", "data_keys", "DataConfig", "KernelConfig",
-           "LearnerConfig", "PartitionConfig", "FAConfig", "OutputConfig", "ExecutionConfig", "DATASET_CLASSES",
+           "LearnerConfig", "PartitionConfig", "FAConfig", "OutputConfig", "ExecutionConfig", "ExactnessConfig",
+           "DATASET_CLASSES",
            "ARCHITECTURES", "LEARNER_TYPES", "PARTITION_RULES", "FA_RULES", "BACKENDS", "DEFAULT_BUDGETS", "DATA_SHARED"]

@@ -38,6 +38,8 @@ def method_summary(r: MethodResult, y_test: np.ndarray, budgets) -> dict:
          "exact_fraction": float(np.mean(r.exact)),
          "median_radius": float(np.median(r.radius)),
          "curve": {"radius": [int(v) for v in vals], "certified_accuracy": curve_acc}}
+    if r.exact_before is not None:
+        d["exact_fraction_before_refinement"] = float(np.mean(r.exact_before))
     if r.radius_upper is not None:
         d["mcr_upper"] = {"radius": median_certified_robustness(r.radius_upper, correct, "radius"),
                           "anchor": median_certified_robustness(r.radius_upper, correct, "anchor")}
@@ -100,7 +102,8 @@ def write_summary(path: Path, summary: dict) -> None:
 
 
 def write_points(path: Path, y_test: np.ndarray, results: list[MethodResult]) -> None:
-    """points.csv: index, label, then learner/N_p/method/{prediction, radius, exact[, radius_upper]}."""
+    """points.csv: index, label, then learner/N_p/method/{prediction, radius, exact[, radius_upper]
+    [, exact_before_refinement]}."""
     cols = ["index", "label"]
     data = [np.arange(len(y_test)), y_test]
     for r in results:
@@ -110,6 +113,9 @@ def write_points(path: Path, y_test: np.ndarray, results: list[MethodResult]) ->
         if r.radius_upper is not None:
             cols.append(f"{base}/radius_upper")
             data.append(r.radius_upper)
+        if r.exact_before is not None:
+            cols.append(f"{base}/exact_before_refinement")
+            data.append(r.exact_before.astype(np.int64))
     table = np.stack([np.asarray(c, np.int64) for c in data], axis=1)
     lines = [",".join(cols)]
     lines += [",".join(map(str, row)) for row in table.tolist()]

@@ -1,0 +1,159 @@
+"""`[exactness] refine = true`: EnsembleCert radii refined until proven exact, after aggregation.
+
+The aggregation gives EnsembleCert a lower radius (from the class-cost lower bounds) and an upper one
+(from verified attacks); where they differ, `kernelcert.refine.refine_ensemblecert` solves exactly
+only the per-partition class costs that can change the knapsack optimum (docs/math.md §4.3). The
+stored evidence holds costs, not label weights, so the weights of the test points it needs are
+recomputed here for the partitions it touches: the partition's Gram, the learner fitted on it (as
+in the work unit, same config, so the same model) and the kernel rows of those test points only.
+Budget: CPU seconds of this step, at most `budget_factor` times the run's time so far (and at most
+`budget_seconds` when set); each class-cost problem stops after `time_limit` seconds and keeps its bounds.
+
+The recomputed kernel rows may differ from the unit's in the last bits (other block shapes in BLAS).
+A row is used only if its recomputed class scores match the stored ones to `_SCORE_TOLERANCE` times
+sum|w| and give the stored vote; the refinement then treats the weights as known up to
+`MODEL_TOLERANCE` times sum|w| (`kernelcert.refine.solve_class_cost`), so its answers hold for the
+stored model too. Rows that do not match keep their bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .._validation import argmax_smallest
+from ..learners import onehot
+from ..refine import PartitionSolver, refine_ensemblecert
+from .aggregate import MethodResult
+from .config import RunConfig, make_kernel, make_learner
+from .plan import RunPlan
+from .store import UnitFile, decode_block, read_stored_block
+from .unit import kernel_block_bytes
+
+REFINED_METHOD = "ensemblecert"
+MODEL_TOLERANCE = 1e-9  # relative: recomputed weights vs the unit's (rounding-level differences only)
+_SCORE_TOLERANCE = 1e-11
+
+
+class _PartitionWeights:
+    """weights(j, rows) of one learner on one partition ensemble: member j's model (fitted on first
+    use, then kept) evaluated on the test points `rows`."""
+
+    def __init__(self, cfg: RunConfig, plan: RunPlan, unit_keys, learner: int):
+        self.cfg, self.plan, self.learner = cfg, plan, learner
+        by_key = {u.key: u for u in plan.units}
+        self.units = [by_key[k] for k in unit_keys]
+        kern = make_kernel(cfg.kernel, max_block_bytes=kernel_block_bytes(cfg.execution))
+        fn = kern.ntk if cfg.kernel.kind == "ntk" else kern.nngp
+        self.evaluate = functools.partial(fn, dtype=np.dtype(cfg.kernel.dtype))
+        self.models: dict[int, object] = {}
+
+    def labels(self) -> list[np.ndarray]:
+        return [self.plan.y_train[u.train_index] for u in self.units]
+
+    def matches(self, stored_scores: np.ndarray, stored_votes: np.ndarray):
+        """accept(j, rows, W) for `PartitionSolver`: the recomputed rows reproduce the stored scores
+        (rows of the refined subset) and votes."""
+        def accept(j: int, rows: np.ndarray, W: np.ndarray) -> np.ndarray:
+            y = self.plan.y_train[self.units[j].train_index]
+            scores = W @ onehot(y, self.plan.num_classes)
+            scale = np.abs(W).sum(axis=1)
+            close = np.all(np.abs(scores - stored_scores[rows, j]) <= _SCORE_TOLERANCE * scale[:, None], axis=1)
+            return close & (argmax_smallest(scores) == stored_votes[rows, j])
+        return accept
+
+    def __call__(self, j: int, rows: np.ndarray) -> np.ndarray:
+        x = self.plan.x_train[self.units[j].train_index]
+        if j not in self.models:
+            G = self.evaluate(x)
+            self.models[j] = make_learner(self.cfg.learners[self.learner]).fit(
+                G, self.plan.y_train[self.units[j].train_index], self.plan.num_classes)
+            del G
+        return self.models[j].label_weights(self.evaluate(self.plan.x_test[np.asarray(rows)], x))
+
+
+def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], results: list[MethodResult],
+                   run_seconds: float) -> tuple[list[MethodResult], dict]:
+    """Refine every EnsembleCert result whose radius is not proven exact everywhere. `run_seconds`: the
+    run's wall time so far (the recorded unit times are used when larger, e.g. on a resumed run).
+    Returns the results (EnsembleCert ones with `exact_before` set) and the summary block `exactness`."""
+    ex = cfg.exactness
+    # the run's time: this process so far, or the recorded unit times when units were reused
+    unit_seconds = sum(float(f.meta()["seconds"]["total"]) for f in files.values())
+    run_seconds = max(float(run_seconds), unit_seconds)
+    budget = ex.budget_factor * run_seconds
+    if ex.budget_seconds is not None:
+        budget = min(budget, ex.budget_seconds)
+    t0 = time.process_time()
+    wall0 = time.perf_counter()
+    targets = {t.size: t for t in plan.targets if t.kind == "partition"}
+    learner_index = {lc.name: j for j, lc in enumerate(cfg.learners)}
+    out, rows = [], []
+    exhausted = False
+    with threadpool_limits(limits=cfg.execution.blas_threads, user_api="blas"):
+        for r in results:
+            if r.method != REFINED_METHOD:
+                out.append(r)
+                continue
+            before = r.exact.copy()
+            entry = {"learner": r.learner, "num_partitions": r.num_partitions,
+                     "exact_fraction_before": float(before.mean()), "exact_fraction_after": float(before.mean()),
+                     "problems": 0, "rounds": 0, "time_limits": 0, "near_ties": 0, "rows_not_reproduced": 0,
+                     "partitions_refitted": 0,
+                     "cpu_seconds": 0.0}
+            left = budget - (time.process_time() - t0)
+            if before.all() or left <= 0:
+                exhausted |= not before.all()
+                out.append(dataclasses.replace(r, exact_before=before))
+                rows.append(entry)
+                continue
+            j = learner_index[r.learner]
+            target = targets[r.num_partitions]
+            members = [files[k] for k in target.units]
+            ev = decode_block(read_stored_block(members, j, 0, len(plan.y_test),
+                                                ("votes", "scores", "cost_lower", "cost_upper")))
+            open_rows = np.flatnonzero(~before)
+            weights = _PartitionWeights(cfg, plan, target.units, j)
+            solver = PartitionSolver(lambda m, rr: weights(m, open_rows[rr]), weights.labels(), plan.num_classes,
+                                     time_limit=ex.time_limit, model_tolerance=MODEL_TOLERANCE,
+                                     accept=weights.matches(ev.scores[open_rows], ev.votes[open_rows]))
+            t1 = time.process_time()
+            res = refine_ensemblecert(ev.votes[open_rows], ev.cost_lower[open_rows], ev.cost_upper[open_rows],
+                                      plan.num_classes, solver, budget_seconds=left, max_radius=len(plan.y_train))
+            exhausted |= res.budget_exhausted
+            radius, upper, exact = r.radius.copy(), r.radius_upper.copy(), before.copy()
+            radius[open_rows] = np.maximum(radius[open_rows], res.radius_lower)
+            upper[open_rows] = np.minimum(upper[open_rows], res.radius_upper)
+            exact[open_rows] = radius[open_rows] == upper[open_rows]
+            out.append(dataclasses.replace(r, radius=radius, radius_upper=upper, exact=exact, exact_before=before))
+            entry.update(exact_fraction_after=float(exact.mean()), problems=res.problems, rounds=res.rounds,
+                         time_limits=solver.timed_out, near_ties=solver.near_tie, rows_not_reproduced=solver.rejected,
+                         partitions_refitted=len(weights.models), cpu_seconds=time.process_time() - t1)
+            rows.append(entry)
+    block = {"refine": True, "budget_cpu_seconds": budget, "time_limit": ex.time_limit,
+             "cpu_seconds": time.process_time() - t0, "wall_seconds": time.perf_counter() - wall0,
+             "budget_exhausted": exhausted, "run_seconds_before": run_seconds, "results": rows}
+    return out, block
+
+
+def exactness_markdown(block: dict) -> str:
+    """Report section: EnsembleCert radii proven exact before and after the refinement, and its cost."""
+    lines = ["", "## Exactness refinement", "",
+             "EnsembleCert radii where the lower- and upper-cost radii differed were refined by solving the "
+             "per-partition class costs of the lower-bound plan exactly (`kernelcert.refine`, docs/math.md §4.3); "
+             f"CPU time {block['cpu_seconds']:.2f} s (budget {block['budget_cpu_seconds']:.1f} s"
+             f"{', exhausted' if block['budget_exhausted'] else ''}; the run before it took "
+             f"{block['run_seconds_before']:.1f} s).", "",
+             "| learner | N_p | exact before | exact after | problems | time limits | partitions refitted | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['learner']} | {r['num_partitions']} | {r['exact_fraction_before']:.4f} | "
+              f"{r['exact_fraction_after']:.4f} | {r['problems']} | {r['time_limits']} | {r['partitions_refitted']} | "
+              f"{r['cpu_seconds']:.2f} |" for r in block["results"]]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["refine_results", "exactness_markdown", "REFINED_METHOD", "MODEL_TOLERANCE"]

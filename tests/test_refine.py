@@ -1,0 +1,342 @@
+"""Exact per-class costs and lazily refined EnsembleCert (kernelcert.refine) against independent oracles:
+enumeration, the existing class-cost MILP, a plain one-hot MILP written here, and EnsembleCert on
+brute-force costs. Every answer flagged exact must equal the truth; every answer must stay inside
+certify's bounds."""
+import numpy as np
+import pytest
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from kernelcert.certificates import certify
+from kernelcert.ensemble import ensemblecert
+from kernelcert.exact import brute_force_certificate, milp_class_costs
+from kernelcert.learners import KernelRegression
+from kernelcert.refine import (
+    PartitionSolver,
+    attack_makes_class_win,
+    exact_class_costs,
+    refine_class_costs,
+    refine_ensemblecert,
+    solve_class_cost,
+)
+from problems import rbf_problem
+
+WEIGHT_KINDS = ("normal", "integer", "positive", "repeated", "heavy", "sparse_classes")
+
+
+def make_weights(kind, rng, t, n):
+    if kind == "normal":
+        return rng.normal(size=(t, n))
+    if kind == "integer":  # many exact ties
+        return rng.integers(-3, 4, size=(t, n)).astype(float)
+    if kind == "positive":  # the C_max SVM case: every weight positive
+        return np.abs(rng.normal(size=(t, n)))
+    if kind == "repeated":  # repeated dyadic values
+        return rng.choice([-1.0, 0.5, 1.0, 2.0, 0.25], size=(t, n))
+    if kind == "heavy":
+        return rng.standard_t(1.5, size=(t, n))
+    # few distinct labels: empty classes give exact zero scores
+    return rng.integers(-2, 3, size=(t, n)).astype(float) * 0.5
+
+
+def check_against_truth(W, y, K, truth, res, cert):
+    """Exact => equal to the truth; always lower <= truth <= upper, inside certify's bounds."""
+    assert np.all(res.lower <= truth) and np.all(truth <= res.upper)
+    assert np.all(res.lower >= cert.cost_lower) and np.all(res.upper <= cert.cost_upper)
+    assert np.array_equal(res.exact, res.lower == res.upper)
+    assert np.array_equal(res.lower[res.exact], truth[res.exact])
+
+
+@pytest.mark.parametrize("kind", WEIGHT_KINDS)
+def test_exact_costs_match_brute_force(kind):
+    rng = np.random.default_rng(WEIGHT_KINDS.index(kind))
+    exact_total = pairs_total = 0
+    for _ in range(12):
+        n, K = int(rng.integers(4, 10)), int(rng.integers(3, 5))
+        if kind == "sparse_classes":
+            n = min(n, 7)
+        if kind == "sparse_classes":
+            K = 5
+            y = rng.integers(0, 3, n)
+        else:
+            y = rng.integers(0, K, n)
+        W = make_weights(kind, rng, 5, n)
+        bf = brute_force_certificate(W, y, K)
+        cert = certify(W, y, K)
+        res = exact_class_costs(W, y, K, certificate=cert)
+        assert np.array_equal(res.prediction, bf.prediction)
+        check_against_truth(W, y, K, bf.class_costs, res, cert)
+        exact_total += res.exact.sum()
+        pairs_total += res.exact.size
+    # the solver must actually close gaps (a solver that returned the bounds would fail here)
+    assert exact_total >= 0.97 * pairs_total
+
+
+def test_exact_costs_match_class_cost_milp():
+    rng = np.random.default_rng(7)
+    for n, K in ((14, 3), (18, 4), (20, 4)):
+        y = rng.integers(0, K, n)
+        W = rng.normal(size=(4, n))
+        truth = milp_class_costs(W, y, K, time_limit=60)
+        cert = certify(W, y, K)
+        res = exact_class_costs(W, y, K, certificate=cert)
+        check_against_truth(W, y, K, truth, res, cert)
+        assert res.exact.all()
+
+
+def one_hot_milp(w, y, K, c, margin=None):
+    """Independent oracle: binary one-hot labels z (n, K), minimise the flips subject to
+    s_c - s_k >= [k < c] - 1/2 (exact for integer weights: the rows sit 1/2 inside, far above solver
+    tolerances) or, with `margin`, s_c - s_k >= margin for every k (float weights)."""
+    n = len(y)
+    cost = (np.arange(K)[None, :] != y[:, None]).astype(float).ravel()
+    A_one = np.kron(np.eye(n), np.ones((1, K)))
+    rows, lb = [], []
+    for k in range(K):
+        if k == c:
+            continue
+        a = np.zeros((n, K))
+        a[:, c] = w
+        a[:, k] = -w
+        rows.append(a.ravel())
+        lb.append((1.0 if k < c else 0.0) - 0.5 if margin is None else margin)
+    res = milp(cost, constraints=[LinearConstraint(A_one, 1, 1), LinearConstraint(np.array(rows), lb, np.inf)],
+               integrality=np.ones(n * K), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
+    return np.inf if res.status == 2 else round(res.fun)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_exact_costs_match_one_hot_milp_mid_size(positive):
+    """n = 60, K = 5 (beyond enumeration): pruning and prefix reductions against the plain formulation."""
+    rng = np.random.default_rng(11 + positive)
+    n, K = 60, 5
+    y = rng.integers(0, K, n)
+    W = rng.integers(0 if positive else -4, 5, size=(3, n)).astype(float)
+    cert = certify(W, y, K)
+    res = exact_class_costs(W, y, K, certificate=cert)
+    truth = np.array([[0.0 if c == cert.prediction[i] else one_hot_milp(W[i], y, K, c) for c in range(K)]
+                      for i in range(len(W))])
+    check_against_truth(W, y, K, truth, res, cert)
+    assert res.exact.all()
+
+
+def test_exact_costs_match_one_hot_milp_float_weights():
+    """Float weights, n = 50, K = 6 (positive ones take the combinatorial path, signed ones the MILP):
+    where the one-hot MILP with margins -1e-6 and +1e-6 agrees, that is the truth."""
+    rng = np.random.default_rng(17)
+    n, K = 50, 6
+    compared = 0
+    for positive in (True, False):
+        y = rng.integers(0, K, n)
+        W = rng.gamma(0.7, size=(3, n)) if positive else rng.normal(size=(3, n))
+        cert = certify(W, y, K)
+        res = exact_class_costs(W, y, K, certificate=cert)
+        for i in range(len(W)):
+            for c in range(K):
+                if c == cert.prediction[i] or cert.cost_lower[i, c] == cert.cost_upper[i, c]:
+                    continue
+                lo, hi = one_hot_milp(W[i], y, K, c, -1e-6), one_hot_milp(W[i], y, K, c, 1e-6)
+                assert lo <= res.upper[i, c] and res.lower[i, c] <= hi
+                if lo == hi:
+                    assert res.exact[i, c] and res.lower[i, c] == lo
+                    compared += 1
+    assert compared >= 5  # the draw leaves gaps for both paths to close
+
+
+def test_attacks_verify_and_tie_rule():
+    # s = (0, 1, 1): class 1 wins the tie against 2; making 2 win needs a strict win over 1
+    w = np.array([1.0, 1.0, 2.0])
+    y = np.array([1, 2, 0])
+    s = solve_class_cost(w, y, 3, 2, 1.0, 3.0)
+    assert s.exact and s.lower == 1.0
+    assert attack_makes_class_win(w, y, 3, s.attack, 2)
+    assert len(s.attack) == 1
+    # class 1 ties class 2 only after moving sample 1 to 1: 1 beats 2 by index
+    assert attack_makes_class_win(np.array([1.0, 1.0]), np.array([0, 2]), 3, [(0, 1)], 1)
+    assert not attack_makes_class_win(np.array([1.0, 1.0]), np.array([0, 1]), 3, [(0, 2)], 2)
+
+
+def test_solve_returns_verified_attacks_on_kernel_regression_rows():
+    Ktr, Kx, y = rbf_problem(120, 6, 4, seed=3)
+    W = KernelRegression(ridge=1e-2).fit(Ktr, y, 4).label_weights(Kx)
+    cert = certify(W, y, 4)
+    for i in range(len(W)):
+        for c in range(4):
+            if c == cert.prediction[i]:
+                continue
+            s = solve_class_cost(W[i], y, 4, c, cert.cost_lower[i, c], cert.cost_upper[i, c])
+            assert cert.cost_lower[i, c] <= s.lower <= s.upper <= cert.cost_upper[i, c]
+            if s.attack is not None:
+                assert len(s.attack) == s.upper
+                assert attack_makes_class_win(W[i], y, 4, s.attack, c)
+                lab = y.copy()
+                for j, d in s.attack:
+                    lab[j] = d
+                assert int(np.argmax(W[i] @ np.eye(4)[lab])) == c  # float64 from scratch agrees
+
+
+def test_cap_and_time_limit_keep_sound_bounds():
+    rng = np.random.default_rng(5)
+    n, K = 8, 4
+    for _ in range(8):
+        y = rng.integers(0, K, n)
+        W = rng.normal(size=(3, n))
+        truth = brute_force_certificate(W, y, K).class_costs
+        cert = certify(W, y, K)
+        r, c = np.nonzero(cert.cost_lower < cert.cost_upper)
+        for cap in (1.0, 2.0, 3.0):
+            res = refine_class_costs(W, y, K, r, c, cert.cost_lower[r, c], cert.cost_upper[r, c],
+                                     caps=np.full(r.size, cap))
+            for q, s in enumerate(res):
+                A = truth[r[q], c[q]]
+                assert s.lower <= A <= s.upper
+                if s.lower < s.upper:  # unresolved only at or above the cap
+                    assert s.lower >= min(cap, cert.cost_upper[r[q], c[q]])
+
+
+def test_time_limit_flags_not_exact():
+    rng = np.random.default_rng(9)
+    n, K = 3000, 10
+    y = rng.integers(0, K, n)
+    W = rng.standard_t(2, size=(1, n))
+    cert = certify(W, y, K)
+    r, c = np.nonzero(cert.cost_lower < cert.cost_upper)
+    if r.size == 0:
+        pytest.skip("bounds already tight on this draw")
+    res = refine_class_costs(W, y, K, r[:3], c[:3], cert.cost_lower[r[:3], c[:3]], cert.cost_upper[r[:3], c[:3]],
+                             time_limit=1e-4)
+    for q, s in enumerate(res):
+        assert cert.cost_lower[r[q], c[q]] <= s.lower <= s.upper <= cert.cost_upper[r[q], c[q]]
+        assert s.exact == (s.lower == s.upper)
+
+
+def tiny_ensemble(rng, N, n, K, kind):
+    ys = [rng.integers(0, K, n) for _ in range(N)]
+    Ws = [make_weights(kind, rng, 6, n) for _ in range(N)]
+    return Ws, ys
+
+
+@pytest.mark.parametrize("kind", ["normal", "integer", "positive"])
+def test_refined_ensemble_radius_matches_exact_costs(kind):
+    rng = np.random.default_rng(["normal", "integer", "positive"].index(kind) + 20)
+    K = 4
+    proven = total = 0
+    for _ in range(4):
+        N = int(rng.integers(3, 7))
+        Ws, ys = tiny_ensemble(rng, N, 7, K, kind)
+        bfs = [brute_force_certificate(W, y, K) for W, y in zip(Ws, ys)]
+        certs = [certify(W, y, K) for W, y in zip(Ws, ys)]
+        votes = np.stack([c.prediction for c in certs], 1)
+        A = np.stack([b.class_costs for b in bfs], 1)
+        truth = ensemblecert(votes, A, K).radius
+        L = np.stack([c.cost_lower for c in certs], 1)
+        U = np.stack([c.cost_upper for c in certs], 1)
+        solver = PartitionSolver(lambda j, rows: Ws[j][rows], ys, K)
+        res = refine_ensemblecert(votes, L, U, K, solver)
+        assert np.all(res.radius_lower <= truth) and np.all(truth <= res.radius_upper)
+        assert np.array_equal(res.radius_lower[res.exact], truth[res.exact])
+        assert np.all(res.cost_lower <= A) and np.all(A <= res.cost_upper)
+        before = ensemblecert(votes, L, K).radius == ensemblecert(votes, U, K).radius
+        assert np.array_equal(res.exact_before, before)
+        assert np.all(res.exact[before])
+        proven += res.exact.sum()
+        total += res.exact.size
+    assert proven >= 0.95 * total
+
+
+def test_refine_ensemble_stops_without_progress_and_rejects_bad_solvers():
+    rng = np.random.default_rng(3)
+    K, N = 4, 5
+    Ws, ys = tiny_ensemble(rng, N, 8, K, "positive")
+    certs = [certify(W, y, K) for W, y in zip(Ws, ys)]
+    votes = np.stack([c.prediction for c in certs], 1)
+    L = np.stack([c.cost_lower for c in certs], 1)
+    U = np.stack([c.cost_upper for c in certs], 1)
+    before = ensemblecert(votes, L, K).radius < ensemblecert(votes, U, K).radius
+    res = refine_ensemblecert(votes, L, U, K, lambda p, j, c, lo, hi, cap: (lo, hi))
+    assert res.rounds <= 1
+    assert np.array_equal(res.exact, ~before)
+    if before.any():
+        with pytest.raises(RuntimeError, match="outside the previous"):
+            refine_ensemblecert(votes, L, U, K, lambda p, j, c, lo, hi, cap: (lo - 1, hi))
+
+
+def test_input_errors_name_the_argument():
+    w, y = np.array([1.0, -1.0]), np.array([0, 1])
+    with pytest.raises(ValueError, match="lower"):
+        solve_class_cost(w, y, 2, 1, 3.0, 2.0)
+    with pytest.raises(ValueError, match="target"):
+        solve_class_cost(w, y, 2, 5, 0.0, 1.0)
+    with pytest.raises(ValueError, match="weights_row"):
+        solve_class_cost(np.array([1.0]), y, 2, 1, 0.0, 1.0)
+    with pytest.raises(ValueError, match="time_limit"):
+        solve_class_cost(w, y, 2, 1, 0.0, 1.0, time_limit=-1)
+    with pytest.raises(ValueError, match="cost_lower"):
+        refine_ensemblecert(np.zeros((1, 2), int), np.ones((1, 2, 2)), np.zeros((1, 2, 2)), 2,
+                            lambda *a: a[3:5])
+    with pytest.raises(ValueError, match="rows"):
+        refine_class_costs(w[None, :], y, 2, [3], [1], [0.0], [1.0])
+    with pytest.raises(TypeError, match="weights must be callable"):
+        PartitionSolver(np.zeros((2, 2)), [y], 2)
+
+
+def test_run_with_exactness_refinement(tmp_path):
+    """`[exactness] refine = true` in a run: same units (not hashed), refined EnsembleCert radii inside the
+    unrefined bounds, exact ones equal to EnsembleCert on exactly solved costs of the same models, and
+    the before/after fractions in points.csv, summary.json and the report."""
+    from kernelcert import pipeline
+    from kernelcert.pipeline.config import make_kernel, make_learner
+
+    cfg = {
+        "data": {"dataset": "synthetic", "num_classes": 4, "n_train": 240, "n_test": 60, "dim": 6, "seed": 1,
+                 "separation": 1.5},
+        "kernel": {"architecture": "fully_connected", "depth": 1, "W_std": 1.5, "b_std": 0.1},
+        "learners": [{"type": "svm"}, {"type": "regression", "ridge": 0.01}],
+        "partition": {"rule": "ss_dpa", "num_partitions": [4, 8]},
+        "methods": {"aggregations": ["dpa", "ensemblecert"]},
+        "output": {"dir": str(tmp_path), "name": "tiny", "plots": False},
+        "execution": {"progress": False},
+    }
+    base = pipeline.run(cfg)
+    cfg["exactness"] = {"refine": True, "time_limit": 20}
+    res = pipeline.run(cfg)
+    assert res.run_dir == base.run_dir and res.computed_units == 0
+    conf = pipeline.config_from_dict(cfg)
+    plan = pipeline.plan_run(conf)
+    kern = make_kernel(conf.kernel)
+    K = plan.num_classes
+    header, table = pipeline.read_points(res.points_path)
+    col = {h: i for i, h in enumerate(header)}
+    refined_any = False
+    for r0, r1 in zip(base.results, res.results):
+        assert (r0.learner, r0.num_partitions, r0.method) == (r1.learner, r1.num_partitions, r1.method)
+        if r1.method != "ensemblecert":
+            assert r1.exact_before is None
+            continue
+        assert np.array_equal(r1.exact_before, r0.exact)
+        assert np.all(r0.radius <= r1.radius) and np.all(r1.radius <= r1.radius_upper)
+        assert np.all(r1.radius_upper <= r0.radius_upper) and np.all(r1.exact[r0.exact])
+        refined_any |= bool(np.any(r1.exact & ~r0.exact))
+        # the oracle: the same partition models, every class cost solved exactly
+        j = [lc.name for lc in conf.learners].index(r1.learner)
+        units = {u.key: u for u in plan.units}
+        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
+        costs, votes = [], []
+        for key in target.units:
+            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
+            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+            ex = exact_class_costs(W, y, K)
+            assert ex.exact.all()
+            costs.append(ex.lower)
+            votes.append(ex.prediction)
+        truth = ensemblecert(np.stack(votes, 1), np.stack(costs, 1), K, max_radius=len(plan.y_train)).radius
+        assert np.array_equal(r1.radius[r1.exact], truth[r1.exact])
+        assert np.all(r1.radius <= truth) and np.all(truth <= r1.radius_upper)
+        base_col = f"{r1.learner}/{r1.num_partitions}/ensemblecert"
+        assert np.array_equal(table[:, col[f"{base_col}/exact"]], r1.exact.astype(int))
+        assert np.array_equal(table[:, col[f"{base_col}/exact_before_refinement"]], r0.exact.astype(int))
+    assert refined_any, "the configuration should leave some radius to refine"
+    block = res.summary["exactness"]
+    assert block["refine"] and not block["budget_exhausted"] and len(block["results"]) == 4
+    assert "## Exactness refinement" in res.report_path.read_text()
+    with pytest.raises(ValueError, match="exactness"):
+        pipeline.config_from_dict({**cfg, "exactness": {"refine": "yes"}})
