@@ -118,6 +118,7 @@ def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg
     from kernelcert.pipeline.backends import DaskBackend
     from kernelcert.pipeline.store import counts_to_float
     from kernelcert.pipeline.unit import SharedInputs, UnitTask, compute_unit
+    from kernelcert.provenance import Provenance, resolved_device
     from kernelcert.ensemble import dpa, ensemblecert
     from kernelcert.roe import dpa_roe, whitebox_roe
 
@@ -130,7 +131,8 @@ def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg
     rng = np.random.default_rng(0)
     shared = SharedInputs(x_test=rng.random((sample_test, dim)), num_classes=K, kernel=cfg.kernel,
                           learners=cfg.learners, execution=cfg.execution, config_hash="simulation",
-                          levels={"partition": "pairs"})
+                          levels={"partition": "pairs"},
+                          provenance=Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype))
     tasks = [UnitTask(f"sim-{i}", "partition", n_p, i, rng.random((n_part, dim)), rng.integers(0, K, n_part))
              for i in range(sample_units + 1)]  # the first one warms up the worker (imports, jit)
     with DaskBackend(n_workers=1) as be:
