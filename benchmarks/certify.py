@@ -22,6 +22,16 @@
    (MNIST NTK, binary and 3 classes): radii must agree where the MILP is exact and lie within its
    bounds where it timed out (per-MILP time limit); speed ratio.
 4. Plot of the gap distributions: benchmarks/results/certify_gaps[_quick].png.
+5. The shapes a run produces: partition-sized rows. Full MNIST (60,000 training images) split by
+   SS-DPA into N_p = 10, 50, 100, 1,000 partitions; one partition's depth-2 ReLU NTK kernel
+   regression (ridge 1e-3) and C_max kernel SVM, label weights on test points (rows of n / N_p
+   weights, K = 10). Timed: what a run computes per model (radius + per-class bounds + the
+   attacker-tie pairwise costs of white-box ROE, `certify(..., pairwise="attacker")`, one pass)
+   with the compiled kernel on one thread (CPU time) and on every core (wall and CPU time), the
+   numpy engine's two passes (`certify` + `pairwise_costs`, the path before the kernel), and one
+   `ndarray.sort(axis=1)` of the same rows in the same process (the floor). Checks that both
+   engines give bit-identical outputs and reports the kernel's compile count.
+   `--partitions-only` runs just this section (writes certify_partitions[_quick].json).
 
 Writes benchmarks/results/certify[_quick].json atomically. Full mode caches finished pieces in
 benchmarks/results/certify_cache.json (keyed by the configuration and the source of the modules
@@ -40,8 +50,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numba
 import numpy as np
 
+from kernelcert import _scalabel_kernel
 from kernelcert.certificates import certify, pairwise_costs
 from kernelcert.exact import labelcert_svm_milp, milp_class_costs
 
@@ -59,6 +71,7 @@ QUICK = dict(
     milp_time_limit=30.0,
     labelcert=[[2, 20, 3], [2, 50, 3], [3, 20, 2], [3, 50, 1]], labelcert_time_limit=20.0,
     binary_classes=[1, 7], multi_classes=[0, 1, 2],
+    partitions=[10, 50, 100, 1000], partition_test=200,
 )
 FULL = dict(
     t=10_000, n=60_000, K=10, chunk=1000,
@@ -68,6 +81,7 @@ FULL = dict(
     labelcert=[[2, 20, 5], [2, 50, 5], [2, 100, 4], [3, 20, 4], [3, 50, 2], [3, 100, 2]],
     labelcert_time_limit=60.0,
     binary_classes=[1, 7], multi_classes=[0, 1, 2],
+    partitions=[10, 50, 100, 1000], partition_test=2000,
 )
 KINDS = ("random", "realistic")
 
@@ -112,7 +126,7 @@ class Cache:
 
 def cache_key(cfg: dict, seed: int) -> str:
     h = hashlib.sha256(json.dumps({"cfg": cfg, "seed": seed}, sort_keys=True).encode())
-    for mod in ("certificates", "exact", "learners", "kernels", "data"):
+    for mod in ("certificates", "_scalabel_kernel", "exact", "learners", "kernels", "data"):
         h.update((ROOT / "kernelcert" / f"{mod}.py").read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()
@@ -371,6 +385,90 @@ def mnist_piece(cfg: dict, seed: int) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- 5. partition-sized rows
+CERT_FIELDS = ("prediction", "radius", "cost_lower", "cost_upper", "class_exact", "exact")
+
+
+def _timed_threads(fn, threads: int):
+    """(fn(), wall s, CPU s) with numba's kernel on `threads` threads."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return timed(fn)
+    finally:
+        numba.set_num_threads(before)
+
+
+def partition_piece(cfg: dict, seed: int) -> dict:
+    """Sort floor, compiled kernel (1 thread / all cores) and numpy engine on partition-sized MNIST rows."""
+    from kernelcert.data import mnist
+    from kernelcert.kernels import FullyConnected
+    from kernelcert.learners import KernelRegression, KernelSVM
+    from kernelcert.partition import ss_dpa_partition
+
+    try:
+        xtr, ytr, xte, _ = mnist(n_test=cfg["partition_test"], seed=seed)
+    except FileNotFoundError as exc:  # reported, never invented
+        return {"error": str(exc)}
+    kern = FullyConnected(depth=2, W_std=2.0 ** 0.5, b_std=0.1, activation="relu")
+    cores = numba.config.NUMBA_NUM_THREADS
+    warm = np.random.default_rng(0).standard_normal((2, 20))
+    certify(warm, np.arange(20) % 10, 10, pairwise="attacker")  # compile (or load from numba's cache)
+    rows = []
+    for n_p in cfg["partitions"]:
+        idx = np.flatnonzero(ss_dpa_partition(xtr, n_p) == 0)
+        Ktr, Kx = kern.ntk(xtr[idx]), kern.ntk(xte, xtr[idx])
+        y = ytr[idx]
+        for name, model in (("regression", KernelRegression(ridge=1e-3)), ("svm", KernelSVM(None))):
+            model.fit(Ktr, y, 10)
+            W = np.ascontiguousarray(model.label_weights(Kx))
+            t = W.shape[0]
+            sort_cpu = sort_floor_cpu(W)
+            one = [_timed_threads(lambda: certify(W, y, 10, pairwise="attacker"), 1) for _ in range(2)]
+            (cert, P), wall1, cpu1 = min(one, key=lambda r: r[2])
+            _, wall_all, cpu_all = _timed_threads(lambda: certify(W, y, 10, pairwise="attacker"), cores)
+            (ref, P_ref), wall_np, cpu_np = timed(
+                lambda: (certify(W, y, 10, engine="numpy"), pairwise_costs(W, y, 10, tie="attacker", engine="numpy")))
+            identical = bool(np.array_equal(P, P_ref) and all(np.array_equal(getattr(cert, f), getattr(ref, f))
+                                                              for f in CERT_FIELDS))
+            row = {"num_partitions": n_p, "n": len(y), "learner": name, "points": t, "sort_cpu_s": sort_cpu,
+                   "kernel_cpu_s": cpu1, "kernel_wall_s": wall1, "kernel_ratio": cpu1 / sort_cpu,
+                   "threads": cores, "kernel_threads_wall_s": wall_all, "kernel_threads_cpu_s": cpu_all,
+                   "kernel_threads_wall_ratio": wall_all / sort_cpu,
+                   "numpy_cpu_s": cpu_np, "numpy_wall_s": wall_np, "numpy_ratio": cpu_np / sort_cpu,
+                   "speedup_cpu": cpu_np / cpu1, "identical": identical,
+                   "exact_points": float(cert.exact.mean()), "median_radius": float(np.median(cert.radius))}
+            rows.append(row)
+            print(f"  N_p={n_p} n={len(y)} {name}: sort {1e6 * sort_cpu / t:.2f} us/pt; kernel "
+                  f"{1e6 * cpu1 / t:.1f} us/pt CPU = {row['kernel_ratio']:.1f}x sort ({cores} threads: "
+                  f"{1e6 * wall_all / t:.1f} us/pt wall); numpy engine {row['numpy_ratio']:.1f}x; "
+                  f"identical {identical}", flush=True)
+    return {"threads": cores, "compile_count": _scalabel_kernel.compile_count(), "rows": rows}
+
+
+def partition_markdown(part: dict) -> list[str]:
+    """Table and summary of section 5."""
+    out = ["### The shapes a run produces: partition-sized rows", ""]
+    if "error" in part:
+        return out + [f"Not run: {part['error']}"]
+    out += ["Full MNIST split by SS-DPA into N_p partitions; one partition's depth-2 ReLU NTK learner (kernel "
+            "regression, ridge 1e-3, and C_max kernel SVM), label weights on the test points (rows of n = "
+            "60,000 / N_p weights, K = 10). *kernel* = what a run computes per model in one pass: radius, per-class "
+            "bounds and the attacker-tie pairwise costs of white-box ROE (`certify(..., pairwise=\"attacker\")`, "
+            "compiled numba kernel); *numpy engine* = the vectorised reference in two passes (`certify` + "
+            "`pairwise_costs`, the path before the kernel). Ratios are CPU time over one `ndarray.sort(axis=1)` of "
+            "the same rows in the same process; the kernel is timed on one thread (CPU) and on every core "
+            f"({part['threads']} threads, wall). The kernel compiled {part['compile_count']} time(s) for all "
+            "shapes (one signature; numba's on-disk cache makes later processes load it instead).", "",
+            md_table(["N_p", "n", "learner", "points", "sort µs/pt", "kernel µs/pt (1 thread CPU)", "kernel / sort",
+                      "kernel µs/pt (all cores, wall)", "numpy engine / sort", "speed-up", "identical"],
+                     [[r["num_partitions"], r["n"], r["learner"], r["points"], 1e6 * r["sort_cpu_s"] / r["points"],
+                       1e6 * r["kernel_cpu_s"] / r["points"], r["kernel_ratio"],
+                       1e6 * r["kernel_threads_wall_s"] / r["points"], r["numpy_ratio"], r["speedup_cpu"],
+                       r["identical"]] for r in part["rows"]])]
+    return out
+
+
 # --------------------------------------------------------------------------- 2c. small problems vs MILP
 def small_weights(kind: str, rng, t: int, n: int) -> np.ndarray:
     if kind == "normal":
@@ -610,8 +708,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="small configuration (about 1-2 minutes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="full mode: ignore cached pieces of an earlier run")
+    ap.add_argument("--partitions-only", action="store_true",
+                    help="run only section 5 (partition-sized rows); writes certify_partitions[_quick].json")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
+    if args.partitions_only:
+        t_start = time.perf_counter()
+        print("5. partition-sized rows", flush=True)
+        result = {"config": {"partitions": cfg["partitions"], "partition_test": cfg["partition_test"],
+                             "seed": args.seed}, "partitions": partition_piece(cfg, args.seed),
+                  "wall_seconds": time.perf_counter() - t_start}
+        stamp(result, NAME, args.quick, argv)
+        print("\n".join(partition_markdown(result["partitions"])))
+        path = write_result(NAME + "_partitions", result, args.quick)
+        print(f"\nwrote {path.relative_to(ROOT)}")
+        return result
     cache = Cache(None if args.quick else CACHE, cache_key(cfg, args.seed), args.fresh)
     t_start = time.perf_counter()
     print("1. throughput", flush=True)
@@ -630,8 +741,10 @@ def main(argv=None) -> dict:
         if "error" not in r:
             print(f"  K={K} n={n}: {r['agree']} agree, {r['within_bounds']} within bounds, {r['disagree']} disagree, "
                   f"{r['timeouts']} timeouts, MILP {r['milp_s_per_point']:.1f}s/pt", flush=True)
+    print("5. partition-sized rows", flush=True)
+    part = cache.get("partitions", lambda: partition_piece(cfg, args.seed))
     result = {"config": dict(cfg, seed=args.seed), "throughput": thr, "peak_rss_mib": peak_rss, "mnist": mn,
-              "small": small, "labelcert": lc, "wall_seconds": time.perf_counter() - t_start}
+              "small": small, "labelcert": lc, "partitions": part, "wall_seconds": time.perf_counter() - t_start}
     png = RESULTS / ("certify_gaps_quick.png" if args.quick else "certify_gaps.png")
     plot(result, png)
     result["plot"] = png.name
@@ -797,6 +910,8 @@ def markdown(result: dict) -> str:
             text += (f" Where every MILP finished, ScaLabelCert is {fmt(float(min(done)))}x to "
                      f"{fmt(float(max(done)))}x faster per point.")
         out += ["", text]
+    if "partitions" in result:
+        out += [""] + partition_markdown(result["partitions"])
     return "\n".join(out) + "\n"
 
 

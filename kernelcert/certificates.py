@@ -21,6 +21,11 @@ How it is computed (per block of test points, vectorised over the block):
   deciding one lies inside the windows; rows where that cannot be shown are recomputed with
   8x larger windows, up to whole groups (then the computation is the plain greedy).
 
+The float core runs as a compiled kernel, one row per thread (`_scalabel_kernel`, numba; engine
+"numba", the default): the same tables and searches as the vectorised numpy code below, in the same
+floating-point order, so every output is identical; the numpy code (engine "numpy") stays as the
+reference the kernel is tested against.
+
 Floating point (docs/math.md §3), in three layers around the float core:
 
 1. Range guard. After the sort, every row whose largest |w| lies outside [2^-500, 2^500] is
@@ -56,6 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _scalabel_kernel
 from ._jax import default_device, gpu_devices, x64_scope
 from ._validation import as_float_array, check_int, check_labels, check_positive
 
@@ -882,20 +888,34 @@ def _rescale(S: np.ndarray, layout: _Layout, tol: np.ndarray):
     return S, tol
 
 
+_ENGINES = ("numba", "numpy")
+
+
 def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np.ndarray, block_size,
-         sort_device: str = "numpy"):
+         sort_device: str = "numpy", engine: str = "numba", pairs_tie: str | None = None):
     """Stream over blocks of test points; rows whose windows were too small are redone with larger ones.
 
     user_tol (t,): absolute tolerance per row. In 'radius' and 'full' mode the rows the float core
     flags as decided inside the band are then resolved in exact arithmetic (`_resolve_exact`).
+    engine "numba": the float core is the compiled row kernel (`_scalabel_kernel`), "numpy": the
+    vectorised core below (the test oracle); identical results. pairs_tie (mode "full"): also
+    return the pairwise costs with that tie rule as res["P"], as mode "pairs" computes them (the
+    kernel takes them from the same pass).
     """
+    if engine not in _ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(_ENGINES)}, got {engine!r}")
+    if pairs_tie is not None and mode == "full" and engine == "numpy":
+        res = _run(weights, layout, mode, tie, user_tol, block_size, sort_device, engine)
+        res["P"] = _run(weights, layout, "pairs", pairs_tie, user_tol, block_size, sort_device, engine)["P"]
+        return res
     use_jax = _use_jax_sort(sort_device)
     t, n = weights.shape
     K = layout.K
     res = {"prediction": np.zeros(t, np.int64), "radius": np.zeros(t, np.int64),
            "radius_exact": np.ones(t, bool), "band": np.zeros(t, bool)}
-    if mode == "pairs":
+    if mode == "pairs" or pairs_tie is not None:
         res["P"] = np.zeros((t, K, K))
+        res["pairs_band"] = np.zeros(t, bool)
     if mode == "full":
         res["lower"] = np.zeros((t, K))
         res["upper"] = np.zeros((t, K))
@@ -905,10 +925,10 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np
     if n == 0:  # all scores 0: class 0 predicted, nothing can change
         inf = np.where(np.arange(K) == 0, 0.0, np.inf)
         res["own"][:] = inf
-        if mode == "pairs":
+        if "P" in res:
             # b beats a at equal (zero) scores iff b < a (index) or always (attacker)
             a, b = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
-            res["P"][:] = np.where(_already(0.0, 0.0, a, b, tie) | (a == b), 0.0, np.inf)
+            res["P"][:] = np.where(_already(0.0, 0.0, a, b, pairs_tie or tie) | (a == b), 0.0, np.inf)
         if mode == "full":
             res["lower"][:] = inf
             res["upper"][:] = inf
@@ -919,6 +939,12 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np
         stop = min(t, start + block_size)
         S, _ = _sorted_segments(np.asarray(weights[start:stop], dtype=np.float64), layout, use_jax=use_jax)
         S, tol_b = _rescale(S, layout, user_tol[start:stop])
+        if engine == "numba":
+            out = _scalabel_kernel.solve_block(S, layout.off, layout.first_window, layout.max_group, _WINDOW_GROWTH,
+                                               tol_b, mode, pairs_tie or tie, "P" in res)
+            for key, value in out.items():
+                res[key][start:stop] = value
+            continue
         rows = np.arange(stop - start)
         L = layout.first_window
         while rows.size:
@@ -944,6 +970,9 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np
             rows = np.concatenate(again)
             L = layout.next_window(L)
     _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["band"]), res, mode, tie)
+    if pairs_tie is not None and mode == "full":  # the pairs as mode "pairs" resolves them
+        _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["pairs_band"]), res, "pairs",
+                       pairs_tie)
     return res
 
 
@@ -1207,7 +1236,7 @@ def _validate(weights, labels, num_classes, block_size, rtol=0.0, atol=None):
     if num_classes is None:
         raise ValueError("num_classes is required: pass the task's number of classes (the attacker may relabel to "
                          "any class of the task, and a training set may lack some of them)")
-    y, K = check_labels("labels", labels, num_classes)
+    y, K = check_labels(labels, num_classes, name="labels")
     if w.shape[1] != len(y):
         raise ValueError(f"weights have {w.shape[1]} columns but there are {len(y)} labels")
     rtol = check_positive("rtol", rtol, allow_zero=True)
@@ -1232,7 +1261,7 @@ def _validate(weights, labels, num_classes, block_size, rtol=0.0, atol=None):
 
 
 def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rtol: float = 0.0, atol=None,
-                   block_size: int | None = None, sort_device: str = "auto") -> np.ndarray:
+                   block_size: int | None = None, sort_device: str = "auto", engine: str = "numba") -> np.ndarray:
     """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (docs/math.md §3).
 
     tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
@@ -1241,17 +1270,18 @@ def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rto
     Never above the exact value: decisions within the tolerance `rtol * sum_j |W_ij| + atol_i`
     (atol: scalar or (t,), the caller's bound on the weights' error) plus the rounding allowance
     count as covered. num_classes is the task's number of classes (required). Streams over blocks
-    of `block_size` test points. sort_device: as in `certify`.
+    of `block_size` test points. sort_device, engine: as in `certify`.
     """
     if tie not in ("index", "attacker"):
         raise ValueError(f"tie must be 'index' or 'attacker', got {tie!r}")
     w, y, K, block_size, tol = _validate(weights, labels, num_classes, block_size, rtol, atol)
-    res = _run(w, _Layout(y, K), "pairs", tie, tol, block_size, sort_device)
+    res = _run(w, _Layout(y, K), "pairs", tie, tol, block_size, sort_device, engine)
     return res["P"]
 
 
 def certify(weights, labels, num_classes: int, *, block_size: int | None = None, rtol: float = 0.0, atol=None,
-            class_bounds: bool = True, sort_device: str = "auto") -> Certificate:
+            class_bounds: bool = True, sort_device: str = "auto", engine: str = "numba",
+            pairwise: str | None = None):
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
     num_classes: the task's number of classes K (required: the attacker may relabel to any class of
@@ -1266,11 +1296,16 @@ def certify(weights, labels, num_classes: int, *, block_size: int | None = None,
     for K = 2 with zero tolerance). Streams over blocks of `block_size` test points (default: about
     100 MB of working memory); memory does not grow with t. sort_device: where the per-point sort
     (the dominant cost) runs: "auto" (JAX on a GPU when one is visible, else numpy), "numpy", or
-    "jax" (JAX's default device); results are identical.
+    "jax" (JAX's default device); results are identical. engine: "numba" (default, the compiled
+    row kernel) or "numpy" (the vectorised reference); the results are identical. pairwise
+    ("index" or "attacker", needs class_bounds): also return `pairwise_costs(..., tie=pairwise)`
+    with the same tolerance, taken from the same pass; the result is then (Certificate, P (t, K, K)).
     """
     w, y, K, block_size, tol = _validate(weights, labels, num_classes, block_size, rtol, atol)
+    if pairwise is not None and (pairwise not in ("index", "attacker") or not class_bounds):
+        raise ValueError(f"pairwise must be None, 'index' or 'attacker' (with class_bounds=True), got {pairwise!r}")
     mode = "full" if class_bounds else "radius"
-    res = _run(w, _Layout(y, K), mode, "index", tol, block_size, sort_device)
+    res = _run(w, _Layout(y, K), mode, "index", tol, block_size, sort_device, engine, pairwise)
     t = w.shape[0]
     pred = res["prediction"]
     if class_bounds:
@@ -1280,10 +1315,11 @@ def certify(weights, labels, num_classes: int, *, block_size: int | None = None,
         upper = np.where(np.arange(K)[None, :] == pred[:, None], 0.0, np.inf) if t else np.zeros((0, K))
     class_exact = lower == upper
     radius_exact = res["radius_exact"]
-    return Certificate(prediction=pred, radius=res["radius"], cost_lower=lower, cost_upper=upper,
+    cert = Certificate(prediction=pred, radius=res["radius"], cost_lower=lower, cost_upper=upper,
                        class_exact=class_exact, exact=class_exact.all(axis=1) & radius_exact,
                        radius_exact=radius_exact, weights=w, labels=y, num_classes=K, tolerance=tol,
                        class_bounds=bool(class_bounds))
+    return cert if pairwise is None else (cert, res["P"])
 
 
 def label_linear_prediction(weights, labels, num_classes: int, *, block_size: int | None = None) -> np.ndarray:

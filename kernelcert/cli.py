@@ -8,8 +8,15 @@
 `run` executes (or resumes) the certification run of a TOML config (see `kernelcert.pipeline`
 and configs/*.toml) and prints the results table; `demo` runs the built-in MNIST demo config
 (`demo_config_text()`, the package data file kernelcert/configs/demo.toml); `aggregate` certifies
-a trained ensemble from its saved base-model outputs (`kernelcert.aggregate`). Exit status 2 on a
-bad config, a bad input file or missing data, and on a missing command.
+a trained ensemble from its saved base-model outputs (`kernelcert.aggregate`).
+
+Exit status (`kernelcert.endings.ExitStatus`; every early stop prints one line saying what
+happened, how many work units are saved, and that rerunning the same command resumes):
+0 finished; 1 unexpected error (traceback); 2 bad config, a bad input file, bad arguments, missing
+data or a missing command; 3 the run directory is in use by another client; 4 a Dask worker's
+environment differs from this client's; 5 disk full; 6 permission denied; 7 out of memory (this
+process, or a worker killed for memory); 8 the Dask cluster was lost; 130 interrupted (Ctrl-C,
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ from importlib import resources
 
 from ._version import __version__
 from .aggregate import add_aggregate_parser, run_aggregate
+from .endings import ExitStatus, RunInterrupted, RunStopped
 from .pipeline import RunConfig, config_from_dict, load_config, run, with_overrides
 from .pipeline.config import parse_toml
 from .pipeline.report import results_table
+from .provenance import EnvironmentMismatch
+from .runlock import RunLocked
 
 
 def demo_config_text() -> str:
@@ -116,9 +126,21 @@ def main(argv=None) -> int:
                              scheduler=args.scheduler, progress=False if args.no_progress else None,
                              plots=False if args.no_plots else None, device=args.device)
         result = run(cfg)
+    except (RunStopped, RunInterrupted) as exc:
+        print(f"kernelcert: {exc}", file=sys.stderr)
+        return int(exc.ending.status)
+    except KeyboardInterrupt:  # before the run started: nothing computed
+        print("kernelcert: interrupted before any work unit was computed", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+    except RunLocked as exc:
+        print(f"kernelcert: error: {exc}", file=sys.stderr)
+        return int(ExitStatus.LOCKED)
+    except EnvironmentMismatch as exc:
+        print(f"kernelcert: error: {exc}", file=sys.stderr)
+        return int(ExitStatus.ENVIRONMENT)
     except (FileNotFoundError, ValueError) as exc:
         print(f"kernelcert: error: {exc}", file=sys.stderr)
-        return 2
+        return int(ExitStatus.CONFIG)
     print(results_table(result.summary))
     print()
     print(f"run directory: {result.run_dir}  ({result.computed_units} work units computed, "

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .certificates import certify, pairwise_costs
+from .certificates import certify
 from .learners import onehot
 
 LEVELS = ("votes", "certificate", "pairs")
@@ -100,9 +100,9 @@ def level_for_fields(names) -> str:
 def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", **certify_options) -> Evidence:
     """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
 
-    Certificates (`kernelcert.certificates.certify`, `pairwise_costs` with tie="attacker") are
-    computed only for level "certificate" / "pairs"; `certify_options` (e.g. block_size,
-    sort_device, tolerances) are passed on to both unchanged, so their defaults are the
+    Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs taken
+    from the same pass) are computed only for level "certificate" / "pairs"; `certify_options`
+    (e.g. block_size, sort_device, tolerances) are passed on unchanged, so their defaults are the
     certificates' own. A model with no training labels (n = 0) can never change: its costs are
     inf except 0 at its own vote, its radius 0 (= n) and its fallback False.
     """
@@ -124,12 +124,13 @@ def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", *
         ev = Evidence(votes=vote, scores=scores, radius=np.zeros(t, np.int64), cost_lower=costs,
                       cost_upper=costs.copy(), costs_exact=np.ones(t, bool))
         return ev if lv == 1 else dataclasses.replace(ev, pair_costs=pairs, fallback=np.zeros(t, bool))
-    cert = certify(W, y, K, **certify_options)
+    # level "pairs": the attacker-tie pairwise costs come from the same certify pass
+    out = certify(W, y, K, pairwise="attacker" if lv == 2 else None, **certify_options)
+    cert, P = out if lv == 2 else (out, None)
     ev = Evidence(votes=cert.prediction, scores=scores, radius=cert.radius, cost_lower=cert.cost_lower,
                   cost_upper=cert.cost_upper, costs_exact=cert.exact)
     if lv == 1:
         return ev
-    P = pairwise_costs(W, y, K, tie="attacker", **certify_options)
     return dataclasses.replace(ev, pair_costs=P, fallback=cert.prediction != vote)
 
 

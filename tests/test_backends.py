@@ -23,7 +23,8 @@ def _unit_arrays(run_dir):
     out = {}
     for p in sorted((run_dir / "units").glob("*.npz")):
         with np.load(p) as z:
-            out[p.name] = {k: (z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files if k != "meta"}
+            out[p.name] = {k: (z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files
+                           if k not in ("meta", "checksums")}  # meta: timings and pids (and its checksum)
     return out
 
 

@@ -11,7 +11,12 @@ in flight.
 - `InProcessBackend`: runs the units one after the other in this process.
 - `DaskBackend`: a `dask.distributed.LocalCluster` with `n_workers` worker processes
   (`threads_per_worker=1`), or an existing scheduler (`address="tcp://host:port"`; its workers
-  must have kernelcert installed). `shared` is scattered once to every worker (broadcast).
+  must have kernelcert installed). `shared` is scattered once to every worker (broadcast); a run
+  survives lost workers and ends with a clear error when it cannot (`kernelcert.cluster`).
+
+`prepare(provenance)` runs before the units: it resets the peak-memory mark of every process that
+will compute units (so a run reports its own peak) and, on Dask, refuses workers whose environment
+differs from the client's (`kernelcert.provenance`).
 
 The unit computation is deterministic given its inputs, so every backend yields the same arrays,
 bit for bit.
@@ -24,6 +29,10 @@ import logging
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
+from ..cluster import check_workers, local_cluster, reset_worker_peaks, resilient_map
+from ..procmem import reset_peak_rss
+from ..provenance import Provenance
+
 logger = logging.getLogger("kernelcert.pipeline")
 
 
@@ -35,8 +44,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
-            max_in_flight: int | None = None) -> Iterator[tuple[Any, Any]]:
-        """Yield (task, fn(task, shared)) for every task (a list or a generator), in completion order."""
+            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
+        """Yield (task, fn(task, shared)) for every task (a list or a generator), in completion order.
+        `unit_memory_mb(task)`: an estimate of a task's memory, named when a task kills its workers."""
+
+    @abc.abstractmethod
+    def prepare(self, provenance: Provenance) -> None:
+        """Before a run's units: reset peak-memory marks; refuse workers unlike `provenance`."""
 
     def close(self) -> None:
         """Release workers and connections (idempotent)."""
@@ -59,9 +74,12 @@ class InProcessBackend(Backend):
     name = "inprocess"
     in_process = True
 
-    def map(self, fn, tasks, shared, max_in_flight=None):
+    def map(self, fn, tasks, shared, max_in_flight=None, unit_memory_mb=None):
         for task in tasks:
             yield task, fn(task, shared)
+
+    def prepare(self, provenance: Provenance) -> None:
+        reset_peak_rss()
 
     def describe(self) -> dict:
         return {"name": self.name, "workers": 1}
@@ -72,7 +90,8 @@ class DaskBackend(Backend):
 
     `threads_per_worker=1` by default, so each worker process computes one unit at a time (the
     kernels and BLAS inside a unit use their own threads). `memory_limit` is passed to the
-    LocalCluster ("auto": total memory / n_workers); `connect_timeout` bounds the wait for a scheduler.
+    LocalCluster ("auto": total memory / n_workers; its workers start with `cluster.WORKER_ENVIRON`);
+    `connect_timeout` bounds the wait for a scheduler.
     """
 
     name = "dask"
@@ -80,7 +99,7 @@ class DaskBackend(Backend):
     def __init__(self, address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
                  memory_limit: str | int = "auto", connect_timeout: str = "20s"):
         try:
-            from dask.distributed import Client, LocalCluster
+            from dask.distributed import Client
         except ImportError as exc:  # pragma: no cover - dask is a declared dependency
             raise ValueError("the Dask backends need dask[distributed] installed") from exc
         if address is None:
@@ -94,9 +113,7 @@ class DaskBackend(Backend):
         self._cluster = None
         self._client = None
         if address is None:
-            self._cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                                         memory_limit=memory_limit, dashboard_address=None,
-                                         silence_logs=logging.ERROR)
+            self._cluster = local_cluster(n_workers, threads_per_worker, memory_limit)
             self._client = Client(self._cluster)
             self.kind = "dask-local"
         else:
@@ -115,48 +132,17 @@ class DaskBackend(Backend):
     def n_workers(self) -> int:
         return len(self._client.scheduler_info().get("workers", {}))
 
-    def map(self, fn, tasks, shared, max_in_flight: int | None = None):
+    def map(self, fn, tasks, shared, max_in_flight: int | None = None, unit_memory_mb=None):
         """Submit tasks lazily, at most `max_in_flight` at a time (default 2 per worker + 1), so that a
-        generator of tasks is never materialised; yields (task, result) in completion order."""
-        from dask.distributed import as_completed
-
-        it = iter(tasks)
+        generator of tasks is never materialised; yields (task, result) in completion order
+        (`kernelcert.cluster.resilient_map`: lost workers survived, clear errors otherwise)."""
         limit = max_in_flight if max_in_flight is not None else 2 * max(1, self.n_workers()) + 1
-        shared_f = self._client.scatter(shared, broadcast=True, hash=False) if shared is not None else None
-        pending = {}
-        ac = as_completed()
-        counter = 0
+        yield from resilient_map(self._client, fn, tasks, shared, max_in_flight=limit, tag=self._tag,
+                                 unit_memory_mb=unit_memory_mb)
 
-        def submit_next() -> bool:
-            nonlocal counter
-            try:
-                task = next(it)
-            except StopIteration:
-                return False
-            key = f"kernelcert-{getattr(task, 'key', 'task')}-{self._tag}-{counter}"
-            counter += 1
-            # ship the task's data (a partition's features) as its own piece of data, not inside the
-            # task graph: large graphs slow the scheduler down
-            task_f = self._client.scatter(task, hash=False)
-            fut = self._client.submit(fn, task_f, shared_f, key=key, pure=False)
-            pending[fut] = task
-            ac.add(fut)
-            return True
-
-        try:
-            for _ in range(max(1, limit)):
-                if not submit_next():
-                    break
-            for fut in ac:
-                result = fut.result()
-                task = pending.pop(fut)
-                fut.release()
-                submit_next()
-                yield task, result
-        finally:
-            for fut in pending:
-                fut.cancel()
-            shared_f = None
+    def prepare(self, provenance: Provenance) -> None:
+        check_workers(self._client, provenance)
+        reset_worker_peaks(self._client)
 
     def describe(self) -> dict:
         info = {"name": self.kind, "address": self._client.scheduler.address if self._client else None}

@@ -14,16 +14,30 @@ Run directory: `<output.dir>/<output.name>-<hash12>` (see `RunConfig.hash`): a c
 never mixes with old results, and a directory whose `config.hash` names another config is refused.
 Each unit file also records a fingerprint of its inputs, so a code change that alters the data
 behind an unchanged config recomputes the affected units.
+
+Reliability: one client per run directory (`kernelcert.runlock`: a second one stops at once with
+`RunLocked` naming the holder); the device is resolved once here and sent to the workers, whose
+environment must equal this client's (`kernelcert.provenance`); every stored unit is verified
+(`store.check_unit`: readable, this format/config/inputs/environment, its members' layout and
+checksums) on resume and again before aggregation, and a unit failing any check is recomputed;
+the expected ways a run stops (disk full, permissions, memory, a lost cluster, Ctrl-C) end with
+`RunStopped` / `RunInterrupted` and one line (`kernelcert.endings`); SIGINT always stops the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..endings import InterruptGuard, clear_ending
+from ..provenance import Provenance, resolved_device
+from ..runlock import RunLock
 
 from .aggregate import MethodResult, aggregate
 from .backends import make_backend
@@ -33,10 +47,10 @@ from .methods import evidence_level
 from .plan import check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
-from .store import (UnitFile, adopt_units, atomic_save_npz, atomic_write_text, older_format_runs, prepare_run_dir,
-                    same_config_runs, unit_done, unit_path)
+from .store import (UnitFile, adopt_units, atomic_write_text, check_unit, older_format_runs, prepare_run_dir,
+                    same_config_runs, unit_layout, unit_path, write_unit)
 from .summary import build_summary, write_points, write_summary
-from .unit import SharedInputs, UnitTask, compute_unit
+from .unit import SharedInputs, UnitTask, compute_unit, unit_memory_mb
 
 logger = logging.getLogger("kernelcert.pipeline")
 
@@ -79,17 +93,43 @@ def _remove_if_empty(run_dir: Path, created: bool) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str) -> None:
+def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str, provenance: Provenance, guard,
+                   saved: set) -> None:
     levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
+    execution = dataclasses.replace(cfg.execution, device=provenance.device)  # resolved once, here
     shared = SharedInputs(x_test=plan.k_test, num_classes=plan.num_classes, kernel=cfg.kernel,
-                          learners=cfg.learners, execution=cfg.execution, config_hash=cfg_hash, levels=levels,
-                          progress=cfg.execution.progress and be.in_process)
+                          learners=cfg.learners, execution=execution, config_hash=cfg_hash, levels=levels,
+                          provenance=provenance, progress=cfg.execution.progress and be.in_process)
     tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                       plan.y_train[u.train_index], u.fingerprint) for u in todo)
+    need = functools.partial(unit_memory_mb, num_classes=plan.num_classes, num_learners=len(cfg.learners),
+                             ex=cfg.execution)
     with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
-        for task, result in be.map(compute_unit, tasks, shared):
-            atomic_save_npz(unit_path(run_dir, task.key), result)
+        for task, result in be.map(compute_unit, tasks, shared, unit_memory_mb=lambda t: need(len(t.y))):
+            write_unit(unit_path(run_dir, task.key), result)
+            saved.add(task.key)
             bar.update(1)
+            guard.check()
+
+
+def _failing_units(cfg, plan, run_dir: Path, cfg_hash: str, provenance: Provenance, units) -> list:
+    """The units among `units` whose stored file does not pass every check (`store.check_unit`);
+    logs how many stored files failed, with the first reasons."""
+    t, K, L = len(plan.y_test), plan.num_classes, len(cfg.learners)
+    levels = {kind: evidence_level(cfg.methods, kind) or "votes" for kind in ("partition", "fa")}
+    failing, reasons = [], []
+    for u in units:
+        path = unit_path(run_dir, u.key)
+        check = check_unit(path, cfg_hash=cfg_hash, fingerprint=u.fingerprint, provenance=provenance,
+                           layout=unit_layout(L, t, K, levels[u.kind], u.size))
+        if not check.ok:
+            failing.append(u)
+            if path.exists():
+                reasons.append(f"{u.key}: {check.summary(limit=2)}")
+    if reasons:
+        logger.warning("%d stored work units fail their checks and are recomputed (%s%s)", len(reasons),
+                       "; ".join(reasons[:3]), "; ..." if len(reasons) > 3 else "")
+    return failing
 
 
 def run(config, *, backend=None) -> RunResult:
@@ -97,8 +137,20 @@ def run(config, *, backend=None) -> RunResult:
 
     `backend`: an open `kernelcert.pipeline.backends.Backend` to use instead of the configured one.
     Returns a RunResult; the run directory holds points.csv, summary.json, plots and report.md.
+    Raises `RunLocked` if another client holds the run directory, `EnvironmentMismatch` for workers
+    unlike this client, `RunStopped` / `RunInterrupted` (one-line message, `.ending`) when the run
+    stops early for a known reason: a rerun resumes.
     """
     cfg = _as_config(config)
+    lock = RunLock(run_directory(cfg))
+    try:
+        with InterruptGuard() as guard:
+            return _run(cfg, backend, lock, guard)
+    finally:
+        lock.release()
+
+
+def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunResult:
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     cfg_hash = cfg.hash()
@@ -110,8 +162,9 @@ def run(config, *, backend=None) -> RunResult:
             logger.warning("%d run director%s of an older kernelcert format (e.g. %s) %s not reused; this run "
                            "computes its results in %s", len(old), "y" if len(old) == 1 else "ies", old[-1],
                            "is" if len(old) == 1 else "are", run_dir)
+    provenance = Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype)
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
-                    {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()})
+                    {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()}, lock)
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
     for other in (same_config_runs(cfg.output.dir, run_dir, cfg_hash) if created else []):
         logger.info("reusing %d work units of %s (same config hash)", adopt_units(other, run_dir), other)
@@ -125,50 +178,63 @@ def run(config, *, backend=None) -> RunResult:
     except BaseException:
         _remove_if_empty(run_dir, created)
         raise
-    done = {u.key for u in plan.units if unit_done(unit_path(run_dir, u.key), cfg_hash, u.fingerprint)}
-    todo = sorted((u for u in plan.units if u.key not in done), key=lambda u: -u.size)
+    todo = _failing_units(cfg, plan, run_dir, cfg_hash, provenance, plan.units)
+    done = {u.key for u in plan.units} - {u.key for u in todo}
     logger.info("%d work units: %d already done (skipped), %d to compute", len(plan.units), len(done), len(todo))
 
     t0 = time.perf_counter()
+    computed: set = set()
     be = make_backend(cfg.execution) if backend is None else backend
     try:
-        backend_info = be.describe()
-        if todo:
-            try:
-                _compute_units(cfg, plan, todo, be, run_dir, cfg_hash)
-            except BaseException:
-                _remove_if_empty(run_dir, created)
-                raise
-        timings["units_wall"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        files = {u.key: UnitFile(unit_path(run_dir, u.key)) for u in plan.units}
-        results = aggregate(cfg, plan, files, be)
-        timings["aggregation"] = time.perf_counter() - t0
-        exactness = None
-        if cfg.exactness.refine:
+        with clear_ending(len(plan.units), lambda: len(done | computed), run_dir):
+            backend_info = be.describe()
+            for _ in range(2):  # a unit failing its checks right after being written is computed once more
+                if todo:
+                    be.prepare(provenance)
+                    try:
+                        _compute_units(cfg, plan, sorted(todo, key=lambda u: -u.size), be, run_dir, cfg_hash,
+                                       provenance, guard, computed)
+                    except BaseException:
+                        _remove_if_empty(run_dir, created)
+                        raise
+                todo = _failing_units(cfg, plan, run_dir, cfg_hash, provenance, plan.units)  # before aggregation
+                if not todo:
+                    break
+                done -= {u.key for u in todo}
+            if todo:
+                raise RuntimeError(f"{len(todo)} work units fail their checks right after being written (e.g. "
+                                   f"{unit_path(run_dir, todo[0].key)}): the run directory's storage alters files")
+            timings["units_wall"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            results, exactness = refine_results(cfg, plan, files, results, time.perf_counter() - t_all)
-            timings["exactness_refinement"] = time.perf_counter() - t0
+            files = {u.key: UnitFile(unit_path(run_dir, u.key)) for u in plan.units}
+            results = aggregate(cfg, plan, files, be)
+            timings["aggregation"] = time.perf_counter() - t0
+            exactness = None
+            if cfg.exactness.refine:
+                t0 = time.perf_counter()
+                results, exactness = refine_results(cfg, plan, files, results, time.perf_counter() - t_all)
+                timings["exactness_refinement"] = time.perf_counter() - t0
     finally:
         if backend is None:
             be.close()
-    timings["total"] = time.perf_counter() - t_all
-    summary = build_summary(cfg, plan, results, files, run_dir=run_dir, cfg_hash=cfg_hash, prepass=prepass,
-                            computed=len(todo), skipped=len(done), timings=timings, backend_info=backend_info)
-    if exactness is not None:
-        summary["exactness"] = exactness
-    points_path = run_dir / "points.csv"
-    write_points(points_path, plan.y_test, results)
-    plots = tuple(write_plots(summary, run_dir)) if cfg.output.plots else ()
-    report_path = run_dir / "report.md"
-    atomic_write_text(report_path, markdown_report(summary, plots, run_dir)
-                      + ("" if exactness is None else exactness_markdown(exactness)))
-    summary_path = run_dir / "summary.json"
-    write_summary(summary_path, summary)
+    with clear_ending(len(plan.units), lambda: len(done | computed), run_dir):  # disk full while writing outputs
+        timings["total"] = time.perf_counter() - t_all
+        summary = build_summary(cfg, plan, results, files, run_dir=run_dir, cfg_hash=cfg_hash, prepass=prepass,
+                                computed=computed, skipped=len(done), timings=timings, backend_info=backend_info)
+        if exactness is not None:
+            summary["exactness"] = exactness
+        points_path = run_dir / "points.csv"
+        write_points(points_path, plan.y_test, results)
+        plots = tuple(write_plots(summary, run_dir)) if cfg.output.plots else ()
+        report_path = run_dir / "report.md"
+        atomic_write_text(report_path, markdown_report(summary, plots, run_dir)
+                          + ("" if exactness is None else exactness_markdown(exactness)))
+        summary_path = run_dir / "summary.json"
+        write_summary(summary_path, summary)
     logger.info("done in %.1f s: %s", timings["total"], run_dir)
     return RunResult(run_dir=run_dir, config_hash=cfg_hash, summary=summary, results=tuple(results),
                      points_path=points_path, summary_path=summary_path, report_path=report_path, plots=plots,
-                     computed_units=len(todo), skipped_units=len(done))
+                     computed_units=len(computed), skipped_units=len(done))
 
 
 __all__ = ["run", "RunResult", "run_directory"]

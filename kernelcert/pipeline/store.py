@@ -27,13 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from ..evidence import FIELD_LEVEL, LEVELS, Evidence
+from ..integrity import Check, check_layout, digest_map, verify_digests
+from ..provenance import Provenance
+from ..runlock import RunLock, unique_temp_path
 
 logger = logging.getLogger("kernelcert.pipeline")
 
-# Run-directory format. 1: the first release; 2: the config hash leaves out unset (None) fields.
+# Run-directory format. 1: the first release; 2: the config hash leaves out unset (None) fields;
+# 3: each unit file holds a `checksums` member and the producer's provenance in `meta`.
 # A directory of another format is never reused (its units are not mixed into a run of this one).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 COST_INF = np.iinfo(np.uint32).max  # stored "no attack" in uint32 cost arrays
+CHECKSUMS = "checksums"  # member: JSON {member: BLAKE2b-256 of its dtype, shape and bytes} of every other member
 
 # evidence field -> (stored name, stored dtype or None for the pair dtype)
 _STORED = {"votes": ("votes", np.int16), "scores": ("scores", np.float64), "radius": ("radius", np.int64),
@@ -47,13 +52,9 @@ class RunDirError(ValueError):
 
 
 # --------------------------------------------------------------------------- atomic files
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _atomic(path, write) -> None:
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = unique_temp_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -179,6 +180,14 @@ class UnitFile:
     def shape(self, name) -> tuple[int, ...]:
         return self._index[name][2]
 
+    def data_offset(self, name) -> int:
+        """Byte offset in the file of member `name`'s first element (after its .npy header)."""
+        return self._index[name][0]
+
+    def layout(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+        """{member: (dtype, shape)} as read from the .npy headers."""
+        return {name: (dtype, shape) for name, (_, dtype, shape) in self._index.items()}
+
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows start..stop of member `name` (all rows when stop is None)."""
         offset, dtype, shape = self._index[name]
@@ -221,28 +230,55 @@ def decode_block(stored: dict) -> Evidence:
     return Evidence(**kw)
 
 
-def unit_done(path: Path, cfg_hash: str, fingerprint: str) -> bool:
-    """True when `path` holds a complete unit of this config computed from exactly these inputs."""
+def write_unit(path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a unit's arrays (meta included) atomically, with a `checksums` member covering every one."""
+    atomic_save_npz(path, {**arrays, CHECKSUMS: np.array(json.dumps(digest_map(arrays)))})
+
+
+def unit_layout(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int) -> dict:
+    """{member: (dtype, shape)} of the evidence members a unit must hold (meta and checksums aside)."""
+    arrays = allocate_unit(num_learners, num_test, num_classes, level, n_train)  # np.empty: no memory touched
+    return {name: (a.dtype, a.shape) for name, a in arrays.items()}
+
+
+def check_unit(path: Path, *, cfg_hash: str, fingerprint: str, provenance: Provenance, layout: dict) -> Check:
+    """Every check a stored unit must pass before it is trusted: readable zip and .npy headers, this
+    format, config and inputs, computed in an environment equal to `provenance`, exactly the members
+    of `layout` with their dtypes and shapes, and every member's content equal to its checksum."""
+    path = Path(path)
     if not path.exists():
-        return False
+        return Check(("not computed yet",))
     try:
-        meta = UnitFile(path).meta()
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-        logger.warning("unreadable unit file %s: recomputing it", path)
-        return False
-    if meta.get("config_hash") != cfg_hash or meta.get("format") != FORMAT_VERSION:
-        return False
+        uf = UnitFile(path)
+        meta = uf.meta()
+        recorded = json.loads(str(uf.rows(CHECKSUMS)[()]))
+    except (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile) as exc:
+        return Check((f"unreadable ({type(exc).__name__}: {exc})",))
+    if not isinstance(meta, dict) or not isinstance(recorded, dict):
+        return Check(("unreadable (meta or checksums is not a JSON object)",))
+    if meta.get("format") != FORMAT_VERSION:
+        return Check((f"written in unit format {meta.get('format')}, this kernelcert reads format {FORMAT_VERSION}",))
+    problems = []
+    if meta.get("config_hash") != cfg_hash:
+        problems.append("computed for another config")
     if meta.get("fingerprint") != fingerprint:
-        logger.warning("unit %s was computed from different inputs (data or partition code changed): "
-                       "recomputing it", path.name)
-        return False
-    return True
+        problems.append("computed from different inputs (data or partition code changed)")
+    try:
+        diff = provenance.differences(Provenance.from_dict(meta.get("provenance")))
+        problems += [f"computed in another environment: {d}" for d in diff]
+    except ValueError as exc:
+        problems.append(f"no valid provenance ({exc})")
+    found = {k: v for k, v in uf.layout().items() if k not in ("meta", CHECKSUMS)}
+    checks = [Check(tuple(problems)), check_layout(found, layout),
+              verify_digests(uf.rows, recorded, names=[k for k in uf.layout() if k != CHECKSUMS])]
+    return Check.combine(checks)
 
 
 # --------------------------------------------------------------------------- run directories
-def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict) -> Path:
+def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict, lock: RunLock) -> Path:
     """Create (or reuse) `run_dir` under `out_dir` after checking it is writable; refuse a directory of
-    another config or another format version."""
+    another config or another format version; take `lock` (one writer per run directory: `RunLocked`
+    naming the holder) before touching anything inside."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -263,6 +299,7 @@ def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict) ->
             raise RunDirError(f"{run_dir} holds results of another config (hash {old[:12]}, this one "
                               f"{cfg_hash[:12]}); refusing to mix them")
     (run_dir / "units").mkdir(parents=True, exist_ok=True)
+    lock.acquire()
     for stale in list(run_dir.glob(".*.tmp")) + list((run_dir / "units").glob(".*.tmp")):
         stale.unlink(missing_ok=True)  # leftovers of a killed run
     atomic_write_text(run_dir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
@@ -285,7 +322,7 @@ def same_config_runs(out_dir, run_dir: Path, cfg_hash: str) -> list[Path]:
 
 def adopt_units(src_dir: Path, run_dir: Path) -> int:
     """Hard-link (or copy) the unit files of `src_dir` into `run_dir` (each is still verified by
-    `unit_done` before use); returns how many were taken."""
+    `check_unit` before use); returns how many were taken."""
     count = 0
     for src in sorted((Path(src_dir) / "units").glob("*.npz")):
         dst = Path(run_dir) / "units" / src.name
@@ -311,5 +348,5 @@ def read_json(path, default=None):
 
 __all__ = ["FORMAT_VERSION", "COST_INF", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
            "to_counts", "counts_to_float", "unit_key", "unit_path", "evidence_fields", "allocate_unit",
-           "put_evidence", "UnitFile", "read_stored_block", "decode_block", "unit_done", "prepare_run_dir",
-           "older_format_runs", "same_config_runs", "adopt_units", "read_json"]
+           "put_evidence", "UnitFile", "read_stored_block", "decode_block", "CHECKSUMS", "write_unit", "unit_layout",
+           "check_unit", "prepare_run_dir", "older_format_runs", "same_config_runs", "adopt_units", "read_json"]

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import certified_accuracy, median_certified_robustness
+from ..procmem import peak_rss_mb
 from .aggregate import MethodResult
 from .config import RunConfig
 from .plan import RunPlan
 from .store import UnitFile, atomic_write_text
-from .unit import peak_rss_mb
 
 MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
                    "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §7.0.2)"}
@@ -47,11 +47,13 @@ def method_summary(r: MethodResult, y_test: np.ndarray, budgets) -> dict:
     return d
 
 
-def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile]) -> tuple[dict, dict, dict, dict]:
-    """(base-model accuracy, SVM C_max per partition ensemble, unit seconds, worker peak memory)."""
+def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
+                     computed_keys) -> tuple[dict, dict, dict, dict]:
+    """(base-model accuracy, SVM C_max per partition ensemble, unit seconds, worker peak memory of
+    this run: over the units computed by this run, whose workers' peaks were reset at its start)."""
     metas = {k: f.meta() for k, f in files.items()}
     peaks: dict[str, float] = {}
-    for m in metas.values():
+    for m in (metas[k] for k in computed_keys):
         wid = f"{m['host']}:{m['pid']}"
         peaks[wid] = max(peaks.get(wid, 0.0), float(m["peak_rss_mb"]))
     base_acc: dict = {}
@@ -71,10 +73,11 @@ def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile]) 
 
 
 def build_summary(cfg: RunConfig, plan: RunPlan, results: list[MethodResult], files: dict[str, UnitFile], *,
-                  run_dir: Path, cfg_hash: str, prepass: dict, computed: int, skipped: int, timings: dict,
+                  run_dir: Path, cfg_hash: str, prepass: dict, computed: set, skipped: int, timings: dict,
                   backend_info: dict) -> dict:
-    """The summary dict written to summary.json (and read by the report)."""
-    base_acc, c_max, seconds, peaks = _unit_statistics(cfg, plan, files)
+    """The summary dict written to summary.json (and read by the report); `computed`: the keys of
+    the units this run computed."""
+    base_acc, c_max, seconds, peaks = _unit_statistics(cfg, plan, files, computed)
     return {
         "config_hash": cfg_hash, "run_dir": str(run_dir), "name": cfg.output.name,
         "data": {"dataset": cfg.data.dataset, "n_train": len(plan.y_train), "n_test": len(plan.y_test),
@@ -89,7 +92,7 @@ def build_summary(cfg: RunConfig, plan: RunPlan, results: list[MethodResult], fi
         "base_model_accuracy": base_acc,
         "c_max": c_max,
         "c_max_prepass": {"units": len(prepass), "min": min(prepass.values())} if prepass else None,
-        "units": {"total": len(plan.units), "computed": computed, "skipped": skipped, "seconds_sum": seconds},
+        "units": {"total": len(plan.units), "computed": len(computed), "skipped": skipped, "seconds_sum": seconds},
         "timings": timings,
         "memory": {"main_peak_rss_mb": peak_rss_mb(), "unit_peak_rss_mb": peaks,
                    "memory_cap_mb": cfg.execution.memory_cap_mb},

@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +23,8 @@ from threadpoolctl import threadpool_limits
 from .._jax import device_scope
 from ..evidence import build_evidence
 from ..kernels import DEFAULT_MAX_BLOCK_BYTES
+from ..procmem import peak_rss_mb
+from ..provenance import Provenance, check_environment
 from .config import ExecutionConfig, KernelConfig, LearnerConfig, make_kernel, make_learner
 from .progress import progress
 from .store import FORMAT_VERSION, allocate_unit, put_evidence
@@ -45,7 +46,9 @@ class UnitTask:
 @dataclass(frozen=True)
 class SharedInputs:
     """Inputs common to every unit (scattered once to each Dask worker). `levels`: the evidence level
-    per target kind ("partition", "fa"), from the methods' needs (`methods.evidence_level`)."""
+    per target kind ("partition", "fa"), from the methods' needs (`methods.evidence_level`).
+    `execution.device` is already resolved ("cpu" or "gpu") by the client, and `provenance` is the
+    client's environment: a worker whose environment differs refuses the unit."""
 
     x_test: np.ndarray = field(repr=False)
     num_classes: int
@@ -54,6 +57,7 @@ class SharedInputs:
     execution: ExecutionConfig
     config_hash: str
     levels: dict
+    provenance: Provenance
     progress: bool = False
 
 
@@ -81,40 +85,25 @@ def unit_block_rows(n_part: int, num_classes: int, num_learners: int, ex: Execut
     return rows_per_block(8 * max(1, n_part) * (3 + 2 * num_learners + num_classes), ex)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB.
-
-    Linux: VmHWM of /proc/self/status (the high-water mark of this process image; getrusage's
-    ru_maxrss would also count the parent's memory at fork for spawned worker processes).
-    Elsewhere: getrusage, or psutil's current RSS.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    try:
-        import resource  # optional: not on Windows
-    except ImportError:  # pragma: no cover - Windows
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return float(r) / (1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0)
+def unit_memory_mb(n_part: int, num_classes: int, num_learners: int, ex: ExecutionConfig) -> float:
+    """About the peak memory of one work unit in MiB (named when a unit kills its workers): the Gram
+    and one n x n factorisation per learner (8 n^2 (1 + L) bytes), the test-block temporaries
+    (`memory_cap_mb`) and one kernel tile."""
+    return (8.0 * n_part**2 * (1 + num_learners) + cap_bytes(ex) + kernel_block_bytes(ex)) / 2**20
 
 
 def compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
     """Evidence of every learner on every test point for one work unit (BLAS limited to
     `execution.blas_threads` threads, kernels on `execution.device`). Returns the stored arrays plus
-    `meta` (JSON string)."""
+    `meta` (JSON string, with the provenance of this process). Raises `EnvironmentMismatch` if this
+    process's environment differs from the client's."""
+    here = check_environment(shared.provenance, f"worker {socket.gethostname()}:{os.getpid()}")
     with threadpool_limits(limits=shared.execution.blas_threads, user_api="blas"), \
             device_scope(shared.execution.device):
-        return _compute_unit(task, shared)
+        return _compute_unit(task, shared, here)
 
 
-def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
+def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dict:
     t_start = time.perf_counter()
     K, ex = shared.num_classes, shared.execution
     kernel = make_kernel(shared.kernel, max_block_bytes=kernel_block_bytes(ex))
@@ -151,10 +140,11 @@ def _compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
             "learners": [lc.name for lc in shared.learners], "c_max": c_max,
             "block_rows": B, "seconds": {"gram": t_gram, "fit": t_fit, "certify": t_cert,
                                          "total": time.perf_counter() - t_start},
-            "pid": os.getpid(), "host": socket.gethostname(), "peak_rss_mb": peak_rss_mb()}
+            "pid": os.getpid(), "host": socket.gethostname(), "peak_rss_mb": peak_rss_mb(),
+            "provenance": here.to_dict()}
     out["meta"] = np.array(json.dumps(meta))
     return out
 
 
-__all__ = ["UnitTask", "SharedInputs", "compute_unit", "unit_block_rows", "rows_per_block", "kernel_block_bytes",
-           "cap_bytes", "peak_rss_mb"]
+__all__ = ["UnitTask", "SharedInputs", "compute_unit", "unit_memory_mb", "unit_block_rows", "rows_per_block", "kernel_block_bytes",
+           "cap_bytes"]

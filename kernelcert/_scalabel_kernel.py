@@ -1,0 +1,965 @@
+"""Compiled ScaLabelCert core: one row of label weights at a time, all of docs/math.md §3 from one sort.
+
+`certify_rows` computes, for every row of class-grouped, segment-sorted label weights S (B, n),
+exactly what the vectorised numpy core of `kernelcert.certificates` computes for it (`_Context`,
+`_solve` and the window-growing loop of `_run`): the prediction, the radius, the pairwise costs
+P(a, b) and the per-class bounds (pairwise lower bounds, verified greedy / safe-order attacks,
+Lagrangian lower bounds, sequential greedy). The windows, merged lists, prefix sums and count
+tables are built once per row and window size; every pairwise problem, search and bound is then
+a scalar loop over those tables. Every floating-point expression is evaluated in the same order
+as the numpy code (sequential prefix sums, numpy's pairwise summation for `sum`/`add.reduce`,
+the same binary-search probes), so every integer output (radius, costs, bounds, prediction) is
+bit-identical to the numpy core; `tests/test_scalabel_kernel.py` checks this on random and
+adversarial rows.
+
+Rows are independent and run in parallel (numba `prange`, one thread per core). The kernel has
+one signature (float64 / int64 arrays, sizes are run-time values): it compiles once per process
+(or never, when numba's on-disk cache is warm) whatever the shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_EPS = float(np.finfo(np.float64).eps)
+_PW_BLOCK = 128  # numpy's pairwise-summation block (PW_BLOCKSIZE)
+
+MODE_RADIUS, MODE_PAIRS, MODE_FULL = 0, 1, 2
+TIE_INDEX, TIE_ATTACKER = 0, 1
+
+
+# --------------------------------------------------------------------------- float helpers
+@njit(cache=True)
+def _block_sum(a, lo, n):
+    """numpy's pairwise-summation leaf (n <= 128): sequential below 8 terms, else 8 lanes."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    stop = n - n % 8
+    while i < stop:
+        j = lo + i
+        r0 += a[j]
+        r1 += a[j + 1]
+        r2 += a[j + 2]
+        r3 += a[j + 3]
+        r4 += a[j + 4]
+        r5 += a[j + 5]
+        r6 += a[j + 6]
+        r7 += a[j + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@njit(cache=True)
+def _pairwise_sum(a, lo, n):
+    """Sum of a[lo:lo+n] in numpy's order (`np.add.reduce` on a contiguous axis): split in halves
+    (rounded to multiples of 8) down to blocks of at most 128, summed as `_block_sum`. The recursion
+    is unrolled onto an explicit stack (numba's cache does not keep recursive functions)."""
+    if n <= _PW_BLOCK:
+        return _block_sum(a, lo, n)
+    # frames: (lo, n, state) with state 0: not started, 1: left half summed (value on vals)
+    f_lo = np.empty(64, np.int64)
+    f_n = np.empty(64, np.int64)
+    f_st = np.empty(64, np.int64)
+    vals = np.empty(64)
+    top = 0
+    nv = 0
+    f_lo[0], f_n[0], f_st[0] = lo, n, 0
+    while top >= 0:
+        flo, fn, st = f_lo[top], f_n[top], f_st[top]
+        if fn <= _PW_BLOCK:
+            vals[nv] = _block_sum(a, flo, fn)
+            nv += 1
+            top -= 1
+            continue
+        n2 = fn // 2
+        n2 -= n2 % 8
+        if st == 0:
+            f_st[top] = 1
+            top += 1
+            f_lo[top], f_n[top], f_st[top] = flo, n2, 0
+        elif st == 1:
+            f_st[top] = 2
+            top += 1
+            f_lo[top], f_n[top], f_st[top] = flo + n2, fn - n2, 0
+        else:
+            nv -= 1
+            vals[nv - 1] = vals[nv - 1] + vals[nv]
+            top -= 1
+    return vals[0]
+
+
+@njit(cache=True)
+def _sum_all(a):
+    """`np.sum(a)` of a 1-d contiguous float64 array (0.0 + pairwise sum)."""
+    return 0.0 + _pairwise_sum(a, 0, a.shape[0])
+
+
+@njit(cache=True)
+def _argmax(a):
+    """First index of the maximum (np.argmax without NaNs)."""
+    best = 0
+    for k in range(1, a.shape[0]):
+        if a[k] > a[best]:
+            best = k
+    return best
+
+
+@njit(cache=True)
+def _iters(size):
+    """Binary search steps that shrink an interval of `size` candidates to one (ceil(log2(size + 1)), >= 1)."""
+    steps = 0
+    while (1 << steps) < size + 1:
+        steps += 1
+    return max(1, steps)
+
+
+# --------------------------------------------------------------------------- per-row tables
+@njit(cache=True)
+def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2):
+    """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags,
+    its prefix sums Cc (GL+1,), count table CT (GL+1, G), c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
+    c and buf_v have GL+1 entries (the last one is a sentinel).
+    Same definitions (and tie orders: stable by flat index) as `certificates._Context`."""
+    G = 2 * K
+    GL = G * L
+    for k in range(K):
+        lo = off[k]
+        hi = off[k + 1]
+        nk = hi - lo
+        m = min(L, nk)
+        for i in range(L):
+            X[2 * k, i] = 0.0
+            X[2 * k + 1, i] = 0.0
+        for i in range(m):
+            x = row[hi - 1 - i]
+            X[2 * k, i] = x if x > 0.0 else 0.0
+            x = -row[lo + i]
+            X[2 * k + 1, i] = x if x > 0.0 else 0.0
+        if nk > L:
+            x = row[hi - 1 - L]
+            cut[2 * k] = x if x > 0.0 else 0.0
+            x = -row[lo + L]
+            cut[2 * k + 1] = x if x > 0.0 else 0.0
+        else:
+            cut[2 * k] = 0.0
+            cut[2 * k + 1] = 0.0
+    for g in range(G):
+        Xc[g, 0] = 0.0
+        acc = X[g, 0]
+        Xc[g, 1] = acc
+        for i in range(1, L):
+            acc = acc + X[g, i]
+            Xc[g, i + 1] = acc
+    # c: stable merge (decreasing, ties by flat index) of the G decreasing group lists. Zeros (the
+    # tail of every group) all come last, in flat-index order, so only the positive prefixes are
+    # merged: bottom-up, adjacent runs pairwise (the left run first among equals).
+    runs = np.empty(G + 1, np.int64)
+    pos = 0
+    for g in range(G):
+        runs[g] = pos
+        for i in range(L):
+            x = X[g, i]
+            if not x > 0.0:
+                break
+            c[pos] = x
+            tag[pos] = g
+            pos += 1
+    runs[G] = pos
+    nzero = pos
+    src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
+    nruns = G
+    flips = 0
+    while nruns > 1:
+        k = 0
+        while k < nruns:
+            start = runs[k]
+            mid = runs[k + 1]
+            end = runs[k + 2] if k + 2 <= nruns else mid
+            i, j, o = start, mid, start
+            while i < mid and j < end:
+                if src_v[i] >= src_v[j]:
+                    dst_v[o] = src_v[i]
+                    dst_t[o] = src_t[i]
+                    i += 1
+                else:
+                    dst_v[o] = src_v[j]
+                    dst_t[o] = src_t[j]
+                    j += 1
+                o += 1
+            while i < mid:
+                dst_v[o] = src_v[i]
+                dst_t[o] = src_t[i]
+                i += 1
+                o += 1
+            while j < end:
+                dst_v[o] = src_v[j]
+                dst_t[o] = src_t[j]
+                j += 1
+                o += 1
+            runs[k // 2] = start
+            k += 2
+        nruns = (nruns + 1) // 2
+        runs[nruns] = nzero
+        src_v, src_t, dst_v, dst_t = dst_v, dst_t, src_v, src_t
+        flips += 1
+    if flips % 2 == 1:
+        for q in range(nzero):
+            c[q] = buf_v[q]
+            tag[q] = buf_t[q]
+    pos = nzero
+    for g in range(G):
+        for i in range(L):
+            if not X[g, i] > 0.0:
+                c[pos] = 0.0
+                tag[pos] = g
+                pos += 1
+    Cc[0] = 0.0
+    acc = c[0]
+    Cc[1] = acc
+    for q in range(1, GL):
+        acc = acc + c[q]
+        Cc[q + 1] = acc
+    for g in range(G):
+        CT[0, g] = 0
+    for q in range(GL):
+        for g in range(G):
+            CT[q + 1, g] = CT[q, g]
+        CT[q + 1, tag[q]] += 1
+    # V: c and 2c merged (decreasing; c first among equals), Q2[q]: 2c entries among the first q
+    # (c[GL] = -1 is a sentinel below every entry: no bounds tests in the loop)
+    c[GL] = -1.0
+    i, j = 0, 0
+    q2 = 0
+    Q2[0] = 0
+    for o in range(2 * GL):
+        x = c[i]
+        z = 2.0 * c[j]
+        one = x >= z
+        V[o] = x if one else z
+        q2 += 1 - one
+        Q2[o + 1] = q2
+        i += one
+        j += 1 - one
+
+
+# --------------------------------------------------------------------------- pairwise problems
+@njit(cache=True)
+def _pair_active(Cc, CT, Xc, Q2, a, b, q):
+    """Sum and number of active reductions of pair (a, b) among the first q entries of V."""
+    q2 = Q2[q]
+    q1 = q - q2
+    tot = Cc[q1]
+    cnt = q1
+    g = 2 * a
+    k = CT[q1, g]
+    cnt -= k
+    tot = tot - Xc[g, k]
+    g = 2 * a + 1
+    k = CT[q1, g]
+    cnt -= k
+    tot = tot - Xc[g, k]
+    g = 2 * b
+    k = CT[q1, g]
+    cnt -= k
+    tot = tot - Xc[g, k]
+    g = 2 * b + 1
+    k = CT[q1, g]
+    cnt -= k
+    tot = tot - Xc[g, k]
+    g = 2 * a
+    k = CT[q2, g]
+    cnt += k
+    tot = tot + 2.0 * Xc[g, k]
+    g = 2 * b + 1
+    k = CT[q2, g]
+    cnt += k
+    tot = tot + 2.0 * Xc[g, k]
+    return tot, cnt
+
+
+@njit(cache=True)
+def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
+    """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none), validity and whether the
+    decision lies within `band` of its threshold (`_pairs`)."""
+    sa = s[a]
+    sb = s[b]
+    if sb > sa or (sb == sa and b < a):
+        return 0.0, -1, True, abs(sa - sb) <= band
+    if absum == 0.0:
+        return np.inf, -1, True, abs(sa - sb) <= band
+    T = (sa - sb) - tol
+    top = 2 * GL
+    tot, cnt = _pair_active(Cc, CT, Xc, Q2, a, b, top)
+    found = tot >= T and cnt >= 1
+    lo = 0
+    hi = top
+    for _ in range(_iters(top + 1)):
+        if lo >= hi:
+            break
+        mid = (lo + hi) >> 1
+        tot, cnt = _pair_active(Cc, CT, Xc, Q2, a, b, mid)
+        if tot >= T and cnt >= 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    q = hi
+    tq, m = _pair_active(Cc, CT, Xc, Q2, a, b, q)
+    v = V[max(q - 1, 0)]
+    need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
+    valid = (v > need) if found else (cutmax == 0.0)
+    near = (T <= 0.0) or (found and (tq - T <= band))
+    if T <= 0.0:
+        return 1.0, (q if found else -1), True, near
+    return (float(m) if found else np.inf), (q if found else -1), valid, near
+
+
+# --------------------------------------------------------------------------- attacks as group prefixes
+@njit(cache=True)
+def _after(s, Cc, CT, Xc, Q2, K, q, member1, member2, dest, new, signed):
+    """Scores `new` (K,) after the moves of a spec in the first q entries of V; returns their number."""
+    G = 2 * K
+    q2 = Q2[q]
+    q1 = q - q2
+    count = 0
+    for g in range(G):
+        k = 0
+        if member1[g]:
+            k = CT[q1, g]
+        elif member2[g]:
+            k = CT[q2, g]
+        count += k
+        moved = Xc[g, k]
+        signed[g] = moved if g % 2 == 0 else -moved
+    for k in range(K):
+        part = 0.0
+        part += signed[2 * k]
+        part += signed[2 * k + 1]
+        new[k] = s[k] - part
+    for g in range(G):
+        new[dest[g]] += signed[g]
+    return count
+
+
+@njit(cache=True)
+def _wins(new, c, margin):
+    """c wins on the attacked scores by more than `margin` (the tolerance plus the rounding allowance)."""
+    gmin = np.inf
+    for k in range(new.shape[0]):
+        if k != c:
+            gap = new[c] - new[k]
+            if gap < gmin:
+                gmin = gap
+    return gmin > margin
+
+
+@njit(cache=True)
+def _safe_search(s, margin, Cc, CT, Xc, Q2, K, GL, c, member1, member2, dest, new, signed):
+    """Shortest verified prefix of a monotone attack order: (count or inf)."""
+    top = 2 * GL
+    _after(s, Cc, CT, Xc, Q2, K, top, member1, member2, dest, new, signed)
+    found = _wins(new, c, margin)
+    lo = 0
+    hi = top
+    for _ in range(_iters(top + 1)):
+        if lo >= hi:
+            break
+        mid = (lo + hi) >> 1
+        _after(s, Cc, CT, Xc, Q2, K, mid, member1, member2, dest, new, signed)
+        if _wins(new, c, margin):
+            hi = mid
+        else:
+            lo = mid + 1
+    cnt = _after(s, Cc, CT, Xc, Q2, K, hi, member1, member2, dest, new, signed)
+    if found and _wins(new, c, margin):
+        return float(cnt)
+    return np.inf
+
+
+@njit(cache=True)
+def _beats(s, c, k):
+    """k beats c with no flips under the index tie rule."""
+    return s[k] > s[c] or (s[k] == s[c] and k < c)
+
+
+@njit(cache=True)
+def _greedy_moves(s, X, margin, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v, A, worst, first_free):
+    """Sequential greedy towards target c (`certificates._greedy_moves`): moves or inf."""
+    G = 2 * K
+    if max_steps <= 0:
+        return np.inf
+    for k in range(K):
+        sc[k] = s[k]
+    for g in range(G):
+        ptr[g] = 0
+        val[g] = X[g, 0]
+    step = 0
+    while True:
+        # the 3 strongest rivals, first index among equals (one pass; same as three argmax passes)
+        o0, o1, o2 = -1, -1, -1
+        v0, v1, v2 = -np.inf, -np.inf, -np.inf
+        for k in range(K):
+            if k == c:
+                continue
+            vk = sc[k]
+            if o0 < 0 or vk > v0:
+                o2, v2 = o1, v1
+                o1, v1 = o0, v0
+                o0, v0 = k, vk
+            elif o1 < 0 or vk > v1:
+                o2, v2 = o1, v1
+                o1, v1 = k, vk
+            elif o2 < 0 or vk > v2:
+                o2, v2 = k, vk
+        s_c = sc[c]
+        sc_n0 = s_c + 0.0
+        bg = 0
+        for k in range(K):
+            t1v = v1 if k == o0 else v0
+            t2v = v2 if (k == o0 or k == o1) else v1
+            T1v[k] = t1v
+            vp = val[2 * k]
+            vn = val[2 * k + 1]
+            wp = (s_c + vp) - max(t1v, sc[k] - vp)
+            w_n = -vn
+            if k == c:
+                sc_n = sc_n0 - w_n
+                a_k = -np.inf
+            else:
+                sc_n = sc_n0 - 0.0
+                a_k = sc[k] - w_n
+            A[k] = a_k
+            M1 = max(t2v, max(a_k, t1v + w_n))
+            wn = sc_n - M1
+            scn_[k] = sc_n
+            wn_[k] = wn
+            worst[2 * k] = wp if (vp > 0.0 and k != c) else -np.inf
+            worst[2 * k + 1] = wn if (vn > 0.0 and t1v > -np.inf) else -np.inf
+        bw = worst[0]
+        for g in range(1, G):
+            if worst[g] > bw:
+                bg = g
+                bw = worst[g]
+        can = np.isfinite(bw)
+        ug = bg // 2
+        t1 = o1 if o0 == ug else o0
+        tie = wn_[ug] == scn_[ug] - max(T1v[ug], A[ug])
+        if bg % 2 == 0:
+            bd = c
+        elif tie:
+            bd = first_free[c, ug]
+        else:
+            bd = t1
+        w = val[bg] * (1.0 if bg % 2 == 0 else -1.0)
+        moved = w if can else 0.0
+        sc[ug] -= moved
+        sc[bd] += moved
+        if can:
+            ptr[bg] += 1
+            pc = ptr[bg]
+            val[bg] = X[bg, min(pc, L - 1)] if pc < L else 0.0
+        step += 1
+        if can and _wins(sc, c, margin):
+            return float(step)
+        if not can or step >= max_steps:
+            return np.inf
+
+
+# --------------------------------------------------------------------------- Lagrangian lower bounds
+@njit(cache=True)
+def _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, npos, terms, hint_j, hint_q):
+    """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`).
+
+    npos[j]: how many entries q of c have fl(fu[j] c[q]) >= tau (> tau), a prefix since c decreases.
+    hint (not strict): tau == fl(fu[hint_j] c[hint_q]), so that prefix ends at the first q > hint_q
+    whose product is smaller (found by scanning forward; the same count as the bit-by-bit search)."""
+    G = 2 * K
+    for j in range(3):
+        if not present[j]:
+            continue
+        if j == hint_j and not strict:
+            p = hint_q + 1
+            while p < GL and fu[j] * c[p] >= tau:
+                p += 1
+            npos[j] = p
+            continue
+        p = 0
+        step = top_step
+        while step:
+            cand = p + step
+            if cand <= GL:
+                v = fu[j] * c[cand - 1]
+                if (v > tau) if strict else (v >= tau):
+                    p = cand
+            step >>= 1
+        npos[j] = p
+    n = 0
+    for g in range(G):
+        k = 0
+        if fi[g] >= 0:
+            k = CT[npos[fi[g]], g]
+        n += k
+        terms[g] = f[g] * Xc[g, k]
+    return 0.0 + _pairwise_sum(terms, 0, G), n
+
+
+@njit(cache=True)
+def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
+    """Lower bound on A_c from the rival set R (K,) bool with uniform multipliers (`_lagrangian`):
+    returns (bound or inf, valid)."""
+    G = 2 * K
+    size = 0
+    for k in range(K):
+        if R[k]:
+            size += 1
+    inv = 1.0 / float(size)
+    fu = np.empty(3)
+    fu[0] = 1.0 + inv
+    fu[1] = 1.0
+    fu[2] = inv
+    present = np.zeros(3, np.bool_)
+    for g in range(G):
+        cls = g // 2
+        inr = R[cls]
+        isc = cls == cidx
+        if g % 2 == 0:
+            fi[g] = 0 if inr else (-1 if isc else 1)
+        else:
+            fi[g] = 0 if isc else (-1 if inr else 2)
+        f[g] = fu[fi[g]] if fi[g] >= 0 else 0.0
+        if fi[g] >= 0:
+            present[fi[g]] = True
+    for k in range(K):
+        sR[k] = s[k] if R[k] else 0.0
+    M = (0.0 + _pairwise_sum(sR, 0, K)) * inv - s[cidx]
+    T = M - tol
+    if not T > 0.0:  # never valid
+        return np.inf, False
+    need = 0.0
+    for g in range(G):
+        x = f[g] * cut[g]
+        if x > need:
+            need = x
+    top_step = 1
+    while top_step * 2 <= GL:
+        top_step *= 2
+    j0 = 0
+    while not present[j0]:
+        j0 += 1
+    f0 = fu[j0]
+    lo = 0
+    hi = GL - 1
+    for _ in range(_iters(GL)):
+        if lo >= hi:
+            break
+        mid = (lo + hi) >> 1
+        F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, f0 * c[mid], False, top_step, npos, terms, j0,
+                            mid)
+        if F >= T:
+            hi = mid
+        else:
+            lo = mid + 1
+    tau0 = f0 * c[hi]
+    F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau0, False, top_step, npos, terms, j0, hi)
+    ok0 = F >= T
+    hit0 = ok0 and tau0 > 0.0
+    if ok0:
+        U = f0 * c[max(hi - 1, 0)] if hi > 0 else np.inf
+    else:
+        U = tau0
+    Lo = tau0 if hit0 else 0.0
+    v = tau0 if hit0 else 0.0
+    for j in range(3):
+        if not present[j] or j == j0:
+            continue
+        fj = fu[j]
+        qa = 0
+        qb = 0
+        step = top_step
+        while step:
+            cand = qa + step
+            if cand <= GL and fj * c[min(cand, GL) - 1] >= U:
+                qa = cand
+            cand = qb + step
+            if cand <= GL and fj * c[min(cand, GL) - 1] > Lo:
+                qb = cand
+            step >>= 1
+        qb = max(qa, qb)
+        lo = qa
+        hi = qb
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, fj * c[min(mid, GL - 1)], False, top_step,
+                                npos, terms, j, min(mid, GL - 1))
+            if F >= T:
+                hi = mid
+            else:
+                lo = mid + 1
+        tau = fj * c[min(hi, GL - 1)] if hi < qb else 0.0
+        if tau > v:
+            v = tau
+    found = v > 0.0
+    vv = v if found else 1.0
+    F_gt, N_gt = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, vv, True, top_step, npos, terms, -1, 0)
+    _f, N_ge = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, vv, False, top_step, npos, terms, -1, 0)
+    k = max(1.0, np.ceil((T - F_gt) / vv))
+    m = min(float(N_gt) + k, float(N_ge))
+    valid = ((v > need) if found else (need == 0.0)) and T > 0.0
+    return (m if found else np.inf), valid
+
+
+# --------------------------------------------------------------------------- one row, one window size
+@njit(cache=True)
+def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Qs, lower, upper):
+    """All pairwise problems (and with mode FULL the per-class bounds) of one row for window size L.
+
+    Fills P / Qs (K, K) (mode RADIUS: row `pred` only) and lower / upper (K,) (FULL).
+    Returns (pairs valid, bounds need larger windows, radius decided inside the band, some pair
+    decided inside the band) — the band flags as `certificates._solve` sets them."""
+    G = 2 * K
+    GL = G * L
+    X = np.empty((G, L))
+    cut = np.empty(G)
+    Xc = np.empty((G, L + 1))
+    c = np.empty(GL + 1)
+    tag = np.empty(GL, np.int64)
+    buf_v = np.empty(GL + 1)
+    buf_t = np.empty(GL, np.int64)
+    Cc = np.empty(GL + 1)
+    CT = np.empty((GL + 1, G), np.int32)
+    V = np.empty(2 * GL)
+    Q2 = np.empty(2 * GL + 1, np.int64)
+    _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2)
+    cutmax = 0.0
+    for g in range(G):
+        if cut[g] > cutmax:
+            cutmax = cut[g]
+    NR = np.zeros((K, K), np.bool_)
+    slack = 16.0 * (n + G * L + 16) * _EPS * absum
+    tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
+    band = 2.0 * user_tol + 4.0 * slack
+
+    pairs_ok = True
+    nr_any = False
+    best = np.inf
+    for a in range(K):
+        if mode == MODE_RADIUS and a != pred:
+            continue
+        for b in range(K):
+            if a == b:
+                P[a, b] = 0.0
+                Qs[a, b] = -1
+                NR[a, b] = False
+                continue
+            p, q, ok, near = _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b)
+            P[a, b] = p
+            Qs[a, b] = q
+            NR[a, b] = near
+            nr_any = nr_any or near
+            if not ok:
+                pairs_ok = False
+            if a == pred and p < best:
+                best = p
+    # rows to resolve exactly: top two scores within the band, or a pair attaining the radius decided in it
+    second = -np.inf
+    for k in range(K):
+        if k != pred and s[k] > second:
+            second = s[k]
+    radius_band = s[pred] - second <= band
+    for b in range(K):
+        if b != pred and NR[pred, b] and P[pred, b] == best:
+            radius_band = True
+    if mode != MODE_FULL:
+        return pairs_ok, False, radius_band, nr_any
+    if not pairs_ok and not complete:  # the row is redone with larger windows anyway
+        return pairs_ok, True, radius_band, nr_any
+
+    # ----- per-class bounds (`certificates._solve`, mode 'full')
+    member1 = np.zeros(G, np.bool_)
+    member2 = np.zeros(G, np.bool_)
+    dest = np.zeros(G, np.int64)
+    new = np.empty(K)
+    signed = np.empty(G)
+    prio = np.zeros(K, np.bool_)
+    jstar = np.zeros(K, np.int64)
+    rest = np.zeros(K, np.bool_)
+    lower_pair = np.zeros(K)
+    miss = False
+    for cc in range(K):
+        # binding rival: argmax_j P(j, cc) with -1 on the diagonal
+        js = 0
+        best = -1.0 if cc == 0 else P[0, cc]
+        for j in range(1, K):
+            v = -1.0 if j == cc else P[j, cc]
+            if v > best:
+                best = v
+                js = j
+        jstar[cc] = js
+        lower[cc] = max(best, 0.0)
+        upper[cc] = np.inf
+        rest[cc] = False
+        if cc == pred:
+            lower[cc] = 0.0
+            upper[cc] = 0.0
+            continue
+        if not np.isfinite(lower[cc]):
+            continue
+        # (1) greedy attack of the binding pair (j*, cc)
+        q1 = Qs[js, cc]
+        ver = False
+        if q1 >= 0:
+            for g in range(G):
+                cls = g // 2
+                member1[g] = cls != js and cls != cc
+                member2[g] = g == 2 * js or g == 2 * cc + 1
+                dest[g] = cc if g % 2 == 0 else js
+            cnt = _after(s, Cc, CT, Xc, Q2, K, q1, member1, member2, dest, new, signed)
+            ver = _wins(new, cc, tol)
+            if ver:
+                upper[cc] = float(cnt)
+        if ver:
+            continue
+        rest[cc] = True
+        # (2) safe orders
+        for variant in range(2, 6):
+            t = js if variant < 4 else pred
+            if not ((variant < 4 or js != pred) and upper[cc] > lower[cc]):
+                continue
+            for k in range(K):
+                if variant == 2 or variant == 4:
+                    prio[k] = k == t
+                else:
+                    prio[k] = k != cc and _beats(s, cc, k)
+            for g in range(G):
+                cls = g // 2
+                if g % 2 == 0:
+                    member1[g] = cls != cc and not prio[cls]
+                    member2[g] = cls != cc and prio[cls]
+                    dest[g] = cc
+                else:
+                    member1[g] = False
+                    member2[g] = g == 2 * cc + 1
+                    dest[g] = t
+            cnt = _safe_search(s, tol, Cc, CT, Xc, Q2, K, GL, cc, member1, member2, dest, new, signed)
+            if cnt < upper[cc]:
+                upper[cc] = cnt
+    for cc in range(K):
+        lower_pair[cc] = lower[cc]
+    # Lagrangian lower bounds where the pairwise bound is not tight
+    if K >= 3:
+        R = np.zeros(K, np.bool_)
+        beat = np.zeros(K, np.bool_)
+        top2 = np.zeros(K, np.bool_)
+        fi = np.zeros(G, np.int64)
+        f = np.zeros(G)
+        npos = np.zeros(3, np.int64)
+        terms = np.zeros(G)
+        sR = np.zeros(K)
+        for cc in range(K):
+            if cc == pred or not (lower[cc] < upper[cc]) or not np.isfinite(lower[cc]):
+                continue
+            nbeat = 0
+            for k in range(K):
+                beat[k] = k != cc and _beats(s, cc, k)
+                if beat[k]:
+                    nbeat += 1
+                top2[k] = False
+            # the two rivals with the largest P(j, cc) (first index among equals)
+            first = -1
+            for rep in range(2):
+                bi = -1
+                bv = -np.inf
+                for k in range(K):
+                    if k == cc or k == first:
+                        continue
+                    if bi < 0 or P[k, cc] > bv:
+                        bi = k
+                        bv = P[k, cc]
+                top2[bi] = True
+                first = bi
+            all_ne_beat = False
+            top2_ne_beat = False
+            for k in range(K):
+                if k != cc and not beat[k]:
+                    all_ne_beat = True
+                if top2[k] != beat[k]:
+                    top2_ne_beat = True
+            # |top2| == 2 always (K >= 3); top2 differs from all rivals iff K > 3
+            for which in range(3):
+                if which == 0:
+                    use = nbeat >= 2
+                elif which == 1:
+                    use = all_ne_beat
+                else:
+                    use = top2_ne_beat and K > 3
+                if not use or not (lower[cc] < upper[cc]):
+                    continue
+                for k in range(K):
+                    if which == 0:
+                        R[k] = beat[k]
+                    elif which == 1:
+                        R[k] = k != cc
+                    else:
+                        R[k] = top2[k]
+                lb, ok = _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cc, R, fi, f, npos, terms, sR)
+                if ok and lb > lower[cc]:
+                    lower[cc] = lb
+    # (3) sequential greedy where a gap remains
+    sc = np.empty(K)
+    ptr = np.zeros(G, np.int64)
+    val = np.empty(G)
+    scn_ = np.empty(K)
+    wn_ = np.empty(K)
+    T1v = np.empty(K)
+    A = np.empty(K)
+    worst = np.empty(G)
+    first_free = np.full((K, K), -1, np.int64)
+    for c1 in range(K):
+        for u in range(K):
+            for d in range(K):
+                if d != c1 and d != u:
+                    first_free[c1, u] = d
+                    break
+    for cc in range(K):
+        if not rest[cc]:
+            continue
+        if upper[cc] > lower[cc]:
+            if np.isfinite(upper[cc]):
+                cap = upper[cc] - 1.0
+            else:
+                cap = 3.0 * lower_pair[cc] + 10.0
+            steps = int(min(cap, float(GL)))
+            cnt = _greedy_moves(s, X, tol, K, L, cc, steps, sc, ptr, val, scn_, wn_, T1v, A, worst, first_free)
+            if cnt < upper[cc]:
+                upper[cc] = cnt
+        if not np.isfinite(upper[cc]) and cutmax > 0.0:
+            miss = True
+    return pairs_ok, miss, radius_band, nr_any
+
+
+# --------------------------------------------------------------------------- rows
+@njit(cache=True, parallel=True)
+def certify_rows(S, off, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
+                 pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out):
+    """Certificates of the rows of S (B, n): class-grouped, each class segment sorted ascending.
+
+    off (K+1,) class segment offsets; windows start at `first_window` entries per group and grow
+    by `growth` (capped at `max_group`) on the rows that need it, as in `certificates._run`;
+    user_tol (B,) the absolute tolerance of every row. mode: MODE_RADIUS (radius and own costs),
+    MODE_PAIRS (all pairwise costs), MODE_FULL (radius and per-class bounds; with want_pairs also
+    the pairwise costs, taken at the window size where the pairs alone are accepted). tie:
+    TIE_INDEX or TIE_ATTACKER for P. Outputs (written in place): pred, radius (B,) int64; own,
+    lower, upper (B, K); P_out (B, K, K); band (B,): the row was decided inside the rounding /
+    tolerance band (resolved exactly by the caller); pairs_band (B,): the same for the pairwise
+    costs alone; nonfinite (B,): a score sum is not finite (nothing else is computed for the row).
+    """
+    B, n = S.shape
+    K = off.shape[0] - 1
+    for i in prange(B):
+        row = S[i]
+        ab = np.empty(n)
+        for j in range(n):
+            ab[j] = abs(row[j])
+        absum = _sum_all(ab)
+        s = np.empty(K)
+        finite = np.isfinite(absum)
+        for k in range(K):
+            s[k] = 0.0 + _pairwise_sum(row, off[k], off[k + 1] - off[k])
+            finite = finite and np.isfinite(s[k])
+        nonfinite[i] = not finite
+        if not finite:
+            continue
+        p = _argmax(s)
+        pred[i] = p
+        P = np.zeros((K, K))
+        Qs = np.full((K, K), -1, np.int64)
+        lower = np.zeros(K)
+        upper = np.zeros(K)
+        L = first_window
+        pairs_taken = not (mode == MODE_PAIRS or want_pairs)
+        while True:
+            complete = L >= max_group
+            pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
+                                                             mode, P, Qs, lower, upper)
+            if not pairs_taken and (pairs_ok or complete):
+                pairs_taken = True
+                pairs_band[i] = nr_any
+                for a in range(K):
+                    for b in range(K):
+                        x = P[a, b]
+                        if tie == TIE_ATTACKER and a != b and s[a] == s[b]:
+                            x = 0.0
+                        P_out[i, a, b] = x
+            if (pairs_ok and not miss) or complete:
+                if mode == MODE_RADIUS:
+                    band[i] = radius_band
+                elif mode == MODE_PAIRS:
+                    band[i] = nr_any
+                else:
+                    band[i] = radius_band or nr_any
+                break
+            L = min(max_group, L * growth)
+        best = np.inf
+        for b in range(K):
+            x = np.inf if b == p else P[p, b]
+            if x < best:
+                best = x
+            own[i, b] = 0.0 if b == p else x
+        rad = int(best) - 1 if np.isfinite(best) else -1
+        radius[i] = n if rad < 0 else rad
+        if mode == MODE_FULL:
+            for k in range(K):
+                lower_out[i, k] = lower[k]
+                upper_out[i, k] = upper[k]
+
+
+_MODES = {"radius": MODE_RADIUS, "pairs": MODE_PAIRS, "full": MODE_FULL}
+_TIES = {"index": TIE_INDEX, "attacker": TIE_ATTACKER}
+
+
+def solve_block(S: np.ndarray, off: np.ndarray, first_window: int, max_group: int, growth: int, user_tol,
+                mode: str, tie: str, want_pairs: bool) -> dict:
+    """Run `certify_rows` on one block of sorted rows S (B, n) with absolute tolerances user_tol (B,).
+
+    Returns a dict: prediction, radius (B,) int64 (n: no attack exists); own (B, K); band (B,) bool;
+    P (B, K, K) and pairs_band (B,) for mode 'pairs' or want_pairs (tie rule `tie`); lower, upper
+    (B, K) for mode 'full'. Raises FloatingPointError where a score sum is not finite.
+    """
+    S = np.ascontiguousarray(S, dtype=np.float64)
+    off = np.ascontiguousarray(off, dtype=np.int64)
+    user_tol = np.ascontiguousarray(np.broadcast_to(np.asarray(user_tol, dtype=np.float64), S.shape[:1]))
+    B = S.shape[0]
+    K = off.shape[0] - 1
+    pairs = mode == "pairs" or want_pairs
+    full = mode == "full"
+    out = {"prediction": np.zeros(B, np.int64), "radius": np.zeros(B, np.int64), "own": np.zeros((B, K)),
+           "band": np.zeros(B, np.bool_), "pairs_band": np.zeros(B, np.bool_),
+           "P": np.zeros((B, K, K) if pairs else (0, K, K)), "lower": np.zeros((B, K) if full else (0, K)),
+           "upper": np.zeros((B, K) if full else (0, K))}
+    nonfinite = np.zeros(B, np.bool_)
+    certify_rows(S, off, int(first_window), int(max_group), int(growth), user_tol, _MODES[mode], _TIES[tie],
+                 bool(want_pairs), out["prediction"], out["radius"], out["own"], out["band"], out["pairs_band"],
+                 nonfinite, out["P"], out["lower"], out["upper"])
+    if nonfinite.any():
+        raise FloatingPointError("non-finite intermediate in the certificate (a score sum overflowed); "
+                                 "the range guard should have rescaled this row")
+    if not pairs:
+        del out["P"], out["pairs_band"]
+    if not full:
+        del out["lower"], out["upper"]
+    return out
+
+
+def compile_count() -> int:
+    """Number of machine-code versions of the row kernel built (or loaded from the cache) in this process."""
+    return len(certify_rows.signatures)
