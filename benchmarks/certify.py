@@ -57,7 +57,7 @@ from kernelcert import _scalabel_kernel
 from kernelcert.certificates import certify, pairwise_costs
 from kernelcert.exact import labelcert_svm_milp, milp_class_costs
 
-from ._common import RESULTS, _jsonable, fmt, md_table, provenance, stamp, write_result
+from ._common import RESULTS, _jsonable, fmt, md_table, provenance, result_path, stamp, write_result
 
 NAME = "certify"
 ROOT = Path(__file__).resolve().parent.parent
@@ -912,6 +912,12 @@ def markdown(result: dict) -> str:
         out += ["", text]
     if "partitions" in result:
         out += [""] + partition_markdown(result["partitions"])
+    else:  # measured on its own (`--partitions-only`), with its own command and machine
+        path = result_path(NAME + "_partitions", quick=bool(result.get("quick")))
+        if path.exists():
+            part = json.loads(path.read_text())
+            section = partition_markdown(part["partitions"])
+            out += [""] + section[:2] + [provenance(part), ""] + section[2:]
     return "\n".join(out) + "\n"
 
 

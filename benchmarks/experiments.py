@@ -5,7 +5,7 @@
 
 Every number comes from `kernelcert.pipeline.run` (one run per dataset and training-set size; infinite-width
 fully connected ReLU network, NTK on pixels in [0, 1], SS-DPA partitions). Learners: the small-C kernel SVM
-(C = C_max of every partition, SPEC §2) and kernel (ridge) regression at one or more ridges. Aggregations:
+(C = C_max of every partition, docs/math.md §2) and kernel (ridge) regression at one or more ridges. Aggregations:
 the single model (N_p = 1, ScaLabelCert), DPA, EnsembleCert (lower and upper bound), DPA+ROE, white-box ROE,
 FA and FA+ROE (k = N_p, d shifts).
 
@@ -16,7 +16,7 @@ a few ensembles, the like-for-like comparison of partition against no partition)
 are in MODES and in the output.
 
 Reported per dataset x run x learner x N_p x method: clean accuracy, certified accuracy at budgets, MCR in
-both conventions (SPEC §1 "radius" and the anchor scripts' radius + 1), the fraction of exact radii,
+both conventions (docs/math.md §1 "radius" and the anchor scripts' radius + 1), the fraction of exact radii,
 EnsembleCert's bound gap (lower == upper fraction, gap sizes, MCR of the upper bound), the fraction of
 exact per-model class costs (read from the run's unit files), unit timings per N_p and aggregation time
 per method. Plots: MCR vs N_p and certified accuracy vs budget per dataset. Findings are sentences
@@ -637,7 +637,7 @@ def markdown(result: dict) -> str:
              f"Partitions: {st['partition_rule']} (features only), N_p <= n_train / {st['min_per_partition']}. "
              f"Learners: small-C kernel SVM (C = C_max of each partition) and kernel regression with ridge "
              f"{', '.join(f'{r:g}' for r in st['ridges'])}. FA: d = {st['fa_d']}, k = N_p. "
-             "MCR = largest budget with certified accuracy >= 50% (SPEC §1; n/a when clean accuracy < 50%); "
+             "MCR = largest budget with certified accuracy >= 50% (docs/math.md §1; n/a when clean accuracy < 50%); "
              "MCR+1 is the number the DPA/FA/ROE scripts print. \"exact\" = fraction of test points whose radius "
              "is proven exact (ScaLabelCert always; EnsembleCert where its lower and upper cost bounds give the "
              "same radius). @r = certified accuracy at budget r. unit s = summed time of the N_p work units "

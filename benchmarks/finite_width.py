@@ -1,6 +1,6 @@
 """Finite-width networks against their infinite-width kernel model, and transfer of certified attacks.
 
-Setting (SPEC §2): a one-hidden-layer ReLU network in the NTK parameterization
+Setting (docs/math.md §2): a one-hidden-layer ReLU network in the NTK parameterization
 (`kernelcert.finite`, neural-tangents' stax conventions) trained by full-batch gradient descent on
 `0.5 ||g(X) - onehot(y)||^2` with the initial function subtracted (`g = f - f_0`), for a FIXED
 number of steps T with step size eta = 1 / lambda_max(Θ). Its infinite-width model is the

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "results.md"
 
 # Order: cheap and foundational first; the results page follows the same order.
-BENCHMARKS = ("kernels", "certify", "ensemble", "aggregate", "roe_tightness", "experiments", "finite_width", "scale")
+BENCHMARKS = ("kernels", "certify", "ensemble", "aggregate", "published", "exactness", "roe_tightness", "experiments",
+              "finite_width", "scale")
 
 INTRO = """\
 # Results

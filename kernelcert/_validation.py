@@ -103,44 +103,21 @@ def _check_labels(name: str, y, num_classes) -> tuple[np.ndarray, int]:
     return arr, num_classes
 
 
-def check_labels(*args, num_classes=None, name: str = "labels") -> tuple[np.ndarray, int]:
+def check_labels(y, num_classes=None, *, name: str = "labels") -> tuple[np.ndarray, int]:
     """Integer labels in 0..K-1 as int64 and the number of classes K (>= 2, >= max label + 1).
 
-    Call as `check_labels(y, num_classes=None, name="labels")` or, equivalently,
-    `check_labels(name, y, num_classes=None)`. `num_classes=None` infers `max(max label + 1, 2)`.
-    Float labels are accepted only when they hold integral values.
+    `num_classes=None` infers `max(max label + 1, 2)` (only for callers whose labels are known to
+    cover the task; certificates require the task's K). Float labels are accepted only when they
+    hold integral values. `name` is used in error messages.
     """
-    if args and isinstance(args[0], str):
-        if len(args) < 2 or len(args) > 3:
-            raise TypeError("check_labels(name, y, num_classes=None) takes 2 or 3 positional arguments")
-        name, y = args[0], args[1]
-        if len(args) == 3:
-            num_classes = args[2]
-    else:
-        if len(args) < 1 or len(args) > 2:
-            raise TypeError("check_labels(y, num_classes=None) takes 1 or 2 positional arguments")
-        y = args[0]
-        if len(args) == 2:
-            num_classes = args[1]
     return _check_labels(name, y, num_classes)
 
 
-def check_gram(*args, name: str = "K_train", rtol: float = 1e-8) -> np.ndarray:
+def check_gram(K, *, name: str = "K_train", rtol: float = 1e-8) -> np.ndarray:
     """A finite, square float64 matrix, symmetric within `rtol` times its largest |entry|.
 
-    Call as `check_gram(K, name="K_train", rtol=1e-8)` or `check_gram(name, K, rtol=1e-8)`.
     Returns the matrix as given (not symmetrised); positive semidefiniteness is not checked here.
     """
-    if args and isinstance(args[0], str):
-        if len(args) < 2 or len(args) > 3:
-            raise TypeError("check_gram(name, K, rtol=1e-8) takes 2 or 3 positional arguments")
-        name, K = args[0], args[1]
-        if len(args) == 3:
-            rtol = args[2]
-    else:
-        if len(args) != 1:
-            raise TypeError("check_gram(K) takes exactly one positional argument")
-        K = args[0]
     K = as_float_array(name, K, ndim=2)
     if K.shape[0] != K.shape[1]:
         raise ValueError(f"{name} must be square, got shape {K.shape}")

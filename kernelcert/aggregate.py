@@ -44,6 +44,7 @@ from .pipeline.methods import METHODS, REGISTRY
 from .pipeline.report import results_table, write_plots
 from .pipeline.store import atomic_write_text
 from .pipeline.summary import MCR_CONVENTIONS, method_summary, write_points
+from .voting import row_blocks
 from .roe import DPA_STAR_SUMMATION, dpa_star_roe
 from .scores import EnsembleOutputs, read_ensemble_outputs
 
@@ -96,12 +97,6 @@ def fa_shifts(num_learners: int, *, k: int | None = None, d: int | None = None, 
     return int(k), int(d), np.asarray(sh, np.int64)
 
 
-def _blocks(t: int, row_bytes: int):
-    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
-    for s in range(0, t, step):
-        yield slice(s, min(t, s + step))
-
-
 def _run_method(method: str, ens: EnsembleOutputs, shifts, star_summation: str) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, radius) over all test points, computed in blocks of test points: the registry's
     certificate function on the block's `Evidence` (votes, and scores when the method reads them)."""
@@ -109,7 +104,7 @@ def _run_method(method: str, ens: EnsembleOutputs, shifts, star_summation: str) 
     pred, rad = np.empty(t, np.int64), np.empty(t, np.int64)
     uses_scores = AGGREGATE_METHODS[method] != "votes"
     row_bytes = 8 * (int(np.prod(ens.scores.shape[1:])) if uses_scores else ens.num_models * K)
-    for sl in _blocks(t, row_bytes):
+    for sl in row_blocks(t, row_bytes, block_size=max(1, _BLOCK_BYTES // max(1, row_bytes))):
         if method == "dpa_star_roe":  # scores as stored: the float32 published summation sees the original values
             res = dpa_star_roe(np.asarray(ens.scores[sl]), summation=star_summation)
         else:

@@ -1236,7 +1236,7 @@ def _validate(weights, labels, num_classes, block_size, rtol=0.0, atol=None):
     if num_classes is None:
         raise ValueError("num_classes is required: pass the task's number of classes (the attacker may relabel to "
                          "any class of the task, and a training set may lack some of them)")
-    y, K = check_labels("labels", labels, num_classes)
+    y, K = check_labels(labels, num_classes, name="labels")
     if w.shape[1] != len(y):
         raise ValueError(f"weights have {w.shape[1]} columns but there are {len(y)} labels")
     rtol = check_positive("rtol", rtol, allow_zero=True)

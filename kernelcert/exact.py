@@ -687,7 +687,7 @@ def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: in
     radius = max_flips when no enumerated relabelling changes the prediction. n <= 12 only.
     """
     Ws = [as_float_array(f"weights_list[{m}]", W, ndim=2) for m, W in enumerate(weights_list)]
-    ys = [check_labels(f"labels_list[{m}]", y, num_classes)[0] for m, y in enumerate(labels_list)]
+    ys = [check_labels(y, num_classes, name=f"labels_list[{m}]")[0] for m, y in enumerate(labels_list)]
     K = num_classes
     sizes = [len(y) for y in ys]
     n = sum(sizes)

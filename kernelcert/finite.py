@@ -1,6 +1,6 @@
 """Finite-width fully connected networks in the NTK parameterization, trained by full-batch gradient descent.
 
-This is the finite counterpart of `kernels.FullyConnected` (SPEC §2): the same architecture with
+This is the finite counterpart of `kernels.FullyConnected` (docs/math.md §2): the same architecture with
 `width` hidden units per layer instead of infinitely many, written to match neural-tangents'
 `stax` conventions exactly:
 

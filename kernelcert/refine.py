@@ -122,7 +122,7 @@ def attack_makes_class_win(weights_row, labels, num_classes, attack, target: int
     """Whether relabelling `attack` [(train_index, new_label), ...] makes `target` the prediction of the
     row, checked with error-free sums as `solve_class_cost` verifies its answers (see the module doc)."""
     w = as_float_array("weights_row", weights_row, ndim=1)
-    y, K = check_labels("labels", labels, num_classes)
+    y, K = check_labels(labels, num_classes, name="labels")
     c = check_int("target", target, minimum=0, maximum=K - 1)
     y2 = y.copy()
     for j, v in attack:
@@ -344,7 +344,7 @@ def solve_class_cost(weights_row, labels, num_classes, target: int, lower: float
     """
     t0 = time.process_time()
     w = as_float_array("weights_row", weights_row, ndim=1)
-    y, K = check_labels("labels", labels, num_classes)
+    y, K = check_labels(labels, num_classes, name="labels")
     if len(w) != len(y):
         raise ValueError(f"weights_row has {len(w)} entries but there are {len(y)} labels")
     c = check_int("target", target, minimum=0, maximum=K - 1)
@@ -488,7 +488,7 @@ def refine_class_costs(weights, labels, num_classes, rows, targets, lower, upper
     """`solve_class_cost` for the problems (rows[q], targets[q]) of one model, weights (t, n);
     lower / upper / caps (Q,) per problem. Returns one ClassCostSolve per problem."""
     W = as_float_array("weights", weights, ndim=2)
-    y, K = check_labels("labels", labels, num_classes)
+    y, K = check_labels(labels, num_classes, name="labels")
     if W.shape[1] != len(y):
         raise ValueError(f"weights have {W.shape[1]} columns but there are {len(y)} labels")
     rows = np.asarray(rows, dtype=np.int64).ravel()
@@ -546,7 +546,7 @@ def exact_class_costs(weights, labels, num_classes=None, *, certificate=None, ti
     """Every A_c (t, K) of a label-linear model: `certify`'s bounds, then `solve_class_cost` wherever
     they differ. Pass `certificate` (from `certify(weights, labels, K)` with class bounds) to reuse it."""
     W = as_float_array("weights", weights, ndim=2)
-    y, K = check_labels("labels", labels, num_classes)
+    y, K = check_labels(labels, num_classes, name="labels")
     cert = certificate if certificate is not None else certify(W, y, K, rtol=rtol)
     if not cert.class_bounds or cert.cost_lower.shape != (W.shape[0], K):
         raise ValueError("certificate must come from certify(weights, labels, K) with class_bounds=True")
@@ -686,7 +686,7 @@ class PartitionSolver:
         if accept is not None and not callable(accept):
             raise TypeError("accept must be callable: accept(partition, rows, W) -> (len(rows),) bool")
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
-        self.labels = [check_labels(f"labels[{j}]", y, self.num_classes)[0] for j, y in enumerate(labels)]
+        self.labels = [check_labels(y, self.num_classes, name=f"labels[{j}]")[0] for j, y in enumerate(labels)]
         self.weights, self.accept = weights, accept
         self.time_limit = check_positive("time_limit", time_limit)
         self.rtol = check_positive("rtol", rtol, allow_zero=True)

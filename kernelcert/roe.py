@@ -26,8 +26,7 @@ import itertools
 import numpy as np
 
 from ._validation import as_float_array, check_index_array, check_labels
-from .certificates import certify
-from .learners import onehot
+from .evidence import build_evidence, stack_evidence
 from .partition import fa_reach
 from .voting import (
     NO_ATTACK, AggregateResult, check_votes, knapsack_dp, knapsack_solver, overtake_gains, radius_from_attack,
@@ -584,15 +583,18 @@ def _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint) -> np.ndarray:
     return out
 
 
-def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int | None = None, *, joint="auto",
-                                   rtol: float = 1e-9, block_size: int | None = None) -> AggregateResult:
+def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int, *, joint="auto",
+                                   block_size: int | None = None, **certify_options) -> AggregateResult:
     """White-box DPA+ROE for label-linear base models (docs/math.md §2-§3, §5).
 
     weights_list[m]: label weights W_m (t, n_m) of partition m's model; labels_list[m]: its labels
-    y_m (n_m,). Scores W_m @ onehot(y_m), vote costs certify(...).cost_lower, pair costs
-    pairwise_costs(..., tie="attacker") (from the same certify pass), then whitebox_roe. Radius
-    capped at the total number of training labels (no relabelling at all changes the prediction).
-    Streams over test-point blocks.
+    y_m (n_m,); `num_classes`: the task's K (never guessed from the labels). The same composition
+    as the certification run: `build_evidence` per model (scores W_m @ onehot(y_m), class-cost
+    lower bounds and tie="attacker" pairwise costs from one certify pass, black-box unit costs for
+    a model whose certified vote and score argmax disagree), `stack_evidence`, then `whitebox_roe`
+    on `Evidence.roe_costs()`. Radius capped at the total number of training labels (no
+    relabelling at all changes the prediction). Streams over test-point blocks; `certify_options`
+    (tolerances, sort_device) go to `certify` unchanged.
     """
     if len(weights_list) != len(labels_list) or len(weights_list) == 0:
         raise ValueError(f"need one labels array per weights array (got {len(weights_list)} and {len(labels_list)})")
@@ -600,13 +602,11 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
     K = num_classes
     for m, (W, y) in enumerate(zip(weights_list, labels_list)):
         W = as_float_array(f"weights_list[{m}]", W, ndim=2)
-        y, _ = check_labels(f"labels_list[{m}]", y, K)
+        y, K = check_labels(y, K, name=f"labels_list[{m}]")
         if W.shape[1] != len(y):
             raise ValueError(f"weights_list[{m}] has {W.shape[1]} columns but labels_list[{m}] has {len(y)} labels")
         Ws.append(W)
         ys.append(y)
-    if K is None:
-        K = max(max(int(y.max()) + 1 if y.size else 0 for y in ys), 2)
     t = Ws[0].shape[0]
     if any(W.shape[0] != t for W in Ws):
         raise ValueError(f"all weights must have the same number of test rows, got {[W.shape[0] for W in Ws]}")
@@ -616,26 +616,8 @@ def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int |
     radius = np.empty(t, np.int64)
     row_bytes = 8 * (M * K * (K + 4) + max(W.shape[1] for W in Ws) * (K + 4))
     for sl in row_blocks(t, row_bytes, block_size):
-        B = sl.stop - sl.start
-        scores = np.empty((B, M, K))
-        vcost = np.empty((B, M, K))
-        pcost = np.empty((B, M, K, K))
-        for m, (W, y) in enumerate(zip(Ws, ys)):
-            Wb = W[sl]
-            scores[:, m] = Wb @ onehot(y, K)
-            if len(y) == 0:  # an empty partition's model can never change
-                vcost[:, m] = np.inf
-                pcost[:, m] = np.inf
-                continue
-            cert, pcost[:, m] = certify(Wb, y, K, rtol=rtol, pairwise="attacker")  # one pass for both
-            vcost[:, m] = cert.cost_lower
-            # If certify's vote disagrees with these scores (a rounding-level tie), fall back to
-            # black-box unit costs for this model: still sound, as any change needs >= 1 flip.
-            bad = cert.prediction != np.argmax(scores[:, m], axis=1)
-            if bad.any():
-                vcost[bad, m] = 1.0
-                pcost[bad, m] = 1.0
-        res = whitebox_roe(scores, vcost, pcost, joint=joint)
+        ev = stack_evidence([build_evidence(W[sl], y, K, level="pairs", **certify_options) for W, y in zip(Ws, ys)])
+        res = whitebox_roe(ev.scores, *ev.roe_costs(), joint=joint)
         pred[sl] = res.prediction
         radius[sl] = np.minimum(res.radius, n_total)
     return AggregateResult(prediction=pred, radius=radius)

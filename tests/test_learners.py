@@ -322,7 +322,7 @@ def test_validation_helpers():
 
     y, K = v.check_labels(np.array([0.0, 2.0, 1.0]))
     assert y.dtype == np.int64 and K == 3
-    y2, K2 = v.check_labels("labels", [0, 1], 4)  # legacy name-first form
+    y2, K2 = v.check_labels([0, 1], 4, name="labels")
     assert K2 == 4 and list(y2) == [0, 1]
     with pytest.raises(ValueError, match="num_classes=2"):
         v.check_labels(np.array([0, 2]), 2)
@@ -334,7 +334,9 @@ def test_validation_helpers():
         v.check_gram(np.array([[1.0, 0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="empty"):
         v.check_gram(np.zeros((0, 0)))
-    assert v.check_gram("G", np.eye(2)).shape == (2, 2)
+    assert v.check_gram(np.eye(2), name="G").shape == (2, 2)
+    with pytest.raises(TypeError):
+        v.check_gram("G", np.eye(2))  # one signature: the matrix first
     with pytest.raises(ValueError, match="a has 2, b has 3"):
         v.check_same_length(a=np.ones(2), b=[1, 2, 3])
     assert v.check_same_length(a=np.ones(3), b=3) == 3

@@ -1,5 +1,5 @@
 """Certified accuracy and median certified robustness against direct recomputation and the anchors'
-printout (`sum(acc >= 0.5)` over r = 0..max, anchors.md §0.2)."""
+printout (`sum(acc >= 0.5)` over r = 0..max, docs/math.md §7.0.2)."""
 
 import numpy as np
 import pytest

@@ -217,7 +217,7 @@ def test_svm_c_above_c_max_fails_in_the_prepass(tmp_path):
         pipeline.run(cfg)
     assert not list(tmp_path.rglob("*.npz"))  # no work unit ran
     # a C below every partition's C_max is accepted and equals the C_max run's certificates (argmax does not
-    # depend on C in the small-C regime, SPEC §2)
+    # depend on C in the small-C regime, docs/math.md §2)
     cfg["learners"] = [{"type": "svm", "C": 1e-6}]
     res = pipeline.run(cfg)
     assert res.summary["c_max"]["svm_C1e-06"]["1"]["min"] > 1e-6
@@ -280,7 +280,7 @@ def test_outputs_exist_and_are_consistent(tiny_run):
     for learner in ("svm", "regression_ridge0.01"):
         for n_p in (1, 3, 5):
             col = lambda m, f: column(points, f"{learner}/{n_p}/{m}/{f}")  # noqa: E731
-            # EnsembleCert and DPA aggregate the same plurality vote; white-box costs only help (SPEC §4)
+            # EnsembleCert and DPA aggregate the same plurality vote; white-box costs only help (docs/math.md §4)
             np.testing.assert_array_equal(col("ensemblecert", "prediction"), col("dpa", "prediction"))
             assert np.all(col("ensemblecert", "radius") >= col("dpa", "radius"))
             assert np.all(col("ensemblecert", "radius_upper") >= col("ensemblecert", "radius"))
@@ -584,7 +584,7 @@ def test_kill_and_resume(tmp_path):
 # --------------------------------------------------------------------------- finite aggregation
 @pytest.fixture
 def fa_partition(monkeypatch):
-    """kernelcert.partition with the FA helpers (anchors §2). Where the module does not provide them yet,
+    """kernelcert.partition with the FA helpers (docs/math.md §7.2). Where the module does not provide them yet,
     a stand-in with the documented interface is patched in for these tests only."""
     import random
     from dataclasses import dataclass

@@ -22,7 +22,7 @@ def random_scores(rng, shape, kind):
 
 # --------------------------------------------------------------------------- plain-Python transcriptions
 def ref_election(s):
-    """One test point, s (M, K): the rule of anchors §3 written with Python loops."""
+    """One test point, s (M, K): the rule of docs/math.md §7.3 written with Python loops."""
     M, K = s.shape
     votes = [max(range(K), key=lambda c: (s[m, c], -c)) for m in range(M)]
     n = [votes.count(c) for c in range(K)]
