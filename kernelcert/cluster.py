@@ -77,14 +77,29 @@ def check_workers(client, expected: Provenance) -> int:
         found = client.run(_worker_provenance, expected.device, expected.dtype, on_error="return")
     except Exception as exc:  # noqa: BLE001 - any failure to run the check is reported as such
         raise ClusterLost(f"could not check the Dask workers' environments ({type(exc).__name__}: {exc})") from exc
-    problems = []
+    from distributed.comm.core import CommClosedError
+
+    problems, died = [], []
     for address, info in sorted(found.items()):
+        if isinstance(info, (CommClosedError, OSError)):  # the worker died meanwhile: not its environment
+            died.append(address)
+            continue
         if isinstance(info, BaseException):
             problems.append(f"worker {address}: cannot compute on {expected.device} ({info})")
             continue
         diff = expected.differences(Provenance.from_dict(info))
         if diff:
             problems.append(f"worker {address}: " + "; ".join(d.replace(" there", " on the worker") for d in diff))
+    if found and len(died) == len(found):
+        events = memory_restarts(client)
+        if events:
+            rss = max(e.get("rss", 0) for e in events) / 2**20
+            limits = _memory_limits(client)
+            lim = f" of their {next(iter(limits.values())):,.0f} MiB limit" if limits else ""
+            raise WorkerKilled(f"the Dask workers were killed for memory before any unit ran (reaching {rss:,.0f} MiB"
+                               f"{lim}): give the workers more memory (dask worker --memory-limit)",
+                               unit="(worker start-up)", for_memory=True)
+        raise ClusterLost("lost the Dask cluster (every worker died while its environment was checked)")
     if problems:
         raise EnvironmentMismatch("refusing Dask workers whose environment differs from this client's (their "
                                   "results would not be bit-identical): " + " | ".join(problems))
