@@ -40,10 +40,20 @@ class EnvironmentMismatch(RuntimeError):
 
 
 def _blas_libraries() -> tuple[str, ...]:
-    """'internal_api version architecture' of every BLAS library loaded in this process, sorted."""
+    """'internal_api version architecture' of the BLAS libraries numpy and scipy compute with, sorted.
+
+    Only the libraries shipped with numpy and scipy count: other packages (e.g. a solver's own
+    OpenBLAS, loaded only once that solver is imported) do not take part in the numbers a unit
+    stores, and whether they happen to be loaded must not make two identical environments differ.
+    """
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS, so the answer does not depend on import order)
+
     out = set()
     for lib in threadpool_info():
         if lib.get("user_api") != "blas":
+            continue
+        path = str(lib.get("filepath") or "")
+        if not any(f"{pkg}.libs" in path or f"/{pkg}/" in path for pkg in ("numpy", "scipy")):
             continue
         out.add(" ".join(str(lib.get(k) or "?") for k in ("internal_api", "version", "architecture")))
     return tuple(sorted(out))
