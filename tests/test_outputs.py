@@ -107,3 +107,10 @@ def test_plots_are_written_and_labelled(fa_run):
     assert "mcr_vs_partitions.png" in names and sum(n.startswith("certified_accuracy_") for n in names) == 2
     for p in fa_run.plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fa_is_labelled_with_k_and_d(fa_run):
+    from kernelcert.pipeline.report import _plot_label
+
+    assert _plot_label("fa", fa_run.summary) == "FA (k = N_p, d = 2)"
+    assert _plot_label("single", fa_run.summary) == "single model (ScaLabelCert)"
