@@ -12,7 +12,7 @@ from .evidence import Evidence, build_evidence, stack_evidence
 from .kernels import Convolutional, CustomKernel, FullyConnected, Kernel, max_abs_row_sum, row_abs_sums
 from .learners import KernelRegression, KernelSVM
 from .pipeline import (ConfigError, RunConfig, RunResult, config_from_dict, load_config, load_config_string,
-                       read_points, read_summary, run)
+                       read_points, read_points_long, read_summary, run)
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe
 
 __all__ = [
@@ -20,5 +20,5 @@ __all__ = [
     "ensemblecert", "ensemblecert_bounds", "Evidence", "build_evidence", "stack_evidence", "Convolutional",
     "CustomKernel", "FullyConnected", "Kernel", "max_abs_row_sum", "row_abs_sums", "KernelRegression", "KernelSVM",
     "dpa_roe", "dpa_star_roe", "fa", "fa_roe", "whitebox_roe", "run", "RunConfig", "RunResult", "ConfigError",
-    "load_config", "load_config_string", "config_from_dict", "read_points", "read_summary",
+    "load_config", "load_config_string", "config_from_dict", "read_points", "read_points_long", "read_summary",
 ]

@@ -10,7 +10,7 @@ Modules, each one concern (lower ones never import higher ones; see docs/archite
 - `unit`: one work unit (Gram once, fit, stream test blocks, build `Evidence`);
 - `plan`: data, aggregation targets and work units, size and C_max checks, built once;
 - `aggregate`: every method on every target, in blocks of test points;
-- `summary`: `summary.json` and `points.csv`, and their readers;
+- `summary`: `summary.json`, `points.csv` and the long per-point table, and their readers;
 - `report`: the results table, plots and the Markdown report;
 - `backends`: in-process and Dask execution;
 - `runner`: `run`, orchestration only.
@@ -20,6 +20,7 @@ Typical use::
     from kernelcert import pipeline
     result = pipeline.run("configs/synthetic_small.toml")
     header, table = pipeline.read_points(result.points_path)
+    frame = pipeline.read_points_long(result.run_dir)  # tidy: one row per point/learner/N_p/method
 """
 
 from ..evidence import Evidence, build_evidence, stack_evidence
@@ -33,7 +34,7 @@ from .plan import AggregationTarget, RunPlan, plan_run
 from .report import markdown_report, results_table, write_plots
 from .runner import RunResult, run, run_directory
 from .store import FORMAT_VERSION, UnitFile
-from .summary import read_points, read_summary
+from .summary import read_points, read_points_long, read_summary
 from .unit import unit_block_rows
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "PartitionConfig", "FAConfig", "OutputConfig", "ExecutionConfig", "ConfigError", "load_config",
     "load_config_string", "config_from_dict", "with_overrides", "make_kernel", "make_learner", "plan_run", "RunPlan",
     "AggregationTarget", "MethodResult", "METHODS", "REGISTRY", "AggregationMethod", "MethodOutput", "Evidence",
-    "build_evidence", "stack_evidence", "read_points", "read_summary", "results_table", "write_plots",
+    "build_evidence", "stack_evidence", "read_points", "read_points_long", "read_summary", "results_table", "write_plots",
     "markdown_report", "UnitFile", "FORMAT_VERSION", "unit_block_rows", "Backend", "InProcessBackend",
     "DaskBackend", "make_backend",
 ]

@@ -69,22 +69,53 @@ def results_table(summary: dict, budgets=None) -> str:
     return "\n".join(lines)
 
 
+def _plot_label(method: str, summary: dict) -> str:
+    """Legend label of a method: FA methods with their k (the N_p axis/panel) and d."""
+    name = method_label(method)
+    if method in REGISTRY and REGISTRY[method].target == "fa" and summary.get("fa"):
+        name += f" (k = N_p, d = {summary['fa']['d']})"
+    return name
+
+
+def _integer_axis(ax, hi: float, locator) -> None:
+    """Linear budget axis from 0 to `hi` with integer ticks only (`locator`: matplotlib's MaxNLocator)."""
+    ax.set_xlim(0, max(hi, 1))
+    ax.xaxis.set_major_locator(locator(integer=True, nbins=8))
+
+
+def _figure_legend(fig, axes, y: float = 0.0) -> None:
+    """One legend for the whole figure, below the panels: every method drawn in any panel, in
+    registry order (the single model included, though it is drawn only at N_p = 1)."""
+    handles = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)),
+                   fontsize=8, frameon=False, bbox_to_anchor=(0.5, y))
+
+
 def write_plots(summary: dict, run_dir) -> list[Path]:
     """Certified accuracy vs budget (one figure per learner, a panel per N_p, a line per method) and
-    MCR vs N_p (a panel per learner). Returns the PNG paths (written atomically)."""
+    MCR vs N_p (a panel per learner). Budgets are integer label flips on a linear axis; one legend
+    per figure below the panels. Returns the PNG paths (written atomically)."""
     import matplotlib  # imported here: plotting is the only user and matplotlib is slow to import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     paths = []
     learners = _learners(summary)
+    legend_rows = -(-len({r["method"] for r in summary["results"]}) // 4)
     for learner in learners:
         rows = _rows(summary, learner)
         nps = sorted({r["num_partitions"] for r in rows})
-        fig, axes = plt.subplots(1, len(nps), figsize=(4.2 * len(nps), 3.6), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(1, len(nps), figsize=(4.2 * len(nps), 3.6 + 0.3 * legend_rows), squeeze=False,
+                                 sharey=True)
         for ax, n_p in zip(axes[0], nps):
+            hi = 1.0
             for r in (r for r in rows if r["num_partitions"] == n_p):
                 rad = np.asarray(r["curve"]["radius"], float)
                 acc = np.asarray(r["curve"]["certified_accuracy"], float)
@@ -93,19 +124,22 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
                 else:
                     x = np.concatenate([[0.0], rad, [rad[-1] + 1]])
                     y = np.concatenate([[acc[0]], acc, [0.0]])
+                hi = max(hi, float(x[-1]))
                 color, ls, _ = method_style(r["method"])
                 ax.plot(x, y, drawstyle="steps-pre", color=color, linestyle=ls, linewidth=1.6, alpha=0.85,
-                        label=_method_name(r, summary))
-            ax.set_xscale("symlog", linthresh=1.0)
+                        label=_plot_label(r["method"], summary))
+            _integer_axis(ax, hi, MaxNLocator)
+            ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{learner}, N_p = {n_p}")
             ax.set_xlabel("budget r (label flips)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("certified accuracy")
-        axes[0][-1].legend(fontsize=7, loc="upper right")
-        fig.tight_layout()
+        _figure_legend(fig, axes[0])
+        fig.tight_layout(rect=(0, 0.01 + 0.055 * legend_rows, 1, 1))
         paths.append(_save(fig, run_dir / f"certified_accuracy_{_safe(learner)}.png"))
         plt.close(fig)
-    fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners) + 0.5, 3.8 + 0.3 * legend_rows),
+                             squeeze=False)
     for ax, learner in zip(axes[0], learners):
         rows = _rows(summary, learner)
         for method in dict.fromkeys(r["method"] for r in rows):
@@ -114,18 +148,22 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
             ys = [np.nan if p[1] is None else p[1] for p in pts]
             color, ls, marker = method_style(method)
             ax.plot(xs, ys, color=color, linestyle=ls, marker=marker, alpha=0.85,
-                    label=method_label(method))
+                    label=_plot_label(method, summary))
         nps = sorted({r["num_partitions"] for r in rows})
         ax.set_xscale("log")
         ax.set_xticks(nps)
         ax.set_xticklabels([str(n) for n in nps])
         ax.minorticks_off()
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(learner)
-        ax.set_xlabel("N_p (number of partitions)")
-        ax.set_ylabel("MCR (radius convention)")
+        ax.set_xlabel("N_p (number of partitions; k for FA)")
+        ax.set_ylabel("MCR (label flips)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    _figure_legend(fig, axes[0], y=0.035)
+    fig.text(0.5, 0.005, "MCR in the radius convention: the largest r with certified accuracy >= 50% "
+             "(the DPA/FA/ROE scripts print MCR + 1); missing points: accuracy < 50%.",
+             ha="center", va="bottom", fontsize=7, style="italic")
+    fig.tight_layout(rect=(0, 0.05 + 0.055 * legend_rows, 1, 1))
     paths.append(_save(fig, run_dir / "mcr_vs_partitions.png"))
     plt.close(fig)
     return paths

@@ -49,7 +49,7 @@ from .progress import Progress
 from .report import markdown_report, write_plots
 from .store import (UnitFile, adopt_units, atomic_write_text, check_unit, older_format_runs, prepare_run_dir,
                     same_config_runs, unit_layout, unit_path, write_unit)
-from .summary import build_summary, write_points, write_summary
+from .summary import build_summary, write_points, write_points_long, write_summary
 from .unit import SharedInputs, UnitTask, compute_unit, unit_memory_mb
 
 logger = logging.getLogger("kernelcert.pipeline")
@@ -225,6 +225,7 @@ def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunRe
             summary["exactness"] = exactness
         points_path = run_dir / "points.csv"
         write_points(points_path, plan.y_test, results)
+        write_points_long(run_dir, plan.y_test, results)
         plots = tuple(write_plots(summary, run_dir)) if cfg.output.plots else ()
         report_path = run_dir / "report.md"
         atomic_write_text(report_path, markdown_report(summary, plots, run_dir)

@@ -1,5 +1,7 @@
 """The run's tables: `summary.json` (per-method numbers, unit statistics, timings, memory) and
-`points.csv` (one row per test point, one column per learner/N_p/method/field), plus their readers.
+`points.csv` (one row per test point, one column per learner/N_p/method/field), the same numbers as a
+tidy long table (`points_long.parquet` when pyarrow is installed, `points_long.csv` otherwise: one row
+per test point, learner, N_p or k, method), plus their readers.
 
 MCR numbers are given in both conventions of docs/math.md §1: "radius" (the largest budget with
 certified accuracy >= 50%) and "anchor" (that plus one, as the DPA/FA/ROE scripts print it).
@@ -8,17 +10,19 @@ certified accuracy >= 50%) and "anchor" (that plus one, as the DPA/FA/ROE script
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..metrics import certified_accuracy, median_certified_robustness
 from ..procmem import peak_rss_mb
 from .aggregate import MethodResult
 from .config import RunConfig
 from .plan import RunPlan
-from .store import UnitFile, atomic_write_text
+from .store import UnitFile, atomic_write_bytes, atomic_write_text
 
 MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
                    "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §7.0.2)"}
@@ -133,6 +137,80 @@ def read_points(path) -> tuple[list[str], np.ndarray]:
     return header, table
 
 
+POINTS_LONG_NAMES = ("points_long.parquet", "points_long.csv")
+POINTS_LONG_COLUMNS = ("point", "label", "learner", "num_partitions", "method", "prediction", "radius",
+                       "radius_upper", "exact", "exact_before_refinement", "correct")
+_LONG_DTYPES = {"point": "int64", "label": "int64", "learner": "string", "num_partitions": "int64",
+                "method": "string", "prediction": "int64", "radius": "int64", "radius_upper": "Int64",
+                "exact": "bool", "exact_before_refinement": "boolean", "correct": "bool"}
+
+
+def points_long_frame(y_test: np.ndarray, results: list[MethodResult]) -> pd.DataFrame:
+    """The tidy form of points.csv: one row per (method result, test point), columns
+    `POINTS_LONG_COLUMNS`; `num_partitions` is N_p for partition methods and k for FA methods;
+    radius_upper / exact_before_refinement are missing (<NA>) where a method has none;
+    correct = prediction == label. Rows in the order of points.csv's column groups, then points."""
+    y_test = np.asarray(y_test, np.int64)
+    t = len(y_test)
+    frames = []
+    for r in results:
+        frames.append(pd.DataFrame({
+            "point": np.arange(t, dtype=np.int64), "label": y_test, "learner": r.learner,
+            "num_partitions": int(r.num_partitions), "method": r.method,
+            "prediction": np.asarray(r.prediction, np.int64), "radius": np.asarray(r.radius, np.int64),
+            "radius_upper": pd.array(np.asarray(r.radius_upper, np.int64) if r.radius_upper is not None
+                                     else [pd.NA] * t, dtype="Int64"),
+            "exact": np.asarray(r.exact, bool),
+            "exact_before_refinement": pd.array(np.asarray(r.exact_before, bool) if r.exact_before is not None
+                                                else [pd.NA] * t, dtype="boolean"),
+            "correct": np.asarray(r.prediction, np.int64) == y_test}))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(POINTS_LONG_COLUMNS))
+    return frame.astype(_LONG_DTYPES)[list(POINTS_LONG_COLUMNS)]
+
+
+def write_points_long(run_dir, y_test: np.ndarray, results: list[MethodResult]) -> Path:
+    """Write the long table into `run_dir` atomically: Parquet when pyarrow is importable, CSV
+    otherwise (missing values as empty fields). Removes a stale table of the other format. Returns
+    the path written."""
+    run_dir = Path(run_dir)
+    frame = points_long_frame(y_test, results)
+    try:
+        import pyarrow  # noqa: F401  (optional dependency: Parquet output only when it is installed)
+    except ImportError:
+        path = run_dir / "points_long.csv"
+        atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+    else:
+        path = run_dir / "points_long.parquet"
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        atomic_write_bytes(path, buf.getvalue())
+    for name in POINTS_LONG_NAMES:
+        if name != path.name and (run_dir / name).exists():
+            (run_dir / name).unlink()
+    return path
+
+
+def read_points_long(run_dir) -> pd.DataFrame:
+    """The long per-point table of a run directory (or of the file itself) as a pandas DataFrame
+    with columns `POINTS_LONG_COLUMNS` (radius_upper: nullable Int64, exact_before_refinement:
+    nullable boolean). Raises FileNotFoundError naming the directory when neither file exists."""
+    path = Path(run_dir)
+    if path.is_dir():
+        found = [path / n for n in POINTS_LONG_NAMES if (path / n).exists()]
+        if not found:
+            raise FileNotFoundError(f"{path}: no {' or '.join(POINTS_LONG_NAMES)} (written by runs of kernelcert "
+                                    "since the long table was added; re-run the config to write it)")
+        path = found[0]
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path, dtype={"learner": "string", "method": "string"}, keep_default_na=False,
+                            na_values={"radius_upper": [""], "exact_before_refinement": [""]})
+        for col in ("exact", "correct"):
+            frame[col] = frame[col].map({True: True, False: False, "True": True, "False": False})
+    return frame.astype(_LONG_DTYPES)[list(POINTS_LONG_COLUMNS)]
+
+
 def read_summary(path) -> dict:
     """The summary dict of a summary.json (or of the run directory holding it)."""
     path = Path(path)
@@ -140,4 +218,4 @@ def read_summary(path) -> dict:
 
 
 __all__ = ["method_summary", "build_summary", "write_summary", "write_points", "read_points", "read_summary",
-           "MCR_CONVENTIONS"]
+           "MCR_CONVENTIONS", "POINTS_LONG_COLUMNS", "points_long_frame", "write_points_long", "read_points_long"]

@@ -1,0 +1,116 @@
+"""The run's long per-point table (points_long.parquet / points_long.csv) and its reader, and the
+plots a run writes (kernelcert.pipeline.summary, kernelcert.pipeline.report)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import kernelcert
+from kernelcert import pipeline
+from kernelcert.pipeline.aggregate import MethodResult
+from kernelcert.pipeline.summary import (POINTS_LONG_COLUMNS, points_long_frame, read_points_long,
+                                         write_points_long)
+
+from test_pipeline import tiny_config
+
+
+@pytest.fixture(scope="module")
+def fa_run(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), **{"partition.num_partitions": [1, 3]})
+    cfg["fa"] = {"d": 2}
+    cfg["methods"] = {"aggregations": ["single", "dpa", "ensemblecert", "dpa_roe", "whitebox_roe", "fa", "fa_roe"]}
+    return pipeline.run(cfg)
+
+
+def test_long_table_agrees_with_points_csv_row_by_row(fa_run):
+    header, table = pipeline.read_points(fa_run.points_path)
+    long = kernelcert.read_points_long(fa_run.run_dir)
+    assert tuple(long.columns) == POINTS_LONG_COLUMNS
+    index, label = table[:, header.index("index")], table[:, header.index("label")]
+    groups = list(dict.fromkeys(c.rsplit("/", 1)[0] for c in header[2:]))
+    assert len(long) == len(groups) * len(index)
+    assert {m for m in long["method"]} >= {"single", "fa", "fa_roe", "ensemblecert"}
+    seen = 0
+    for g in groups:
+        learner, n_p, method = g.split("/")
+        part = long[(long["learner"] == learner) & (long["num_partitions"] == int(n_p)) & (long["method"] == method)]
+        part = part.sort_values("point")
+        seen += len(part)
+        np.testing.assert_array_equal(part["point"].to_numpy(), index)
+        np.testing.assert_array_equal(part["label"].to_numpy(), label)
+        for field in ("prediction", "radius"):
+            np.testing.assert_array_equal(part[field].to_numpy(), table[:, header.index(f"{g}/{field}")])
+        np.testing.assert_array_equal(part["exact"].to_numpy(), table[:, header.index(f"{g}/exact")] == 1)
+        np.testing.assert_array_equal(part["correct"].to_numpy(), part["prediction"].to_numpy() == label)
+        if f"{g}/radius_upper" in header:
+            np.testing.assert_array_equal(part["radius_upper"].to_numpy(np.int64),
+                                          table[:, header.index(f"{g}/radius_upper")])
+        else:
+            assert part["radius_upper"].isna().all()
+        if f"{g}/exact_before_refinement" in header:
+            np.testing.assert_array_equal(part["exact_before_refinement"].to_numpy(bool),
+                                          table[:, header.index(f"{g}/exact_before_refinement")] == 1)
+        else:
+            assert part["exact_before_refinement"].isna().all()
+    assert seen == len(long)
+    # the accuracies of summary.json follow from the long table
+    for r in fa_run.summary["results"]:
+        part = long[(long["learner"] == r["learner"]) & (long["num_partitions"] == r["num_partitions"])
+                    & (long["method"] == r["method"])]
+        assert part["correct"].mean() == pytest.approx(r["clean_accuracy"])
+
+
+def _results(rng, t):
+    up = rng.integers(0, 9, t)
+    return [MethodResult("svm", 3, "ensemblecert", rng.integers(0, 3, t), up - rng.integers(0, 2, t).clip(max=up),
+                         rng.random(t) < 0.5, up, rng.random(t) < 0.3),
+            MethodResult("ntk regression", 1, "single", rng.integers(0, 3, t), rng.integers(0, 5, t), np.ones(t, bool))]
+
+
+@pytest.mark.parametrize("parquet", [False, True])
+def test_long_table_round_trips_with_missing_fields(tmp_path, monkeypatch, parquet):
+    if parquet:
+        pytest.importorskip("pyarrow")
+    else:  # hide pyarrow (if installed) so the CSV path runs
+        import builtins
+        real = builtins.__import__
+
+        def no_pyarrow(name, *a, **k):
+            if name == "pyarrow" or name.startswith("pyarrow."):
+                raise ImportError(name)
+            return real(name, *a, **k)
+
+        monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 17)
+    res = _results(rng, 17)
+    (tmp_path / ("points_long.csv" if parquet else "points_long.parquet")).write_text("stale")
+    path = write_points_long(tmp_path, y, res)
+    assert path.name == ("points_long.parquet" if parquet else "points_long.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # the stale other-format table is gone
+    monkeypatch.undo()
+    back = read_points_long(tmp_path)
+    pd.testing.assert_frame_equal(back, points_long_frame(y, res))
+    assert back["radius_upper"].iloc[:17].tolist() == res[0].radius_upper.tolist()
+    assert back["radius_upper"].iloc[17:].isna().all() and back["exact_before_refinement"].iloc[17:].isna().all()
+    assert back["learner"].iloc[-1] == "ntk regression"
+    np.testing.assert_array_equal(back["correct"].to_numpy(), np.concatenate([r.prediction for r in res]) == np.tile(y, 2))
+
+
+def test_reader_names_the_directory_without_a_table(tmp_path):
+    with pytest.raises(FileNotFoundError, match="points_long"):
+        read_points_long(tmp_path)
+
+
+def test_plots_are_written_and_labelled(fa_run):
+    names = sorted(p.name for p in fa_run.plots)
+    assert "mcr_vs_partitions.png" in names and sum(n.startswith("certified_accuracy_") for n in names) == 2
+    for p in fa_run.plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fa_is_labelled_with_k_and_d(fa_run):
+    from kernelcert.pipeline.report import _plot_label
+
+    assert _plot_label("fa", fa_run.summary) == "FA (k = N_p, d = 2)"
+    assert _plot_label("single", fa_run.summary) == "single model (ScaLabelCert)"
