@@ -13,9 +13,9 @@ import dataclasses
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ..metrics import certified_accuracy, median_certified_robustness
 from ..procmem import peak_rss_mb
@@ -23,6 +23,9 @@ from .aggregate import MethodResult
 from .config import RunConfig
 from .plan import RunPlan
 from .store import UnitFile, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
                    "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §7.0.2)"}
@@ -150,6 +153,7 @@ def points_long_frame(y_test: np.ndarray, results: list[MethodResult]) -> pd.Dat
     `POINTS_LONG_COLUMNS`; `num_partitions` is N_p for partition methods and k for FA methods;
     radius_upper / exact_before_refinement are missing (<NA>) where a method has none;
     correct = prediction == label. Rows in the order of points.csv's column groups, then points."""
+    import pandas as pd  # imported where the long table is built or read: `import kernelcert` stays light
     y_test = np.asarray(y_test, np.int64)
     t = len(y_test)
     frames = []
@@ -194,6 +198,7 @@ def read_points_long(run_dir) -> pd.DataFrame:
     """The long per-point table of a run directory (or of the file itself) as a pandas DataFrame
     with columns `POINTS_LONG_COLUMNS` (radius_upper: nullable Int64, exact_before_refinement:
     nullable boolean). Raises FileNotFoundError naming the directory when neither file exists."""
+    import pandas as pd  # imported where the long table is built or read: `import kernelcert` stays light
     path = Path(run_dir)
     if path.is_dir():
         found = [path / n for n in POINTS_LONG_NAMES if (path / n).exists()]
