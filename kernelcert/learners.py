@@ -16,6 +16,7 @@ set may lack a class the attacker can relabel to).
 
 from __future__ import annotations
 
+import abc
 import warnings
 
 import numpy as np
@@ -126,7 +127,7 @@ def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
     return 0.0
 
 
-class _KernelLearner(BaseEstimator):
+class _KernelLearner(BaseEstimator, abc.ABC):
     """Shared bookkeeping: fitted-state checks, test-matrix validation, prediction and certificates."""
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -160,10 +161,10 @@ class _KernelLearner(BaseEstimator):
         self._Y = onehot(y, num_classes)
         self._fitted = True
 
+    @abc.abstractmethod
     def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
         """Label weights W (t, n) float64 (class scores `W @ onehot(y)`); with return_error=True also
         err (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W*."""
-        raise NotImplementedError  # pragma: no cover - defined by every learner
 
     def certify(self, K_test_train, **kw) -> Certificate:
         """ScaLabelCert certificate (`certificates.certify`) of the label weights on K_test_train, with
