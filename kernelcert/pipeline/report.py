@@ -9,42 +9,55 @@ and its certified radius is >= r.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .methods import REGISTRY, method_label, method_style
 from .store import atomic_write_bytes
 
-def _fmt_mcr(v) -> str:
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+Summary = dict[str, Any]
+"""A run's (or `kernelcert aggregate`'s) summary dict, as written to summary.json."""
+
+
+def _fmt_mcr(v: int | None) -> str:
     return "n/a" if v is None else str(int(v))
 
 
-def _learners(summary: dict) -> list[str]:
-    seen = []
+def _learners(summary: Summary) -> list[str]:
+    seen: list[str] = []
     for r in summary["results"]:
         if r["learner"] not in seen:
             seen.append(r["learner"])
     return seen
 
 
-def _rows(summary: dict, learner: str | None = None) -> list[dict]:
+def _rows(summary: Summary, learner: str | None = None) -> list[dict[str, Any]]:
     return [r for r in summary["results"] if learner is None or r["learner"] == learner]
 
 
-def _method_name(r: dict, summary: dict) -> str:
+def _method_name(r: dict[str, Any], summary: Summary) -> str:
     name = method_label(r["method"])
     if r["method"] in REGISTRY and REGISTRY[r["method"]].target == "fa" and summary.get("fa"):
         name += f" (d={summary['fa']['d']})"
     return name
 
 
-def results_table(summary: dict, budgets=None) -> str:
+def results_table(summary: Summary, budgets: Iterable[int | str] | None = None) -> str:
     """Plain-text table: one row per (learner, N_p, method) with accuracy, MCR (both conventions),
     exactness and certified accuracy at a few budgets."""
-    budgets = [str(b) for b in (budgets if budgets is not None else summary.get("budgets", [])[:6])]
+    shown = [str(b) for b in (budgets if budgets is not None else summary.get("budgets", [])[:6])]
     head = (f"{'learner':<26}{'N_p':>5}  {'method':<30}{'acc':>7}{'MCR':>6}{'MCR+1':>7}{'exact':>7}"
-            + "".join(f"{'@' + b:>7}" for b in budgets))
+            + "".join(f"{'@' + b:>7}" for b in shown))
     lines = [head, "-" * len(head)]
     prev = None
     for r in summary["results"]:
@@ -59,7 +72,7 @@ def results_table(summary: dict, budgets=None) -> str:
             upper = f" (<= {_fmt_mcr(r['mcr_upper']['radius'])})"
         lines.append(f"{r['learner']:<26}{r['num_partitions']:>5}  {_method_name(r, summary):<30}"
                      f"{r['clean_accuracy']:>7.3f}{_fmt_mcr(mcr['radius']):>6}{_fmt_mcr(mcr['anchor']):>7}"
-                     f"{r['exact_fraction']:>7.2f}" + "".join(f"{ca.get(b, float('nan')):>7.3f}" for b in budgets)
+                     f"{r['exact_fraction']:>7.2f}" + "".join(f"{ca.get(b, float('nan')):>7.3f}" for b in shown)
                      + upper)
     lines.append("")
     lines.append("acc = clean accuracy of the aggregate's prediction; MCR = median certified robustness (largest "
@@ -69,7 +82,7 @@ def results_table(summary: dict, budgets=None) -> str:
     return "\n".join(lines)
 
 
-def _plot_label(method: str, summary: dict) -> str:
+def _plot_label(method: str, summary: Summary) -> str:
     """Legend label of a method: FA methods with their k (the N_p axis/panel) and d."""
     name = method_label(method)
     if method in REGISTRY and REGISTRY[method].target == "fa" and summary.get("fa"):
@@ -77,16 +90,16 @@ def _plot_label(method: str, summary: dict) -> str:
     return name
 
 
-def _integer_axis(ax, hi: float, locator) -> None:
+def _integer_axis(ax: Axes, hi: float, locator: type[MaxNLocator]) -> None:
     """Linear budget axis from 0 to `hi` with integer ticks only (`locator`: matplotlib's MaxNLocator)."""
     ax.set_xlim(0, max(hi, 1))
     ax.xaxis.set_major_locator(locator(integer=True, nbins=8))
 
 
-def _figure_legend(fig, axes, y: float = 0.0) -> None:
+def _figure_legend(fig: Figure, axes: Iterable[Axes], y: float = 0.0) -> None:
     """One legend for the whole figure, below the panels: every method drawn in any panel, in
     registry order (the single model included, though it is drawn only at N_p = 1)."""
-    handles = {}
+    handles: dict[str, Artist] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -95,7 +108,7 @@ def _figure_legend(fig, axes, y: float = 0.0) -> None:
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, y))
 
 
-def write_plots(summary: dict, run_dir) -> list[Path]:
+def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]:
     """Certified accuracy vs budget (one figure per learner, a panel per N_p, a line per method) and
     MCR vs N_p (a panel per learner). Budgets are integer label flips on a linear axis; one legend
     per figure below the panels. Returns the PNG paths (written atomically)."""
@@ -105,8 +118,8 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    run_dir = Path(run_dir)
-    paths = []
+    out_dir = Path(run_dir)
+    paths: list[Path] = []
     learners = _learners(summary)
     legend_rows = -(-len({r["method"] for r in summary["results"]}) // 4)
     for learner in learners:
@@ -136,7 +149,7 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
         axes[0][0].set_ylabel("certified accuracy")
         _figure_legend(fig, axes[0])
         fig.tight_layout(rect=(0, 0.01 + 0.055 * legend_rows, 1, 1))
-        paths.append(_save(fig, run_dir / f"certified_accuracy_{_safe(learner)}.png"))
+        paths.append(_save(fig, out_dir / f"certified_accuracy_{_safe(learner)}.png"))
         plt.close(fig)
     fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners) + 0.5, 3.8 + 0.3 * legend_rows),
                              squeeze=False)
@@ -164,7 +177,7 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
              "(the DPA/FA/ROE scripts print MCR + 1); missing points: accuracy < 50%.",
              ha="center", va="bottom", fontsize=7, style="italic")
     fig.tight_layout(rect=(0, 0.05 + 0.055 * legend_rows, 1, 1))
-    paths.append(_save(fig, run_dir / "mcr_vs_partitions.png"))
+    paths.append(_save(fig, out_dir / "mcr_vs_partitions.png"))
     plt.close(fig)
     return paths
 
@@ -173,14 +186,15 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
+def markdown_report(summary: Summary, plots: Sequence[str | os.PathLike[str]] = (),
+                    run_dir: str | os.PathLike[str] | None = None) -> str:
     """Short Markdown report: setup, a results table per learner, C_max, timings, memory, plots."""
     d = summary["data"]
     k = summary["kernel"]
