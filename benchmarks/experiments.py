@@ -44,6 +44,7 @@ from kernelcert import pipeline
 from kernelcert.pipeline import store
 from kernelcert.pipeline.aggregate import AggTask, aggregate_block
 from kernelcert.pipeline.methods import METHODS, REGISTRY, method_label, method_style
+from kernelcert.pipeline.report import curve_at_budgets
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -459,17 +460,6 @@ def _png(fig, path: Path) -> None:
     store.atomic_write_bytes(path, buf.getvalue())
 
 
-def _cert_curve(row, xmax: int):
-    """Certified accuracy at integer budgets 0..xmax from a row's curve."""
-    rad = np.asarray(row["curve"]["radius"], np.int64)
-    acc = np.asarray(row["curve"]["certified_accuracy"], float)
-    b = np.arange(xmax + 1)
-    if rad.size == 0:
-        return b, np.zeros(len(b))
-    idx = np.searchsorted(rad, b, side="left")  # acc(b) = acc at the smallest radius value >= b
-    return b, np.where(idx < len(rad), acc[np.minimum(idx, len(rad) - 1)], 0.0)
-
-
 def _rel(p: Path) -> str:
     p = Path(p).resolve()
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
@@ -569,7 +559,7 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
                        and (n_p > 1 or r["method"] == "single")]
                 xmax = max([max(r["curve"]["radius"] or [0]) for r in sel] + [1])
                 for r in sel:
-                    b, y = _cert_curve(r, xmax + 1)
+                    b, y = curve_at_budgets(r["curve"], xmax + 1)
                     color, ls, _ = method_style(r["method"])
                     ax.plot(b, y, color=color, linestyle=ls, linewidth=1.3, alpha=0.85, drawstyle="steps-post",
                             label=_plot_label(r["method"], fa_d))

@@ -90,6 +90,35 @@ def _plot_label(method: str, summary: Summary) -> str:
     return name
 
 
+def curve_at_budgets(curve: dict[str, list[Any]], max_budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(budgets 0..max_budget (int64), certified accuracy at each) from a summary's compact curve
+    (`{"radius": distinct radii r_1 < r_2 < ..., "certified_accuracy": accuracy at each}`, as
+    `kernelcert.pipeline.summary.method_summary` writes it): the accuracy at budget b is the one at
+    the smallest stored radius >= b (0 beyond the largest)."""
+    rad = np.asarray(curve["radius"], np.int64)
+    acc = np.asarray(curve["certified_accuracy"], float)
+    budgets = np.arange(max_budget + 1, dtype=np.int64)
+    if rad.size == 0:
+        return budgets, np.zeros(len(budgets))
+    idx = np.searchsorted(rad, budgets, side="left")
+    return budgets, np.where(idx < len(rad), acc[np.minimum(idx, len(rad) - 1)], 0.0)
+
+
+def _setting(summary: Summary) -> str:
+    """One line naming what was certified: run name, dataset and sizes (what the summary records)."""
+    d = summary.get("data", {})
+    parts = [str(summary.get("name", "run"))]
+    if d.get("dataset"):
+        parts.append(str(d["dataset"]))
+    if d.get("n_train") is not None:
+        parts.append(f"n_train = {d['n_train']}")
+    if d.get("n_test") is not None:
+        parts.append(f"n_test = {d['n_test']}")
+    if d.get("num_classes") is not None:
+        parts.append(f"{d['num_classes']} classes")
+    return ", ".join(parts)
+
+
 def _integer_axis(ax: Axes, hi: float, locator: type[MaxNLocator]) -> None:
     """Linear budget axis from 0 to `hi` with integer ticks only (`locator`: matplotlib's MaxNLocator)."""
     ax.set_xlim(0, max(hi, 1))
@@ -128,25 +157,21 @@ def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]
         fig, axes = plt.subplots(1, len(nps), figsize=(4.2 * len(nps), 3.6 + 0.3 * legend_rows), squeeze=False,
                                  sharey=True)
         for ax, n_p in zip(axes[0], nps):
-            hi = 1.0
-            for r in (r for r in rows if r["num_partitions"] == n_p):
-                rad = np.asarray(r["curve"]["radius"], float)
-                acc = np.asarray(r["curve"]["certified_accuracy"], float)
-                if rad.size == 0:
-                    x, y = np.array([0.0, 1.0]), np.array([0.0, 0.0])
-                else:
-                    x = np.concatenate([[0.0], rad, [rad[-1] + 1]])
-                    y = np.concatenate([[acc[0]], acc, [0.0]])
-                hi = max(hi, float(x[-1]))
+            panel = [r for r in rows if r["num_partitions"] == n_p]
+            # budgets 0..(largest radius + 1): every curve ends at 0; value on [b, b + 1) = accuracy at b
+            hi = max([max(r["curve"]["radius"], default=0) for r in panel] + [0]) + 1
+            for r in panel:
+                x, y = curve_at_budgets(r["curve"], hi)
                 color, ls, _ = method_style(r["method"])
-                ax.plot(x, y, drawstyle="steps-pre", color=color, linestyle=ls, linewidth=1.6, alpha=0.85,
-                        label=_plot_label(r["method"], summary))
-            _integer_axis(ax, hi, MaxNLocator)
+                ax.plot(np.append(x, hi + 1), np.append(y, y[-1]), drawstyle="steps-post", color=color,
+                        linestyle=ls, linewidth=1.6, alpha=0.85, label=_plot_label(r["method"], summary))
+            _integer_axis(ax, hi + 1, MaxNLocator)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{learner}, N_p = {n_p}")
             ax.set_xlabel("budget r (label flips)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("certified accuracy")
+        fig.suptitle(f"Certified accuracy vs label-flip budget, learner {learner} ({_setting(summary)})", fontsize=10)
         _figure_legend(fig, axes[0])
         fig.tight_layout(rect=(0, 0.01 + 0.055 * legend_rows, 1, 1))
         paths.append(_save(fig, out_dir / f"certified_accuracy_{_safe(learner)}.png"))
@@ -167,11 +192,14 @@ def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]
         ax.set_xticks(nps)
         ax.set_xticklabels([str(n) for n in nps])
         ax.minorticks_off()
+        top = max([r["mcr"]["radius"] for r in rows if r["mcr"]["radius"] is not None] + [1])
+        ax.set_ylim(-0.05 * top - 0.1, 1.05 * top + 0.1)  # never an empty or sub-integer range
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(learner)
         ax.set_xlabel("N_p (number of partitions; k for FA)")
         ax.set_ylabel("MCR (label flips)")
         ax.grid(alpha=0.3)
+    fig.suptitle(f"Median certified robustness vs N_p ({_setting(summary)})", fontsize=10)
     _figure_legend(fig, axes[0], y=0.035)
     fig.text(0.5, 0.005, "MCR in the radius convention: the largest r with certified accuracy >= 50% "
              "(the DPA/FA/ROE scripts print MCR + 1); missing points: accuracy < 50%.",
@@ -262,4 +290,4 @@ def markdown_report(summary: Summary, plots: Sequence[str | os.PathLike[str]] = 
     return "\n".join(lines)
 
 
-__all__ = ["results_table", "write_plots", "markdown_report"]
+__all__ = ["results_table", "write_plots", "markdown_report", "curve_at_budgets"]
