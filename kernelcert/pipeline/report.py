@@ -125,13 +125,16 @@ def _integer_axis(ax: Axes, hi: float, locator: type[MaxNLocator]) -> None:
     ax.xaxis.set_major_locator(locator(integer=True, nbins=8))
 
 
-def _figure_legend(fig: Figure, axes: Iterable[Axes], y: float = 0.0) -> None:
+def _figure_legend(fig: Figure, axes: Iterable[Axes], summary: Summary, y: float = 0.0) -> None:
     """One legend for the whole figure, below the panels: every method drawn in any panel, in
     registry order (the single model included, though it is drawn only at N_p = 1)."""
-    handles: dict[str, Artist] = {}
+    found: dict[str, Artist] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
+            found.setdefault(lab, h)
+    order = [_plot_label(m, summary) for m in REGISTRY]
+    handles = {lab: found[lab] for lab in sorted(found, key=lambda lab: (order.index(lab) if lab in order
+                                                                         else len(order)))}
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)),
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, y))
@@ -172,11 +175,11 @@ def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("certified accuracy")
         fig.suptitle(f"Certified accuracy vs label-flip budget, learner {learner} ({_setting(summary)})", fontsize=10)
-        _figure_legend(fig, axes[0])
+        _figure_legend(fig, axes[0], summary)
         fig.tight_layout(rect=(0, 0.01 + 0.055 * legend_rows, 1, 1))
         paths.append(_save(fig, out_dir / f"certified_accuracy_{_safe(learner)}.png"))
         plt.close(fig)
-    fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners) + 0.5, 3.8 + 0.3 * legend_rows),
+    fig, axes = plt.subplots(1, len(learners), figsize=(max(4.5 * len(learners) + 0.5, 8.5), 3.8 + 0.3 * legend_rows),
                              squeeze=False)
     for ax, learner in zip(axes[0], learners):
         rows = _rows(summary, learner)
@@ -200,7 +203,7 @@ def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]
         ax.set_ylabel("MCR (label flips)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"Median certified robustness vs N_p ({_setting(summary)})", fontsize=10)
-    _figure_legend(fig, axes[0], y=0.035)
+    _figure_legend(fig, axes[0], summary, y=0.035)
     fig.text(0.5, 0.005, "MCR in the radius convention: the largest r with certified accuracy >= 50% "
              "(the DPA/FA/ROE scripts print MCR + 1); missing points: accuracy < 50%.",
              ha="center", va="bottom", fontsize=7, style="italic")
@@ -216,7 +219,7 @@ def _safe(name: str) -> str:
 
 def _save(fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # nothing outside the panels is cut off
     atomic_write_bytes(path, buf.getvalue())
     return path
 
