@@ -120,9 +120,10 @@ def _setting(summary: Summary) -> str:
 
 
 def _integer_axis(ax: Axes, hi: float, locator: type[MaxNLocator]) -> None:
-    """Linear budget axis from 0 to `hi` with integer ticks only (`locator`: matplotlib's MaxNLocator)."""
+    """Linear budget axis from 0 to `hi` with integer ticks at 1, 2 or 5 times a power of ten
+    (`locator`: matplotlib's MaxNLocator)."""
     ax.set_xlim(0, max(hi, 1))
-    ax.xaxis.set_major_locator(locator(integer=True, nbins=8))
+    ax.xaxis.set_major_locator(locator(integer=True, nbins=8, steps=[1, 2, 5, 10]))
 
 
 def _figure_legend(fig: Figure, axes: Iterable[Axes], summary: Summary, y: float = 0.0) -> None:
@@ -197,7 +198,7 @@ def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]
         ax.minorticks_off()
         top = max([r["mcr"]["radius"] for r in rows if r["mcr"]["radius"] is not None] + [1])
         ax.set_ylim(-0.05 * top - 0.1, 1.05 * top + 0.1)  # never an empty or sub-integer range
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_title(learner)
         ax.set_xlabel("N_p (number of partitions; k for FA)")
         ax.set_ylabel("MCR (label flips)")
