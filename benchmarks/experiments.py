@@ -456,7 +456,7 @@ def compute_findings(result: dict) -> list[str]:
 # =========================================================================== plots
 def _png(fig, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")  # legends below the panels are kept
     store.atomic_write_bytes(path, buf.getvalue())
 
 
@@ -576,11 +576,12 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
         for ax in axes.flat:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(7, len(handles)), fontsize=7,
-                   frameon=False)
         fig.suptitle(f"{d['label']}: certified accuracy vs label-flip budget (rows: learners; columns: N_p and "
                      "training-set size)", fontsize=10)
-        fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        # below the panels, as many columns as the figure's width holds (the PNG's tight box includes it)
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(handles), max(3, 2 * len(cols))), fontsize=7, frameon=False)
         p = Path(out_dir) / f"{prefix}_certacc_{ds}.png"
         _png(fig, p)
         plt.close(fig)
