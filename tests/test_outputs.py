@@ -161,3 +161,21 @@ def test_fa_is_labelled_with_k_and_d(fa_run):
 
     assert _plot_label("fa", fa_run.summary) == "FA (k = N_p, d = 2)"
     assert _plot_label("single", fa_run.summary) == "single model (ScaLabelCert)"
+
+
+def test_curve_at_budgets_matches_certified_accuracy():
+    """The plotted curve (from summary.json's compact curve) is the certified accuracy at every integer
+    budget, computed independently from the radii (`kernelcert.metrics.certified_accuracy`)."""
+    from kernelcert.metrics import certified_accuracy
+    from kernelcert.pipeline.report import curve_at_budgets
+    from kernelcert.pipeline.summary import method_summary
+
+    rng = np.random.default_rng(9)
+    for t in (1, 7, 40):
+        y = rng.integers(0, 3, t)
+        res = MethodResult("svm", 5, "dpa", rng.integers(0, 3, t), rng.integers(0, 12, t), np.zeros(t, bool))
+        curve = method_summary(res, y, [0])["curve"]
+        budgets, acc = curve_at_budgets(curve, 15)
+        assert budgets.tolist() == list(range(16))
+        expect = [certified_accuracy(res.radius, res.prediction == y, int(b)) for b in budgets]
+        np.testing.assert_allclose(acc, expect, rtol=0, atol=1e-12)
