@@ -10,8 +10,9 @@ black-box aggregation certificates (docs/math.md §4-§5) through the run's meth
 models per partition, is `kernelcert.roe.dpa_star_roe`) and writes what a run writes for its
 aggregation: `points.csv` (per test point: label, then prediction, radius and exactness per
 method), the same as a tidy long table (`points_long.parquet` when pyarrow is installed, else
-`points_long.csv`; read it with `kernelcert.read_points_long`), `summary.json` (clean and certified accuracy at the budgets, MCR in both conventions, the
-certified-accuracy curve) and plots. FA's k*d learners are the M models in learner order; the
+`points_long.csv`; read it with `kernelcert.read_points_long`), `summary.json` (clean and
+certified accuracy at the budgets, MCR in both conventions, the certified-accuracy curve) and
+plots. FA's k*d learners are the M models in learner order; the
 shifts default to the published FA code's draw (`random.seed(999999999 + 208);
 random.sample(range(k*d), d)`).
 

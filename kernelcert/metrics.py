@@ -76,7 +76,8 @@ def certified_accuracy_curve(
     return b, acc
 
 
-def median_certified_robustness(radius: npt.ArrayLike, correct: npt.ArrayLike, convention: str = "radius") -> int | None:
+def median_certified_robustness(radius: npt.ArrayLike, correct: npt.ArrayLike,
+                                convention: str = "radius") -> int | None:
     """Median certified robustness (int) under `convention` ("radius" or "anchor", see module doc).
 
     "radius": the largest r with certified accuracy >= 0.5, None when clean accuracy < 0.5.

@@ -71,8 +71,8 @@ def aggregate_block(task: AggTask, shared: Any = None) -> dict[str, dict[str, np
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in task.methods:
         res = REGISTRY[name].certify(ev, task.num_classes, task.shifts)
-        d: dict[str, np.ndarray] = {"prediction": np.asarray(res.prediction, np.int64), "radius": np.minimum(res.radius, task.n_train),
-             "exact": res.exact}
+        d: dict[str, np.ndarray] = {"prediction": np.asarray(res.prediction, np.int64),
+                                    "radius": np.minimum(res.radius, task.n_train), "exact": res.exact}
         if res.radius_upper is not None:
             d["radius_upper"] = np.minimum(res.radius_upper, task.n_train)
         out[name] = d

@@ -35,7 +35,8 @@ Check = Callable[[str, Any], Any]
 _Section = TypeVar("_Section", bound="DataclassInstance")
 
 DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}  # synthetic, arrays: num_classes
-ARCHITECTURES: dict[str, type[Kernel]] = {"fully_connected": FullyConnected, "convolutional": Convolutional, "precomputed": PrecomputedKernel}
+ARCHITECTURES: dict[str, type[Kernel]] = {"fully_connected": FullyConnected, "convolutional": Convolutional,
+                                          "precomputed": PrecomputedKernel}
 LEARNER_TYPES: dict[str, type[KernelSVM] | type[KernelRegression]] = {"svm": KernelSVM, "regression": KernelRegression}
 PARTITION_RULES = ("ss_dpa", "dpa_hash", "seeded_hash")
 FA_RULES = ("dpa_hash", "seeded_hash")
