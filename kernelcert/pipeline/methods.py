@@ -87,6 +87,13 @@ def _present(ev: Evidence, name: str) -> np.ndarray:
     return value
 
 
+def _fa_shifts(shifts: np.ndarray | None) -> np.ndarray:
+    """The FA shift table of an "fa" target; ValueError when a caller gives none."""
+    if shifts is None:
+        raise ValueError("an FA method needs the shift table of its target (shifts=None given)")
+    return shifts
+
+
 def _single(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     # the one model's ScaLabelCert radius, exact (docs/math.md §3)
     return MethodOutput(ev.votes[:, 0].copy(), _present(ev, "radius")[:, 0], np.ones(ev.num_points, bool))
@@ -112,11 +119,11 @@ def _whitebox_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> 
 
 
 def _fa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
-    return _from(fa(ev.votes, shifts, num_classes), ev.num_points)
+    return _from(fa(ev.votes, _fa_shifts(shifts), num_classes), ev.num_points)
 
 
 def _fa_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
-    return _from(fa_roe(ev.scores, shifts), ev.num_points)
+    return _from(fa_roe(ev.scores, _fa_shifts(shifts)), ev.num_points)
 
 
 _ALL = (
