@@ -969,10 +969,10 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np
                 again.append(sub[~keep])
             rows = np.concatenate(again)
             L = layout.next_window(L)
-    _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["band"]), res, mode, tie)
+    _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["band"]), res, mode, tie, layout)
     if pairs_tie is not None and mode == "full":  # the pairs as mode "pairs" resolves them
         _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["pairs_band"]), res, "pairs",
-                       pairs_tie)
+                       pairs_tie, layout)
     return res
 
 
@@ -1152,7 +1152,7 @@ class _ExactRow:
 
 
 def _resolve_exact(weights: np.ndarray, labels: np.ndarray, K: int, user_tol: np.ndarray, rows: np.ndarray,
-                   res: dict, mode: str, tie: str = "index") -> None:
+                   res: dict, mode: str, tie: str = "index", layout: _Layout | None = None) -> None:
     """Exact post-pass (in place on res) for the rows the float core decided inside the band.
 
     'pairs' mode: the row's pairwise costs P (K, K) are recomputed exactly (tie rule `tie`).
@@ -1160,27 +1160,55 @@ def _resolve_exact(weights: np.ndarray, labels: np.ndarray, K: int, user_tol: np
     exact values; in 'full' mode tightens the class bounds with the exact pairwise lower bounds and
     exactly verified attacks (the core's bounds stay valid: they do not depend on the prediction,
     except at the core's own prediction, which is replaced when the exact prediction differs).
+
+    Rows whose weights and tolerance are at most `_scalabel_kernel.EXACT_MAX` in magnitude run in
+    the compiled exact kernel (error-free float expansions, `_scalabel_kernel.exact_rows`); the
+    others in Python integers (`_ExactRow`). Both compute the same exact values.
     """
-    for i in rows.tolist():
-        row = _ExactRow(np.asarray(weights[i], dtype=np.float64), labels, K, float(user_tol[i]))
+    if rows.size == 0:
+        return
+    layout = layout if layout is not None else _Layout(labels, K)
+    W = np.asarray(weights[rows], dtype=np.float64)
+    tol = np.asarray(user_tol[rows], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        fast = (np.abs(W).max(axis=1, initial=0.0) <= _scalabel_kernel.EXACT_MAX) & (tol <= _scalabel_kernel.EXACT_MAX)
+    R = rows.size
+    pred = np.zeros(R, np.int64)
+    radius = np.zeros(R, np.int64)
+    exact = np.ones(R, bool)
+    own, lower, upper = np.zeros((R, K)), np.zeros((R, K)), np.zeros((R, K))
+    P = np.zeros((R, K, K))
+    f = np.flatnonzero(fast)
+    if f.size:
+        out = _scalabel_kernel.resolve_rows(W[f], labels, layout.perm, layout.off, tol[f], mode, tie)
+        pred[f], radius[f], exact[f] = out["prediction"], out["radius"], out["radius_exact"]
+        own[f], lower[f], upper[f], P[f] = out["own"], out["lower"], out["upper"], out["P"]
+    for r in np.flatnonzero(~fast).tolist():
+        row = _ExactRow(W[r], labels, K, float(tol[r]))
         if mode == "pairs":
-            res["P"][i] = [[row.pair(a, b, tie=tie)[0] if a != b else 0.0 for b in range(K)] for a in range(K)]
+            P[r] = [[row.pair(a, b, tie=tie)[0] if a != b else 0.0 for b in range(K)] for a in range(K)]
             continue
-        p_core, p = int(res["prediction"][i]), row.prediction
-        radius, exact, own = row.radius()
-        res["prediction"][i] = p
-        res["radius"][i] = radius
-        res["radius_exact"][i] = exact
-        res["own"][i] = own
+        radius[r], exact[r], own[r] = row.radius()
+        pred[r] = row.prediction
         if mode == "full":
-            lo, up = row.class_bounds()
+            lower[r], upper[r] = row.class_bounds()
+    for r, i in enumerate(rows.tolist()):
+        if mode == "pairs":
+            res["P"][i] = P[r]
+            continue
+        p_core, p = int(res["prediction"][i]), int(pred[r])
+        res["prediction"][i] = p
+        res["radius"][i] = radius[r]
+        res["radius_exact"][i] = exact[r]
+        res["own"][i] = own[r]
+        if mode == "full":
             keep = np.arange(K) != p_core  # the core's bounds at its own prediction say nothing
-            lower = np.where(keep, np.maximum(res["lower"][i], lo), lo)
-            upper = np.where(keep, np.minimum(res["upper"][i], up), up)
-            lower[p] = upper[p] = 0.0
-            if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
+            lo_b = np.where(keep, np.maximum(res["lower"][i], lower[r]), lower[r])
+            up_b = np.where(keep, np.minimum(res["upper"][i], upper[r]), upper[r])
+            lo_b[p] = up_b[p] = 0.0
+            if np.any(up_b < lo_b):  # pragma: no cover - would mean an unsound bound
                 raise RuntimeError(f"internal error: exact and float bounds of test point {i} contradict")
-            res["lower"][i], res["upper"][i] = lower, upper
+            res["lower"][i], res["upper"][i] = lo_b, up_b
 
 
 # --------------------------------------------------------------------------- witnesses (one row)
