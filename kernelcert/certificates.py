@@ -58,8 +58,10 @@ import bisect
 import functools
 import itertools
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _scalabel_kernel
 from ._jax import default_device, gpu_devices, x64_scope
@@ -1288,8 +1290,9 @@ def _validate(weights, labels, num_classes, block_size, rtol=0.0, atol=None):
     return w, y, K, block_size, tol
 
 
-def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rtol: float = 0.0, atol=None,
-                   block_size: int | None = None, sort_device: str = "auto", engine: str = "numba") -> np.ndarray:
+def pairwise_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, tie: str = "index", rtol: float = 0.0,
+                   atol: ArrayLike | None = None, block_size: int | None = None, sort_device: str = "auto",
+                   engine: str = "numba") -> NDArray[np.float64]:
     """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (docs/math.md §3).
 
     tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
@@ -1307,9 +1310,28 @@ def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rto
     return res["P"]
 
 
-def certify(weights, labels, num_classes: int, *, block_size: int | None = None, rtol: float = 0.0, atol=None,
-            class_bounds: bool = True, sort_device: str = "auto", engine: str = "numba",
-            pairwise: str | None = None):
+@overload
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = ...,
+            rtol: float = ..., atol: ArrayLike | None = ..., class_bounds: bool = ..., sort_device: str = ...,
+            engine: str = ..., pairwise: None = ...) -> Certificate: ...
+
+
+@overload
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = ...,
+            rtol: float = ..., atol: ArrayLike | None = ..., class_bounds: bool = ..., sort_device: str = ...,
+            engine: str = ..., pairwise: str) -> tuple[Certificate, NDArray[np.float64]]: ...
+
+
+@overload
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = ...,
+            rtol: float = ..., atol: ArrayLike | None = ..., class_bounds: bool = ..., sort_device: str = ...,
+            engine: str = ..., pairwise: str | None = ...) -> Certificate | tuple[Certificate, NDArray[np.float64]]: ...
+
+
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = None,
+            rtol: float = 0.0, atol: ArrayLike | None = None, class_bounds: bool = True, sort_device: str = "auto",
+            engine: str = "numba", pairwise: str | None = None
+            ) -> Certificate | tuple[Certificate, NDArray[np.float64]]:
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
     num_classes: the task's number of classes K (required: the attacker may relabel to any class of
@@ -1350,7 +1372,8 @@ def certify(weights, labels, num_classes: int, *, block_size: int | None = None,
     return cert if pairwise is None else (cert, res["P"])
 
 
-def label_linear_prediction(weights, labels, num_classes: int, *, block_size: int | None = None) -> np.ndarray:
+def label_linear_prediction(weights: ArrayLike, labels: ArrayLike, num_classes: int, *,
+                            block_size: int | None = None) -> NDArray[np.int64]:
     """The prediction (t,) int64 of a label-linear model: argmax_k sum_j W_ij [y_j = k] in exact
     arithmetic, ties to the smaller index (docs/math.md §2).
 
@@ -1381,9 +1404,11 @@ def label_linear_prediction(weights, labels, num_classes: int, *, block_size: in
     return out
 
 
-def certify_model(model, K_test_train, **kwargs) -> Certificate:
+def certify_model(model: Any, K_test_train: ArrayLike, **kwargs: Any
+                  ) -> Certificate | tuple[Certificate, NDArray[np.float64]]:
     """Certificate of a fitted label-linear learner on kernel rows K(test, train): the learner's label
-    weights and their error bound (`model.label_weights(K, return_error=True)`, passed as atol)."""
+    weights and their error bound (`model.label_weights(K, return_error=True)`, passed as atol); keyword
+    arguments as for `certify` (with `pairwise`, the result is (Certificate, P))."""
     W, err = model.label_weights(K_test_train, return_error=True)
     atol = err if kwargs.get("atol") is None else err + np.asarray(kwargs["atol"], dtype=np.float64)
     kwargs["atol"] = atol
