@@ -12,9 +12,17 @@ the same binary-search probes), so every integer output (radius, costs, bounds, 
 bit-identical to the numpy core; `tests/test_scalabel_kernel.py` checks this on random and
 adversarial rows.
 
-Rows are independent and run in parallel (numba `prange`, one thread per core). The kernel has
-one signature (float64 / int64 arrays, sizes are run-time values): it compiles once per process
-(or never, when numba's on-disk cache is warm) whatever the shapes.
+Rows are independent and run in parallel (numba `prange` over contiguous chunks of rows, a few
+per thread; each chunk allocates its work space once). The count table (how many entries of each
+group lie in every prefix of the merged list) holds every row up to `_DENSE_COUNTS` window entries
+and every 8th row beyond (the larger windows of the rows that need them), with the lookup compiled
+as two specialisations, so the dense case has no extra branch. The kernel has one signature
+(float64 / int64 arrays, sizes are run-time values): it compiles once per process (or never, when
+numba's on-disk cache is warm) whatever the shapes.
+
+`exact_rows` is the exact post-pass of `certificates._resolve_exact` for the rows decided inside
+the rounding band: the values of `certificates._ExactRow`, with every decision taken as the sign of
+an error-free float expansion instead of Python integers.
 """
 
 from __future__ import annotations

@@ -41,10 +41,13 @@ Floating point (docs/math.md §3), in three layers around the float core:
    win by more than `tol_i + slack_i`, so it also wins for the exact model.
 3. Exact resolution. The float core flags the rows whose decision falls inside that band (top two
    scores, or the deciding prefix sum of a radius pair or a binding class pair, within twice the
-   band). Those few rows are recomputed in exact integer arithmetic (every float is an integer
-   multiple of 2^-1074): the exact prediction (ties to the smaller index), the exact pairwise costs
-   with the tie rule (an attack that only reaches an exact tie succeeds only if the tie goes to the
-   attacker's class), and exactly verified greedy attacks. With `tol_i = 0` the radius of every row
+   band). Those few rows are recomputed in exact arithmetic: the exact prediction (ties to the
+   smaller index), the exact pairwise costs with the tie rule (an attack that only reaches an exact
+   tie succeeds only if the tie goes to the attacker's class), and exactly verified greedy attacks.
+   Every such decision is the sign of a sum of floats; the compiled pass (`_scalabel_kernel.exact_rows`)
+   accumulates it without error as a non-overlapping float expansion (rows with |w| <= 2^900), the
+   reference `_ExactRow` in Python integers (every float is an integer multiple of 2^-1074; it also
+   serves the rows beyond 2^900 and the witnesses). With `tol_i = 0` the radius of every row
    is then exact; with `tol_i > 0` a row whose decision lies within `tol_i` keeps the sound
    (smaller) value and is flagged not exact (`Certificate.radius_exact`).
 
