@@ -232,7 +232,7 @@ def _sorted_segments(wb: np.ndarray, layout: _Layout, with_index: bool = False, 
         lo, hi = layout.off[k], layout.off[k + 1]
         if hi - lo < 2:
             continue
-        if with_index:
+        if idx is not None:
             o = np.argsort(S[:, lo:hi], axis=1, kind="stable")
             S[:, lo:hi] = np.take_along_axis(S[:, lo:hi], o, axis=1)
             idx[:, lo:hi] = np.take_along_axis(idx[:, lo:hi], o, axis=1)
@@ -275,7 +275,7 @@ class _Context:
             if m:
                 X[:, 2 * k, :m] = np.maximum(seg[:, nk - m:][:, ::-1], 0.0)
                 X[:, 2 * k + 1, :m] = np.maximum(-seg[:, :m], 0.0)
-                if Iw is not None:
+                if Iw is not None and index is not None:
                     Iw[:, 2 * k, :m] = index[:, hi - m:hi][:, ::-1]
                     Iw[:, 2 * k + 1, :m] = index[:, lo:lo + m]
             if nk > L:
@@ -666,8 +666,8 @@ def _lagrangian(ctx: _Context, r, c, R):
     rows = np.arange(Q)
     j0 = np.argmax(present, axis=1)
     f0 = fu[rows, j0]
-    lo = np.zeros(Q, np.int64)
-    hi = np.full(Q, GL - 1)
+    lo: np.ndarray = np.zeros(Q, np.int64)
+    hi: np.ndarray = np.full(Q, GL - 1)
     for _ in range(_iters(GL)):
         mid = (lo + hi) >> 1
         F, _ = counts((f0 * ctx.c[r, mid])[:, None], False)
@@ -1014,7 +1014,7 @@ class _ExactRow:
         self.n = len(labels)
         self.s = [sum(self.w[labels == k].tolist()) for k in range(K)]
         self.prediction = int(max(range(K), key=lambda k: (self.s[k], -k)))
-        self._memo = {}
+        self._memo: dict[tuple[int, int, bool, str], tuple[float, Any]] = {}
 
     # --- pairwise problems
     def _order(self, a: int, b: int):
@@ -1229,6 +1229,9 @@ def _target_witness(w, layout: _Layout, c: int, tol: float):
         if not out["redo"][0] or ctx.complete:
             break
         L = layout.next_window(L)
+    Iw = ctx.Iw
+    if Iw is None:  # pragma: no cover - the context above was built with the training indices
+        raise RuntimeError("attack could not be rebuilt without training indices")
     kind, q = int(out["kind"][0, c]), int(out["qpos"][0, c])
     js = out["jstar"][0, c:c + 1]
     cc = np.array([c])
@@ -1245,7 +1248,7 @@ def _target_witness(w, layout: _Layout, c: int, tol: float):
             if step is None:  # pragma: no cover - the recorded run moved every step
                 raise RuntimeError("greedy attack could not be rebuilt")
             gg, dd = step
-            attack.append((int(ctx.Iw[0, gg, ptr[gg]]), dd))
+            attack.append((int(Iw[0, gg, ptr[gg]]), dd))
             ptr[gg] += 1
         return sorted(attack)
     else:
@@ -1258,7 +1261,7 @@ def _target_witness(w, layout: _Layout, c: int, tol: float):
             k = int(ctx.CT[0, g, ctx.Q2[0, q]])
         else:
             continue
-        attack.extend((int(j), int(dest[0, g])) for j in ctx.Iw[0, g, :k])
+        attack.extend((int(j), int(dest[0, g])) for j in Iw[0, g, :k])
     return sorted(attack)
 
 
