@@ -71,16 +71,24 @@ def _block_sum(a, lo, n):
 
 @njit(cache=True)
 def _pairwise_sum(a, lo, n):
-    """Sum of a[lo:lo+n] in numpy's order (`np.add.reduce` on a contiguous axis): split in halves
-    (rounded to multiples of 8) down to blocks of at most 128, summed as `_block_sum`. The recursion
-    is unrolled onto an explicit stack (numba's cache does not keep recursive functions)."""
+    """Sum of a[lo:lo+n] in numpy's order (`np.add.reduce` on a contiguous axis): `_pairwise_sum_in`
+    with its own stack."""
+    if n <= _PW_BLOCK:
+        return _block_sum(a, lo, n)
+    return _pairwise_sum_in(a, lo, n, np.empty((3, 64), np.int64), np.empty(64))
+
+
+@njit(cache=True)
+def _pairwise_sum_in(a, lo, n, frames, vals):
+    """Sum of a[lo:lo+n] in numpy's order: split in halves (rounded to multiples of 8) down to blocks
+    of at most 128, summed as `_block_sum`. The recursion is unrolled onto an explicit stack
+    (numba's cache does not keep recursive functions): frames (3, 64) int64 and vals (64,) scratch."""
     if n <= _PW_BLOCK:
         return _block_sum(a, lo, n)
     # frames: (lo, n, state) with state 0: not started, 1: left half summed (value on vals)
-    f_lo = np.empty(64, np.int64)
-    f_n = np.empty(64, np.int64)
-    f_st = np.empty(64, np.int64)
-    vals = np.empty(64)
+    f_lo = frames[0]
+    f_n = frames[1]
+    f_st = frames[2]
     top = 0
     nv = 0
     f_lo[0], f_n[0], f_st[0] = lo, n, 0
@@ -106,12 +114,6 @@ def _pairwise_sum(a, lo, n):
             vals[nv - 1] = vals[nv - 1] + vals[nv]
             top -= 1
     return vals[0]
-
-
-@njit(cache=True)
-def _sum_all(a):
-    """`np.sum(a)` of a 1-d contiguous float64 array (0.0 + pairwise sum)."""
-    return 0.0 + _pairwise_sum(a, 0, a.shape[0])
 
 
 @njit(cache=True)
@@ -680,11 +682,29 @@ def _tables(K, L):
 
 
 @njit(cache=True)
-def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Qs, lower, upper, ws, sh):
+def _scratch(K):
+    """Work space of the per-class bounds of `_solve_row` (K classes; reused across the rows of a thread)."""
+    G = 2 * K
+    first_free = np.full((K, K), -1, np.int64)  # the smallest class other than c and u
+    for c1 in range(K):
+        for u in range(K):
+            for d in range(K):
+                if d != c1 and d != u:
+                    first_free[c1, u] = d
+                    break
+    return (np.zeros((K, K), np.bool_), np.zeros(G, np.bool_), np.zeros(G, np.bool_), np.zeros(G, np.int64),
+            np.zeros(K), np.zeros(G), np.zeros(K, np.bool_), np.zeros(K, np.int64), np.zeros(K, np.bool_),
+            np.zeros(K), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(G, np.int64),
+            np.zeros(G), np.zeros(3, np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
+            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free)
+
+
+@njit(cache=True)
+def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Qs, lower, upper, ws, sh, bs):
     """All pairwise problems (and with mode FULL the per-class bounds) of one row for window size L.
 
     Fills P / Qs (K, K) (mode RADIUS: row `pred` only) and lower / upper (K,) (FULL); ws: `_tables`
-    for a window size >= L. Returns (pairs valid, bounds need larger windows, radius decided inside
+    for a window size >= L, bs: `_scratch(K)`. Returns (pairs valid, bounds need larger windows, radius decided inside
     the band, some pair decided inside the band) — the band flags as `certificates._solve` sets them."""
     G = 2 * K
     GL = G * L
@@ -694,7 +714,8 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
     for g in range(G):
         if cut[g] > cutmax:
             cutmax = cut[g]
-    NR = np.zeros((K, K), np.bool_)
+    (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, npos, terms, sR,
+     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free) = bs
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
     tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
     band = 2.0 * user_tol + 4.0 * slack
@@ -735,15 +756,6 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         return pairs_ok, True, radius_band, nr_any
 
     # ----- per-class bounds (`certificates._solve`, mode 'full')
-    member1 = np.zeros(G, np.bool_)
-    member2 = np.zeros(G, np.bool_)
-    dest = np.zeros(G, np.int64)
-    new = np.empty(K)
-    signed = np.empty(G)
-    prio = np.zeros(K, np.bool_)
-    jstar = np.zeros(K, np.int64)
-    rest = np.zeros(K, np.bool_)
-    lower_pair = np.zeros(K)
     miss = False
     for cc in range(K):
         # binding rival: argmax_j P(j, cc) with -1 on the diagonal
@@ -807,14 +819,6 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         lower_pair[cc] = lower[cc]
     # Lagrangian lower bounds where the pairwise bound is not tight
     if K >= 3:
-        R = np.zeros(K, np.bool_)
-        beat = np.zeros(K, np.bool_)
-        top2 = np.zeros(K, np.bool_)
-        fi = np.zeros(G, np.int64)
-        f = np.zeros(G)
-        npos = np.zeros(3, np.int64)
-        terms = np.zeros(G)
-        sR = np.zeros(K)
         for cc in range(K):
             if cc == pred or not (lower[cc] < upper[cc]) or not np.isfinite(lower[cc]):
                 continue
@@ -865,21 +869,6 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
                 if ok and lb > lower[cc]:
                     lower[cc] = lb
     # (3) sequential greedy where a gap remains
-    sc = np.empty(K)
-    ptr = np.zeros(G, np.int64)
-    val = np.empty(G)
-    scn_ = np.empty(K)
-    wn_ = np.empty(K)
-    T1v = np.empty(K)
-    A = np.empty(K)
-    worst = np.empty(G)
-    first_free = np.full((K, K), -1, np.int64)
-    for c1 in range(K):
-        for u in range(K):
-            for d in range(K):
-                if d != c1 and d != u:
-                    first_free[c1, u] = d
-                    break
     for cc in range(K):
         if not rest[cc]:
             continue
@@ -919,7 +908,10 @@ def certify_rows(S, off, first_window, max_group, growth, user_tol, mode, tie, w
     nchunks = max(1, min(B, nchunks))
     for ch in prange(nchunks):
         ws0 = _tables(K, first_window)
+        bs = _scratch(K)
         ab = np.empty(n)
+        frames = np.empty((3, 64), np.int64)
+        vals = np.empty(64)
         s = np.empty(K)
         P = np.zeros((K, K))
         Qs = np.full((K, K), -1, np.int64)
@@ -928,21 +920,21 @@ def certify_rows(S, off, first_window, max_group, growth, user_tol, mode, tie, w
         for i in range(ch * B // nchunks, (ch + 1) * B // nchunks):
             _certify_row(S[i], i, off, K, n, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
                          pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out,
-                         ws0, ab, s, P, Qs, lower, upper)
+                         ws0, bs, ab, frames, vals, s, P, Qs, lower, upper)
 
 
 @njit(cache=True)
 def _certify_row(row, i, off, K, n, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
                  pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out,
-                 ws0, ab, s, P, Qs, lower, upper):
-    """Row i of `certify_rows` (ws0: `_tables` for the first window; ab (n,), s (K,), P, Qs (K, K),
-    lower, upper (K,): scratch)."""
+                 ws0, bs, ab, frames, vals, s, P, Qs, lower, upper):
+    """Row i of `certify_rows` (ws0: `_tables` for the first window, bs: `_scratch(K)`; ab (n,), frames,
+    vals (`_pairwise_sum_in`), s (K,), P, Qs (K, K), lower, upper (K,): scratch)."""
     for j in range(n):
         ab[j] = abs(row[j])
-    absum = _sum_all(ab)
+    absum = 0.0 + _pairwise_sum_in(ab, 0, n, frames, vals)  # np.sum
     finite = np.isfinite(absum)
     for k in range(K):
-        s[k] = 0.0 + _pairwise_sum(row, off[k], off[k + 1] - off[k])
+        s[k] = 0.0 + _pairwise_sum_in(row, off[k], off[k + 1] - off[k], frames, vals)
         finite = finite and np.isfinite(s[k])
     nonfinite[i] = not finite
     if not finite:
@@ -962,10 +954,10 @@ def _certify_row(row, i, off, K, n, first_window, max_group, growth, user_tol, m
         complete = L >= max_group
         if 2 * K * L <= _DENSE_COUNTS:
             pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
-                                                             mode, P, Qs, lower, upper, ws, None)
+                                                             mode, P, Qs, lower, upper, ws, None, bs)
         else:
             pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
-                                                             mode, P, Qs, lower, upper, ws, _SPARSE_SHIFT)
+                                                             mode, P, Qs, lower, upper, ws, _SPARSE_SHIFT, bs)
         if not pairs_taken and (pairs_ok or complete):
             pairs_taken = True
             pairs_band[i] = nr_any
