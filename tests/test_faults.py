@@ -320,3 +320,83 @@ def test_sigint_always_stops_the_run_with_one_line(tmp_path):
     assert lines[0].startswith("kernelcert: stopped: interrupted by SIGINT (Ctrl-C)")
     assert f"{saved} of 50 work units are saved" in lines[0]
     assert not (run_dir / ".lock").exists()
+
+
+def test_losing_the_scheduler_ends_with_one_line_and_resumes(tmp_path):
+    """Scheduler killed mid-run: exit status 8 and exactly one line on stderr (Dask's own log of the
+    cancelled reconnection is silenced while the client closes), then a rerun resumes."""
+    cfg = tiny_config(tmp_path / "runs", **{"data.n_train": 400, "data.n_test": 200,
+                                            "partition.num_partitions": [2, 4, 8, 16, 20]})
+    cfg["output"]["plots"] = False
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    run_dir = pipeline.run_directory(pipeline.config_from_dict(cfg))
+    sched_file = tmp_path / "scheduler.json"
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                              "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [sched]
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (sched_file.exists() and sched_file.stat().st_size):
+            time.sleep(0.05)
+        time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        procs += start_workers(address, 2)
+        wait_for_workers(address, 2)
+        client = subprocess.Popen([sys.executable, "-m", "kernelcert", "run", str(path), "--scheduler", address,
+                                   "--no-progress", "-q"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        procs.append(client)
+        deadline = time.time() + 180
+        while time.time() < deadline and client.poll() is None:
+            if (run_dir / "units").exists() and len(list((run_dir / "units").glob("*.npz"))) >= 2:
+                break
+            time.sleep(0.01)
+        assert client.poll() is None, "the run ended before the scheduler could be killed"
+        sched.send_signal(signal.SIGKILL)
+        _, err = client.communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    lines = err.strip().splitlines()
+    assert client.returncode == endings.ExitStatus.CLUSTER == 8, err
+    assert len(lines) == 1, err  # no traceback of Dask's reconnection attempt
+    saved = len(list((run_dir / "units").glob("*.npz")))
+    assert lines[0].startswith("kernelcert: stopped: lost the Dask cluster (the connection to the scheduler "
+                               f"{address} was lost); {saved} of 50 work units are saved"), lines[0]
+    assert not (run_dir / ".lock").exists()
+    res = pipeline.run(cfg)  # in-process, resuming
+    assert (res.computed_units, res.skipped_units) == (50 - saved, saved)
+
+
+def test_a_lost_client_closes_quietly_and_restores_the_dask_logger():
+    """`close_client` silences 'distributed.client' only while closing a client whose scheduler is
+    gone: the level is restored afterwards, and a healthy client's close is not silenced."""
+    from kernelcert.cluster import close_client
+
+    log = logging.getLogger("distributed.client")
+    before = log.level
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+
+    class Lost:
+        status = "connecting"
+
+        def close(self):
+            log.error("cancelled reconnection (Dask logs this with a traceback)")
+
+    class Healthy(Lost):
+        status = "running"
+
+    log.addHandler(handler)
+    try:
+        close_client(Lost())
+        assert log.level == before and records == []
+        close_client(Healthy())
+    finally:
+        log.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["cancelled reconnection (Dask logs this with a traceback)"]
