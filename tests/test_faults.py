@@ -132,6 +132,24 @@ def test_a_unit_that_kills_its_worker_for_memory_is_named():
     assert endings.classify(info.value)[1] == endings.ExitStatus.MEMORY
 
 
+def test_workers_too_small_to_load_kernelcert_end_as_killed_for_memory():
+    """A 300 MB worker dies while loading kernelcert (about 330 MiB) for the environment check: the
+    run ends as killed for memory (not as a foreign environment), naming the limit and what the
+    largest unit needs."""
+    from dask.distributed import Client
+
+    from kernelcert.cluster import check_workers, local_cluster
+
+    here = provenance.Provenance.current("cpu", "float64")
+    with local_cluster(1, memory_limit="300MB") as cluster, Client(cluster) as client:
+        with pytest.raises(endings.WorkerKilled) as info:
+            check_workers(client, here, largest_unit_mb=2104.0)
+    msg = str(info.value)
+    assert info.value.for_memory and endings.classify(info.value)[1] == endings.ExitStatus.MEMORY
+    assert "killed for memory while loading kernelcert, before any unit ran" in msg, msg
+    assert "286 MiB limit" in msg and "the largest work unit needs about 2,104 MiB" in msg, msg
+
+
 # --------------------------------------------------------------------------- foreign environments
 PRELOAD_OTHER_VERSION = """
 import kernelcert.provenance as p

@@ -170,13 +170,14 @@ def _run(cfg: RunConfig, backend: Backend | None, lock: RunLock, guard: Interrup
             logger.warning("%d run director%s of an older kernelcert format (e.g. %s) %s not reused; this run "
                            "computes its results in %s", len(old), "y" if len(old) == 1 else "ies", old[-1],
                            "is" if len(old) == 1 else "are", run_dir)
-    provenance = Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype)
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()}, lock)
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
     for other in (same_config_runs(cfg.output.dir, run_dir, cfg_hash) if created else []):
         logger.info("reusing %d work units of %s (same config hash)", adopt_units(other, run_dir), other)
     try:
+        # after the lock (a second client stops before the device is set up), before any data is loaded
+        provenance = Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype)
         t0 = time.perf_counter()
         plan = plan_run(cfg)
         timings["data_and_partitions"] = time.perf_counter() - t0
