@@ -410,7 +410,7 @@ def row_device(base, ref, quick):
                       "provenance check (not tried: no GPU here)"}
 
 
-def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str) -> dict:
+def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str, ref: Case) -> dict:
     import dask
     from dask.distributed import Client, LocalCluster
 
@@ -432,12 +432,14 @@ def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str) -> di
             path = base / "malloc" / f"{label}.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config_text(base / "malloc" / label, quick))
-            run(load_config(path), backend=be)
+            res = run(load_config(path), backend=be)
             after = client.run(cpu)
     finally:
         cluster.close()
+    same = (unit_arrays(res.run_dir) == unit_arrays(ref.run_dir)
+            and res.points_path.read_bytes() == (ref.run_dir / "points.csv").read_bytes())
     return {"user_s": round(sum(after[k][0] - before[k][0] for k in after), 2),
-            "system_s": round(sum(after[k][1] - before[k][1] for k in after), 2)}
+            "system_s": round(sum(after[k][1] - before[k][1] for k in after), 2), "identical": same}
 
 
 def row_worker_tuning(base, ref, quick):
@@ -448,10 +450,11 @@ def row_worker_tuning(base, ref, quick):
     out = {}
     for rep in range(2):
         for i, (label, env) in enumerate(variants.items()):
-            r = _worker_cpu(env, base, quick, f"{rep}-{i}")  # a fresh run directory each time
+            r = _worker_cpu(env, base, quick, f"{rep}-{i}", ref)  # a fresh run directory each time
             out.setdefault(label, []).append(r)
-    return {"outcome": "measured", "cpu_seconds": out,
-            "detail": "; ".join(f"{k}: system {min(r['system_s'] for r in v)} s, user {min(r['user_s'] for r in v)} s "
+    same = all(r["identical"] for v in out.values() for r in v)
+    return {"outcome": "measured", "cpu_seconds": out, "identical": same,
+            "detail": f"results of the 4 LocalCluster runs identical to the in-process run: {same}; " + "; ".join(f"{k}: system {min(r['system_s'] for r in v)} s, user {min(r['user_s'] for r in v)} s "
                                 "(min of 2)" for k, v in out.items())}
 
 
