@@ -519,13 +519,23 @@ def main(argv=None) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["## Fault injection (reliability on a cluster)", "",
-             "Each row injects one fault into a real run of a 29-unit synthetic config (benchmarks/faults.py). "
-             "*survived*: exit status 0 and results byte-identical to an undisturbed run; *clear message*: the "
-             "documented exit status, one line on stderr, and a rerun byte-identical to the undisturbed run.", "",
-             "| fault | outcome | detail |", "|---|---|---|"]
+             "Each row injects one fault into a real run of a 29-unit synthetic config (benchmarks/faults.py; "
+             "the memory rows: one unit of 6,000 training points, about 2 GiB). *survived*: exit status 0 and "
+             "results byte-identical to an undisturbed in-process run; *clear message*: the documented exit "
+             "status, exactly one line on stderr, nothing from a foreign environment on disk, and (where units "
+             "were computed) a rerun byte-identical to the undisturbed run.", "",
+             "| fault | outcome | exit status | detail |", "|---|---|---|---|"]
     for r in result["rows"].values():
         detail = r.get("message") or r.get("detail", "")
-        lines.append(f"| {r['fault']} | {r['outcome']} | {str(detail).replace('|', '/')} |")
+        tries = {t.get("exit_status") for t in r.get("tries", [])}
+        status = r.get("exit_status", 0 if r["outcome"] == "survived" else
+                       ", ".join(str(s) for s in sorted(tries)) if tries else "")
+        lines.append(f"| {r['fault']} | {r['outcome']} | {status} | {str(detail).replace('|', '/')} |")
+    compared = result.get("identical_results")
+    if compared is not None:
+        lines += ["", f"Results byte-identical to the undisturbed in-process run: {sum(compared.values())} of "
+                      f"{len(compared)} rows that compare them ({', '.join(compared)}). Every row survived or ended "
+                      f"with a clear message: {'yes' if result.get('all_rows_ok') else 'NO'}."]
     lines += ["", provenance_line(result)]
     return "\n".join(lines) + "\n"
 

@@ -18,9 +18,12 @@
   `WorkerKilled` (a unit that killed `allowed-failures + 1` workers; "for memory" when the nanny
   restarted them for exceeding their memory limit, with the unit and the memory it needed) and
   `ClusterLost` (scheduler gone, or no worker left for `no_worker_timeout` seconds).
-- `check_workers(client, expected)`: every worker's `Provenance` must equal the client's, else
-  `EnvironmentMismatch` naming the workers and the differences (workers that join later are
-  checked by their first unit: `kernelcert.provenance.check_environment`).
+- `check_workers(client, expected, largest_unit_mb)`: every worker's `Provenance` must equal the
+  client's, else `EnvironmentMismatch` naming the workers and the differences (workers that join
+  later are checked by their first unit: `kernelcert.provenance.check_environment`); workers that
+  all die during the check for memory (too small to load kernelcert) are `WorkerKilled` for memory.
+- `close_client(client)`: closes a client; after a lost scheduler, Dask's log of the cancelled
+  reconnection (a traceback on stderr) is silenced while it closes, so the run ends in one line.
 - `reset_worker_peaks(client)`: resets every worker's peak RSS, so that the per-worker memory a
   run reports is this run's peak.
 
