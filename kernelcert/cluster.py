@@ -22,8 +22,9 @@
   client's, else `EnvironmentMismatch` naming the workers and the differences (workers that join
   later are checked by their first unit: `kernelcert.provenance.check_environment`); workers that
   all die during the check for memory (too small to load kernelcert) are `WorkerKilled` for memory.
-- `close_client(client)`: closes a client; after a lost scheduler, Dask's log of the cancelled
-  reconnection (a traceback on stderr) is silenced while it closes, so the run ends in one line.
+- `quiet_reconnection()`: while a run uses a client, Dask's own log of a lost scheduler (its
+  failed reconnection, and the traceback of the reconnection cancelled when the client closes)
+  is dropped, so the run ends with its one line (`ReconnectionNoiseFilter`).
 - `reset_worker_peaks(client)`: resets every worker's peak RSS, so that the per-worker memory a
   run reports is this run's peak.
 
@@ -33,6 +34,7 @@ a second that in-process runs do not need).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -186,28 +188,30 @@ def _scheduler_address(client: Client) -> str:
     return str(getattr(client.scheduler, "address", None) or "(address unknown: the client is closed)")
 
 
+class ReconnectionNoiseFilter(logging.Filter):
+    """Drops the two records Dask's client logs when it gives up on a lost scheduler: 'Failed to
+    reconnect to scheduler after N seconds, closing client' and the traceback of its reconnection
+    attempt cancelled by `Client.close()` (an `asyncio.CancelledError`). Everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Failed to reconnect to scheduler"):
+            return False
+        exc = record.exc_info[1] if record.exc_info else record.msg
+        return not isinstance(exc, asyncio.CancelledError)
+
+
 @contextlib.contextmanager
-def _logger_silenced(name: str) -> Iterator[None]:
-    """Drop the records of logger `name` (and of its children) inside the block; the level is restored after."""
-    log = logging.getLogger(name)
-    previous = log.level
-    log.setLevel(logging.CRITICAL + 1)
+def quiet_reconnection() -> Iterator[None]:
+    """Inside the block, Dask's client ('distributed.client' logger) does not print its reconnection
+    noise after a lost scheduler (`ReconnectionNoiseFilter`): the run ends with its own one-line
+    message (`ClusterLost`) instead. The filter is removed on exit."""
+    log = logging.getLogger("distributed.client")
+    noise = ReconnectionNoiseFilter()
+    log.addFilter(noise)
     try:
         yield
     finally:
-        log.setLevel(previous)
-
-
-def close_client(client: Client) -> None:
-    """Close a Dask client. After the scheduler was lost, the client is still trying to reconnect;
-    closing it cancels that attempt, which Dask logs as an error with a traceback on stderr. The run
-    has already ended with its own one-line message (`ClusterLost`), so the logger of the client
-    ('distributed.client') is silenced while such a client closes, and only then."""
-    if client.status in ("running", "closed", "newly-created"):
-        client.close()
-        return
-    with _logger_silenced("distributed.client"):
-        client.close()
+        log.removeFilter(noise)
 
 
 def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any, *,
@@ -225,6 +229,7 @@ def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable
     from distributed.scheduler import KilledWorker
 
     it = iter(tasks)
+    address = _scheduler_address(client)  # named in the message if the scheduler is lost
     counter = itertools.count()
     pending: dict[Future, tuple[Any, int]] = {}
     restarts_before = len(memory_restarts(client))
@@ -247,8 +252,9 @@ def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable
                                       tries=len(memory_restarts(client)[restarts_before:])) from exc
                     break
             except (CommClosedError, OSError) as exc:  # e.g. the worker chosen to hold it just died
-                if client.status not in ("running", "connecting"):
-                    raise ClusterLost(f"lost the Dask cluster ({type(exc).__name__}: {exc})") from exc
+                if client.status != "running":
+                    raise ClusterLost(f"lost the Dask cluster (the connection to the scheduler {address} was "
+                                      "lost)") from exc
                 time.sleep(poll_s)
                 continue
         raise ClusterLost(f"lost the Dask cluster (no worker to send work to for {no_worker_timeout:.0f} s)")
@@ -274,6 +280,8 @@ def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable
         pending[client.submit(fn, task_f, shared_f, key=key, pure=False, retries=retries)] = (task, attempt)
 
     def lost(why: str, exc: BaseException | None = None) -> ClusterLost:
+        if client.status != "running":  # whatever failed, the cause is the lost scheduler connection
+            why = f"the connection to the scheduler {address} was lost"
         err = ClusterLost(f"lost the Dask cluster ({why})")
         if exc is not None:
             err.__cause__ = exc
@@ -294,8 +302,8 @@ def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable
             except (CommClosedError, OSError) as exc:
                 raise lost(f"{type(exc).__name__}: {exc}", exc) from exc
             if not done:
-                if client.status not in ("running", "connecting"):
-                    raise lost(f"the connection to the scheduler {_scheduler_address(client)} was lost")
+                if client.status != "running":  # reconnecting or closed: every pending task is cancelled
+                    raise lost("client status " + client.status)
                 try:
                     n = len(client.scheduler_info().get("workers", {}))
                 except Exception as exc:  # noqa: BLE001
@@ -313,8 +321,7 @@ def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable
                     raise _killed(client, exc, unit_name(task), need, restarts_before, known_limits) from exc
                 except (FutureCancelledError, CommClosedError) as exc:
                     if client.status != "running" or getattr(exc, "reason", None) == "scheduler-connection-lost":
-                        raise lost(f"the connection to the scheduler {_scheduler_address(client)} was lost",
-                                   exc) from exc
+                        raise lost(f"the connection to the scheduler {address} was lost", exc) from exc
                     if attempt < resend:
                         # recovered here: a note (INFO), not a warning, so that a run that ends after it
                         # (e.g. its unit keeps killing workers for memory) still ends with one line under -q
@@ -336,4 +343,4 @@ def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable
 
 
 __all__ = ["WORKER_ENVIRON", "WORKER_ENVIRON_DROP", "local_cluster", "resilient_map", "check_workers",
-           "reset_worker_peaks", "memory_restarts", "close_client"]
+           "reset_worker_peaks", "memory_restarts", "quiet_reconnection", "ReconnectionNoiseFilter"]

@@ -25,11 +25,12 @@ bit for bit.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
-from ..cluster import check_workers, close_client, local_cluster, reset_worker_peaks, resilient_map
+from ..cluster import check_workers, local_cluster, quiet_reconnection, reset_worker_peaks, resilient_map
 from ..procmem import reset_peak_rss
 from ..provenance import Provenance
 
@@ -130,6 +131,7 @@ class DaskBackend(Backend):
         self._tag = uuid.uuid4().hex[:8]
         self._cluster: LocalCluster | None = None
         self._client: Client | None = None
+        self._quiet = contextlib.ExitStack()  # Dask's log of a lost scheduler, while this backend is open
         if address is None:
             self._cluster = local_cluster(n_workers, threads_per_worker, memory_limit)
             self._client = Client(self._cluster)
@@ -142,6 +144,7 @@ class DaskBackend(Backend):
             except (OSError, TimeoutError) as exc:
                 raise ValueError(f"cannot connect to the Dask scheduler at {address!r}: {exc}") from None
             self.kind = "dask"
+        self._quiet.enter_context(quiet_reconnection())  # a lost scheduler ends the run in one line
 
     @property
     def client(self) -> Client:
@@ -179,11 +182,12 @@ class DaskBackend(Backend):
 
     def close(self) -> None:
         if self._client is not None:
-            client, self._client = self._client, None
-            close_client(client)  # quiet about a lost scheduler: the run has reported it in one line
+            self._client.close()  # after a lost scheduler this cancels the reconnection: not printed
+            self._client = None
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+        self._quiet.close()
 
 
 def make_backend(execution: ExecutionSettings | None = None, *, kind: str | None = None, workers: int | None = None,
