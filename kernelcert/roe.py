@@ -638,7 +638,7 @@ def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) ->
         gain3 = np.where(on_cp, to_pair, np.inf)
         gain2 = np.where(on_cp, to_third, np.inf)
         gain1 = np.where(~on_cp & ~in_pair, to_pair, np.inf)
-        lb, ub = _summed_gap_lp(gain3, gain2, gain1, need[q])
+        lb, ub, lam = _summed_gap_lp(gain3, gain2, gain1, need[q])
         lb_att, ub_att = _as_attack(lb), _as_attack(ub)
         done = np.zeros(len(q), bool)
         if below is not None:
@@ -650,6 +650,12 @@ def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) ->
             val[hit] = ub_att[hit]
             done |= hit
         done |= exact_sums & (lb_att == ub_att)
+        # one apart: is there an attack costing the lower bound? (a small DP over the undecided partitions)
+        near = np.flatnonzero(~done & exact_sums & (ub_att == lb_att + 1))
+        if near.size:
+            fits = _fits_budget(gain3[near], gain2[near], gain1[near], need[q][near], lam[near], lb_att[near])
+            val[near] = np.where(fits, lb_att[near], ub_att[near])
+            done[near] = True
         dp = np.flatnonzero(~done)
         if dp.size:
             order = dp[np.argsort(need[q][dp], kind="stable")]  # similar needs together (the table spans the largest)
@@ -659,8 +665,8 @@ def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) ->
     return out
 
 
-def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds (lower, upper) (Q,) on the summed-gap knapsack: gain 3 at gain3, gain 2 at gain2 (a
+def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds (lower, upper) (Q,) and the unit price lam (Q,) of the LP, for the summed-gap knapsack: gain 3 at gain3, gain 2 at gain2 (a
     partition voting c_pred), gain 1 at gain1 (Q, M), total gain >= need (Q,).
 
     Lower: the LP relaxation, the `need` cheapest unit slopes of each partition's lower convex hull
@@ -712,7 +718,47 @@ def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray]:
     swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
     upper = np.where(feasible, np.minimum(rounded, swapped), np.inf)
     zero = need <= 0
-    return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper)
+    lam = np.where(feasible & ~zero, sorted_units[rows, np.maximum(n - 1, 0)], 0.0)  # the LP's price of a unit
+    return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper), lam
+
+
+def _fits_budget(gain3, gain2, gain1, need, lam, budget) -> np.ndarray:
+    """Whether the summed-gap knapsack (gains 3 / 2 / 1 at gain3 / gain2 / gain1 (Q, M), total gain >=
+    need (Q,)) has a solution of cost <= budget (Q,), by reduced-cost fixing at the unit price lam >= 0.
+
+    For every solution X: cost(X) >= L + sum_i rc_i(X_i), where L = lam * need + sum_i min_o (c_o -
+    lam g_o) is the Lagrangian bound and rc_i(o) = c_o - lam g_o - min_o' (c_o' - lam g_o') >= 0 (the
+    gain 0 option included). So a solution within the budget uses, in each partition, only options
+    with rc <= budget - L; where that leaves one option the partition is fixed to it, and an exact
+    DP runs over the others (tolerance 1e-9 in favour of keeping options: a larger set changes
+    nothing, since every solution the DP finds is a real one).
+    """
+    Q, M = gain3.shape
+    cost = np.stack([np.zeros((Q, M)), gain1, gain2, gain3], axis=2)  # options gain 0, 1, 2, 3
+    gains = np.arange(4.0)
+    with np.errstate(invalid="ignore"):
+        red = cost - lam[:, None, None] * gains
+    best = red.min(axis=2)
+    slack = budget - (lam * need + best.sum(axis=1))
+    tol = 1e-9 * (1.0 + np.abs(budget) + lam * need + np.abs(best).sum(axis=1))
+    allowed = (red - best[:, :, None]) <= (slack + tol)[:, None, None]
+    allowed &= np.isfinite(cost)
+    free = allowed.sum(axis=2) > 1
+    fixed_opt = np.argmax(allowed, axis=2)  # the one allowed option where not free
+    fixed = ~free
+    fixed_gain = np.where(fixed, fixed_opt, 0).sum(axis=1)
+    fixed_cost = np.where(fixed, np.take_along_axis(cost, fixed_opt[:, :, None], axis=2)[..., 0], 0.0).sum(axis=1)
+    F = int(free.sum(axis=1).max())
+    rest = need - fixed_gain
+    if F == 0:
+        return (rest <= 0) & (fixed_cost <= budget)
+    # the free partitions of each row packed into F columns (padding: no option)
+    pos = np.argsort(~free, axis=1, kind="stable")[:, :F]
+    keep = np.take_along_axis(free, pos, axis=1)
+    opts = [(g, np.where(keep, np.take_along_axis(np.where(allowed[:, :, g], cost[:, :, g], np.inf), pos, axis=1),
+                         np.inf)) for g in (3, 2, 1)]
+    free_cost, _ = knapsack_dp(opts, rest)
+    return fixed_cost + free_cost <= budget
 
 
 def _joint_attack(rows, c1: int, c2: int, v, vc, cp, n1, n2) -> np.ndarray:
