@@ -636,7 +636,7 @@ def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
         arr[rng.random((Q, M)) < 0.1] = np.inf
     need = rng.integers(-2, 3 * M + 2, size=Q)
     dp, _ = knapsack_dp([(3, g3), (2, g2), (1, g1)], need)
-    lo, hi = roe._summed_gap_lp(g3, g2, g1, need)
+    lo, hi, lam = roe._summed_gap_lp(g3, g2, g1, need)
     assert np.all(lo <= dp)
     # the upper bound is a feasible attack's cost: exact for integer costs, summed in another order otherwise
     assert np.all(dp <= (hi if costs != "fractional" else hi * (1 + 1e-12)))
@@ -645,3 +645,11 @@ def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
     if costs != "fractional":  # integer costs: where the attack bounds agree they are the DP's value
         agree = roe._as_attack(lo) == roe._as_attack(hi)
         np.testing.assert_array_equal(roe._as_attack(lo)[agree], roe._as_attack(dp)[agree])
+    if costs == "fractional":  # _fits_budget is used for integer costs only (exact sums)
+        return
+    # reduced-cost fixing at the LP price (and at other prices: any lam >= 0 is valid) against the DP
+    for price in (lam, lam + rng.random(Q), np.zeros(Q)):
+        for budget in (np.floor(np.where(np.isfinite(dp), dp, 5.0)), np.floor(np.where(np.isfinite(dp), dp, 5.0)) - 1,
+                       np.ceil(np.where(np.isfinite(lo), lo, 5.0))):
+            fits = roe._fits_budget(g3, g2, g1, need, price, budget)
+            np.testing.assert_array_equal(fits, dp <= budget)
