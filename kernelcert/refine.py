@@ -14,6 +14,10 @@ matter:
 2. `refine_ensemblecert`: EnsembleCert (§4.3) from lower and upper costs; where the two radii differ,
    only the costs used by the lower-bound knapsack's cheapest plan are refined, the knapsack is
    re-solved, and so on until the radius is proven or the time budget is spent.
+3. `refine_whitebox_roe`: the white-box run-off certificate (§5) with its vote costs refined the same
+   lazy way, until its radius is proven equal to the certificate's value at the exact per-class
+   costs (a lower bound on the true label-flip radius of the run-off election, which it is not
+   claimed to equal).
 
 What "exact" means here. A relabelling makes c the prediction when c beats every k in exact
 arithmetic on the float64 weights with ties to the smaller class index. An answer is flagged exact
@@ -36,16 +40,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ._validation import as_float_array, check_int, check_labels, check_positive
 from .certificates import certify
 from .ensemble import ensemblecert
+from .roe import whitebox_roe
+from .voting import NO_ATTACK
 
 __all__ = [
-    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "attack_makes_class_win",
-    "exact_class_costs", "refine_class_costs", "refine_ensemblecert", "solve_class_cost",
+    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "RefinedWhiteboxROE",
+    "attack_makes_class_win", "exact_class_costs", "refine_class_costs", "refine_ensemblecert", "refine_whitebox_roe",
+    "solve_class_cost",
 ]
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -664,6 +672,133 @@ def refine_ensemblecert(votes, cost_lower, cost_upper, num_classes: int, solve: 
     return RefinedEnsemble(prediction=pred, radius_lower=r_lo, radius_upper=r_hi, exact=r_lo == r_hi,
                            exact_before=exact_before, cost_lower=L, cost_upper=U, rounds=rounds,
                            problems=problems, seconds=time.process_time() - t0, budget_exhausted=exhausted)
+
+
+# --------------------------------------------------------------------------- lazy white-box ROE
+@dataclass(frozen=True)
+class RefinedWhiteboxROE:
+    """White-box ROE radii with the vote costs refined (`refine_whitebox_roe`).
+
+    prediction (t,) int64; radius (t,) int64: `whitebox_roe(..., joint="per_point")` at the refined
+    lower costs (a sound certificate, never below the one at the original lower costs);
+    radius_at_upper_costs (t,) int64: the same certificate at the refined upper costs (it bounds the
+    certificate at the exact costs from above, NOT the true robustness radius); resolved (t,) bool:
+    radius proven equal to the certificate at the exact per-class costs; resolved_before (t,) bool:
+    the same before refinement; cost_lower / cost_upper (t, N_p, K) float64 the refined costs;
+    rounds, problems (class-cost problems solved), seconds (CPU time), budget_exhausted (bool).
+    """
+
+    prediction: np.ndarray
+    radius: np.ndarray
+    radius_at_upper_costs: np.ndarray
+    resolved: np.ndarray
+    resolved_before: np.ndarray
+    cost_lower: np.ndarray
+    cost_upper: np.ndarray
+    rounds: int
+    problems: int
+    seconds: float
+    budget_exhausted: bool
+
+
+def _whitebox_attack(scores: np.ndarray, vote_costs: np.ndarray, pair_costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, attack size = radius + 1, NO_ATTACK when none) of whitebox_roe per point."""
+    res = whitebox_roe(scores, vote_costs, pair_costs, joint="per_point")
+    return res.prediction, np.where(res.radius >= NO_ATTACK, NO_ATTACK, res.radius + 1)
+
+
+def refine_whitebox_roe(scores: ArrayLike, cost_lower: ArrayLike, cost_upper: ArrayLike, pair_costs: ArrayLike,
+                        solve: SolveFn, *, fallback: ArrayLike | None = None, budget_seconds: float | None = None,
+                        max_rounds: int = 100, max_radius: int | None = None) -> RefinedWhiteboxROE:
+    """The white-box ROE certificate (docs/math.md §5) with lazily refined per-partition vote costs.
+
+    scores (t, N_p, K) base-model scores; cost_lower <= A <= cost_upper (t, N_p, K) the per-class
+    costs of each base model (upper entries backed by verified attacks); pair_costs (t, N_p, K, K)
+    as `whitebox_roe` reads them; fallback (t, N_p) bool: models given black-box unit costs
+    (`Evidence.roe_costs`), whose costs are never refined. `solve` as for `refine_ensemblecert`.
+
+    f(C) = `whitebox_roe(scores, C, pair_costs, joint="per_point")` is monotone in the vote costs C
+    (each case is a max of minimum-cost knapsacks; "per_point" admits the 2-D knapsack by a rule
+    that does not read the costs), so f(lower) <= f(A) <= f(upper), and a point is *resolved* when
+    f(lower) = f(upper), or when every vote cost below f's attack size a = radius + 1 (every
+    non-fallback model, every class other than its vote, max(lower, 1) < a + 1) is exact: the
+    knapsack plans of the case attaining a then cost < a + 1 and so use only exact costs, and cost
+    the same at A, so f(A) <= a. Each round refines exactly those open costs (cap: the attack size
+    at the upper costs, beyond which a cost cannot change f), re-evaluates f at both, and repeats
+    while some point made progress. Points whose costs hit time limits stay unresolved with sound
+    radii; `budget_seconds` (CPU) stops all; `max_radius` (e.g. the number of training labels, the
+    run's cap on radii) resolves points whose radius reaches it.
+    """
+    t0 = time.process_time()
+    s = as_float_array("scores", scores, ndim=3)
+    t, M, K = s.shape
+    L = np.array(cost_lower, dtype=np.float64)
+    U = np.array(cost_upper, dtype=np.float64)
+    P = np.asarray(pair_costs, dtype=np.float64)
+    if L.shape != s.shape or U.shape != s.shape:
+        raise ValueError(f"cost_lower and cost_upper must have shape (t, N_p, K) = {s.shape}, got {L.shape} and {U.shape}")
+    if P.shape != s.shape + (K,):
+        raise ValueError(f"pair_costs must have shape (t, N_p, K, K) = {s.shape + (K,)}, got {P.shape}")
+    if np.any(L > U):
+        raise ValueError("cost_lower must be <= cost_upper everywhere")
+    fb = np.zeros((t, M), bool) if fallback is None else np.asarray(fallback, dtype=bool)
+    if fb.shape != (t, M):
+        raise ValueError(f"fallback must have shape (t, N_p) = {(t, M)}, got {fb.shape}")
+    if budget_seconds is not None:
+        budget_seconds = check_positive("budget_seconds", budget_seconds)
+    cap_radius = NO_ATTACK if max_radius is None else check_int("max_radius", max_radius, minimum=0)
+    P = np.where(fb[..., None, None], 1.0, P)
+    # the costs f reads: every class but the model's vote (argmax, ties to the smaller index), no fallback
+    reads = ~fb[..., None] & (np.arange(K) != np.argmax(s, axis=2)[..., None])
+
+    def vote_costs(C: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.where(fb[rows, :, None], 1.0, C[rows])
+
+    everyone = np.arange(t)
+    pred, a_lo = _whitebox_attack(s, vote_costs(L, everyone), P)
+    _, a_hi = _whitebox_attack(s, vote_costs(U, everyone), P)
+
+    def open_costs(rows: np.ndarray) -> np.ndarray:
+        """(len(rows), N_p, K) bool: the costs a point's resolution waits for."""
+        below = np.maximum(L[rows], 1.0) < (a_lo[rows].astype(np.float64) + 1.0)[:, None, None]
+        return reads[rows] & (L[rows] < U[rows]) & below
+
+    def resolved(rows: np.ndarray) -> np.ndarray:
+        done = (a_lo[rows] >= a_hi[rows]) | (a_lo[rows] >= NO_ATTACK) | (a_lo[rows] - 1 >= cap_radius)
+        return done | ~open_costs(rows).any(axis=(1, 2))
+
+    before = resolved(everyone)
+    active = np.flatnonzero(~before)
+    rounds = problems = 0
+    exhausted = False
+    while active.size and rounds < max_rounds:
+        if budget_seconds is not None and time.process_time() - t0 > budget_seconds:
+            exhausted = True
+            break
+        ii, jj, cls = np.nonzero(open_costs(active))
+        pi = active[ii]
+        caps = np.where(a_hi[pi] >= NO_ATTACK, np.inf, a_hi[pi].astype(np.float64))
+        old_lo, old_hi = L[pi, jj, cls], U[pi, jj, cls]
+        new_lo, new_hi = solve(pi, jj, cls, old_lo, old_hi, caps)
+        new_lo, new_hi = np.asarray(new_lo, np.float64), np.asarray(new_hi, np.float64)
+        if np.any(new_lo < old_lo) or np.any(new_hi > old_hi) or np.any(new_lo > new_hi):
+            raise RuntimeError("solve returned bounds outside the previous ones")
+        rounds += 1
+        problems += pi.size
+        L[pi, jj, cls], U[pi, jj, cls] = new_lo, new_hi
+        progress = np.zeros(t, bool)
+        np.logical_or.at(progress, pi, (new_lo > old_lo) | (new_hi < old_hi))
+        moved = active[progress[active]]
+        if moved.size:
+            _, a_lo[moved] = _whitebox_attack(s[moved], vote_costs(L, moved), P[moved])
+            _, a_hi[moved] = _whitebox_attack(s[moved], vote_costs(U, moved), P[moved])
+        active = moved[~resolved(moved)]
+    radius = np.where(a_lo >= NO_ATTACK, NO_ATTACK, a_lo - 1)
+    radius_hi = np.where(a_hi >= NO_ATTACK, NO_ATTACK, a_hi - 1)
+    return RefinedWhiteboxROE(prediction=pred, radius=radius, radius_at_upper_costs=radius_hi,
+                              resolved=resolved(everyone), resolved_before=before, cost_lower=L, cost_upper=U,
+                              rounds=rounds, problems=problems, seconds=time.process_time() - t0,
+                              budget_exhausted=exhausted)
 
 
 class PartitionSolver:

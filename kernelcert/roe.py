@@ -24,6 +24,7 @@ import functools
 import itertools
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import as_float_array, check_index_array, check_labels
 from .evidence import build_evidence, stack_evidence
@@ -35,7 +36,7 @@ from .voting import (
 
 __all__ = [
     "roe_predict", "dpa_roe", "dpa_star_roe", "fa", "fa_roe", "whitebox_roe", "whitebox_roe_from_label_linear",
-    "DPA_STAR_SUMMATION",
+    "DPA_STAR_SUMMATION", "JOINT_MODES",
 ]
 
 
@@ -466,7 +467,11 @@ _KNAPSACK = knapsack_solver("auto")  # the exact gains-{1, 2} solver EnsembleCer
 _JOINT_BUDGET = 400_000  # partitions * (G1 + 1) * (G2 + 1) per test point above which joint="auto" skips the 2-D DP
 
 
-def whitebox_roe(scores, vote_costs, pair_costs, *, joint="auto", block_size: int | None = None) -> AggregateResult:
+JOINT_MODES = (True, False, "auto", "per_point")
+
+
+def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike, *, joint: bool | str = "auto",
+                 block_size: int | None = None) -> AggregateResult:
     """White-box DPA+ROE certificate from per-partition flip costs (docs/math.md §5).
 
     scores (t, M, K): base-model scores. vote_costs (t, M, K): lower bound on the flips inside
@@ -476,13 +481,17 @@ def whitebox_roe(scores, vote_costs, pair_costs, *, joint="auto", block_size: in
     are raised to 1 (a partition without flips keeps its model).
 
     R1 (c_pred knocked out by c1, c2): max of the knapsacks "c1 beats c_pred", "c2 beats c_pred",
-    the summed-gap knapsack and (joint=True, or "auto" when affordable) the joint 2-D knapsack.
+    the summed-gap knapsack and (joint=True, or "auto" / "per_point" when affordable) the joint 2-D
+    knapsack. "auto" admits the 2-D knapsack of a pair for all of a block's open test points or none
+    (partitions * (G1 + 1) * (G2 + 1) over their largest gaps within `_JOINT_BUDGET`), so a point's
+    radius can depend on the other points of its block; "per_point" applies the same rule to each
+    test point alone: block-independent, monotone in the costs, never below "auto".
     R2 (c reaches the final and wins): max of the knapsack "c beats c_sec" and the cheapest
     ceil+(g2(c), 2) preference flips. Each case is combined with its black-box DPA+ROE value by max.
     radius (t,) int64 = min over cases - 1 (NO_ATTACK when no case is reachable); never below dpa_roe.
     """
-    if joint not in (True, False, "auto"):
-        raise ValueError(f"joint must be True, False or 'auto', got {joint!r}")
+    if joint not in JOINT_MODES:
+        raise ValueError(f"joint must be True, False, 'auto' or 'per_point', got {joint!r}")
     s = _check_scores(scores)
     t, M, K = s.shape
     vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
@@ -552,7 +561,8 @@ def _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint) -> np.ndarray:
     The pairs are taken in `itertools.combinations` order against the running minimum (pruning
     never changes the minimum: a skipped pair is already >= it); the summed-gap knapsacks of every
     pair that can need one (value below the R2 minimum) are solved in one batched call, and the
-    2-D knapsacks per pair where joint="auto" admits them (its rule reads the pair's open rows).
+    2-D knapsacks per pair where `joint` admits them ("auto": its rule reads the pair's open rows
+    together; "per_point": each row alone).
     """
     B, M = v.shape
     K = vc.shape[2]
@@ -572,11 +582,16 @@ def _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint) -> np.ndarray:
         act = np.flatnonzero(valid[:, p] & (val < best))
         if act.size:
             out = ksum[act, p]
-            if joint is True or (joint == "auto"
-                                 and M * (int(n1_all[act, p].max()) + 1) * (int(n2_all[act, p].max()) + 1)
-                                 <= _JOINT_BUDGET):
+            if joint is True:
+                admit = np.ones(act.size, bool)
+            elif joint == "per_point":
+                admit = M * (n1_all[act, p] + 1) * (n2_all[act, p] + 1) <= _JOINT_BUDGET
+            else:
+                admit = np.full(act.size, joint == "auto" and M * (int(n1_all[act, p].max()) + 1)
+                                * (int(n2_all[act, p].max()) + 1) <= _JOINT_BUDGET)
+            if admit.any():
                 # the 2-D knapsack can only matter where the pair is still below the minimum
-                need = np.flatnonzero(np.maximum(val[act], out) < best[act])
+                need = np.flatnonzero(admit & (np.maximum(val[act], out) < best[act]))
                 if need.size:
                     sub = act[need]
                     kj = _joint_attack(sub, int(c1s[p]), int(c2s[p]), v, vc, cp, n1_all[sub, p], n2_all[sub, p])
