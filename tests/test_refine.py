@@ -418,7 +418,7 @@ def test_run_with_exactness_refinement(tmp_path):
         "kernel": {"architecture": "fully_connected", "depth": 1, "W_std": 1.5, "b_std": 0.1},
         "learners": [{"type": "svm"}, {"type": "regression", "ridge": 0.01}],
         "partition": {"rule": "ss_dpa", "num_partitions": [4, 8]},
-        "methods": {"aggregations": ["dpa", "ensemblecert"]},
+        "methods": {"aggregations": ["dpa", "ensemblecert", "whitebox_roe"]},
         "output": {"dir": str(tmp_path), "name": "tiny", "plots": False},
         "execution": {"progress": False},
     }
@@ -433,8 +433,14 @@ def test_run_with_exactness_refinement(tmp_path):
     header, table = pipeline.read_points(res.points_path)
     col = {h: i for i, h in enumerate(header)}
     refined_any = False
+    wb_results = []
     for r0, r1 in zip(base.results, res.results):
         assert (r0.learner, r0.num_partitions, r0.method) == (r1.learner, r1.num_partitions, r1.method)
+        if r1.method == "whitebox_roe":
+            assert r1.exact_before is None and not r1.exact.any()
+            assert np.all(r1.radius >= r0.radius)
+            wb_results.append(r1)
+            continue
         if r1.method != "ensemblecert":
             assert r1.exact_before is None
             continue
@@ -462,7 +468,32 @@ def test_run_with_exactness_refinement(tmp_path):
         assert np.array_equal(table[:, col[f"{base_col}/exact_before_refinement"]], r0.exact.astype(int))
     assert refined_any, "the configuration should leave some radius to refine"
     block = res.summary["exactness"]
-    assert block["refine"] and not block["budget_exhausted"] and len(block["results"]) == 4
-    assert "## Exactness refinement" in res.report_path.read_text()
+    assert block["refine"] and not block["budget_exhausted"] and len(block["results"]) == 8
+    report = res.report_path.read_text()
+    assert "## Exactness refinement" in report and "White-box ROE: radii *resolved*" in report
+    # white-box ROE: resolved radii equal the certificate at exactly solved costs of the same models
+    for r1 in wb_results:
+        entry = next(e for e in block["results"] if e["method"] == "whitebox_roe"
+                     and (e["learner"], e["num_partitions"]) == (r1.learner, r1.num_partitions))
+        assert entry["points_examined"] == len(plan.y_test)
+        assert entry["resolved_fraction_after"] >= entry["resolved_fraction_before"]
+        resolved = np.ones(len(plan.y_test), bool)
+        resolved[entry["points_unresolved"]] = False
+        j = [lc.name for lc in conf.learners].index(r1.learner)
+        units = {u.key: u for u in plan.units}
+        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
+        evs, costs = [], []
+        for key in target.units:
+            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
+            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+            evs.append(build_evidence(W, y, K))
+            costs.append(exact_class_costs(W, y, K).lower)
+        ev = stack_evidence(evs)
+        fb = ev.fallback
+        truth = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, np.stack(costs, 1)),
+                             np.where(fb[..., None, None], 1.0, ev.pair_costs), joint="per_point").radius
+        truth = np.minimum(truth, len(plan.y_train))
+        assert np.all(r1.radius <= truth)
+        np.testing.assert_array_equal(r1.radius[resolved], truth[resolved])
     with pytest.raises(ValueError, match="exactness"):
         pipeline.config_from_dict({**cfg, "exactness": {"refine": "yes"}})
