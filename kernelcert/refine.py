@@ -1,4 +1,4 @@
-"""Exact per-class costs at partition scale and EnsembleCert radii refined until proven (docs/math.md §3.3, §4.3).
+"""Exact per-class costs at partition scale and EnsembleCert radii refined until proven (docs/math.md §3.3, §4.3, §4.4).
 
 `certify` brackets each per-class cost A_c (fewest label flips after which one label-linear model
 predicts c) between a sound lower bound and a verified attack. This module closes the gaps that
