@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -45,7 +45,7 @@ from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ._validation import as_float_array, check_int, check_labels, check_positive
-from .certificates import certify
+from .certificates import Certificate, certify
 from .ensemble import ensemblecert
 from .roe import whitebox_roe
 from .voting import NO_ATTACK
@@ -126,7 +126,8 @@ def _wins(row: _Row, y2: np.ndarray, c: int) -> bool:
     return bool(np.all(gaps > row.slack))
 
 
-def attack_makes_class_win(weights_row, labels, num_classes, attack, target: int, *, rtol: float = 1e-9) -> bool:
+def attack_makes_class_win(weights_row: ArrayLike, labels: ArrayLike, num_classes: int | None,
+                           attack: Iterable[tuple[int, int]], target: int, *, rtol: float = 1e-9) -> bool:
     """Whether relabelling `attack` [(train_index, new_label), ...] makes `target` the prediction of the
     row, checked with error-free sums as `solve_class_cost` verifies its answers (see the module doc)."""
     w = as_float_array("weights_row", weights_row, ndim=1)
@@ -328,7 +329,8 @@ class ClassCostSolve:
     seconds: float
 
 
-def solve_class_cost(weights_row, labels, num_classes, target: int, lower: float, upper: float, *,
+def solve_class_cost(weights_row: ArrayLike, labels: ArrayLike, num_classes: int | None, target: int, lower: float,
+                     upper: float, *,
                      cap: float | None = None, time_limit: float = 10.0, rtol: float = 1e-9,
                      model_tolerance: float = 0.0) -> ClassCostSolve:
     """Exact A_c for one row (n,) of label weights, given sound bounds lower <= A_c <= upper.
@@ -436,16 +438,20 @@ def _positive_min_moves(row: _Row, c: int, need: np.ndarray, rivals: np.ndarray,
     Returns (status, attack, bound) like `_milp`.
     """
     w, y = row.w, row.y
-    values, owner, position, prefix, members = [], [], [], {}, {}
+    parts_v: list[np.ndarray] = []
+    parts_o: list[np.ndarray] = []
+    parts_p: list[np.ndarray] = []
+    prefix: dict[int, np.ndarray] = {}
+    members: dict[int, np.ndarray] = {}
     for u in rivals:
         idx = np.flatnonzero((y == u) & (w > 0))
         idx = idx[np.argsort(-w[idx], kind="stable")][:m_max]
         members[u] = idx
         prefix[u] = np.concatenate([[0.0], np.cumsum(w[idx])])
-        values.append(w[idx])
-        owner.append(np.full(idx.size, u))
-        position.append(np.arange(idx.size))
-    values, owner, position = np.concatenate(values), np.concatenate(owner), np.concatenate(position)
+        parts_v.append(w[idx])
+        parts_o.append(np.full(idx.size, u))
+        parts_p.append(np.arange(idx.size))
+    values, owner, position = np.concatenate(parts_v), np.concatenate(parts_o), np.concatenate(parts_p)
     order = np.argsort(-values, kind="stable")
     values, owner, position = values[order], owner[order], position[order]
     for M in range(max(m_min, 0), m_max + 1):
@@ -490,7 +496,8 @@ def _finish(row, c, lo, hi, status, attack, t0) -> ClassCostSolve:
 
 
 # --------------------------------------------------------------------------- many problems
-def refine_class_costs(weights, labels, num_classes, rows, targets, lower, upper, *, caps=None,
+def refine_class_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int | None, rows: ArrayLike,
+                       targets: ArrayLike, lower: ArrayLike, upper: ArrayLike, *, caps: ArrayLike | None = None,
                        time_limit: float = 10.0, rtol: float = 1e-9,
                        model_tolerance: float = 0.0) -> list[ClassCostSolve]:
     """`solve_class_cost` for the problems (rows[q], targets[q]) of one model, weights (t, n);
@@ -549,7 +556,8 @@ class ExactClassCosts:
     seconds: float
 
 
-def exact_class_costs(weights, labels, num_classes=None, *, certificate=None, time_limit: float = 10.0,
+def exact_class_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int | None = None, *,
+                      certificate: Certificate | None = None, time_limit: float = 10.0,
                       rtol: float = 1e-9) -> ExactClassCosts:
     """Every A_c (t, K) of a label-linear model: `certify`'s bounds, then `solve_class_cost` wherever
     they differ. Pass `certificate` (from `certify(weights, labels, K)` with class bounds) to reuse it."""
@@ -595,7 +603,8 @@ SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, 
                    tuple[np.ndarray, np.ndarray]]
 
 
-def refine_ensemblecert(votes, cost_lower, cost_upper, num_classes: int, solve: SolveFn, *,
+def refine_ensemblecert(votes: ArrayLike, cost_lower: ArrayLike, cost_upper: ArrayLike, num_classes: int,
+                        solve: SolveFn, *,
                         budget_seconds: float | None = None, max_rounds: int = 100,
                         max_radius: int | None = None) -> RefinedEnsemble:
     """EnsembleCert (docs/math.md §4.3) with lazily refined per-partition costs.
@@ -646,6 +655,7 @@ def refine_ensemblecert(votes, cost_lower, cost_upper, num_classes: int, solve: 
             exhausted = True
             break
         pts = active[open_]
+        assert lo.plan is not None  # requested with return_plan=True
         plan = lo.plan[open_]
         ii, jj = np.nonzero(plan >= 0)
         pi, cls = pts[ii], plan[ii, jj]
@@ -813,9 +823,10 @@ class PartitionSolver:
     solver status), near_tie, rejected (problems of rows `accept` refused).
     """
 
-    def __init__(self, weights: Callable[[int, np.ndarray], np.ndarray], labels, num_classes: int, *,
+    def __init__(self, weights: Callable[[int, np.ndarray], np.ndarray], labels: Sequence[ArrayLike],
+                 num_classes: int, *,
                  time_limit: float = 10.0, rtol: float = 1e-9, model_tolerance: float = 0.0,
-                 accept: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None):
+                 accept: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
         if not callable(weights):
             raise TypeError("weights must be callable: weights(partition, rows) -> (len(rows), n_j) array")
         if accept is not None and not callable(accept):
@@ -828,7 +839,8 @@ class PartitionSolver:
         self.model_tolerance = check_positive("model_tolerance", model_tolerance, allow_zero=True)
         self.problems = self.optimal = self.timed_out = self.near_tie = self.rejected = 0
 
-    def __call__(self, points, partitions, classes, lower, upper, caps):
+    def __call__(self, points: np.ndarray, partitions: np.ndarray, classes: np.ndarray, lower: np.ndarray,
+                 upper: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new_lo = np.array(lower, dtype=np.float64)
         new_hi = np.array(upper, dtype=np.float64)
         for j in np.unique(partitions):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -106,7 +107,7 @@ def _prefer(s, a, b=None) -> np.ndarray:
     return (za > zb)[..., 0].sum(axis=1)
 
 
-def roe_predict(scores) -> np.ndarray:
+def roe_predict(scores: ArrayLike) -> np.ndarray:
     """Run-off election prediction for scores (..., M, K) of M base models: (...,) int64.
 
     The rule of ROE paper (see the module docstring); used by every certificate and brute force here.
@@ -177,7 +178,7 @@ def _dpa_roe_cases(s, e: _Election):
     return r1, r2
 
 
-def dpa_roe(scores, *, block_size: int | None = None) -> AggregateResult:
+def dpa_roe(scores: ArrayLike, *, block_size: int | None = None) -> AggregateResult:
     """Black-box DPA+ROE certificate (ROE paper) for base-model scores (t, M, K).
 
     prediction (t,) = roe_predict(scores); radius (t,) = min(CertR1, CertR2) - 1, a sound lower
@@ -198,7 +199,7 @@ def dpa_roe(scores, *, block_size: int | None = None) -> AggregateResult:
 DPA_STAR_SUMMATION = ("float64", "float32")
 
 
-def dpa_star_roe(scores, *, summation: str = "float64", block_size: int | None = None) -> AggregateResult:
+def dpa_star_roe(scores: ArrayLike, *, summation: str = "float64", block_size: int | None = None) -> AggregateResult:
     """DPA*+ROE (ROE paper): scores (t, N_p, V, K) of V base models per partition, summed per partition.
 
     One poison still touches one partition, so DPA+ROE applies unchanged to the summed scores
@@ -281,7 +282,7 @@ def _greedy_from_histogram(hist, gap) -> np.ndarray:
     return np.where(g2 <= 0, 0, np.where(ok, count, NO_ATTACK)).astype(np.int64).reshape(g.shape)
 
 
-def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
+def fa(votes: ArrayLike, shifts: ArrayLike, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
     """Finite Aggregation certificate (FA paper) for votes (t, k*d) of the k*d learners.
 
     Group h (one poison) reaches the d learners (h + s) mod (k*d), s in shifts. Plurality
@@ -328,7 +329,7 @@ def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> Agg
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
-def fa_roe(scores, shifts, *, block_size: int | None = None) -> AggregateResult:
+def fa_roe(scores: ArrayLike, shifts: ArrayLike, *, block_size: int | None = None) -> AggregateResult:
     """FA+ROE certificate (ROE paper) for learner scores (t, k*d, K); group h reaches learners (h + s) mod (k*d).
 
     prediction = roe_predict(scores); radius = min(CertR1, CertR2) - 1 with the greedy max-of-necessary-
@@ -793,8 +794,9 @@ def _joint_attack(rows, c1: int, c2: int, v, vc, cp, n1, n2) -> np.ndarray:
     return _as_attack(kj)
 
 
-def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int, *, joint="auto",
-                                   block_size: int | None = None, **certify_options) -> AggregateResult:
+def whitebox_roe_from_label_linear(weights_list: Sequence[ArrayLike], labels_list: Sequence[ArrayLike], num_classes: int,
+                                   *, joint: bool | str = "auto",
+                                   block_size: int | None = None, **certify_options: Any) -> AggregateResult:
     """White-box DPA+ROE for label-linear base models (docs/math.md §2-§3, §5).
 
     weights_list[m]: label weights W_m (t, n_m) of partition m's model; labels_list[m]: its labels

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -56,7 +57,7 @@ class _PartitionWeights:
         kern = make_kernel(cfg.kernel, max_block_bytes=kernel_block_bytes(cfg.execution))
         fn = kern.ntk if cfg.kernel.kind == "ntk" else kern.nngp
         self.evaluate = functools.partial(fn, dtype=np.dtype(cfg.kernel.dtype))
-        self.models: dict[int, object] = {}
+        self.models: dict[int, Any] = {}  # fitted learners (`make_learner(...).fit(...)`)
 
     def labels(self) -> list[np.ndarray]:
         return [self.plan.y_train[u.train_index] for u in self.units]
@@ -80,6 +81,17 @@ class _PartitionWeights:
                 G, self.plan.y_train[self.units[j].train_index], self.plan.num_classes)
             del G
         return self.models[j].label_weights(self.evaluate(self.plan.x_test[np.asarray(rows)], x))
+
+
+def _present(ev: Evidence, *names: str) -> list[np.ndarray]:
+    """The evidence fields `names`, which the stored units must provide (ValueError naming the first missing)."""
+    out = []
+    for name in names:
+        value = getattr(ev, name)
+        if value is None:
+            raise ValueError(f"the stored evidence has no {name!r}; the refinement needs it")
+        out.append(value)
+    return out
 
 
 def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], r: MethodResult, target, j: int,
@@ -106,8 +118,9 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
             ran_out = True
             break
         rows = np.arange(s0, min(t, s0 + B))
-        ev: Evidence = decode_block(read_stored_block(members, j, s0, rows[-1] + 1, fields))
-        L, U = ev.cost_lower.copy(), ev.cost_upper.copy()
+        ev = decode_block(read_stored_block(members, j, s0, rows[-1] + 1, fields))
+        lower, upper, pairs, fallback = _present(ev, "cost_lower", "cost_upper", "pair_costs", "fallback")
+        L, U = lower.copy(), upper.copy()
         if solved is not None:
             done_rows, done_lo, done_hi = solved
             pos = np.searchsorted(done_rows, rows)
@@ -117,7 +130,7 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
         solver = PartitionSolver(lambda m, rr: weights(m, rows[rr]), weights.labels(), plan.num_classes,
                                  time_limit=cfg.exactness.time_limit, model_tolerance=MODEL_TOLERANCE,
                                  accept=weights.matches(ev.scores, ev.votes))
-        res = refine_whitebox_roe(ev.scores, L, U, ev.pair_costs, solver, fallback=ev.fallback, budget_seconds=left,
+        res = refine_whitebox_roe(ev.scores, L, U, pairs, solver, fallback=fallback, budget_seconds=left,
                                   max_radius=n_train)
         ran_out |= res.budget_exhausted
         radius[rows] = np.maximum(radius[rows], np.minimum(res.radius, n_train))
@@ -195,15 +208,18 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
                                      time_limit=ex.time_limit, model_tolerance=MODEL_TOLERANCE,
                                      accept=weights.matches(ev.scores[open_rows], ev.votes[open_rows]))
             t1 = time.process_time()
-            res = refine_ensemblecert(ev.votes[open_rows], ev.cost_lower[open_rows], ev.cost_upper[open_rows],
+            lower, upper = _present(ev, "cost_lower", "cost_upper")
+            res = refine_ensemblecert(ev.votes[open_rows], lower[open_rows], upper[open_rows],
                                       plan.num_classes, solver, budget_seconds=left, max_radius=len(plan.y_train))
             exhausted |= res.budget_exhausted
             solved[(j, r.num_partitions)] = (open_rows, res.cost_lower, res.cost_upper)
-            radius, upper, exact = r.radius.copy(), r.radius_upper.copy(), before.copy()
+            if r.radius_upper is None:  # pragma: no cover - EnsembleCert always bounds from both sides
+                raise ValueError(f"{r.method} result of {r.learner}, N_p = {r.num_partitions} has no radius_upper")
+            radius, rad_up, exact = r.radius.copy(), r.radius_upper.copy(), before.copy()
             radius[open_rows] = np.maximum(radius[open_rows], res.radius_lower)
-            upper[open_rows] = np.minimum(upper[open_rows], res.radius_upper)
-            exact[open_rows] = radius[open_rows] == upper[open_rows]
-            out.append(dataclasses.replace(r, radius=radius, radius_upper=upper, exact=exact, exact_before=before))
+            rad_up[open_rows] = np.minimum(rad_up[open_rows], res.radius_upper)
+            exact[open_rows] = radius[open_rows] == rad_up[open_rows]
+            out.append(dataclasses.replace(r, radius=radius, radius_upper=rad_up, exact=exact, exact_before=before))
             entry.update(exact_fraction_after=float(exact.mean()), problems=res.problems, rounds=res.rounds,
                          time_limits=solver.timed_out, near_ties=solver.near_tie, rows_not_reproduced=solver.rejected,
                          partitions_refitted=len(weights.models), cpu_seconds=time.process_time() - t1)
