@@ -653,3 +653,25 @@ def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
                        np.ceil(np.where(np.isfinite(lo), lo, 5.0))):
             fits = roe._fits_budget(g3, g2, g1, need, price, budget)
             np.testing.assert_array_equal(fits, dp <= budget)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seeds, st.integers(2, 20), st.integers(3, 6))
+def test_whitebox_per_point_joint_is_block_independent_monotone_and_at_least_auto(seed, M, K):
+    rng = np.random.default_rng(seed)
+    t = 12
+    s, vc, pc = _wb_inputs(rng, t, M, K, "integer")
+    saved = roe._JOINT_BUDGET
+    roe._JOINT_BUDGET = int(rng.integers(20, 400))  # admitted for some points' gaps only
+    try:
+        one = roe.whitebox_roe(s, vc, pc, joint="per_point", block_size=1)
+        blocks = roe.whitebox_roe(s, vc, pc, joint="per_point", block_size=int(rng.integers(2, 13)))
+        auto = roe.whitebox_roe(s, vc, pc, joint="auto", block_size=int(rng.integers(1, 13)))
+        more = vc + rng.integers(0, 3, size=vc.shape)
+        higher = roe.whitebox_roe(s, more, pc, joint="per_point")
+    finally:
+        roe._JOINT_BUDGET = saved
+    np.testing.assert_array_equal(one.radius, blocks.radius)
+    assert np.all(auto.radius <= one.radius)
+    assert np.all(higher.radius >= one.radius)
+    assert np.all(one.radius >= roe.whitebox_roe(s, vc, pc, joint=False).radius)
