@@ -12,11 +12,12 @@ against relabelling every training label and recomputing every base model
 
 Prints tables and writes benchmarks/results/roe_tightness[_quick].json atomically.
 
-    .venv/bin/python -m benchmarks.roe_tightness --scaling {before,after} [--points 10000]
+    .venv/bin/python -m benchmarks.roe_tightness --scaling {before,after} [--points 10000] [--sizes 50 100 1000]
 
 White-box ROE aggregation CPU time against N_p (50, 100, 1,000; K = 10) on synthetic evidence
 (`scaling_inputs`), with black-box DPA+ROE on the same scores as the floor measured in the same
-process; stored under the given label in benchmarks/results/roe_whitebox_scaling.json. "before" is
+process; stored under the given label in benchmarks/results/roe_whitebox_scaling.json (rows of other
+N_p or point counts already there are kept, so sizes can be measured by separate invocations). "before" is
 measured with the previous implementation on the path (a kernelcert checkout before the batched
 pair loop), "after" with this one; the radii's checksum must agree.
 """
@@ -213,8 +214,9 @@ def scaling(points: int, seed: int, sizes=SCALING_SIZES) -> list[dict]:
     return rows
 
 
-def scaling_main(label: str, points: int, seed: int, argv) -> dict:
-    """Measure `scaling` and store it under `label` in roe_whitebox_scaling.json (other labels kept)."""
+def scaling_main(label: str, points: int, seed: int, argv, sizes=SCALING_SIZES) -> dict:
+    """Measure `scaling` and store it under `label` in roe_whitebox_scaling.json (other labels, and rows
+    of other (N_p, points), kept)."""
     import json
 
     import kernelcert
@@ -222,7 +224,11 @@ def scaling_main(label: str, points: int, seed: int, argv) -> dict:
 
     path = result_path("roe_whitebox_scaling", False)
     result = json.loads(path.read_text()) if path.exists() else {}
-    entry = {"rows": scaling(points, seed), "kernelcert": kernelcert.__file__}
+    rows = scaling(points, seed, sizes)
+    new = {(r["num_partitions"], r["points"]) for r in rows}
+    kept = [r for r in result.get(label, {}).get("rows", []) if (r["num_partitions"], r["points"]) not in new]
+    entry = {"rows": sorted(kept + rows, key=lambda r: (r["num_partitions"], r["points"])),
+             "kernelcert": kernelcert.__file__}
     stamp(entry, "roe_tightness", False, argv)
     result[label] = entry
     write_result("roe_whitebox_scaling", result, False)
@@ -276,9 +282,10 @@ def main(argv=None):
     ap.add_argument("--scaling", choices=("before", "after"), default=None,
                     help="only the white-box ROE scaling measurement, stored under this label")
     ap.add_argument("--points", type=int, default=10_000, help="test points of the scaling measurement")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SCALING_SIZES), help="N_p of the scaling measurement")
     args = ap.parse_args(argv)
     if args.scaling:
-        return scaling_main(args.scaling, args.points, args.seed, argv)
+        return scaling_main(args.scaling, args.points, args.seed, argv, tuple(args.sizes))
     rng = np.random.default_rng(args.seed)
     trials_bb, trials_wb = (300, 200) if args.quick else (1500, 1000)
     t0 = time.perf_counter()
