@@ -99,7 +99,9 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
     """White-box ROE of one (learner, N_p): `refine_whitebox_roe` over blocks of test points (the
     aggregation's block size), starting from the stored cost bounds tightened by `solved` (rows, lower,
     upper of the EnsembleCert step on the same models, or None). Returns the result with raised radii,
-    its summary entry and whether the budget ran out (the points not examined count as not resolved)."""
+    its summary entry and whether the budget ran out. The entry lists the examined points left
+    unresolved (`points_unresolved`, test-point indices); points the budget did not reach
+    (`points_examined` < t) count as unresolved in the fractions."""
     t0 = time.process_time()
     t = len(plan.y_test)
     n_train = len(plan.y_train)
@@ -143,16 +145,17 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
     entry = {"learner": r.learner, "num_partitions": r.num_partitions, "method": r.method,
              "resolved_fraction_before": float(before.mean()), "resolved_fraction_after": float(after.mean()),
              "radius_raised": int(np.count_nonzero(radius > r.radius)), "points_examined": int(examined.sum()),
-             "points_unresolved": np.flatnonzero(~after).tolist(), **counts,
+             "points_unresolved": np.flatnonzero(examined & ~after).tolist(), **counts,
              "partitions_refitted": len(weights.models), "cpu_seconds": time.process_time() - t0}
     return dataclasses.replace(r, radius=radius), entry, ran_out
 
 
 def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], results: list[MethodResult],
                    run_seconds: float) -> tuple[list[MethodResult], dict]:
-    """Refine every EnsembleCert result whose radius is not proven exact everywhere. `run_seconds`: the
-    run's wall time so far (the recorded unit times are used when larger, e.g. on a resumed run).
-    Returns the results (EnsembleCert ones with `exact_before` set) and the summary block `exactness`."""
+    """Refine every EnsembleCert result whose radius is not proven exact everywhere, and every white-box
+    ROE result (`_refine_whitebox`). `run_seconds`: the run's wall time so far (the recorded unit times
+    are used when larger, e.g. on a resumed run). Returns the results (EnsembleCert ones with
+    `exact_before` set, white-box ROE ones with raised radii) and the summary block `exactness`."""
     ex = cfg.exactness
     # the run's time: this process so far, or the recorded unit times when units were reused
     unit_seconds = sum(float(f.meta()["seconds"]["total"]) for f in files.values())
