@@ -4,6 +4,7 @@
                                                         # N_p 10/50/100
     .venv/bin/python -m benchmarks.exactness --n-train 60000 --n-test 300 --partitions 100 50 --gap-points 30
     .venv/bin/python -m benchmarks.exactness --n-train 60000 --n-test 300 --partitions 10 --gap-points 30
+    .venv/bin/python -m benchmarks.exactness --n-train 10000 --n-test 300 --partitions 50 --gap-points 10
     .venv/bin/python -m benchmarks.exactness --quick    # n_train 2,000, 200 test points, N_p 10/50
 
 Each invocation adds (or replaces) one run, keyed by (n_train, n_test, N_p list), in the result file.
