@@ -208,7 +208,8 @@ def scaling(points: int, seed: int, sizes=SCALING_SIZES) -> list[dict]:
             digest.update(res.radius.astype(np.int64).tobytes())
             digest.update(res.prediction.astype(np.int64).tobytes())
         rows.append({"num_partitions": M, "points": points, "cpu_s": round(cpu_wb, 2),
-                     "floor_dpa_roe_cpu_s": round(cpu_floor, 2), "ratio_to_floor": round(cpu_wb / max(cpu_floor, 1e-9), 1),
+                     "floor_dpa_roe_cpu_s": round(cpu_floor, 2),
+                     "ratio_to_floor": round(cpu_wb / max(cpu_floor, 1e-9), 1),
                      "radii_sha256": digest.hexdigest()[:16]})
         print(rows[-1], flush=True)
     return rows

@@ -1,4 +1,4 @@
-"""Exact per-class costs at partition scale and EnsembleCert radii refined until proven (docs/math.md §3.3, §4.3, §4.4).
+"""Exact per-class costs at partition scale; EnsembleCert and white-box ROE radii refined (docs/math.md §3.3, §4.4).
 
 `certify` brackets each per-class cost A_c (fewest label flips after which one label-linear model
 predicts c) between a sound lower bound and a verified attack. This module closes the gaps that
@@ -711,7 +711,8 @@ class RefinedWhiteboxROE:
     budget_exhausted: bool
 
 
-def _whitebox_attack(scores: np.ndarray, vote_costs: np.ndarray, pair_costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _whitebox_attack(scores: np.ndarray, vote_costs: np.ndarray,
+                     pair_costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, attack size = radius + 1, NO_ATTACK when none) of whitebox_roe per point."""
     res = whitebox_roe(scores, vote_costs, pair_costs, joint="per_point")
     return res.prediction, np.where(res.radius >= NO_ATTACK, NO_ATTACK, res.radius + 1)
@@ -746,7 +747,8 @@ def refine_whitebox_roe(scores: ArrayLike, cost_lower: ArrayLike, cost_upper: Ar
     U = np.array(cost_upper, dtype=np.float64)
     P = np.asarray(pair_costs, dtype=np.float64)
     if L.shape != s.shape or U.shape != s.shape:
-        raise ValueError(f"cost_lower and cost_upper must have shape (t, N_p, K) = {s.shape}, got {L.shape} and {U.shape}")
+        raise ValueError(f"cost_lower and cost_upper must have shape (t, N_p, K) = {s.shape}, "
+                         f"got {L.shape} and {U.shape}")
     if P.shape != s.shape + (K,):
         raise ValueError(f"pair_costs must have shape (t, N_p, K, K) = {s.shape + (K,)}, got {P.shape}")
     if np.any(L > U):

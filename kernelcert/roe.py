@@ -682,8 +682,8 @@ def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) ->
 
 
 def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bounds (lower, upper) (Q,) and the unit price lam (Q,) of the LP, for the summed-gap knapsack: gain 3 at gain3, gain 2 at gain2 (a
-    partition voting c_pred), gain 1 at gain1 (Q, M), total gain >= need (Q,).
+    """Bounds (lower, upper) (Q,) and the LP's unit price lam (Q,) for the summed-gap knapsack: gain 3
+    at gain3, gain 2 at gain2 (a partition voting c_pred), gain 1 at gain1 (Q, M), total gain >= need (Q,).
 
     Lower: the LP relaxation, the `need` cheapest unit slopes of each partition's lower convex hull
     of (0, 0), (2, gain2), (3, gain3) [and (1, gain1)] (greedy is optimal for the LP since each
@@ -716,7 +716,8 @@ def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, n
     np.put_along_axis(taken, order, np.arange(4 * M)[None, :] < n[:, None], axis=1)
     taken = taken.reshape(Q, M, 4)
     units_a = taken[:, :, :3].sum(axis=2)
-    whole = np.where(two_then_one, np.where(units_a == 3, 3, np.where(units_a >= 1, 2, 0)), np.where(units_a >= 1, 3, 0))
+    whole = np.where(two_then_one, np.where(units_a == 3, 3, np.where(units_a >= 1, 2, 0)),
+                     np.where(units_a >= 1, 3, 0))
     cost_a = np.where(whole == 0, 0.0, np.where(whole == 2, gain2, gain3))
     cost_b = np.where(taken[:, :, 3], gain1, 0.0)
     rounded = cost_a.sum(axis=1) + cost_b.sum(axis=1)
@@ -794,8 +795,8 @@ def _joint_attack(rows, c1: int, c2: int, v, vc, cp, n1, n2) -> np.ndarray:
     return _as_attack(kj)
 
 
-def whitebox_roe_from_label_linear(weights_list: Sequence[ArrayLike], labels_list: Sequence[ArrayLike], num_classes: int,
-                                   *, joint: bool | str = "auto",
+def whitebox_roe_from_label_linear(weights_list: Sequence[ArrayLike], labels_list: Sequence[ArrayLike],
+                                   num_classes: int, *, joint: bool | str = "auto",
                                    block_size: int | None = None, **certify_options: Any) -> AggregateResult:
     """White-box DPA+ROE for label-linear base models (docs/math.md §2-§3, §5).
 

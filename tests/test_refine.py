@@ -263,8 +263,8 @@ def test_refined_whitebox_roe_matches_the_certificate_at_exact_costs(kind):
         ev = whitebox_problem(Ws, ys, K)
         A = np.stack([brute_force_certificate(W, y, K).class_costs for W, y in zip(Ws, ys)], 1)
         fb = ev.fallback
-        truth = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, A), np.where(fb[..., None, None], 1.0, ev.pair_costs),
-                             joint="per_point").radius
+        truth = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, A),
+                             np.where(fb[..., None, None], 1.0, ev.pair_costs), joint="per_point").radius
         run = whitebox_roe(ev.scores, *ev.roe_costs())  # what the run reports before refinement
         solver = PartitionSolver(lambda j, rows: Ws[j][rows], ys, K)
         res = refine_whitebox_roe(ev.scores, ev.cost_lower, ev.cost_upper, ev.pair_costs, solver, fallback=fb)
