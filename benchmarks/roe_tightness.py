@@ -224,8 +224,8 @@ def scaling_main(label: str, points: int, seed: int, argv, sizes=SCALING_SIZES) 
     from benchmarks._common import result_path
 
     path = result_path("roe_whitebox_scaling", False)
-    result = json.loads(path.read_text()) if path.exists() else {}
     rows = scaling(points, seed, sizes)
+    result = json.loads(path.read_text()) if path.exists() else {}  # read after measuring: other runs may have written
     new = {(r["num_partitions"], r["points"]) for r in rows}
     kept = [r for r in result.get(label, {}).get("rows", []) if (r["num_partitions"], r["points"]) not in new]
     entry = {"rows": sorted(kept + rows, key=lambda r: (r["num_partitions"], r["points"])),
