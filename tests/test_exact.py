@@ -224,11 +224,8 @@ def test_labelcert_equals_brute_force_on_label_linear_ties():
 def test_labelcert_time_limit_is_flagged_not_exact(monkeypatch):
     Kt, Kx, y = rbf_problem(5, 2, 2, 5)
 
-    def fake_solve(prob, time_limit):
-        return "user_limit"
-
-    monkeypatch.setattr(exact, "_solve_highs", fake_solve)
-    monkeypatch.setattr(exact, "_dual_bound", lambda prob: 1.7)
+    monkeypatch.setattr(exact, "_solve_highs_model", lambda model: "time_limit")
+    monkeypatch.setattr(exact._AttackMilp, "dual_bound", lambda self: 1.7)
     monkeypatch.setattr(exact, "_greedy_svm_attack", lambda *a, **k: None)  # no upper bound either
     lc = labelcert_svm_milp(Kt, y, Kx, 10.0, 2, time_limit=1.0)
     assert not lc.exact.any() and lc.stopped_early.all()
