@@ -539,8 +539,46 @@ def _svm_margin(Kt: np.ndarray, labels: np.ndarray, K: int, C: float, kx: np.nda
     return float(f[p] - rival)
 
 
-def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int = 4):
+def _beam_svm_attack(retrain: "_Retrainer", y: np.ndarray, kx: np.ndarray, p: int, budget: int,
+                     attack_works: Callable[[np.ndarray], bool], width: int = 8) -> np.ndarray | None:
+    """A verified attack (labels (n,)) found by beam search, or None within `budget` flips.
+
+    Level s keeps the `width` relabellings of s samples with the smallest retrained margin
+    f_p - max_c f_c (`_Retrainer.margin`); level s + 1 retrains every one-flip extension of them.
+    The first relabelling that clearly changes the prediction and passes `attack_works` is returned:
+    an upper bound on the attack size, never used as a lower bound.
+    """
+    n, K = len(y), retrain.K
+    beam = [y.copy()]
+    for _ in range(budget):
+        scored = []
+        seen = set()
+        for lab in beam:
+            for j in np.flatnonzero(lab == y):
+                for c in range(K):
+                    if c == y[j]:
+                        continue
+                    trial = lab.copy()
+                    trial[j] = c
+                    key = trial.tobytes()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    verdict, gap = retrain.margin(trial, kx, p)
+                    if verdict == -1 and attack_works(trial):
+                        return trial
+                    scored.append((gap, key, trial))
+        if not scored:
+            return None
+        scored.sort(key=lambda e: (e[0], e[1]))
+        beam = [e[2] for e in scored[:width]]
+    return None
+
+
+def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int = 4, retrain=None):
     """A verified attack (labels (n,)) on the SVM at C found greedily, or None within `budget` flips.
+
+    With a usable `_Retrainer` this is the beam search `_beam_svm_attack`; otherwise:
 
     Each step ranks the untouched samples by the first-order change of f_p - f_c when one label is
     flipped to c with the current duals held fixed (the label-linear picture), retrains the SVM for
@@ -548,7 +586,8 @@ def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int
     it returns has passed `attack_works` (retraining); it only ever serves as an upper bound and
     to tighten the MILP's budget.
     """
-    n = len(y)
+    if retrain is not None and retrain.usable:
+        return _beam_svm_attack(retrain, y, kx, p, budget, attack_works)
     lab = y.copy()
     for _ in range(budget):
         ypm = np.stack([np.where(lab == k, 1.0, -1.0) for k in range(1 if K == 2 else K)])
@@ -621,13 +660,17 @@ class _Retrainer:
         """+1: the retrained SVM clearly keeps predicting p (every rival strictly below f_p by more than
         the error bound); -1: some class clearly beats p; 0: within the error bound (a near tie);
         None: no certified solve (use the MILP)."""
+        return self.margin(labels, kx, p)[0]
+
+    def margin(self, labels: np.ndarray, kx: np.ndarray, p: int) -> tuple[int | None, float]:
+        """(`decide`'s verdict, f_p - max_{c != p} f_c of the retrained SVM)."""
         f = np.empty(self.problems)
         err = 0.0
         for k in range(self.problems):
             signs = np.where(labels == k, 1.0, -1.0)
             solved = self._solve(signs, self.start[k])
             if solved is None:
-                return None
+                return None, np.inf
             b, res = solved
             bound = (1.0 + self.L) / min(self.mu, 1.0) * np.sqrt(self.n) * res
             f[k] = self.C * float(kx @ (signs * b))
@@ -636,11 +679,12 @@ class _Retrainer:
             f = np.array([f[0], -f[0]])
         gap = f[p] - np.delete(f, p)  # f_p - f_c for every rival c
         tol = 2 * err + 1e-9 * float(np.max(np.abs(f)))
+        low = float(gap.min())
         if np.all(gap > tol):
-            return 1
+            return 1, low
         if np.any(gap < -tol):
-            return -1
-        return 0
+            return -1, low
+        return 0, low
 
 
 def _count_attacks(n: int, K: int, size: int) -> int:
@@ -744,7 +788,8 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
         # MILP then only has to look for strictly smaller attacks (or prove there are none).
         greedy = None
         if C > clean.C_max:
-            greedy = _greedy_svm_attack(Kt, y, K, C, Kx[i], p, budget, lambda lab: attack_works(lab, i, p))
+            greedy = _greedy_svm_attack(Kt, y, K, C, Kx[i], p, budget, lambda lab: attack_works(lab, i, p),
+                                        retrain=retrain)
         best, best_lab = (None, None) if greedy is None else (int(np.count_nonzero(greedy != y)), greedy)
         if best == 1:  # one flip suffices: radius 0, nothing smaller to look for
             radius[i] = upper[i] = 0
