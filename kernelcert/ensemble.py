@@ -26,7 +26,8 @@ from .voting import (
 
 __all__ = [
     "NO_ATTACK", "AggregateResult", "EnsembleBounds", "vote_counts", "plurality", "dpa", "dpa_from_scores",
-    "dpa_from_counts", "min_cost_gain12", "ensemblecert", "ensemblecert_bounds", "dpa_roe", "fa", "fa_roe", "dpa_star_roe", "whitebox_roe",
+    "dpa_from_counts", "min_cost_gain12", "ensemblecert", "ensemblecert_bounds", "dpa_roe", "fa", "fa_roe",
+    "dpa_star_roe", "whitebox_roe",
 ]
 
 EnsembleBounds = AggregateResult  # former name of ensemblecert_bounds' result (now radius / radius_upper / exact)
@@ -158,7 +159,8 @@ def _run(v, cost_arrays, names, K, method, return_plan, max_radius, block_size):
     return pred, [radius_from_cost(c, max_radius) for c in costs], target, plan
 
 
-def ensemblecert(votes: npt.ArrayLike, costs: npt.ArrayLike, num_classes: int, *, return_plan: bool = False, method: str = "auto",
+def ensemblecert(votes: npt.ArrayLike, costs: npt.ArrayLike, num_classes: int, *, return_plan: bool = False,
+                 method: str = "auto",
                  max_radius: int | None = None, block_size: int | None = None) -> AggregateResult:
     """White-box EnsembleCert radius from per-partition class costs (docs/math.md §4).
 
@@ -178,7 +180,8 @@ def ensemblecert(votes: npt.ArrayLike, costs: npt.ArrayLike, num_classes: int, *
     return AggregateResult(prediction=pred, radius=radius, plan=plan, target=target)
 
 
-def ensemblecert_bounds(votes: npt.ArrayLike, cost_lower: npt.ArrayLike, cost_upper: npt.ArrayLike, num_classes: int, *, method: str = "auto",
+def ensemblecert_bounds(votes: npt.ArrayLike, cost_lower: npt.ArrayLike, cost_upper: npt.ArrayLike, num_classes: int,
+                        *, method: str = "auto",
                         max_radius: int | None = None, block_size: int | None = None) -> AggregateResult:
     """EnsembleCert from lower- and upper-bound costs (t, N_p, K) (e.g. Certificate.cost_lower /
     cost_upper per partition): AggregateResult with radius (sound, from the lower costs),

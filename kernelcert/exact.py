@@ -18,9 +18,11 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ._validation import as_float_array, check_columns, check_gram, check_int, check_labels, check_same_length
@@ -48,7 +50,7 @@ class BruteForceResult:
     class_costs: np.ndarray
     max_flips: int
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.radius, self.class_costs))
 
 
@@ -100,7 +102,8 @@ def _finish(prediction: np.ndarray, class_costs: np.ndarray, budget: int) -> Bru
                             max_flips=budget)
 
 
-def brute_force_certificate(weights, labels, num_classes=None, max_flips: int | None = None) -> BruteForceResult:
+def brute_force_certificate(weights: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int | None = None,
+                            max_flips: int | None = None) -> BruteForceResult:
     """Exact certificate of a label-linear model by enumerating every relabelling within `max_flips`.
 
     weights W (t, n), labels (n,) in 0..K-1. Each relabelling y' gets scores `W @ onehot(y')`
@@ -126,10 +129,12 @@ def brute_force_certificate(weights, labels, num_classes=None, max_flips: int | 
             prediction = pred[:, 0]
         seen = (pred[:, :, None] == classes).any(axis=1)  # (t, K)
         costs = np.where(seen & np.isinf(costs), float(d), costs)
+    assert prediction is not None  # distance 0 (the clean labels) is always enumerated first
     return _finish(prediction, costs, budget)
 
 
-def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels, num_classes=None,
+def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels: npt.ArrayLike,
+                        num_classes: int | None = None,
                         max_flips: int | None = None) -> BruteForceResult:
     """Model-independent oracle: retrain from scratch on every relabelling within `max_flips`.
 
@@ -159,6 +164,7 @@ def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels,
                 raise ValueError(f"fit_predict returned {len(pred)} predictions, earlier {costs.shape[0]}")
             hit = np.isinf(costs[np.arange(len(pred)), pred])
             costs[np.arange(len(pred))[hit], pred[hit]] = float(d)
+    assert prediction is not None and costs is not None  # distance 0 (the clean labels) comes first
     return _finish(prediction, costs, budget)
 
 
@@ -226,8 +232,9 @@ def _class_cost_problem(n: int, K: int, c: int):
     return prob, w, cost, marg, z
 
 
-def milp_class_costs(weights, labels, num_classes=None, targets=None, *, margin: float = 1e-6,
-                     time_limit: float | None = None) -> np.ndarray:
+def milp_class_costs(weights: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int | None = None,
+                     targets: npt.ArrayLike | None = None, *, margin: float = 1e-6,
+                     time_limit: float | None = None) -> npt.NDArray[np.float64]:
     """Exact per-class costs A_c (t, K) of a label-linear model by MILPs per (test point, class).
 
     A_c = fewest flips after which the prediction IS c: binary one-hot new labels z (n, K),
@@ -313,7 +320,7 @@ class LabelCertResult:
     C_max: float
     stopped_early: np.ndarray | None = None
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         return np.asarray(self.radius, dtype=dtype)
 
 
@@ -463,10 +470,9 @@ class _AttackMilp:
                 self.logit_rows[c] = int(rows([(np.concatenate([wc, ac, wp, ap, [sel[c]]])[None, :],
                                                 np.concatenate([2 * kx, -kx, -2 * kx, kx, [-self.bigm]])[None, :])],
                                               0.0, inf)[0])
-        for i, j in _duplicate_pairs(G, kx, y):  # flipped_j <= flipped_i  <=>  Z[i, y_i] - Z[j, y_j] <= 0
-            rows([(np.array([[Z[i, y[i]], Z[j, y[j]]]]), np.array([[1.0, -1.0]]))], -inf, 0.0)
+        for di, dj in _duplicate_pairs(G, kx, y):  # flipped_j <= flipped_i  <=>  Z[i, y_i] - Z[j, y_j] <= 0
+            rows([(np.array([[Z[di, y[di]], Z[dj, y[dj]]]]), np.array([[1.0, -1.0]]))], -inf, 0.0)
         self.Z = Z
-        import scipy.sparse as sp  # scipy is a dependency of kernelcert (learners)
 
         A = sp.csr_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(nrow, ncol))
         A.sum_duplicates()
@@ -504,11 +510,6 @@ class _AttackMilp:
     def set_margins(self, marg: dict[int, float]) -> None:
         for c, row in self.logit_rows.items():
             self.h.changeRowBounds(row, float(marg[c]) - self.bigm, np.inf)
-
-    def set_start(self, labels: np.ndarray) -> None:
-        """A MIP start: the one-hot labels of a verified attack (HiGHS completes the other variables)."""
-        onehot_z = (labels[:, None] == np.arange(self.K)).astype(np.float64)
-        self.h.setSolution(int(onehot_z.size), self.Z.ravel().astype(np.int32), onehot_z.ravel())
 
     def solve(self) -> str:
         self.h.run()
@@ -613,6 +614,7 @@ def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int
             m = _svm_margin(Kt, trial, K, C, kx, p)
             if best is None or m < best[0]:
                 best = (m, trial)
+        assert best is not None  # options is not empty
         lab = best[1]
         if attack_works(lab):
             return lab
@@ -639,7 +641,10 @@ class _Retrainer:
         self.problems = 1 if K == 2 else K
         self.start = [np.ones(self.n)] * self.problems
         if self.usable:
-            self.start = [self._solve(np.where(y == k, 1.0, -1.0), np.ones(self.n))[0] for k in range(self.problems)]
+            for k in range(self.problems):
+                solved = self._solve(np.where(y == k, 1.0, -1.0), np.ones(self.n))
+                if solved is not None:
+                    self.start[k] = solved[0]
 
     def _solve(self, signs: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float] | None:
         """(b, projected-gradient residual) of the scaled dual for these signs: active-set steps from
@@ -717,35 +722,46 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
     return max_size, None
 
 
-def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
+def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_train: npt.ArrayLike, C: float | None,
+                       num_classes: int | None = None,
                        max_flips: int | None = None, *, time_limit: float | None = DEFAULT_MILP_TIME_LIMIT,
                        margin: float = 1e-6, exhaustive_limit: int = 20_000,
                        progress: bool = False) -> LabelCertResult:
     """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, LabelCert paper).
 
-    K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
-    test point minimises the number of flips subject to "the retrained SVM's prediction differs from
-    the clean prediction p", the SVM being encoded exactly by the KKT conditions of every class's
-    dual (see `_AttackMilp`; HiGHS through highspy). Cost grows quickly with n, K and C / C_max:
-    measured on 2 cores, n = 20 binary takes 0.15 s per point at C = C_max / 2 and 7 s at 3 C_max;
-    n = 14 with K = 3 at 5 C_max did not finish within 60 s (use `time_limit`).
+    K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). Per test point
+    with clean prediction p, the fewest flips after which the retrained SVM's prediction differs
+    from p, found in three steps:
 
-    Soundness: the first MILP is a relaxation (ties count as attacks for every class; slack covers
-    dropped tiny coefficients), so its optimum m0 is a lower bound on the true attack size. Its
-    attack is re-checked by retraining the SVM (QP) on the attacked labels; if it does not change the
-    prediction (a tie or a solver tolerance), the MILP is re-solved with strict margins (`margin`,
-    relative to the test row's largest kernel entry). The radius is exact (m0 - 1) when a verified
-    attack of size m0 exists; otherwise the point is flagged `exact=False` with radius = m0 - 1 (sound
-    lower bound) and radius_upper from the best verified attack. When `time_limit` (seconds per
-    MILP; default DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is
-    the solver's proven bound minus one, flagged `exact=False` and `stopped_early=True`.
-    Budget: `max_flips` (radius = budget when nothing within it changes the prediction).
+    1. Above C_max, a verified attack (`_greedy_svm_attack`: beam search over one-flip extensions
+       ranked by the retrained margin, every candidate retrained): an upper bound g. An attack of
+       one flip settles the point (radius 0).
+    2. Exhaustive retraining (`_exhaustive_small_attacks`): every relabelling of 1, 2, ... samples
+       is retrained while at most `exhaustive_limit` relabellings are tried in all (0 = skip this
+       step). Each retrained margin comes with a certified error bound (`_Retrainer`: unique dual
+       optimum on a positive definite K_train, error bound of a strongly convex box QP); sizes whose
+       every relabelling clearly keeps p are excluded, an attack that clearly changes p and passes
+       retraining by `KernelSVM` is the answer, and a near tie (margin within the error bound) or a
+       singular K_train hands the rest to the MILP.
+    3. The MILP (`_AttackMilp`, HiGHS through highspy, one model per test point) minimises the
+       flips over the attack sizes still open: its budget row runs from the proven lower bound to
+       g - 1 (or `max_flips`), so it only looks for strictly smaller attacks and its infeasibility
+       proves the attack optimal. The first solve is a relaxation (ties count as attacks for every
+       class; slack covers dropped tiny coefficients), so its optimum m0 is a lower bound; its
+       attack is re-checked by retraining, and if it does not change the prediction (a tie or a
+       solver tolerance) the MILP is re-solved with strict margins (`margin`, relative to the test
+       row's largest kernel entry).
 
-    Above C_max a verified attack is searched first (`_greedy_svm_attack`: greedy flips ranked by
-    the fixed-dual first-order effect, each step retrained): an attack of one flip settles the
-    point (radius 0) without a MILP; otherwise the MILP's budget becomes (attack size - 1), so it
-    only looks for strictly smaller attacks and its infeasibility proves the attack optimal.
-    progress=True shows a progress bar over the test points (tqdm).
+    The radius is exact (m - 1) when a verified attack of size m exists and no smaller one does;
+    otherwise the point is flagged `exact=False` with radius = (proven lower bound) - 1 and
+    radius_upper from the best verified attack. When `time_limit` (seconds per MILP solve; default
+    DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is the solver's
+    proven bound minus one, flagged `exact=False` and `stopped_early=True`. Budget: `max_flips`
+    (radius = budget when nothing within it changes the prediction). Measured (one core, binary
+    Gaussians, NTK of a one-hidden-layer ReLU net; benchmarks/published.py): n = 10-20 at 2-5 C_max
+    take well under a second per point; at n = 50 the MILP can stay open at the time limit (the
+    bracket [radius, radius_upper] is then reported). progress=True shows a progress bar over the
+    test points (tqdm).
     """
     Kt = check_gram(K_train, name="K_train")
     Kt = 0.5 * (Kt + Kt.T)
@@ -773,7 +789,8 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     upper = np.empty(t, np.int64)
     exact = np.zeros(t, bool)
     stopped = np.zeros(t, bool)
-    attacks, statuses = [], []
+    attacks: list[np.ndarray | None] = []
+    statuses: list[str] = []
     points = tqdm(range(t), desc="LabelCert MILP", unit="point", disable=not progress)
     for i in points:
         p = int(prediction[i])
@@ -835,6 +852,7 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
                 if 1 <= size <= milp_budget and attack_works(lab, i, p):
                     best, best_lab = size, lab
                     break
+        assert lower is not None  # every path above proves a lower bound
         lower = min(lower, budget + 1)
         radius[i] = lower - 1
         if best is not None:
@@ -870,7 +888,7 @@ def weak_orderings(num_classes: int) -> np.ndarray:
     return _weak_orderings_cached(int(num_classes))
 
 
-def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000) -> np.ndarray:
+def brute_force_roe_radius(scores: npt.ArrayLike, shifts: npt.ArrayLike | None = None, *, max_configs: int = 2_000_000) -> np.ndarray:
     """Exact black-box radius (t,) of DPA+ROE (shifts=None) or FA+ROE by enumerating every attack.
 
     scores (t, L, K). A poison in group h controls learners (h + s) mod L (DPA+ROE: one learner);
@@ -907,7 +925,7 @@ def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000)
     return out
 
 
-def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
+def brute_force_fa_radius(votes: npt.ArrayLike, shifts: npt.ArrayLike, num_classes: int) -> np.ndarray:
     """Exact black-box radius (t,) of plurality FA by enumerating the poisoned groups (L when none)."""
     v = check_votes(votes, num_classes)
     t, L = v.shape
@@ -933,7 +951,8 @@ def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
     return out
 
 
-def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs: int = 500_000) -> np.ndarray:
+def brute_force_cost_model_radius(scores: npt.ArrayLike, vote_costs: npt.ArrayLike, pair_costs: npt.ArrayLike, *,
+                                  max_configs: int = 500_000) -> np.ndarray:
     """Exact radius (t,) of ROE in the most generous world consistent with whitebox_roe's cost bounds.
 
     Every base model m may be turned into any weak ordering of the classes, at cost max(1,
@@ -970,7 +989,9 @@ def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs
     return out
 
 
-def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: int, max_flips: int | None = None):
+def brute_force_label_flip_roe_radius(weights_list: Sequence[npt.ArrayLike], labels_list: Sequence[npt.ArrayLike],
+                                      num_classes: int, max_flips: int | None = None
+                                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Exact label-flip radius (t,) of ROE over label-linear partitions by relabelling every label.
 
     Recomputes each base model's scores W_m @ onehot(y'_m) for every relabelling with at most

@@ -229,15 +229,15 @@ def knapsack_dp(options: list[tuple[int, npt.ArrayLike]], need: npt.ArrayLike, k
             shifted[:, :k] = 0.0
             shifted[:, k:] = f[:, :G + 1 - k]
             shifted += cost[:, i:i + 1]
-            if keep_choices:
+            if pick is not None:
                 better = shifted < new
                 pick[better] = gain
             np.minimum(new, shifted, out=new)
-        if keep_choices:
+        if tables is not None and pick is not None:
             tables[i] = pick
         f = new
     cost = np.where(need <= 0, 0.0, f[np.arange(B), np.clip(need, 0, G)])
-    if not keep_choices:
+    if tables is None:
         return cost, None
     choice = np.zeros((B, N), np.int8)
     g = np.clip(need, 0, G)
@@ -346,6 +346,7 @@ def _knapsack_sorted(gain1, gain2, need, keep_choices: bool = False):
         gain_sorted[use_in, :] = np.where(pos[0] <= kk[use_in, None], 2, 0)
         j = np.where(use_in, j_in, j_out)
         gain_sorted[rows[e1], j[e1]] = 1
+        assert corder is not None  # set above whenever a concave partition exists
         np.put_along_axis(choice, corder, gain_sorted, axis=1)
     m_star = np.where(ok, np.clip(need - 2 * k_star - e_star, 0, 2 * N), 0)
     taken = np.arange(2 * N)[None, :] < m_star[:, None]
@@ -374,7 +375,7 @@ def knapsack_solver(method: str) -> Callable[..., tuple[np.ndarray, np.ndarray |
 
 def min_cost_gain12(gain1: npt.ArrayLike, gain2: npt.ArrayLike, need: npt.ArrayLike, *, method: str = "auto",
                     return_choice: bool = False
-                    ) -> npt.NDArray[np.float64] | tuple[npt.NDArray[np.float64], npt.NDArray[np.int8]]:
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Multiple-choice knapsack: minimum total cost with total gain >= need (B,).
 
     Each of N partitions is left alone (gain 0, cost 0), or gains 1 at cost gain1 (B, N) or 2 at

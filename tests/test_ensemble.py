@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernelcert.ensemble import (
-    NO_ATTACK, AggregateResult, EnsembleBounds, dpa, dpa_from_scores, ensemblecert, ensemblecert_bounds, min_cost_gain12, plurality,
-    vote_counts,
+    NO_ATTACK, AggregateResult, EnsembleBounds, dpa, dpa_from_scores, ensemblecert, ensemblecert_bounds,
+    min_cost_gain12, plurality, vote_counts,
 )
 from kernelcert.voting import argmax_votes, knapsack_dp
 
