@@ -636,7 +636,8 @@ class _Retrainer:
     def __init__(self, Kt: np.ndarray, y: np.ndarray, K: int, C: float):
         self.Kt, self.K, self.C, self.n = Kt, K, C, len(y)
         ev = np.linalg.eigvalsh(Kt)
-        self.mu, self.L = C * float(ev[0]), C * float(ev[-1])
+        rounding = self.n * np.finfo(np.float64).eps * float(np.abs(ev).max(initial=0.0))  # eigvalsh's error
+        self.mu, self.L = C * (float(ev[0]) - rounding), C * (float(ev[-1]) + rounding)
         self.usable = bool(ev[0] > 1e-8 * max(ev[-1], 0.0)) and self.n > 0
         self.problems = 1 if K == 2 else K
         self.start = [np.ones(self.n)] * self.problems
