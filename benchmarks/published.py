@@ -276,7 +276,8 @@ def markdown(result: dict) -> str:
            "vectorised passes over the (t, K) counts, so no implementation can be 20x faster than it; kernelcert's "
            "time is reported as a multiple of one `numpy.argmax` over the same array (below 1: cheaper than the "
            "published script's first line alone). numpy's argmax along a short last axis (K = 10) costs about 10x "
-           "a streaming read; the compiled pass runs near the read floor. The transcriptions use numpy where the "
+           "a streaming read of the same array; kernelcert's compiled pass (argmax, vote counts and the finiteness "
+           "check in one branch-free loop) costs a few reads. The transcriptions use numpy where the "
            "scripts use torch (the scripts' per-point loops make many small tensor operations, which cost more "
            "per call in torch than in numpy), so the published times here are, if anything, too small."]
     m = result.get("milp_rows") or []
