@@ -38,6 +38,7 @@ from ._validation import as_float_array
 from .arrayfiles import ArrayFileError, check_finite_rows, open_array
 
 DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
+TILE_GRID_STEPS = 16  # tile sides m * 2**e with m in [16, 32): at most 1/16 of a side is padding
 _ACTIVATIONS = ("relu", "erf")
 _KINDS = ("ntk", "nngp")
 
@@ -123,6 +124,61 @@ def _check_max_block_bytes(max_block_bytes):
     return int(max_block_bytes)
 
 
+# --------------------------------------------------------------------------- tile-size grid
+def tile_grid_ceil(n: int) -> int:
+    """Smallest tile side on the geometric grid that holds `n` rows: n itself below 2 * TILE_GRID_STEPS,
+    else m * 2**e with m in [TILE_GRID_STEPS, 2 * TILE_GRID_STEPS] (at most n / TILE_GRID_STEPS padding).
+
+    Padded kernels (`FullyConnected`, `Convolutional`) round their tiles up to this grid, so that a run
+    whose work units have many different sizes (Finite Aggregation learners, partitions of n/N_p and
+    n/N_p + 1 points) compiles one program per grid size instead of one per unit size: a factor-2 range
+    of sizes maps to at most TILE_GRID_STEPS + 1 programs.
+    """
+    n = max(1, int(n))
+    shift = max(0, n.bit_length() - TILE_GRID_STEPS.bit_length())
+    return -(-n >> shift) << shift
+
+
+def tile_grid_floor(n: int) -> int:
+    """Largest tile side on the grid of `tile_grid_ceil` that is at most `n` (n >= 1)."""
+    n = max(1, int(n))
+    shift = max(0, n.bit_length() - TILE_GRID_STEPS.bit_length())
+    return (n >> shift) << shift
+
+
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Context manager counting the XLA programs compiled in this process while it is active.
+
+    `count` and `seconds` (compile time) cover every JAX program (the kernels' tiles among them),
+    read from `jax.monitoring`'s backend-compile events; a program found in JAX's compilation
+    cache is not compiled and not counted. Usage: `with CompileCounter() as cc: ...; cc.count`.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._active = False
+
+    def _listener(self, event: str, duration: float, **kwargs) -> None:
+        if self._active and event == _BACKEND_COMPILE_EVENT:
+            self.count += 1
+            self.seconds += float(duration)
+
+    def __enter__(self) -> "CompileCounter":
+        self._active = True
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._active = False
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is not None:  # jax < 0.6 cannot unregister: the listener stays, inactive
+            unregister(self._listener)
+
+
 # --------------------------------------------------------------------------- base class
 class Kernel(abc.ABC):
     """Base class: `ntk(x1, x2=None)` / `nngp(x1, x2=None)` -> numpy array of shape (len(x1), len(x2)).
@@ -138,7 +194,7 @@ class Kernel(abc.ABC):
     """
 
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
-    _pad_tiles = True  # pad the last tile to the common shape, so the jit compiles one shape per call
+    _pad_tiles = True  # pad tiles to sides on the `tile_grid_ceil` grid, so the jit compiles few shapes per run
     _on_device = True  # hand tiles to `_tile` as JAX arrays on `default_device()` (else numpy)
 
     def __call__(self, x1, x2=None, *, kind: str = "ntk", block_size: int | None = None, dtype=np.float64):
@@ -186,7 +242,10 @@ class Kernel(abc.ABC):
 
         def balanced(n, cap):  # fewest tiles of at most `cap`, then equal sizes (little padding)
             n, cap = max(1, n), max(1, cap)
-            return -(-n // -(-n // cap))
+            if not self._pad_tiles:
+                return -(-n // -(-n // cap))
+            cap = tile_grid_floor(cap)  # padded tiles: sides on the grid, so few distinct programs
+            return tile_grid_ceil(-(-n // -(-n // cap)))
 
         side = self.block_size_for(a, n2, dtype)
         if symmetric:
@@ -731,5 +790,5 @@ def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | N
     return float(np.nextafter(np.max(sums) * (1.0 + slack), np.inf))
 
 
-__all__ = ["Kernel", "FullyConnected", "Convolutional", "CustomKernel", "PrecomputedKernel", "row_abs_sums",
+__all__ = ["CompileCounter", "tile_grid_ceil", "tile_grid_floor", "TILE_GRID_STEPS", "Kernel", "FullyConnected", "Convolutional", "CustomKernel", "PrecomputedKernel", "row_abs_sums",
            "max_abs_row_sum", "DEFAULT_MAX_BLOCK_BYTES"]
