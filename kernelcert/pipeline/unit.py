@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from .._jax import device_scope
 from ..evidence import build_evidence
 from ..kernels import DEFAULT_MAX_BLOCK_BYTES
+from ..learners import fit_learners
 from ..procmem import peak_rss_mb
 from ..provenance import Provenance, check_environment
 from .config import ExecutionConfig, KernelConfig, LearnerConfig, make_kernel, make_learner
@@ -145,7 +146,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dic
     with clock.stage("gram"):
         G = evaluate(x)
     with clock.stage("fit"):
-        models = [make_learner(lc).fit(G, y, K) for lc in shared.learners]
+        models = fit_learners([make_learner(lc) for lc in shared.learners], G, y, K)  # one validation, shared factorisations
     c_max = [float(m.C_max_) if lc.type == "svm" else None for lc, m in zip(shared.learners, models)]
     del G
     t_test = len(shared.x_test)
