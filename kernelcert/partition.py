@@ -74,6 +74,30 @@ def _check_nonempty(assign: np.ndarray, num_partitions: int, rule: str) -> np.nd
 
 
 # --------------------------------------------------------------------------- group-id rules (no emptiness check)
+_PIXEL_SCALES = (1.0, 255.0, 16.0)  # integer values, and the loaders' 8-bit and 4-bit pixel scales (x / max_value)
+
+
+def _pixel_codes(rows: np.ndarray, lo: float, hi: float, block: int = 4096) -> np.ndarray | None:
+    """uint8 codes k with rows == k / s exactly, for the first scale s of `_PIXEL_SCALES` that fits every entry
+    (k in 0..255), else None. k -> k / s is strictly increasing, so the codes order the rows exactly as
+    their values do: sorting 1-byte codes instead of 8-byte keys gives the same SS-DPA assignment."""
+    if not lo >= 0:
+        return None
+    for scale in _PIXEL_SCALES:
+        if not hi * scale <= 255:
+            continue
+        codes = np.empty(rows.shape, np.uint8)
+        for start in range(0, len(rows), block):
+            part = rows[start:start + block]
+            k = np.rint(part * scale)
+            if not np.array_equal(k / scale, part):
+                break
+            codes[start:start + block] = k
+        else:
+            return codes
+    return None
+
+
 def _lex_keys(rows: np.ndarray) -> np.ndarray:
     """One opaque key per row whose byte order is the lexicographic order of the rows' values
     (first column first; pass the columns reversed for a last-column-first order).
@@ -83,13 +107,14 @@ def _lex_keys(rows: np.ndarray) -> np.ndarray:
     bit flipped) written big-endian, so comparing keys bytewise compares rows value by value.
     """
     lo, hi = rows.min(), rows.max()
+    codes = None if np.issubdtype(rows.dtype, np.integer) else _pixel_codes(rows, lo, hi)
     if np.issubdtype(rows.dtype, np.integer):
         if lo >= 0 and hi <= 255:
             keys = rows.astype(np.uint8, order="C")
         else:
             keys = (rows.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8")
-    elif lo >= 0 and hi <= 255 and np.all(rows == np.floor(rows)):
-        keys = rows.astype(np.uint8, order="C")
+    elif codes is not None:
+        keys = codes
     else:
         bits = rows.view(np.uint64)
         neg = (bits >> np.uint64(63)).astype(bool)
