@@ -27,11 +27,13 @@ import abc
 import functools
 import inspect
 import math
-from typing import Callable, Iterator
+import os
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._jax import default_device, x64_scope
 from ._validation import as_float_array
@@ -162,17 +164,17 @@ class CompileCounter:
         self.seconds = 0.0
         self._active = False
 
-    def _listener(self, event: str, duration: float, **kwargs) -> None:
+    def _listener(self, event: str, duration_secs: float, **kwargs: Any) -> None:
         if self._active and event == _BACKEND_COMPILE_EVENT:
             self.count += 1
-            self.seconds += float(duration)
+            self.seconds += float(duration_secs)
 
     def __enter__(self) -> "CompileCounter":
         self._active = True
-        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        jax.monitoring.register_event_duration_secs_listener(self._listener)  # type: ignore[arg-type]
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._active = False
         unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
         if unregister is not None:  # jax < 0.6 cannot unregister: the listener stays, inactive
@@ -197,16 +199,19 @@ class Kernel(abc.ABC):
     _pad_tiles = True  # pad tiles to sides on the `tile_grid_ceil` grid, so the jit compiles few shapes per run
     _on_device = True  # hand tiles to `_tile` as JAX arrays on `default_device()` (else numpy)
 
-    def __call__(self, x1, x2=None, *, kind: str = "ntk", block_size: int | None = None, dtype=np.float64):
+    def __call__(self, x1: ArrayLike, x2: ArrayLike | None = None, *, kind: str = "ntk", block_size: int | None = None,
+                 dtype: DTypeLike = np.float64) -> np.ndarray:
         """Same as `ntk` (kind="ntk") or `nngp` (kind="nngp")."""
         _check_kind(kind)
         return self._evaluate(x1, x2, kind, block_size, dtype)
 
-    def ntk(self, x1, x2=None, *, block_size: int | None = None, dtype=np.float64) -> np.ndarray:
+    def ntk(self, x1: ArrayLike, x2: ArrayLike | None = None, *, block_size: int | None = None,
+            dtype: DTypeLike = np.float64) -> np.ndarray:
         """Neural Tangent Kernel Θ(x1, x2), shape (len(x1), len(x2))."""
         return self._evaluate(x1, x2, "ntk", block_size, dtype)
 
-    def nngp(self, x1, x2=None, *, block_size: int | None = None, dtype=np.float64) -> np.ndarray:
+    def nngp(self, x1: ArrayLike, x2: ArrayLike | None = None, *, block_size: int | None = None,
+             dtype: DTypeLike = np.float64) -> np.ndarray:
         """NNGP kernel K(x1, x2), shape (len(x1), len(x2))."""
         return self._evaluate(x1, x2, "nngp", block_size, dtype)
 
@@ -223,7 +228,7 @@ class Kernel(abc.ABC):
         return 10 * itemsize
 
     # -- tiling
-    def block_size_for(self, x1, n2: int, dtype=np.float64) -> int:
+    def block_size_for(self, x1: np.ndarray, n2: int, dtype: DTypeLike = np.float64) -> int:
         """Side of the square tiles used for `x1` (prepared) against `n2` points under `max_block_bytes`."""
         itemsize = np.dtype(dtype).itemsize
         per_entry = max(1, self._bytes_per_entry(x1, itemsize))
@@ -599,8 +604,8 @@ class PrecomputedKernel(Kernel):
     _pad_tiles = False
     _on_device = False
 
-    def __init__(self, train_train, test_train=None, *, kind: str = "ntk",
-                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+    def __init__(self, train_train: str | os.PathLike | ArrayLike, test_train: str | os.PathLike | ArrayLike | None = None,
+                 *, kind: str = "ntk", max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         _check_kind(kind)
         self.kind = kind
         self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
@@ -609,14 +614,16 @@ class PrecomputedKernel(Kernel):
         if self.train_train.ndim != 2 or self.train_train.shape != (n, n) or n == 0:
             raise ArrayFileError(f"{self.train_name}: K(train, train) must be a non-empty square (n, n) matrix, "
                                  f"got shape {self.train_train.shape}")
-        self.test_train, self.test_name = (None, None) if test_train is None else \
-            self._open(test_train, "K(test, train)")
+        self.test_train: np.ndarray | None = None
+        self.test_name: str | None = None
+        if test_train is not None:
+            self.test_train, self.test_name = self._open(test_train, "K(test, train)")
         if self.test_train is not None and (self.test_train.ndim != 2 or self.test_train.shape[1] != n):
             raise ArrayFileError(f"{self.test_name}: K(test, train) must have shape (t, {n}) to match "
                                  f"{self.train_name} (n = {n} training samples), got {self.test_train.shape}")
 
     @staticmethod
-    def _open(src, what):
+    def _open(src, what: str) -> tuple[np.ndarray, str]:
         if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
             arr, name = open_array(src), str(src)
         else:
@@ -637,13 +644,13 @@ class PrecomputedKernel(Kernel):
         return 0 if self.test_train is None else int(self.test_train.shape[0])
 
     @staticmethod
-    def train_points(idx) -> np.ndarray:
+    def train_points(idx: ArrayLike) -> np.ndarray:
         """(m, 2) index rows (split 0, row) for training rows `idx` of the files."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         return np.stack([np.full(len(idx), TRAIN_SPLIT, np.int64), idx], axis=1)
 
     @staticmethod
-    def test_points(idx) -> np.ndarray:
+    def test_points(idx: ArrayLike) -> np.ndarray:
         """(m, 2) index rows (split 1, row) for test rows `idx` of K(test, train)."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         return np.stack([np.full(len(idx), TEST_SPLIT, np.int64), idx], axis=1)
@@ -736,7 +743,7 @@ class PrecomputedKernel(Kernel):
         its largest |entry|; ValueError (ArrayFileError) naming the file and the first offending entry."""
         check_finite_rows(self.train_name, self.train_train)
         if self.test_train is not None:
-            check_finite_rows(self.test_name, self.test_train)
+            check_finite_rows(str(self.test_name), self.test_train)
         n = self.num_train
         side = max(1, math.isqrt(max(1, self.max_block_bytes // 16)))
         scale = 0.0
@@ -756,7 +763,7 @@ class PrecomputedKernel(Kernel):
 
 
 # --------------------------------------------------------------------------- streaming reductions
-def row_abs_sums(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> np.ndarray:
+def row_abs_sums(kernel: Kernel, x: ArrayLike, *, kind: str = "ntk", block_size: int | None = None) -> np.ndarray:
     """`sum_j |K_ij|` for every row of the training Gram K = kernel(x, x), shape (n,), float64.
 
     Streams over the upper tiles of the symmetric Gram (each tile adds its row sums to its rows and,
@@ -775,7 +782,7 @@ def row_abs_sums(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None
     return sums
 
 
-def max_abs_row_sum(kernel: Kernel, x, *, kind: str = "ntk", block_size: int | None = None) -> float:
+def max_abs_row_sum(kernel: Kernel, x: ArrayLike, *, kind: str = "ntk", block_size: int | None = None) -> float:
     """Upper bound on `max_i sum_j |K_ij|` of the training Gram, without materialising it (docs/math.md §2).
 
     `C_max = 1 / max_abs_row_sum(...)`. The float64 row sums are rounded up by a relative

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import abc
 import warnings
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import scipy.linalg
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -106,7 +107,7 @@ def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
     - eps max |A_ii - sigma| (the rounding of the shifted diagonal). Cost: one more Cholesky.
     """
     n = A.shape[0]
-    v = np.random.default_rng(0).normal(size=n)
+    v: np.ndarray = np.random.default_rng(0).normal(size=(n,))
     v /= np.linalg.norm(v)
     for _ in range(12):
         v = scipy.linalg.cho_solve(cho, v, check_finite=False)
@@ -134,7 +135,7 @@ class _SharedGram:
     """A training Gram validated once (`check_gram`) and made exactly symmetric, with the factorisations
     computed from it so far (`once`), for every learner fitted on it (`fit_learners`)."""
 
-    def __init__(self, K_train) -> None:
+    def __init__(self, K_train: ArrayLike) -> None:
         K = check_gram(K_train, name="K_train")
         self.K = 0.5 * (K + K.T)  # exact symmetry (check_gram allowed a 1e-8 relative asymmetry)
         self._memo: dict[tuple, object] = {}
@@ -174,7 +175,7 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         return gram, y, num_classes
 
     @abc.abstractmethod
-    def fit(self, K_train, y, num_classes: int) -> "_KernelLearner":
+    def fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int) -> "_KernelLearner":
         """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self."""
 
     @abc.abstractmethod
@@ -189,11 +190,12 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         self._fitted = True
 
     @abc.abstractmethod
-    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Label weights W (t, n) float64 (class scores `W @ onehot(y)`); with return_error=True also
         err (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W*."""
 
-    def certify(self, K_test_train, **kw) -> Certificate:
+    def certify(self, K_test_train: ArrayLike, **kw: Any) -> Certificate:
         """ScaLabelCert certificate (`certificates.certify`) of the label weights on K_test_train, with
         the weights' error bound added to the tolerance (`atol`), so that it holds for the exact model."""
         W, err = self.label_weights(K_test_train, return_error=True)
@@ -251,12 +253,14 @@ class KernelRegression(_KernelLearner):
     this factor times ||W_i||_2).
     """
 
-    def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0):
+    eig_lower_: float | None
+
+    def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0) -> None:
         self.ridge = ridge
         self.train_time = train_time
         self.learning_rate = learning_rate
 
-    def fit(self, K_train, y, num_classes: int) -> "KernelRegression":
+    def fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int) -> "KernelRegression":
         """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self.
 
         num_classes: the task's number of classes (required).
@@ -330,7 +334,8 @@ class KernelRegression(_KernelLearner):
             return scipy.linalg.cho_solve(self._cho, Kb.T, check_finite=False).T
         return Kb @ self._M
 
-    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Label weights W (t, n), float64; class scores are `W @ onehot(y)` (streamed over row blocks).
 
         return_error=True: also err (t,), a bound on sum_j |W_ij - W*_ij| against the exact model's
@@ -348,7 +353,7 @@ class KernelRegression(_KernelLearner):
         err = self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
         return W, err
 
-    def decision_function(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Class scores S (t, K) = W @ onehot(y) (regression outputs on one-hot targets)."""
         Kt = self._check_test(K_test_train)
         S = np.empty((Kt.shape[0], self.num_classes_), dtype=np.float64)
@@ -356,7 +361,7 @@ class KernelRegression(_KernelLearner):
             S[sl] = self._weights_block(Kt[sl]) @ self._Y
         return S
 
-    def predict(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def predict(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Predicted classes (t,) int64: `label_linear_prediction(W, y, K)` (exact argmax of the scores
         of the label weights, ties to the smaller index) = `certify(...).prediction`."""
         return label_linear_prediction(self.label_weights(K_test_train, block_size=block_size), self.labels_,
@@ -401,7 +406,7 @@ class KernelSVM(_KernelLearner):
         self._require_fit()
         return self.label_linear_
 
-    def fit(self, K_train, y, num_classes: int) -> "KernelSVM":
+    def fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int) -> "KernelSVM":
         """Fit on the (n, n) PSD training Gram and labels (n,) in 0..num_classes-1; returns self.
 
         num_classes: the task's number of classes (required).
@@ -448,7 +453,8 @@ class KernelSVM(_KernelLearner):
             "num_classes) on small problems"
         )
 
-    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """W = K_test_train (t, n) float64 (label-linear regime only; a positive multiple of the label
         weights). return_error=True: also err (t,) = 0 (the weights are the kernel values themselves)."""
         Kt = self._check_test(K_test_train)
@@ -457,7 +463,7 @@ class KernelSVM(_KernelLearner):
         W = np.array(Kt, dtype=np.float64, copy=True)
         return (W, np.zeros(W.shape[0])) if return_error else W
 
-    def decision_function(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """One-vs-rest SVM outputs f (t, K): f_k(x) = sum_j alpha_kj y^k_j K(x, x_j)."""
         Kt = self._check_test(K_test_train)
         coef = (self.alpha_ * self._ypm).T  # (n, num_problems)
@@ -467,7 +473,7 @@ class KernelSVM(_KernelLearner):
             F[sl] = np.concatenate([f, -f], axis=1) if self.num_classes_ == 2 else f
         return F
 
-    def predict(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def predict(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Predicted classes (t,) int64, ties to the smaller index.
 
         In the label-linear regime `label_linear_prediction(K_test_train, y, K)` (the certified rule,
@@ -481,7 +487,7 @@ class KernelSVM(_KernelLearner):
             out[sl] = np.argmax(self.decision_function(Kt[sl]), axis=1)
         return out
 
-    def certify(self, K_test_train, **kw) -> Certificate:
+    def certify(self, K_test_train: ArrayLike, **kw: Any) -> Certificate:
         """ScaLabelCert certificate (needs C <= C_max_): `certificates.certify(K_test_train, y, K, **kw)`.
 
         Above C_max_ the SVM is not label-linear: this raises ValueError; use the exact LabelCert MILP
@@ -493,7 +499,7 @@ class KernelSVM(_KernelLearner):
         return super().certify(K_test_train, **kw)
 
 
-def fit_learners(learners: Sequence[_KernelLearnerT], K_train, y, num_classes: int) -> list[_KernelLearnerT]:
+def fit_learners(learners: Sequence[_KernelLearnerT], K_train: ArrayLike, y: ArrayLike, num_classes: int) -> list[_KernelLearnerT]:
     """Fit every learner on the same (n, n) training Gram and labels; returns them (fitted in place).
 
     The same models as `[m.fit(K_train, y, num_classes) for m in learners]`, bit for bit, with the
@@ -518,7 +524,8 @@ def fit_learners(learners: Sequence[_KernelLearnerT], K_train, y, num_classes: i
 
 
 # --------------------------------------------------------------------------- dual QP (C > C_max)
-def solve_svm_dual(K, signs, C: float, *, return_residual: bool = False):
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, float]:
     """Optimal dual variables alpha (n,) of `max 1'a - 1/2 a' diag(s) K diag(s) a, 0 <= a <= C` (no bias).
 
     `signs` (n,) in {-1, +1}. With return_residual=True also returns the projected-gradient KKT

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import as_float_array, check_index_array, check_int
 
@@ -167,7 +169,7 @@ def _seeded_hash_ids(rows: np.ndarray, m: int, seed) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- public partitioners
-def ss_dpa_partition(x, num_partitions: int, on_duplicates: str = "stable", primary: str = "last") -> np.ndarray:
+def ss_dpa_partition(x: ArrayLike, num_partitions: int, on_duplicates: str = "stable", primary: str = "last") -> np.ndarray:
     """SS-DPA rule: assignment (n,) int64 = (index in the lexicographic order of the rows) mod N_p.
 
     x (n, ...) features only, flattened row-major to (n, d) (the DPA code flattens channel-first
@@ -184,7 +186,7 @@ def ss_dpa_partition(x, num_partitions: int, on_duplicates: str = "stable", prim
     return _ss_dpa_ids(rows, _num_parts(num_partitions, len(rows)), on_duplicates, primary)
 
 
-def dpa_hash_partition(x, num_partitions: int) -> np.ndarray:
+def dpa_hash_partition(x: ArrayLike, num_partitions: int) -> np.ndarray:
     """DPA rule: assignment (n,) int64 = (sum of the integer pixel values) mod N_p.
 
     Needs integer-valued features (raw 0..255 pixels, e.g. loaders with scale=False); ValueError
@@ -195,7 +197,7 @@ def dpa_hash_partition(x, num_partitions: int) -> np.ndarray:
     return _check_nonempty(_dpa_hash_ids(rows, k), k, "dpa_hash")
 
 
-def seeded_hash_partition(x, num_partitions: int, seed: int = 0) -> np.ndarray:
+def seeded_hash_partition(x: ArrayLike, num_partitions: int, seed: int = 0) -> np.ndarray:
     """Assignment (n,) int64 = keyed BLAKE2b-64 of the row's float64 bytes (key = seed) mod N_p.
 
     A sample's partition depends on its own features only; ValueError when a partition is empty.
@@ -208,14 +210,14 @@ def seeded_hash_partition(x, num_partitions: int, seed: int = 0) -> np.ndarray:
 RULES = {"ss_dpa": ss_dpa_partition, "dpa_hash": dpa_hash_partition, "seeded_hash": seeded_hash_partition}
 
 
-def partition(x, num_partitions: int, rule: str = "ss_dpa", **kwargs) -> np.ndarray:
+def partition(x: ArrayLike, num_partitions: int, rule: str = "ss_dpa", **kwargs: Any) -> np.ndarray:
     """Assignment (n,) in 0..N_p-1 by the named rule ("ss_dpa", "dpa_hash", "seeded_hash")."""
     if rule not in RULES:
         raise ValueError(f"unknown partition rule {rule!r}; known: {', '.join(RULES)}")
     return RULES[rule](x, num_partitions, **kwargs)
 
 
-def partition_indices(assign, num_partitions: int) -> tuple[np.ndarray, ...]:
+def partition_indices(assign: ArrayLike, num_partitions: int) -> tuple[np.ndarray, ...]:
     """Sorted training indices of each partition from an assignment (n,) in 0..N_p-1."""
     a = np.asarray(assign)
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
@@ -228,7 +230,8 @@ def partition_indices(assign, num_partitions: int) -> tuple[np.ndarray, ...]:
     return tuple(order[bounds[i]:bounds[i + 1]] for i in range(k))
 
 
-def split_dataset(x, y, num_partitions: int, rule: str = "ss_dpa", **kwargs):
+def split_dataset(x: ArrayLike, y: ArrayLike, num_partitions: int, rule: str = "ss_dpa", **kwargs: Any
+                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Pipeline-facing split: list of (indices, x_i, y_i) per partition.
 
     The assignment is computed from x alone; y (n,) is only sliced, so changing labels never
@@ -243,7 +246,7 @@ def split_dataset(x, y, num_partitions: int, rule: str = "ss_dpa", **kwargs):
 
 
 # --------------------------------------------------------------------------- Finite Aggregation
-def fa_groups(x, k: int, d: int, rule: str = "dpa_hash", seed: int = 0) -> np.ndarray:
+def fa_groups(x: ArrayLike, k: int, d: int, rule: str = "dpa_hash", seed: int = 0) -> np.ndarray:
     """FA group ids (n,) in [0, k*d) by a feature-only rule (the FA code uses "dpa_hash").
 
     rule: "dpa_hash" (integer pixel sum mod k*d), "seeded_hash" (keyed hash, key = seed) or
@@ -298,7 +301,7 @@ def fa_reach(num_learners: int, shifts: np.ndarray) -> np.ndarray:
     return (np.arange(num_learners)[:, None] + np.asarray(shifts)[None, :]) % num_learners
 
 
-def fa_spread(group_ids, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASpread:
+def fa_spread(group_ids: ArrayLike, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASpread:
     """Spread FA groups to k*d learners with d distinct shifts drawn exactly as the FA code:
     `random.seed(seed); random.sample(range(k*d), d)` (here on a private random.Random(seed), which
     draws the same numbers without touching the global state). ValueError if a learner is empty.
