@@ -302,7 +302,7 @@ def main(argv=None) -> dict:
         full = _load_full()
         for key in ("mnist", "cifar_simulation"):  # measured earlier; replaced only when asked for
             if key in full:
-                res[key] = full[key]
+                res[key] = {"command": full.get("command"), **full[key]}
         earlier = _earlier_runs(full)
         if earlier:
             res["earlier"] = earlier
@@ -379,7 +379,8 @@ def _backends_markdown(m: dict) -> list[str]:
         rows.append([label, r["wall_seconds"], r["unit_seconds_sum"]["total"], r["timings"]["aggregation"],
                      r["main_peak_rss_mb"], max(peaks) if peaks else None, len(peaks), r["resumed"]])
     first = next(iter(m["runs"].values()))
-    return [f"**Backends at N_p = {m['num_partitions']}** (MNIST {m['n_train']:,}/{m['n_test']:,}):", "",
+    by = f", measured by `{m['command']}`" if m.get("command") else ""
+    return [f"**Backends at N_p = {m['num_partitions']}** (MNIST {m['n_train']:,}/{m['n_test']:,}{by}):", "",
             md_table(["backend", "wall s", "units s", "aggregation s", "main peak MiB", "max worker peak MiB",
                       "processes", "resumed"], rows), "",
             f"The per-test-point tables of both backends are byte-identical: {fmt(m['backends_identical'])}.", "",
