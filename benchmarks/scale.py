@@ -69,6 +69,7 @@ LEARNERS = [{"type": "regression", "name": "regression", "ridge": 1e-3}, {"type"
 METHODS = ["dpa", "ensemblecert", "dpa_roe", "whitebox_roe"]
 TARGETS = {50: {"wall_seconds": 300.0, "peak_rss_mb": 2048.0}, 1000: {"wall_seconds": 900.0}}  # full MNIST, issue 14
 FLOOR_ROWS = 1000  # test rows of the matmul floor (scaled to n_test)
+MEMORY_CAP_MB = 512  # test-block temporaries per unit: with the process (~0.6 GiB) and the data, under the 2 GiB target
 
 
 def mnist_config(n_train, n_test, n_p, out_dir) -> pipeline.RunConfig:
@@ -78,7 +79,7 @@ def mnist_config(n_train, n_test, n_p, out_dir) -> pipeline.RunConfig:
         "partition": {"rule": "ss_dpa", "num_partitions": [n_p]},
         "methods": {"aggregations": METHODS},
         "output": {"dir": str(out_dir), "name": f"mnist-{n_train}x{n_test}-np{n_p}", "plots": False},
-        "execution": {"backend": "inprocess", "memory_cap_mb": 1024, "progress": False},
+        "execution": {"backend": "inprocess", "memory_cap_mb": MEMORY_CAP_MB, "progress": False},
     })
 
 

@@ -49,7 +49,9 @@ def _rows(x) -> np.ndarray:
     if len(arr) == 0:
         raise ValueError("x has no samples")
     rows = arr.reshape(len(arr), -1)
-    return rows if np.issubdtype(rows.dtype, np.integer) else rows + 0.0
+    if np.issubdtype(rows.dtype, np.integer) or not np.any(np.signbit(rows) & (rows == 0)):
+        return rows  # no -0.0: no float copy of the whole data set
+    return rows + 0.0
 
 
 def _float_blocks(rows: np.ndarray, block: int = 4096):
