@@ -174,8 +174,10 @@ def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dic
 
     # Both cores: while this thread certifies (numba) one learner's block, a helper thread computes the
     # next learner's label weights (BLAS) or the next block's kernel rows (XLA). Every array is computed
-    # from the same inputs as in a sequential loop, so the results are bit-identical; the extra memory is
-    # one block of kernel rows or label weights (within `unit_block_rows`' budget of 3 + 2 L + K rows).
+    # from the same inputs as in a sequential loop, so the results are bit-identical (tests/test_unit.py).
+    # The extra memory: one more block of kernel rows or label weights (a row of each is 1 of the
+    # 3 + 2 L + K rows `unit_block_rows` budgets) while the next block's kernel tile (<= kernel_block_bytes)
+    # is computed next to the certificates' temporaries.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="unit-prefetch") as pool:
         next_kt = pool.submit(in_scope(test_kernel), blocks[0]) if blocks else None
         for b, sl in enumerate(progress(blocks, shared.progress, desc=f"  {task.key} test blocks", unit="block",
