@@ -16,8 +16,8 @@ from kernelcert.provenance import Provenance, resolved_device
 
 @pytest.mark.parametrize("block_size,level", [(7, "pairs"), (30, "pairs"), (4, "certificate"), (11, "votes")])
 def test_unit_equals_sequential_recomputation_bit_for_bit(block_size, level):
-    """The unit prefetches kernel rows and label weights in a helper thread; every stored array must equal
-    the plain loop (kernel rows, label weights, evidence per block and learner) byte for byte."""
+    """Every stored array of a unit (shared fits, stage clock, blocks of the memory budget) equals the plain
+    loop (separate fits; kernel rows, label weights, evidence per block and learner) byte for byte."""
     x_tr, y_tr, x_te, _ = synthetic(num_classes=3, n_train=53, n_test=30, dim=6, seed=4, separation=2.0)
     cfg = pipeline.config_from_dict({
         "data": {"dataset": "synthetic", "num_classes": 3, "n_train": 53, "n_test": 30, "dim": 6},
