@@ -291,6 +291,8 @@ def main(argv=None) -> dict:
     def save(rows):
         res["end_to_end"] = {"rows": rows}
         stamp(res, "scale", args.quick, argv)
+        for r in rows:  # each row names the command that measured it (rows of earlier runs are kept)
+            r.setdefault("command", res["command"])
         write_result("scale", res, args.quick)
 
     if args.quick:
@@ -342,7 +344,7 @@ def _e2e_rows_markdown(rows: list[dict]) -> list[str]:
     stage_rows = []
     for r in rows:
         p, t, uw, uc = r["planning"], r["timings"], r["unit_wall"], r["unit_cpu"]
-        label = f"N_p = {r['num_partitions']}"
+        label = f"N_p = {r['num_partitions']}, {r['n_test']:,} test"
         stage_rows += [
             [label, "data loading (timed alone)", p["load_wall"], p["load_cpu"]],
             [label, "SS-DPA partitioning (timed alone)", p["partition_wall"], p["partition_cpu"]],
@@ -352,7 +354,10 @@ def _e2e_rows_markdown(rows: list[dict]) -> list[str]:
             [label, "aggregation (all methods, both learners)", t["aggregation"], None],
             [label, "floor: x_test @ x_train.T matmul", None, p["matmul_floor_cpu"]],
         ]
-    return [head, "", "Stage breakdown (sums over work units; CPU = process CPU time, all threads):", "",
+    notes = [f"- {r['n_test']:,} test, N_p = {r['num_partitions']}: `{r.get('command', '-')}`"
+             + (f" ({r['note']})" if r.get("note") else "") for r in rows]
+    return [head, "", "Measured by:", "", *notes, "",
+            "Stage breakdown (sums over work units; CPU = process CPU time, all threads):", "",
             md_table(["run", "stage", "wall s", "CPU s"], stage_rows), ""]
 
 
