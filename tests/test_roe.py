@@ -576,3 +576,102 @@ def test_whitebox_rejects_bad_costs():
         roe.whitebox_roe_from_label_linear([np.zeros((2, 2)), np.zeros((3, 2))], [np.zeros(2, int)] * 2, 2)
     with pytest.raises(ValueError, match="0..1"):
         roe.whitebox_roe_from_label_linear([np.zeros((2, 2))], [np.array([0, 2])], 2)
+
+
+# --------------------------------------------------------------------------- white-box ROE: batched pair loop
+def _wb_inputs(rng, t, M, K, costs):
+    s = rng.normal(size=(t, M, K)) + 2 * rng.random() * (np.arange(K) == rng.integers(K))
+    if rng.random() < 0.3:
+        s = np.round(s)  # exact ties between scores
+    if costs == "integer":
+        vc = rng.integers(0, 6, size=(t, M, K)).astype(float)
+        pc = rng.integers(0, 6, size=(t, M, K, K)).astype(float)
+    else:  # fractional costs: the bounds of the summed-gap knapsack may not decide, the DP does
+        vc = rng.integers(0, 12, size=(t, M, K)) / 2.0 + 0.25 * (rng.random((t, M, K)) < 0.3)
+        pc = rng.integers(0, 12, size=(t, M, K, K)) / 2.0
+    vc[rng.random(vc.shape) < 0.1] = np.inf
+    return s, vc, pc
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 25), st.integers(2, 6), st.sampled_from(["integer", "fractional"]),
+       st.sampled_from([False, True, "auto", "gated"]))
+def test_whitebox_roe_byte_identical_to_previous_implementation(seed, M, K, costs, joint):
+    from roe_reference import whitebox_roe_reference
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 40))
+    s, vc, pc = _wb_inputs(rng, t, M, K, costs)
+    block = int(rng.integers(1, 12))
+    if joint == "gated":  # a budget the 2-D DP passes for some pairs' open rows only
+        budget = int(rng.integers(20, 400))
+        saved = roe._JOINT_BUDGET
+        roe._JOINT_BUDGET = budget
+        try:
+            new = roe.whitebox_roe(s, vc, pc, joint="auto", block_size=block)
+        finally:
+            roe._JOINT_BUDGET = saved
+        pred, radius = whitebox_roe_reference(s, vc, pc, joint="auto", block_size=block, joint_budget=budget)
+    else:
+        new = roe.whitebox_roe(s, vc, pc, joint=joint, block_size=block)
+        pred, radius = whitebox_roe_reference(s, vc, pc, joint=joint, block_size=block)
+    np.testing.assert_array_equal(new.prediction, pred)
+    np.testing.assert_array_equal(new.radius, radius)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 30), st.sampled_from(["integer", "fractional", "ties"]))
+def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
+    from kernelcert.voting import knapsack_dp
+    rng = np.random.default_rng(seed)
+    Q = 50
+    if costs == "fractional":
+        g3, g2, g1 = (rng.integers(1, 20, size=(Q, M)) / 3.0 for _ in range(3))
+    else:
+        hi = 3 if costs == "ties" else 12
+        g3, g2, g1 = (rng.integers(1, hi, size=(Q, M)).astype(float) for _ in range(3))
+    on_cp = rng.random((Q, M)) < 0.5
+    g3, g2 = np.where(on_cp, g3, np.inf), np.where(on_cp, g2, np.inf)
+    g1 = np.where(on_cp | (rng.random((Q, M)) < 0.2), np.inf, g1)
+    for arr in (g3, g2):
+        arr[rng.random((Q, M)) < 0.1] = np.inf
+    need = rng.integers(-2, 3 * M + 2, size=Q)
+    dp, _ = knapsack_dp([(3, g3), (2, g2), (1, g1)], need)
+    lo, hi, lam = roe._summed_gap_lp(g3, g2, g1, need)
+    assert np.all(lo <= dp)
+    # the upper bound is a feasible attack's cost: exact for integer costs, summed in another order otherwise
+    assert np.all(dp <= (hi if costs != "fractional" else hi * (1 + 1e-12)))
+    np.testing.assert_array_equal(np.isfinite(lo), np.isfinite(dp))
+    np.testing.assert_array_equal(np.isfinite(hi), np.isfinite(dp))
+    if costs != "fractional":  # integer costs: where the attack bounds agree they are the DP's value
+        agree = roe._as_attack(lo) == roe._as_attack(hi)
+        np.testing.assert_array_equal(roe._as_attack(lo)[agree], roe._as_attack(dp)[agree])
+    if costs == "fractional":  # _fits_budget is used for integer costs only (exact sums)
+        return
+    # reduced-cost fixing at the LP price (and at other prices: any lam >= 0 is valid) against the DP
+    for price in (lam, lam + rng.random(Q), np.zeros(Q)):
+        for budget in (np.floor(np.where(np.isfinite(dp), dp, 5.0)), np.floor(np.where(np.isfinite(dp), dp, 5.0)) - 1,
+                       np.ceil(np.where(np.isfinite(lo), lo, 5.0))):
+            fits = roe._fits_budget(g3, g2, g1, need, price, budget)
+            np.testing.assert_array_equal(fits, dp <= budget)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seeds, st.integers(2, 20), st.integers(3, 6))
+def test_whitebox_per_point_joint_is_block_independent_monotone_and_at_least_auto(seed, M, K):
+    rng = np.random.default_rng(seed)
+    t = 12
+    s, vc, pc = _wb_inputs(rng, t, M, K, "integer")
+    saved = roe._JOINT_BUDGET
+    roe._JOINT_BUDGET = int(rng.integers(20, 400))  # admitted for some points' gaps only
+    try:
+        one = roe.whitebox_roe(s, vc, pc, joint="per_point", block_size=1)
+        blocks = roe.whitebox_roe(s, vc, pc, joint="per_point", block_size=int(rng.integers(2, 13)))
+        auto = roe.whitebox_roe(s, vc, pc, joint="auto", block_size=int(rng.integers(1, 13)))
+        more = vc + rng.integers(0, 3, size=vc.shape)
+        higher = roe.whitebox_roe(s, more, pc, joint="per_point")
+    finally:
+        roe._JOINT_BUDGET = saved
+    np.testing.assert_array_equal(one.radius, blocks.radius)
+    assert np.all(auto.radius <= one.radius)
+    assert np.all(higher.radius >= one.radius)
+    assert np.all(one.radius >= roe.whitebox_roe(s, vc, pc, joint=False).radius)
