@@ -732,7 +732,8 @@ def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, n
     if M == 1:
         two[:, 0] = single[:, 0]
     extra = np.where(short == 0, 0.0, np.where(short == 1, two[:, 0], two[:, 0] + two[:, 1]))
-    swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
+    with np.errstate(invalid="ignore"):  # inf - inf only on infeasible rows, which take inf below
+        swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
     upper = np.where(feasible, np.minimum(rounded, swapped), np.inf)
     zero = need <= 0
     lam = np.where(feasible & ~zero, sorted_units[rows, np.maximum(n - 1, 0)], 0.0)  # the LP's price of a unit
