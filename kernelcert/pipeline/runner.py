@@ -6,7 +6,8 @@
 2. Compute the work units not already stored (`unit`, on a `backends` backend), writing each
    atomically as soon as it arrives, so a killed run resumes without recomputing finished units.
 3. Aggregate every registered method on every target (`aggregate`); with `[exactness] refine = true`
-   refine the EnsembleCert radii that are not proven exact (`exactness`); then write `points.csv`,
+   refine the EnsembleCert radii not proven exact and the white-box ROE radii not resolved at exact
+   class costs (`exactness`); then write `points.csv`,
    `summary.json` (`summary`), plots and `report.md` (`report`); these are recomputed on every
    run, which is cheap.
 
