@@ -29,8 +29,10 @@
    attacker-tie pairwise costs of white-box ROE, `certify(..., pairwise="attacker")`, one pass)
    with the compiled kernel on one thread (CPU time) and on every core (wall and CPU time), the
    numpy engine's two passes (`certify` + `pairwise_costs`, the path before the kernel), and one
-   `ndarray.sort(axis=1)` of the same rows in the same process (the floor). Checks that both
-   engines give bit-identical outputs and reports the kernel's compile count.
+   `ndarray.sort(axis=1)` of the same rows in the same process (the floor), and the split of the
+   one-thread time into its stages (input checks, the per-class segment sort, the compiled kernel,
+   the exact pass and the number of rows it resolved). Checks that both engines give bit-identical
+   outputs and reports the kernel's compile count.
    `--partitions-only` runs just this section (writes certify_partitions[_quick].json).
 
 Writes benchmarks/results/certify[_quick].json atomically. Full mode caches finished pieces in
@@ -54,6 +56,7 @@ import numba
 import numpy as np
 
 from kernelcert import _scalabel_kernel
+from kernelcert import certificates as C  # its private stages are timed one by one in section 5
 from kernelcert.certificates import certify, pairwise_costs
 from kernelcert.exact import labelcert_svm_milp, milp_class_costs
 
@@ -399,6 +402,37 @@ def _timed_threads(fn, threads: int):
         numba.set_num_threads(before)
 
 
+def _stage_split(W: np.ndarray, y: np.ndarray, K: int) -> dict:
+    """Single-thread CPU seconds of the stages of one `certify(..., pairwise="attacker")` call: input
+    checks, the per-class segment sort, the compiled kernel, the exact pass (and its row count)."""
+    def best(fn):
+        return min(timed(fn)[2] for _ in range(2))
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        w, yy, K, _, tol = C._validate(W, y, K, None, 0.0, None)
+        layout = C._Layout(yy, K)
+        validate = best(lambda: C._validate(W, y, K, None, 0.0, None))
+        segsort = best(lambda: C._sorted_segments(w, layout))
+        S, _ = C._sorted_segments(w, layout)
+        S, tol_b = C._rescale(S, layout, tol)
+        args = (S, layout.off, layout.first_window, layout.max_group, C._WINDOW_GROWTH, tol_b, "full", "attacker", True)
+        kernel = best(lambda: _scalabel_kernel.solve_block(*args))
+        out = _scalabel_kernel.solve_block(*args)
+        rows = np.flatnonzero(out["band"] | out["pairs_band"])
+        res = {"prediction": out["prediction"].copy(), "radius": out["radius"].copy(), "own": out["own"].copy(),
+               "radius_exact": np.ones(len(w), bool), "lower": out["lower"].copy(), "upper": out["upper"].copy(),
+               "P": out["P"].copy()}
+        exact = timed(lambda: (C._resolve_exact(w, yy, K, tol, np.flatnonzero(out["band"]), res, "full", "index", layout),
+                               C._resolve_exact(w, yy, K, tol, np.flatnonzero(out["pairs_band"]), res, "pairs",
+                                                "attacker", layout)))[2]
+    finally:
+        numba.set_num_threads(before)
+    return {"validate_cpu_s": validate, "segment_sort_cpu_s": segsort, "kernel_only_cpu_s": kernel,
+            "exact_pass_cpu_s": exact, "exact_pass_rows": int(rows.size)}
+
+
 def partition_piece(cfg: dict, seed: int) -> dict:
     """Sort floor, compiled kernel (1 thread / all cores) and numpy engine on partition-sized MNIST rows."""
     from kernelcert.data import mnist
@@ -426,7 +460,9 @@ def partition_piece(cfg: dict, seed: int) -> dict:
             sort_cpu = sort_floor_cpu(W)
             one = [_timed_threads(lambda: certify(W, y, 10, pairwise="attacker"), 1) for _ in range(2)]
             (cert, P), wall1, cpu1 = min(one, key=lambda r: r[2])
-            _, wall_all, cpu_all = _timed_threads(lambda: certify(W, y, 10, pairwise="attacker"), cores)
+            _, wall_all, cpu_all = min((_timed_threads(lambda: certify(W, y, 10, pairwise="attacker"), cores)
+                                        for _ in range(2)), key=lambda r: r[1])
+            stages = _stage_split(W, y, 10)
             (ref, P_ref), wall_np, cpu_np = timed(
                 lambda: (certify(W, y, 10, engine="numpy"), pairwise_costs(W, y, 10, tie="attacker", engine="numpy")))
             identical = bool(np.array_equal(P, P_ref) and all(np.array_equal(getattr(cert, f), getattr(ref, f))
@@ -437,13 +473,25 @@ def partition_piece(cfg: dict, seed: int) -> dict:
                    "kernel_threads_wall_ratio": wall_all / sort_cpu,
                    "numpy_cpu_s": cpu_np, "numpy_wall_s": wall_np, "numpy_ratio": cpu_np / sort_cpu,
                    "speedup_cpu": cpu_np / cpu1, "identical": identical,
-                   "exact_points": float(cert.exact.mean()), "median_radius": float(np.median(cert.radius))}
+                   "exact_points": float(cert.exact.mean()), "median_radius": float(np.median(cert.radius)),
+                   **stages}
             rows.append(row)
-            print(f"  N_p={n_p} n={len(y)} {name}: sort {1e6 * sort_cpu / t:.2f} us/pt; kernel "
-                  f"{1e6 * cpu1 / t:.1f} us/pt CPU = {row['kernel_ratio']:.1f}x sort ({cores} threads: "
-                  f"{1e6 * wall_all / t:.1f} us/pt wall); numpy engine {row['numpy_ratio']:.1f}x; "
+            print(f"  N_p={n_p} n={len(y)} {name}: sort {1e6 * sort_cpu / t:.2f} us/pt; certify "
+                  f"{1e6 * cpu1 / t:.1f} us/pt CPU on 1 thread = {row['kernel_ratio']:.1f}x sort (kernel alone "
+                  f"{1e6 * stages['kernel_only_cpu_s'] / t:.1f}, segment sort {1e6 * stages['segment_sort_cpu_s'] / t:.1f}, "
+                  f"exact pass {1e6 * stages['exact_pass_cpu_s'] / t:.1f} us/pt on {stages['exact_pass_rows']} rows); "
+                  f"{cores} threads: {1e6 * wall_all / t:.1f} us/pt wall; numpy engine {row['numpy_ratio']:.1f}x; "
                   f"identical {identical}", flush=True)
     return {"threads": cores, "compile_count": _scalabel_kernel.compile_count(), "rows": rows}
+
+
+def _stages(r: dict) -> str:
+    """Stage split of a partition row (absent in results recorded before it was measured)."""
+    if "kernel_only_cpu_s" not in r:
+        return "-"
+    t = r["points"]
+    return (f"{1e6 * r['kernel_only_cpu_s'] / t:.1f} / {1e6 * r['segment_sort_cpu_s'] / t:.1f} / "
+            f"{1e6 * r['exact_pass_cpu_s'] / t:.1f} ({r['exact_pass_rows']})")
 
 
 def partition_markdown(part: dict) -> list[str]:
@@ -461,9 +509,10 @@ def partition_markdown(part: dict) -> list[str]:
             f"({part['threads']} threads, wall). The kernel compiled {part['compile_count']} time(s) for all "
             "shapes (one signature; numba's on-disk cache makes later processes load it instead).", "",
             md_table(["N_p", "n", "learner", "points", "sort µs/pt", "kernel µs/pt (1 thread CPU)", "kernel / sort",
+                      "of which: compiled kernel / segment sort / exact pass µs/pt (rows)",
                       "kernel µs/pt (all cores, wall)", "numpy engine / sort", "speed-up", "identical"],
                      [[r["num_partitions"], r["n"], r["learner"], r["points"], 1e6 * r["sort_cpu_s"] / r["points"],
-                       1e6 * r["kernel_cpu_s"] / r["points"], r["kernel_ratio"],
+                       1e6 * r["kernel_cpu_s"] / r["points"], r["kernel_ratio"], _stages(r),
                        1e6 * r["kernel_threads_wall_s"] / r["points"], r["numpy_ratio"], r["speedup_cpu"],
                        r["identical"]] for r in part["rows"]])]
     return out

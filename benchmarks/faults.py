@@ -13,7 +13,11 @@ config, injects its fault, and records the outcome:
   disk, and a rerun without the fault that finishes byte-identical to the undisturbed run.
 
 Anything else is "FAILED". The last row measures the worker tuning (malloc trim threshold) as the
-workers' user and system CPU seconds for the same run. Writes benchmarks/results/faults.json.
+workers' user and system CPU seconds for the same run. Writes benchmarks/results/faults.json
+(faults_quick.json with --quick), with `identical_results` (per row that compares them: results
+byte-identical to the undisturbed in-process run, on the external cluster, the LocalCluster and after
+every interruption) and `all_rows_ok`; the command exits with status 1 unless every row survived or
+ended with a clear message and every comparison was identical.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ def outcome(survived: bool, detail: str, **extra) -> dict:
 def clear(rc: int, want_rc: int, err: list[str], words: str, resumed: bool | None, **extra) -> dict:
     ok = rc == want_rc and len(err) == 1 and words in err[0] and resumed is not False
     return {"outcome": "clear message" if ok else "FAILED", "exit_status": rc, "message": err[-1] if err else "",
-            "stderr_lines": len(err), "rerun_identical": resumed, **extra}
+            "stderr_lines": len(err), "stderr": err[-5:], "rerun_identical": resumed, **extra}
 
 
 # --------------------------------------------------------------------------- external clusters
@@ -184,10 +188,10 @@ def row_kill_external_worker(base, ref, quick):
         at = case.wait_units(3, p)
         s.workers[0].send_signal(signal.SIGKILL)
         _, err = p.communicate(timeout=1800)
-        return outcome(p.returncode == 0 and identical(case, ref),
-                       f"worker killed (no nanny: it stays dead) after {at} units; rc {p.returncode}; "
-                       f"results identical: {identical(case, ref) if p.returncode == 0 else 'n/a'}",
-                       stderr_tail=err.strip().splitlines()[-1:] if err.strip() else [])
+        same = p.returncode == 0 and identical(case, ref)
+        return outcome(same, f"worker killed (no nanny: it stays dead) after {at} units; rc {p.returncode}; "
+                             f"results identical to the in-process run: {same}",
+                       identical=same, stderr_tail=err.strip().splitlines()[-3:] if err.strip() else [])
     finally:
         s.close()
 
@@ -201,21 +205,42 @@ def row_kill_local_worker(base, ref, quick):
     if workers:
         workers[0].send_signal(signal.SIGKILL)
     _, err = p.communicate(timeout=1800)
-    return outcome(bool(workers) and p.returncode == 0 and identical(case, ref),
-                   f"{len(workers)} worker processes seen, one killed after {at} units; rc {p.returncode}")
+    same = p.returncode == 0 and identical(case, ref)
+    return outcome(bool(workers) and same,
+                   f"{len(workers)} worker processes seen, one killed after {at} units (its nanny restarts it); "
+                   f"rc {p.returncode}; results identical to the in-process run: {same}", identical=same,
+                   stderr_tail=err.strip().splitlines()[-3:] if err.strip() else [])
+
+
+def _memory_limited(base: Path, quick: bool, limit: str, row: str) -> tuple[int, list[str], float]:
+    """One unit of 6,000 training points (about 2 GiB) on one `dask worker` (with its nanny) limited to `limit`."""
+    case = Case(base, row, quick, n_train=6000, n_test=50, num_partitions=[1])
+    s = Scheduler(base)
+    try:
+        s.add_workers(1, "--memory-limit", limit)
+        t0 = time.perf_counter()
+        rc, err = case.run("--scheduler", s.address)
+        return rc, err, time.perf_counter() - t0
+    finally:
+        s.close()
 
 
 def row_memory_limited_worker(base, ref, quick):
-    case = Case(base, "memory_limited_worker", quick, n_train=6000, n_test=50, num_partitions=[1])
-    s = Scheduler(base)
-    try:
-        s.add_workers(1, "--memory-limit", "300MB")
-        t0 = time.perf_counter()
-        rc, err = case.run("--scheduler", s.address)
-        wall = time.perf_counter() - t0
-    finally:
-        s.close()
-    return clear(rc, 7, err, "killed for memory", None, seconds=round(wall, 1))
+    """300 MB: less than a worker needs to load kernelcert (about 330 MiB), so it dies before any unit."""
+    rc, err, wall = _memory_limited(base, quick, "300MB", "memory_limited_worker")
+    res = clear(rc, 7, err, "killed for memory", None, run_seconds=round(wall, 1))
+    if res["outcome"] != "FAILED" and "the largest work unit needs about" not in err[0]:
+        res["outcome"] = "FAILED"  # the memory the run needs must be named
+    return res
+
+
+def row_memory_limited_worker_1gb(base, ref, quick):
+    """1 GB: the worker starts, the unit (about 2 GiB) is killed for memory on every try."""
+    rc, err, wall = _memory_limited(base, quick, "1GB", "memory_limited_worker_1gb")
+    res = clear(rc, 7, err, "work unit np00001-p00000 was killed for memory", None, run_seconds=round(wall, 1))
+    if res["outcome"] != "FAILED" and "needs about" not in err[0]:
+        res["outcome"] = "FAILED"
+    return res
 
 
 def _flip(path: Path, member: str, at: int = 3) -> None:
@@ -239,10 +264,12 @@ def row_changed_value(base, ref, quick):
     _flip(u[0], "L0.scores")
     _flip(u[1], "L1.cost_lower")
     rc, err = case.run()
+    same = rc == 0 and identical(case, ref)
     again, _ = case.run()
-    return outcome(rc == 0 and identical(case, ref) and again == 0,
-                   f"one score and one cost changed in place; rerun rc {rc}, identical {identical(case, ref)}; "
-                   f"the 2 units were recomputed (log: {'; '.join(e for e in err if 'recomputed' in e)[:160]})")
+    return outcome(same and again == 0,
+                   f"one score and one cost changed in place; rerun rc {rc}, identical {same}; "
+                   f"the 2 units were recomputed (log: {'; '.join(e for e in err if 'recomputed' in e)[:200]})",
+                   identical=same)
 
 
 def row_changed_vote_missing_array(base, ref, quick):
@@ -254,8 +281,10 @@ def row_changed_vote_missing_array(base, ref, quick):
     np.savez(u[3], **arrays)
     rc, err = case.run()
     rc2, err2 = case.run()
-    return outcome(rc == 0 and rc2 == 0 and identical(case, ref),
-                   f"rerun rc {rc} (recomputed), second rerun rc {rc2} (nothing recomputed: no endless error)")
+    same = rc == 0 and rc2 == 0 and identical(case, ref)
+    return outcome(same, f"rerun rc {rc} (recomputed), second rerun rc {rc2} (nothing recomputed: no endless "
+                         f"error); identical {same} (log: {'; '.join(e for e in err if 'recomputed' in e)[:200]})",
+                   identical=same)
 
 
 PRELOAD = "import kernelcert.provenance as p\np.__version__ = '0.0.0+other'\n"
@@ -278,16 +307,37 @@ def row_other_version_worker(base, ref, quick):
     return res
 
 
+# the `kernelcert` command, already imported, started on a line of stdin: the second client then starts
+# within milliseconds while the first holds the lock (a cold start takes seconds, as long as a quick run)
+READY_CLIENT = "import sys\nfrom kernelcert import cli\nsys.stdin.readline()\nsys.exit(cli.main(sys.argv[1:]))\n"
+
+
 def row_two_clients(base, ref, quick):
     case = Case(base, "two_clients", quick)
+    second = subprocess.Popen([PY, "-c", READY_CLIENT, "run", str(case.path), "--no-progress", "-q"], cwd=case.dir,
+                              env=ENV, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
     first = case.start()
-    case.wait_units(1, first)
-    t0 = time.perf_counter()
-    rc2, err2 = case.run()
-    wall2 = time.perf_counter() - t0
-    _, _ = first.communicate(timeout=1800)
-    res = clear(rc2, 3, err2, "in use by another kernelcert client", identical(case, ref) if first.returncode == 0
-                else False, second_client_seconds=round(wall2, 1), first_client_rc=first.returncode)
+    try:
+        at = case.wait_units(1, first)
+        lock_held = first.poll() is None and (case.run_dir / ".lock").exists()
+        t0 = time.perf_counter()
+        _, err = second.communicate("go\n", timeout=300)
+        wall2 = time.perf_counter() - t0
+        first_still_running = first.poll() is None
+        _, err1 = first.communicate(timeout=1800)
+    finally:
+        for p in (first, second):
+            if p.poll() is None:
+                p.kill()
+    lines = [line for line in err.strip().splitlines() if line]
+    first_ok = first.returncode == 0 and identical(case, ref)
+    res = clear(second.returncode, 3, lines, f"in use by another kernelcert client: pid {first.pid} on host", first_ok,
+                second_client_seconds=round(wall2, 2), first_client_units_when_second_started=at,
+                lock_held_when_second_started=lock_held, first_running_when_second_exited=first_still_running,
+                first_client_rc=first.returncode, first_client_identical=first_ok)
+    if not (lock_held and first_still_running):
+        res["outcome"] = "FAILED"  # the lock was not exercised
     return res
 
 
@@ -327,6 +377,7 @@ def row_sigint(base, ref, quick, tries=4):
                           after_units=at))
     ok = all(r["outcome"] == "clear message" for r in rows)
     return {"outcome": "clear message" if ok else "FAILED", "tries": rows,
+            "rerun_identical": all(r["rerun_identical"] for r in rows),
             "detail": f"{sum(r['outcome'] == 'clear message' for r in rows)} of {tries} tries stopped with one line "
                       "and exit status 130; every rerun identical"}
 
@@ -359,7 +410,7 @@ def row_device(base, ref, quick):
                       "provenance check (not tried: no GPU here)"}
 
 
-def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str) -> dict:
+def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str, ref: Case) -> dict:
     import dask
     from dask.distributed import Client, LocalCluster
 
@@ -381,12 +432,14 @@ def _worker_cpu(environ: dict | None, base: Path, quick: bool, label: str) -> di
             path = base / "malloc" / f"{label}.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config_text(base / "malloc" / label, quick))
-            run(load_config(path), backend=be)
+            res = run(load_config(path), backend=be)
             after = client.run(cpu)
     finally:
         cluster.close()
+    same = (unit_arrays(res.run_dir) == unit_arrays(ref.run_dir)
+            and res.points_path.read_bytes() == (ref.run_dir / "points.csv").read_bytes())
     return {"user_s": round(sum(after[k][0] - before[k][0] for k in after), 2),
-            "system_s": round(sum(after[k][1] - before[k][1] for k in after), 2)}
+            "system_s": round(sum(after[k][1] - before[k][1] for k in after), 2), "identical": same}
 
 
 def row_worker_tuning(base, ref, quick):
@@ -397,17 +450,20 @@ def row_worker_tuning(base, ref, quick):
     out = {}
     for rep in range(2):
         for i, (label, env) in enumerate(variants.items()):
-            r = _worker_cpu(env, base, quick, f"{rep}-{i}")  # a fresh run directory each time
+            r = _worker_cpu(env, base, quick, f"{rep}-{i}", ref)  # a fresh run directory each time
             out.setdefault(label, []).append(r)
-    return {"outcome": "measured", "cpu_seconds": out,
-            "detail": "; ".join(f"{k}: system {min(r['system_s'] for r in v)} s, user {min(r['user_s'] for r in v)} s "
+    same = all(r["identical"] for v in out.values() for r in v)
+    return {"outcome": "measured", "cpu_seconds": out, "identical": same,
+            "detail": f"results of the 4 LocalCluster runs identical to the in-process run: {same}; " + "; ".join(f"{k}: system {min(r['system_s'] for r in v)} s, user {min(r['user_s'] for r in v)} s "
                                 "(min of 2)" for k, v in out.items())}
 
 
+OK_OUTCOMES = ("survived", "clear message", "measured")
 ROWS = {
     "kill_external_worker": ("`kill -9` of one worker mid-run (external cluster, no nanny)", row_kill_external_worker),
     "kill_localcluster_worker": ("`kill -9` of one worker mid-run (LocalCluster)", row_kill_local_worker),
     "memory_limited_worker": ("a worker limited to 300 MB", row_memory_limited_worker),
+    "memory_limited_worker_1gb": ("a worker limited to 1 GB", row_memory_limited_worker_1gb),
     "changed_value": ("one cost or score value changed inside a finished unit file", row_changed_value),
     "changed_vote_missing_array": ("a changed vote or a missing array in a unit file", row_changed_vote_missing_array),
     "other_version_worker": ("a worker running another kernelcert version", row_other_version_worker),
@@ -448,25 +504,41 @@ def main(argv=None) -> dict:
             print(f"{fault}: {r['outcome']} - {r.get('message') or r.get('detail', '')}", flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    result = {"units": 29, "reference_seconds": round(ref_seconds, 1), "rows": rows}
+    compared = {k: r.get("identical", r.get("rerun_identical")) for k, r in rows.items()}
+    compared = {k: v for k, v in compared.items() if v is not None}
+    result = {"units": 29, "reference_seconds": round(ref_seconds, 1), "rows": rows,
+              "identical_results": compared,
+              "all_rows_ok": all(r["outcome"] in OK_OUTCOMES for r in rows.values()) and all(compared.values())}
     stamp(result, "faults", args.quick, argv)
     path = write_result("faults", result, args.quick)
     print(f"wrote {path}")
+    print(f"results byte-identical to the undisturbed in-process run in {sum(compared.values())} of {len(compared)} "
+          f"rows that compare them; every row survived or ended clearly: {result['all_rows_ok']}")
     return result
 
 
 def markdown(result: dict) -> str:
     lines = ["## Fault injection (reliability on a cluster)", "",
-             "Each row injects one fault into a real run of a 29-unit synthetic config (benchmarks/faults.py). "
-             "*survived*: exit status 0 and results byte-identical to an undisturbed run; *clear message*: the "
-             "documented exit status, one line on stderr, and a rerun byte-identical to the undisturbed run.", "",
-             "| fault | outcome | detail |", "|---|---|---|"]
+             "Each row injects one fault into a real run of a 29-unit synthetic config (benchmarks/faults.py; "
+             "the memory rows: one unit of 6,000 training points, about 2 GiB). *survived*: exit status 0 and "
+             "results byte-identical to an undisturbed in-process run; *clear message*: the documented exit "
+             "status, exactly one line on stderr, nothing from a foreign environment on disk, and (where units "
+             "were computed) a rerun byte-identical to the undisturbed run.", "",
+             "| fault | outcome | exit status | detail |", "|---|---|---|---|"]
     for r in result["rows"].values():
         detail = r.get("message") or r.get("detail", "")
-        lines.append(f"| {r['fault']} | {r['outcome']} | {str(detail).replace('|', '/')} |")
+        tries = {t.get("exit_status") for t in r.get("tries", [])}
+        status = r.get("exit_status", 0 if r["outcome"] == "survived" else
+                       ", ".join(str(s) for s in sorted(tries)) if tries else "")
+        lines.append(f"| {r['fault']} | {r['outcome']} | {status} | {str(detail).replace('|', '/')} |")
+    compared = result.get("identical_results")
+    if compared is not None:
+        lines += ["", f"Results byte-identical to the undisturbed in-process run: {sum(compared.values())} of "
+                      f"{len(compared)} rows that compare them ({', '.join(compared)}). Every row survived or ended "
+                      f"with a clear message: {'yes' if result.get('all_rows_ok') else 'NO'}."]
     lines += ["", provenance_line(result)]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main()["all_rows_ok"] else 1)  # the benchmark asserts its table

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.kernels            # N in {1000, 2000, 5000, 10000}
     .venv/bin/python -m benchmarks.kernels --quick    # N in {1000, 2000}
+    .venv/bin/python -m benchmarks.kernels --compiles # only: XLA programs for the FA k=50, d=4 learner sizes
 
 For each N and dtype (float32, float64) on MNIST-like inputs (uniform [0, 1], d = 784) it times the
 symmetric NTK Gram of FullyConnected(depth=2, W_std=1.4, b_std=0.1, relu): ours (after a jit
@@ -10,6 +11,11 @@ warm-up, best of --repeats), neural-tangents 0.6.5 in its own environment (KERNE
 numpy `x @ x.T` of the same shape (the arithmetic floor). It also reports the max relative error of
 our float32 Gram against our float64 one, and of ours against neural-tangents (float64, N <= 2000;
 off the diagonal and on it, where neural-tangents' arccos near 1 carries ~1e-8 error).
+`--compiles`: the XLA programs compiled (`kernels.CompileCounter`) when the training Gram and one
+block of 200 test rows are evaluated for every distinct learner size of Finite Aggregation k = 50,
+d = 4 on MNIST 60,000 (seeded_hash groups, the pipeline's default), with tiles padded to the size
+grid (`tile_grid_ceil`, the default) and without padding (one program per size, as before);
+stored under "compiles" in the same result file, the other entries kept.
 Writes benchmarks/results/kernels.json (kernels_quick.json with --quick) atomically.
 """
 
@@ -27,8 +33,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from benchmarks._common import fmt, md_table, provenance, stamp, write_result
-from kernelcert.kernels import FullyConnected
+from benchmarks._common import fmt, md_table, provenance, result_path, stamp, write_result
+from kernelcert.data import mnist
+from kernelcert.kernels import CompileCounter, FullyConnected, tile_grid_ceil
+from kernelcert.partition import fa_groups, fa_spread
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,14 +91,47 @@ def max_rel_err(a: np.ndarray, ref: np.ndarray, part: str = "all") -> float:
     return float(np.max(rel))
 
 
+class _Unpadded(FullyConnected):
+    """The same kernel with tiles of the exact input sizes (no grid): one program per shape."""
+
+    _pad_tiles = False
+
+
+def fa_compiles(k: int = 50, d: int = 4, test_rows: int = 200) -> dict:
+    """XLA programs compiled for the Grams and test-row blocks of every distinct FA learner size."""
+    x, _, xt, _ = mnist(scale=True, seed=0)
+    x, xt = x.reshape(len(x), -1), xt[:test_rows].reshape(test_rows, -1)
+    spread = fa_spread(fa_groups(x, k, d, rule="seeded_hash"), k, d)
+    sizes = sorted({len(spread.learner_indices(l)) for l in range(k * d)})
+    out = {"k": k, "d": d, "learners": k * d, "distinct_sizes": len(sizes), "size_range": [sizes[0], sizes[-1]],
+           "grid_sizes": len({tile_grid_ceil(n) for n in sizes}), "test_rows": test_rows}
+    for label, kernel in (("padded_to_grid", FullyConnected(**ARCH)), ("unpadded", _Unpadded(**ARCH))):
+        kernel.ntk(x[:7])  # programs JAX builds once per process, outside the count
+        with CompileCounter() as cc:
+            for n in sizes:
+                kernel.ntk(x[:n])
+                kernel.ntk(xt, x[:n])
+        out[label] = {"compiles": cc.count, "compile_seconds": cc.seconds}
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compiles", action="store_true", help="only the compile count for FA k=50, d=4 sizes")
     parser.add_argument("--quick", action="store_true", help="N in {1000, 2000}")
     parser.add_argument("--sizes", type=int, nargs="+", help="override the N values")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
     parser.add_argument("--out", type=Path, help="JSON output path")
     args = parser.parse_args(argv)
+    if args.compiles:
+        path = result_path("kernels", args.quick)
+        result = json.loads(path.read_text()) if path.exists() else {}
+        result["compiles"] = fa_compiles()
+        result["compiles"]["command"] = " ".join([".venv/bin/python -m benchmarks.kernels", *(argv or sys.argv[1:])])
+        print(json.dumps(result["compiles"], indent=1))
+        print(f"wrote {write_result('kernels', result, args.quick)}")
+        return result
     sizes = args.sizes or ([1000, 2000] if args.quick else [1000, 2000, 5000, 10000])
     d = 784
     rng = np.random.default_rng(0)
@@ -186,4 +227,12 @@ def markdown(result: dict) -> str:
                     f"(below 1 = faster).")
     if errs:
         out[-1] += f" The largest relative deviation from neural-tangents' kernel is {max(errs):.1e}."
+    c = result.get("compiles")
+    if c:
+        out += ["", f"Programs compiled for Finite Aggregation k = {c['k']}, d = {c['d']} on MNIST ({c['learners']} "
+                f"learners, {c['distinct_sizes']} distinct sizes {c['size_range'][0]}..{c['size_range'][1]}; a Gram "
+                f"and a block of {c['test_rows']} test rows each): {c['padded_to_grid']['compiles']} with tiles padded "
+                f"to the size grid ({c['grid_sizes']} grid sizes, {fmt(c['padded_to_grid']['compile_seconds'])} s "
+                f"compiling) against {c['unpadded']['compiles']} without padding "
+                f"({fmt(c['unpadded']['compile_seconds'])} s); `{c['command']}`."]
     return "\n".join(out) + "\n"

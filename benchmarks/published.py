@@ -2,15 +2,19 @@
 
 The published DPA (`alevine0/DPA` certify.py), FA (`wangwenxiao/FiniteAggregation`
 FiniteAggregation_cerfity.py) and ROE (`k1rezaei/Run-Off-Election` dpa_roe_certify.py,
-fa_roe_certify.py) scripts are transcribed below operation by operation, with numpy in place of
-torch (torch is not a dependency; each torch call has a numpy counterpart of the same complexity).
-Both sides get the same in-memory input, float32 logits (t, M, K) and labels (t,), as the scripts
-load it, and return predictions and radii (-1 where the prediction is wrong, the scripts'
-convention). kernelcert's time is its FIRST call in a fresh process (knock-out table, conversions
-and checks included). The published DPA+ROE script reads a precomputed 1209 x 1209 table from
-JSON; that load is not timed (the transcription gets the table for free). Process CPU time.
+fa_roe_certify.py) scripts, transcribed operation by operation in `benchmarks/_published_rules.py`
+(numpy in place of torch), against kernelcert on the same in-memory input: float32 logits (t, M, K)
+and labels (t,), as the scripts load them. Both return predictions and radii (-1 where the
+prediction is wrong, the scripts' convention). All in one process, process CPU time. numba's
+one-time initialisation is measured first, on a tiny input, and reported separately (its cost is
+added back in the "with numba init" speed-ups of the methods that use a compiled kernel); then per
+method kernelcert's first call (the ROE knock-out table, conversions and checks included), a
+second call, the transcription, one `numpy.argmax` over the logits and one streaming read of them
+(the floors). The published DPA+ROE script reads a precomputed 1209 x 1209 table from JSON; that
+load is not timed (the transcription gets the table for free). Also: `labelcert_svm_milp` above
+C_max, default vs the MILP alone.
 
-    .venv/bin/python -m benchmarks.published [--quick] [--seed 0]
+    .venv/bin/python -m benchmarks.published [--quick] [--seed 0] [--part all|ensemble|milp]
 
 Every method's predictions and radii must equal the transcription's on every test point (the run
 fails otherwise). Writes benchmarks/results/published[_quick].json.
@@ -19,24 +23,27 @@ fails otherwise). Writes benchmarks/results/published[_quick].json.
 from __future__ import annotations
 
 import argparse
-import random
+import json
 import time
 
 import numpy as np
 
-from benchmarks._common import md_table, provenance, stamp, write_result
+from benchmarks._common import md_table, provenance, result_path, stamp, write_result
+from benchmarks._published_rules import (
+    dp_table, published_dpa, published_dpa_roe, published_fa, published_fa_roe, published_shifts,
+)
 from kernelcert import exact, roe
-from kernelcert.ensemble import NO_ATTACK, dpa
+from kernelcert.ensemble import NO_ATTACK, dpa_from_counts
 from kernelcert.kernels import FullyConnected
 from kernelcert.learners import KernelSVM
-from kernelcert.partition import fa_spread
+from kernelcert.partition import FA_DEFAULT_SEED, fa_spread
+from kernelcert.voting import argmax_votes, vote_counts
 
 FULL = {"t": 10_000, "K": 10, "M_dpa": 50, "M_dpa_large": 1200, "k": 50, "d": 16,
-        "milp": [[10, 2.0], [10, 5.0], [20, 2.0], [20, 5.0], [50, 2.0]], "milp_points": 2, "milp_time_limit": 120.0,
-        "milp_plain_max_n": 20}
+        "milp": [[10, 2.0, 5], [10, 5.0, 5], [20, 2.0, 5], [20, 3.0, 5], [20, 5.0, 5], [50, 2.0, 2], [50, 5.0, 2]],
+        "milp_time_limit": 120.0, "milp_plain_max_n": 20}
 QUICK = {"t": 1_000, "K": 10, "M_dpa": 50, "M_dpa_large": 300, "k": 10, "d": 4,
-         "milp": [[10, 2.0], [10, 5.0]], "milp_points": 2, "milp_time_limit": 60.0, "milp_plain_max_n": 10}
-FA_SEED = 999999999 + 208  # random.seed of the published FA / ROE scripts
+         "milp": [[10, 2.0, 2], [10, 5.0, 2]], "milp_time_limit": 60.0, "milp_plain_max_n": 10}
 
 
 # --------------------------------------------------------------------------- synthetic logits
@@ -55,212 +62,24 @@ def make_scores(rng, t, M, K):
     return s, y
 
 
-# --------------------------------------------------------------------------- transcriptions
-def dp_table(size: int = 1209) -> np.ndarray:
-    """dp_calc.py of the ROE repository (the published script loads this table from data/array_v2.json)."""
-    A = np.zeros((size, size), dtype=int)
-    for i in range(size):
-        for j in range(size):
-            if i == 0 and j == 0:
-                A[i][j] = 0
-            elif (i <= 1 and j <= 2) or (i <= 2 and j <= 1):
-                A[i][j] = 1
-            elif j <= 1:
-                A[i][j] = (i + 1) // 2
-            elif i <= 1:
-                A[i][j] = (j + 1) // 2
-            else:
-                A[i][j] = 1 + min(A[i - 2][j - 1], A[i - 1][j - 2])
-    return A
-
-
-def published_dpa(scores, labels, K, max_classes=None):
-    """certify.py (DPA): returns (prediction, radius with -1 where wrong). max_classes: the votes
-    (t, M) when they are given instead of the logits (the script's first line computes them)."""
-    if max_classes is None:
-        max_classes = scores.argmax(2)
-    predictions = np.zeros((max_classes.shape[0], K))
-    for i in range(max_classes.shape[1]):
-        predictions[(np.arange(max_classes.shape[0]), max_classes[:, i])] += 1
-    idxsort = np.argsort(-predictions, axis=1, kind="stable")
-    valsort = -np.sort(-predictions, axis=1, kind="stable")
-    val, idx = valsort[:, 0], idxsort[:, 0]
-    valsecond, idxsecond = valsort[:, 1], idxsort[:, 1]
-    diffs = ((val - valsecond - (idxsecond <= idx)) / 2).astype(int)
-    certs = diffs.copy()
-    certs[idx != labels] = -1
-    return idx, certs
-
-
-def _ceil(a, b):
-    return (max(0, a) + b - 1) // b
-
-
-def _election(scores_i, prediction, M, K):
-    ordered = np.argsort(-prediction, kind="stable")
-    m1, m2 = ordered[0].item(), ordered[1].item()
-    m1_el = np.zeros(K, dtype=int)
-    m2_el = np.zeros(K, dtype=int)
-    for cls in range(K):
-        m1_el[cls] = 2 * (scores_i[:, m1] > scores_i[:, cls]).sum().item() - M
-        m2_el[cls] = 2 * (scores_i[:, m2] > scores_i[:, cls]).sum().item() - M
-    elec = m1_el[m2]
-    cp = m1 if elec > 0 else (m2 if elec < 0 else min(m1, m2))
-    return m1, m2, m1_el, m2_el, cp
-
-
-def published_dpa_roe(scores, labels, K, table):
-    """dpa_roe_certify.py (DPA+ROE part): returns (prediction, radius with -1 where wrong)."""
-    t, M, _ = scores.shape
-    max_classes = np.argsort(-scores, axis=2, kind="stable")  # torch.argsort(descending=True)
-    predictions = np.zeros((t, K), dtype=int)
-    for i in range(M):
-        predictions[(np.arange(t), max_classes[:, i, 0])] += 1
-    pred = np.zeros(t, int)
-    cert = np.zeros(t, int)
-    for i in range(t):
-        prediction = predictions[i]
-        m1, m2, m1_el, m2_el, cp = _election(scores[i], prediction, M, K)
-        c_sec = m1 + m2 - cp
-        R2 = m1_el if cp == m1 else m2_el
-        cert_r1 = 10**9
-        for c1 in range(K):
-            if c1 == cp:
-                continue
-            for c2 in range(K):
-                if c2 == cp or c2 == c1:
-                    continue
-                gap1 = max(prediction[cp] - prediction[c1] + (c1 > cp), 0)
-                gap2 = max(prediction[cp] - prediction[c2] + (c2 > cp), 0)
-                cert_r1 = min(cert_r1, table[gap1][gap2])
-        cert_r2 = 10**9
-        for c in range(K):
-            if c == cp:
-                continue
-            a = _ceil(prediction[c_sec] - prediction[c] + (c > c_sec), 2)
-            b = _ceil(R2[c] + (c > cp), 2)
-            cert_r2 = min(cert_r2, max(a, b))
-        pred[i] = cp
-        cert[i] = min(cert_r1, max(cert_r2, 1)) - 1  # the script asserts CertR2 > 0 (false only on exact ties)
-    cert[pred != labels] = -1
-    return pred, cert
-
-
-def _shifted(k, d):
-    n_subsets = k * d
-    rnd = random.Random(FA_SEED)
-    shifts = rnd.sample(range(n_subsets), d)
-    return shifts, np.array([[(h + s) % n_subsets for s in shifts] for h in range(n_subsets)])
-
-
-def _sample_cert(gap, reducers):
-    reducers = -np.sort(-reducers)
-    c = 0
-    while gap > 0:
-        if c == len(reducers):
-            return 10**9  # the published loop would index past the end: no attack of this kind
-        gap -= reducers[c].item()
-        c += 1
-    return c
-
-
-def published_fa(scores, labels, K, k, d, max_classes=None):
-    """FiniteAggregation_cerfity.py: returns (prediction, radius with -1 where wrong); max_classes as
-    in `published_dpa`."""
-    _, shifted = _shifted(k, d)
-    n_subsets = k * d
-    if max_classes is None:
-        max_classes = scores.argmax(2)
-    predictions = np.zeros((max_classes.shape[0], K))
-    for i in range(max_classes.shape[1]):
-        predictions[(np.arange(max_classes.shape[0]), max_classes[:, i])] += 1
-    idx = np.argsort(-predictions, axis=1, kind="stable")[:, 0]
-    n = len(labels)
-    certs = np.zeros(n, int)
-    for i in range(n):
-        if idx[i] != labels[i]:
-            certs[i] = -1
-            continue
-        certs[i] = n_subsets
-        label = int(labels[i])
-        mc = max_classes[i][shifted.reshape(-1)].reshape(-1, d)
-        for c in range(K):
-            if c != label:
-                diff = predictions[i][label] - predictions[i][c] - (1 if c < label else 0)
-                deltas = (1 + (mc == label).astype(np.int64) - (mc == c).astype(np.int64)).sum(axis=1)
-                deltas = -np.sort(-deltas)
-                radius = 0
-                while radius < len(deltas) and diff - deltas[radius] >= 0:
-                    diff -= deltas[radius].item()
-                    radius += 1
-                certs[i] = min(certs[i], radius)
-    return idx, certs
-
-
-def published_fa_roe(scores, labels, K, k, d):
-    """fa_roe_certify.py: returns (prediction, radius with -1 where wrong)."""
-    _, shifted = _shifted(k, d)
-    flat = shifted.reshape(-1)
-    t, M, _ = scores.shape
-    max_classes = np.argsort(-scores, axis=2, kind="stable")
-    predictions = np.zeros((t, K))
-    for i in range(M):
-        predictions[(np.arange(t), max_classes[:, i, 0])] += 1
-    pred = np.zeros(t, int)
-    certs = np.zeros(t, int)
-    for i in range(t):
-        prediction = predictions[i]
-        m1, m2, m1_el, m2_el, cp = _election(scores[i], prediction, M, K)
-        pred[i] = cp
-        if cp != labels[i]:
-            certs[i] = -1
-            continue
-        c_sec = m1 + m2 - cp
-        mc = max_classes[i, flat, 0].reshape(-1, d)
-        m1_to = np.zeros(K)
-        m2_to = np.zeros(K)
-        for m3 in range(K):
-            gap = prediction[m1] - prediction[m3] + (m3 > m1)
-            pw = (1 + (mc == m1).astype(np.int64) - (mc == m3).astype(np.int64)).sum(axis=1)
-            m1_to[m3] = _sample_cert(gap, pw)
-            gap = prediction[m2] - prediction[m3] + (m3 > m2)
-            pw = (1 + (mc == m2).astype(np.int64) - (mc == m3).astype(np.int64)).sum(axis=1)
-            m2_to[m3] = _sample_cert(gap, pw)
-        el_h = np.zeros((K, k * d, d))
-        for cls in range(K):
-            el_h[cls] = (scores[i, flat, cp] > scores[i, flat, cls]).reshape(-1, d)
-        R1, R1_sec, R2_gaps = (m1_to, m2_to, m1_el) if cp == m1 else (m2_to, m1_to, m2_el)
-        cert_r1 = 10**9
-        for c1 in range(K):
-            if c1 == cp:
-                continue
-            for c2 in range(c1):
-                if c2 == cp:
-                    continue
-                gap = (prediction[cp] - prediction[c1] + (c1 > cp) + prediction[cp] - prediction[c2] + (c2 > cp))
-                pw = (1 + 2 * (mc == cp).astype(np.int64) - (mc == c1).astype(np.int64)
-                      - (mc == c2).astype(np.int64)).sum(axis=1)
-                cert_r1 = min(cert_r1, max(max(R1[c1], R1[c2]), _sample_cert(gap, pw)))
-        cert_r2 = 10**9
-        for c in range(K):
-            if c == cp:
-                continue
-            gap = R2_gaps[c] + (c > cp)
-            cert_r2 = min(cert_r2, max(R1_sec[c], _sample_cert(gap, 2 * el_h[c].sum(axis=1))))
-        certs[i] = min(cert_r1, max(cert_r2, 1)) - 1
-    return pred, certs
-
-
 # --------------------------------------------------------------------------- kernelcert side and the run
-def _ours(method, scores, K, k, d, votes=None):
+def _ours(method, scores, labels, K, k, d, votes=None):
     """kernelcert's certificate for one method from the same float32 logits (or, for the vote-based
-    methods, from the votes when given): (prediction, radius)."""
-    if method in ("dpa", "dpa_large"):
-        r = dpa(scores.argmax(2) if votes is None else votes, K)
+    methods, from the votes when given): (prediction, radius). Like the published DPA and FA scripts,
+    the vote-based methods also compute the base models' accuracy (from the vote counts, free)."""
+    t = len(labels)
+    if method in ("dpa", "dpa_large", "fa"):
+        if votes is None:
+            votes, counts = argmax_votes(scores)  # one compiled pass: votes, counts and the finiteness check
+        else:
+            counts = vote_counts(votes, K)
+        _base_accuracy = counts[np.arange(t), labels].sum() / votes.size
+        if method == "fa":
+            r = roe.fa(votes, fa_spread(np.arange(k * d), k, d).shifts, K)
+        else:
+            r = dpa_from_counts(counts)
     elif method == "dpa_roe":
         r = roe.dpa_roe(scores)
-    elif method == "fa":
-        r = roe.fa(scores.argmax(2) if votes is None else votes, fa_spread(np.arange(k * d), k, d).shifts, K)
     else:
         r = roe.fa_roe(scores, fa_spread(np.arange(k * d), k, d).shifts)
     return r.prediction, r.radius
@@ -282,43 +101,62 @@ def _agree(ours, ref, labels, no_attack_ref):
     return bool(np.array_equal(p, rp)), int(np.count_nonzero(r != rr))
 
 
+def _numba_init_cpu():
+    """CPU time of numba's one-time initialisation in this process (its typing and lowering registries,
+    paid by the first compiled call of any kernel; then the first call of `argmax_votes` loads its
+    machine code from numba's on-disk cache). Measured on a tiny input before anything else."""
+    _, cpu = _cpu(lambda: argmax_votes(np.zeros((1, 1, 2), np.float32)))
+    return cpu
+
+
 def run(cfg, seed):
     rng = np.random.default_rng(seed)
     t, K, k, d = cfg["t"], cfg["K"], cfg["k"], cfg["d"]
+    numba_init = _numba_init_cpu()
+    print(f"numba one-time initialisation: {numba_init:.3f} s CPU (once per process)", flush=True)
     table = dp_table()
+    assert published_shifts(k, d) == fa_spread(np.arange(k * d), k, d, seed=FA_DEFAULT_SEED).shifts.tolist()
+    shifts = published_shifts(k, d)
     cases = [
         ("dpa", cfg["M_dpa"], lambda s, y, v: published_dpa(s, y, K, v), 10**9),
         ("dpa_large", cfg["M_dpa_large"], lambda s, y, v: published_dpa(s, y, K, v), 10**9),
         ("dpa_roe", cfg["M_dpa"], lambda s, y, v: published_dpa_roe(s, y, K, table), 10**9 - 1),
-        ("fa", k * d, lambda s, y, v: published_fa(s, y, K, k, d, v), k * d),
-        ("fa_roe", k * d, lambda s, y, v: published_fa_roe(s, y, K, k, d), 10**9 - 1),
+        ("fa", k * d, lambda s, y, v: published_fa(s, y, K, shifts, v), k * d),
+        ("fa_roe", k * d, lambda s, y, v: published_fa_roe(s, y, K, shifts), 10**9 - 1),
     ]
     rows = []
     for name, M, ref_fn, no_attack_ref in cases:
         s, y = make_scores(rng, t, M, K)
-        ours, t_ours = _cpu(lambda: _ours(name, s, K, k, d))
-        _, t_again = _cpu(lambda: _ours(name, s, K, k, d))
+        ours, t_ours = _cpu(lambda: _ours(name, s, y, K, k, d))
+        _, t_again = _cpu(lambda: _ours(name, s, y, K, k, d))
         ref, t_ref = _cpu(lambda: ref_fn(s, y, None))
+        _, t_argmax = _cpu(lambda: s.argmax(2))  # the floor of the published scripts' first line
+        _, t_read = _cpu(lambda: s.max())  # one streaming read of every logit
         same_pred, radius_diff = _agree(ours, ref, y, no_attack_ref)
+        init = numba_init if name in ("dpa", "dpa_large", "fa") else 0.0  # the ROE methods compile nothing
         row = {"method": name, "input": "logits", "t": t, "models": M, "K": K, "published_cpu_s": t_ref,
-               "ours_first_cpu_s": t_ours, "ours_again_cpu_s": t_again, "speedup_first": t_ref / t_ours,
+               "ours_first_cpu_s": t_ours, "ours_again_cpu_s": t_again, "numba_init_cpu_s": init,
+               "speedup_first": t_ref / t_ours, "speedup_first_with_init": t_ref / (t_ours + init),
+               "speedup_again": t_ref / t_again, "argmax_cpu_s": t_argmax, "read_cpu_s": t_read,
+               "published_over_argmax": t_ref / t_argmax, "ours_over_argmax": t_ours / t_argmax,
                "same_predictions": same_pred, "radius_mismatches": radius_diff,
                "accuracy": float(np.mean(ours[0] == y))}
         if name in ("dpa", "dpa_large", "fa"):  # vote-based: also from the votes (the argmax is common work)
-            votes, t_argmax = _cpu(lambda: s.argmax(2))
-            ours_v, t_ours_v = _cpu(lambda: _ours(name, s, K, k, d, votes))
+            votes = s.argmax(2)
+            ours_v, t_ours_v = _cpu(lambda: _ours(name, s, y, K, k, d, votes))
             ref_v, t_ref_v = _cpu(lambda: ref_fn(s, y, votes))
             sp, rd = _agree(ours_v, ref_v, y, no_attack_ref)
-            row.update(argmax_cpu_s=t_argmax, published_from_votes_cpu_s=t_ref_v, ours_from_votes_cpu_s=t_ours_v,
+            row.update(published_from_votes_cpu_s=t_ref_v, ours_from_votes_cpu_s=t_ours_v,
                        speedup_from_votes=t_ref_v / t_ours_v)
             row["same_predictions"] &= sp
             row["radius_mismatches"] += rd
         rows.append(row)
         extra = (f"  | from votes: published {row['published_from_votes_cpu_s']:.3f} s ours "
-                 f"{row['ours_from_votes_cpu_s']:.3f} s x{row['speedup_from_votes']:.1f} (argmax "
-                 f"{row['argmax_cpu_s']:.3f} s)" if "speedup_from_votes" in row else "")
+                 f"{row['ours_from_votes_cpu_s']:.3f} s x{row['speedup_from_votes']:.1f}"
+                 if "speedup_from_votes" in row else "")
         print(f"{name:<10} M={M:<5} published {t_ref:8.3f} s  ours {t_ours:7.3f} s (again {t_again:6.3f})  "
-              f"x{t_ref / t_ours:6.1f}  same pred {row['same_predictions']}  radius mismatches "
+              f"x{t_ref / t_ours:6.1f} (x{row['speedup_first_with_init']:.1f} with numba init)  np.argmax "
+              f"{t_argmax:.3f} s, read {t_read:.3f} s  same pred {row['same_predictions']}  radius mismatches "
               f"{row['radius_mismatches']}{extra}", flush=True)
     return rows
 
@@ -336,35 +174,41 @@ def gaussian_problem(n, t, seed):
 
 
 def run_milp(cfg, seed):
-    """labelcert_svm_milp above C_max: with the verified greedy attack (default) and without it (the
-    plain MILP of earlier versions), same problems, same per-MILP time limit; radii must agree where
-    both are exact."""
+    """labelcert_svm_milp above C_max: the default (beam-search attack, retraining of every small
+    relabelling, then the MILP for what is left) and the MILP alone (no attack search, no
+    retraining: `exhaustive_limit=0`), same problems, same per-MILP time limit; radii must agree
+    where both are exact."""
     rows = []
     real_greedy = exact._greedy_svm_attack
-    Kt, Kx, y = gaussian_problem(6, 2, seed)  # warm-up: imports and cvxpy's first compilation are not timed
+    Kt, Kx, y = gaussian_problem(6, 2, seed)  # warm-up: imports and first calls are not timed
     exact.labelcert_svm_milp(Kt, y, Kx, 3 * KernelSVM().fit(Kt, y, 2).C_max, 2)
-    for n, factor in cfg["milp"]:
-        Kt, Kx, y = gaussian_problem(n, cfg["milp_points"], seed + n)
+    exact.labelcert_svm_milp(Kt, y, Kx, 3 * KernelSVM().fit(Kt, y, 2).C_max, 2, exhaustive_limit=0)
+    for n, factor, points in cfg["milp"]:
+        Kt, Kx, y = gaussian_problem(n, points, seed + n)
         C = factor * KernelSVM().fit(Kt, y, 2).C_max
         out = {}
-        variants = ("greedy+milp", "plain milp") if n <= cfg["milp_plain_max_n"] else ("greedy+milp",)
+        variants = ("default", "milp only") if n <= cfg["milp_plain_max_n"] else ("default",)
         for variant in variants:
-            exact._greedy_svm_attack = real_greedy if variant == "greedy+milp" else (lambda *a, **k: None)
+            kw = {} if variant == "default" else {"exhaustive_limit": 0}
+            exact._greedy_svm_attack = real_greedy if variant == "default" else (lambda *a, **k: None)
             try:
-                res, cpu = _cpu(lambda: exact.labelcert_svm_milp(Kt, y, Kx, C, 2, time_limit=cfg["milp_time_limit"]))
+                res, cpu = _cpu(lambda: exact.labelcert_svm_milp(Kt, y, Kx, C, 2, time_limit=cfg["milp_time_limit"],
+                                                                 **kw))
             finally:
                 exact._greedy_svm_attack = real_greedy
             out[variant] = (res, cpu)
-            print(f"MILP n={n:<3} C={factor:g} C_max {variant:<12} cpu {cpu:8.1f} s  radius {res.radius.tolist()}  "
-                  f"exact {int(res.exact.sum())}/{len(res.exact)}  stopped {int(res.stopped_early.sum())}", flush=True)
-        (a, ta), (b, tb) = out["greedy+milp"], out.get("plain milp", (None, None))
+            print(f"MILP n={n:<3} C={factor:g} C_max {variant:<10} cpu {cpu:8.1f} s  radius {res.radius.tolist()}  "
+                  f"upper {res.radius_upper.tolist()}  exact {int(res.exact.sum())}/{len(res.exact)}  "
+                  f"stopped {int(res.stopped_early.sum())}", flush=True)
+        (a, ta), (b, tb) = out["default"], out.get("milp only", (None, None))
         both = a.exact & (b.exact if b is not None else False)
         rows.append({"n": n, "C_over_C_max": factor, "points": len(a.radius), "cpu_s": ta, "plain_cpu_s": tb,
                      "cpu_s_per_point": ta / len(a.radius), "exact": int(a.exact.sum()),
                      "plain_exact": None if b is None else int(b.exact.sum()), "stopped": int(a.stopped_early.sum()),
                      "plain_stopped": None if b is None else int(b.stopped_early.sum()),
                      "agree_where_both_exact": b is None or bool(np.array_equal(a.radius[both], b.radius[both])),
-                     "radius": a.radius.tolist(), "status": list(a.status)})
+                     "radius": a.radius.tolist(), "radius_upper": a.radius_upper.tolist(),
+                     "status": list(a.status)})
     return rows
 
 
@@ -377,10 +221,6 @@ def main(argv=None) -> dict:
     cfg = QUICK if args.quick else FULL
     previous = {}
     if args.part != "all":  # keep the other part of an earlier result
-        import json
-
-        from benchmarks._common import result_path
-
         path = result_path("published", args.quick)
         previous = json.loads(path.read_text()) if path.exists() else {}
     rows = run(cfg, args.seed) if args.part in ("all", "ensemble") else previous.get("rows", [])
@@ -402,32 +242,62 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     names = {"dpa": "DPA", "dpa_large": "DPA", "dpa_roe": "DPA+ROE", "fa": f"FA (k={c['k']}, d={c['d']})",
              "fa_roe": f"FA+ROE (k={c['k']}, d={c['d']})"}
+
+    def x(v):
+        return None if v is None else f"{v:.1f}x"
+
+    init = max((r.get("numba_init_cpu_s", 0.0) for r in rows), default=0.0)
     out = ["## kernelcert vs the published certification scripts", "",
            "The published DPA, FA and ROE certification scripts, transcribed operation by operation "
-           "(`benchmarks/published.py`, numpy in place of torch), against kernelcert's first call on the same "
-           f"float32 logits of t = {c['t']:,} test points and K = {c['K']} classes. Process CPU time; the radii and "
-           "predictions agree on every point.", "", provenance(result), "",
+           "(`benchmarks/_published_rules.py`, numpy in place of torch), against kernelcert on the same "
+           f"float32 logits of t = {c['t']:,} test points and K = {c['K']} classes, in one process, one run. "
+           "Process CPU time; the radii and predictions agree on every point. *first call*: kernelcert's first "
+           "call of the method (the ROE knock-out table, conversions and checks included); *with numba init*: "
+           f"plus numba's one-time initialisation ({init:.2f} s CPU, paid once per process by the first compiled "
+           "call; DPA and FA read their votes with the compiled pass `voting.argmax_votes`, the ROE methods "
+           "compile nothing); *again*: a second call. *np.argmax*: one `numpy.argmax` over the logits' last axis, "
+           "which the published DPA and FA scripts' first line does (torch's `scores.max(2)`); *read*: one "
+           "streaming pass over the logits (`ndarray.max`), the floor of any method that looks at every logit.",
+           "", provenance(result), "",
            md_table(["method", "base models", "published s", "kernelcert first call s", "speed-up",
-                     "from votes: published s", "from votes: kernelcert s", "from votes: speed-up", "agree"],
+                     "speed-up with numba init", "speed-up again", "np.argmax s", "read s",
+                     "published / np.argmax", "kernelcert / np.argmax", "agree"],
                     [[names[r["method"]], r["models"], r["published_cpu_s"], r["ours_first_cpu_s"],
-                      f"{r['speedup_first']:.1f}x", r.get("published_from_votes_cpu_s"),
-                      r.get("ours_from_votes_cpu_s"),
-                      f"{r['speedup_from_votes']:.1f}x" if "speedup_from_votes" in r else None,
-                      r["same_predictions"] and r["radius_mismatches"] == 0] for r in rows]),
-           "", "DPA and FA read their votes as the argmax of the logits, which both sides compute the same way "
-           "(numpy's argmax over the last axis; it is most of the published DPA script's time); the *from votes* "
-           "columns time the certificates proper, from the same vote matrix."]
+                      x(r["speedup_first"]), x(r.get("speedup_first_with_init")), x(r.get("speedup_again")),
+                      r.get("argmax_cpu_s"), r.get("read_cpu_s"), x(r.get("published_over_argmax")),
+                      x(r.get("ours_over_argmax")), r["same_predictions"] and r["radius_mismatches"] == 0]
+                     for r in rows]),
+           "", "From the votes (the argmax already done, the same vote matrix for both sides), the certificates "
+           "proper:", "",
+           md_table(["method", "base models", "published s", "kernelcert s", "speed-up"],
+                    [[names[r["method"]], r["models"], r["published_from_votes_cpu_s"], r["ours_from_votes_cpu_s"],
+                      x(r["speedup_from_votes"])] for r in rows if "speedup_from_votes" in r]),
+           "", "DPA is bound by reading the logits: the published script is one `argmax` over them plus a few "
+           "vectorised passes over the (t, K) counts, so no implementation can be 20x faster than it; kernelcert's "
+           "time is reported as a multiple of one `numpy.argmax` over the same array (below 1: cheaper than the "
+           "published script's first line alone). numpy's argmax along a short last axis (K = 10) costs about 10x "
+           "a streaming read of the same array; kernelcert's compiled pass (argmax, vote counts and the finiteness "
+           "check in one branch-free loop) costs a few reads. The transcriptions use numpy where the "
+           "scripts use torch (the scripts' per-point loops make many small tensor operations, which cost more "
+           "per call in torch than in numpy), so the published times here are, if anything, too small."]
     m = result.get("milp_rows") or []
     if m:
         out += ["", "### LabelCert MILP above C_max", "",
                 "`kernelcert.exact.labelcert_svm_milp` on two Gaussian classes in R^2 (NTK of a one-hidden-layer ReLU "
-                f"network; class means -+2, unit variance), {m[0]['points']} test points per row, no flip budget, per-MILP time limit "
-                f"{c['milp_time_limit']:g} s (HiGHS). *greedy+MILP* (default): a verified greedy attack first, "
-                "then a MILP restricted to strictly smaller attacks; *plain MILP*: the earlier formulation alone. "
-                "Process CPU time (HiGHS is single-threaded here).", "",
-                md_table(["n", "C / C_max", "greedy+MILP s/point", "exact", "plain MILP s/point", "plain exact",
-                          "radii agree"],
-                         [[r["n"], r["C_over_C_max"], r["cpu_s"] / r["points"], f"{r['exact']}/{r['points']}",
+                "network; class means -+2, unit variance), no flip budget, per-MILP time limit "
+                f"{c['milp_time_limit']:g} s (HiGHS through highspy, one thread). *default*: a beam-search attack "
+                "(verified by retraining), then every relabelling of 1, 2, ... samples retrained with a certified "
+                "error bound while at most 20,000 relabellings are tried, then the MILP for the attack sizes left "
+                "open (its budget row between the proven lower bound and the attack size - 1); *MILP only*: the "
+                "MILP of every point from scratch (`exhaustive_limit=0`, no attack search). Process CPU time. "
+                "Radii are exact where *exact* counts them; otherwise [radius, radius_upper] brackets the true "
+                "radius (a time limit stopped the MILP). LabelCert with Gurobi was not run here (no Gurobi "
+                "licence); no LabelCert timings are published for these problems.", "",
+                md_table(["n", "C / C_max", "points", "default s/point", "exact", "radius", "radius_upper",
+                          "MILP only s/point", "MILP only exact", "radii agree"],
+                         [[r["n"], r["C_over_C_max"], r["points"], r["cpu_s"] / r["points"],
+                           f"{r['exact']}/{r['points']}",
+                           " ".join(map(str, r["radius"])), " ".join(map(str, r.get("radius_upper", []))),
                            None if r["plain_cpu_s"] is None else r["plain_cpu_s"] / r["points"],
                            None if r["plain_exact"] is None else f"{r['plain_exact']}/{r['points']}",
                            r["agree_where_both_exact"]] for r in m])]

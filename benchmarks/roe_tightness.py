@@ -11,6 +11,15 @@ against relabelling every training label and recomputing every base model
     .venv/bin/python -m benchmarks.roe_tightness [--quick] [--seed 0]
 
 Prints tables and writes benchmarks/results/roe_tightness[_quick].json atomically.
+
+    .venv/bin/python -m benchmarks.roe_tightness --scaling {before,after} [--points 10000] [--sizes 50 100 1000]
+
+White-box ROE aggregation CPU time against N_p (50, 100, 1,000; K = 10) on synthetic evidence
+(`scaling_inputs`), with black-box DPA+ROE on the same scores as the floor measured in the same
+process; stored under the given label in benchmarks/results/roe_whitebox_scaling.json (rows of other
+N_p or point counts already there are kept, so sizes can be measured by separate invocations). "before" is
+measured with the previous implementation on the path (a kernelcert checkout before the batched
+pair loop), "after" with this one; the radii's checksum must agree.
 """
 
 from __future__ import annotations
@@ -159,6 +168,99 @@ def timings(rng, quick):
     return rows
 
 
+SCALING_SIZES = (50, 100, 1000)
+
+
+def scaling_inputs(seed: int, t: int, M: int, K: int = 10):
+    """Synthetic white-box evidence for t test points of an N_p = M ensemble: scores (true class
+    lifted by 1.0), integer vote costs growing with the score gap to the model's vote (1 + 2 x gap +
+    noise) and pair costs growing with z(a) - z(b), as flip costs do on real partitions."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, K, t)
+    s = rng.normal(size=(t, M, K))
+    s[np.arange(t), :, y] += 1.0
+    top = s.max(axis=2, keepdims=True)
+    vc = 1.0 + np.floor(2.0 * (top - s)) + rng.integers(0, 3, size=s.shape)
+    gap = np.maximum(s[..., :, None] - s[..., None, :], 0.0)
+    pc = 1.0 + np.floor(2.0 * gap) + rng.integers(0, 2, size=gap.shape)
+    return s, vc, pc
+
+
+def scaling(points: int, seed: int, sizes=SCALING_SIZES) -> list[dict]:
+    """CPU seconds of `whitebox_roe` and of the `dpa_roe` floor per N_p, in blocks of test points."""
+    import hashlib
+
+    rows = []
+    for M in sizes:
+        block = max(1, min(points, 2_000_000 // (M * 100)))
+        cpu_wb = cpu_floor = 0.0
+        digest = hashlib.sha256()
+        for b, s0 in enumerate(range(0, points, block)):
+            s, vc, pc = scaling_inputs(seed + 1000 * M + b, min(block, points - s0), M)
+            t0 = time.process_time()
+            floor = roe.dpa_roe(s)
+            t1 = time.process_time()
+            res = roe.whitebox_roe(s, vc, pc)
+            t2 = time.process_time()
+            cpu_floor += t1 - t0
+            cpu_wb += t2 - t1
+            assert np.all(res.radius >= floor.radius)
+            digest.update(res.radius.astype(np.int64).tobytes())
+            digest.update(res.prediction.astype(np.int64).tobytes())
+        rows.append({"num_partitions": M, "points": points, "cpu_s": round(cpu_wb, 2),
+                     "floor_dpa_roe_cpu_s": round(cpu_floor, 2),
+                     "ratio_to_floor": round(cpu_wb / max(cpu_floor, 1e-9), 1),
+                     "radii_sha256": digest.hexdigest()[:16]})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def scaling_main(label: str, points: int, seed: int, argv, sizes=SCALING_SIZES) -> dict:
+    """Measure `scaling` and store it under `label` in roe_whitebox_scaling.json (other labels, and rows
+    of other (N_p, points), kept)."""
+    import json
+
+    import kernelcert
+    from benchmarks._common import result_path
+
+    path = result_path("roe_whitebox_scaling", False)
+    rows = scaling(points, seed, sizes)
+    result = json.loads(path.read_text()) if path.exists() else {}  # read after measuring: other runs may have written
+    new = {(r["num_partitions"], r["points"]) for r in rows}
+    kept = [r for r in result.get(label, {}).get("rows", []) if (r["num_partitions"], r["points"]) not in new]
+    entry = {"rows": sorted(kept + rows, key=lambda r: (r["num_partitions"], r["points"])),
+             "kernelcert": kernelcert.__file__}
+    stamp(entry, "roe_tightness", False, argv)
+    result[label] = entry
+    write_result("roe_whitebox_scaling", result, False)
+    return result
+
+
+def scaling_markdown() -> str:
+    """Table of roe_whitebox_scaling.json (before / after the batched pair loop), '' if absent."""
+    import json
+
+    from benchmarks._common import result_path
+
+    path = result_path("roe_whitebox_scaling", False)
+    if not path.exists():
+        return ""
+    result = json.loads(path.read_text())
+    rows = []
+    for label in ("before", "after"):
+        for r in result.get(label, {}).get("rows", []):
+            rows.append([label, r["num_partitions"], r["points"], r["cpu_s"], r["floor_dpa_roe_cpu_s"],
+                         r["ratio_to_floor"], r["radii_sha256"]])
+    if not rows:
+        return ""
+    any_entry = result.get("after") or result.get("before")
+    return "\n".join(["", "**White-box ROE aggregation against N_p** (synthetic evidence, K = 10, CPU time; "
+                      "floor: black-box DPA+ROE on the same scores; equal checksums = byte-identical radii):", "",
+                      provenance(any_entry), "",
+                      md_table(["implementation", "N_p", "points", "CPU s", "floor CPU s", "x floor", "radii sha256"],
+                               rows)]) + "\n"
+
+
 def _print(title, rows):
     print(f"\n{title}")
     keys = list(rows[0])
@@ -178,7 +280,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small configuration (about half a minute)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scaling", choices=("before", "after"), default=None,
+                    help="only the white-box ROE scaling measurement, stored under this label")
+    ap.add_argument("--points", type=int, default=10_000, help="test points of the scaling measurement")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SCALING_SIZES), help="N_p of the scaling measurement")
     args = ap.parse_args(argv)
+    if args.scaling:
+        return scaling_main(args.scaling, args.points, args.seed, argv, tuple(args.sizes))
     rng = np.random.default_rng(args.seed)
     trials_bb, trials_wb = (300, 200) if args.quick else (1500, 1000)
     t0 = time.perf_counter()
@@ -234,7 +342,7 @@ def markdown(result: dict) -> str:
         out[-1] += (f" On label-linear ensembles the white-box run-off certificate is tight on {span} of points "
                     f"and strictly above black-box DPA+ROE on up to "
                     f"{100 * max(r['above_black_box_fraction'] for r in wb):.1f}% of them.")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + scaling_markdown()
 
 
 if __name__ == "__main__":

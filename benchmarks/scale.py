@@ -1,30 +1,43 @@
 """Benchmark: the end-to-end certification run at scale (kernelcert.pipeline and its backends).
 
-    .venv/bin/python -m benchmarks.scale            # full MNIST 60k/10k + CIFAR-10 simulation (about an hour)
-    .venv/bin/python -m benchmarks.scale --quick    # small versions (about a minute)
+    .venv/bin/python -m benchmarks.scale            # full MNIST 60k/10k at N_p = 50 and 1000 (resumable)
+    .venv/bin/python -m benchmarks.scale --quick    # small versions (a few minutes)
+    .venv/bin/python -m benchmarks.scale --partitions 50 --n-test 2000   # one N_p, fewer test points
 
-Part 1, MNIST: the whole pipeline (depth-2 ReLU NTK, kernel regression and C_max kernel SVM,
-SS-DPA partitions; DPA, EnsembleCert, DPA+ROE, white-box ROE) on real MNIST, once in-process and
-once on a 2-worker `dask.distributed.LocalCluster` (threads_per_worker=1). Reported: wall time,
-per-phase times, the sum of the work units' own times, peak RSS of the main process and of every
-worker process, and whether both backends produced byte-identical points.csv. Full: 60000/10000 at
-N_p = 100 (run directories under runs/bench_scale/, so an interrupted full run resumes; a resumed run
-reports `resumed`, and a fully resumed run keeps the timings measured earlier in scale.json); --quick: 1000/200 at N_p = 10 in a fresh temporary directory. The same
-in-process run is repeated at every N_p of `--partitions` (full: 10, 50, 100, 1000; quick: 10, 50)
-for the end-to-end time and peak-memory table.
+End to end (always): the whole pipeline (depth-2 ReLU NTK, kernel regression and C_max kernel SVM,
+SS-DPA partitions; DPA, EnsembleCert, DPA+ROE, white-box ROE) on real MNIST, in-process, at every
+N_p of `--partitions` (full: 50 and 1000 on 60,000 train / 10,000 test; quick: 10 and 50 on
+1,000 / 200). Per run: wall time, CPU time of the process (all its threads: XLA, numba, BLAS),
+peak RSS (reset before the run), XLA compiles (`kernels.CompileCounter`) and numba kernel
+signatures, and the stage breakdown: data loading and partitioning (timed separately in the same
+process before the run), the run's own phases (planning, units, aggregation), and the sums over
+work units of training Gram, fits, test kernel rows, label weights, certificates (ScaLabelCert and
+evidence), copying into the stored arrays (wall and CPU each), plus unit I/O and scheduling (units'
+wall minus the units' own time). The floor measured in the same process: the CPU time of the
+test-by-train matmul `x_test @ x_train.T` that every kernel evaluation contains (measured on 1,000
+test rows, scaled to n_test). Targets (issue 14): N_p = 50 at most 300 s wall and 2 GiB peak RSS;
+N_p = 1000 at most 15 minutes wall. Run directories are under runs/bench_scale/e2e (full), so an
+interrupted run resumes its units; a resumed run is flagged `resumed` (its timings cover only the
+units it computed), and a row measured without resuming is kept over a later resumed one. The
+result file is rewritten after every finished N_p.
 
-Part 2, CIFAR-10 at N_p = 1000 on 16 workers (simulated: no CIFAR-10 is available offline).
-Partitions of 50000/1000 = 50 points with 3072 features (32x32x3 flattened), K = 10. A few
-work units are run for real on such partitions (random uniform features and labels; the cost of
-the kernels, the fits and ScaLabelCert does not depend on the values) in a 1-worker Dask cluster,
-with `--cifar-test` test points (default 1000, quick 200); their time is split into a fixed part
-(Gram + fits) and a per-test-point part, which is scaled linearly to 10000 test points. The
-aggregation over 1000 partitions is timed on a block of test points tiled from the measured units
-and scaled linearly. Extrapolation, stated in the output: makespan = ceil(1000 / 16) x (one unit
-at 10000 test points) + ceil(blocks / 16) x (one aggregation block), i.e. equal-cost independent
-tasks, 16 workers each as fast as one core of this machine, no scheduler or transfer overhead,
-data loading not included.
-Per-worker memory = the measured worker's RSS high-water (it holds one unit at a time).
+Backends (`--backends`; always in --quick): the same config at N_p = 100 (quick: 10) once in-process
+and once on a 2-worker `dask.distributed.LocalCluster` (threads_per_worker=1): wall time, per-phase
+times, peak RSS of the main process and of every worker process, and whether both backends
+produced byte-identical points.csv. Without --backends a full run keeps the earlier measurement.
+
+CIFAR-10 at N_p = 1000 on 16 workers (`--cifar`; always in --quick; simulated: no CIFAR-10 is
+available offline). Partitions of 50000/1000 = 50 points with 3072 features (32x32x3 flattened),
+K = 10. A few work units are run for real on such partitions (random uniform features and labels;
+the cost of the kernels, the fits and ScaLabelCert does not depend on the values) in a 1-worker
+Dask cluster, with `--cifar-test` test points (default 1000, quick 200); their time is split into a
+fixed part (Gram + fits) and a per-test-point part, which is scaled linearly to 10000 test points.
+The aggregation over 1000 partitions is timed on a block of test points tiled from the measured
+units and scaled linearly. Extrapolation, stated in the output: makespan = ceil(1000 / 16) x (one
+unit at 10000 test points) + ceil(blocks / 16) x (one aggregation block), i.e. equal-cost
+independent tasks, 16 workers each as fast as one core of this machine, no scheduler or transfer
+overhead, data loading not included. Per-worker memory = the measured worker's RSS high-water (it
+holds one unit at a time).
 
 Writes benchmarks/results/scale.json (scale_quick.json with --quick) atomically.
 """
@@ -42,12 +55,21 @@ import numpy as np
 
 from benchmarks._common import fmt, md_table, provenance, result_path, stamp, write_result
 from kernelcert import _scalabel_kernel, pipeline
+from kernelcert.kernels import CompileCounter
+from kernelcert.partition import partition
+from kernelcert.pipeline.plan import load_data
+from kernelcert.pipeline.store import UnitFile, unit_path
+from kernelcert.pipeline.unit import UNIT_STAGES
+from kernelcert.procmem import reset_peak_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "bench_scale"
 ARCH = {"architecture": "fully_connected", "depth": 2, "W_std": 2.0 ** 0.5, "b_std": 0.1, "activation": "relu"}
 LEARNERS = [{"type": "regression", "name": "regression", "ridge": 1e-3}, {"type": "svm", "name": "svm"}]
 METHODS = ["dpa", "ensemblecert", "dpa_roe", "whitebox_roe"]
+TARGETS = {50: {"wall_seconds": 300.0, "peak_rss_mb": 2048.0}, 1000: {"wall_seconds": 900.0}}  # full MNIST, issue 14
+FLOOR_ROWS = 1000  # test rows of the matmul floor (scaled to n_test)
+MEMORY_CAP_MB = 512  # test-block temporaries per unit: with the process (~0.6 GiB) and the data, under the 2 GiB target
 
 
 def mnist_config(n_train, n_test, n_p, out_dir) -> pipeline.RunConfig:
@@ -57,7 +79,7 @@ def mnist_config(n_train, n_test, n_p, out_dir) -> pipeline.RunConfig:
         "partition": {"rule": "ss_dpa", "num_partitions": [n_p]},
         "methods": {"aggregations": METHODS},
         "output": {"dir": str(out_dir), "name": f"mnist-{n_train}x{n_test}-np{n_p}", "plots": False},
-        "execution": {"backend": "inprocess", "memory_cap_mb": 1024, "progress": False},
+        "execution": {"backend": "inprocess", "memory_cap_mb": MEMORY_CAP_MB, "progress": False},
     })
 
 
@@ -87,28 +109,73 @@ def run_mnist(n_train, n_test, n_p, workers, out_root: Path) -> dict:
     return out
 
 
-def run_sweep(n_train, n_test, nps, out_root: Path, reuse: dict | None = None) -> list[dict]:
-    """End-to-end in-process runs at several N_p (one run directory each, so each resumes on its own)."""
-    rows = []
+def _timed(fn):
+    """(result, wall seconds, process CPU seconds) of fn()."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def planning_breakdown(cfg: pipeline.RunConfig, n_p: int) -> dict:
+    """Wall and CPU seconds of loading the data and of the SS-DPA partitioning, timed on their own
+    (the run repeats both inside its planning phase), and the test-by-train matmul floor."""
+    (data, load_wall, load_cpu) = _timed(lambda: load_data(cfg))
+    x_tr, _, x_te, _ = data[:4]
+    rows = x_tr.reshape(len(x_tr), -1)
+    _, part_wall, part_cpu = _timed(lambda: partition(rows, n_p, cfg.partition.rule))
+    m = min(FLOOR_ROWS, len(x_te))
+    _, _, mm_cpu = _timed(lambda: x_te[:m].reshape(m, -1) @ rows.T)
+    return {"load_wall": load_wall, "load_cpu": load_cpu, "partition_wall": part_wall, "partition_cpu": part_cpu,
+            "matmul_floor_cpu": mm_cpu * len(x_te) / m}
+
+
+def run_end_to_end(n_train: int, n_test: int, n_p: int, out_root: Path) -> dict:
+    """One in-process run with its wall, CPU, peak RSS, compile count and stage breakdown (module doc)."""
+    cfg = mnist_config(n_train, n_test, n_p, out_root)
+    plan_parts = planning_breakdown(cfg, n_p)
+    numba_before = _scalabel_kernel.compile_count()
+    reset_peak_rss()
+    with CompileCounter() as cc:
+        res, wall, cpu = _timed(lambda: pipeline.run(cfg))
+    s = res.summary
+    metas = [UnitFile(unit_path(res.run_dir, k)).meta() for k in sorted(_unit_keys(res.run_dir))]
+    computed = [m for m in metas if m.get("cpu_seconds") is not None]
+    unit_wall = {k: float(sum(m["seconds"].get(k, 0.0) for m in computed)) for k in (*UNIT_STAGES, "total")}
+    unit_cpu = {k: float(sum(m["cpu_seconds"].get(k, 0.0) for m in computed)) for k in (*UNIT_STAGES, "total")}
+    t = s["timings"]
+    row = {
+        "n_train": n_train, "n_test": n_test, "num_partitions": n_p, "wall_seconds": wall, "cpu_seconds": cpu,
+        "peak_rss_mb": s["memory"]["main_peak_rss_mb"], "xla_compiles": cc.count, "xla_compile_seconds": cc.seconds,
+        "numba_signatures_added": _scalabel_kernel.compile_count() - numba_before,
+        "resumed": res.skipped_units > 0, "units_computed": res.computed_units,
+        "timings": t, "planning": plan_parts, "unit_wall": unit_wall, "unit_cpu": unit_cpu,
+        "unit_io_and_scheduling_wall": t["units_wall"] - unit_wall["total"],
+        "run_dir": str(res.run_dir),
+        "results": [{k: r[k] for k in ("learner", "num_partitions", "method", "clean_accuracy", "mcr",
+                                       "exact_fraction")} for r in s["results"]],
+    }
+    target = TARGETS.get(n_p) if (n_train, n_test) == (60000, 10000) else None
+    if target:
+        row["targets"] = {k: {"target": v, "measured": row[k], "met": row[k] <= v} for k, v in target.items()}
+    return row
+
+
+def _unit_keys(run_dir: Path) -> list[str]:
+    """Keys of the units stored in a run directory (from their file names)."""
+    return [p.name[:-len(".npz")] for p in (run_dir / "units").glob("*.npz")]
+
+
+def run_end_to_end_all(n_train: int, n_test: int, nps, out_root: Path, keep: list[dict],
+                       save) -> list[dict]:
+    """`run_end_to_end` at every N_p; a resumed row is replaced by a kept unresumed one of the same size;
+    `save(rows)` after each N_p."""
+    old = {(r["n_train"], r["n_test"], r["num_partitions"]): r for r in keep if not r["resumed"]}
+    rows: list[dict] = []
     for n_p in nps:
-        if reuse is not None and reuse["num_partitions"] == n_p:
-            r = reuse["runs"]["inprocess"]
-        else:
-            cfg = mnist_config(n_train, n_test, n_p, out_root / "inprocess")
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = pipeline.run(cfg)
-            s = res.summary
-            r = {"wall_seconds": time.perf_counter() - t0, "main_process_cpu_seconds": time.process_time() - c0,
-                 "kernel_compiles": _scalabel_kernel.compile_count(), "resumed": res.skipped_units > 0,
-                 "timings": s["timings"], "unit_seconds_sum": s["units"]["seconds_sum"],
-                 "main_peak_rss_mb": s["memory"]["main_peak_rss_mb"],
-                 "results": [{k: x[k] for k in ("learner", "num_partitions", "method", "clean_accuracy", "mcr",
-                                                "exact_fraction")} for x in s["results"]]}
-        rows.append({"num_partitions": n_p, "wall_seconds": r["wall_seconds"], "resumed": r["resumed"],
-                     "cpu_seconds": r.get("main_process_cpu_seconds"), "kernel_compiles": r.get("kernel_compiles"),
-                     "pipeline_seconds": r["timings"]["total"], "unit_seconds_sum": r["unit_seconds_sum"],
-                     "aggregation_seconds": r["timings"]["aggregation"], "peak_rss_mb": r["main_peak_rss_mb"],
-                     "results": r["results"]})
+        r = run_end_to_end(n_train, n_test, n_p, out_root)
+        kept = old.get((n_train, n_test, n_p))
+        rows.append(kept if r["resumed"] and kept else r)
+        save(rows)
     return rows
 
 
@@ -193,184 +260,170 @@ def simulate_cifar(n_train, n_test, n_p, workers, sample_units, sample_test, agg
     }
 
 
-def _table(res: dict) -> str:
-    lines = []
-    m = res["mnist"]
-    lines.append(f"MNIST {m['n_train']}/{m['n_test']}, N_p = {m['num_partitions']} (both learners, "
-                 f"{', '.join(METHODS)})")
-    lines.append(f"{'backend':<16}{'wall s':>9}{'units s':>9}{'agg s':>8}{'main MiB':>10}  worker peak MiB")
-    for label, r in m["runs"].items():
-        workers = ", ".join(f"{v:.0f}" for v in r["worker_peak_rss_mb"].values())
-        lines.append(f"{label:<16}{r['wall_seconds']:>9.1f}{r['unit_seconds_sum']['total']:>9.1f}"
-                     f"{r['timings']['aggregation']:>8.1f}{r['main_peak_rss_mb']:>10.0f}  {workers}"
-                     + ("  (resumed)" if r["resumed"] else ""))
-    lines.append(f"backends byte-identical: {m['backends_identical']}")
-    first = next(iter(m["runs"].values()))
-    lines.append(f"{'learner':<12}{'method':<14}{'acc':>7}{'MCR':>6}{'MCR+1':>7}{'exact':>7}")
-    for r in first["results"]:
-        mcr = r["mcr"]
-        fmt = lambda v: "n/a" if v is None else str(v)  # noqa: E731
-        lines.append(f"{r['learner']:<12}{r['method']:<14}{r['clean_accuracy']:>7.3f}{fmt(mcr['radius']):>6}"
-                     f"{fmt(mcr['anchor']):>7}{r['exact_fraction']:>7.2f}")
-    sw = res.get("sweep")
-    if sw:
-        lines.append("")
-        lines.append(f"End-to-end, in-process, MNIST {sw['n_train']}/{sw['n_test']}:")
-        lines.append(f"{'N_p':>6}{'wall s':>9}{'CPU s':>9}{'units s':>9}{'certify s':>10}{'agg s':>8}{'peak MiB':>10}"
-                     f"{'compiles':>9}")
-        for r in sw["rows"]:
-            cpu = r.get("cpu_seconds")
-            cert = r["unit_seconds_sum"].get("certify", float("nan"))
-            lines.append(f"{r['num_partitions']:>6}{r['wall_seconds']:>9.1f}"
-                         f"{cpu if cpu is not None else float('nan'):>9.1f}"
-                         f"{r['unit_seconds_sum']['total']:>9.1f}{cert:>10.1f}"
-                         f"{r['aggregation_seconds']:>8.1f}{r['peak_rss_mb']:>10.0f}{r.get('kernel_compiles') or 0:>9}"
-                         + ("  (resumed)" if r["resumed"] else ""))
-    c = res["cifar_simulation"]
-    lines.append("")
-    lines.append(f"CIFAR-10 scale (simulated): {c['n_train']}/{c['n_test']}, N_p = {c['num_partitions']} "
-                 f"({c['partition_size']} points x {c['features']} features per partition), {c['workers']} workers")
-    lines.append(f"  one unit: {c['unit_fixed_seconds']:.2f} s fixed + {c['unit_seconds_per_test_point'] * 1e3:.3f} ms "
-                 f"per test point -> {c['unit_seconds_at_full_test']:.1f} s at {c['n_test']} test points "
-                 f"(measured on {c['measured_units']} units x {c['measured_test_points']} test points)")
-    lines.append(f"  aggregation (all methods, both learners): {sum(c['aggregation_seconds'].values()):.1f} s in one "
-                 f"process, {c['aggregation_makespan_seconds']:.1f} s as {c['aggregation_blocks']} blocks on "
-                 f"{c['workers']} workers; worker peak RSS {c['worker_peak_rss_mb']:.0f} MiB")
-    lines.append(f"  single core: {c['single_core_seconds'] / 3600:.2f} h; {c['workers']} workers: "
-                 f"{c['makespan_seconds'] / 60:.1f} min (assumption: {c['assumption']})")
-    return "\n".join(lines)
-
-
 def _load_full() -> dict:
     """The existing full scale.json ({} if none): a rerun reuses what it already measured."""
     path = result_path("scale", False)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _earlier_runs(prev: dict, n_test: int) -> list[dict]:
-    """{mnist, sweep, command} of `prev` (and the runs it kept) measured with another n_test."""
+def _earlier_runs(prev: dict) -> list[dict]:
+    """The in-process N_p sweeps of earlier full runs ({sweep, command}), kept for the record."""
     if not prev:
         return []
-    runs = [{"mnist": prev["mnist"], "sweep": prev["sweep"], "command": prev.get("command")}] + prev.get("earlier", [])
-    return [r for r in runs if r["sweep"]["n_test"] != n_test]
+    runs = [{"sweep": prev["sweep"], "command": prev.get("command")}] if "sweep" in prev else []
+    return runs + [{"sweep": e["sweep"], "command": e.get("command")} for e in prev.get("earlier", []) if "sweep" in e]
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small configuration (about a minute)")
-    ap.add_argument("--workers", type=int, default=2, help="local Dask workers for part 1 (default 2)")
+    ap.add_argument("--quick", action="store_true", help="small configuration (a few minutes)")
+    ap.add_argument("--workers", type=int, default=2, help="local Dask workers for --backends (default 2)")
     ap.add_argument("--partitions", type=int, nargs="+", default=None,
-                    help="N_p values of the in-process end-to-end sweep (full: 10 50 100 1000; quick: 10 50)")
+                    help="N_p values of the end-to-end runs (full: 50 1000; quick: 10 50)")
     ap.add_argument("--n-test", type=int, default=10000,
-                    help="full mode: MNIST test points (default all 10000; fewer for a shorter run, the per-test-"
-                         "point cost is linear)")
+                    help="full mode: MNIST test points (default all 10000; fewer for a shorter run)")
+    ap.add_argument("--backends", action="store_true", help="full mode: also compare in-process and Dask at N_p = 100")
+    ap.add_argument("--cifar", action="store_true", help="full mode: (re)measure the CIFAR-10 simulation")
     ap.add_argument("--cifar-test", type=int, default=None, help="test points per measured CIFAR-scale unit")
-    ap.add_argument("--rerun-cifar", action="store_true", help="full mode: remeasure the CIFAR-10 simulation even "
-                    "if scale.json already has it")
     args = ap.parse_args(argv)
+    res: dict = {}
+
+    def save(rows):
+        res["end_to_end"] = {"rows": rows}
+        stamp(res, "scale", args.quick, argv)
+        for r in rows:  # each row names the command that measured it (rows of earlier runs are kept)
+            r.setdefault("command", res["command"])
+        write_result("scale", res, args.quick)
+
     if args.quick:
         with tempfile.TemporaryDirectory() as tmp:  # always fresh: timings of a resumed run mean little
-            mnist = run_mnist(1000, 200, 10, args.workers, Path(tmp))
-            sweep = run_sweep(1000, 200, args.partitions or [10, 50], Path(tmp), reuse=mnist)
-        cifar = simulate_cifar(50000, 10000, 1000, 16, sample_units=2, sample_test=args.cifar_test or 200,
-                               agg_rows=100)
-        n_train, n_test = 1000, 200
+            run_end_to_end_all(1000, 200, args.partitions or [10, 50], Path(tmp) / "e2e", [], save)
+            res["mnist"] = run_mnist(1000, 200, 10, args.workers, Path(tmp))
+        res["cifar_simulation"] = simulate_cifar(50000, 10000, 1000, 16, sample_units=2,
+                                                 sample_test=args.cifar_test or 200, agg_rows=100)
     else:
-        n_test = args.n_test
         full = _load_full()
-        # a run whose units were all on disk measured nothing new: keep the timings of the same-size run
-        prev = full if full.get("sweep", {}).get("n_test") == n_test else {}
-        mnist = run_mnist(60000, n_test, 100, args.workers, RUNS)
-        for label, r in mnist["runs"].items():
-            old = prev.get("mnist", {}).get("runs", {}).get(label)
-            if r["resumed"] and r["units_computed"] == 0 and old and not old["resumed"]:
-                mnist["runs"][label] = old
-        sweep = run_sweep(60000, n_test, args.partitions or [10, 50, 100, 1000], RUNS, reuse=mnist)
-        old_rows = {r["num_partitions"]: r for r in prev.get("sweep", {}).get("rows", [])}
-        sweep = [old_rows[r["num_partitions"]] if r["resumed"] and r["num_partitions"] in old_rows
-                 and not old_rows[r["num_partitions"]]["resumed"] else r for r in sweep]
-        sample_test = args.cifar_test or 1000
-        old_cifar = full.get("cifar_simulation")
-        if old_cifar and old_cifar["measured_test_points"] == sample_test and not args.rerun_cifar:
-            cifar = old_cifar
-        else:
-            cifar = simulate_cifar(50000, 10000, 1000, 16, sample_units=3, sample_test=sample_test, agg_rows=500)
-        n_train = 60000
-    res = {"mnist": mnist, "sweep": {"n_train": n_train, "n_test": n_test, "rows": sweep}, "cifar_simulation": cifar}
-    if not args.quick:  # keep the measurements of earlier full runs made with another number of test points
-        earlier = _earlier_runs(full, n_test)
+        for key in ("mnist", "cifar_simulation"):  # measured earlier; replaced only when asked for
+            if key in full:
+                res[key] = {"command": full.get("command"), **full[key]}
+        earlier = _earlier_runs(full)
         if earlier:
             res["earlier"] = earlier
-    stamp(res, "scale", args.quick, argv)
-    print(_table(res))
-    print(f"wrote {write_result('scale', res, args.quick)}")
+        keep = full.get("end_to_end", {}).get("rows", [])
+        rows = run_end_to_end_all(60000, args.n_test, args.partitions or [50, 1000], RUNS / "e2e", keep, save)
+        # rows of other sizes measured earlier stay in the file
+        done = {(r["n_train"], r["n_test"], r["num_partitions"]) for r in rows}
+        rows += [r for r in keep if (r["n_train"], r["n_test"], r["num_partitions"]) not in done]
+        save(rows)
+        if args.backends:
+            res["mnist"] = run_mnist(60000, args.n_test, 100, args.workers, RUNS)
+            save(rows)
+        if args.cifar or "cifar_simulation" not in res:
+            res["cifar_simulation"] = simulate_cifar(50000, 10000, 1000, 16, sample_units=3,
+                                                     sample_test=args.cifar_test or 1000, agg_rows=500)
+    save(res["end_to_end"]["rows"])
+    print(markdown(res))
+    print(f"wrote {result_path('scale', args.quick)}")
     return res
 
 
-def _mnist_markdown(result: dict, quick: bool) -> list[str]:
-    """Sweep and backend tables of one full or quick MNIST measurement."""
-    out = []
-    m = result["mnist"]
-    sw = result.get("sweep")
-    if sw:
-        scale_up = 1.0 if quick else 10000 / sw["n_test"]
-        headers = ["N_p", "wall s", "CPU s", "units s", "certify s", "aggregation s", "peak RSS MiB",
-                   "kernel compiles", "resumed"]
-        if scale_up > 1:
-            headers.append("est. wall s at 10,000 test points")
-        out += [f"**In-process, MNIST {sw['n_train']:,} train / {sw['n_test']:,} test:**", "",
-                md_table(headers,
-                         [[r["num_partitions"], r["wall_seconds"], r.get("cpu_seconds"),
-                           r["unit_seconds_sum"]["total"], r["unit_seconds_sum"].get("certify"),
-                           r["aggregation_seconds"], r["peak_rss_mb"], r.get("kernel_compiles"), r["resumed"]]
-                          + ([r["wall_seconds"] + (scale_up - 1) * (r["unit_seconds_sum"]["total"]
-                                                                     - r["unit_seconds_sum"]["gram"]
-                                                                     + r["aggregation_seconds"])]
-                             if scale_up > 1 else []) for r in sw["rows"]]), ""]
-        if scale_up > 1:
-            out += [f"The estimate for the full test set scales the per-test-point work (units minus their "
-                    f"training Grams, plus the aggregation) by {scale_up:g}; everything in a unit except the "
-                    "training Gram and the fits is linear in the number of test points.", ""]
+def _e2e_rows_markdown(rows: list[dict]) -> list[str]:
+    """Headline table and stage breakdown of the end-to-end runs."""
+    if not rows:
+        return []
+
+    def target(r, key):
+        t = r.get("targets", {}).get(key)
+        return None if t is None else f"{'met' if t['met'] else 'missed'} (<= {t['target']:g})"
+
+    head = md_table(["train", "test", "N_p", "wall s", "CPU s", "peak RSS MiB", "XLA compiles", "numba builds",
+                     "resumed", "wall target", "RSS target"],
+                    [[r["n_train"], r["n_test"], r["num_partitions"], r["wall_seconds"], r["cpu_seconds"],
+                      r["peak_rss_mb"], r["xla_compiles"], r["numba_signatures_added"], r["resumed"],
+                      target(r, "wall_seconds"), target(r, "peak_rss_mb")] for r in rows])
+    stage_rows = []
+    for r in rows:
+        p, t, uw, uc = r["planning"], r["timings"], r["unit_wall"], r["unit_cpu"]
+        label = f"N_p = {r['num_partitions']}, {r['n_test']:,} test"
+        stage_rows += [
+            [label, "data loading (timed alone)", p["load_wall"], p["load_cpu"]],
+            [label, "SS-DPA partitioning (timed alone)", p["partition_wall"], p["partition_cpu"]],
+            [label, "run: data, partitions, fingerprints", t["data_and_partitions"], None],
+            *[[label, f"units: {k.replace('_', ' ')}", uw[k], uc[k]] for k in UNIT_STAGES],
+            [label, "units: I/O and scheduling", r["unit_io_and_scheduling_wall"], None],
+            [label, "aggregation (all methods, both learners)", t["aggregation"], None],
+            [label, "floor: x_test @ x_train.T matmul", None, p["matmul_floor_cpu"]],
+        ]
+    notes = [f"- {r['n_test']:,} test, N_p = {r['num_partitions']}: `{r.get('command', '-')}`"
+             + (f" ({r['note']})" if r.get("note") else "") for r in rows]
+    return [head, "", "Measured by:", "", *notes, "",
+            "Stage breakdown (sums over work units; CPU = process CPU time, all threads):", "",
+            md_table(["run", "stage", "wall s", "CPU s"], stage_rows), ""]
+
+
+def _sweep_markdown(sw: dict) -> list[str]:
+    """In-process N_p sweep of an earlier version of this benchmark (kept for the record)."""
+    scale_up = 10000 / sw["n_test"]
+    headers = ["N_p", "wall s", "CPU s", "units s", "certify s", "aggregation s", "peak RSS MiB",
+               "kernel compiles", "resumed"]
+    if scale_up > 1:
+        headers.append("est. wall s at 10,000 test points")
+    rows = [[r["num_partitions"], r["wall_seconds"], r.get("cpu_seconds"), r["unit_seconds_sum"]["total"],
+             r["unit_seconds_sum"].get("certify"), r["aggregation_seconds"], r["peak_rss_mb"],
+             r.get("kernel_compiles"), r["resumed"]]
+            + ([r["wall_seconds"] + (scale_up - 1) * (r["unit_seconds_sum"]["total"] - r["unit_seconds_sum"]["gram"]
+                                                       + r["aggregation_seconds"])] if scale_up > 1 else [])
+            for r in sw["rows"]]
+    return [f"In-process, MNIST {sw['n_train']:,} train / {sw['n_test']:,} test:", "", md_table(headers, rows), ""]
+
+
+def _backends_markdown(m: dict) -> list[str]:
+    """In-process against a local Dask cluster at one N_p, and the certified results of that run."""
     rows = []
     for label, r in m["runs"].items():
         peaks = list(r["worker_peak_rss_mb"].values())
         rows.append([label, r["wall_seconds"], r["unit_seconds_sum"]["total"], r["timings"]["aggregation"],
                      r["main_peak_rss_mb"], max(peaks) if peaks else None, len(peaks), r["resumed"]])
-    out += [f"**Backends at N_p = {m['num_partitions']}** (MNIST {m['n_train']:,}/{m['n_test']:,}):", "",
+    first = next(iter(m["runs"].values()))
+    by = f", measured by `{m['command']}`" if m.get("command") else ""
+    return [f"**Backends at N_p = {m['num_partitions']}** (MNIST {m['n_train']:,}/{m['n_test']:,}{by}):", "",
             md_table(["backend", "wall s", "units s", "aggregation s", "main peak MiB", "max worker peak MiB",
                       "processes", "resumed"], rows), "",
-            f"The per-test-point tables of both backends are byte-identical: {fmt(m['backends_identical'])}.", ""]
-    first = next(iter(m["runs"].values()))
-    out += [md_table(["learner", "method", "clean accuracy", "MCR", "MCR (anchor convention)", "exact fraction"],
+            f"The per-test-point tables of both backends are byte-identical: {fmt(m['backends_identical'])}.", "",
+            md_table(["learner", "method", "clean accuracy", "MCR", "MCR (anchor convention)", "exact fraction"],
                      [[r["learner"], r["method"], r["clean_accuracy"], r["mcr"]["radius"], r["mcr"]["anchor"],
                        r["exact_fraction"]] for r in first["results"]]), ""]
-    return out
 
 
 def markdown(result: dict) -> str:
-    """Section of docs/results.md: end-to-end time and memory, Dask vs in-process, CIFAR-10 scale estimate."""
-    m, c = result["mnist"], result["cifar_simulation"]
+    """Section of docs/results.md: end-to-end time, memory and stages; Dask vs in-process; CIFAR-10 estimate."""
     out = ["## Scale: end-to-end runs, Dask and memory", "",
            "The whole pipeline (`kernelcert.pipeline.run`: data, SS-DPA partitions, depth-2 ReLU NTK, kernel "
            "regression and C_max kernel SVM per partition, ScaLabelCert, then DPA, EnsembleCert, DPA+ROE and "
-           "white-box ROE) on real MNIST. Wall time includes data loading; *units* is the sum of the per-partition "
-           "work (Gram, fits, certificates); memory is peak RSS.", "", provenance(result), ""]
-    out += _mnist_markdown(result, result.get("quick", False))
+           "white-box ROE) on real MNIST, in-process. Wall time includes data loading; CPU is the process's CPU "
+           "time over all its threads; memory is peak RSS.", "", provenance(result), ""]
+    rows = result.get("end_to_end", {}).get("rows", [])
+    if rows:
+        out += ["**End to end:**", ""] + _e2e_rows_markdown(rows)
+    if "mnist" in result:
+        out += _backends_markdown(result["mnist"])
     for e in result.get("earlier", []):
-        out += [f"Measured earlier with {e['sweep']['n_test']:,} test points (`{e.get('command')}`):", ""]
-        out += _mnist_markdown(e, False)
-    out += [f"**CIFAR-10 scale (simulated)**: {c['n_train']:,}/{c['n_test']:,} points, N_p = {c['num_partitions']:,} "
-            f"({c['partition_size']} points x {c['features']} features per partition), {c['workers']} workers. "
-            f"One unit costs {fmt(c['unit_fixed_seconds'])} s (Gram + fits) + "
-            f"{fmt(c['unit_seconds_per_test_point'] * 1e3)} ms per test point, so "
-            f"{fmt(c['unit_seconds_at_full_test'])} s at {c['n_test']:,} test points (measured on {c['measured_units']} "
-            f"units x {c['measured_test_points']} test points); the aggregation takes "
-            f"{fmt(c['aggregation_makespan_seconds'])} s as {c['aggregation_blocks']} blocks; a worker peaks at "
-            f"{fmt(c['worker_peak_rss_mb'])} MiB. Estimated makespan: **{fmt(c['makespan_seconds'] / 60)} min on "
-            f"{c['workers']} workers** ({fmt(c['single_core_seconds'] / 3600)} h on one core). Assumptions: "
-            f"{c['assumption']}."]
+        out += [f"Measured earlier (`{e.get('command')}`):", ""] + _sweep_markdown(e["sweep"])
+    if "sweep" in result:  # a result file of the earlier layout
+        out += _sweep_markdown(result["sweep"])
+    c = result.get("cifar_simulation")
+    if c:
+        out += [f"**CIFAR-10 scale (simulated)**: {c['n_train']:,}/{c['n_test']:,} points, N_p = "
+                f"{c['num_partitions']:,} ({c['partition_size']} points x {c['features']} features per partition), "
+                f"{c['workers']} workers. One unit costs {fmt(c['unit_fixed_seconds'])} s (Gram + fits) + "
+                f"{fmt(c['unit_seconds_per_test_point'] * 1e3)} ms per test point, so "
+                f"{fmt(c['unit_seconds_at_full_test'])} s at {c['n_test']:,} test points (measured on "
+                f"{c['measured_units']} units x {c['measured_test_points']} test points); the aggregation takes "
+                f"{fmt(c['aggregation_makespan_seconds'])} s as {c['aggregation_blocks']} blocks; a worker peaks at "
+                f"{fmt(c['worker_peak_rss_mb'])} MiB. Estimated makespan: **{fmt(c['makespan_seconds'] / 60)} min on "
+                f"{c['workers']} workers** ({fmt(c['single_core_seconds'] / 3600)} h on one core). Assumptions: "
+                f"{c['assumption']}."]
     return "\n".join(out) + "\n"
-
 
 if __name__ == "__main__":
     main()

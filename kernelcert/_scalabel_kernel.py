@@ -12,14 +12,23 @@ the same binary-search probes), so every integer output (radius, costs, bounds, 
 bit-identical to the numpy core; `tests/test_scalabel_kernel.py` checks this on random and
 adversarial rows.
 
-Rows are independent and run in parallel (numba `prange`, one thread per core). The kernel has
-one signature (float64 / int64 arrays, sizes are run-time values): it compiles once per process
-(or never, when numba's on-disk cache is warm) whatever the shapes.
+Rows are independent and run in parallel (numba `prange` over contiguous chunks of rows, a few
+per thread; each chunk allocates its work space once). The count table (how many entries of each
+group lie in every prefix of the merged list) holds every row up to `_DENSE_COUNTS` window entries
+and every 8th row beyond (the larger windows of the rows that need them), with the lookup compiled
+as two specialisations, so the dense case has no extra branch. The kernel has one signature
+(float64 / int64 arrays, sizes are run-time values): it compiles once per process (or never, when
+numba's on-disk cache is warm) whatever the shapes.
+
+`exact_rows` is the exact post-pass of `certificates._resolve_exact` for the rows decided inside
+the rounding band: the values of `certificates._ExactRow`, with every decision taken as the sign of
+an error-free float expansion instead of Python integers.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import numba
 from numba import njit, prange
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -62,16 +71,24 @@ def _block_sum(a, lo, n):
 
 @njit(cache=True)
 def _pairwise_sum(a, lo, n):
-    """Sum of a[lo:lo+n] in numpy's order (`np.add.reduce` on a contiguous axis): split in halves
-    (rounded to multiples of 8) down to blocks of at most 128, summed as `_block_sum`. The recursion
-    is unrolled onto an explicit stack (numba's cache does not keep recursive functions)."""
+    """Sum of a[lo:lo+n] in numpy's order (`np.add.reduce` on a contiguous axis): `_pairwise_sum_in`
+    with its own stack."""
+    if n <= _PW_BLOCK:
+        return _block_sum(a, lo, n)
+    return _pairwise_sum_in(a, lo, n, np.empty((3, 64), np.int64), np.empty(64))
+
+
+@njit(cache=True)
+def _pairwise_sum_in(a, lo, n, frames, vals):
+    """Sum of a[lo:lo+n] in numpy's order: split in halves (rounded to multiples of 8) down to blocks
+    of at most 128, summed as `_block_sum`. The recursion is unrolled onto an explicit stack
+    (numba's cache does not keep recursive functions): frames (3, 64) int64 and vals (64,) scratch."""
     if n <= _PW_BLOCK:
         return _block_sum(a, lo, n)
     # frames: (lo, n, state) with state 0: not started, 1: left half summed (value on vals)
-    f_lo = np.empty(64, np.int64)
-    f_n = np.empty(64, np.int64)
-    f_st = np.empty(64, np.int64)
-    vals = np.empty(64)
+    f_lo = frames[0]
+    f_n = frames[1]
+    f_st = frames[2]
     top = 0
     nv = 0
     f_lo[0], f_n[0], f_st[0] = lo, n, 0
@@ -100,12 +117,6 @@ def _pairwise_sum(a, lo, n):
 
 
 @njit(cache=True)
-def _sum_all(a):
-    """`np.sum(a)` of a 1-d contiguous float64 array (0.0 + pairwise sum)."""
-    return 0.0 + _pairwise_sum(a, 0, a.shape[0])
-
-
-@njit(cache=True)
 def _argmax(a):
     """First index of the maximum (np.argmax without NaNs)."""
     best = 0
@@ -115,7 +126,7 @@ def _argmax(a):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _iters(size):
     """Binary search steps that shrink an interval of `size` candidates to one (ceil(log2(size + 1)), >= 1)."""
     steps = 0
@@ -126,11 +137,46 @@ def _iters(size):
 
 # --------------------------------------------------------------------------- per-row tables
 @njit(cache=True)
-def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2):
-    """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags,
-    its prefix sums Cc (GL+1,), count table CT (GL+1, G), c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
-    c and buf_v have GL+1 entries (the last one is a sentinel).
-    Same definitions (and tie orders: stable by flat index) as `certificates._Context`."""
+def _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end):
+    """Stable merge of the decreasing runs src[start:mid] and src[mid:end] into dst[start:end] (the left
+    run first among equals)."""
+    i, j, o = start, mid, start
+    while i < mid and j < end:
+        if src_v[i] >= src_v[j]:
+            dst_v[o] = src_v[i]
+            dst_t[o] = src_t[i]
+            i += 1
+        else:
+            dst_v[o] = src_v[j]
+            dst_t[o] = src_t[j]
+            j += 1
+        o += 1
+    while i < mid:
+        dst_v[o] = src_v[i]
+        dst_t[o] = src_t[i]
+        i += 1
+        o += 1
+    while j < end:
+        dst_v[o] = src_v[j]
+        dst_t[o] = src_t[j]
+        j += 1
+        o += 1
+
+
+_DENSE_COUNTS = 4096  # up to this many window entries (G L) the count table holds every row
+_SPARSE_SHIFT = 3  # beyond, every 8th row
+
+
+@njit(cache=True)
+def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, sh):
+    """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags
+    (GL,), its prefix sums Cc (GL+1,), count table CT, c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
+    c and buf_v have GL+1 entries (the last one is a sentinel); cnt (G,) is scratch.
+    Same definitions (and tie orders: stable by flat index) as `certificates._Context`.
+
+    CT[r, g] = number of group-g entries among the first r 2^sh entries of c (`_ct` adds the tags
+    in between): sh = 0 up to `_DENSE_COUNTS` window entries, else 3 (every 8th row: the full table
+    would cost G times the windows to build, a look-up then reads at most 7 tags)."""
     G = 2 * K
     GL = G * L
     for k in range(K):
@@ -176,7 +222,7 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
             tag[pos] = g
             pos += 1
     runs[G] = pos
-    nzero = pos
+    nz = pos
     src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
     nruns = G
     flips = 0
@@ -186,38 +232,18 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
             start = runs[k]
             mid = runs[k + 1]
             end = runs[k + 2] if k + 2 <= nruns else mid
-            i, j, o = start, mid, start
-            while i < mid and j < end:
-                if src_v[i] >= src_v[j]:
-                    dst_v[o] = src_v[i]
-                    dst_t[o] = src_t[i]
-                    i += 1
-                else:
-                    dst_v[o] = src_v[j]
-                    dst_t[o] = src_t[j]
-                    j += 1
-                o += 1
-            while i < mid:
-                dst_v[o] = src_v[i]
-                dst_t[o] = src_t[i]
-                i += 1
-                o += 1
-            while j < end:
-                dst_v[o] = src_v[j]
-                dst_t[o] = src_t[j]
-                j += 1
-                o += 1
+            _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end)
             runs[k // 2] = start
             k += 2
         nruns = (nruns + 1) // 2
-        runs[nruns] = nzero
+        runs[nruns] = nz
         src_v, src_t, dst_v, dst_t = dst_v, dst_t, src_v, src_t
         flips += 1
     if flips % 2 == 1:
-        for q in range(nzero):
+        for q in range(nz):
             c[q] = buf_v[q]
             tag[q] = buf_t[q]
-    pos = nzero
+    pos = nz
     for g in range(G):
         for i in range(L):
             if not X[g, i] > 0.0:
@@ -230,19 +256,24 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
     for q in range(1, GL):
         acc = acc + c[q]
         Cc[q + 1] = acc
+    mask = (1 << sh) - 1
     for g in range(G):
+        cnt[g] = 0
         CT[0, g] = 0
     for q in range(GL):
-        for g in range(G):
-            CT[q + 1, g] = CT[q, g]
-        CT[q + 1, tag[q]] += 1
-    # V: c and 2c merged (decreasing; c first among equals), Q2[q]: 2c entries among the first q
-    # (c[GL] = -1 is a sentinel below every entry: no bounds tests in the loop)
-    c[GL] = -1.0
+        cnt[tag[q]] += 1
+        if (q + 1) & mask == 0:
+            r = (q + 1) >> sh
+            for g in range(G):
+                CT[r, g] = cnt[g]
+    # V: c and 2c merged (decreasing; c first among equals), Q2[q]: 2c entries among the first q.
+    # The positive entries of both come first (2 nz of them), then c's GL - nz zeros, then 2c's.
+    c_nz = c[nz] if nz < GL else 0.0
+    c[nz] = -1.0  # a sentinel below every positive entry
     i, j = 0, 0
     q2 = 0
     Q2[0] = 0
-    for o in range(2 * GL):
+    for o in range(2 * nz):
         x = c[i]
         z = 2.0 * c[j]
         one = x >= z
@@ -251,45 +282,65 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
         Q2[o + 1] = q2
         i += one
         j += 1 - one
+    if nz < GL:
+        c[nz] = c_nz
+    c[GL] = -1.0
+    for o in range(2 * nz, 2 * GL):
+        V[o] = 0.0
+        Q2[o + 1] = nz + max(0, o + 1 - GL - nz)
+
+
+@njit(cache=True, inline="always")
+def _ct(CT, tag, sh, q, g):
+    """Number of group-g entries among the first q entries of c: CT[q, g] when the table holds every
+    row (sh is None: a separate compiled specialisation, no branch), else the table row below q (every
+    2^sh-th row) plus the tags in between."""
+    if sh is None:
+        return CT[q, g]
+    r = q >> sh
+    k = CT[r, g]
+    for j in range(r << sh, q):
+        k += tag[j] == g
+    return k
 
 
 # --------------------------------------------------------------------------- pairwise problems
-@njit(cache=True)
-def _pair_active(Cc, CT, Xc, Q2, a, b, q):
+@njit(cache=True, inline="always")
+def _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, q):
     """Sum and number of active reductions of pair (a, b) among the first q entries of V."""
     q2 = Q2[q]
     q1 = q - q2
     tot = Cc[q1]
     cnt = q1
     g = 2 * a
-    k = CT[q1, g]
+    k = _ct(CT, tag, sh, q1, g)
     cnt -= k
     tot = tot - Xc[g, k]
     g = 2 * a + 1
-    k = CT[q1, g]
+    k = _ct(CT, tag, sh, q1, g)
     cnt -= k
     tot = tot - Xc[g, k]
     g = 2 * b
-    k = CT[q1, g]
+    k = _ct(CT, tag, sh, q1, g)
     cnt -= k
     tot = tot - Xc[g, k]
     g = 2 * b + 1
-    k = CT[q1, g]
+    k = _ct(CT, tag, sh, q1, g)
     cnt -= k
     tot = tot - Xc[g, k]
     g = 2 * a
-    k = CT[q2, g]
+    k = _ct(CT, tag, sh, q2, g)
     cnt += k
     tot = tot + 2.0 * Xc[g, k]
     g = 2 * b + 1
-    k = CT[q2, g]
+    k = _ct(CT, tag, sh, q2, g)
     cnt += k
     tot = tot + 2.0 * Xc[g, k]
     return tot, cnt
 
 
 @njit(cache=True)
-def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
+def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b):
     """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none), validity and whether the
     decision lies within `band` of its threshold (`_pairs`)."""
     sa = s[a]
@@ -300,7 +351,7 @@ def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
         return np.inf, -1, True, abs(sa - sb) <= band
     T = (sa - sb) - tol
     top = 2 * GL
-    tot, cnt = _pair_active(Cc, CT, Xc, Q2, a, b, top)
+    tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)
     found = tot >= T and cnt >= 1
     lo = 0
     hi = top
@@ -308,13 +359,13 @@ def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
-        tot, cnt = _pair_active(Cc, CT, Xc, Q2, a, b, mid)
+        tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, mid)
         if tot >= T and cnt >= 1:
             hi = mid
         else:
             lo = mid + 1
     q = hi
-    tq, m = _pair_active(Cc, CT, Xc, Q2, a, b, q)
+    tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, q)
     v = V[max(q - 1, 0)]
     need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
     valid = (v > need) if found else (cutmax == 0.0)
@@ -325,8 +376,8 @@ def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b):
 
 
 # --------------------------------------------------------------------------- attacks as group prefixes
-@njit(cache=True)
-def _after(s, Cc, CT, Xc, Q2, K, q, member1, member2, dest, new, signed):
+@njit(cache=True, inline="always")
+def _after(s, Cc, CT, tag, sh, Xc, Q2, K, q, member1, member2, dest, new, signed):
     """Scores `new` (K,) after the moves of a spec in the first q entries of V; returns their number."""
     G = 2 * K
     q2 = Q2[q]
@@ -335,9 +386,9 @@ def _after(s, Cc, CT, Xc, Q2, K, q, member1, member2, dest, new, signed):
     for g in range(G):
         k = 0
         if member1[g]:
-            k = CT[q1, g]
+            k = _ct(CT, tag, sh, q1, g)
         elif member2[g]:
-            k = CT[q2, g]
+            k = _ct(CT, tag, sh, q2, g)
         count += k
         moved = Xc[g, k]
         signed[g] = moved if g % 2 == 0 else -moved
@@ -351,7 +402,7 @@ def _after(s, Cc, CT, Xc, Q2, K, q, member1, member2, dest, new, signed):
     return count
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _wins(new, c, margin):
     """c wins on the attacked scores by more than `margin` (the tolerance plus the rounding allowance)."""
     gmin = np.inf
@@ -364,10 +415,10 @@ def _wins(new, c, margin):
 
 
 @njit(cache=True)
-def _safe_search(s, margin, Cc, CT, Xc, Q2, K, GL, c, member1, member2, dest, new, signed):
+def _safe_search(s, margin, Cc, CT, Xc, Q2, tag, sh, K, GL, c, member1, member2, dest, new, signed):
     """Shortest verified prefix of a monotone attack order: (count or inf)."""
     top = 2 * GL
-    _after(s, Cc, CT, Xc, Q2, K, top, member1, member2, dest, new, signed)
+    _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, member1, member2, dest, new, signed)
     found = _wins(new, c, margin)
     lo = 0
     hi = top
@@ -375,18 +426,18 @@ def _safe_search(s, margin, Cc, CT, Xc, Q2, K, GL, c, member1, member2, dest, ne
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
-        _after(s, Cc, CT, Xc, Q2, K, mid, member1, member2, dest, new, signed)
+        _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, member1, member2, dest, new, signed)
         if _wins(new, c, margin):
             hi = mid
         else:
             lo = mid + 1
-    cnt = _after(s, Cc, CT, Xc, Q2, K, hi, member1, member2, dest, new, signed)
+    cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, hi, member1, member2, dest, new, signed)
     if found and _wins(new, c, margin):
         return float(cnt)
     return np.inf
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _beats(s, c, k):
     """k beats c with no flips under the index tie rule."""
     return s[k] > s[c] or (s[k] == s[c] and k < c)
@@ -477,7 +528,7 @@ def _greedy_moves(s, X, margin, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v
 
 # --------------------------------------------------------------------------- Lagrangian lower bounds
 @njit(cache=True)
-def _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, npos, terms, hint_j, hint_q):
+def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, npos, terms, hint_j, hint_q):
     """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`).
 
     npos[j]: how many entries q of c have fl(fu[j] c[q]) >= tau (> tau), a prefix since c decreases.
@@ -507,14 +558,14 @@ def _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, npo
     for g in range(G):
         k = 0
         if fi[g] >= 0:
-            k = CT[npos[fi[g]], g]
+            k = _ct(CT, tag, sh, npos[fi[g]], g)
         n += k
         terms[g] = f[g] * Xc[g, k]
     return 0.0 + _pairwise_sum(terms, 0, G), n
 
 
 @njit(cache=True)
-def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
+def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
     """Lower bound on A_c from the rival set R (K,) bool with uniform multipliers (`_lagrangian`):
     returns (bound or inf, valid)."""
     G = 2 * K
@@ -563,14 +614,14 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
-        F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, f0 * c[mid], False, top_step, npos, terms, j0,
+        F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, f0 * c[mid], False, top_step, npos, terms, j0,
                             mid)
         if F >= T:
             hi = mid
         else:
             lo = mid + 1
     tau0 = f0 * c[hi]
-    F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, tau0, False, top_step, npos, terms, j0, hi)
+    F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau0, False, top_step, npos, terms, j0, hi)
     ok0 = F >= T
     hit0 = ok0 and tau0 > 0.0
     if ok0:
@@ -599,7 +650,7 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
         hi = qb
         while lo < hi:
             mid = (lo + hi) >> 1
-            F, _n = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, fj * c[min(mid, GL - 1)], False, top_step,
+            F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, fj * c[min(mid, GL - 1)], False, top_step,
                                 npos, terms, j, min(mid, GL - 1))
             if F >= T:
                 hi = mid
@@ -610,8 +661,8 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
             v = tau
     found = v > 0.0
     vv = v if found else 1.0
-    F_gt, N_gt = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, vv, True, top_step, npos, terms, -1, 0)
-    _f, N_ge = _lag_counts(c, CT, Xc, K, GL, fu, fi, f, present, vv, False, top_step, npos, terms, -1, 0)
+    F_gt, N_gt = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, True, top_step, npos, terms, -1, 0)
+    _f, N_ge = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, False, top_step, npos, terms, -1, 0)
     k = max(1.0, np.ceil((T - F_gt) / vv))
     m = min(float(N_gt) + k, float(N_ge))
     valid = ((v > need) if found else (need == 0.0)) and T > 0.0
@@ -620,31 +671,51 @@ def _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
 
 # --------------------------------------------------------------------------- one row, one window size
 @njit(cache=True)
-def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Qs, lower, upper):
-    """All pairwise problems (and with mode FULL the per-class bounds) of one row for window size L.
-
-    Fills P / Qs (K, K) (mode RADIUS: row `pred` only) and lower / upper (K,) (FULL).
-    Returns (pairs valid, bounds need larger windows, radius decided inside the band, some pair
-    decided inside the band) — the band flags as `certificates._solve` sets them."""
+def _tables(K, L):
+    """Work space of `_build_tables` for window sizes up to L (reused across the rows of a thread)."""
     G = 2 * K
     GL = G * L
-    X = np.empty((G, L))
-    cut = np.empty(G)
-    Xc = np.empty((G, L + 1))
-    c = np.empty(GL + 1)
-    tag = np.empty(GL, np.int64)
-    buf_v = np.empty(GL + 1)
-    buf_t = np.empty(GL, np.int64)
-    Cc = np.empty(GL + 1)
-    CT = np.empty((GL + 1, G), np.int32)
-    V = np.empty(2 * GL)
-    Q2 = np.empty(2 * GL + 1, np.int64)
-    _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2)
+    rows = GL if GL <= _DENSE_COUNTS else GL >> _SPARSE_SHIFT  # rows of the count table (`_build_tables`)
+    return (np.empty((G, L)), np.empty(G), np.empty((G, L + 1)), np.empty(GL + 1), np.empty(GL, np.int64),
+            np.empty(GL + 1), np.empty(GL, np.int64), np.empty(GL + 1), np.empty((rows + 1, G), np.int32),
+            np.empty(2 * GL), np.empty(2 * GL + 1, np.int64), np.empty(G, np.int32))
+
+
+@njit(cache=True)
+def _scratch(K):
+    """Work space of the per-class bounds of `_solve_row` (K classes; reused across the rows of a thread)."""
+    G = 2 * K
+    first_free = np.full((K, K), -1, np.int64)  # the smallest class other than c and u
+    for c1 in range(K):
+        for u in range(K):
+            for d in range(K):
+                if d != c1 and d != u:
+                    first_free[c1, u] = d
+                    break
+    return (np.zeros((K, K), np.bool_), np.zeros(G, np.bool_), np.zeros(G, np.bool_), np.zeros(G, np.int64),
+            np.zeros(K), np.zeros(G), np.zeros(K, np.bool_), np.zeros(K, np.int64), np.zeros(K, np.bool_),
+            np.zeros(K), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(G, np.int64),
+            np.zeros(G), np.zeros(3, np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
+            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free)
+
+
+@njit(cache=True)
+def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Qs, lower, upper, ws, sh, bs):
+    """All pairwise problems (and with mode FULL the per-class bounds) of one row for window size L.
+
+    Fills P / Qs (K, K) (mode RADIUS: row `pred` only) and lower / upper (K,) (FULL); ws: `_tables`
+    for a window size >= L, bs: `_scratch(K)`. Returns (pairs valid, bounds need larger windows, radius decided inside
+    the band, some pair decided inside the band) — the band flags as `certificates._solve` sets them."""
+    G = 2 * K
+    GL = G * L
+    X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt = ws
+    _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, 0 if sh is None else sh)
     cutmax = 0.0
     for g in range(G):
         if cut[g] > cutmax:
             cutmax = cut[g]
-    NR = np.zeros((K, K), np.bool_)
+    (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, npos, terms, sR,
+     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free) = bs
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
     tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
     band = 2.0 * user_tol + 4.0 * slack
@@ -661,7 +732,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
                 Qs[a, b] = -1
                 NR[a, b] = False
                 continue
-            p, q, ok, near = _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, cut, cutmax, GL, a, b)
+            p, q, ok, near = _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b)
             P[a, b] = p
             Qs[a, b] = q
             NR[a, b] = near
@@ -685,15 +756,6 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         return pairs_ok, True, radius_band, nr_any
 
     # ----- per-class bounds (`certificates._solve`, mode 'full')
-    member1 = np.zeros(G, np.bool_)
-    member2 = np.zeros(G, np.bool_)
-    dest = np.zeros(G, np.int64)
-    new = np.empty(K)
-    signed = np.empty(G)
-    prio = np.zeros(K, np.bool_)
-    jstar = np.zeros(K, np.int64)
-    rest = np.zeros(K, np.bool_)
-    lower_pair = np.zeros(K)
     miss = False
     for cc in range(K):
         # binding rival: argmax_j P(j, cc) with -1 on the diagonal
@@ -723,7 +785,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
                 member1[g] = cls != js and cls != cc
                 member2[g] = g == 2 * js or g == 2 * cc + 1
                 dest[g] = cc if g % 2 == 0 else js
-            cnt = _after(s, Cc, CT, Xc, Q2, K, q1, member1, member2, dest, new, signed)
+            cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, q1, member1, member2, dest, new, signed)
             ver = _wins(new, cc, tol)
             if ver:
                 upper[cc] = float(cnt)
@@ -750,21 +812,13 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
                     member1[g] = False
                     member2[g] = g == 2 * cc + 1
                     dest[g] = t
-            cnt = _safe_search(s, tol, Cc, CT, Xc, Q2, K, GL, cc, member1, member2, dest, new, signed)
+            cnt = _safe_search(s, tol, Cc, CT, Xc, Q2, tag, sh, K, GL, cc, member1, member2, dest, new, signed)
             if cnt < upper[cc]:
                 upper[cc] = cnt
     for cc in range(K):
         lower_pair[cc] = lower[cc]
     # Lagrangian lower bounds where the pairwise bound is not tight
     if K >= 3:
-        R = np.zeros(K, np.bool_)
-        beat = np.zeros(K, np.bool_)
-        top2 = np.zeros(K, np.bool_)
-        fi = np.zeros(G, np.int64)
-        f = np.zeros(G)
-        npos = np.zeros(3, np.int64)
-        terms = np.zeros(G)
-        sR = np.zeros(K)
         for cc in range(K):
             if cc == pred or not (lower[cc] < upper[cc]) or not np.isfinite(lower[cc]):
                 continue
@@ -811,25 +865,10 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
                         R[k] = k != cc
                     else:
                         R[k] = top2[k]
-                lb, ok = _lagrangian(s, tol, c, CT, Xc, cut, K, GL, cc, R, fi, f, npos, terms, sR)
+                lb, ok = _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, cc, R, fi, f, npos, terms, sR)
                 if ok and lb > lower[cc]:
                     lower[cc] = lb
     # (3) sequential greedy where a gap remains
-    sc = np.empty(K)
-    ptr = np.zeros(G, np.int64)
-    val = np.empty(G)
-    scn_ = np.empty(K)
-    wn_ = np.empty(K)
-    T1v = np.empty(K)
-    A = np.empty(K)
-    worst = np.empty(G)
-    first_free = np.full((K, K), -1, np.int64)
-    for c1 in range(K):
-        for u in range(K):
-            for d in range(K):
-                if d != c1 and d != u:
-                    first_free[c1, u] = d
-                    break
     for cc in range(K):
         if not rest[cc]:
             continue
@@ -850,7 +889,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
 # --------------------------------------------------------------------------- rows
 @njit(cache=True, parallel=True)
 def certify_rows(S, off, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
-                 pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out):
+                 pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out, nchunks):
     """Certificates of the rows of S (B, n): class-grouped, each class segment sorted ascending.
 
     off (K+1,) class segment offsets; windows start at `first_window` entries per group and grow
@@ -865,62 +904,91 @@ def certify_rows(S, off, first_window, max_group, growth, user_tol, mode, tie, w
     """
     B, n = S.shape
     K = off.shape[0] - 1
-    for i in prange(B):
-        row = S[i]
+    # rows in contiguous chunks, a few per thread: the work space is allocated once per chunk
+    nchunks = max(1, min(B, nchunks))
+    for ch in prange(nchunks):
+        ws0 = _tables(K, first_window)
+        bs = _scratch(K)
         ab = np.empty(n)
-        for j in range(n):
-            ab[j] = abs(row[j])
-        absum = _sum_all(ab)
+        frames = np.empty((3, 64), np.int64)
+        vals = np.empty(64)
         s = np.empty(K)
-        finite = np.isfinite(absum)
-        for k in range(K):
-            s[k] = 0.0 + _pairwise_sum(row, off[k], off[k + 1] - off[k])
-            finite = finite and np.isfinite(s[k])
-        nonfinite[i] = not finite
-        if not finite:
-            continue
-        p = _argmax(s)
-        pred[i] = p
         P = np.zeros((K, K))
         Qs = np.full((K, K), -1, np.int64)
         lower = np.zeros(K)
         upper = np.zeros(K)
-        L = first_window
-        pairs_taken = not (mode == MODE_PAIRS or want_pairs)
-        while True:
-            complete = L >= max_group
-            pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
-                                                             mode, P, Qs, lower, upper)
-            if not pairs_taken and (pairs_ok or complete):
-                pairs_taken = True
-                pairs_band[i] = nr_any
-                for a in range(K):
-                    for b in range(K):
-                        x = P[a, b]
-                        if tie == TIE_ATTACKER and a != b and s[a] == s[b]:
-                            x = 0.0
-                        P_out[i, a, b] = x
-            if (pairs_ok and not miss) or complete:
-                if mode == MODE_RADIUS:
-                    band[i] = radius_band
-                elif mode == MODE_PAIRS:
-                    band[i] = nr_any
-                else:
-                    band[i] = radius_band or nr_any
-                break
-            L = min(max_group, L * growth)
-        best = np.inf
+        for i in range(ch * B // nchunks, (ch + 1) * B // nchunks):
+            _certify_row(S[i], i, off, K, n, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
+                         pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out,
+                         ws0, bs, ab, frames, vals, s, P, Qs, lower, upper)
+
+
+@njit(cache=True)
+def _certify_row(row, i, off, K, n, first_window, max_group, growth, user_tol, mode, tie, want_pairs,
+                 pred, radius, own, band, pairs_band, nonfinite, P_out, lower_out, upper_out,
+                 ws0, bs, ab, frames, vals, s, P, Qs, lower, upper):
+    """Row i of `certify_rows` (ws0: `_tables` for the first window, bs: `_scratch(K)`; ab (n,), frames,
+    vals (`_pairwise_sum_in`), s (K,), P, Qs (K, K), lower, upper (K,): scratch)."""
+    for j in range(n):
+        ab[j] = abs(row[j])
+    absum = 0.0 + _pairwise_sum_in(ab, 0, n, frames, vals)  # np.sum
+    finite = np.isfinite(absum)
+    for k in range(K):
+        s[k] = 0.0 + _pairwise_sum_in(row, off[k], off[k + 1] - off[k], frames, vals)
+        finite = finite and np.isfinite(s[k])
+    nonfinite[i] = not finite
+    if not finite:
+        return
+    p = _argmax(s)
+    pred[i] = p
+    for a in range(K):
+        lower[a] = 0.0
+        upper[a] = 0.0
         for b in range(K):
-            x = np.inf if b == p else P[p, b]
-            if x < best:
-                best = x
-            own[i, b] = 0.0 if b == p else x
-        rad = int(best) - 1 if np.isfinite(best) else -1
-        radius[i] = n if rad < 0 else rad
-        if mode == MODE_FULL:
-            for k in range(K):
-                lower_out[i, k] = lower[k]
-                upper_out[i, k] = upper[k]
+            P[a, b] = 0.0
+            Qs[a, b] = -1
+    L = first_window
+    ws = ws0
+    pairs_taken = not (mode == MODE_PAIRS or want_pairs)
+    while True:
+        complete = L >= max_group
+        if 2 * K * L <= _DENSE_COUNTS:
+            pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
+                                                             mode, P, Qs, lower, upper, ws, None, bs)
+        else:
+            pairs_ok, miss, radius_band, nr_any = _solve_row(row, off, K, L, complete, n, user_tol[i], absum, s, p,
+                                                             mode, P, Qs, lower, upper, ws, _SPARSE_SHIFT, bs)
+        if not pairs_taken and (pairs_ok or complete):
+            pairs_taken = True
+            pairs_band[i] = nr_any
+            for a in range(K):
+                for b in range(K):
+                    x = P[a, b]
+                    if tie == TIE_ATTACKER and a != b and s[a] == s[b]:
+                        x = 0.0
+                    P_out[i, a, b] = x
+        if (pairs_ok and not miss) or complete:
+            if mode == MODE_RADIUS:
+                band[i] = radius_band
+            elif mode == MODE_PAIRS:
+                band[i] = nr_any
+            else:
+                band[i] = radius_band or nr_any
+            break
+        L = min(max_group, L * growth)
+        ws = _tables(K, L)
+    best = np.inf
+    for b in range(K):
+        x = np.inf if b == p else P[p, b]
+        if x < best:
+            best = x
+        own[i, b] = 0.0 if b == p else x
+    rad = int(best) - 1 if np.isfinite(best) else -1
+    radius[i] = n if rad < 0 else rad
+    if mode == MODE_FULL:
+        for k in range(K):
+            lower_out[i, k] = lower[k]
+            upper_out[i, k] = upper[k]
 
 
 _MODES = {"radius": MODE_RADIUS, "pairs": MODE_PAIRS, "full": MODE_FULL}
@@ -949,7 +1017,7 @@ def solve_block(S: np.ndarray, off: np.ndarray, first_window: int, max_group: in
     nonfinite = np.zeros(B, np.bool_)
     certify_rows(S, off, int(first_window), int(max_group), int(growth), user_tol, _MODES[mode], _TIES[tie],
                  bool(want_pairs), out["prediction"], out["radius"], out["own"], out["band"], out["pairs_band"],
-                 nonfinite, out["P"], out["lower"], out["upper"])
+                 nonfinite, out["P"], out["lower"], out["upper"], 4 * numba.get_num_threads())
     if nonfinite.any():
         raise FloatingPointError("non-finite intermediate in the certificate (a score sum overflowed); "
                                  "the range guard should have rescaled this row")
@@ -963,3 +1031,269 @@ def solve_block(S: np.ndarray, off: np.ndarray, first_window: int, max_group: in
 def compile_count() -> int:
     """Number of machine-code versions of the row kernel built (or loaded from the cache) in this process."""
     return len(certify_rows.signatures)
+
+
+# --------------------------------------------------------------------------- exact resolution of band rows
+# The rows the float core decides inside its rounding / tolerance band are recomputed exactly
+# (`certificates._resolve_exact`). Every decision there is the sign of a sum of float64 terms
+# (weights, tolerances, 2|w|): the sum is accumulated without error as a non-overlapping expansion
+# (Shewchuk's msum: the float partials sum to it exactly, the largest one carries its sign), so no
+# big-integer arithmetic is needed. Valid while no term or sum overflows: the caller passes only
+# rows whose weights and tolerance are at most `EXACT_MAX` in magnitude.
+EXACT_MAX = 2.0 ** 900
+_PARTIALS = 96  # more than the non-overlapping float64 partials any sum can need (~2100 bits / 53)
+
+
+@njit(cache=True)
+def _xadd(part, npart, x):
+    """Add x to the expansion part[:npart] (exactly); returns its new length."""
+    i = 0
+    for k in range(npart):
+        y = part[k]
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo != 0.0:
+            part[i] = lo
+            i += 1
+        x = hi
+    part[i] = x
+    return i + 1
+
+
+@njit(cache=True)
+def _xsign(part, npart):
+    """Sign (-1, 0, 1) of the exact sum of the expansion part[:npart]."""
+    for k in range(npart - 1, -1, -1):
+        if part[k] > 0.0:
+            return 1
+        if part[k] < 0.0:
+            return -1
+    return 0
+
+
+@njit(cache=True)
+def _xscore_diff(w, perm, off, a, b, part):
+    """part := the expansion of s_a - s_b (exact class scores); returns its length."""
+    npart = 0
+    for t in range(off[a], off[a + 1]):
+        npart = _xadd(part, npart, w[perm[t]])
+    for t in range(off[b], off[b + 1]):
+        npart = _xadd(part, npart, -w[perm[t]])
+    return npart
+
+
+@njit(cache=True)
+def _xfactor(w, y, j, a, b):
+    """Factor of sample j in the pair problem (a, b) (docs/math.md §3): 2 for a's positive and b's
+    negative weights, 0 for a's negative, b's positive and zero weights, 1 otherwise."""
+    x = w[j]
+    if x == 0.0:
+        return 0
+    if y[j] == a:
+        return 2 if x > 0.0 else 0
+    if y[j] == b:
+        return 0 if x > 0.0 else 2
+    return 1
+
+
+@njit(cache=True)
+def _xnext(w, y, ordr, a, b, ptr, f):
+    """Next position >= ptr in ordr (indices by decreasing |w|, stable) whose factor is f (len: none)."""
+    n = ordr.shape[0]
+    while ptr < n and _xfactor(w, y, ordr[ptr], a, b) != f:
+        ptr += 1
+    return ptr
+
+
+@njit(cache=True)
+def _xorder(w, y, ordr, a, b, idx):
+    """Greedy order of pair (a, b) into idx: active samples by decreasing reduction f |w|, then
+    decreasing |w|, then index (`certificates._ExactRow._order`); returns their number."""
+    n = ordr.shape[0]
+    p1 = _xnext(w, y, ordr, a, b, 0, 1)
+    p2 = _xnext(w, y, ordr, a, b, 0, 2)
+    m = 0
+    while p1 < n or p2 < n:
+        if p2 >= n:
+            take1 = True
+        elif p1 >= n:
+            take1 = False
+        else:
+            v1 = abs(w[ordr[p1]])
+            v2 = abs(w[ordr[p2]])
+            # keys |w1| and 2|w2| (exact below EXACT_MAX); among equal keys the larger |w| (factor 1)
+            take1 = v1 >= 2.0 * v2
+        if take1:
+            idx[m] = ordr[p1]
+            p1 = _xnext(w, y, ordr, a, b, p1 + 1, 1)
+        else:
+            idx[m] = ordr[p2]
+            p2 = _xnext(w, y, ordr, a, b, p2 + 1, 2)
+        m += 1
+    return m
+
+
+@njit(cache=True)
+def _xpair(w, y, perm, off, ordr, a, b, strict, tie_attacker, tol, part, idx):
+    """Exact P(a, b) (`certificates._ExactRow.pair`): fewest flips after which b beats a (0: b
+    already does, inf: never); tol > 0: within tol counts (strict: b must win by more than tol)."""
+    npart = _xscore_diff(w, perm, off, a, b, part)  # M = s_a - s_b
+    sm = _xsign(part, npart)
+    tie_b = b < a or tie_attacker
+    if sm < 0 or (sm == 0 and tie_b):
+        return 0.0
+    # D = prefix - need: starts at -need
+    for k in range(npart):
+        part[k] = -part[k]
+    if tol == 0.0:
+        strict_gt = not tie_b
+    elif strict:
+        npart = _xadd(part, npart, -tol)
+        strict_gt = True
+    else:
+        npart = _xadd(part, npart, tol)
+        strict_gt = False
+    m = _xorder(w, y, ordr, a, b, idx)
+    for q in range(m + 1):
+        if q > 0:
+            j = idx[q - 1]
+            x = abs(w[j])
+            npart = _xadd(part, npart, x)
+            if _xfactor(w, y, j, a, b) == 2:
+                npart = _xadd(part, npart, x)
+        sg = _xsign(part, npart)
+        if sg > 0 or (sg == 0 and not strict_gt):
+            return float(max(q, 1))
+    return np.inf
+
+
+@njit(cache=True)
+def _xwins(w, y, perm, off, K, c, idx, m, a, tol, part):
+    """c is the prediction after relabelling the first m samples of idx (positive weights to c,
+    negative ones to a), by more than tol (tol > 0) or by the tie rule (tol == 0)."""
+    for k in range(K):
+        if k == c:
+            continue
+        npart = _xscore_diff(w, perm, off, c, k, part)
+        for t in range(m):
+            j = idx[t]
+            x = w[j]
+            dest = c if x > 0.0 else a
+            if y[j] == c:
+                npart = _xadd(part, npart, -x)
+            if y[j] == k:
+                npart = _xadd(part, npart, x)
+            if dest == c:
+                npart = _xadd(part, npart, x)
+            if dest == k:
+                npart = _xadd(part, npart, -x)
+        if tol > 0.0:
+            npart = _xadd(part, npart, -tol)
+            if _xsign(part, npart) <= 0:
+                return False
+        else:
+            sg = _xsign(part, npart)
+            if sg < 0 or (sg == 0 and k < c):
+                return False
+    return True
+
+
+@njit(cache=True)
+def _xrow(w, y, perm, off, K, tol, mode, tie_attacker, pred, radius, exact, own, lower, upper, P, part, idx):
+    """One row in exact arithmetic (`certificates._ExactRow`): mode PAIRS fills P (K, K) with tie
+    rule tie_attacker; otherwise pred, radius, exact, own (K,) and, in mode FULL, lower / upper
+    (K,) (`_ExactRow.radius` and `_ExactRow.class_bounds`)."""
+    n = w.shape[0]
+    ordr = np.argsort(-np.abs(w), kind="mergesort")
+    if mode == MODE_PAIRS:
+        for a in range(K):
+            for b in range(K):
+                P[a, b] = 0.0 if a == b else _xpair(w, y, perm, off, ordr, a, b, False, tie_attacker, tol, part, idx)
+        return
+    p = 0
+    for k in range(1, K):
+        if _xsign(part, _xscore_diff(w, perm, off, k, p, part)) > 0:
+            p = k
+    pred[0] = p
+    best = np.inf
+    best_strict = np.inf
+    for b in range(K):
+        own[b] = 0.0
+        if b == p:
+            continue
+        own[b] = _xpair(w, y, perm, off, ordr, p, b, False, False, tol, part, idx)
+        st = _xpair(w, y, perm, off, ordr, p, b, True, False, tol, part, idx) if tol > 0.0 else own[b]
+        best = min(best, own[b])
+        best_strict = min(best_strict, st)
+    radius[0] = int(best - 1.0) if np.isfinite(best) else n
+    ex = True
+    if tol > 0.0:
+        ex = best_strict == best
+        for k in range(K):
+            if k != p:
+                npart = _xadd(part, _xscore_diff(w, perm, off, p, k, part), -tol)
+                if _xsign(part, npart) <= 0:
+                    ex = False
+    exact[0] = ex
+    if mode != MODE_FULL:
+        return
+    for c in range(K):
+        lower[c] = 0.0
+        upper[c] = 0.0
+        if c == p:
+            continue
+        # binding rival: the largest P(j, c), the smallest j among equals
+        jb = -1
+        pj = -1.0
+        for j in range(K):
+            if j != c:
+                x = _xpair(w, y, perm, off, ordr, j, c, False, False, tol, part, idx)
+                if x > pj:
+                    pj = x
+                    jb = j
+        lower[c] = pj
+        upper[c] = np.inf
+        if not np.isfinite(pj):
+            continue
+        pm = _xpair(w, y, perm, off, ordr, jb, c, True, False, tol, part, idx) if tol > 0.0 else pj
+        if not np.isfinite(pm):
+            continue
+        m = min(int(pm), _xorder(w, y, ordr, jb, c, idx))
+        if _xwins(w, y, perm, off, K, c, idx, m, jb, tol, part):
+            upper[c] = float(m)
+
+
+@njit(cache=True, parallel=True)
+def exact_rows(W, y, perm, off, tol, mode, tie, pred, radius, exact, own, lower, upper, P):
+    """`_xrow` for every row of W (R, n) (labels y (n,), perm / off the class grouping of
+    `certificates._Layout`, tol (R,)); outputs pred, radius, exact (R,), own, lower, upper (R, K),
+    P (R, K, K) (mode PAIRS; tie TIE_INDEX or TIE_ATTACKER)."""
+    R, n = W.shape
+    K = off.shape[0] - 1
+    for r in prange(R):
+        part = np.empty(_PARTIALS)
+        idx = np.empty(n, np.int64)
+        _xrow(W[r], y, perm, off, K, tol[r], mode, tie == TIE_ATTACKER, pred[r:r + 1], radius[r:r + 1],
+              exact[r:r + 1], own[r], lower[r], upper[r], P[r], part, idx)
+
+
+def resolve_rows(W: np.ndarray, labels: np.ndarray, perm: np.ndarray, off: np.ndarray, tol: np.ndarray, mode: str,
+                 tie: str) -> dict:
+    """Exact values of the rows of W (R, n) (`exact_rows`): |W| and tol (R,) at most `EXACT_MAX`.
+
+    Returns a dict: prediction, radius (R,) int64 (n: no attack), radius_exact (R,) bool, own,
+    lower, upper (R, K) (modes 'radius' / 'full'); P (R, K, K) (mode 'pairs', tie rule `tie`).
+    """
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    R = W.shape[0]
+    K = len(off) - 1
+    out = {"prediction": np.zeros(R, np.int64), "radius": np.zeros(R, np.int64),
+           "radius_exact": np.ones(R, np.bool_), "own": np.zeros((R, K)), "lower": np.zeros((R, K)),
+           "upper": np.zeros((R, K)), "P": np.zeros((R, K, K))}
+    exact_rows(W, np.ascontiguousarray(labels, dtype=np.int64), np.ascontiguousarray(perm, dtype=np.int64),
+               np.ascontiguousarray(off, dtype=np.int64), np.ascontiguousarray(tol, dtype=np.float64), _MODES[mode],
+               _TIES[tie], out["prediction"], out["radius"], out["radius_exact"], out["own"], out["lower"],
+               out["upper"], out["P"])
+    return out

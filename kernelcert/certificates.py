@@ -41,10 +41,13 @@ Floating point (docs/math.md §3), in three layers around the float core:
    win by more than `tol_i + slack_i`, so it also wins for the exact model.
 3. Exact resolution. The float core flags the rows whose decision falls inside that band (top two
    scores, or the deciding prefix sum of a radius pair or a binding class pair, within twice the
-   band). Those few rows are recomputed in exact integer arithmetic (every float is an integer
-   multiple of 2^-1074): the exact prediction (ties to the smaller index), the exact pairwise costs
-   with the tie rule (an attack that only reaches an exact tie succeeds only if the tie goes to the
-   attacker's class), and exactly verified greedy attacks. With `tol_i = 0` the radius of every row
+   band). Those few rows are recomputed in exact arithmetic: the exact prediction (ties to the
+   smaller index), the exact pairwise costs with the tie rule (an attack that only reaches an exact
+   tie succeeds only if the tie goes to the attacker's class), and exactly verified greedy attacks.
+   Every such decision is the sign of a sum of floats; the compiled pass (`_scalabel_kernel.exact_rows`)
+   accumulates it without error as a non-overlapping float expansion (rows with |w| <= 2^900), the
+   reference `_ExactRow` in Python integers (every float is an integer multiple of 2^-1074; it also
+   serves the rows beyond 2^900 and the witnesses). With `tol_i = 0` the radius of every row
    is then exact; with `tol_i > 0` a row whose decision lies within `tol_i` keeps the sound
    (smaller) value and is flagged not exact (`Certificate.radius_exact`).
 
@@ -58,8 +61,10 @@ import bisect
 import functools
 import itertools
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _scalabel_kernel
 from ._jax import default_device, gpu_devices, x64_scope
@@ -227,7 +232,7 @@ def _sorted_segments(wb: np.ndarray, layout: _Layout, with_index: bool = False, 
         lo, hi = layout.off[k], layout.off[k + 1]
         if hi - lo < 2:
             continue
-        if with_index:
+        if idx is not None:
             o = np.argsort(S[:, lo:hi], axis=1, kind="stable")
             S[:, lo:hi] = np.take_along_axis(S[:, lo:hi], o, axis=1)
             idx[:, lo:hi] = np.take_along_axis(idx[:, lo:hi], o, axis=1)
@@ -270,7 +275,7 @@ class _Context:
             if m:
                 X[:, 2 * k, :m] = np.maximum(seg[:, nk - m:][:, ::-1], 0.0)
                 X[:, 2 * k + 1, :m] = np.maximum(-seg[:, :m], 0.0)
-                if Iw is not None:
+                if Iw is not None and index is not None:
                     Iw[:, 2 * k, :m] = index[:, hi - m:hi][:, ::-1]
                     Iw[:, 2 * k + 1, :m] = index[:, lo:lo + m]
             if nk > L:
@@ -661,8 +666,8 @@ def _lagrangian(ctx: _Context, r, c, R):
     rows = np.arange(Q)
     j0 = np.argmax(present, axis=1)
     f0 = fu[rows, j0]
-    lo = np.zeros(Q, np.int64)
-    hi = np.full(Q, GL - 1)
+    lo: np.ndarray = np.zeros(Q, np.int64)
+    hi: np.ndarray = np.full(Q, GL - 1)
     for _ in range(_iters(GL)):
         mid = (lo + hi) >> 1
         F, _ = counts((f0 * ctx.c[r, mid])[:, None], False)
@@ -969,10 +974,10 @@ def _run(weights: np.ndarray, layout: _Layout, mode: str, tie: str, user_tol: np
                 again.append(sub[~keep])
             rows = np.concatenate(again)
             L = layout.next_window(L)
-    _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["band"]), res, mode, tie)
+    _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["band"]), res, mode, tie, layout)
     if pairs_tie is not None and mode == "full":  # the pairs as mode "pairs" resolves them
         _resolve_exact(weights, layout.labels, K, user_tol, np.flatnonzero(res["pairs_band"]), res, "pairs",
-                       pairs_tie)
+                       pairs_tie, layout)
     return res
 
 
@@ -1009,7 +1014,7 @@ class _ExactRow:
         self.n = len(labels)
         self.s = [sum(self.w[labels == k].tolist()) for k in range(K)]
         self.prediction = int(max(range(K), key=lambda k: (self.s[k], -k)))
-        self._memo = {}
+        self._memo: dict[tuple[int, int, bool, str], tuple[float, Any]] = {}
 
     # --- pairwise problems
     def _order(self, a: int, b: int):
@@ -1152,7 +1157,7 @@ class _ExactRow:
 
 
 def _resolve_exact(weights: np.ndarray, labels: np.ndarray, K: int, user_tol: np.ndarray, rows: np.ndarray,
-                   res: dict, mode: str, tie: str = "index") -> None:
+                   res: dict, mode: str, tie: str = "index", layout: _Layout | None = None) -> None:
     """Exact post-pass (in place on res) for the rows the float core decided inside the band.
 
     'pairs' mode: the row's pairwise costs P (K, K) are recomputed exactly (tie rule `tie`).
@@ -1160,27 +1165,55 @@ def _resolve_exact(weights: np.ndarray, labels: np.ndarray, K: int, user_tol: np
     exact values; in 'full' mode tightens the class bounds with the exact pairwise lower bounds and
     exactly verified attacks (the core's bounds stay valid: they do not depend on the prediction,
     except at the core's own prediction, which is replaced when the exact prediction differs).
+
+    Rows whose weights and tolerance are at most `_scalabel_kernel.EXACT_MAX` in magnitude run in
+    the compiled exact kernel (error-free float expansions, `_scalabel_kernel.exact_rows`); the
+    others in Python integers (`_ExactRow`). Both compute the same exact values.
     """
-    for i in rows.tolist():
-        row = _ExactRow(np.asarray(weights[i], dtype=np.float64), labels, K, float(user_tol[i]))
+    if rows.size == 0:
+        return
+    layout = layout if layout is not None else _Layout(labels, K)
+    W = np.asarray(weights[rows], dtype=np.float64)
+    tol = np.asarray(user_tol[rows], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        fast = (np.abs(W).max(axis=1, initial=0.0) <= _scalabel_kernel.EXACT_MAX) & (tol <= _scalabel_kernel.EXACT_MAX)
+    R = rows.size
+    pred = np.zeros(R, np.int64)
+    radius = np.zeros(R, np.int64)
+    exact = np.ones(R, bool)
+    own, lower, upper = np.zeros((R, K)), np.zeros((R, K)), np.zeros((R, K))
+    P = np.zeros((R, K, K))
+    f = np.flatnonzero(fast)
+    if f.size:
+        out = _scalabel_kernel.resolve_rows(W[f], labels, layout.perm, layout.off, tol[f], mode, tie)
+        pred[f], radius[f], exact[f] = out["prediction"], out["radius"], out["radius_exact"]
+        own[f], lower[f], upper[f], P[f] = out["own"], out["lower"], out["upper"], out["P"]
+    for r in np.flatnonzero(~fast).tolist():
+        row = _ExactRow(W[r], labels, K, float(tol[r]))
         if mode == "pairs":
-            res["P"][i] = [[row.pair(a, b, tie=tie)[0] if a != b else 0.0 for b in range(K)] for a in range(K)]
+            P[r] = [[row.pair(a, b, tie=tie)[0] if a != b else 0.0 for b in range(K)] for a in range(K)]
             continue
-        p_core, p = int(res["prediction"][i]), row.prediction
-        radius, exact, own = row.radius()
-        res["prediction"][i] = p
-        res["radius"][i] = radius
-        res["radius_exact"][i] = exact
-        res["own"][i] = own
+        radius[r], exact[r], own[r] = row.radius()
+        pred[r] = row.prediction
         if mode == "full":
-            lo, up = row.class_bounds()
+            lower[r], upper[r] = row.class_bounds()
+    for r, i in enumerate(rows.tolist()):
+        if mode == "pairs":
+            res["P"][i] = P[r]
+            continue
+        p_core, p = int(res["prediction"][i]), int(pred[r])
+        res["prediction"][i] = p
+        res["radius"][i] = radius[r]
+        res["radius_exact"][i] = exact[r]
+        res["own"][i] = own[r]
+        if mode == "full":
             keep = np.arange(K) != p_core  # the core's bounds at its own prediction say nothing
-            lower = np.where(keep, np.maximum(res["lower"][i], lo), lo)
-            upper = np.where(keep, np.minimum(res["upper"][i], up), up)
-            lower[p] = upper[p] = 0.0
-            if np.any(upper < lower):  # pragma: no cover - would mean an unsound bound
+            lo_b = np.where(keep, np.maximum(res["lower"][i], lower[r]), lower[r])
+            up_b = np.where(keep, np.minimum(res["upper"][i], upper[r]), upper[r])
+            lo_b[p] = up_b[p] = 0.0
+            if np.any(up_b < lo_b):  # pragma: no cover - would mean an unsound bound
                 raise RuntimeError(f"internal error: exact and float bounds of test point {i} contradict")
-            res["lower"][i], res["upper"][i] = lower, upper
+            res["lower"][i], res["upper"][i] = lo_b, up_b
 
 
 # --------------------------------------------------------------------------- witnesses (one row)
@@ -1196,6 +1229,9 @@ def _target_witness(w, layout: _Layout, c: int, tol: float):
         if not out["redo"][0] or ctx.complete:
             break
         L = layout.next_window(L)
+    Iw = ctx.Iw
+    if Iw is None:  # pragma: no cover - the context above was built with the training indices
+        raise RuntimeError("attack could not be rebuilt without training indices")
     kind, q = int(out["kind"][0, c]), int(out["qpos"][0, c])
     js = out["jstar"][0, c:c + 1]
     cc = np.array([c])
@@ -1212,7 +1248,7 @@ def _target_witness(w, layout: _Layout, c: int, tol: float):
             if step is None:  # pragma: no cover - the recorded run moved every step
                 raise RuntimeError("greedy attack could not be rebuilt")
             gg, dd = step
-            attack.append((int(ctx.Iw[0, gg, ptr[gg]]), dd))
+            attack.append((int(Iw[0, gg, ptr[gg]]), dd))
             ptr[gg] += 1
         return sorted(attack)
     else:
@@ -1225,7 +1261,7 @@ def _target_witness(w, layout: _Layout, c: int, tol: float):
             k = int(ctx.CT[0, g, ctx.Q2[0, q]])
         else:
             continue
-        attack.extend((int(j), int(dest[0, g])) for j in ctx.Iw[0, g, :k])
+        attack.extend((int(j), int(dest[0, g])) for j in Iw[0, g, :k])
     return sorted(attack)
 
 
@@ -1260,8 +1296,9 @@ def _validate(weights, labels, num_classes, block_size, rtol=0.0, atol=None):
     return w, y, K, block_size, tol
 
 
-def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rtol: float = 0.0, atol=None,
-                   block_size: int | None = None, sort_device: str = "auto", engine: str = "numba") -> np.ndarray:
+def pairwise_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, tie: str = "index", rtol: float = 0.0,
+                   atol: ArrayLike | None = None, block_size: int | None = None, sort_device: str = "auto",
+                   engine: str = "numba") -> NDArray[np.float64]:
     """P (t, K, K) float64: P[i, a, b] = fewest flips after which class b beats class a (docs/math.md §3).
 
     tie="index": b beats a iff s_b > s_a or (s_b == s_a and b < a) (the tie rule);
@@ -1279,9 +1316,28 @@ def pairwise_costs(weights, labels, num_classes: int, *, tie: str = "index", rto
     return res["P"]
 
 
-def certify(weights, labels, num_classes: int, *, block_size: int | None = None, rtol: float = 0.0, atol=None,
-            class_bounds: bool = True, sort_device: str = "auto", engine: str = "numba",
-            pairwise: str | None = None):
+@overload
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = ...,
+            rtol: float = ..., atol: ArrayLike | None = ..., class_bounds: bool = ..., sort_device: str = ...,
+            engine: str = ..., pairwise: None = ...) -> Certificate: ...
+
+
+@overload
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = ...,
+            rtol: float = ..., atol: ArrayLike | None = ..., class_bounds: bool = ..., sort_device: str = ...,
+            engine: str = ..., pairwise: str) -> tuple[Certificate, NDArray[np.float64]]: ...
+
+
+@overload
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = ...,
+            rtol: float = ..., atol: ArrayLike | None = ..., class_bounds: bool = ..., sort_device: str = ...,
+            engine: str = ..., pairwise: str | None = ...) -> Certificate | tuple[Certificate, NDArray[np.float64]]: ...
+
+
+def certify(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, block_size: int | None = None,
+            rtol: float = 0.0, atol: ArrayLike | None = None, class_bounds: bool = True, sort_device: str = "auto",
+            engine: str = "numba", pairwise: str | None = None
+            ) -> Certificate | tuple[Certificate, NDArray[np.float64]]:
     """ScaLabelCert certificate for a label-linear model with label weights W (t, n) and labels y (n,).
 
     num_classes: the task's number of classes K (required: the attacker may relabel to any class of
@@ -1322,7 +1378,8 @@ def certify(weights, labels, num_classes: int, *, block_size: int | None = None,
     return cert if pairwise is None else (cert, res["P"])
 
 
-def label_linear_prediction(weights, labels, num_classes: int, *, block_size: int | None = None) -> np.ndarray:
+def label_linear_prediction(weights: ArrayLike, labels: ArrayLike, num_classes: int, *,
+                            block_size: int | None = None) -> NDArray[np.int64]:
     """The prediction (t,) int64 of a label-linear model: argmax_k sum_j W_ij [y_j = k] in exact
     arithmetic, ties to the smaller index (docs/math.md §2).
 
@@ -1353,9 +1410,11 @@ def label_linear_prediction(weights, labels, num_classes: int, *, block_size: in
     return out
 
 
-def certify_model(model, K_test_train, **kwargs) -> Certificate:
+def certify_model(model: Any, K_test_train: ArrayLike, **kwargs: Any
+                  ) -> Certificate | tuple[Certificate, NDArray[np.float64]]:
     """Certificate of a fitted label-linear learner on kernel rows K(test, train): the learner's label
-    weights and their error bound (`model.label_weights(K, return_error=True)`, passed as atol)."""
+    weights and their error bound (`model.label_weights(K, return_error=True)`, passed as atol); keyword
+    arguments as for `certify` (with `pairwise`, the result is (Certificate, P))."""
     W, err = model.label_weights(K_test_train, return_error=True)
     atol = err if kwargs.get("atol") is None else err + np.asarray(kwargs["atol"], dtype=np.float64)
     kwargs["atol"] = atol

@@ -18,9 +18,13 @@
   `WorkerKilled` (a unit that killed `allowed-failures + 1` workers; "for memory" when the nanny
   restarted them for exceeding their memory limit, with the unit and the memory it needed) and
   `ClusterLost` (scheduler gone, or no worker left for `no_worker_timeout` seconds).
-- `check_workers(client, expected)`: every worker's `Provenance` must equal the client's, else
-  `EnvironmentMismatch` naming the workers and the differences (workers that join later are
-  checked by their first unit: `kernelcert.provenance.check_environment`).
+- `check_workers(client, expected, largest_unit_mb)`: every worker's `Provenance` must equal the
+  client's, else `EnvironmentMismatch` naming the workers and the differences (workers that join
+  later are checked by their first unit: `kernelcert.provenance.check_environment`); workers that
+  all die during the check for memory (too small to load kernelcert) are `WorkerKilled` for memory.
+- `quiet_reconnection()`: while a run uses a client, Dask's own log of a lost scheduler (its
+  failed reconnection, and the traceback of the reconnection cancelled when the client closes)
+  is dropped, so the run ends with its one line (`ReconnectionNoiseFilter`).
 - `reset_worker_peaks(client)`: resets every worker's peak RSS, so that the per-worker memory a
   run reports is this run's peak.
 
@@ -30,14 +34,19 @@ a second that in-process runs do not need).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .endings import ClusterLost, WorkerKilled
 from .procmem import reset_peak_rss
 from .provenance import EnvironmentMismatch, Provenance, current_environment
+
+if TYPE_CHECKING:  # Dask is imported where it is used (see the module docstring)
+    from distributed import Client, Future, LocalCluster
 
 logger = logging.getLogger("kernelcert.cluster")
 
@@ -47,7 +56,7 @@ WORKER_ENVIRON: dict[str, str] = {}
 
 
 def local_cluster(n_workers: int, threads_per_worker: int = 1, memory_limit: str | int = "auto",
-                  environ: dict | None = None):
+                  environ: dict[str, str] | None = None) -> LocalCluster:
     """A `dask.distributed.LocalCluster` on the loopback interface, worker processes started with
     Dask's default pre-spawn environment less `WORKER_ENVIRON_DROP`, updated by `environ` (default
     `WORKER_ENVIRON`)."""
@@ -63,23 +72,29 @@ def local_cluster(n_workers: int, threads_per_worker: int = 1, memory_limit: str
                             silence_logs=logging.CRITICAL)  # failures are reported by resilient_map
 
 
-def _worker_provenance(device: str, dtype: str) -> dict:
+def _worker_provenance(device: str, dtype: str) -> dict[str, Any]:
     return current_environment(device, dtype).to_dict()
 
 
-def check_workers(client, expected: Provenance) -> int:
+def check_workers(client: Client, expected: Provenance, largest_unit_mb: float | None = None) -> int:
     """Compare every worker's provenance with `expected`; return the number of workers checked.
 
     Raises `EnvironmentMismatch` naming each differing worker (and what differs), or naming the
     worker that could not even compute its provenance (e.g. 'gpu' asked of a worker without one).
+    When every worker died during the check (e.g. killed for memory while loading kernelcert), raises
+    `WorkerKilled` (for memory: with the memory reached, the workers' limit and `largest_unit_mb`,
+    the memory the largest work unit will need) or `ClusterLost`.
     """
+    limits = _memory_limits(client)  # before the check: a dead worker leaves the scheduler's list
+    restarts_before = len(memory_restarts(client))
     try:
         found = client.run(_worker_provenance, expected.device, expected.dtype, on_error="return")
     except Exception as exc:  # noqa: BLE001 - any failure to run the check is reported as such
         raise ClusterLost(f"could not check the Dask workers' environments ({type(exc).__name__}: {exc})") from exc
     from distributed.comm.core import CommClosedError
 
-    problems, died = [], []
+    problems: list[str] = []
+    died: list[str] = []
     for address, info in sorted(found.items()):
         if isinstance(info, (CommClosedError, OSError)):  # the worker died meanwhile: not its environment
             died.append(address)
@@ -91,14 +106,17 @@ def check_workers(client, expected: Provenance) -> int:
         if diff:
             problems.append(f"worker {address}: " + "; ".join(d.replace(" there", " on the worker") for d in diff))
     if found and len(died) == len(found):
-        events = memory_restarts(client)
+        events = _wait_memory_restarts(client, restarts_before)
         if events:
             rss = max(e.get("rss", 0) for e in events) / 2**20
-            limits = _memory_limits(client)
-            lim = f" of their {next(iter(limits.values())):,.0f} MiB limit" if limits else ""
-            raise WorkerKilled(f"the Dask workers were killed for memory before any unit ran (reaching {rss:,.0f} MiB"
-                               f"{lim}): give the workers more memory (dask worker --memory-limit)",
-                               unit="(worker start-up)", for_memory=True)
+            lim = [limits[a] for a in died if a in limits] or list(limits.values())
+            of = f" of their {min(lim):,.0f} MiB limit" if lim else ""
+            need = (f"; the largest work unit needs about {largest_unit_mb:,.0f} MiB on top of that"
+                    if largest_unit_mb is not None else "")
+            raise WorkerKilled(f"the Dask workers were killed for memory while loading kernelcert, before any unit "
+                               f"ran (reaching {rss:,.0f} MiB{of}){need}: give the workers more memory (dask worker "
+                               "--memory-limit)", unit="(worker start-up)", for_memory=True,
+                               needed_mb=largest_unit_mb, limit_mb=min(lim) if lim else None)
         raise ClusterLost("lost the Dask cluster (every worker died while its environment was checked)")
     if problems:
         raise EnvironmentMismatch("refusing Dask workers whose environment differs from this client's (their "
@@ -106,13 +124,13 @@ def check_workers(client, expected: Provenance) -> int:
     return len(found)
 
 
-def reset_worker_peaks(client) -> bool:
+def reset_worker_peaks(client: Client) -> bool:
     """Reset the peak RSS of every current worker; False if any worker could not."""
     done = client.run(reset_peak_rss)
     return all(done.values())
 
 
-def memory_restarts(client) -> list[dict]:
+def memory_restarts(client: Client) -> list[dict[str, Any]]:
     """The nanny's 'worker-restart-memory' events so far: dicts with worker, pid, rss (bytes)."""
     try:
         events = client.get_events("worker-restart-memory")
@@ -121,7 +139,19 @@ def memory_restarts(client) -> list[dict]:
     return [dict(e) for _, e in events if isinstance(e, dict)]
 
 
-def _memory_limits(client) -> dict[str, float]:
+def _wait_memory_restarts(client: Client, before: int, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """The nanny's memory-restart events after the first `before`, waiting up to `timeout` seconds
+    for one to arrive (the nanny's event and the worker's disconnection reach the scheduler by
+    different connections, in either order)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = memory_restarts(client)[before:]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
+
+
+def _memory_limits(client: Client) -> dict[str, float]:
     """{worker address: memory limit in MiB} of the workers that have one."""
     try:
         workers = client.scheduler_info().get("workers", {})
@@ -130,14 +160,14 @@ def _memory_limits(client) -> dict[str, float]:
     return {a: float(w["memory_limit"]) / 2**20 for a, w in workers.items() if w.get("memory_limit")}
 
 
-def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: int,
+def _killed(client: Client, exc: BaseException, unit: str, needed_mb: float | None, restarts_before: int,
             known_limits: dict[str, float], tries: int | None = None) -> WorkerKilled:
     """A clear WorkerKilled from Dask's KilledWorker (which only says the workers died), or from a
     unit whose input kept dying with its worker (`tries` sends)."""
     last = getattr(getattr(exc, "last_worker", None), "address", None)
     mem_events = memory_restarts(client)[restarts_before:]
     limits = {**known_limits, **_memory_limits(client)}  # the dead worker may be gone from the scheduler
-    limit_mb = limits.get(last) or next(iter(limits.values()), None)
+    limit_mb = (limits.get(last) if last else None) or next(iter(limits.values()), None)
     for_memory = bool(mem_events) or (needed_mb is not None and limit_mb is not None and needed_mb > 0.95 * limit_mb)
     tries = tries if tries is not None else getattr(exc, "allowed_failures", 0) + 1
     need = f"; it needs about {needed_mb:,.0f} MiB" if needed_mb is not None else ""
@@ -154,7 +184,37 @@ def _killed(client, exc, unit: str, needed_mb: float | None, restarts_before: in
     return WorkerKilled(msg, unit=unit, for_memory=for_memory, needed_mb=needed_mb, limit_mb=limit_mb)
 
 
-def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any, *,
+def _scheduler_address(client: Client) -> str:
+    return str(getattr(client.scheduler, "address", None) or "(address unknown: the client is closed)")
+
+
+class ReconnectionNoiseFilter(logging.Filter):
+    """Drops the two records Dask's client logs when it gives up on a lost scheduler: 'Failed to
+    reconnect to scheduler after N seconds, closing client' and the traceback of its reconnection
+    attempt cancelled by `Client.close()` (an `asyncio.CancelledError`). Everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Failed to reconnect to scheduler"):
+            return False
+        exc = record.exc_info[1] if record.exc_info else record.msg
+        return not isinstance(exc, asyncio.CancelledError)
+
+
+@contextlib.contextmanager
+def quiet_reconnection() -> Iterator[None]:
+    """Inside the block, Dask's client ('distributed.client' logger) does not print its reconnection
+    noise after a lost scheduler (`ReconnectionNoiseFilter`): the run ends with its own one-line
+    message (`ClusterLost`) instead. The filter is removed on exit."""
+    log = logging.getLogger("distributed.client")
+    noise = ReconnectionNoiseFilter()
+    log.addFilter(noise)
+    try:
+        yield
+    finally:
+        log.removeFilter(noise)
+
+
+def resilient_map(client: Client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any, *,
                   max_in_flight: int, retries: int = 1, resend: int = 3, tag: str = "run",
                   unit_name: Callable[[Any], str] = lambda t: str(getattr(t, "key", "task")),
                   unit_memory_mb: Callable[[Any], float] | None = None, poll_s: float = 1.0,
@@ -169,12 +229,13 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
     from distributed.scheduler import KilledWorker
 
     it = iter(tasks)
+    address = _scheduler_address(client)  # named in the message if the scheduler is lost
     counter = itertools.count()
-    pending: dict = {}
+    pending: dict[Future, tuple[Any, int]] = {}
     restarts_before = len(memory_restarts(client))
     known_limits = _memory_limits(client)
 
-    def scatter(data, broadcast=False, task=None):
+    def scatter(data: Any, broadcast: bool = False, task: Any = None) -> Future:
         """client.scatter, waiting up to `no_worker_timeout` for a worker when none is there (all dead
         or restarting: Dask raises TimeoutError 'No valid workers found')."""
         for _ in range(5):
@@ -191,8 +252,9 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
                                       tries=len(memory_restarts(client)[restarts_before:])) from exc
                     break
             except (CommClosedError, OSError) as exc:  # e.g. the worker chosen to hold it just died
-                if client.status not in ("running", "connecting"):
-                    raise ClusterLost(f"lost the Dask cluster ({type(exc).__name__}: {exc})") from exc
+                if client.status != "running":
+                    raise ClusterLost(f"lost the Dask cluster (the connection to the scheduler {address} was "
+                                      "lost)") from exc
                 time.sleep(poll_s)
                 continue
         raise ClusterLost(f"lost the Dask cluster (no worker to send work to for {no_worker_timeout:.0f} s)")
@@ -207,7 +269,7 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
         submit(task, 0)
         return True
 
-    def submit(task, attempt: int) -> None:
+    def submit(task: Any, attempt: int) -> None:
         nonlocal shared_f
         if shared_f is not None and shared_f.status != "finished":  # every copy died with its workers
             shared_f = scatter(shared, broadcast=True, task=task)
@@ -218,6 +280,8 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
         pending[client.submit(fn, task_f, shared_f, key=key, pure=False, retries=retries)] = (task, attempt)
 
     def lost(why: str, exc: BaseException | None = None) -> ClusterLost:
+        if client.status != "running":  # whatever failed, the cause is the lost scheduler connection
+            why = f"the connection to the scheduler {address} was lost"
         err = ClusterLost(f"lost the Dask cluster ({why})")
         if exc is not None:
             err.__cause__ = exc
@@ -238,8 +302,8 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
             except (CommClosedError, OSError) as exc:
                 raise lost(f"{type(exc).__name__}: {exc}", exc) from exc
             if not done:
-                if client.status not in ("running", "connecting"):
-                    raise lost(f"client status {client.status!r}: the scheduler is gone")
+                if client.status != "running":  # reconnecting or closed: every pending task is cancelled
+                    raise lost("client status " + client.status)
                 try:
                     n = len(client.scheduler_info().get("workers", {}))
                 except Exception as exc:  # noqa: BLE001
@@ -256,11 +320,15 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
                     need = unit_memory_mb(task) if unit_memory_mb is not None else None
                     raise _killed(client, exc, unit_name(task), need, restarts_before, known_limits) from exc
                 except (FutureCancelledError, CommClosedError) as exc:
-                    if client.status == "running" and attempt < resend:
-                        logger.warning("task %s lost its input with a worker: sending it again", unit_name(task))
+                    if client.status != "running" or getattr(exc, "reason", None) == "scheduler-connection-lost":
+                        raise lost(f"the connection to the scheduler {address} was lost", exc) from exc
+                    if attempt < resend:
+                        # recovered here: a note (INFO), not a warning, so that a run that ends after it
+                        # (e.g. its unit keeps killing workers for memory) still ends with one line under -q
+                        logger.info("task %s lost its input with a worker: sending it again", unit_name(task))
                         submit(task, attempt + 1)
                         continue
-                    if client.status == "running" and memory_restarts(client)[restarts_before:]:
+                    if memory_restarts(client)[restarts_before:]:
                         need = unit_memory_mb(task) if unit_memory_mb is not None else None
                         raise _killed(client, exc, unit_name(task), need, restarts_before, known_limits,
                                       tries=attempt + 1) from exc
@@ -275,4 +343,4 @@ def resilient_map(client, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], s
 
 
 __all__ = ["WORKER_ENVIRON", "WORKER_ENVIRON_DROP", "local_cluster", "resilient_map", "check_workers",
-           "reset_worker_peaks", "memory_restarts"]
+           "reset_worker_peaks", "memory_restarts", "quiet_reconnection", "ReconnectionNoiseFilter"]

@@ -36,7 +36,12 @@ import signal
 import threading
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Iterator, Union
+
+# what signal.signal accepts and returns: a handler, SIG_DFL / SIG_IGN, or None (not set from Python)
+SignalHandler = Union[Callable[[int, Union[FrameType, None]], Any], int, signal.Handlers, None]
 
 
 class ExitStatus(IntEnum):
@@ -65,7 +70,7 @@ class WorkerKilled(RuntimeError):
     unknown)."""
 
     def __init__(self, message: str, *, unit: str, for_memory: bool, needed_mb: float | None = None,
-                 limit_mb: float | None = None):
+                 limit_mb: float | None = None) -> None:
         super().__init__(message)
         self.unit, self.for_memory, self.needed_mb, self.limit_mb = unit, for_memory, needed_mb, limit_mb
 
@@ -73,7 +78,7 @@ class WorkerKilled(RuntimeError):
 class Interrupted(KeyboardInterrupt):
     """Raised by `InterruptGuard`'s handler; `signum` is the signal received."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
@@ -97,7 +102,7 @@ class Ending:
 class RunStopped(RuntimeError):
     """A run ended early for a known reason; `ending` says which. str() is the one-line message."""
 
-    def __init__(self, ending: Ending):
+    def __init__(self, ending: Ending) -> None:
         super().__init__(ending.message())
         self.ending = ending
 
@@ -105,7 +110,7 @@ class RunStopped(RuntimeError):
 class RunInterrupted(KeyboardInterrupt):
     """A run stopped by SIGINT/SIGTERM; `ending` says how much is saved. str() is the one-line message."""
 
-    def __init__(self, ending: Ending):
+    def __init__(self, ending: Ending) -> None:
         super().__init__(ending.message())
         self.ending = ending
 
@@ -138,7 +143,7 @@ def classify(exc: BaseException) -> tuple[str, ExitStatus] | None:
 
 
 @contextlib.contextmanager
-def clear_ending(total: int, saved: Callable[[], int], run_dir):
+def clear_ending(total: int, saved: Callable[[], int], run_dir: str | Path) -> Iterator[None]:
     """Convert the expected stops inside the block into `RunStopped` / `RunInterrupted`.
 
     `saved()` is called after the stop to count the units on disk; anything unexpected propagates
@@ -158,7 +163,7 @@ def clear_ending(total: int, saved: Callable[[], int], run_dir):
         raise RunStopped(ending) from exc
 
 
-def _in_finalizer(frame) -> bool:
+def _in_finalizer(frame: FrameType | None) -> bool:
     """True when `frame` runs inside a garbage-collector callback or a `__del__` method, where an
     exception is printed and discarded instead of propagating."""
     callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
@@ -179,11 +184,11 @@ class InterruptGuard:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, SignalHandler] = {}
 
-    def _handler(self, signum, frame):
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
         if _in_finalizer(frame):  # raised there it would only be printed ("Exception ignored in ...")
             return  # `check()` raises it at the next unit boundary
@@ -200,11 +205,10 @@ class InterruptGuard:
                 self._previous[s] = signal.signal(s, self._handler)
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous.clear()
-        return False
 
 
 __all__ = ["ExitStatus", "Ending", "RunStopped", "RunInterrupted", "ClusterLost", "WorkerKilled", "Interrupted",

@@ -16,33 +16,52 @@ training labels) to cap it.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe  # re-exported (one import path for users)
 from .voting import (
-    NO_ATTACK, AggregateResult, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
+    NO_ATTACK, AggregateResult, argmax_votes, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
     radius_from_cost, row_blocks, vote_counts,
 )
 
 __all__ = [
-    "NO_ATTACK", "AggregateResult", "EnsembleBounds", "vote_counts", "plurality", "dpa", "min_cost_gain12",
-    "ensemblecert", "ensemblecert_bounds", "dpa_roe", "fa", "fa_roe", "dpa_star_roe", "whitebox_roe",
+    "NO_ATTACK", "AggregateResult", "EnsembleBounds", "vote_counts", "plurality", "dpa", "dpa_from_scores",
+    "dpa_from_counts", "min_cost_gain12", "ensemblecert", "ensemblecert_bounds", "dpa_roe", "fa", "fa_roe",
+    "dpa_star_roe", "whitebox_roe",
 ]
 
 EnsembleBounds = AggregateResult  # former name of ensemblecert_bounds' result (now radius / radius_upper / exact)
 
 
 # =========================================================================== DPA
-def dpa(votes, num_classes: int) -> AggregateResult:
+def dpa(votes: npt.ArrayLike, num_classes: int) -> AggregateResult:
     """Black-box DPA / SS-DPA certificate (docs/math.md §4, DPA paper), vectorised over test points.
 
     votes (t, N_p) -> prediction p = plurality vote (ties to the smaller index) and
     radius R = floor((n_p - max_{c != p}(n_c + [c < p])) / 2) >= 0 (int64).
     """
     v = check_votes(votes, num_classes)
-    K = int(num_classes)
-    n = vote_counts(v, K)
+    return dpa_from_counts(vote_counts(v, int(num_classes)))
+
+
+def dpa_from_scores(scores: npt.ArrayLike) -> AggregateResult:
+    """The DPA certificate of `dpa` straight from base-model scores (t, N_p, K): each model votes
+    for the first maximiser of its K scores (as `numpy.argmax`), and the votes are counted in the
+    same compiled pass over the scores (`voting.argmax_votes`), so the scores are read once."""
+    _, counts = argmax_votes(scores)
+    return dpa_from_counts(counts)
+
+
+def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
+    """The DPA certificate of `dpa` from the vote counts (t, K) (non-negative integers, e.g. the
+    counts of `voting.argmax_votes` or `vote_counts`)."""
+    n = np.asarray(counts)
+    if n.ndim != 2 or n.shape[1] < 2 or not np.issubdtype(n.dtype, np.integer) or (n.size and n.min() < 0):
+        raise ValueError(f"counts must be non-negative integers of shape (t, K) with K >= 2, got {n.dtype} {n.shape}")
+    n = n.astype(np.int64, copy=False)
+    t, K = n.shape
     p = plurality(n)
-    rows = np.arange(len(v))
+    rows = np.arange(t)
     rival = n + (np.arange(K)[None, :] < p[:, None])
     rival[rows, p] = np.iinfo(np.int64).min
     radius = (n[rows, p] - rival.max(axis=1)) // 2
@@ -140,7 +159,8 @@ def _run(v, cost_arrays, names, K, method, return_plan, max_radius, block_size):
     return pred, [radius_from_cost(c, max_radius) for c in costs], target, plan
 
 
-def ensemblecert(votes, costs, num_classes: int, *, return_plan: bool = False, method: str = "auto",
+def ensemblecert(votes: npt.ArrayLike, costs: npt.ArrayLike, num_classes: int, *, return_plan: bool = False,
+                 method: str = "auto",
                  max_radius: int | None = None, block_size: int | None = None) -> AggregateResult:
     """White-box EnsembleCert radius from per-partition class costs (docs/math.md §4).
 
@@ -160,7 +180,8 @@ def ensemblecert(votes, costs, num_classes: int, *, return_plan: bool = False, m
     return AggregateResult(prediction=pred, radius=radius, plan=plan, target=target)
 
 
-def ensemblecert_bounds(votes, cost_lower, cost_upper, num_classes: int, *, method: str = "auto",
+def ensemblecert_bounds(votes: npt.ArrayLike, cost_lower: npt.ArrayLike, cost_upper: npt.ArrayLike, num_classes: int,
+                        *, method: str = "auto",
                         max_radius: int | None = None, block_size: int | None = None) -> AggregateResult:
     """EnsembleCert from lower- and upper-bound costs (t, N_p, K) (e.g. Certificate.cost_lower /
     cost_upper per partition): AggregateResult with radius (sound, from the lower costs),

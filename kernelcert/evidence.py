@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .certificates import certify
 from .learners import onehot
@@ -89,7 +90,7 @@ def _level(level: str) -> int:
     return LEVELS.index(level)
 
 
-def level_for_fields(names) -> str:
+def level_for_fields(names: Iterable[str]) -> str:
     """The lowest level that provides every evidence field in `names`."""
     unknown = sorted(set(names) - set(FIELD_LEVEL))
     if unknown:
@@ -97,7 +98,8 @@ def level_for_fields(names) -> str:
     return LEVELS[max((_level(FIELD_LEVEL[n]) for n in names), default=0)]
 
 
-def build_evidence(weights, labels, num_classes: int, *, level: str = "pairs", **certify_options) -> Evidence:
+def build_evidence(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, level: str = "pairs",
+                   **certify_options: Any) -> Evidence:
     """The `Evidence` of a label-linear model with label weights W (t, n) and labels y (n,).
 
     Certificates (`kernelcert.certificates.certify`, with the tie="attacker" pairwise costs taken
@@ -139,7 +141,7 @@ def stack_evidence(items: Sequence[Evidence]) -> Evidence:
     items = list(items)
     if not items:
         raise ValueError("stack_evidence needs at least one Evidence")
-    out = {}
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(Evidence):
         vals = [getattr(e, f.name) for e in items]
         if any(v is None for v in vals):

@@ -18,13 +18,15 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ._validation import as_float_array, check_columns, check_gram, check_int, check_labels, check_same_length
-from .learners import KernelSVM, onehot, solve_svm_dual
+from .learners import KernelSVM, _kkt_residual, _polish_box_qp, onehot, solve_svm_dual
 from .partition import fa_reach
 from .roe import _check_costs, _check_scores, _check_shifts, roe_predict
 from .voting import NO_ATTACK, check_votes, vote_counts
@@ -48,7 +50,7 @@ class BruteForceResult:
     class_costs: np.ndarray
     max_flips: int
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         return iter((self.radius, self.class_costs))
 
 
@@ -100,7 +102,8 @@ def _finish(prediction: np.ndarray, class_costs: np.ndarray, budget: int) -> Bru
                             max_flips=budget)
 
 
-def brute_force_certificate(weights, labels, num_classes=None, max_flips: int | None = None) -> BruteForceResult:
+def brute_force_certificate(weights: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int | None = None,
+                            max_flips: int | None = None) -> BruteForceResult:
     """Exact certificate of a label-linear model by enumerating every relabelling within `max_flips`.
 
     weights W (t, n), labels (n,) in 0..K-1. Each relabelling y' gets scores `W @ onehot(y')`
@@ -126,10 +129,12 @@ def brute_force_certificate(weights, labels, num_classes=None, max_flips: int | 
             prediction = pred[:, 0]
         seen = (pred[:, :, None] == classes).any(axis=1)  # (t, K)
         costs = np.where(seen & np.isinf(costs), float(d), costs)
+    assert prediction is not None  # distance 0 (the clean labels) is always enumerated first
     return _finish(prediction, costs, budget)
 
 
-def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels, num_classes=None,
+def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels: npt.ArrayLike,
+                        num_classes: int | None = None,
                         max_flips: int | None = None) -> BruteForceResult:
     """Model-independent oracle: retrain from scratch on every relabelling within `max_flips`.
 
@@ -159,6 +164,7 @@ def brute_force_retrain(fit_predict: Callable[[np.ndarray], np.ndarray], labels,
                 raise ValueError(f"fit_predict returned {len(pred)} predictions, earlier {costs.shape[0]}")
             hit = np.isinf(costs[np.arange(len(pred)), pred])
             costs[np.arange(len(pred))[hit], pred[hit]] = float(d)
+    assert prediction is not None and costs is not None  # distance 0 (the clean labels) comes first
     return _finish(prediction, costs, budget)
 
 
@@ -196,11 +202,9 @@ def _solve_highs(prob, time_limit: float | None) -> str:
     return prob.status
 
 
-def _dual_bound(prob) -> float:
-    """HiGHS's proven lower bound on the optimum (MILP dual bound), -inf if unavailable."""
-    info = getattr(prob.solver_stats, "extra_stats", None)
-    bound = getattr(info, "mip_dual_bound", None)
-    return float(bound) if bound is not None and np.isfinite(bound) else -np.inf
+def _solve_highs_model(model: "_AttackMilp") -> str:
+    """Solve a HiGHS model (highspy); "optimal", "infeasible", "time_limit" or HiGHS's status text."""
+    return model.solve()
 
 
 def _rows_scale(v: np.ndarray) -> np.ndarray:
@@ -228,8 +232,9 @@ def _class_cost_problem(n: int, K: int, c: int):
     return prob, w, cost, marg, z
 
 
-def milp_class_costs(weights, labels, num_classes=None, targets=None, *, margin: float = 1e-6,
-                     time_limit: float | None = None) -> np.ndarray:
+def milp_class_costs(weights: npt.ArrayLike, labels: npt.ArrayLike, num_classes: int | None = None,
+                     targets: npt.ArrayLike | None = None, *, margin: float = 1e-6,
+                     time_limit: float | None = None) -> npt.NDArray[np.float64]:
     """Exact per-class costs A_c (t, K) of a label-linear model by MILPs per (test point, class).
 
     A_c = fewest flips after which the prediction IS c: binary one-hot new labels z (n, K),
@@ -315,72 +320,212 @@ class LabelCertResult:
     C_max: float
     stopped_early: np.ndarray | None = None
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         return np.asarray(self.radius, dtype=dtype)
 
 
-def _labelcert_problem(G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int):
-    """Single-level MILP of the attack on a no-bias one-vs-rest SVM whose clean prediction is p.
+def _tight_big_m(G: np.ndarray, eps_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample big-M of the complementarity constraints (scaled duals a = alpha / C in [0, 1]).
 
-    G = C·K_train with |G_ij| < 1e-8 dropped (eps_row = dropped mass per row). Per binary problem k
-    (one for K = 2): scaled duals a = alpha / C in [0, 1]; labels y^k_j = 2 Z[j, k] - 1 from the
-    shared one-hot Z; z = y^k * a and R_ij = y^k_i z_j linearised exactly (McCormick with binary Z;
-    O(n^2) variables). (Linearising y_i (G z)_i instead needs only O(n) variables, but HiGHS 1.10-1.15
-    presolve returned wrong optima on that form in our tests, so it is not offered.) KKT of the dual (LabelCert paper): sum_j G_ij R_ij - u_i + v_i = 1 (within ±eps_row, which keeps the exact
-    solution feasible), u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the tight big-M
-    M_u,i = max(0, C sum_j |K_ij| - 1), M_v,i = C sum_j |K_ij| + 1 (plus the dropped mass). Logits
-    (scaled by 1/C and by the test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); a binary
-    selector picks the class c that beats p: f_c - f_p >= marg_c, relaxed by a big-M when not selected.
+    Stationarity of the no-bias dual reads u_i - v_i = sum_j G_ij y_i y_j a_j - 1 (up to the dropped
+    mass eps_i). u_i > 0 forces a_i = 0 and v_i = 0, so u_i <= sum_{j != i} |G_ij| - 1; v_i > 0
+    forces a_i = 1 and u_i = 0, so v_i <= 1 - G_ii + sum_{j != i} |G_ij| (the own term y_i^2 G_ii a_i
+    = G_ii >= 0 cannot help). Both tighter than LabelCert's C sum_j |K_ij| -+ 1; 2 eps_i of slack."""
+    off = np.abs(G).sum(axis=1) - np.abs(np.diag(G))
+    Mu = np.maximum(0.0, off + 2 * eps_row - 1.0)
+    Mv = np.maximum(0.0, 1.0 - np.diag(G) + off + 2 * eps_row)
+    return Mu, Mv
+
+
+def _duplicate_pairs(G: np.ndarray, kx: np.ndarray, y: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive pairs (i, j), i < j, of interchangeable training samples: equal rows of G (so equal
+    self-similarity and equal similarity to each other), equal test-row entry and equal label."""
+    groups: dict[bytes, list[int]] = {}
+    for i in range(len(y)):
+        key = G[i].tobytes() + np.float64(kx[i]).tobytes() + np.int64(y[i]).tobytes()
+        groups.setdefault(key, []).append(i)
+    return [(g[m], g[m + 1]) for g in groups.values() for m in range(len(g) - 1)]
+
+
+class _AttackMilp:
+    """LabelCert's single-level MILP of the attack on one test point, as one HiGHS model (highspy).
+
+    No-bias one-vs-rest SVM whose clean prediction is p; G = C·K_train with |G_ij| < 1e-6 dropped
+    (eps_row = dropped mass per row). Per binary problem k (one for K = 2): scaled duals a in [0, 1];
+    labels y^k_j = 2 Z[j, k] - 1 from the shared one-hot Z; w = Z[:, k] a and q_ij = Z[i, k] z_j
+    (z = 2 w - a = y^k a) linearised exactly (McCormick with binary Z; O(n^2) variables). KKT of the
+    dual (LabelCert paper): sum_j G_ij (2 q_ij - z_j) - u_i + v_i = 1 (within +-eps_row, which keeps
+    the exact solution feasible), u <= M_u s, a <= 1 - s, v <= M_v t, a >= t with the per-sample
+    big-M of `_tight_big_m` (s or t fixed to 0 where its M is 0). Logits (scaled by 1/C and by the
+    test row's max |K|) f_k = kx @ z^k (f_1 = -f_0 for K = 2); for K > 2 a binary selector picks the
+    class c that beats p: f_c - f_p >= marg_c, relaxed by a big-M when not selected. Interchangeable
+    samples (`_duplicate_pairs`) are ordered (the later one is flipped only if the earlier one is),
+    which removes symmetric copies of every solution and no attack size. Objective: the number of
+    flips; the budget row and the margins are row bounds, changed between solves of the same model.
+    (Linearising y_i (G z)_i instead needs only O(n) variables, but HiGHS 1.10-1.15 presolve returned
+    wrong optima on that form in our tests, so it is not offered.)
     """
-    import cvxpy as cp
 
-    n = len(y)
-    Y = (y[:, None] == np.arange(K)).astype(np.float64)
-    row_abs = np.abs(G).sum(axis=1)
-    Mu = np.maximum(0.0, row_abs + 2 * eps_row - 1.0)
-    Mv = row_abs + 2 * eps_row + 1.0
-    Z = cp.Variable((n, K), boolean=True)
-    flips = cp.sum(cp.multiply(1.0 - Y, Z))
-    budget = cp.Parameter(nonneg=True)  # set per test point: min(max_flips, size of a verified attack - 1)
-    cons = [cp.sum(Z, axis=1) == 1, flips <= budget]
-    ones_row, ones_col = np.ones((1, n)), np.ones((n, 1))
-    zs = []
-    for k in range(1 if K == 2 else K):
-        b = Z[:, k]
-        a = cp.Variable(n)
-        w = cp.Variable(n)  # b * a
-        u = cp.Variable(n, nonneg=True)
-        v = cp.Variable(n, nonneg=True)
-        s = cp.Variable(n, boolean=True)
-        tt = cp.Variable(n, boolean=True)
-        z = 2 * w - a
-        cons += [
-            a >= 0, a <= 1,
-            w >= 0, w <= b, w <= a, w >= a - (1 - b),
-            u <= cp.multiply(Mu, s), a <= 1 - s,
-            v <= cp.multiply(Mv, tt), a >= tt,
-        ]
-        q = cp.Variable((n, n))  # b_i * z_j
-        Bm = cp.reshape(b, (n, 1), order="C") @ ones_row
-        Zm = ones_col @ cp.reshape(z, (1, n), order="C")
-        cons += [q <= Bm, q >= -Bm, q <= Zm + (1 - Bm), q >= Zm - (1 - Bm)]
-        lhs = cp.sum(cp.multiply(G, 2 * q - Zm), axis=1) - u + v
-        if np.any(eps_row > 0):
-            cons += [lhs >= 1 - eps_row, lhs <= 1 + eps_row]
+    def __init__(self, G: np.ndarray, eps_row: np.ndarray, y: np.ndarray, K: int, p: int, kx: np.ndarray,
+                 bigm: float, time_limit: float | None):
+        import highspy  # the MILP solver; imported where the model is built (it loads a shared library)
+
+        n = len(y)
+        self.n, self.K, self.p = n, K, p
+        lb: list[np.ndarray] = []
+        ub: list[np.ndarray] = []
+        integer: list[np.ndarray] = []
+        ncol = 0
+
+        def cols(count: int, low, high, is_int: bool) -> np.ndarray:
+            nonlocal ncol
+            lb.append(np.broadcast_to(np.asarray(low, float), (count,)))
+            ub.append(np.broadcast_to(np.asarray(high, float), (count,)))
+            integer.append(np.full(count, is_int))
+            ncol += count
+            return np.arange(ncol - count, ncol)
+
+        rr: list[np.ndarray] = []
+        cc: list[np.ndarray] = []
+        vv: list[np.ndarray] = []
+        rlo: list[np.ndarray] = []
+        rhi: list[np.ndarray] = []
+        nrow = 0
+        inf = np.inf
+
+        def rows(terms, low, high) -> np.ndarray:
+            """m rows: terms = [(cols (m,) or (m, r), coefficient: scalar, (m,) or (m, r))], bounds."""
+            nonlocal nrow
+            m = np.asarray(terms[0][0]).shape[0]
+            idx = np.arange(nrow, nrow + m)
+            for col, coef in terms:
+                col = np.asarray(col).reshape(m, -1)
+                coef = np.asarray(coef, float)
+                coef = np.broadcast_to(coef.reshape(m, -1) if coef.ndim else coef, col.shape)
+                rr.append(np.repeat(idx, col.shape[1]))
+                cc.append(col.ravel())
+                vv.append(coef.ravel())
+            rlo.append(np.broadcast_to(np.asarray(low, float), (m,)))
+            rhi.append(np.broadcast_to(np.asarray(high, float), (m,)))
+            nrow += m
+            return idx
+
+        Y = (y[:, None] == np.arange(K)).astype(np.float64)
+        Z = cols(n * K, 0, 1, True).reshape(n, K)
+        Mu, Mv = _tight_big_m(G, eps_row)
+        rows([(Z, 1.0)], 1.0, 1.0)  # one label per sample
+        flipped = Z[:, :][Y == 0].reshape(n, K - 1)
+        self.budget_row = int(rows([(flipped.reshape(1, -1), 1.0)], 0.0, float(n))[0])
+        zs = []
+        ar = np.arange(n)
+        for k in range(1 if K == 2 else K):
+            b = Z[:, k]
+            a = cols(n, 0, 1, False)
+            w = cols(n, 0, 1, False)
+            u = cols(n, 0, Mu, False)
+            v = cols(n, 0, Mv, False)
+            s_ = cols(n, 0, (Mu > 0).astype(float), True)
+            t_ = cols(n, 0, (Mv > 0).astype(float), True)
+            q = cols(n * n, -1, 1, False).reshape(n, n)
+            rows([(w, 1.0), (b, -1.0)], -inf, 0.0)
+            rows([(w, 1.0), (a, -1.0)], -inf, 0.0)
+            rows([(w, 1.0), (a, -1.0), (b, -1.0)], -1.0, inf)
+            rows([(u, 1.0), (s_, -Mu)], -inf, 0.0)
+            rows([(a, 1.0), (s_, 1.0)], -inf, 1.0)
+            rows([(v, 1.0), (t_, -Mv)], -inf, 0.0)
+            rows([(a, 1.0), (t_, -1.0)], 0.0, inf)
+            bi = np.repeat(b[:, None], n, axis=1)
+            wj = np.repeat(w[None, :], n, axis=0)
+            aj = np.repeat(a[None, :], n, axis=0)
+            qf, bf, wf, af = q.ravel(), bi.ravel(), wj.ravel(), aj.ravel()
+            rows([(qf, 1.0), (bf, -1.0)], -inf, 0.0)
+            rows([(qf, 1.0), (bf, 1.0)], 0.0, inf)
+            rows([(qf, 1.0), (wf, -2.0), (af, 1.0), (bf, 1.0)], -inf, 1.0)
+            rows([(qf, 1.0), (wf, -2.0), (af, 1.0), (bf, -1.0)], -1.0, inf)
+            # stationarity: sum_j G_ij (2 q_ij - 2 w_j + a_j) - u_i + v_i in [1 - eps_i, 1 + eps_i]
+            nz = G != 0
+            for i in ar:
+                js = np.flatnonzero(nz[i])
+                rows([(np.concatenate([q[i, js], w[js], a[js], [u[i], v[i]]])[None, :],
+                       np.concatenate([2 * G[i, js], -2 * G[i, js], G[i, js], [-1.0, 1.0]])[None, :])],
+                     1.0 - eps_row[i], 1.0 + eps_row[i])
+            zs.append((w, a))
+        # logit rows, one per rival class: f_c - f_p (- bigm sel_c for K > 2) >= bound set per stage
+        self.logit_rows: dict[int, int] = {}
+        self.bigm = float(bigm) if K > 2 else 0.0
+        if K == 2:
+            w, a = zs[0]
+            sign = -2.0 if p == 0 else 2.0  # f_(1-p) - f_p = -+2 f_0
+            c = 1 - p
+            self.logit_rows[c] = int(rows([(np.concatenate([w, a])[None, :],
+                                            np.concatenate([2 * sign * kx, -sign * kx])[None, :])], 0.0, inf)[0])
         else:
-            cons += [lhs == 1]
-        zs.append(z)
-    kx = cp.Parameter(n)
-    bigm = cp.Parameter(nonneg=True)
-    marg = cp.Parameter(K)
-    logits = [kx @ z for z in zs]
-    if K == 2:
-        logits = [logits[0], -logits[0]]
-    sel = cp.Variable(K, boolean=True)
-    cons += [cp.sum(sel) == 1, sel[p] == 0]
-    cons += [logits[c] - logits[p] >= marg[c] - bigm * (1 - sel[c]) for c in range(K) if c != p]
-    prob = cp.Problem(cp.Minimize(flips), cons)
-    return prob, kx, bigm, marg, budget, Z
+            sel = cols(K, 0, [0.0 if c == p else 1.0 for c in range(K)], True)
+            rows([(sel[None, :], 1.0)], 1.0, 1.0)
+            wp, ap = zs[p]
+            for c in range(K):
+                if c == p:
+                    continue
+                wc, ac = zs[c]
+                self.logit_rows[c] = int(rows([(np.concatenate([wc, ac, wp, ap, [sel[c]]])[None, :],
+                                                np.concatenate([2 * kx, -kx, -2 * kx, kx, [-self.bigm]])[None, :])],
+                                              0.0, inf)[0])
+        for di, dj in _duplicate_pairs(G, kx, y):  # flipped_j <= flipped_i  <=>  Z[i, y_i] - Z[j, y_j] <= 0
+            rows([(np.array([[Z[di, y[di]], Z[dj, y[dj]]]]), np.array([[1.0, -1.0]]))], -inf, 0.0)
+        self.Z = Z
+
+        A = sp.csr_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(nrow, ncol))
+        A.sum_duplicates()
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = ncol, nrow
+        cost = np.zeros(ncol)
+        cost[Z.ravel()] = (1.0 - Y).ravel()
+        lp.col_cost_ = cost
+        lp.col_lower_, lp.col_upper_ = np.concatenate(lb), np.concatenate(ub)
+        lp.row_lower_, lp.row_upper_ = np.concatenate(rlo), np.concatenate(rhi)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = ncol, nrow
+        lp.a_matrix_.start_ = A.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = A.indices.astype(np.int32)
+        lp.a_matrix_.value_ = A.data
+        lp.integrality_ = [highspy.HighsVarType.kInteger if f else highspy.HighsVarType.kContinuous
+                           for f in np.concatenate(integer)]
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("mip_rel_gap", 0.0)
+        h.setOptionValue("mip_abs_gap", 0.0)
+        h.setOptionValue("threads", 1)
+        if time_limit is not None:
+            h.setOptionValue("time_limit", float(time_limit))
+        h.passModel(lp)
+        self.h = h
+        self._status_names = {highspy.HighsModelStatus.kOptimal: "optimal",
+                              highspy.HighsModelStatus.kInfeasible: "infeasible",
+                              highspy.HighsModelStatus.kTimeLimit: "time_limit"}
+
+    def set_budget(self, lowest: int, budget: int) -> None:
+        """Attacks of lowest..budget flips (lowest: a proven lower bound on the attack size)."""
+        self.h.changeRowBounds(self.budget_row, float(lowest), float(budget))
+
+    def set_margins(self, marg: dict[int, float]) -> None:
+        for c, row in self.logit_rows.items():
+            self.h.changeRowBounds(row, float(marg[c]) - self.bigm, np.inf)
+
+    def solve(self) -> str:
+        self.h.run()
+        status = self.h.getModelStatus()
+        return self._status_names.get(status, self.h.modelStatusToString(status))
+
+    def value(self) -> float:
+        return float(self.h.getInfo().objective_function_value)
+
+    def dual_bound(self) -> float:
+        bound = float(self.h.getInfo().mip_dual_bound)
+        return bound if np.isfinite(bound) else -np.inf
+
+    def labels(self) -> np.ndarray:
+        x = np.asarray(self.h.getSolution().col_value)
+        return np.argmax(x[self.Z], axis=1)
 
 
 def _svm_margin(Kt: np.ndarray, labels: np.ndarray, K: int, C: float, kx: np.ndarray, p: int) -> float:
@@ -395,8 +540,46 @@ def _svm_margin(Kt: np.ndarray, labels: np.ndarray, K: int, C: float, kx: np.nda
     return float(f[p] - rival)
 
 
-def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int = 4):
+def _beam_svm_attack(retrain: "_Retrainer", y: np.ndarray, kx: np.ndarray, p: int, budget: int,
+                     attack_works: Callable[[np.ndarray], bool], width: int = 8) -> np.ndarray | None:
+    """A verified attack (labels (n,)) found by beam search, or None within `budget` flips.
+
+    Level s keeps the `width` relabellings of s samples with the smallest retrained margin
+    f_p - max_c f_c (`_Retrainer.margin`); level s + 1 retrains every one-flip extension of them.
+    The first relabelling that clearly changes the prediction and passes `attack_works` is returned:
+    an upper bound on the attack size, never used as a lower bound.
+    """
+    n, K = len(y), retrain.K
+    beam = [y.copy()]
+    for _ in range(budget):
+        scored = []
+        seen = set()
+        for lab in beam:
+            for j in np.flatnonzero(lab == y):
+                for c in range(K):
+                    if c == y[j]:
+                        continue
+                    trial = lab.copy()
+                    trial[j] = c
+                    key = trial.tobytes()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    verdict, gap = retrain.margin(trial, kx, p)
+                    if verdict == -1 and attack_works(trial):
+                        return trial
+                    scored.append((gap, key, trial))
+        if not scored:
+            return None
+        scored.sort(key=lambda e: (e[0], e[1]))
+        beam = [e[2] for e in scored[:width]]
+    return None
+
+
+def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int = 4, retrain=None):
     """A verified attack (labels (n,)) on the SVM at C found greedily, or None within `budget` flips.
+
+    With a usable `_Retrainer` this is the beam search `_beam_svm_attack`; otherwise:
 
     Each step ranks the untouched samples by the first-order change of f_p - f_c when one label is
     flipped to c with the current duals held fixed (the label-linear picture), retrains the SVM for
@@ -404,7 +587,8 @@ def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int
     it returns has passed `attack_works` (retraining); it only ever serves as an upper bound and
     to tighten the MILP's budget.
     """
-    n = len(y)
+    if retrain is not None and retrain.usable:
+        return _beam_svm_attack(retrain, y, kx, p, budget, attack_works)
     lab = y.copy()
     for _ in range(budget):
         ypm = np.stack([np.where(lab == k, 1.0, -1.0) for k in range(1 if K == 2 else K)])
@@ -430,40 +614,155 @@ def _greedy_svm_attack(Kt, y, K, C, kx, p, budget, attack_works, candidates: int
             m = _svm_margin(Kt, trial, K, C, kx, p)
             if best is None or m < best[0]:
                 best = (m, trial)
+        assert best is not None  # options is not empty
         lab = best[1]
         if attack_works(lab):
             return lab
     return None
 
 
-def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_classes=None,
+class _Retrainer:
+    """The one-vs-rest no-bias SVM retrained on relabelled data, fast and with an error bound.
+
+    Each binary dual is solved by active-set steps (`learners._polish_box_qp`) warm-started from the
+    clean labels' solution; only a solution satisfying every KKT condition is used. K_train must be
+    numerically positive definite (`usable`), so each dual has a unique optimum b* and the solution b
+    found satisfies ||b - b*||_2 <= (1 + L) / min(mu, 1) * sqrt(n) * r (mu, L: extreme eigenvalues of
+    H = C diag(y) K diag(y), the same as C K's; r: the projected-gradient residual): the error bound
+    of a strongly convex box-constrained quadratic. A logit f_k = C sum_j K(x, x_j) y^k_j b_j is then
+    known within C ||K(x, .)||_2 times that bound.
+    """
+
+    def __init__(self, Kt: np.ndarray, y: np.ndarray, K: int, C: float):
+        self.Kt, self.K, self.C, self.n = Kt, K, C, len(y)
+        ev = np.linalg.eigvalsh(Kt)
+        rounding = self.n * np.finfo(np.float64).eps * float(np.abs(ev).max(initial=0.0))  # eigvalsh's error
+        self.mu, self.L = C * (float(ev[0]) - rounding), C * (float(ev[-1]) + rounding)
+        self.usable = bool(ev[0] > 1e-8 * max(ev[-1], 0.0)) and self.n > 0
+        self.problems = 1 if K == 2 else K
+        self.start = [np.ones(self.n)] * self.problems
+        if self.usable:
+            for k in range(self.problems):
+                solved = self._solve(np.where(y == k, 1.0, -1.0), np.ones(self.n))
+                if solved is not None:
+                    self.start[k] = solved[0]
+
+    def _solve(self, signs: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """(b, projected-gradient residual) of the scaled dual for these signs: active-set steps from
+        `start`, then from b = 1, then the interior-point solve of `solve_svm_dual`."""
+        if not self.usable:
+            return None
+        H = self.C * (signs[:, None] * self.Kt * signs[None, :])
+        H = 0.5 * (H + H.T)
+        for s0 in (start, np.ones(self.n)):
+            b = _polish_box_qp(H, s0)
+            if b is not None:
+                return b, _kkt_residual(H, b)
+        alpha, _ = solve_svm_dual(self.Kt, signs, self.C, return_residual=True)
+        b = np.clip(alpha / self.C, 0.0, 1.0)
+        return b, _kkt_residual(H, b)
+
+    def decide(self, labels: np.ndarray, kx: np.ndarray, p: int) -> int | None:
+        """+1: the retrained SVM clearly keeps predicting p (every rival strictly below f_p by more than
+        the error bound); -1: some class clearly beats p; 0: within the error bound (a near tie);
+        None: no certified solve (use the MILP)."""
+        return self.margin(labels, kx, p)[0]
+
+    def margin(self, labels: np.ndarray, kx: np.ndarray, p: int) -> tuple[int | None, float]:
+        """(`decide`'s verdict, f_p - max_{c != p} f_c of the retrained SVM)."""
+        f = np.empty(self.problems)
+        err = 0.0
+        for k in range(self.problems):
+            signs = np.where(labels == k, 1.0, -1.0)
+            solved = self._solve(signs, self.start[k])
+            if solved is None:
+                return None, np.inf
+            b, res = solved
+            bound = (1.0 + self.L) / min(self.mu, 1.0) * np.sqrt(self.n) * res
+            f[k] = self.C * float(kx @ (signs * b))
+            err = max(err, self.C * float(np.linalg.norm(kx)) * bound + 1e-12 * self.C * float(np.abs(kx).sum()))
+        if self.K == 2:
+            f = np.array([f[0], -f[0]])
+        gap = f[p] - np.delete(f, p)  # f_p - f_c for every rival c
+        tol = 2 * err + 1e-9 * float(np.max(np.abs(f)))
+        low = float(gap.min())
+        if np.all(gap > tol):
+            return 1, low
+        if np.any(gap < -tol):
+            return -1, low
+        return 0, low
+
+
+def _count_attacks(n: int, K: int, size: int) -> int:
+    return math.comb(n, size) * (K - 1) ** size
+
+
+def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int, max_size: int,
+                              limit: int) -> tuple[int, np.ndarray | None]:
+    """Every relabelling of 1, 2, ... samples, in that order, retrained (`_Retrainer.decide`) while the
+    number of relabellings tried stays within `limit`. Returns (s, attack): no relabelling of at
+    most s samples changes the prediction (each was decided clearly), and attack, a relabelling of
+    s + 1 samples that clearly changes it (None if the search stopped first: limit, max_size, a
+    near tie, or a solve without a certified optimum)."""
+    n, K = len(y), retrain.K
+    tried = 0
+    for size in range(1, max_size + 1):
+        tried += _count_attacks(n, K, size)
+        if tried > limit:
+            return size - 1, None
+        for idx in itertools.combinations(range(n), size):
+            others = [[c for c in range(K) if c != y[j]] for j in idx]
+            for targets in itertools.product(*others):
+                lab = y.copy()
+                lab[list(idx)] = targets
+                verdict = retrain.decide(lab, kx, p)
+                if verdict is None or verdict == 0:
+                    return size - 1, None
+                if verdict == -1:
+                    return size - 1, lab
+    return max_size, None
+
+
+def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_train: npt.ArrayLike, C: float | None,
+                       num_classes: int | None = None,
                        max_flips: int | None = None, *, time_limit: float | None = DEFAULT_MILP_TIME_LIMIT,
-                       margin: float = 1e-6, progress: bool = False) -> LabelCertResult:
+                       margin: float = 1e-6, exhaustive_limit: int = 20_000,
+                       progress: bool = False) -> LabelCertResult:
     """Exact label-flip radius of a no-bias one-vs-rest kernel SVM at ANY C (LabelCert, LabelCert paper).
 
-    K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). One MILP per
-    test point minimises the number of flips subject to "the retrained SVM's prediction differs from
-    the clean prediction p", the SVM being encoded exactly by the KKT conditions of every class's
-    dual (see `_labelcert_problem`; cvxpy + HiGHS). Cost grows quickly with n, K and C / C_max:
-    measured on 2 cores, n = 20 binary takes 0.15 s per point at C = C_max / 2 and 7 s at 3 C_max;
-    n = 14 with K = 3 at 5 C_max did not finish within 60 s (use `time_limit`).
+    K_train (n, n) PSD Gram, labels (n,), K_test_train (t, n), C > 0 (None: C_max). Per test point
+    with clean prediction p, the fewest flips after which the retrained SVM's prediction differs
+    from p, found in three steps:
 
-    Soundness: the first MILP is a relaxation (ties count as attacks for every class; slack covers
-    dropped tiny coefficients), so its optimum m0 is a lower bound on the true attack size. Its
-    attack is re-checked by retraining the SVM (QP) on the attacked labels; if it does not change the
-    prediction (a tie or a solver tolerance), the MILP is re-solved with strict margins (`margin`,
-    relative to the test row's largest kernel entry). The radius is exact (m0 - 1) when a verified
-    attack of size m0 exists; otherwise the point is flagged `exact=False` with radius = m0 - 1 (sound
-    lower bound) and radius_upper from the best verified attack. When `time_limit` (seconds per
-    MILP; default DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is
-    the solver's proven bound minus one, flagged `exact=False` and `stopped_early=True`.
-    Budget: `max_flips` (radius = budget when nothing within it changes the prediction).
+    1. Above C_max, a verified attack (`_greedy_svm_attack`: beam search over one-flip extensions
+       ranked by the retrained margin, every candidate retrained): an upper bound g. An attack of
+       one flip settles the point (radius 0).
+    2. Exhaustive retraining (`_exhaustive_small_attacks`): every relabelling of 1, 2, ... samples
+       is retrained while at most `exhaustive_limit` relabellings are tried in all (0 = skip this
+       step). Each retrained margin comes with a certified error bound (`_Retrainer`: unique dual
+       optimum on a positive definite K_train, error bound of a strongly convex box QP); sizes whose
+       every relabelling clearly keeps p are excluded, an attack that clearly changes p and passes
+       retraining by `KernelSVM` is the answer, and a near tie (margin within the error bound) or a
+       singular K_train hands the rest to the MILP.
+    3. The MILP (`_AttackMilp`, HiGHS through highspy, one model per test point) minimises the
+       flips over the attack sizes still open: its budget row runs from the proven lower bound to
+       g - 1 (or `max_flips`), so it only looks for strictly smaller attacks and its infeasibility
+       proves the attack optimal. The first solve is a relaxation (ties count as attacks for every
+       class; slack covers dropped tiny coefficients), so its optimum m0 is a lower bound; its
+       attack is re-checked by retraining, and if it does not change the prediction (a tie or a
+       solver tolerance) the MILP is re-solved with strict margins (`margin`, relative to the test
+       row's largest kernel entry).
 
-    Above C_max a verified attack is searched first (`_greedy_svm_attack`: greedy flips ranked by
-    the fixed-dual first-order effect, each step retrained): an attack of one flip settles the
-    point (radius 0) without a MILP; otherwise the MILP's budget becomes (attack size - 1), so it
-    only looks for strictly smaller attacks and its infeasibility proves the attack optimal.
-    progress=True shows a progress bar over the test points (tqdm).
+    The radius is exact (m - 1) when a verified attack of size m exists and no smaller one does;
+    otherwise the point is flagged `exact=False` with radius = (proven lower bound) - 1 and
+    radius_upper from the best verified attack. When `time_limit` (seconds per MILP solve; default
+    DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is the solver's
+    proven bound minus one, flagged `exact=False` and `stopped_early=True`. Budget: `max_flips`
+    (radius = budget when nothing within it changes the prediction). Measured (one core, binary
+    Gaussians, NTK of a one-hidden-layer ReLU net; benchmarks/published.py): n = 10-20 at 2-5 C_max
+    take well under a second per point; at n = 50 the MILP can stay open at the time limit (the
+    bracket [radius, radius_upper] is then reported). progress=True shows a progress bar over the
+    test points (tqdm).
     """
     Kt = check_gram(K_train, name="K_train")
     Kt = 0.5 * (Kt + Kt.T)
@@ -481,6 +780,8 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     C = clean.C_
     prediction = clean.predict(Kx)
     G, eps_row = _clean(C * Kt)
+    exhaustive_limit = check_int("exhaustive_limit", exhaustive_limit, minimum=0)
+    retrain = _Retrainer(Kt, y, K, C) if exhaustive_limit > 0 and budget > 0 else None
 
     def attack_works(lab, i, p):
         return int(KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0]) != p
@@ -489,8 +790,8 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
     upper = np.empty(t, np.int64)
     exact = np.zeros(t, bool)
     stopped = np.zeros(t, bool)
-    attacks, statuses = [], []
-    problems = {}
+    attacks: list[np.ndarray | None] = []
+    statuses: list[str] = []
     points = tqdm(range(t), desc="LabelCert MILP", unit="point", disable=not progress)
     for i in points:
         p = int(prediction[i])
@@ -505,7 +806,8 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
         # MILP then only has to look for strictly smaller attacks (or prove there are none).
         greedy = None
         if C > clean.C_max:
-            greedy = _greedy_svm_attack(Kt, y, K, C, Kx[i], p, budget, lambda lab: attack_works(lab, i, p))
+            greedy = _greedy_svm_attack(Kt, y, K, C, Kx[i], p, budget, lambda lab: attack_works(lab, i, p),
+                                        retrain=retrain)
         best, best_lab = (None, None) if greedy is None else (int(np.count_nonzero(greedy != y)), greedy)
         if best == 1:  # one flip suffices: radius 0, nothing smaller to look for
             radius[i] = upper[i] = 0
@@ -514,36 +816,44 @@ def labelcert_svm_milp(K_train, labels, K_test_train, C: float | None, num_class
             statuses.append("greedy attack of size 1")
             continue
         milp_budget = budget if best is None else best - 1
-        if p not in problems:
-            problems[p] = _labelcert_problem(G, eps_row, y, K, p)
-        prob, kx_par, bigm_par, marg_par, budget_par, Z = problems[p]
-        kx, dropped = _clean(_rows_scale(Kx[i]))
-        slack = 2.0 * float(dropped)  # |change of f_c - f_p| from the dropped entries
-        kx_par.value = kx
-        bigm_par.value = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin + 2.0 * slack + 1.0
-        budget_par.value = milp_budget
         lower, status_i = None, [] if greedy is None else [f"greedy attack of size {best}"]
-        # margins (classes above p, classes below p): relaxation, strict, strict everywhere
-        for above, below in ((-slack, -slack), (margin + slack, slack), (2 * margin + slack, margin + slack)):
-            marg_par.value = np.array([above if c > p else below for c in range(K)])
-            status = _solve_highs(prob, time_limit)
-            status_i.append(status)
-            if status == "infeasible":
+        excluded = 0  # no attack of at most this many flips (retraining every relabelling)
+        if retrain is not None and retrain.usable:
+            excluded, cand = _exhaustive_small_attacks(retrain, y, Kx[i], p, milp_budget, exhaustive_limit)
+            status_i.append(f"retrained every relabelling of <= {excluded} samples")
+            if cand is not None and attack_works(cand, i, p):
+                best, best_lab = excluded + 1, cand
+                lower = excluded + 1
+            elif excluded >= milp_budget:
+                lower = milp_budget + 1
+        if lower is None:
+            kx, dropped = _clean(_rows_scale(Kx[i]))
+            slack = 2.0 * float(dropped)  # |change of f_c - f_p| from the dropped entries
+            bigm = 2.0 * float(np.abs(kx).sum()) + 4.0 * margin + 2.0 * slack + 1.0
+            model = _AttackMilp(G, eps_row, y, K, p, kx, bigm, time_limit)  # one model per test point
+            model.set_budget(excluded + 1, milp_budget)
+            # margins (classes above p, classes below p): relaxation, strict, strict everywhere
+            for above, below in ((-slack, -slack), (margin + slack, slack), (2 * margin + slack, margin + slack)):
+                model.set_margins({c: above if c > p else below for c in range(K) if c != p})
+                status = _solve_highs_model(model)
+                status_i.append(status)
+                if status == "infeasible":
+                    if lower is None:
+                        lower = milp_budget + 1  # no attack within the MILP's budget, even counting ties
+                    break
+                if status != "optimal":
+                    if lower is None:
+                        lower = max(excluded + 1, math.ceil(model.dual_bound() - 1e-6))
+                    stopped[i] = status == "time_limit"
+                    break
                 if lower is None:
-                    lower = milp_budget + 1  # no attack within the MILP's budget, even counting ties
-                break
-            if status != "optimal":
-                if lower is None:
-                    lower = max(1, math.ceil(_dual_bound(prob) - 1e-6))
-                stopped[i] = status == "user_limit"
-                break
-            if lower is None:
-                lower = max(_integral(prob.value), 1)
-            lab = np.argmax(np.asarray(Z.value), axis=1)
-            size = int(np.count_nonzero(lab != y))
-            if 1 <= size <= milp_budget and attack_works(lab, i, p):
-                best, best_lab = size, lab
-                break
+                    lower = max(_integral(model.value()), excluded + 1)
+                lab = model.labels()
+                size = int(np.count_nonzero(lab != y))
+                if 1 <= size <= milp_budget and attack_works(lab, i, p):
+                    best, best_lab = size, lab
+                    break
+        assert lower is not None  # every path above proves a lower bound
         lower = min(lower, budget + 1)
         radius[i] = lower - 1
         if best is not None:
@@ -579,7 +889,7 @@ def weak_orderings(num_classes: int) -> np.ndarray:
     return _weak_orderings_cached(int(num_classes))
 
 
-def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000) -> np.ndarray:
+def brute_force_roe_radius(scores: npt.ArrayLike, shifts: npt.ArrayLike | None = None, *, max_configs: int = 2_000_000) -> np.ndarray:
     """Exact black-box radius (t,) of DPA+ROE (shifts=None) or FA+ROE by enumerating every attack.
 
     scores (t, L, K). A poison in group h controls learners (h + s) mod L (DPA+ROE: one learner);
@@ -616,7 +926,7 @@ def brute_force_roe_radius(scores, shifts=None, *, max_configs: int = 2_000_000)
     return out
 
 
-def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
+def brute_force_fa_radius(votes: npt.ArrayLike, shifts: npt.ArrayLike, num_classes: int) -> np.ndarray:
     """Exact black-box radius (t,) of plurality FA by enumerating the poisoned groups (L when none)."""
     v = check_votes(votes, num_classes)
     t, L = v.shape
@@ -642,7 +952,8 @@ def brute_force_fa_radius(votes, shifts, num_classes: int) -> np.ndarray:
     return out
 
 
-def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs: int = 500_000) -> np.ndarray:
+def brute_force_cost_model_radius(scores: npt.ArrayLike, vote_costs: npt.ArrayLike, pair_costs: npt.ArrayLike, *,
+                                  max_configs: int = 500_000) -> np.ndarray:
     """Exact radius (t,) of ROE in the most generous world consistent with whitebox_roe's cost bounds.
 
     Every base model m may be turned into any weak ordering of the classes, at cost max(1,
@@ -679,7 +990,9 @@ def brute_force_cost_model_radius(scores, vote_costs, pair_costs, *, max_configs
     return out
 
 
-def brute_force_label_flip_roe_radius(weights_list, labels_list, num_classes: int, max_flips: int | None = None):
+def brute_force_label_flip_roe_radius(weights_list: Sequence[npt.ArrayLike], labels_list: Sequence[npt.ArrayLike],
+                                      num_classes: int, max_flips: int | None = None
+                                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Exact label-flip radius (t,) of ROE over label-linear partitions by relabelling every label.
 
     Recomputes each base model's scores W_m @ onehot(y'_m) for every relabelling with at most

@@ -55,7 +55,7 @@ def array_digest(a: np.ndarray) -> str:
     h.update(f"{a.dtype.str}|{a.shape}|".encode())
     if a.dtype.hasobject:
         raise TypeError("array_digest: object arrays have no stable byte content")
-    h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    h.update(np.ascontiguousarray(a).data.cast("B"))
     return h.hexdigest()
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import abc
 import warnings
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import scipy.linalg
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -33,8 +35,10 @@ from ._validation import (
     check_same_length,
 )
 from .certificates import Certificate, certify, label_linear_prediction
+from .voting import row_blocks
 
 _EPS = float(np.finfo(np.float64).eps)
+_T = TypeVar("_T")
 _BLOCK_BYTES = 64 * 2**20
 _WARN_RELATIVE_ERROR = 1e-4  # fits whose weight error bound exceeds this (relative) are warned about
 _SAFE_RELATIVE_ERROR = 1e-6  # the suggested ridge brings the bound below this
@@ -50,13 +54,13 @@ def _gamma(m: int) -> float:
     return m * _EPS / (1.0 - m * _EPS)
 
 
-def _row_blocks(t: int, n: int, block_size: int | None):
-    """Slices over t rows so that one (block, n) float64 block stays near 64 MiB."""
+def _blocks(t: int, n: int, block_size: int | None) -> Iterator[slice]:
+    """`voting.row_blocks` over t test rows of n float64 weights; default: blocks near 64 MiB
+    (`_BLOCK_BYTES`). The block boundaries change the last bits of the solves (the BLAS kernels
+    treat column counts differently), so this default is kept as it is."""
     if block_size is None:
         block_size = max(1, _BLOCK_BYTES // (8 * max(n, 1)))
-    block_size = max(1, int(block_size))
-    for start in range(0, t, block_size):
-        yield slice(start, min(t, start + block_size))
+    return row_blocks(t, 8 * max(n, 1), block_size)
 
 
 def _psd_tolerance(K: np.ndarray) -> float:
@@ -103,7 +107,7 @@ def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
     - eps max |A_ii - sigma| (the rounding of the shifted diagonal). Cost: one more Cholesky.
     """
     n = A.shape[0]
-    v = np.random.default_rng(0).normal(size=n)
+    v: np.ndarray = np.random.default_rng(0).normal(size=(n,))
     v /= np.linalg.norm(v)
     for _ in range(12):
         v = scipy.linalg.cho_solve(cho, v, check_finite=False)
@@ -127,6 +131,22 @@ def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
     return 0.0
 
 
+class _SharedGram:
+    """A training Gram validated once (`check_gram`) and made exactly symmetric, with the factorisations
+    computed from it so far (`once`), for every learner fitted on it (`fit_learners`)."""
+
+    def __init__(self, K_train: ArrayLike) -> None:
+        K = check_gram(K_train, name="K_train")
+        self.K = 0.5 * (K + K.T)  # exact symmetry (check_gram allowed a 1e-8 relative asymmetry)
+        self._memo: dict[tuple, object] = {}
+
+    def once(self, key: tuple, compute: Callable[[], _T]) -> _T:
+        """`compute()` the first time `key` is asked for, its stored result afterwards (errors are not stored)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[return-value]
+
+
 class _KernelLearner(BaseEstimator, abc.ABC):
     """Shared bookkeeping: fitted-state checks, test-matrix validation, prediction and certificates."""
 
@@ -143,16 +163,24 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         check_columns("K_test_train", Kt, self.n_train_)
         return Kt
 
-    def _fit_inputs(self, K_train, y, num_classes):
+    def _fit_inputs(self, K_train, y, num_classes, shared: _SharedGram | None
+                    ) -> tuple[_SharedGram, np.ndarray, int]:
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         if num_classes is None:
             raise ValueError("num_classes is required: pass the task's number of classes (a training set may lack "
                              "some of them, and the attacker may relabel to any)")
-        K = check_gram(K_train, name="K_train")
+        gram = _SharedGram(K_train) if shared is None else shared
         y, num_classes = check_labels(y, num_classes, name="y")
-        check_same_length(K_train=K, y=y)
-        K = 0.5 * (K + K.T)  # exact symmetry (check_gram allowed a 1e-8 relative asymmetry)
-        return K, y, num_classes
+        check_same_length(K_train=gram.K, y=y)
+        return gram, y, num_classes
+
+    @abc.abstractmethod
+    def fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int) -> "_KernelLearner":
+        """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self."""
+
+    @abc.abstractmethod
+    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "_KernelLearner":
+        """`fit`, on `shared` (already validated and symmetrised) instead of K_train when given."""
 
     def _finish_fit(self, y, num_classes, n) -> None:
         self.labels_ = y
@@ -162,11 +190,12 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         self._fitted = True
 
     @abc.abstractmethod
-    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Label weights W (t, n) float64 (class scores `W @ onehot(y)`); with return_error=True also
         err (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W*."""
 
-    def certify(self, K_test_train, **kw) -> Certificate:
+    def certify(self, K_test_train: ArrayLike, **kw: Any) -> Certificate:
         """ScaLabelCert certificate (`certificates.certify`) of the label weights on K_test_train, with
         the weights' error bound added to the tolerance (`atol`), so that it holds for the exact model."""
         W, err = self.label_weights(K_test_train, return_error=True)
@@ -174,6 +203,33 @@ class _KernelLearner(BaseEstimator, abc.ABC):
             err = err + np.asarray(kw["atol"], dtype=np.float64)
         kw["atol"] = err
         return certify(W, self.labels_, self.num_classes_, **kw)
+
+
+_KernelLearnerT = TypeVar("_KernelLearnerT", bound=_KernelLearner)
+
+
+def _ridge_cholesky(K: np.ndarray, ridge: float, hint: str) -> tuple[tuple[np.ndarray, bool], float, float]:
+    """(Cholesky factor of A = K + ridge I as `cho_factor` gives it, a rigorous lower bound on the smallest
+    eigenvalue of A (`_smallest_eigenvalue_lower_bound`, <= 0: none), a bound on ||dA||_2 for the backward
+    error of solves with the factor); ValueError (with `hint`) when A has no Cholesky factor."""
+    n = K.shape[0]
+    A = K + ridge * np.eye(n)
+    try:
+        cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        safe = ridge + np.sqrt(n) * _gamma(3 * n + 1) * float(np.trace(np.abs(A))) / _SAFE_RELATIVE_ERROR
+        raise ValueError(
+            f"K_train + ridge*I (ridge={ridge}) is singular or not positive definite, "
+            f"so converged kernel regression is not defined; {hint} (for a PSD K_train, ridge >= {safe:.3g} "
+            f"keeps the label weights accurate to {_SAFE_RELATIVE_ERROR:g})"
+        ) from None
+    lam = _smallest_eigenvalue_lower_bound(A, cho)
+    L = np.tril(cho[0])
+    # backward error of the Cholesky solve (A + dA) w = k: |dA| <= gamma_{3n+1} |L||L'| (Higham,
+    # Thm 10.4), ||dA||_2 <= gamma_{3n+1} ||L||_F^2; plus the rounding of the diagonal of A
+    back = _gamma(3 * n + 1) * float(np.sum(L * L)) * (1.0 + (n * n + 2) * _EPS)
+    back += _EPS * float(np.max(np.abs(np.diag(A))))
+    return cho, lam, back
 
 
 class KernelRegression(_KernelLearner):
@@ -197,16 +253,21 @@ class KernelRegression(_KernelLearner):
     this factor times ||W_i||_2).
     """
 
-    def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0):
+    eig_lower_: float | None
+
+    def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0) -> None:
         self.ridge = ridge
         self.train_time = train_time
         self.learning_rate = learning_rate
 
-    def fit(self, K_train, y, num_classes: int) -> "KernelRegression":
+    def fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int) -> "KernelRegression":
         """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self.
 
         num_classes: the task's number of classes (required).
         """
+        return self._fit(K_train, y, num_classes, None)
+
+    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "KernelRegression":
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         ridge = check_positive("ridge", self.ridge, allow_zero=True)
         train_time = self.train_time
@@ -215,28 +276,14 @@ class KernelRegression(_KernelLearner):
             if np.isinf(train_time):
                 train_time = None
         learning_rate = check_positive("learning_rate", self.learning_rate)
-        K, y, num_classes = self._fit_inputs(K_train, y, num_classes)
+        gram, y, num_classes = self._fit_inputs(K_train, y, num_classes, shared)
+        K = gram.K
         n = K.shape[0]
-        A = K + ridge * np.eye(n)
         self._cho = None
         self._M = None
         if train_time is None:
             hint = "pass ridge > 0 (e.g. ridge=1e-6 * mean(diag(K_train)))" if ridge == 0 else "increase ridge"
-            try:
-                cho = scipy.linalg.cho_factor(A, lower=True, check_finite=False)
-            except np.linalg.LinAlgError:
-                safe = ridge + np.sqrt(n) * _gamma(3 * n + 1) * float(np.trace(np.abs(A))) / _SAFE_RELATIVE_ERROR
-                raise ValueError(
-                    f"K_train + ridge*I (ridge={ridge}) is singular or not positive definite, "
-                    f"so converged kernel regression is not defined; {hint} (for a PSD K_train, ridge >= {safe:.3g} "
-                    f"keeps the label weights accurate to {_SAFE_RELATIVE_ERROR:g})"
-                ) from None
-            lam = _smallest_eigenvalue_lower_bound(A, cho)
-            L = np.tril(cho[0])
-            # backward error of the Cholesky solve (A + dA) w = k: |dA| <= gamma_{3n+1} |L||L'| (Higham,
-            # Thm 10.4), ||dA||_2 <= gamma_{3n+1} ||L||_F^2; plus the rounding of the diagonal of A
-            back = _gamma(3 * n + 1) * float(np.sum(L * L)) * (1.0 + (n * n + 2) * _EPS)
-            back += _EPS * float(np.max(np.abs(np.diag(A))))
+            cho, lam, back = gram.once(("cholesky", ridge), lambda: _ridge_cholesky(K, ridge, hint))
             if not lam > 0:
                 safe = ridge + back * np.sqrt(n) / _SAFE_RELATIVE_ERROR
                 raise ValueError(
@@ -252,13 +299,14 @@ class KernelRegression(_KernelLearner):
                     f"K_train + ridge*I (ridge={ridge}) is ill-conditioned: the label weights are only guaranteed to "
                     f"a relative accuracy of {factor:.2g} (smallest eigenvalue >= {lam:.3g}). Certificates account for "
                     f"it (rows within that margin are not exact); ridge >= {safe:.3g} would bring it below "
-                    f"{_SAFE_RELATIVE_ERROR:g}", RuntimeWarning, stacklevel=2)
+                    f"{_SAFE_RELATIVE_ERROR:g}", RuntimeWarning, stacklevel=3)
             self._cho = cho
             self.eig_lower_ = lam
         else:
             # Eigendecomposition: A^-1 (I - exp(-c A)) = V diag(phi(e)) V', phi(e) = -expm1(-c e) / e,
             # phi(0) = c, well defined for singular A (docs/math.md §2, finite training time).
-            e, V = scipy.linalg.eigh(A, check_finite=False)
+            A = K + ridge * np.eye(n)
+            e, V = gram.once(("eigh", ridge), lambda: scipy.linalg.eigh(A, check_finite=False))
             tol = _psd_tolerance(K)
             if e[0] - ridge < -tol:
                 raise ValueError(
@@ -286,7 +334,8 @@ class KernelRegression(_KernelLearner):
             return scipy.linalg.cho_solve(self._cho, Kb.T, check_finite=False).T
         return Kb @ self._M
 
-    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Label weights W (t, n), float64; class scores are `W @ onehot(y)` (streamed over row blocks).
 
         return_error=True: also err (t,), a bound on sum_j |W_ij - W*_ij| against the exact model's
@@ -296,7 +345,7 @@ class KernelRegression(_KernelLearner):
         """
         Kt = self._check_test(K_test_train)
         W = np.empty((Kt.shape[0], self.n_train_), dtype=np.float64)
-        for sl in _row_blocks(Kt.shape[0], self.n_train_, block_size):
+        for sl in _blocks(Kt.shape[0], self.n_train_, block_size):
             W[sl] = self._weights_block(Kt[sl])
         if not return_error:
             return W
@@ -304,15 +353,15 @@ class KernelRegression(_KernelLearner):
         err = self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
         return W, err
 
-    def decision_function(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Class scores S (t, K) = W @ onehot(y) (regression outputs on one-hot targets)."""
         Kt = self._check_test(K_test_train)
         S = np.empty((Kt.shape[0], self.num_classes_), dtype=np.float64)
-        for sl in _row_blocks(Kt.shape[0], self.n_train_, block_size):
+        for sl in _blocks(Kt.shape[0], self.n_train_, block_size):
             S[sl] = self._weights_block(Kt[sl]) @ self._Y
         return S
 
-    def predict(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def predict(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Predicted classes (t,) int64: `label_linear_prediction(W, y, K)` (exact argmax of the scores
         of the label weights, ties to the smaller index) = `certify(...).prediction`."""
         return label_linear_prediction(self.label_weights(K_test_train, block_size=block_size), self.labels_,
@@ -357,18 +406,21 @@ class KernelSVM(_KernelLearner):
         self._require_fit()
         return self.label_linear_
 
-    def fit(self, K_train, y, num_classes: int) -> "KernelSVM":
+    def fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int) -> "KernelSVM":
         """Fit on the (n, n) PSD training Gram and labels (n,) in 0..num_classes-1; returns self.
 
         num_classes: the task's number of classes (required).
         """
+        return self._fit(K_train, y, num_classes, None)
+
+    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "KernelSVM":
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         C = None if self.C is None else check_positive("C", self.C)
-        K, y, num_classes = self._fit_inputs(K_train, y, num_classes)
-        _check_psd(K, "K_train")
+        gram, y, num_classes = self._fit_inputs(K_train, y, num_classes, shared)
+        K = gram.K
+        gram.once(("psd",), lambda: _check_psd(K, "K_train"))
         n = K.shape[0]
-        row_abs = np.abs(K).sum(axis=1)
-        c_max = _safe_c_max(row_abs)
+        c_max = gram.once(("c_max",), lambda: _safe_c_max(np.abs(K).sum(axis=1)))
         if not np.isfinite(c_max):
             raise ValueError("K_train is all zeros: C_max is infinite and the SVM is degenerate")
         self.C_max_ = c_max
@@ -389,7 +441,7 @@ class KernelSVM(_KernelLearner):
             self.kkt_residual_ = resid
             if resid > 1e-6:
                 warnings.warn(f"the SVM dual was solved only to a KKT residual of {resid:.2g}", RuntimeWarning,
-                              stacklevel=2)
+                              stacklevel=3)
         self._finish_fit(y, num_classes, n)
         return self
 
@@ -401,7 +453,8 @@ class KernelSVM(_KernelLearner):
             "num_classes) on small problems"
         )
 
-    def label_weights(self, K_test_train, *, block_size: int | None = None, return_error: bool = False):
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """W = K_test_train (t, n) float64 (label-linear regime only; a positive multiple of the label
         weights). return_error=True: also err (t,) = 0 (the weights are the kernel values themselves)."""
         Kt = self._check_test(K_test_train)
@@ -410,17 +463,17 @@ class KernelSVM(_KernelLearner):
         W = np.array(Kt, dtype=np.float64, copy=True)
         return (W, np.zeros(W.shape[0])) if return_error else W
 
-    def decision_function(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """One-vs-rest SVM outputs f (t, K): f_k(x) = sum_j alpha_kj y^k_j K(x, x_j)."""
         Kt = self._check_test(K_test_train)
         coef = (self.alpha_ * self._ypm).T  # (n, num_problems)
         F = np.empty((Kt.shape[0], self.num_classes_), dtype=np.float64)
-        for sl in _row_blocks(Kt.shape[0], self.n_train_, block_size):
+        for sl in _blocks(Kt.shape[0], self.n_train_, block_size):
             f = Kt[sl] @ coef
             F[sl] = np.concatenate([f, -f], axis=1) if self.num_classes_ == 2 else f
         return F
 
-    def predict(self, K_test_train, *, block_size: int | None = None) -> np.ndarray:
+    def predict(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Predicted classes (t,) int64, ties to the smaller index.
 
         In the label-linear regime `label_linear_prediction(K_test_train, y, K)` (the certified rule,
@@ -430,11 +483,11 @@ class KernelSVM(_KernelLearner):
         if self.is_label_linear:
             return label_linear_prediction(Kt, self.labels_, self.num_classes_, block_size=block_size)
         out = np.empty(Kt.shape[0], dtype=np.int64)
-        for sl in _row_blocks(Kt.shape[0], self.n_train_, block_size):
+        for sl in _blocks(Kt.shape[0], self.n_train_, block_size):
             out[sl] = np.argmax(self.decision_function(Kt[sl]), axis=1)
         return out
 
-    def certify(self, K_test_train, **kw) -> Certificate:
+    def certify(self, K_test_train: ArrayLike, **kw: Any) -> Certificate:
         """ScaLabelCert certificate (needs C <= C_max_): `certificates.certify(K_test_train, y, K, **kw)`.
 
         Above C_max_ the SVM is not label-linear: this raises ValueError; use the exact LabelCert MILP
@@ -446,8 +499,33 @@ class KernelSVM(_KernelLearner):
         return super().certify(K_test_train, **kw)
 
 
+def fit_learners(learners: Sequence[_KernelLearnerT], K_train: ArrayLike, y: ArrayLike, num_classes: int) -> list[_KernelLearnerT]:
+    """Fit every learner on the same (n, n) training Gram and labels; returns them (fitted in place).
+
+    The same models as `[m.fit(K_train, y, num_classes) for m in learners]`, bit for bit, with the
+    Gram validated and symmetrised once and every factorisation computed once for all of them:
+    the SVMs' positive-semidefiniteness check and C_max, the regressions' Cholesky factor (and
+    eigenvalue bound) per ridge, and their eigendecomposition per ridge for finite training times.
+    (A regression and an SVM factorise different matrices, K + ridge I and the SVM's check of
+    K + tol I, so they share the validation only.) A Gram that fails validation raises before
+    any learner's own parameters are checked.
+    """
+    learners = list(learners)
+    for m in learners:
+        if not isinstance(m, _KernelLearner):
+            raise TypeError(f"learners must be KernelRegression / KernelSVM instances, got {type(m).__name__}")
+    if num_classes is None:
+        raise ValueError("num_classes is required: pass the task's number of classes (a training set may lack "
+                         "some of them, and the attacker may relabel to any)")
+    shared = _SharedGram(K_train)
+    for m in learners:
+        m._fit(K_train, y, num_classes, shared)
+    return learners
+
+
 # --------------------------------------------------------------------------- dual QP (C > C_max)
-def solve_svm_dual(K, signs, C: float, *, return_residual: bool = False):
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, float]:
     """Optimal dual variables alpha (n,) of `max 1'a - 1/2 a' diag(s) K diag(s) a, 0 <= a <= C` (no bias).
 
     `signs` (n,) in {-1, +1}. With return_residual=True also returns the projected-gradient KKT
@@ -531,4 +609,4 @@ def _polish_box_qp(H: np.ndarray, b0: np.ndarray, max_iter: int = 50) -> np.ndar
     return None
 
 
-__all__ = ["KernelRegression", "KernelSVM", "onehot", "solve_svm_dual"]
+__all__ = ["KernelRegression", "KernelSVM", "fit_learners", "onehot", "solve_svm_dual"]

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import as_float_array, check_index_array, check_int
 
@@ -47,7 +49,9 @@ def _rows(x) -> np.ndarray:
     if len(arr) == 0:
         raise ValueError("x has no samples")
     rows = arr.reshape(len(arr), -1)
-    return rows if np.issubdtype(rows.dtype, np.integer) else rows + 0.0
+    if np.issubdtype(rows.dtype, np.integer) or not np.any(np.signbit(rows) & (rows == 0)):
+        return rows  # no -0.0: no float copy of the whole data set
+    return rows + 0.0
 
 
 def _float_blocks(rows: np.ndarray, block: int = 4096):
@@ -74,6 +78,30 @@ def _check_nonempty(assign: np.ndarray, num_partitions: int, rule: str) -> np.nd
 
 
 # --------------------------------------------------------------------------- group-id rules (no emptiness check)
+_PIXEL_SCALES = (1.0, 255.0, 16.0)  # integer values, and the loaders' 8-bit and 4-bit pixel scales (x / max_value)
+
+
+def _pixel_codes(rows: np.ndarray, lo: float, hi: float, block: int = 4096) -> np.ndarray | None:
+    """uint8 codes k with rows == k / s exactly, for the first scale s of `_PIXEL_SCALES` that fits every entry
+    (k in 0..255), else None. k -> k / s is strictly increasing, so the codes order the rows exactly as
+    their values do: sorting 1-byte codes instead of 8-byte keys gives the same SS-DPA assignment."""
+    if not lo >= 0:
+        return None
+    for scale in _PIXEL_SCALES:
+        if not hi * scale <= 255:
+            continue
+        codes = np.empty(rows.shape, np.uint8)
+        for start in range(0, len(rows), block):
+            part = rows[start:start + block]
+            k = np.rint(part * scale)
+            if not np.array_equal(k / scale, part):
+                break
+            codes[start:start + block] = k
+        else:
+            return codes
+    return None
+
+
 def _lex_keys(rows: np.ndarray) -> np.ndarray:
     """One opaque key per row whose byte order is the lexicographic order of the rows' values
     (first column first; pass the columns reversed for a last-column-first order).
@@ -83,13 +111,14 @@ def _lex_keys(rows: np.ndarray) -> np.ndarray:
     bit flipped) written big-endian, so comparing keys bytewise compares rows value by value.
     """
     lo, hi = rows.min(), rows.max()
+    codes = None if np.issubdtype(rows.dtype, np.integer) else _pixel_codes(rows, lo, hi)
     if np.issubdtype(rows.dtype, np.integer):
         if lo >= 0 and hi <= 255:
             keys = rows.astype(np.uint8, order="C")
         else:
             keys = (rows.astype(np.int64).view(np.uint64) ^ np.uint64(1 << 63)).astype(">u8")
-    elif lo >= 0 and hi <= 255 and np.all(rows == np.floor(rows)):
-        keys = rows.astype(np.uint8, order="C")
+    elif codes is not None:
+        keys = codes
     else:
         bits = rows.view(np.uint64)
         neg = (bits >> np.uint64(63)).astype(bool)
@@ -142,7 +171,7 @@ def _seeded_hash_ids(rows: np.ndarray, m: int, seed) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- public partitioners
-def ss_dpa_partition(x, num_partitions: int, on_duplicates: str = "stable", primary: str = "last") -> np.ndarray:
+def ss_dpa_partition(x: ArrayLike, num_partitions: int, on_duplicates: str = "stable", primary: str = "last") -> np.ndarray:
     """SS-DPA rule: assignment (n,) int64 = (index in the lexicographic order of the rows) mod N_p.
 
     x (n, ...) features only, flattened row-major to (n, d) (the DPA code flattens channel-first
@@ -159,7 +188,7 @@ def ss_dpa_partition(x, num_partitions: int, on_duplicates: str = "stable", prim
     return _ss_dpa_ids(rows, _num_parts(num_partitions, len(rows)), on_duplicates, primary)
 
 
-def dpa_hash_partition(x, num_partitions: int) -> np.ndarray:
+def dpa_hash_partition(x: ArrayLike, num_partitions: int) -> np.ndarray:
     """DPA rule: assignment (n,) int64 = (sum of the integer pixel values) mod N_p.
 
     Needs integer-valued features (raw 0..255 pixels, e.g. loaders with scale=False); ValueError
@@ -170,7 +199,7 @@ def dpa_hash_partition(x, num_partitions: int) -> np.ndarray:
     return _check_nonempty(_dpa_hash_ids(rows, k), k, "dpa_hash")
 
 
-def seeded_hash_partition(x, num_partitions: int, seed: int = 0) -> np.ndarray:
+def seeded_hash_partition(x: ArrayLike, num_partitions: int, seed: int = 0) -> np.ndarray:
     """Assignment (n,) int64 = keyed BLAKE2b-64 of the row's float64 bytes (key = seed) mod N_p.
 
     A sample's partition depends on its own features only; ValueError when a partition is empty.
@@ -183,14 +212,14 @@ def seeded_hash_partition(x, num_partitions: int, seed: int = 0) -> np.ndarray:
 RULES = {"ss_dpa": ss_dpa_partition, "dpa_hash": dpa_hash_partition, "seeded_hash": seeded_hash_partition}
 
 
-def partition(x, num_partitions: int, rule: str = "ss_dpa", **kwargs) -> np.ndarray:
+def partition(x: ArrayLike, num_partitions: int, rule: str = "ss_dpa", **kwargs: Any) -> np.ndarray:
     """Assignment (n,) in 0..N_p-1 by the named rule ("ss_dpa", "dpa_hash", "seeded_hash")."""
     if rule not in RULES:
         raise ValueError(f"unknown partition rule {rule!r}; known: {', '.join(RULES)}")
     return RULES[rule](x, num_partitions, **kwargs)
 
 
-def partition_indices(assign, num_partitions: int) -> tuple[np.ndarray, ...]:
+def partition_indices(assign: ArrayLike, num_partitions: int) -> tuple[np.ndarray, ...]:
     """Sorted training indices of each partition from an assignment (n,) in 0..N_p-1."""
     a = np.asarray(assign)
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
@@ -203,7 +232,8 @@ def partition_indices(assign, num_partitions: int) -> tuple[np.ndarray, ...]:
     return tuple(order[bounds[i]:bounds[i + 1]] for i in range(k))
 
 
-def split_dataset(x, y, num_partitions: int, rule: str = "ss_dpa", **kwargs):
+def split_dataset(x: ArrayLike, y: ArrayLike, num_partitions: int, rule: str = "ss_dpa", **kwargs: Any
+                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Pipeline-facing split: list of (indices, x_i, y_i) per partition.
 
     The assignment is computed from x alone; y (n,) is only sliced, so changing labels never
@@ -218,7 +248,7 @@ def split_dataset(x, y, num_partitions: int, rule: str = "ss_dpa", **kwargs):
 
 
 # --------------------------------------------------------------------------- Finite Aggregation
-def fa_groups(x, k: int, d: int, rule: str = "dpa_hash", seed: int = 0) -> np.ndarray:
+def fa_groups(x: ArrayLike, k: int, d: int, rule: str = "dpa_hash", seed: int = 0) -> np.ndarray:
     """FA group ids (n,) in [0, k*d) by a feature-only rule (the FA code uses "dpa_hash").
 
     rule: "dpa_hash" (integer pixel sum mod k*d), "seeded_hash" (keyed hash, key = seed) or
@@ -273,7 +303,7 @@ def fa_reach(num_learners: int, shifts: np.ndarray) -> np.ndarray:
     return (np.arange(num_learners)[:, None] + np.asarray(shifts)[None, :]) % num_learners
 
 
-def fa_spread(group_ids, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASpread:
+def fa_spread(group_ids: ArrayLike, k: int, d: int, seed: int = FA_DEFAULT_SEED) -> FASpread:
     """Spread FA groups to k*d learners with d distinct shifts drawn exactly as the FA code:
     `random.seed(seed); random.sample(range(k*d), d)` (here on a private random.Random(seed), which
     draws the same numbers without touching the global state). ValueError if a learner is empty.

@@ -13,10 +13,8 @@ import sys
 
 import psutil
 
-try:
+if sys.platform != "win32":
     import resource
-except ImportError:  # pragma: no cover - Windows
-    resource = None
 
 
 def peak_rss_mb() -> float:
@@ -32,8 +30,8 @@ def peak_rss_mb() -> float:
                     return float(line.split()[1]) / 1024.0
     except OSError:
         pass
-    if resource is None:  # pragma: no cover - Windows
-        return psutil.Process().memory_info().rss / 2**20
+    if sys.platform == "win32":  # pragma: no cover - no getrusage
+        return float(psutil.Process().memory_info().rss) / 2**20
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return float(r) / (1024.0 if sys.platform != "darwin" else 1024.0 * 1024.0)
 

@@ -21,6 +21,7 @@ import functools
 import json
 import platform
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import jax
 import jaxlib
@@ -91,13 +92,13 @@ class Provenance:
                    numpy=np.__version__, scipy=scipy.__version__, jax=jax.__version__, jaxlib=jaxlib.__version__,
                    blas=_blas_libraries(), machine=platform.machine(), python=platform.python_version())
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["blas"] = list(self.blas)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Provenance":
+    def from_dict(cls, d: Any) -> "Provenance":
         """Inverse of `to_dict`; ValueError naming the missing or extra keys."""
         if not isinstance(d, dict):
             raise ValueError(f"provenance must be a JSON object, got {type(d).__name__}")
@@ -105,7 +106,10 @@ class Provenance:
         missing, extra = sorted(names - set(d)), sorted(set(d) - names)
         if missing or extra:
             raise ValueError(f"provenance record: missing keys {missing}, unknown keys {extra}")
-        return cls(**{**{k: str(d[k]) for k in names if k != "blas"}, "blas": tuple(str(b) for b in d["blas"])})
+        return cls(kernelcert=str(d["kernelcert"]), device=str(d["device"]), device_kind=str(d["device_kind"]),
+                   dtype=str(d["dtype"]), numpy=str(d["numpy"]), scipy=str(d["scipy"]), jax=str(d["jax"]),
+                   jaxlib=str(d["jaxlib"]), blas=tuple(str(b) for b in d["blas"]), machine=str(d["machine"]),
+                   python=str(d["python"]))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

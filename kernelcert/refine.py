@@ -1,4 +1,4 @@
-"""Exact per-class costs at partition scale and EnsembleCert radii refined until proven (docs/math.md §3.3, §4.3).
+"""Exact per-class costs at partition scale; EnsembleCert and white-box ROE radii refined (docs/math.md §3.3, §4.4).
 
 `certify` brackets each per-class cost A_c (fewest label flips after which one label-linear model
 predicts c) between a sound lower bound and a verified attack. This module closes the gaps that
@@ -14,6 +14,10 @@ matter:
 2. `refine_ensemblecert`: EnsembleCert (§4.3) from lower and upper costs; where the two radii differ,
    only the costs used by the lower-bound knapsack's cheapest plan are refined, the knapsack is
    re-solved, and so on until the radius is proven or the time budget is spent.
+3. `refine_whitebox_roe`: the white-box run-off certificate (§5) with its vote costs refined the same
+   lazy way, until its radius is proven equal to the certificate's value at the exact per-class
+   costs (a lower bound on the true label-flip radius of the run-off election, which it is not
+   claimed to equal).
 
 What "exact" means here. A relabelling makes c the prediction when c beats every k in exact
 arithmetic on the float64 weights with ties to the smaller class index. An answer is flagged exact
@@ -33,19 +37,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ._validation import as_float_array, check_int, check_labels, check_positive
-from .certificates import certify
+from .certificates import Certificate, certify
 from .ensemble import ensemblecert
+from .roe import whitebox_roe
+from .voting import NO_ATTACK
 
 __all__ = [
-    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "attack_makes_class_win",
-    "exact_class_costs", "refine_class_costs", "refine_ensemblecert", "solve_class_cost",
+    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "RefinedWhiteboxROE",
+    "attack_makes_class_win", "exact_class_costs", "refine_class_costs", "refine_ensemblecert", "refine_whitebox_roe",
+    "solve_class_cost",
 ]
 
 _EPS = float(np.finfo(np.float64).eps)
@@ -118,7 +126,8 @@ def _wins(row: _Row, y2: np.ndarray, c: int) -> bool:
     return bool(np.all(gaps > row.slack))
 
 
-def attack_makes_class_win(weights_row, labels, num_classes, attack, target: int, *, rtol: float = 1e-9) -> bool:
+def attack_makes_class_win(weights_row: ArrayLike, labels: ArrayLike, num_classes: int | None,
+                           attack: Iterable[tuple[int, int]], target: int, *, rtol: float = 1e-9) -> bool:
     """Whether relabelling `attack` [(train_index, new_label), ...] makes `target` the prediction of the
     row, checked with error-free sums as `solve_class_cost` verifies its answers (see the module doc)."""
     w = as_float_array("weights_row", weights_row, ndim=1)
@@ -320,7 +329,8 @@ class ClassCostSolve:
     seconds: float
 
 
-def solve_class_cost(weights_row, labels, num_classes, target: int, lower: float, upper: float, *,
+def solve_class_cost(weights_row: ArrayLike, labels: ArrayLike, num_classes: int | None, target: int, lower: float,
+                     upper: float, *,
                      cap: float | None = None, time_limit: float = 10.0, rtol: float = 1e-9,
                      model_tolerance: float = 0.0) -> ClassCostSolve:
     """Exact A_c for one row (n,) of label weights, given sound bounds lower <= A_c <= upper.
@@ -428,16 +438,20 @@ def _positive_min_moves(row: _Row, c: int, need: np.ndarray, rivals: np.ndarray,
     Returns (status, attack, bound) like `_milp`.
     """
     w, y = row.w, row.y
-    values, owner, position, prefix, members = [], [], [], {}, {}
+    parts_v: list[np.ndarray] = []
+    parts_o: list[np.ndarray] = []
+    parts_p: list[np.ndarray] = []
+    prefix: dict[int, np.ndarray] = {}
+    members: dict[int, np.ndarray] = {}
     for u in rivals:
         idx = np.flatnonzero((y == u) & (w > 0))
         idx = idx[np.argsort(-w[idx], kind="stable")][:m_max]
         members[u] = idx
         prefix[u] = np.concatenate([[0.0], np.cumsum(w[idx])])
-        values.append(w[idx])
-        owner.append(np.full(idx.size, u))
-        position.append(np.arange(idx.size))
-    values, owner, position = np.concatenate(values), np.concatenate(owner), np.concatenate(position)
+        parts_v.append(w[idx])
+        parts_o.append(np.full(idx.size, u))
+        parts_p.append(np.arange(idx.size))
+    values, owner, position = np.concatenate(parts_v), np.concatenate(parts_o), np.concatenate(parts_p)
     order = np.argsort(-values, kind="stable")
     values, owner, position = values[order], owner[order], position[order]
     for M in range(max(m_min, 0), m_max + 1):
@@ -482,7 +496,8 @@ def _finish(row, c, lo, hi, status, attack, t0) -> ClassCostSolve:
 
 
 # --------------------------------------------------------------------------- many problems
-def refine_class_costs(weights, labels, num_classes, rows, targets, lower, upper, *, caps=None,
+def refine_class_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int | None, rows: ArrayLike,
+                       targets: ArrayLike, lower: ArrayLike, upper: ArrayLike, *, caps: ArrayLike | None = None,
                        time_limit: float = 10.0, rtol: float = 1e-9,
                        model_tolerance: float = 0.0) -> list[ClassCostSolve]:
     """`solve_class_cost` for the problems (rows[q], targets[q]) of one model, weights (t, n);
@@ -541,7 +556,8 @@ class ExactClassCosts:
     seconds: float
 
 
-def exact_class_costs(weights, labels, num_classes=None, *, certificate=None, time_limit: float = 10.0,
+def exact_class_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int | None = None, *,
+                      certificate: Certificate | None = None, time_limit: float = 10.0,
                       rtol: float = 1e-9) -> ExactClassCosts:
     """Every A_c (t, K) of a label-linear model: `certify`'s bounds, then `solve_class_cost` wherever
     they differ. Pass `certificate` (from `certify(weights, labels, K)` with class bounds) to reuse it."""
@@ -587,7 +603,8 @@ SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, 
                    tuple[np.ndarray, np.ndarray]]
 
 
-def refine_ensemblecert(votes, cost_lower, cost_upper, num_classes: int, solve: SolveFn, *,
+def refine_ensemblecert(votes: ArrayLike, cost_lower: ArrayLike, cost_upper: ArrayLike, num_classes: int,
+                        solve: SolveFn, *,
                         budget_seconds: float | None = None, max_rounds: int = 100,
                         max_radius: int | None = None) -> RefinedEnsemble:
     """EnsembleCert (docs/math.md §4.3) with lazily refined per-partition costs.
@@ -638,6 +655,7 @@ def refine_ensemblecert(votes, cost_lower, cost_upper, num_classes: int, solve: 
             exhausted = True
             break
         pts = active[open_]
+        assert lo.plan is not None  # requested with return_plan=True
         plan = lo.plan[open_]
         ii, jj = np.nonzero(plan >= 0)
         pi, cls = pts[ii], plan[ii, jj]
@@ -666,6 +684,135 @@ def refine_ensemblecert(votes, cost_lower, cost_upper, num_classes: int, solve: 
                            problems=problems, seconds=time.process_time() - t0, budget_exhausted=exhausted)
 
 
+# --------------------------------------------------------------------------- lazy white-box ROE
+@dataclass(frozen=True)
+class RefinedWhiteboxROE:
+    """White-box ROE radii with the vote costs refined (`refine_whitebox_roe`).
+
+    prediction (t,) int64; radius (t,) int64: `whitebox_roe(..., joint="per_point")` at the refined
+    lower costs (a sound certificate, never below the one at the original lower costs);
+    radius_at_upper_costs (t,) int64: the same certificate at the refined upper costs (it bounds the
+    certificate at the exact costs from above, NOT the true robustness radius); resolved (t,) bool:
+    radius proven equal to the certificate at the exact per-class costs; resolved_before (t,) bool:
+    the same before refinement; cost_lower / cost_upper (t, N_p, K) float64 the refined costs;
+    rounds, problems (class-cost problems solved), seconds (CPU time), budget_exhausted (bool).
+    """
+
+    prediction: np.ndarray
+    radius: np.ndarray
+    radius_at_upper_costs: np.ndarray
+    resolved: np.ndarray
+    resolved_before: np.ndarray
+    cost_lower: np.ndarray
+    cost_upper: np.ndarray
+    rounds: int
+    problems: int
+    seconds: float
+    budget_exhausted: bool
+
+
+def _whitebox_attack(scores: np.ndarray, vote_costs: np.ndarray,
+                     pair_costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, attack size = radius + 1, NO_ATTACK when none) of whitebox_roe per point."""
+    res = whitebox_roe(scores, vote_costs, pair_costs, joint="per_point")
+    return res.prediction, np.where(res.radius >= NO_ATTACK, NO_ATTACK, res.radius + 1)
+
+
+def refine_whitebox_roe(scores: ArrayLike, cost_lower: ArrayLike, cost_upper: ArrayLike, pair_costs: ArrayLike,
+                        solve: SolveFn, *, fallback: ArrayLike | None = None, budget_seconds: float | None = None,
+                        max_rounds: int = 100, max_radius: int | None = None) -> RefinedWhiteboxROE:
+    """The white-box ROE certificate (docs/math.md §5) with lazily refined per-partition vote costs.
+
+    scores (t, N_p, K) base-model scores; cost_lower <= A <= cost_upper (t, N_p, K) the per-class
+    costs of each base model (upper entries backed by verified attacks); pair_costs (t, N_p, K, K)
+    as `whitebox_roe` reads them; fallback (t, N_p) bool: models given black-box unit costs
+    (`Evidence.roe_costs`), whose costs are never refined. `solve` as for `refine_ensemblecert`.
+
+    f(C) = `whitebox_roe(scores, C, pair_costs, joint="per_point")` is monotone in the vote costs C
+    (each case is a max of minimum-cost knapsacks; "per_point" admits the 2-D knapsack by a rule
+    that does not read the costs), so f(lower) <= f(A) <= f(upper), and a point is *resolved* when
+    f(lower) = f(upper), or when every vote cost below f's attack size a = radius + 1 (every
+    non-fallback model, every class other than its vote, max(lower, 1) < a + 1) is exact: the
+    knapsack plans of the case attaining a then cost < a + 1 and so use only exact costs, and cost
+    the same at A, so f(A) <= a. Each round refines exactly those open costs (cap: the attack size
+    at the upper costs, beyond which a cost cannot change f), re-evaluates f at both, and repeats
+    while some point made progress. Points whose costs hit time limits stay unresolved with sound
+    radii; `budget_seconds` (CPU) stops all; `max_radius` (e.g. the number of training labels, the
+    run's cap on radii) resolves points whose radius reaches it.
+    """
+    t0 = time.process_time()
+    s = as_float_array("scores", scores, ndim=3)
+    t, M, K = s.shape
+    L = np.array(cost_lower, dtype=np.float64)
+    U = np.array(cost_upper, dtype=np.float64)
+    P = np.asarray(pair_costs, dtype=np.float64)
+    if L.shape != s.shape or U.shape != s.shape:
+        raise ValueError(f"cost_lower and cost_upper must have shape (t, N_p, K) = {s.shape}, "
+                         f"got {L.shape} and {U.shape}")
+    if P.shape != s.shape + (K,):
+        raise ValueError(f"pair_costs must have shape (t, N_p, K, K) = {s.shape + (K,)}, got {P.shape}")
+    if np.any(L > U):
+        raise ValueError("cost_lower must be <= cost_upper everywhere")
+    fb = np.zeros((t, M), bool) if fallback is None else np.asarray(fallback, dtype=bool)
+    if fb.shape != (t, M):
+        raise ValueError(f"fallback must have shape (t, N_p) = {(t, M)}, got {fb.shape}")
+    if budget_seconds is not None:
+        budget_seconds = check_positive("budget_seconds", budget_seconds)
+    cap_radius = NO_ATTACK if max_radius is None else check_int("max_radius", max_radius, minimum=0)
+    P = np.where(fb[..., None, None], 1.0, P)
+    # the costs f reads: every class but the model's vote (argmax, ties to the smaller index), no fallback
+    reads = ~fb[..., None] & (np.arange(K) != np.argmax(s, axis=2)[..., None])
+
+    def vote_costs(C: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.where(fb[rows, :, None], 1.0, C[rows])
+
+    everyone = np.arange(t)
+    pred, a_lo = _whitebox_attack(s, vote_costs(L, everyone), P)
+    _, a_hi = _whitebox_attack(s, vote_costs(U, everyone), P)
+
+    def open_costs(rows: np.ndarray) -> np.ndarray:
+        """(len(rows), N_p, K) bool: the costs a point's resolution waits for."""
+        below = np.maximum(L[rows], 1.0) < (a_lo[rows].astype(np.float64) + 1.0)[:, None, None]
+        return reads[rows] & (L[rows] < U[rows]) & below
+
+    def resolved(rows: np.ndarray) -> np.ndarray:
+        done = (a_lo[rows] >= a_hi[rows]) | (a_lo[rows] >= NO_ATTACK) | (a_lo[rows] - 1 >= cap_radius)
+        return done | ~open_costs(rows).any(axis=(1, 2))
+
+    before = resolved(everyone)
+    active = np.flatnonzero(~before)
+    rounds = problems = 0
+    exhausted = False
+    while active.size and rounds < max_rounds:
+        if budget_seconds is not None and time.process_time() - t0 > budget_seconds:
+            exhausted = True
+            break
+        ii, jj, cls = np.nonzero(open_costs(active))
+        pi = active[ii]
+        caps = np.where(a_hi[pi] >= NO_ATTACK, np.inf, a_hi[pi].astype(np.float64))
+        old_lo, old_hi = L[pi, jj, cls], U[pi, jj, cls]
+        new_lo, new_hi = solve(pi, jj, cls, old_lo, old_hi, caps)
+        new_lo, new_hi = np.asarray(new_lo, np.float64), np.asarray(new_hi, np.float64)
+        if np.any(new_lo < old_lo) or np.any(new_hi > old_hi) or np.any(new_lo > new_hi):
+            raise RuntimeError("solve returned bounds outside the previous ones")
+        rounds += 1
+        problems += pi.size
+        L[pi, jj, cls], U[pi, jj, cls] = new_lo, new_hi
+        progress = np.zeros(t, bool)
+        np.logical_or.at(progress, pi, (new_lo > old_lo) | (new_hi < old_hi))
+        moved = active[progress[active]]
+        if moved.size:
+            _, a_lo[moved] = _whitebox_attack(s[moved], vote_costs(L, moved), P[moved])
+            _, a_hi[moved] = _whitebox_attack(s[moved], vote_costs(U, moved), P[moved])
+        active = moved[~resolved(moved)]
+    radius = np.where(a_lo >= NO_ATTACK, NO_ATTACK, a_lo - 1)
+    radius_hi = np.where(a_hi >= NO_ATTACK, NO_ATTACK, a_hi - 1)
+    return RefinedWhiteboxROE(prediction=pred, radius=radius, radius_at_upper_costs=radius_hi,
+                              resolved=resolved(everyone), resolved_before=before, cost_lower=L, cost_upper=U,
+                              rounds=rounds, problems=problems, seconds=time.process_time() - t0,
+                              budget_exhausted=exhausted)
+
+
 class PartitionSolver:
     """`solve` callback of `refine_ensemblecert` for an ensemble of label-linear models.
 
@@ -678,9 +825,10 @@ class PartitionSolver:
     solver status), near_tie, rejected (problems of rows `accept` refused).
     """
 
-    def __init__(self, weights: Callable[[int, np.ndarray], np.ndarray], labels, num_classes: int, *,
+    def __init__(self, weights: Callable[[int, np.ndarray], np.ndarray], labels: Sequence[ArrayLike],
+                 num_classes: int, *,
                  time_limit: float = 10.0, rtol: float = 1e-9, model_tolerance: float = 0.0,
-                 accept: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None):
+                 accept: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
         if not callable(weights):
             raise TypeError("weights must be callable: weights(partition, rows) -> (len(rows), n_j) array")
         if accept is not None and not callable(accept):
@@ -693,7 +841,8 @@ class PartitionSolver:
         self.model_tolerance = check_positive("model_tolerance", model_tolerance, allow_zero=True)
         self.problems = self.optimal = self.timed_out = self.near_tie = self.rejected = 0
 
-    def __call__(self, points, partitions, classes, lower, upper, caps):
+    def __call__(self, points: np.ndarray, partitions: np.ndarray, classes: np.ndarray, lower: np.ndarray,
+                 upper: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new_lo = np.array(lower, dtype=np.float64)
         new_hi = np.array(upper, dtype=np.float64)
         for j in np.unique(partitions):

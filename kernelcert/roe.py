@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._validation import as_float_array, check_index_array, check_labels
 from .evidence import build_evidence, stack_evidence
@@ -35,7 +37,7 @@ from .voting import (
 
 __all__ = [
     "roe_predict", "dpa_roe", "dpa_star_roe", "fa", "fa_roe", "whitebox_roe", "whitebox_roe_from_label_linear",
-    "DPA_STAR_SUMMATION",
+    "DPA_STAR_SUMMATION", "JOINT_MODES",
 ]
 
 
@@ -105,7 +107,7 @@ def _prefer(s, a, b=None) -> np.ndarray:
     return (za > zb)[..., 0].sum(axis=1)
 
 
-def roe_predict(scores) -> np.ndarray:
+def roe_predict(scores: ArrayLike) -> np.ndarray:
     """Run-off election prediction for scores (..., M, K) of M base models: (...,) int64.
 
     The rule of ROE paper (see the module docstring); used by every certificate and brute force here.
@@ -176,7 +178,7 @@ def _dpa_roe_cases(s, e: _Election):
     return r1, r2
 
 
-def dpa_roe(scores, *, block_size: int | None = None) -> AggregateResult:
+def dpa_roe(scores: ArrayLike, *, block_size: int | None = None) -> AggregateResult:
     """Black-box DPA+ROE certificate (ROE paper) for base-model scores (t, M, K).
 
     prediction (t,) = roe_predict(scores); radius (t,) = min(CertR1, CertR2) - 1, a sound lower
@@ -197,7 +199,7 @@ def dpa_roe(scores, *, block_size: int | None = None) -> AggregateResult:
 DPA_STAR_SUMMATION = ("float64", "float32")
 
 
-def dpa_star_roe(scores, *, summation: str = "float64", block_size: int | None = None) -> AggregateResult:
+def dpa_star_roe(scores: ArrayLike, *, summation: str = "float64", block_size: int | None = None) -> AggregateResult:
     """DPA*+ROE (ROE paper): scores (t, N_p, V, K) of V base models per partition, summed per partition.
 
     One poison still touches one partition, so DPA+ROE applies unchanged to the summed scores
@@ -280,7 +282,7 @@ def _greedy_from_histogram(hist, gap) -> np.ndarray:
     return np.where(g2 <= 0, 0, np.where(ok, count, NO_ATTACK)).astype(np.int64).reshape(g.shape)
 
 
-def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
+def fa(votes: ArrayLike, shifts: ArrayLike, num_classes: int, *, block_size: int | None = None) -> AggregateResult:
     """Finite Aggregation certificate (FA paper) for votes (t, k*d) of the k*d learners.
 
     Group h (one poison) reaches the d learners (h + s) mod (k*d), s in shifts. Plurality
@@ -327,7 +329,7 @@ def fa(votes, shifts, num_classes: int, *, block_size: int | None = None) -> Agg
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
-def fa_roe(scores, shifts, *, block_size: int | None = None) -> AggregateResult:
+def fa_roe(scores: ArrayLike, shifts: ArrayLike, *, block_size: int | None = None) -> AggregateResult:
     """FA+ROE certificate (ROE paper) for learner scores (t, k*d, K); group h reaches learners (h + s) mod (k*d).
 
     prediction = roe_predict(scores); radius = min(CertR1, CertR2) - 1 with the greedy max-of-necessary-
@@ -432,13 +434,19 @@ def _min_cost_gain2(options, need1, need2) -> np.ndarray:
     G1, G2 = int(max(need1.max(), 0)), int(max(need2.max(), 0))
     f = np.full((B, G1 + 1, G2 + 1), np.inf)
     f[:, 0, 0] = 0.0
-    i1, i2 = np.arange(G1 + 1), np.arange(G2 + 1)
     N = options[0][2].shape[1]
+    shifted = np.empty_like(f)
     for m in range(N):
         new = f.copy()
         for g1, g2, cost in options:
-            shifted = f[:, np.maximum(i1 - g1, 0)][:, :, np.maximum(i2 - g2, 0)]
-            np.minimum(new, shifted + cost[:, m, None, None], out=new)
+            # f[max(i1 - g1, 0), max(i2 - g2, 0)] by slices: the first g1 rows / g2 columns repeat f's first
+            k1, k2 = min(g1, G1 + 1), min(g2, G2 + 1)
+            shifted[:, k1:, k2:] = f[:, :G1 + 1 - k1, :G2 + 1 - k2]
+            shifted[:, :k1, k2:] = f[:, :1, :G2 + 1 - k2]
+            shifted[:, k1:, :k2] = f[:, :G1 + 1 - k1, :1]
+            shifted[:, :k1, :k2] = f[:, :1, :1]
+            shifted += cost[:, m, None, None]
+            np.minimum(new, shifted, out=new)
         f = new
     return f[np.arange(B), np.clip(need1, 0, G1), np.clip(need2, 0, G2)]
 
@@ -460,7 +468,11 @@ _KNAPSACK = knapsack_solver("auto")  # the exact gains-{1, 2} solver EnsembleCer
 _JOINT_BUDGET = 400_000  # partitions * (G1 + 1) * (G2 + 1) per test point above which joint="auto" skips the 2-D DP
 
 
-def whitebox_roe(scores, vote_costs, pair_costs, *, joint="auto", block_size: int | None = None) -> AggregateResult:
+JOINT_MODES = (True, False, "auto", "per_point")
+
+
+def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike, *, joint: bool | str = "auto",
+                 block_size: int | None = None) -> AggregateResult:
     """White-box DPA+ROE certificate from per-partition flip costs (docs/math.md §5).
 
     scores (t, M, K): base-model scores. vote_costs (t, M, K): lower bound on the flips inside
@@ -470,13 +482,17 @@ def whitebox_roe(scores, vote_costs, pair_costs, *, joint="auto", block_size: in
     are raised to 1 (a partition without flips keeps its model).
 
     R1 (c_pred knocked out by c1, c2): max of the knapsacks "c1 beats c_pred", "c2 beats c_pred",
-    the summed-gap knapsack and (joint=True, or "auto" when affordable) the joint 2-D knapsack.
+    the summed-gap knapsack and (joint=True, or "auto" / "per_point" when affordable) the joint 2-D
+    knapsack. "auto" admits the 2-D knapsack of a pair for all of a block's open test points or none
+    (partitions * (G1 + 1) * (G2 + 1) over their largest gaps within `_JOINT_BUDGET`), so a point's
+    radius can depend on the other points of its block; "per_point" applies the same rule to each
+    test point alone: block-independent, monotone in the costs, never below "auto".
     R2 (c reaches the final and wins): max of the knapsack "c beats c_sec" and the cheapest
     ceil+(g2(c), 2) preference flips. Each case is combined with its black-box DPA+ROE value by max.
     radius (t,) int64 = min over cases - 1 (NO_ATTACK when no case is reachable); never below dpa_roe.
     """
-    if joint not in (True, False, "auto"):
-        raise ValueError(f"joint must be True, False or 'auto', got {joint!r}")
+    if joint not in JOINT_MODES:
+        raise ValueError(f"joint must be True, False, 'auto' or 'per_point', got {joint!r}")
     s = _check_scores(scores)
     t, M, K = s.shape
     vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
@@ -535,56 +551,254 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
         return best
     # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1
     single = np.stack([_as_attack(beats(c, cp, votes_cp, vc_cp_other, g_cp[:, c])) for c in range(K)], axis=1)
-    for c1, c2 in itertools.combinations(range(K), 2):
-        valid = (cp != c1) & (cp != c2)
-        val = np.maximum(np.maximum(single[:, c1], single[:, c2]), bb1[:, c1, c2])
-        # refine only where this pair could still set the minimum (pruning never affects soundness)
-        act = np.flatnonzero(valid & (val < best))
+    return _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint)
+
+
+def _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint) -> np.ndarray:
+    """min(best, R1 case values) (B,) for every pair c1 < c2 of classes other than c_pred.
+
+    A pair's value is max(single[c1], single[c2], black-box R1) raised by the summed-gap knapsack
+    and (joint) the 2-D knapsack, which are only needed where the pair could still set the minimum.
+    The pairs are taken in `itertools.combinations` order against the running minimum (pruning
+    never changes the minimum: a skipped pair is already >= it); the summed-gap knapsacks of every
+    pair that can need one (value below the R2 minimum) are solved in one batched call, and the
+    2-D knapsacks per pair where `joint` admits them ("auto": its rule reads the pair's open rows
+    together; "per_point": each row alone).
+    """
+    B, M = v.shape
+    K = vc.shape[2]
+    pairs = np.array(list(itertools.combinations(range(K), 2)), np.int64).reshape(-1, 2)
+    c1s, c2s = pairs[:, 0], pairs[:, 1]
+    valid = (cp[:, None] != c1s[None, :]) & (cp[:, None] != c2s[None, :])  # (B, P)
+    val0 = np.maximum(np.maximum(single[:, c1s], single[:, c2s]), bb1[:, c1s, c2s])
+    # the running minimum only decreases from `best`, so every row a pair refines is a candidate here
+    rr, pp = np.nonzero(valid & (val0 < best[:, None]))
+    ksum = np.zeros(valid.shape, np.int64)
+    if rr.size:
+        ksum[rr, pp] = _summed_gap_attack(rr, c1s[pp], c2s[pp], v, vc, cp, g_cp, above=val0[rr, pp], below=best[rr])
+    n1_all = np.maximum(g_cp[:, c1s], 0)
+    n2_all = np.maximum(g_cp[:, c2s], 0)
+    for p in range(len(pairs)):
+        val = val0[:, p].copy()
+        act = np.flatnonzero(valid[:, p] & (val < best))
         if act.size:
-            val[act] = np.maximum(val[act], _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint))
-        best = np.minimum(best, np.where(valid, val, NO_ATTACK))
+            out = ksum[act, p]
+            if joint is True:
+                admit = np.ones(act.size, bool)
+            elif joint == "per_point":
+                admit = M * (n1_all[act, p] + 1) * (n2_all[act, p] + 1) <= _JOINT_BUDGET
+            else:
+                admit = np.full(act.size, joint == "auto" and M * (int(n1_all[act, p].max()) + 1)
+                                * (int(n2_all[act, p].max()) + 1) <= _JOINT_BUDGET)
+            if admit.any():
+                # the 2-D knapsack can only matter where the pair is still below the minimum
+                need = np.flatnonzero(admit & (np.maximum(val[act], out) < best[act]))
+                if need.size:
+                    sub = act[need]
+                    kj = _joint_attack(sub, int(c1s[p]), int(c2s[p]), v, vc, cp, n1_all[sub, p], n2_all[sub, p])
+                    out = out.copy()
+                    out[need] = np.maximum(out[need], kj)
+            val[act] = np.maximum(val[act], out)
+        best = np.minimum(best, np.where(valid[:, p], val, NO_ATTACK))
     return best
 
 
-def _r1_refine(act, c1, c2, v, vc, cp, g_cp, joint) -> np.ndarray:
-    """Summed-gap knapsack and (optionally) the joint 2-D knapsack for the pair (c1, c2), rows act."""
-    va, vca, cpa = v[act], vc[act], cp[act]
-    K = vc.shape[2]
-    M = v.shape[1]
+def _pair_options(rows, c1, c2, v, vc, cp):
+    """Per-partition quantities of the pairs (c1[q], c2[q]) on rows[q] (arrays (Q,)): on_cp, in_pair
+    (Q, M) bool, vote costs to c1 / c2 (Q, M) and to_third (Q, M), the cheapest vote for a class
+    outside {c_pred, c1, c2}."""
+    va, vca, cpa = v[rows], vc[rows], cp[rows]
+    Q, K = len(rows), vc.shape[2]
+    q = np.arange(Q)
     on_cp = va == cpa[:, None]
-    in_pair = (va == c1) | (va == c2)
-    to_pair = np.minimum(vca[:, :, c1], vca[:, :, c2])
-    third = np.ones((len(act), K), bool)
-    third[:, [c1, c2]] = False
-    third[np.arange(len(act)), cpa] = False
-    to_third = _where_min(third[:, None, :], vca)  # cheapest vote for a class outside {c_pred, c1, c2}
-    need1, need2 = g_cp[act, c1], g_cp[act, c2]
-    # Per partition, moving its vote from u to w changes g(cp, c1) + g(cp, c2) by at most
-    # 2[u = cp] + [w in {c1, c2}] - [u in {c1, c2}] (ROE paper, FA+ROE nsum); the summed gap need
-    # not be clipped: both gaps <= 0 implies their sum <= 0.
-    ksum, _ = knapsack_dp([
-        (3, np.where(on_cp, to_pair, np.inf)),
-        (2, np.where(on_cp, to_third, np.inf)),
-        (1, np.where(~on_cp & ~in_pair, to_pair, np.inf)),
-    ], need1 + need2)
-    out = _as_attack(ksum)
-    n1, n2 = np.maximum(need1, 0), np.maximum(need2, 0)
-    if joint is True or (joint == "auto" and M * (int(n1.max()) + 1) * (int(n2.max()) + 1) <= _JOINT_BUDGET):
-        other = ~on_cp & ~in_pair
-        # gains per gap, negative ones clipped to 0 (a relaxation, so still a lower bound)
-        kj = _min_cost_gain2([
-            (2, 1, np.where(on_cp, vca[:, :, c1], np.inf)),
-            (1, 2, np.where(on_cp, vca[:, :, c2], np.inf)),
-            (1, 1, np.where(on_cp, to_third, np.inf)),
-            (1, 0, np.where(other | (va == c2), vca[:, :, c1], np.inf)),
-            (0, 1, np.where(other | (va == c1), vca[:, :, c2], np.inf)),
-        ], n1, n2)
-        out = np.maximum(out, _as_attack(kj))
+    in_pair = (va == c1[:, None]) | (va == c2[:, None])
+    third = np.ones((Q, K), bool)
+    third[q, c1] = False
+    third[q, c2] = False
+    third[q, cpa] = False
+    to_third = _where_min(third[:, None, :], vca)
+    to_c1 = np.take_along_axis(vca, c1[:, None, None], axis=2)[..., 0]
+    to_c2 = np.take_along_axis(vca, c2[:, None, None], axis=2)[..., 0]
+    return on_cp, in_pair, to_c1, to_c2, to_third
+
+
+_SUMMED_ELEMENTS = 1 << 21  # pairs x partitions per batched summed-gap call (bounds the working memory)
+
+
+def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) -> np.ndarray:
+    """Summed-gap knapsack attack bound (Q,) of the pairs (c1[q], c2[q]) on rows[q], batched.
+
+    Per partition, moving its vote from u to w changes g(cp, c1) + g(cp, c2) by at most
+    2[u = cp] + [w in {c1, c2}] - [u in {c1, c2}] (ROE paper, FA+ROE nsum); the summed gap need
+    not be clipped: both gaps <= 0 implies their sum <= 0. So a partition voting c_pred gains 3
+    (cheapest vote for c1 or c2) or 2 (cheapest vote for a third class), one voting neither c1 nor
+    c2 gains 1 (cheapest vote for c1 or c2).
+
+    The value is the exact dynamic programme's (`voting.knapsack_dp`), which is run only where it
+    is needed: the LP relaxation (`_summed_gap_lp`) bounds it from below and its rounded-up greedy
+    solution from above, and the exact value is replaced by a bound where the caller cannot tell the
+    difference: by the lower bound where that is >= `below[q]` (the pair cannot set the minimum),
+    by the upper bound where that is <= `above[q]` (the pair's value is already at least that), and
+    by either where both agree. The two last rules need integer costs (every sum exact); rows with
+    other costs always get the dynamic programme unless the first rule applies.
+    """
+    Q, M = len(rows), v.shape[1]
+    need = g_cp[rows, c1] + g_cp[rows, c2]
+    out = np.empty(Q, np.int64)
+    chunk = max(1, _SUMMED_ELEMENTS // max(M, 1))
+    integral = np.all((vc == np.floor(vc)) | ~np.isfinite(vc), axis=(1, 2))
+    for s0 in range(0, Q, chunk):
+        q = np.arange(s0, min(Q, s0 + chunk))
+        on_cp, in_pair, to_c1, to_c2, to_third = _pair_options(rows[q], c1[q], c2[q], v, vc, cp)
+        to_pair = np.minimum(to_c1, to_c2)
+        gain3 = np.where(on_cp, to_pair, np.inf)
+        gain2 = np.where(on_cp, to_third, np.inf)
+        gain1 = np.where(~on_cp & ~in_pair, to_pair, np.inf)
+        lb, ub, lam = _summed_gap_lp(gain3, gain2, gain1, need[q])
+        lb_att, ub_att = _as_attack(lb), _as_attack(ub)
+        done = np.zeros(len(q), bool)
+        if below is not None:
+            done |= lb_att >= below[q]
+        val = lb_att.copy()
+        exact_sums = integral[rows[q]]
+        if above is not None:
+            hit = exact_sums & ~done & (ub_att <= above[q])
+            val[hit] = ub_att[hit]
+            done |= hit
+        done |= exact_sums & (lb_att == ub_att)
+        # one apart: is there an attack costing the lower bound? (a small DP over the undecided partitions)
+        near = np.flatnonzero(~done & exact_sums & (ub_att == lb_att + 1))
+        if near.size:
+            fits = _fits_budget(gain3[near], gain2[near], gain1[near], need[q][near], lam[near], lb_att[near])
+            val[near] = np.where(fits, lb_att[near], ub_att[near])
+            done[near] = True
+        dp = np.flatnonzero(~done)
+        if dp.size:
+            order = dp[np.argsort(need[q][dp], kind="stable")]  # similar needs together (the table spans the largest)
+            ksum, _ = knapsack_dp([(3, gain3[order]), (2, gain2[order]), (1, gain1[order])], need[q][order])
+            val[order] = _as_attack(ksum)
+        out[q] = val
     return out
 
 
-def whitebox_roe_from_label_linear(weights_list, labels_list, num_classes: int, *, joint="auto",
-                                   block_size: int | None = None, **certify_options) -> AggregateResult:
+def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bounds (lower, upper) (Q,) and the LP's unit price lam (Q,) for the summed-gap knapsack: gain 3
+    at gain3, gain 2 at gain2 (a partition voting c_pred), gain 1 at gain1 (Q, M), total gain >= need (Q,).
+
+    Lower: the LP relaxation, the `need` cheapest unit slopes of each partition's lower convex hull
+    of (0, 0), (2, gain2), (3, gain3) [and (1, gain1)] (greedy is optimal for the LP since each
+    hull's slopes increase), shrunk by a relative 1e-12 so that its rounding only lowers it. A
+    partition's units are contiguous among equal slopes, so at most one partition is cut.
+    Upper: a feasible attack from that selection, the cheaper of (a) the cut partition raised to
+    its whole hull point and (b) its units replaced by the cheapest unselected single units (a
+    gain-1 partition, or the third unit of a partition whose first two are selected). Exact sums
+    for integer costs. inf where infeasible.
+    """
+    Q, M = gain3.shape
+    with np.errstate(invalid="ignore"):
+        two_then_one = gain2 / 2 < gain3 - gain2  # hull (0,0)-(2, gain2)-(3, gain3); else (0,0)-(3, gain3)
+    third = gain3 / 3
+    first = np.where(two_then_one, gain2 / 2, third)
+    with np.errstate(invalid="ignore"):
+        last = np.where(two_then_one, gain3 - gain2, third)
+    # units (Q, M, 4): partition m's steps in columns 4m..4m+3 (its own order among equal slopes)
+    units = np.stack([first, first, last, gain1], axis=2).reshape(Q, 4 * M)
+    order = np.argsort(units, axis=1, kind="stable")
+    sorted_units = np.take_along_axis(units, order, axis=1)
+    n = np.clip(need, 0, 4 * M)
+    cums = np.zeros((Q, 4 * M + 1))
+    np.cumsum(sorted_units, axis=1, out=cums[:, 1:])
+    rows = np.arange(Q)
+    lower = cums[rows, n]
+    feasible = (need <= 4 * M) & np.isfinite(lower)
+    lower = np.where(feasible, lower * (1.0 - 1e-12), np.inf)
+    taken = np.zeros((Q, 4 * M), bool)
+    np.put_along_axis(taken, order, np.arange(4 * M)[None, :] < n[:, None], axis=1)
+    taken = taken.reshape(Q, M, 4)
+    units_a = taken[:, :, :3].sum(axis=2)
+    whole = np.where(two_then_one, np.where(units_a == 3, 3, np.where(units_a >= 1, 2, 0)),
+                     np.where(units_a >= 1, 3, 0))
+    cost_a = np.where(whole == 0, 0.0, np.where(whole == 2, gain2, gain3))
+    cost_b = np.where(taken[:, :, 3], gain1, 0.0)
+    rounded = cost_a.sum(axis=1) + cost_b.sum(axis=1)
+    # (b): the cut partition (selected units < its whole point) dropped, its units bought as singles
+    cut = whole > units_a
+    short = np.where(cut, units_a, 0).sum(axis=1)  # at most 2
+    single = np.where(~taken[:, :, 3], gain1, np.inf)
+    with np.errstate(invalid="ignore"):
+        single = np.minimum(single, np.where(two_then_one & (units_a == 2), gain3 - gain2, np.inf))
+    single = np.where(cut, np.inf, single)
+    two = np.sort(np.partition(single, min(1, M - 1), axis=1)[:, :2], axis=1) if M >= 2 else np.full((Q, 2), np.inf)
+    if M == 1:
+        two[:, 0] = single[:, 0]
+    extra = np.where(short == 0, 0.0, np.where(short == 1, two[:, 0], two[:, 0] + two[:, 1]))
+    with np.errstate(invalid="ignore"):  # inf - inf only on infeasible rows, which take inf below
+        swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
+    upper = np.where(feasible, np.minimum(rounded, swapped), np.inf)
+    zero = need <= 0
+    lam = np.where(feasible & ~zero, sorted_units[rows, np.maximum(n - 1, 0)], 0.0)  # the LP's price of a unit
+    return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper), lam
+
+
+def _fits_budget(gain3, gain2, gain1, need, lam, budget) -> np.ndarray:
+    """Whether the summed-gap knapsack (gains 3 / 2 / 1 at gain3 / gain2 / gain1 (Q, M), total gain >=
+    need (Q,)) has a solution of cost <= budget (Q,), by reduced-cost fixing at the unit price lam >= 0.
+
+    For every solution X: cost(X) >= L + sum_i rc_i(X_i), where L = lam * need + sum_i min_o (c_o -
+    lam g_o) is the Lagrangian bound and rc_i(o) = c_o - lam g_o - min_o' (c_o' - lam g_o') >= 0 (the
+    gain 0 option included). So a solution within the budget uses, in each partition, only options
+    with rc <= budget - L; where that leaves one option the partition is fixed to it, and an exact
+    DP runs over the others (tolerance 1e-9 in favour of keeping options: a larger set changes
+    nothing, since every solution the DP finds is a real one).
+    """
+    Q, M = gain3.shape
+    cost = np.stack([np.zeros((Q, M)), gain1, gain2, gain3], axis=2)  # options gain 0, 1, 2, 3
+    gains = np.arange(4.0)
+    with np.errstate(invalid="ignore"):
+        red = cost - lam[:, None, None] * gains
+    best = red.min(axis=2)
+    slack = budget - (lam * need + best.sum(axis=1))
+    tol = 1e-9 * (1.0 + np.abs(budget) + lam * need + np.abs(best).sum(axis=1))
+    allowed = (red - best[:, :, None]) <= (slack + tol)[:, None, None]
+    allowed &= np.isfinite(cost)
+    free = allowed.sum(axis=2) > 1
+    fixed_opt = np.argmax(allowed, axis=2)  # the one allowed option where not free
+    fixed = ~free
+    fixed_gain = np.where(fixed, fixed_opt, 0).sum(axis=1)
+    fixed_cost = np.where(fixed, np.take_along_axis(cost, fixed_opt[:, :, None], axis=2)[..., 0], 0.0).sum(axis=1)
+    F = int(free.sum(axis=1).max())
+    rest = need - fixed_gain
+    if F == 0:
+        return (rest <= 0) & (fixed_cost <= budget)
+    # the free partitions of each row packed into F columns (padding: no option)
+    pos = np.argsort(~free, axis=1, kind="stable")[:, :F]
+    keep = np.take_along_axis(free, pos, axis=1)
+    opts = [(g, np.where(keep, np.take_along_axis(np.where(allowed[:, :, g], cost[:, :, g], np.inf), pos, axis=1),
+                         np.inf)) for g in (3, 2, 1)]
+    free_cost, _ = knapsack_dp(opts, rest)
+    return fixed_cost + free_cost <= budget
+
+
+def _joint_attack(rows, c1: int, c2: int, v, vc, cp, n1, n2) -> np.ndarray:
+    """Joint 2-D knapsack attack bound (len(rows),) of the pair (c1, c2): both gaps n1, n2 (>= 0) closed;
+    gains per gap, negative ones clipped to 0 (a relaxation, so still a lower bound)."""
+    Q = len(rows)
+    on_cp, in_pair, to_c1, to_c2, to_third = _pair_options(rows, np.full(Q, c1), np.full(Q, c2), v, vc, cp)
+    va = v[rows]
+    other = ~on_cp & ~in_pair
+    kj = _min_cost_gain2([
+        (2, 1, np.where(on_cp, to_c1, np.inf)),
+        (1, 2, np.where(on_cp, to_c2, np.inf)),
+        (1, 1, np.where(on_cp, to_third, np.inf)),
+        (1, 0, np.where(other | (va == c2), to_c1, np.inf)),
+        (0, 1, np.where(other | (va == c1), to_c2, np.inf)),
+    ], n1, n2)
+    return _as_attack(kj)
+
+
+def whitebox_roe_from_label_linear(weights_list: Sequence[ArrayLike], labels_list: Sequence[ArrayLike],
+                                   num_classes: int, *, joint: bool | str = "auto",
+                                   block_size: int | None = None, **certify_options: Any) -> AggregateResult:
     """White-box DPA+ROE for label-linear base models (docs/math.md §2-§3, §5).
 
     weights_list[m]: label weights W_m (t, n_m) of partition m's model; labels_list[m]: its labels

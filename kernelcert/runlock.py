@@ -30,13 +30,12 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
-try:  # POSIX; elsewhere breaking a stale lock is not serialised (documented in `RunLock`)
+if sys.platform != "win32":  # POSIX; elsewhere breaking a stale lock is not serialised (see `RunLock`)
     import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 LOCK_NAME = ".lock"
 GUARD_NAME = ".lock.guard"
@@ -126,7 +125,7 @@ class RunLock:
     `release()` removes the lock file only if it is still this holder's (idempotent).
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.holder: LockHolder | None = None
@@ -171,8 +170,8 @@ class RunLock:
             raise RunLocked(self.run_dir, None, f"unreadable lock file: {exc}") from None
 
     @contextlib.contextmanager
-    def _guard(self):
-        if fcntl is None:  # pragma: no cover - Windows
+    def _guard(self) -> Iterator[None]:
+        if sys.platform == "win32":  # pragma: no cover - no flock
             yield
             return
         fd = os.open(self.run_dir / GUARD_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -223,9 +222,8 @@ class RunLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.release()
-        return False
 
 
 __all__ = ["RunLock", "RunLocked", "LockHolder", "holder_is_stale", "unique_temp_path", "LOCK_NAME"]

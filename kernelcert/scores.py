@@ -19,12 +19,14 @@ votes; a declared value that contradicts the scores is an error. Every problem r
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .arrayfiles import ArrayFileError, check_finite_rows, npz_keys, open_array
+from .voting import argmax_votes
 
 __all__ = ["EnsembleOutputs", "read_ensemble_outputs", "read_labels", "SCORE_KEYS", "VOTE_KEYS", "LABEL_KEYS"]
 
@@ -133,7 +135,7 @@ def _check_labels_array(where: str, y, t: int | None, num_classes: int) -> np.nd
     return y.astype(np.int64)
 
 
-def read_labels(path, num_classes: int, *, key: str | None = None, num_test: int | None = None) -> np.ndarray:
+def read_labels(path: str | os.PathLike[str], num_classes: int, *, key: str | None = None, num_test: int | None = None) -> np.ndarray:
     """Labels (t,) int64 from `.npy`, `.npz` (key `labels`, `y_test` or `targets`, or `key`) or `.pth`."""
     path = Path(path)
     members, kind = _members(path)
@@ -144,20 +146,30 @@ def read_labels(path, num_classes: int, *, key: str | None = None, num_test: int
     return _check_labels_array(where, _get(path, members, kind, k), num_test, num_classes)
 
 
-def _argmax_votes(scores: np.ndarray, block_bytes: int = 64 * 2**20) -> np.ndarray:
+def _argmax_votes(where: str, scores: np.ndarray, block_bytes: int = 64 * 2**20) -> np.ndarray:
     """Votes (t, M): argmax over the last axis (first maximum) of (t, M, K) scores, or of the float64
-    per-partition sums of DPA* scores (t, N_p, V, K); in blocks of test points."""
+    per-partition sums of DPA* scores (t, N_p, V, K). (t, M, K) scores are read once, in their own
+    dtype, by the compiled pass of `voting.argmax_votes`, which also checks that they are finite;
+    ArrayFileError names the first non-finite entry."""
+    if scores.ndim == 3:
+        try:
+            return argmax_votes(scores)[0]
+        except ValueError:
+            check_finite_rows(where, scores)  # names the first NaN / inf
+            raise
+    check_finite_rows(where, scores)
     t = len(scores)
     per_row = max(1, scores[0].size * 8) if t else 1
     step = max(1, block_bytes // per_row)
     out = np.empty(scores.shape[:2], np.int64)
     for s in range(0, t, step):
         blk = np.asarray(scores[s:s + step], np.float64)
-        out[s:s + step] = np.argmax(blk.sum(axis=2) if blk.ndim == 4 else blk, axis=-1)
+        out[s:s + step] = np.argmax(blk.sum(axis=2), axis=-1)
     return out
 
 
-def read_ensemble_outputs(path, *, key: str | None = None, labels=None, labels_key: str | None = None,
+def read_ensemble_outputs(path: str | os.PathLike[str], *, key: str | None = None,
+                          labels: str | os.PathLike[str] | None = None, labels_key: str | None = None,
                           num_classes: int | None = None, models_per_partition: int | None = None
                           ) -> EnsembleOutputs:
     """Read scores or votes (and labels) of a trained ensemble; see the module docstring.
@@ -206,7 +218,6 @@ def read_ensemble_outputs(path, *, key: str | None = None, labels=None, labels_k
         if K < 2 or min(arr.shape[:-1]) < 1:
             raise ArrayFileError(f"{where}: scores need at least one test point, one model and two classes, "
                                  f"got shape {arr.shape}")
-        check_finite_rows(where, arr)
         if models_per_partition is not None:
             V = int(models_per_partition)
             if arr.ndim != 3 or V < 1 or arr.shape[1] % V:
@@ -214,7 +225,7 @@ def read_ensemble_outputs(path, *, key: str | None = None, labels=None, labels_k
                                      f"grouped {V} per partition (scores of shape {arr.shape})")
             arr = arr.reshape(arr.shape[0], arr.shape[1] // V, V, K)
         scores = arr
-        votes = _argmax_votes(arr)
+        votes = _argmax_votes(where, arr)
     else:
         raise ArrayFileError(f"{where}: expected scores (t, M, K), DPA* scores (t, N_p, V, K) or votes (t, M), "
                              f"got shape {arr.shape}")

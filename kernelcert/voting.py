@@ -8,6 +8,8 @@ imports nothing from kernelcert but `_validation`.
   kind of attack is impossible" (`radius_from_attack`, `radius_from_cost`).
 - `AggregateResult`: the one result type of every aggregation certificate.
 - `check_votes`, `vote_counts`, `plurality` (ties to the smaller class index), `row_blocks`.
+- `argmax_votes`: votes (and vote counts) straight from float scores (t, M, K), one compiled pass
+  that reads each score once (no float64 copy, no separate validation pass).
 - `min_cost_gain12`: the multiple-choice knapsack with gains {0, 1, 2} (EnsembleCert and the
   white-box run-off election), solved exactly by a sort-based method; `knapsack_dp`, the general
   dynamic programme (any positive integer gains), serves as its oracle and for the other gains.
@@ -16,14 +18,18 @@ imports nothing from kernelcert but `_validation`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
+from numba import njit
 
 from ._validation import check_int
 
 __all__ = [
-    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "plurality", "row_blocks",
+    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "argmax_votes", "plurality",
+    "row_blocks",
     "radius_from_attack", "radius_from_cost", "min_cost_gain12", "knapsack_dp", "overtake_gains",
 ]
 
@@ -53,11 +59,11 @@ class AggregateResult:
 
 
 # --------------------------------------------------------------------------- votes
-def check_num_classes(num_classes) -> int:
+def check_num_classes(num_classes: object) -> int:
     return check_int("num_classes", num_classes, minimum=2)
 
 
-def check_votes(votes, num_classes) -> np.ndarray:
+def check_votes(votes: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]:
     """votes (t, N_p) integer class indices in 0..K-1 -> int64; ValueError naming the problem."""
     v = np.asarray(votes)
     if v.ndim != 2:
@@ -72,7 +78,7 @@ def check_votes(votes, num_classes) -> np.ndarray:
     return v.astype(np.int64, copy=False)
 
 
-def vote_counts(votes: np.ndarray, num_classes: int) -> np.ndarray:
+def vote_counts(votes: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]:
     """Counts (t, K) int64 of each class among the N_p votes (t, N_p) of each test point."""
     v = np.asarray(votes)
     t, N = v.shape
@@ -92,12 +98,65 @@ def vote_counts(votes: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def plurality(counts: np.ndarray) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _argmax_count_kernel(s, votes, counts):  # pragma: no cover - compiled (numba); tested through argmax_votes
+    """votes[i, m] = first maximiser of s[i, m, :], counts[i, c] += 1 per vote; True if a score is NaN
+    or infinite. Branch-free inner loop (conditional moves), so the pass runs near the speed of
+    reading s."""
+    t, M, K = s.shape
+    nan = False
+    for i in range(t):
+        for m in range(M):
+            best = s[i, m, 0]
+            arg = 0
+            bad = not (best - best == 0)  # NaN or +-inf
+            for c in range(1, K):
+                x = s[i, m, c]
+                gt = x > best
+                arg = c if gt else arg
+                best = x if gt else best
+                bad |= not (x - x == 0)
+            nan |= bad
+            votes[i, m] = arg
+            counts[i, arg] += 1
+    return nan
+
+
+def argmax_votes(scores: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Votes and vote counts from base-model scores, in one compiled pass over the scores.
+
+    scores (t, M, K) real (float32 and float64 are read as they are; other dtypes are converted
+    to float64 first); memory-mapped arrays are read once, without a copy. Returns votes (t, M)
+    int64, the first maximiser of each model's K scores (ties to the smaller class index, as
+    `numpy.argmax`), and counts (t, K) int64, the number of votes per class. The finiteness check
+    is part of the same pass. ValueError if the shape is not (t, M, K) with M >= 1 and K >= 2, or
+    if a score is NaN or infinite.
+    """
+    s = np.asarray(scores)
+    if s.ndim != 3:
+        raise ValueError(f"scores must have shape (t, M, K), got {s.shape}")
+    if s.shape[1] < 1 or s.shape[2] < 2:
+        raise ValueError(f"scores need at least one model and two classes, got shape {s.shape}")
+    if s.dtype.kind != "f" or s.dtype.itemsize not in (4, 8):
+        if s.dtype.kind not in "iuf" or s.dtype == bool:
+            raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+        s = s.astype(np.float64)
+    s = np.ascontiguousarray(s)
+    if not s.dtype.isnative:
+        s = s.astype(s.dtype.newbyteorder("="))
+    votes = np.empty(s.shape[:2], np.int64)
+    counts = np.zeros((s.shape[0], s.shape[2]), np.int64)
+    if s.shape[0] and _argmax_count_kernel(s, votes, counts):
+        raise ValueError("scores contain NaN or infinite values")
+    return votes, counts
+
+
+def plurality(counts: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
     """Plurality winner (t,) of vote counts (t, K); ties go to the smaller class index."""
     return np.argmax(counts, axis=1)  # argmax returns the first maximum
 
 
-def row_blocks(t: int, row_bytes: int, block_size: int | None = None):
+def row_blocks(t: int, row_bytes: int, block_size: int | None = None) -> Iterator[slice]:
     """Slices over t test points; by default each block's working set (row_bytes per point) stays
     near 32 MiB. block_size overrides the number of points per block."""
     if block_size is None:
@@ -107,13 +166,13 @@ def row_blocks(t: int, row_bytes: int, block_size: int | None = None):
         yield slice(start, min(start + block_size, t))
 
 
-def radius_from_attack(att) -> np.ndarray:
+def radius_from_attack(att: npt.ArrayLike) -> npt.NDArray[np.int64]:
     """Integer attack sizes (>= NO_ATTACK = impossible) -> radius = attack - 1, or NO_ATTACK."""
     att = np.asarray(att)
     return np.where(att >= NO_ATTACK, NO_ATTACK, att - 1).astype(np.int64)
 
 
-def radius_from_cost(cost, max_radius=None) -> np.ndarray:
+def radius_from_cost(cost: npt.ArrayLike, max_radius: int | None = None) -> npt.NDArray[np.int64]:
     """Attack costs (float, integer-valued below 2**53, inf = none) -> radius int64 = cost - 1, or
     NO_ATTACK; capped at max_radius if given."""
     cost = np.asarray(cost)
@@ -126,7 +185,8 @@ def radius_from_cost(cost, max_radius=None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- knapsack
-def overtake_gains(votes, cost_to_c, c: int, votes_a, cheapest_change_a):
+def overtake_gains(votes: np.ndarray, cost_to_c: np.ndarray, c: int, votes_a: np.ndarray,
+                   cheapest_change_a: np.ndarray) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Per-partition options of "class c overtakes class a" (docs/math.md §4) for one class c.
 
     votes (B, N) base votes; cost_to_c (B, N) flips that make each model vote c; votes_a (B, N)
@@ -139,7 +199,8 @@ def overtake_gains(votes, cost_to_c, c: int, votes_a, cheapest_change_a):
     return gain1, gain2
 
 
-def knapsack_dp(options, need, keep_choices: bool = False):
+def knapsack_dp(options: list[tuple[int, npt.ArrayLike]], need: npt.ArrayLike, keep_choices: bool = False
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8] | None]:
     """Dynamic programme for the multiple-choice knapsack with any positive integer gains.
 
     options: list of (gain >= 1, cost (B, N)) with non-negative costs (inf = not available); each
@@ -168,15 +229,15 @@ def knapsack_dp(options, need, keep_choices: bool = False):
             shifted[:, :k] = 0.0
             shifted[:, k:] = f[:, :G + 1 - k]
             shifted += cost[:, i:i + 1]
-            if keep_choices:
+            if pick is not None:
                 better = shifted < new
                 pick[better] = gain
             np.minimum(new, shifted, out=new)
-        if keep_choices:
+        if tables is not None and pick is not None:
             tables[i] = pick
         f = new
     cost = np.where(need <= 0, 0.0, f[np.arange(B), np.clip(need, 0, G)])
-    if not keep_choices:
+    if tables is None:
         return cost, None
     choice = np.zeros((B, N), np.int8)
     g = np.clip(need, 0, G)
@@ -285,6 +346,7 @@ def _knapsack_sorted(gain1, gain2, need, keep_choices: bool = False):
         gain_sorted[use_in, :] = np.where(pos[0] <= kk[use_in, None], 2, 0)
         j = np.where(use_in, j_in, j_out)
         gain_sorted[rows[e1], j[e1]] = 1
+        assert corder is not None  # set above whenever a concave partition exists
         np.put_along_axis(choice, corder, gain_sorted, axis=1)
     m_star = np.where(ok, np.clip(need - 2 * k_star - e_star, 0, 2 * N), 0)
     taken = np.arange(2 * N)[None, :] < m_star[:, None]
@@ -302,7 +364,7 @@ def _knapsack_dp12(gain1, gain2, need, keep_choices: bool = False):
 KNAPSACK_METHODS = {"sorted": _knapsack_sorted, "dp": _knapsack_dp12}
 
 
-def knapsack_solver(method: str):
+def knapsack_solver(method: str) -> Callable[..., tuple[np.ndarray, np.ndarray | None]]:
     """The gains-{1, 2} solver (gain1, gain2, need, keep_choices) -> (cost, choice) for a method name."""
     if method == "auto":
         method = "sorted"
@@ -311,7 +373,9 @@ def knapsack_solver(method: str):
     return KNAPSACK_METHODS[method]
 
 
-def min_cost_gain12(gain1, gain2, need, *, method: str = "auto", return_choice: bool = False):
+def min_cost_gain12(gain1: npt.ArrayLike, gain2: npt.ArrayLike, need: npt.ArrayLike, *, method: str = "auto",
+                    return_choice: bool = False
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Multiple-choice knapsack: minimum total cost with total gain >= need (B,).
 
     Each of N partitions is left alone (gain 0, cost 0), or gains 1 at cost gain1 (B, N) or 2 at

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernelcert.ensemble import (
-    NO_ATTACK, AggregateResult, EnsembleBounds, dpa, ensemblecert, ensemblecert_bounds, min_cost_gain12, plurality,
-    vote_counts,
+    NO_ATTACK, AggregateResult, EnsembleBounds, dpa, dpa_from_scores, ensemblecert, ensemblecert_bounds,
+    min_cost_gain12, plurality, vote_counts,
 )
-from kernelcert.voting import knapsack_dp
+from kernelcert.voting import argmax_votes, knapsack_dp
 
 METHODS = ("dp", "sorted")
 
@@ -347,3 +347,58 @@ def test_roe_functions_reachable_from_ensemble_module():
         assert getattr(ens, name) is getattr(roe, name)
     with pytest.raises(AttributeError):
         ens.not_a_function
+
+
+# --------------------------------------------------------------------------- votes straight from scores
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32, ">f4"])
+def test_argmax_votes_equals_numpy_argmax_with_ties(dtype):
+    rng = np.random.default_rng(1)
+    s = rng.integers(-2, 3, (30, 7, 4)).astype(dtype)  # few values: many exact ties (first maximiser wins)
+    s[0, 0] = [1, 1, 1, 1]
+    votes, counts = argmax_votes(s)
+    want = np.asarray(s, np.float64).argmax(2)
+    np.testing.assert_array_equal(votes, want)
+    assert votes.dtype == np.int64 and counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, vote_counts(want, 4))
+    assert votes[0, 0] == 0
+
+
+def test_argmax_votes_signed_zeros_views_and_memmaps(tmp_path):
+    s = np.array([[[-0.0, 0.0, -1.0], [0.0, -0.0, -1.0], [-np.finfo(np.float32).max, -1e38, -3e38]]], np.float32)
+    np.testing.assert_array_equal(argmax_votes(s)[0], s.argmax(2))  # -0.0 == 0.0: the first one wins
+    rng = np.random.default_rng(2)
+    big = rng.normal(size=(20, 9, 6)).astype(np.float32)
+    view = big[::2, 1::2, ::-1]  # not contiguous
+    np.testing.assert_array_equal(argmax_votes(view)[0], view.argmax(2))
+    np.save(tmp_path / "s.npy", big)
+    mm = np.load(tmp_path / "s.npy", mmap_mode="r")
+    np.testing.assert_array_equal(argmax_votes(mm)[0], big.argmax(2))
+    assert argmax_votes(np.zeros((0, 3, 2)))[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_argmax_votes_rejects_non_finite_anywhere(bad):
+    for pos in [(0, 0, 0), (3, 2, 1), (4, 5, 2)]:  # first entry of a row (never compared as "x"), middle, last
+        s = np.zeros((5, 6, 3), np.float32)
+        s[pos] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            argmax_votes(s)
+
+
+def test_argmax_votes_input_errors():
+    with pytest.raises(ValueError, match=r"shape \(t, M, K\)"):
+        argmax_votes(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="two classes"):
+        argmax_votes(np.zeros((3, 4, 1)))
+    with pytest.raises(ValueError, match="real numbers"):
+        argmax_votes(np.zeros((3, 4, 2), bool))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(2, 6), st.integers(0, 2**32 - 1))
+def test_dpa_from_scores_equals_dpa_of_argmax(M, K, seed):
+    rng = np.random.default_rng(seed)
+    s = np.round(rng.normal(size=(25, M, K)) * 2).astype(np.float32)  # coarse: tied logits and tied counts
+    a, b = dpa_from_scores(s), dpa(s.argmax(2), K)
+    np.testing.assert_array_equal(a.prediction, b.prediction)
+    np.testing.assert_array_equal(a.radius, b.radius)

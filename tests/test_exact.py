@@ -158,17 +158,20 @@ def cluster_problem(n, t, K, seed, gamma):
     return rbf_gram(x, x, gamma), rbf_gram(xt, x, gamma), y
 
 
+@pytest.mark.parametrize("exhaustive_limit", [0, 20_000])  # the MILP alone; retraining small relabellings first
 @pytest.mark.parametrize("n,K,factor,seed,gamma", [
     (6, 2, 1.0, 1, 0.3), (6, 3, 0.5, 149, 3.0), (6, 3, 0.5, 7, 0.3), (6, 2, 20.0, 2, 1.0), (6, 2, 10.0, 1, 0.3),
     (6, 3, 5.0, 4, 1.0), (10, 2, 2.0, 2, 0.1),
 ])
-def test_labelcert_equals_svm_retraining(n, K, factor, seed, gamma):
+def test_labelcert_equals_svm_retraining(n, K, factor, seed, gamma, exhaustive_limit):
     Kt, Kx, y = cluster_problem(n, 3, K, seed, gamma)
     C = factor * KernelSVM().fit(Kt, y, K).C_max
     if factor > 1:
         assert np.any(KernelSVM(C).fit(Kt, y, K).alpha_ < C * (1 - 1e-6)), "pick a problem outside the small-C regime"
     budget = 3
-    lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=budget)
+    lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=budget, exhaustive_limit=exhaustive_limit)
+    if exhaustive_limit == 0:
+        assert not any("retrained" in st for st in lc.status)
     bf = _svm_oracle(Kt, Kx, y, K, C, budget)
     assert lc.exact.all()
     np.testing.assert_array_equal(lc.prediction, bf.prediction)
@@ -202,8 +205,85 @@ def test_labelcert_greedy_upper_bound_does_not_change_radii(monkeypatch, seed):
             assert (lab != y).sum() == lc.radius_upper[i] + 1
             assert KernelSVM(C).fit(Kt, lab, 2).predict(Kx[i:i + 1])[0] != lc.prediction[i]
     monkeypatch.setattr(exact, "_greedy_svm_attack", lambda *a, **k: None)
-    plain = labelcert_svm_milp(Kt, y, Kx, C, 2, max_flips=4)
+    plain = labelcert_svm_milp(Kt, y, Kx, C, 2, max_flips=4, exhaustive_limit=0)
     np.testing.assert_array_equal(plain.radius, lc.radius)
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_labelcert_with_duplicated_samples(K):
+    """Repeated training points: the Gram matrix is singular (no certified fast retraining: the MILP
+    runs) and the duplicates' symmetry rows are active; radii equal retraining on every relabelling."""
+    Kt, Kx, y = cluster_problem(5, 3, K, 11, 0.5)
+    idx = np.array([0, 1, 2, 3, 4, 0, 1])  # samples 0 and 1 twice, same labels
+    Kt, Kx, y = Kt[np.ix_(idx, idx)], Kx[:, idx], y[idx]
+    C = 3.0 * KernelSVM().fit(Kt, y, K).C_max
+    G, _ = exact._clean(C * Kt)
+    assert exact._duplicate_pairs(G, Kx[0] / np.abs(Kx[0]).max(), y) == [(0, 5), (1, 6)]
+    assert not exact._Retrainer(Kt, y, K, C).usable
+    lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=3)
+    bf = _svm_oracle(Kt, Kx, y, K, C, 3)
+    np.testing.assert_array_equal(lc.prediction, bf.prediction)
+    np.testing.assert_array_equal(lc.radius, bf.radius)
+    assert lc.exact.all()
+
+
+def test_tight_big_m_holds_at_every_kkt_point():
+    """u_i, v_i of the KKT conditions, computed from the exact duals of random relabellings, never exceed
+    the per-sample big-M (which is below LabelCert's C sum_j |K_ij| -+ 1)."""
+    rng = np.random.default_rng(5)
+    Kt, _, y = cluster_problem(9, 1, 2, 3, 0.2)
+    C = 4.0 * KernelSVM().fit(Kt, y, 2).C_max
+    G, eps = exact._clean(C * Kt)
+    Mu, Mv = exact._tight_big_m(G, eps)
+    row = np.abs(C * Kt).sum(axis=1)
+    assert np.all(Mu <= np.maximum(0, row - 1) + 1e-12) and np.all(Mv <= row + 1 + 1e-12)
+    assert np.any(Mv < row + 1 - 1e-3)  # strictly tighter somewhere
+    for _ in range(30):
+        signs = rng.choice([-1.0, 1.0], len(y))
+        b = exact.solve_svm_dual(Kt, signs, C) / C
+        r = signs * (G @ (signs * b)) - 1.0  # u - v
+        assert np.all(np.maximum(r, 0) <= Mu + 1e-7) and np.all(np.maximum(-r, 0) <= Mv + 1e-7)
+
+
+def test_labelcert_exact_tie_after_one_flip_is_no_attack(monkeypatch):
+    """Training points -2, -1, 1, 2 (labels 0, 0, 1, 0) and a test point at 0: flipping the point at 2
+    makes the labelling symmetric and f(0) = 0 in exact arithmetic (a tie, which keeps class 0; in
+    floating point either side). The fast retraining cannot decide such a tie (it is within its
+    error bound) and leaves it to the MILP; the radius equals retraining on every relabelling."""
+    x = np.array([[-2.0], [-1.0], [1.0], [2.0]])
+    y = np.array([0, 0, 1, 0])
+    Kt, Kx = rbf_gram(x, x, 0.3), rbf_gram(np.zeros((1, 1)), x, 0.3)
+    C = 3.0 * KernelSVM().fit(Kt, y, 2).C_max
+    retrain = exact._Retrainer(Kt, y, 2, C)
+    assert retrain.usable
+    tie = y.copy()
+    tie[3] = 1
+    assert KernelSVM(C).fit(Kt, y, 2).predict(Kx)[0] == 0
+    assert retrain.decide(tie, Kx[0], 0) == 0
+    bf = _svm_oracle(Kt, Kx, y, 2, C, 4)
+    lc = labelcert_svm_milp(Kt, y, Kx, C, 2)
+    np.testing.assert_array_equal(lc.radius, bf.radius)
+    assert lc.exact.all()
+    monkeypatch.setattr(exact, "_greedy_svm_attack", lambda *a, **k: None)  # the tie reaches the enumeration
+    lc = labelcert_svm_milp(Kt, y, Kx, C, 2)
+    np.testing.assert_array_equal(lc.radius, bf.radius)
+    assert lc.exact.all()
+    assert lc.status[0].startswith("retrained every relabelling of <= 0 samples/")  # then the MILP
+
+
+def test_exhaustive_retraining_respects_its_limit_and_finds_the_smallest_attack():
+    Kt, Kx, y = cluster_problem(8, 2, 2, 3, 0.3)
+    C = 4.0 * KernelSVM().fit(Kt, y, 2).C_max
+    retrain = exact._Retrainer(Kt, y, 2, C)
+    bf = _svm_oracle(Kt, Kx, y, 2, C, 8)
+    p = KernelSVM(C).fit(Kt, y, 2).predict(Kx)
+    for i in range(len(Kx)):
+        excluded, attack = exact._exhaustive_small_attacks(retrain, y, Kx[i], int(p[i]), 8, 10**6)
+        assert excluded == bf.radius[i]
+        if attack is not None:
+            assert (attack != y).sum() == bf.radius[i] + 1
+        excluded, _ = exact._exhaustive_small_attacks(retrain, y, Kx[i], int(p[i]), 8, 8)  # only size 1 fits
+        assert excluded <= 1
 
 
 def test_labelcert_equals_brute_force_on_label_linear_ties():
@@ -224,13 +304,10 @@ def test_labelcert_equals_brute_force_on_label_linear_ties():
 def test_labelcert_time_limit_is_flagged_not_exact(monkeypatch):
     Kt, Kx, y = rbf_problem(5, 2, 2, 5)
 
-    def fake_solve(prob, time_limit):
-        return "user_limit"
-
-    monkeypatch.setattr(exact, "_solve_highs", fake_solve)
-    monkeypatch.setattr(exact, "_dual_bound", lambda prob: 1.7)
+    monkeypatch.setattr(exact, "_solve_highs_model", lambda model: "time_limit")
+    monkeypatch.setattr(exact._AttackMilp, "dual_bound", lambda self: 1.7)
     monkeypatch.setattr(exact, "_greedy_svm_attack", lambda *a, **k: None)  # no upper bound either
-    lc = labelcert_svm_milp(Kt, y, Kx, 10.0, 2, time_limit=1.0)
+    lc = labelcert_svm_milp(Kt, y, Kx, 10.0, 2, time_limit=1.0, exhaustive_limit=0)  # straight to the MILP
     assert not lc.exact.any() and lc.stopped_early.all()
     np.testing.assert_array_equal(lc.radius, [1, 1])  # ceil(1.7) - 1: a sound lower bound
     np.testing.assert_array_equal(lc.radius_upper, [5, 5])

@@ -132,6 +132,24 @@ def test_a_unit_that_kills_its_worker_for_memory_is_named():
     assert endings.classify(info.value)[1] == endings.ExitStatus.MEMORY
 
 
+def test_workers_too_small_to_load_kernelcert_end_as_killed_for_memory():
+    """A 300 MB worker dies while loading kernelcert (about 330 MiB) for the environment check: the
+    run ends as killed for memory (not as a foreign environment), naming the limit and what the
+    largest unit needs."""
+    from dask.distributed import Client
+
+    from kernelcert.cluster import check_workers, local_cluster
+
+    here = provenance.Provenance.current("cpu", "float64")
+    with local_cluster(1, memory_limit="300MB") as cluster, Client(cluster) as client:
+        with pytest.raises(endings.WorkerKilled) as info:
+            check_workers(client, here, largest_unit_mb=2104.0)
+    msg = str(info.value)
+    assert info.value.for_memory and endings.classify(info.value)[1] == endings.ExitStatus.MEMORY
+    assert "killed for memory while loading kernelcert, before any unit ran" in msg, msg
+    assert "286 MiB limit" in msg and "the largest work unit needs about 2,104 MiB" in msg, msg
+
+
 # --------------------------------------------------------------------------- foreign environments
 PRELOAD_OTHER_VERSION = """
 import kernelcert.provenance as p
@@ -320,3 +338,95 @@ def test_sigint_always_stops_the_run_with_one_line(tmp_path):
     assert lines[0].startswith("kernelcert: stopped: interrupted by SIGINT (Ctrl-C)")
     assert f"{saved} of 50 work units are saved" in lines[0]
     assert not (run_dir / ".lock").exists()
+
+
+def test_losing_the_scheduler_ends_with_one_line_and_resumes(tmp_path):
+    """Scheduler killed mid-run: exit status 8 and exactly one line on stderr (Dask's own log of its
+    failed or cancelled reconnection is dropped), then a rerun resumes."""
+    cfg = tiny_config(tmp_path / "runs", **{"data.n_train": 400, "data.n_test": 200,
+                                            "partition.num_partitions": [2, 4, 8, 16, 20]})
+    cfg["output"]["plots"] = False
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    run_dir = pipeline.run_directory(pipeline.config_from_dict(cfg))
+    sched_file = tmp_path / "scheduler.json"
+    sched = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                              "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [sched]
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (sched_file.exists() and sched_file.stat().st_size):
+            time.sleep(0.05)
+        time.sleep(0.2)
+        address = json.loads(sched_file.read_text())["address"]
+        procs += start_workers(address, 2)
+        wait_for_workers(address, 2)
+        client = subprocess.Popen([sys.executable, "-m", "kernelcert", "run", str(path), "--scheduler", address,
+                                   "--no-progress", "-q"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        procs.append(client)
+        deadline = time.time() + 180
+        while time.time() < deadline and client.poll() is None:
+            if (run_dir / "units").exists() and len(list((run_dir / "units").glob("*.npz"))) >= 2:
+                break
+            time.sleep(0.01)
+        assert client.poll() is None, "the run ended before the scheduler could be killed"
+        sched.send_signal(signal.SIGKILL)
+        _, err = client.communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    lines = err.strip().splitlines()
+    assert client.returncode == endings.ExitStatus.CLUSTER == 8, err
+    assert len(lines) == 1, err  # no traceback of Dask's reconnection attempt
+    saved = len(list((run_dir / "units").glob("*.npz")))
+    assert lines[0].startswith("kernelcert: stopped: lost the Dask cluster (the connection to the scheduler "
+                               f"{address} was lost); {saved} of 50 work units are saved"), lines[0]
+    assert not (run_dir / ".lock").exists()
+    res = pipeline.run(cfg)  # in-process, resuming
+    assert (res.computed_units, res.skipped_units) == (50 - saved, saved)
+
+
+def test_only_the_reconnection_noise_of_a_lost_scheduler_is_dropped():
+    """`quiet_reconnection` drops exactly Dask's 'Failed to reconnect' line and the traceback of the
+    cancelled reconnection from 'distributed.client', lets every other record through, and removes
+    its filter on exit."""
+    import asyncio
+
+    from kernelcert.cluster import quiet_reconnection
+
+    log = logging.getLogger("distributed.client")
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+
+    def cancelled_reconnection():
+        try:
+            raise asyncio.CancelledError()
+        except asyncio.CancelledError as exc:
+            log.exception(exc)  # what distributed.utils.log_errors logs
+
+    def log_all():
+        log.error("Failed to reconnect to scheduler after %.2f seconds, closing client", 20.0)
+        cancelled_reconnection()
+        log.error("another error")
+        try:
+            raise ValueError("boom")
+        except ValueError as exc:
+            log.exception(exc)
+
+    filters_before = list(log.filters)
+    log.addHandler(handler)
+    try:
+        with quiet_reconnection():
+            log_all()
+        inside = [r.getMessage() for r in records]
+        records.clear()
+        log_all()
+    finally:
+        log.removeHandler(handler)
+    assert inside == ["another error", "boom"]
+    assert len(records) == 4 and log.filters == filters_before

@@ -6,7 +6,18 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernelcert._jax import default_device, x64_scope
-from kernelcert.kernels import Convolutional, CustomKernel, FullyConnected, max_abs_row_sum, row_abs_sums
+from kernelcert.kernels import (
+    TILE_GRID_STEPS,
+    CompileCounter,
+    Convolutional,
+    CustomKernel,
+    FullyConnected,
+    _fc_tile,
+    max_abs_row_sum,
+    row_abs_sums,
+    tile_grid_ceil,
+    tile_grid_floor,
+)
 
 
 # ----------------------------------------------------------------------------- numpy reference
@@ -157,6 +168,54 @@ def test_blocked_equals_unblocked(n1, n2, block, seed):
     sym = k.ntk(x1, block_size=block)
     off = ~np.eye(n1, dtype=bool)
     np.testing.assert_allclose(sym[off], full[off], rtol=1e-12)
+
+
+def test_tile_grid():
+    grid = sorted({tile_grid_ceil(n) for n in range(1, 5000)})
+    for n in range(1, 5000):
+        up, down = tile_grid_ceil(n), tile_grid_floor(n)
+        assert down <= n <= up and up in grid and down in grid
+        assert up - n <= n // TILE_GRID_STEPS  # at most 1/16 padding
+        assert tile_grid_ceil(up) == up and tile_grid_floor(up) == up
+    # a factor-2 range of sizes maps to at most TILE_GRID_STEPS + 1 grid sides
+    assert len({tile_grid_ceil(n) for n in range(1000, 2001)}) <= TILE_GRID_STEPS + 1
+
+
+@pytest.mark.parametrize("act", ["relu", "erf"])
+def test_padding_to_the_grid_keeps_every_entry_bit_identical(act):
+    """Tiles are zero-padded to the grid: the real entries equal an unpadded evaluation bit for bit."""
+    rng = np.random.default_rng(11)
+    k = FullyConnected(2, 1.3, 0.0 if act == "relu" else 0.2, act)  # b_std = 0: zero padding rows have variance 0
+    x, xt = rng.random((61, 50)), rng.random((7, 50))
+
+    def unpadded(a, b, offset):
+        with x64_scope():
+            return np.asarray(_fc_tile(a, b, offset, k.W_std, k.b_std, depth=k.depth, activation=k.activation,
+                                       kind="ntk"))
+
+    for n in (33, 47, 61):  # grid sides 34, 48, 62: one to three padding rows
+        assert tile_grid_ceil(n) > n or n == 48
+        G = k.ntk(x[:n])
+        ref = unpadded(x[:n], x[:n], 0)
+        ref = np.triu(ref) + np.triu(ref, 1).T
+        assert np.array_equal(G, ref)
+        assert np.array_equal(k.ntk(xt, x[:n]), unpadded(xt, x[:n], n + len(xt)))
+
+
+def test_compiles_bounded_over_many_sizes():
+    """Grams and test rows of 60 different training-set sizes compile at most a grid's worth of programs."""
+    rng = np.random.default_rng(12)
+    k = FullyConnected(1, 1.1, 0.1)
+    x, xt = rng.random((700, 8)), rng.random((5, 8))
+    k.ntk(x[:600])  # warm-up: other programs JAX builds once
+    sizes = range(600, 660)
+    with CompileCounter() as cc:
+        for n in sizes:
+            k.ntk(x[:n])
+            k.ntk(xt, x[:n])
+    grid = {tile_grid_ceil(n) for n in sizes}
+    assert len(grid) <= 3 < len(sizes)
+    assert cc.count <= 2 * len(grid)  # one symmetric and one test-row program per grid side
 
 
 def test_memory_cap_drives_tiling():

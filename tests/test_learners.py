@@ -12,7 +12,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.utils.validation import check_is_fitted
 
-from kernelcert.learners import KernelRegression, KernelSVM, onehot, solve_svm_dual
+from kernelcert.learners import KernelRegression, KernelSVM, fit_learners, onehot, solve_svm_dual
 from problems import rbf_problem
 
 
@@ -147,6 +147,50 @@ def test_blocks_equal_unblocked():
         np.testing.assert_array_equal(m.predict(Kx), m.predict(Kx, block_size=4))
     m = KernelRegression(0.1).fit(Kt, y, 3)
     np.testing.assert_allclose(m.label_weights(Kx), m.label_weights(Kx, block_size=2), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_learners_shares_work_and_equals_separate_fits_bit_for_bit(seed, monkeypatch):
+    Kt, Kx, y = rbf_problem(40, 17, 4, seed)
+    Kt = Kt + 1e-10 * np.triu(np.ones_like(Kt), 1)  # asymmetric within the tolerance: symmetrised once
+    make = lambda: [KernelRegression(0.1), KernelSVM(), KernelRegression(0.1, train_time=2.0),  # noqa: E731
+                    KernelRegression(0.1, train_time=5.0, learning_rate=0.5), KernelSVM(C=1e-3), KernelSVM(C=10.0),
+                    KernelRegression(0.1), KernelRegression(0.3)]
+    separate = [m.fit(Kt, y, 4) for m in make()]
+    calls = {"cho_factor": 0, "eigh": 0}
+    for name in calls:
+        real = getattr(scipy.linalg, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(scipy.linalg, name, counted)
+    shared = fit_learners(make(), Kt, y, 4)
+    # one PSD check for the 3 SVMs + one Cholesky per ridge (0.1, 0.3); one eigh for the two finite-time fits
+    assert calls == {"cho_factor": 1 + 2, "eigh": 1}
+    for a, b in zip(separate, shared):
+        for attr in ("C_max_", "C_", "alpha_", "eig_lower_", "weight_error_factor_"):
+            if getattr(a, attr, None) is not None:
+                assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr
+            else:
+                assert getattr(b, attr, None) is None, attr
+        assert np.array_equal(a.decision_function(Kx), b.decision_function(Kx))
+        if getattr(a, "label_linear_", True):
+            Wa, ea = a.label_weights(Kx, return_error=True)
+            Wb, eb = b.label_weights(Kx, return_error=True)
+            assert np.array_equal(Wa, Wb) and np.array_equal(ea, eb)
+
+
+def test_fit_learners_errors():
+    Kt, _, y = rbf_problem(10, 2, 3, 0)
+    with pytest.raises(ValueError, match="num_classes is required"):
+        fit_learners([KernelSVM()], Kt, y, None)
+    with pytest.raises(TypeError, match="learners must be"):
+        fit_learners([object()], Kt, y, 3)
+    with pytest.raises(ValueError, match="not symmetric"):
+        fit_learners([KernelSVM()], Kt + np.triu(np.ones_like(Kt), 1), y, 3)
+    with pytest.raises(ValueError, match="ridge"):
+        fit_learners([KernelSVM(), KernelRegression(-1.0)], Kt, y, 3)
 
 
 # --------------------------------------------------------------------------- kernel SVM

@@ -30,9 +30,9 @@ def _ss_dpa_oracle(x, k, primary="last"):
     return out
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(st.integers(1, 60), st.integers(1, 8), st.integers(0, 2**32 - 1),
-       st.sampled_from(["pixels", "real", "dups", "ints"]))
+       st.sampled_from(["pixels", "real", "dups", "ints", "scaled255", "scaled16", "near255"]))
 def test_ss_dpa_matches_python_sort_and_is_balanced(n, k, seed, kind):
     k = min(k, n)
     rng = np.random.default_rng(seed)
@@ -44,6 +44,12 @@ def test_ss_dpa_matches_python_sort_and_is_balanced(n, k, seed, kind):
         x[rng.random(x.shape) < 0.1] = -0.0
     elif kind == "ints":  # signed integers beyond 8 bits, kept as integers internally
         x = rng.integers(-300, 300, (n, 2)) * rng.integers(1, 10**6, (1, 2))
+    elif kind in ("scaled255", "scaled16"):  # loader-scaled pixels k / s: sorted on uint8 codes
+        s = 255.0 if kind == "scaled255" else 16.0
+        x = rng.integers(0, int(s) + 1 if s == 16.0 else 256, (n, 4)) / s
+    elif kind == "near255":  # one value a rounding step off k / 255: the codes do not apply
+        x = rng.integers(0, 256, (n, 4)) / 255.0
+        x[rng.integers(n), rng.integers(4)] = np.nextafter(100 / 255.0, 1.0)
     else:  # many duplicated rows, negative and fractional values
         x = rng.integers(-2, 2, (n, 2)) / 2.0
     a = ss_dpa_partition(x, k)
@@ -239,3 +245,19 @@ def test_fa_groups_rules_and_errors():
     sp = fa_spread(np.arange(6), 3, 2)
     with pytest.raises(ValueError, match="learner"):
         sp.learner_indices(6)
+
+
+def test_pixel_codes_only_for_exact_scaled_pixels():
+    from kernelcert.partition import _pixel_codes
+
+    rng = np.random.default_rng(3)
+    k = rng.integers(0, 256, (9000, 7))  # more rows than one block
+    x = k / 255.0
+    np.testing.assert_array_equal(_pixel_codes(x, x.min(), x.max()), k)
+    y = x.copy()
+    y[-1, -1] = np.nextafter(y[-1, -1], 2.0)  # off by one rounding step in the last block
+    assert _pixel_codes(y, y.min(), y.max()) is None
+    z = x.copy()
+    z[0, 0] = -1 / 255.0
+    assert _pixel_codes(z, z.min(), z.max()) is None
+    np.testing.assert_array_equal(ss_dpa_partition(x, 50), ss_dpa_partition(k.astype(np.uint8), 50))

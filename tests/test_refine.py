@@ -8,7 +8,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from kernelcert.certificates import certify
 from kernelcert.ensemble import ensemblecert
-from kernelcert.exact import brute_force_certificate, milp_class_costs
+from kernelcert.evidence import build_evidence, stack_evidence
+from kernelcert.exact import brute_force_certificate, brute_force_label_flip_roe_radius, milp_class_costs
 from kernelcert.learners import KernelRegression
 from kernelcert.refine import (
     PartitionSolver,
@@ -16,8 +17,10 @@ from kernelcert.refine import (
     exact_class_costs,
     refine_class_costs,
     refine_ensemblecert,
+    refine_whitebox_roe,
     solve_class_cost,
 )
+from kernelcert.roe import whitebox_roe
 from problems import rbf_problem
 
 WEIGHT_KINDS = ("normal", "integer", "positive", "repeated", "heavy", "sparse_classes")
@@ -242,6 +245,130 @@ def test_refined_ensemble_radius_matches_exact_costs(kind):
     assert proven >= 0.95 * total
 
 
+def whitebox_problem(Ws, ys, K):
+    """Stacked evidence (level 'pairs') of label-linear models, as the run computes it."""
+    return stack_evidence([build_evidence(W, y, K) for W, y in zip(Ws, ys)])
+
+
+@pytest.mark.parametrize("kind", ["normal", "integer", "positive"])
+def test_refined_whitebox_roe_matches_the_certificate_at_exact_costs(kind):
+    """Oracle: every per-class cost by enumerating every relabelling of each partition, then the
+    white-box ROE certificate at those costs. Resolved radii equal it; all radii bracket it."""
+    rng = np.random.default_rng(["normal", "integer", "positive"].index(kind) + 40)
+    K = 4
+    resolved = total = opened = closed = 0
+    for _ in range(5):
+        N = int(rng.integers(3, 7))
+        Ws, ys = tiny_ensemble(rng, N, 7, K, kind)
+        ev = whitebox_problem(Ws, ys, K)
+        A = np.stack([brute_force_certificate(W, y, K).class_costs for W, y in zip(Ws, ys)], 1)
+        fb = ev.fallback
+        truth = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, A),
+                             np.where(fb[..., None, None], 1.0, ev.pair_costs), joint="per_point").radius
+        run = whitebox_roe(ev.scores, *ev.roe_costs())  # what the run reports before refinement
+        solver = PartitionSolver(lambda j, rows: Ws[j][rows], ys, K)
+        res = refine_whitebox_roe(ev.scores, ev.cost_lower, ev.cost_upper, ev.pair_costs, solver, fallback=fb)
+        np.testing.assert_array_equal(res.prediction, run.prediction)
+        assert np.all(run.radius <= res.radius)
+        assert np.all(res.radius <= truth) and np.all(truth <= res.radius_at_upper_costs)
+        np.testing.assert_array_equal(res.radius[res.resolved], truth[res.resolved])
+        assert np.all(res.cost_lower <= A) and np.all(A <= res.cost_upper)
+        assert np.all(res.cost_lower >= ev.cost_lower) and np.all(res.cost_upper <= ev.cost_upper)
+        assert np.all(res.resolved[res.resolved_before])
+        lo0 = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, ev.cost_lower), ev.roe_costs()[1], joint="per_point")
+        hi0 = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, ev.cost_upper), ev.roe_costs()[1], joint="per_point")
+        assert np.all(res.resolved_before[lo0.radius == hi0.radius])
+        resolved += res.resolved.sum()
+        total += res.resolved.size
+    assert resolved >= 0.9 * total
+
+
+def cost_level_problem(rng, t, M, K):
+    """Scores, exact costs A and bounds L <= A <= U (some unreachable), pair costs, fallback flags."""
+    s = rng.normal(size=(t, M, K)) + rng.random() * (np.arange(K) == rng.integers(K))
+    if rng.random() < 0.3:
+        s = np.round(s)
+    A = rng.integers(1, 7, size=(t, M, K)).astype(float)
+    A[rng.random(A.shape) < 0.05] = np.inf
+    L = np.maximum(np.where(np.isfinite(A), A, 6.0) - rng.integers(0, 4, size=A.shape), 0.0)
+    U = A + rng.integers(0, 4, size=A.shape)
+    P = rng.integers(1, 7, size=(t, M, K, K)).astype(float)
+    fb = rng.random((t, M)) < 0.1
+    return s, A, L, U, P, fb
+
+
+def oracle_solver(A, rng=None):
+    """`solve` from the exact costs A: exact below the cap (lower = cap above it); with rng, each
+    problem is instead left alone (a time limit) or only its lower bound raised by one, at random."""
+    def solve(p, j, c, lo, hi, cap):
+        a = A[p, j, c]
+        new_lo = np.where(a >= cap, np.maximum(lo, cap), a)
+        new_hi = np.where(a >= cap, hi, a)
+        if rng is not None:
+            mode = rng.integers(0, 3, size=len(p))
+            new_lo = np.where(mode == 1, lo, np.where(mode == 2, np.minimum(lo + 1, a), new_lo))
+            new_hi = np.where(mode == 0, new_hi, hi)
+        return new_lo, new_hi
+    return solve
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_refine_whitebox_against_the_certificate_at_exact_costs(partial):
+    """Cost level: resolved radii equal whitebox_roe at the exact costs, all radii bracket it; an exact
+    solver resolves every point, a partial one (time limits, weak bounds) never claims a wrong one."""
+    rng = np.random.default_rng(5 + partial)
+    opened = 0
+    for _ in range(25):
+        t, M, K = 8, int(rng.integers(2, 9)), int(rng.integers(2, 6))
+        s, A, L, U, P, fb = cost_level_problem(rng, t, M, K)
+        truth = whitebox_roe(s, np.where(fb[..., None], 1.0, A), np.where(fb[..., None, None], 1.0, P),
+                             joint="per_point").radius
+        res = refine_whitebox_roe(s, L, U, P, oracle_solver(A, rng if partial else None), fallback=fb)
+        assert np.all(res.radius <= truth) and np.all(truth <= res.radius_at_upper_costs)
+        np.testing.assert_array_equal(res.radius[res.resolved], truth[res.resolved])
+        assert np.all(res.cost_lower <= A) and np.all(A <= res.cost_upper)
+        if not partial:
+            assert res.resolved.all()
+        opened += (~res.resolved_before).sum()
+    assert opened > 20
+
+
+def test_refined_whitebox_roe_is_sound_against_relabelling_every_label():
+    """The refined radius never exceeds the true label-flip radius of the run-off election (every
+    relabelling of every training label enumerated, every base model recomputed)."""
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        K, N = 3, 3
+        Ws, ys = tiny_ensemble(rng, N, 3, K, ["normal", "integer", "positive"][int(rng.integers(3))])
+        Ws = [W[:4] for W in Ws]
+        ev = whitebox_problem(Ws, ys, K)
+        solver = PartitionSolver(lambda j, rows: Ws[j][rows], ys, K)
+        res = refine_whitebox_roe(ev.scores, ev.cost_lower, ev.cost_upper, ev.pair_costs, solver,
+                                  fallback=ev.fallback, max_radius=N * 3)
+        true_radius, pred = brute_force_label_flip_roe_radius(Ws, ys, K)
+        np.testing.assert_array_equal(res.prediction, pred)
+        assert np.all(np.minimum(res.radius, N * 3) <= true_radius)
+
+
+def test_refine_whitebox_stops_without_progress_and_rejects_bad_input():
+    rng = np.random.default_rng(11)
+    s, A, L, U, P, fb = cost_level_problem(rng, 10, 6, 4)
+    keep = refine_whitebox_roe(s, L, U, P, lambda p, j, c, lo, hi, cap: (lo, hi), fallback=fb)
+    assert not keep.resolved_before.all()
+    assert keep.rounds == 1 and np.array_equal(keep.resolved, keep.resolved_before)
+    np.testing.assert_array_equal(keep.cost_lower, L)
+    with pytest.raises(RuntimeError, match="outside the previous"):
+        refine_whitebox_roe(s, L, U, P,
+                            lambda p, j, c, lo, hi, cap: (lo - 1, hi), fallback=fb)
+    with pytest.raises(ValueError, match="pair_costs"):
+        refine_whitebox_roe(s, L, U, P[..., 0], lambda *a: a[3:5])
+    with pytest.raises(ValueError, match="fallback"):
+        refine_whitebox_roe(s, L, U, P, lambda *a: a[3:5],
+                            fallback=fb[:, :1])
+    with pytest.raises(ValueError, match="cost_lower"):
+        refine_whitebox_roe(s, U + 1, U, P, lambda *a: a[3:5])
+
+
 def test_refine_ensemble_stops_without_progress_and_rejects_bad_solvers():
     rng = np.random.default_rng(3)
     K, N = 4, 5
@@ -291,7 +418,7 @@ def test_run_with_exactness_refinement(tmp_path):
         "kernel": {"architecture": "fully_connected", "depth": 1, "W_std": 1.5, "b_std": 0.1},
         "learners": [{"type": "svm"}, {"type": "regression", "ridge": 0.01}],
         "partition": {"rule": "ss_dpa", "num_partitions": [4, 8]},
-        "methods": {"aggregations": ["dpa", "ensemblecert"]},
+        "methods": {"aggregations": ["dpa", "ensemblecert", "whitebox_roe"]},
         "output": {"dir": str(tmp_path), "name": "tiny", "plots": False},
         "execution": {"progress": False},
     }
@@ -306,8 +433,14 @@ def test_run_with_exactness_refinement(tmp_path):
     header, table = pipeline.read_points(res.points_path)
     col = {h: i for i, h in enumerate(header)}
     refined_any = False
+    wb_results = []
     for r0, r1 in zip(base.results, res.results):
         assert (r0.learner, r0.num_partitions, r0.method) == (r1.learner, r1.num_partitions, r1.method)
+        if r1.method == "whitebox_roe":
+            assert r1.exact_before is None and not r1.exact.any()
+            assert np.all(r1.radius >= r0.radius)
+            wb_results.append(r1)
+            continue
         if r1.method != "ensemblecert":
             assert r1.exact_before is None
             continue
@@ -335,7 +468,32 @@ def test_run_with_exactness_refinement(tmp_path):
         assert np.array_equal(table[:, col[f"{base_col}/exact_before_refinement"]], r0.exact.astype(int))
     assert refined_any, "the configuration should leave some radius to refine"
     block = res.summary["exactness"]
-    assert block["refine"] and not block["budget_exhausted"] and len(block["results"]) == 4
-    assert "## Exactness refinement" in res.report_path.read_text()
+    assert block["refine"] and not block["budget_exhausted"] and len(block["results"]) == 8
+    report = res.report_path.read_text()
+    assert "## Exactness refinement" in report and "White-box ROE: radii *resolved*" in report
+    # white-box ROE: resolved radii equal the certificate at exactly solved costs of the same models
+    for r1 in wb_results:
+        entry = next(e for e in block["results"] if e["method"] == "whitebox_roe"
+                     and (e["learner"], e["num_partitions"]) == (r1.learner, r1.num_partitions))
+        assert entry["points_examined"] == len(plan.y_test)
+        assert entry["resolved_fraction_after"] >= entry["resolved_fraction_before"]
+        resolved = np.ones(len(plan.y_test), bool)
+        resolved[entry["points_unresolved"]] = False
+        j = [lc.name for lc in conf.learners].index(r1.learner)
+        units = {u.key: u for u in plan.units}
+        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
+        evs, costs = [], []
+        for key in target.units:
+            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
+            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+            evs.append(build_evidence(W, y, K))
+            costs.append(exact_class_costs(W, y, K).lower)
+        ev = stack_evidence(evs)
+        fb = ev.fallback
+        truth = whitebox_roe(ev.scores, np.where(fb[..., None], 1.0, np.stack(costs, 1)),
+                             np.where(fb[..., None, None], 1.0, ev.pair_costs), joint="per_point").radius
+        truth = np.minimum(truth, len(plan.y_train))
+        assert np.all(r1.radius <= truth)
+        np.testing.assert_array_equal(r1.radius[resolved], truth[resolved])
     with pytest.raises(ValueError, match="exactness"):
         pipeline.config_from_dict({**cfg, "exactness": {"refine": "yes"}})

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from benchmarks._published_rules import (dp_table, published_dpa_roe, published_dpa_star_sum, published_fa,
+                                          published_fa_roe)
 from kernelcert import exact as oracles, roe
 from kernelcert.ensemble import dpa
 from kernelcert.learners import KernelRegression, onehot
@@ -20,108 +22,6 @@ def random_scores(rng, shape, kind):
     return rng.normal(size=shape)
 
 
-# --------------------------------------------------------------------------- plain-Python transcriptions
-def ref_election(s):
-    """One test point, s (M, K): the rule of docs/math.md §7.3 written with Python loops."""
-    M, K = s.shape
-    votes = [max(range(K), key=lambda c: (s[m, c], -c)) for m in range(M)]
-    n = [votes.count(c) for c in range(K)]
-    m1, m2 = sorted(range(K), key=lambda c: (-n[c], c))[:2]
-    e = 2 * sum(1 for m in range(M) if s[m, m1] > s[m, m2]) - M
-    cp = m1 if e > 0 else (m2 if e < 0 else min(m1, m2))
-    return votes, n, cp, m1 + m2 - cp
-
-
-def ref_dp_table(size):
-    """dp_calc.py's find_array, element by element."""
-    A = [[0] * size for _ in range(size)]
-    for i in range(size):
-        for j in range(size):
-            if i == 0 and j == 0:
-                A[i][j] = 0
-            elif (i <= 1 and j <= 2) or (i <= 2 and j <= 1):
-                A[i][j] = 1
-            elif j <= 1:
-                A[i][j] = (i + 1) // 2
-            elif i <= 1:
-                A[i][j] = (j + 1) // 2
-            else:
-                A[i][j] = 1 + min(A[i - 2][j - 1], A[i - 1][j - 2])
-    return A
-
-
-def ceil_pos(a, b):
-    return (max(0, a) + b - 1) // b
-
-
-def ref_dpa_roe(s):
-    """dpa_roe_certify.py for one test point: (prediction, radius)."""
-    M, K = s.shape
-    _, n, cp, sec = ref_election(s)
-    A = ref_dp_table(M + 3)
-    E = [2 * sum(1 for m in range(M) if s[m, cp] > s[m, c]) - M for c in range(K)]
-    r1 = min([A[max(0, n[cp] - n[c1] + (c1 > cp))][max(0, n[cp] - n[c2] + (c2 > cp))]
-              for c1 in range(K) for c2 in range(K) if len({c1, c2, cp}) == 3], default=10**9)
-    r2 = min(max(ceil_pos(n[sec] - n[c] + (c > sec), 2), ceil_pos(E[c] + (c > cp), 2)) for c in range(K) if c != cp)
-    # the published script asserts CertR2 > 0 (it can be 0 with tied scores); an attack needs >= 1 poison
-    return cp, min(r1, max(r2, 1)) - 1
-
-
-def ref_greedy(gap, reducers):
-    reducers = sorted(reducers, reverse=True)
-    k = 0
-    while gap > 0:
-        if k == len(reducers):
-            return 10**9  # the published loop would run off the end: no attack of this kind
-        gap -= reducers[k]
-        k += 1
-    return k
-
-
-def ref_fa(votes, shifts, K):
-    """FiniteAggregation_cerfity.py for one test point: (prediction, radius)."""
-    L = len(votes)
-    n = [list(votes).count(c) for c in range(K)]
-    p = max(range(K), key=lambda c: (n[c], -c))
-    groups = [[(h + s) % L for s in shifts] for h in range(L)]
-    best = L
-    for c in range(K):
-        if c == p:
-            continue
-        diff = n[p] - n[c] - (1 if c < p else 0)
-        deltas = sorted((sum(1 + (votes[l] == p) - (votes[l] == c) for l in g) for g in groups), reverse=True)
-        r = 0
-        while diff - deltas[r] >= 0:
-            diff -= deltas[r]
-            r += 1
-        best = min(best, r)
-    return p, best
-
-
-def ref_fa_roe(s, shifts):
-    """fa_roe_certify.py for one test point: (prediction, radius)."""
-    L, K = s.shape
-    votes, n, cp, sec = ref_election(s)
-    groups = [[(h + sh) % L for sh in shifts] for h in range(L)]
-
-    def cost(a, b):
-        reducers = [sum(1 + (votes[l] == a) - (votes[l] == b) for l in g) for g in groups]
-        return ref_greedy(n[a] - n[b] + (b > a), reducers)
-
-    E = [2 * sum(1 for l in range(L) if s[l, cp] > s[l, c]) - L for c in range(K)]
-    r1 = 10**9
-    for c1 in range(K):
-        for c2 in range(K):
-            if len({c1, c2, cp}) < 3:
-                continue
-            gap = n[cp] - n[c1] + (c1 > cp) + n[cp] - n[c2] + (c2 > cp)
-            pw = [sum(1 + 2 * (votes[l] == cp) - (votes[l] == c1) - (votes[l] == c2) for l in g) for g in groups]
-            r1 = min(r1, max(cost(cp, c1), cost(cp, c2), ref_greedy(gap, pw)))
-    r2 = min(max(cost(sec, c), ref_greedy(E[c] + (c > cp), [2 * sum(s[l, cp] > s[l, c] for l in g) for g in groups]))
-             for c in range(K) if c != cp)
-    return cp, min(r1, max(r2, 1)) - 1  # as in ref_dpa_roe
-
-
 # --------------------------------------------------------------------------- the election
 @settings(max_examples=40, deadline=None)
 @given(seeds, st.integers(1, 7), st.integers(2, 5), st.sampled_from(["ties", "normal"]))
@@ -130,7 +30,7 @@ def test_roe_predict_matches_loop_reference(seed, M, K, kind):
     s = random_scores(rng, (2, 6, M, K), kind)
     pred = roe.roe_predict(s)
     assert pred.shape == (2, 6) and pred.dtype == np.int64
-    want = [[ref_election(s[a, b])[2] for b in range(6)] for a in range(2)]
+    want = published_dpa_roe(s.reshape(12, M, K), None, K)[0].reshape(2, 6)
     np.testing.assert_array_equal(pred, want)
     np.testing.assert_array_equal(roe.roe_predict(s[1, 3]), want[1][3])
 
@@ -164,7 +64,7 @@ def test_knockout_table_matches_recursion_closed_form_and_search():
     A = roe._knockout_table(70)
     assert A.shape[0] >= 70 and not A.flags.writeable
     assert roe._knockout_table(10) is roe._knockout_table(64)  # cached per size
-    ref = np.array(ref_dp_table(A.shape[0]))
+    ref = dp_table(A.shape[0])
     np.testing.assert_array_equal(A, ref)
     i, j = np.indices(A.shape)
     closed = np.maximum(np.maximum(-(-i // 2), -(-j // 2)), -(-(i + j) // 3))
@@ -195,9 +95,9 @@ def test_dpa_roe_matches_published_algorithm(seed, M, K, kind):
     rng = np.random.default_rng(seed)
     s = random_scores(rng, (8, M, K), kind)
     res = roe.dpa_roe(s, block_size=3)
-    want = np.array([ref_dpa_roe(x) for x in s])
-    np.testing.assert_array_equal(res.prediction, want[:, 0])
-    np.testing.assert_array_equal(res.radius, want[:, 1])
+    want = published_dpa_roe(s, None, K)
+    np.testing.assert_array_equal(res.prediction, want[0])
+    np.testing.assert_array_equal(res.radius, want[1])
     assert res.radius.dtype == np.int64
 
 
@@ -249,16 +149,6 @@ def test_dpa_star_roe_is_dpa_roe_on_summed_scores(seed, N, V, K):
         roe.dpa_star_roe(s[:, :, 0])
 
 
-def published_dpa_star_sum(s):
-    """Transcription of the ROE repository's dpa_star_bases.py: a float32 zero tensor to which each
-    version's float32 scores (t, N, K) are added in version order."""
-    total = np.zeros((s.shape[0], s.shape[1], s.shape[3]), np.float32)
-    for version in range(s.shape[2]):
-        scores = s[:, :, version].astype(np.float32)
-        total = (total + scores).astype(np.float32)
-    return total
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_dpa_star_float32_summation_is_the_published_rule(seed):
     rng = np.random.default_rng(seed)
@@ -293,13 +183,13 @@ def test_fa_and_fa_roe_match_published_algorithms(seed, k, d, K, kind):
     s = random_scores(rng, (5, L, K), kind)
     v = np.argmax(s, axis=2)
     res = roe.fa(v, shifts, K, block_size=2)
-    want = np.array([ref_fa(x, shifts, K) for x in v])
-    np.testing.assert_array_equal(res.prediction, want[:, 0])
-    np.testing.assert_array_equal(res.radius, want[:, 1])
+    want = published_fa(None, None, K, shifts, max_classes=v)
+    np.testing.assert_array_equal(res.prediction, want[0])
+    np.testing.assert_array_equal(res.radius, want[1])
     res = roe.fa_roe(s, shifts, block_size=2)
-    want = np.array([ref_fa_roe(x, shifts) for x in s])
-    np.testing.assert_array_equal(res.prediction, want[:, 0])
-    np.testing.assert_array_equal(res.radius, want[:, 1])
+    want = published_fa_roe(s, None, K, shifts)
+    np.testing.assert_array_equal(res.prediction, want[0])
+    np.testing.assert_array_equal(res.radius, want[1])
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -315,15 +205,15 @@ def test_fa_and_fa_roe_match_published_algorithms_on_skewed_votes(seed):
     good = rng.random((t, L)) < rng.uniform(0.4, 0.95, (t, 1))
     s[np.arange(t)[:, None], np.arange(L)[None, :], y[:, None]] += np.where(good, 2.0, 0.0)
     v = np.argmax(s, axis=2)
-    want = np.array([ref_fa(x, shifts, K) for x in v])
+    want = published_fa(None, None, K, shifts, max_classes=v)
     res = roe.fa(v, shifts, K, block_size=7)
-    np.testing.assert_array_equal(res.prediction, want[:, 0])
-    np.testing.assert_array_equal(res.radius, want[:, 1])
-    want = np.array([ref_fa_roe(x, shifts) for x in s])
+    np.testing.assert_array_equal(res.prediction, want[0])
+    np.testing.assert_array_equal(res.radius, want[1])
+    want = published_fa_roe(s, None, K, shifts)
     res = roe.fa_roe(s, shifts, block_size=7)
-    np.testing.assert_array_equal(res.prediction, want[:, 0])
-    np.testing.assert_array_equal(res.radius, want[:, 1])
-    np.testing.assert_array_equal(roe.fa_roe(s.astype(np.float32), shifts).radius, want[:, 1])
+    np.testing.assert_array_equal(res.prediction, want[0])
+    np.testing.assert_array_equal(res.radius, want[1])
+    np.testing.assert_array_equal(roe.fa_roe(s.astype(np.float32), shifts).radius, want[1])
 
 
 @settings(max_examples=60, deadline=None)
@@ -576,3 +466,102 @@ def test_whitebox_rejects_bad_costs():
         roe.whitebox_roe_from_label_linear([np.zeros((2, 2)), np.zeros((3, 2))], [np.zeros(2, int)] * 2, 2)
     with pytest.raises(ValueError, match="0..1"):
         roe.whitebox_roe_from_label_linear([np.zeros((2, 2))], [np.array([0, 2])], 2)
+
+
+# --------------------------------------------------------------------------- white-box ROE: batched pair loop
+def _wb_inputs(rng, t, M, K, costs):
+    s = rng.normal(size=(t, M, K)) + 2 * rng.random() * (np.arange(K) == rng.integers(K))
+    if rng.random() < 0.3:
+        s = np.round(s)  # exact ties between scores
+    if costs == "integer":
+        vc = rng.integers(0, 6, size=(t, M, K)).astype(float)
+        pc = rng.integers(0, 6, size=(t, M, K, K)).astype(float)
+    else:  # fractional costs: the bounds of the summed-gap knapsack may not decide, the DP does
+        vc = rng.integers(0, 12, size=(t, M, K)) / 2.0 + 0.25 * (rng.random((t, M, K)) < 0.3)
+        pc = rng.integers(0, 12, size=(t, M, K, K)) / 2.0
+    vc[rng.random(vc.shape) < 0.1] = np.inf
+    return s, vc, pc
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 25), st.integers(2, 6), st.sampled_from(["integer", "fractional"]),
+       st.sampled_from([False, True, "auto", "gated"]))
+def test_whitebox_roe_byte_identical_to_previous_implementation(seed, M, K, costs, joint):
+    from roe_reference import whitebox_roe_reference
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 40))
+    s, vc, pc = _wb_inputs(rng, t, M, K, costs)
+    block = int(rng.integers(1, 12))
+    if joint == "gated":  # a budget the 2-D DP passes for some pairs' open rows only
+        budget = int(rng.integers(20, 400))
+        saved = roe._JOINT_BUDGET
+        roe._JOINT_BUDGET = budget
+        try:
+            new = roe.whitebox_roe(s, vc, pc, joint="auto", block_size=block)
+        finally:
+            roe._JOINT_BUDGET = saved
+        pred, radius = whitebox_roe_reference(s, vc, pc, joint="auto", block_size=block, joint_budget=budget)
+    else:
+        new = roe.whitebox_roe(s, vc, pc, joint=joint, block_size=block)
+        pred, radius = whitebox_roe_reference(s, vc, pc, joint=joint, block_size=block)
+    np.testing.assert_array_equal(new.prediction, pred)
+    np.testing.assert_array_equal(new.radius, radius)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 30), st.sampled_from(["integer", "fractional", "ties"]))
+def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
+    from kernelcert.voting import knapsack_dp
+    rng = np.random.default_rng(seed)
+    Q = 50
+    if costs == "fractional":
+        g3, g2, g1 = (rng.integers(1, 20, size=(Q, M)) / 3.0 for _ in range(3))
+    else:
+        hi = 3 if costs == "ties" else 12
+        g3, g2, g1 = (rng.integers(1, hi, size=(Q, M)).astype(float) for _ in range(3))
+    on_cp = rng.random((Q, M)) < 0.5
+    g3, g2 = np.where(on_cp, g3, np.inf), np.where(on_cp, g2, np.inf)
+    g1 = np.where(on_cp | (rng.random((Q, M)) < 0.2), np.inf, g1)
+    for arr in (g3, g2):
+        arr[rng.random((Q, M)) < 0.1] = np.inf
+    need = rng.integers(-2, 3 * M + 2, size=Q)
+    dp, _ = knapsack_dp([(3, g3), (2, g2), (1, g1)], need)
+    lo, hi, lam = roe._summed_gap_lp(g3, g2, g1, need)
+    assert np.all(lo <= dp)
+    # the upper bound is a feasible attack's cost: exact for integer costs, summed in another order otherwise
+    assert np.all(dp <= (hi if costs != "fractional" else hi * (1 + 1e-12)))
+    np.testing.assert_array_equal(np.isfinite(lo), np.isfinite(dp))
+    np.testing.assert_array_equal(np.isfinite(hi), np.isfinite(dp))
+    if costs != "fractional":  # integer costs: where the attack bounds agree they are the DP's value
+        agree = roe._as_attack(lo) == roe._as_attack(hi)
+        np.testing.assert_array_equal(roe._as_attack(lo)[agree], roe._as_attack(dp)[agree])
+    if costs == "fractional":  # _fits_budget is used for integer costs only (exact sums)
+        return
+    # reduced-cost fixing at the LP price (and at other prices: any lam >= 0 is valid) against the DP
+    for price in (lam, lam + rng.random(Q), np.zeros(Q)):
+        for budget in (np.floor(np.where(np.isfinite(dp), dp, 5.0)), np.floor(np.where(np.isfinite(dp), dp, 5.0)) - 1,
+                       np.ceil(np.where(np.isfinite(lo), lo, 5.0))):
+            fits = roe._fits_budget(g3, g2, g1, need, price, budget)
+            np.testing.assert_array_equal(fits, dp <= budget)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seeds, st.integers(2, 20), st.integers(3, 6))
+def test_whitebox_per_point_joint_is_block_independent_monotone_and_at_least_auto(seed, M, K):
+    rng = np.random.default_rng(seed)
+    t = 12
+    s, vc, pc = _wb_inputs(rng, t, M, K, "integer")
+    saved = roe._JOINT_BUDGET
+    roe._JOINT_BUDGET = int(rng.integers(20, 400))  # admitted for some points' gaps only
+    try:
+        one = roe.whitebox_roe(s, vc, pc, joint="per_point", block_size=1)
+        blocks = roe.whitebox_roe(s, vc, pc, joint="per_point", block_size=int(rng.integers(2, 13)))
+        auto = roe.whitebox_roe(s, vc, pc, joint="auto", block_size=int(rng.integers(1, 13)))
+        more = vc + rng.integers(0, 3, size=vc.shape)
+        higher = roe.whitebox_roe(s, more, pc, joint="per_point")
+    finally:
+        roe._JOINT_BUDGET = saved
+    np.testing.assert_array_equal(one.radius, blocks.radius)
+    assert np.all(auto.radius <= one.radius)
+    assert np.all(higher.radius >= one.radius)
+    assert np.all(one.radius >= roe.whitebox_roe(s, vc, pc, joint=False).radius)

@@ -25,15 +25,32 @@ bit for bit.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
-from ..cluster import check_workers, local_cluster, reset_worker_peaks, resilient_map
+from ..cluster import check_workers, local_cluster, quiet_reconnection, reset_worker_peaks, resilient_map
 from ..procmem import reset_peak_rss
 from ..provenance import Provenance
 
+if TYPE_CHECKING:  # Dask is imported where it is used (about a second that in-process runs do not need)
+    from distributed import Client, LocalCluster
+
 logger = logging.getLogger("kernelcert.pipeline")
+
+
+class ExecutionSettings(Protocol):
+    """What `make_backend` reads of an `[execution]` config section (`schema.ExecutionConfig`)."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def workers(self) -> int: ...
+
+    @property
+    def scheduler(self) -> str | None: ...
 
 
 class Backend(abc.ABC):
@@ -50,22 +67,22 @@ class Backend(abc.ABC):
         `unit_memory_mb(task)`: an estimate of a task's memory, named when a task kills its workers."""
 
     @abc.abstractmethod
-    def prepare(self, provenance: Provenance) -> None:
-        """Before a run's units: reset peak-memory marks; refuse workers unlike `provenance`."""
+    def prepare(self, provenance: Provenance, largest_unit_mb: float | None = None) -> None:
+        """Before a run's units: reset peak-memory marks; refuse workers unlike `provenance`.
+        `largest_unit_mb`: the memory the largest unit to compute needs (named if workers die for memory)."""
 
     def close(self) -> None:
         """Release workers and connections (idempotent)."""
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """JSON-able description for run summaries."""
         return {"name": self.name}
 
-    def __enter__(self):
+    def __enter__(self) -> "Backend":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
 
 
 class InProcessBackend(Backend):
@@ -74,14 +91,16 @@ class InProcessBackend(Backend):
     name = "inprocess"
     in_process = True
 
-    def map(self, fn, tasks, shared, max_in_flight=None, unit_memory_mb=None):
+    def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
+            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
         for task in tasks:
             yield task, fn(task, shared)
 
-    def prepare(self, provenance: Provenance) -> None:
+    def prepare(self, provenance: Provenance, largest_unit_mb: float | None = None) -> None:
         reset_peak_rss()
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.name, "workers": 1}
 
 
@@ -97,7 +116,7 @@ class DaskBackend(Backend):
     name = "dask"
 
     def __init__(self, address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
-                 memory_limit: str | int = "auto", connect_timeout: str = "20s"):
+                 memory_limit: str | int = "auto", connect_timeout: str = "20s") -> None:
         try:
             from dask.distributed import Client
         except ImportError as exc:  # pragma: no cover - dask is a declared dependency
@@ -110,8 +129,9 @@ class DaskBackend(Backend):
                 raise ValueError(f"threads_per_worker must be a positive integer, got {threads_per_worker!r}")
         self.address = address
         self._tag = uuid.uuid4().hex[:8]
-        self._cluster = None
-        self._client = None
+        self._cluster: LocalCluster | None = None
+        self._client: Client | None = None
+        self._quiet = contextlib.ExitStack()  # Dask's log of a lost scheduler, while this backend is open
         if address is None:
             self._cluster = local_cluster(n_workers, threads_per_worker, memory_limit)
             self._client = Client(self._cluster)
@@ -124,28 +144,36 @@ class DaskBackend(Backend):
             except (OSError, TimeoutError) as exc:
                 raise ValueError(f"cannot connect to the Dask scheduler at {address!r}: {exc}") from None
             self.kind = "dask"
+        self._quiet.enter_context(quiet_reconnection())  # a lost scheduler ends the run in one line
 
     @property
-    def client(self):
+    def client(self) -> Client:
+        """The connected Dask client (RuntimeError once closed)."""
+        if self._client is None:
+            raise RuntimeError("this Dask backend is closed")
         return self._client
 
     def n_workers(self) -> int:
-        return len(self._client.scheduler_info().get("workers", {}))
+        """Number of workers the scheduler knows now."""
+        return len(self.client.scheduler_info().get("workers", {}))
 
-    def map(self, fn, tasks, shared, max_in_flight: int | None = None, unit_memory_mb=None):
+    def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
+            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
         """Submit tasks lazily, at most `max_in_flight` at a time (default 2 per worker + 1), so that a
         generator of tasks is never materialised; yields (task, result) in completion order
         (`kernelcert.cluster.resilient_map`: lost workers survived, clear errors otherwise)."""
         limit = max_in_flight if max_in_flight is not None else 2 * max(1, self.n_workers()) + 1
-        yield from resilient_map(self._client, fn, tasks, shared, max_in_flight=limit, tag=self._tag,
+        yield from resilient_map(self.client, fn, tasks, shared, max_in_flight=limit, tag=self._tag,
                                  unit_memory_mb=unit_memory_mb)
 
-    def prepare(self, provenance: Provenance) -> None:
-        check_workers(self._client, provenance)
-        reset_worker_peaks(self._client)
+    def prepare(self, provenance: Provenance, largest_unit_mb: float | None = None) -> None:
+        check_workers(self.client, provenance, largest_unit_mb)
+        reset_worker_peaks(self.client)
 
-    def describe(self) -> dict:
-        info = {"name": self.kind, "address": self._client.scheduler.address if self._client else None}
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.kind,
+                                "address": getattr(self._client.scheduler, "address", None) if self._client else None}
         try:
             info["workers"] = self.n_workers()
         except Exception:  # noqa: BLE001 - informational only
@@ -154,14 +182,15 @@ class DaskBackend(Backend):
 
     def close(self) -> None:
         if self._client is not None:
-            self._client.close()
+            self._client.close()  # after a lost scheduler this cancels the reconnection: not printed
             self._client = None
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+        self._quiet.close()
 
 
-def make_backend(execution=None, *, kind: str | None = None, workers: int | None = None,
+def make_backend(execution: ExecutionSettings | None = None, *, kind: str | None = None, workers: int | None = None,
                  scheduler: str | None = None) -> Backend:
     """Backend from an `ExecutionConfig` (or from keyword arguments).
 

@@ -1,8 +1,12 @@
-"""`[exactness] refine = true`: EnsembleCert radii refined until proven exact, after aggregation.
+"""`[exactness] refine = true`: EnsembleCert and white-box ROE radii refined, after aggregation.
 
 The aggregation gives EnsembleCert a lower radius (from the class-cost lower bounds) and an upper one
 (from verified attacks); where they differ, `kernelcert.refine.refine_ensemblecert` solves exactly
-only the per-partition class costs that can change the knapsack optimum (docs/math.md §4.3). The
+only the per-partition class costs that can change the knapsack optimum (docs/math.md §4.3).
+White-box ROE reads the same class-cost lower bounds as vote costs; `kernelcert.refine.refine_whitebox_roe`
+refines the ones below its attack size until its radius is proven equal to the certificate at the
+exact costs ("resolved"; still a lower bound on the true radius, so its `exact` column stays 0), reusing
+the costs the EnsembleCert step already solved for the same models. The
 stored evidence holds costs, not label weights, so the weights of the test points it needs are
 recomputed here for the partitions it touches: the partition's Gram, the learner fitted on it (as
 in the work unit, same config, so the same model) and the kernel rows of those test points only.
@@ -21,20 +25,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .._validation import argmax_smallest
 from ..learners import onehot
-from ..refine import PartitionSolver, refine_ensemblecert
-from .aggregate import MethodResult
+from ..evidence import Evidence
+from ..refine import PartitionSolver, refine_ensemblecert, refine_whitebox_roe
+from .aggregate import MethodResult, agg_block_rows
 from .config import RunConfig, make_kernel, make_learner
 from .plan import RunPlan
 from .store import UnitFile, decode_block, read_stored_block
 from .unit import kernel_block_bytes
 
 REFINED_METHOD = "ensemblecert"
+WHITEBOX_METHOD = "whitebox_roe"
 MODEL_TOLERANCE = 1e-9  # relative: recomputed weights vs the unit's (rounding-level differences only)
 _SCORE_TOLERANCE = 1e-11
 
@@ -50,7 +57,7 @@ class _PartitionWeights:
         kern = make_kernel(cfg.kernel, max_block_bytes=kernel_block_bytes(cfg.execution))
         fn = kern.ntk if cfg.kernel.kind == "ntk" else kern.nngp
         self.evaluate = functools.partial(fn, dtype=np.dtype(cfg.kernel.dtype))
-        self.models: dict[int, object] = {}
+        self.models: dict[int, Any] = {}  # fitted learners (`make_learner(...).fit(...)`)
 
     def labels(self) -> list[np.ndarray]:
         return [self.plan.y_train[u.train_index] for u in self.units]
@@ -76,11 +83,79 @@ class _PartitionWeights:
         return self.models[j].label_weights(self.evaluate(self.plan.x_test[np.asarray(rows)], x))
 
 
+def _present(ev: Evidence, *names: str) -> list[np.ndarray]:
+    """The evidence fields `names`, which the stored units must provide (ValueError naming the first missing)."""
+    out = []
+    for name in names:
+        value = getattr(ev, name)
+        if value is None:
+            raise ValueError(f"the stored evidence has no {name!r}; the refinement needs it")
+        out.append(value)
+    return out
+
+
+def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], r: MethodResult, target, j: int,
+                     weights: _PartitionWeights, solved, budget: float) -> tuple[MethodResult, dict, bool]:
+    """White-box ROE of one (learner, N_p): `refine_whitebox_roe` over blocks of test points (the
+    aggregation's block size), starting from the stored cost bounds tightened by `solved` (rows, lower,
+    upper of the EnsembleCert step on the same models, or None). Returns the result with raised radii,
+    its summary entry and whether the budget ran out. The entry lists the examined points left
+    unresolved (`points_unresolved`, test-point indices); points the budget did not reach
+    (`points_examined` < t) count as unresolved in the fractions."""
+    t0 = time.process_time()
+    t = len(plan.y_test)
+    n_train = len(plan.y_train)
+    members = [files[k] for k in target.units]
+    fields = ("votes", "scores", "cost_lower", "cost_upper", "pair_costs", "fallback")
+    B = agg_block_rows(len(members), plan.num_classes, cfg.execution)
+    radius = r.radius.copy()
+    before = np.zeros(t, bool)
+    after = np.zeros(t, bool)
+    examined = np.zeros(t, bool)
+    counts = {"problems": 0, "rounds": 0, "time_limits": 0, "near_ties": 0, "rows_not_reproduced": 0}
+    ran_out = False
+    for s0 in range(0, t, B):
+        left = budget - (time.process_time() - t0)
+        if left <= 0:
+            ran_out = True
+            break
+        rows = np.arange(s0, min(t, s0 + B))
+        ev = decode_block(read_stored_block(members, j, s0, rows[-1] + 1, fields))
+        lower, upper, pairs, fallback = _present(ev, "cost_lower", "cost_upper", "pair_costs", "fallback")
+        L, U = lower.copy(), upper.copy()
+        if solved is not None:
+            done_rows, done_lo, done_hi = solved
+            pos = np.searchsorted(done_rows, rows)
+            hit = (pos < len(done_rows)) & (done_rows[np.minimum(pos, len(done_rows) - 1)] == rows)
+            L[hit] = np.maximum(L[hit], done_lo[pos[hit]])
+            U[hit] = np.minimum(U[hit], done_hi[pos[hit]])
+        solver = PartitionSolver(lambda m, rr: weights(m, rows[rr]), weights.labels(), plan.num_classes,
+                                 time_limit=cfg.exactness.time_limit, model_tolerance=MODEL_TOLERANCE,
+                                 accept=weights.matches(ev.scores, ev.votes))
+        res = refine_whitebox_roe(ev.scores, L, U, pairs, solver, fallback=fallback, budget_seconds=left,
+                                  max_radius=n_train)
+        ran_out |= res.budget_exhausted
+        radius[rows] = np.maximum(radius[rows], np.minimum(res.radius, n_train))
+        before[rows], after[rows], examined[rows] = res.resolved_before, res.resolved, True
+        counts["problems"] += res.problems
+        counts["rounds"] = max(counts["rounds"], res.rounds)
+        counts["time_limits"] += solver.timed_out
+        counts["near_ties"] += solver.near_tie
+        counts["rows_not_reproduced"] += solver.rejected
+    entry = {"learner": r.learner, "num_partitions": r.num_partitions, "method": r.method,
+             "resolved_fraction_before": float(before.mean()), "resolved_fraction_after": float(after.mean()),
+             "radius_raised": int(np.count_nonzero(radius > r.radius)), "points_examined": int(examined.sum()),
+             "points_unresolved": np.flatnonzero(examined & ~after).tolist(), **counts,
+             "partitions_refitted": len(weights.models), "cpu_seconds": time.process_time() - t0}
+    return dataclasses.replace(r, radius=radius), entry, ran_out
+
+
 def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], results: list[MethodResult],
                    run_seconds: float) -> tuple[list[MethodResult], dict]:
-    """Refine every EnsembleCert result whose radius is not proven exact everywhere. `run_seconds`: the
-    run's wall time so far (the recorded unit times are used when larger, e.g. on a resumed run).
-    Returns the results (EnsembleCert ones with `exact_before` set) and the summary block `exactness`."""
+    """Refine every EnsembleCert result whose radius is not proven exact everywhere, and every white-box
+    ROE result (`_refine_whitebox`). `run_seconds`: the run's wall time so far (the recorded unit times
+    are used when larger, e.g. on a resumed run). Returns the results (EnsembleCert ones with
+    `exact_before` set, white-box ROE ones with raised radii) and the summary block `exactness`."""
     ex = cfg.exactness
     # the run's time: this process so far, or the recorded unit times when units were reused
     unit_seconds = sum(float(f.meta()["seconds"]["total"]) for f in files.values())
@@ -94,13 +169,27 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
     learner_index = {lc.name: j for j, lc in enumerate(cfg.learners)}
     out, rows = [], []
     exhausted = False
+    weights_of: dict[tuple[int, int], _PartitionWeights] = {}  # refitted models, shared by both methods
+    solved: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # EnsembleCert's refined costs
     with threadpool_limits(limits=cfg.execution.blas_threads, user_api="blas"):
         for r in results:
+            if r.method == WHITEBOX_METHOD:
+                j = learner_index[r.learner]
+                key = (j, r.num_partitions)
+                if key not in weights_of:
+                    weights_of[key] = _PartitionWeights(cfg, plan, targets[r.num_partitions].units, j)
+                left = budget - (time.process_time() - t0)
+                r2, entry, ran_out = _refine_whitebox(cfg, plan, files, r, targets[r.num_partitions], j,
+                                                      weights_of[key], solved.get(key), left)
+                exhausted |= ran_out
+                out.append(r2)
+                rows.append(entry)
+                continue
             if r.method != REFINED_METHOD:
                 out.append(r)
                 continue
             before = r.exact.copy()
-            entry = {"learner": r.learner, "num_partitions": r.num_partitions,
+            entry = {"learner": r.learner, "num_partitions": r.num_partitions, "method": r.method,
                      "exact_fraction_before": float(before.mean()), "exact_fraction_after": float(before.mean()),
                      "problems": 0, "rounds": 0, "time_limits": 0, "near_ties": 0, "rows_not_reproduced": 0,
                      "partitions_refitted": 0,
@@ -117,19 +206,23 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
             ev = decode_block(read_stored_block(members, j, 0, len(plan.y_test),
                                                 ("votes", "scores", "cost_lower", "cost_upper")))
             open_rows = np.flatnonzero(~before)
-            weights = _PartitionWeights(cfg, plan, target.units, j)
+            weights = weights_of.setdefault((j, r.num_partitions), _PartitionWeights(cfg, plan, target.units, j))
             solver = PartitionSolver(lambda m, rr: weights(m, open_rows[rr]), weights.labels(), plan.num_classes,
                                      time_limit=ex.time_limit, model_tolerance=MODEL_TOLERANCE,
                                      accept=weights.matches(ev.scores[open_rows], ev.votes[open_rows]))
             t1 = time.process_time()
-            res = refine_ensemblecert(ev.votes[open_rows], ev.cost_lower[open_rows], ev.cost_upper[open_rows],
+            lower, upper = _present(ev, "cost_lower", "cost_upper")
+            res = refine_ensemblecert(ev.votes[open_rows], lower[open_rows], upper[open_rows],
                                       plan.num_classes, solver, budget_seconds=left, max_radius=len(plan.y_train))
             exhausted |= res.budget_exhausted
-            radius, upper, exact = r.radius.copy(), r.radius_upper.copy(), before.copy()
+            solved[(j, r.num_partitions)] = (open_rows, res.cost_lower, res.cost_upper)
+            if r.radius_upper is None:  # pragma: no cover - EnsembleCert always bounds from both sides
+                raise ValueError(f"{r.method} result of {r.learner}, N_p = {r.num_partitions} has no radius_upper")
+            radius, rad_up, exact = r.radius.copy(), r.radius_upper.copy(), before.copy()
             radius[open_rows] = np.maximum(radius[open_rows], res.radius_lower)
-            upper[open_rows] = np.minimum(upper[open_rows], res.radius_upper)
-            exact[open_rows] = radius[open_rows] == upper[open_rows]
-            out.append(dataclasses.replace(r, radius=radius, radius_upper=upper, exact=exact, exact_before=before))
+            rad_up[open_rows] = np.minimum(rad_up[open_rows], res.radius_upper)
+            exact[open_rows] = radius[open_rows] == rad_up[open_rows]
+            out.append(dataclasses.replace(r, radius=radius, radius_upper=rad_up, exact=exact, exact_before=before))
             entry.update(exact_fraction_after=float(exact.mean()), problems=res.problems, rounds=res.rounds,
                          time_limits=solver.timed_out, near_ties=solver.near_tie, rows_not_reproduced=solver.rejected,
                          partitions_refitted=len(weights.models), cpu_seconds=time.process_time() - t1)
@@ -141,19 +234,33 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
 
 
 def exactness_markdown(block: dict) -> str:
-    """Report section: EnsembleCert radii proven exact before and after the refinement, and its cost."""
+    """Report section: EnsembleCert radii proven exact and white-box ROE radii resolved, before and
+    after the refinement, and its cost."""
+    ens = [r for r in block["results"] if r.get("method", REFINED_METHOD) == REFINED_METHOD]
+    wb = [r for r in block["results"] if r.get("method") == WHITEBOX_METHOD]
     lines = ["", "## Exactness refinement", "",
-             "EnsembleCert radii where the lower- and upper-cost radii differed were refined by solving the "
-             "per-partition class costs of the lower-bound plan exactly (`kernelcert.refine`, docs/math.md §4.3); "
+             "Per-partition class costs that can change a radius were solved exactly (`kernelcert.refine`, "
+             "docs/math.md §4.4); "
              f"CPU time {block['cpu_seconds']:.2f} s (budget {block['budget_cpu_seconds']:.1f} s"
              f"{', exhausted' if block['budget_exhausted'] else ''}; the run before it took "
-             f"{block['run_seconds_before']:.1f} s).", "",
-             "| learner | N_p | exact before | exact after | problems | time limits | partitions refitted | s |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['learner']} | {r['num_partitions']} | {r['exact_fraction_before']:.4f} | "
-              f"{r['exact_fraction_after']:.4f} | {r['problems']} | {r['time_limits']} | {r['partitions_refitted']} | "
-              f"{r['cpu_seconds']:.2f} |" for r in block["results"]]
+             f"{block['run_seconds_before']:.1f} s)."]
+    if ens:
+        lines += ["", "EnsembleCert: radii proven exact (lower- and upper-cost radii equal).", "",
+                  "| learner | N_p | exact before | exact after | problems | time limits | partitions refitted | s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['learner']} | {r['num_partitions']} | {r['exact_fraction_before']:.4f} | "
+                  f"{r['exact_fraction_after']:.4f} | {r['problems']} | {r['time_limits']} | "
+                  f"{r['partitions_refitted']} | {r['cpu_seconds']:.2f} |" for r in ens]
+    if wb:
+        lines += ["", "White-box ROE: radii *resolved*, i.e. proven equal to the certificate at the exact per-class "
+                  "costs (a lower bound on the true radius, so the `exact` column stays 0); radii raised by the "
+                  "refined costs.", "",
+                  "| learner | N_p | resolved before | resolved after | radii raised | problems | time limits | s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['learner']} | {r['num_partitions']} | {r['resolved_fraction_before']:.4f} | "
+                  f"{r['resolved_fraction_after']:.4f} | {r['radius_raised']} | {r['problems']} | "
+                  f"{r['time_limits']} | {r['cpu_seconds']:.2f} |" for r in wb]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["refine_results", "exactness_markdown", "REFINED_METHOD", "MODEL_TOLERANCE"]
+__all__ = ["refine_results", "exactness_markdown", "REFINED_METHOD", "WHITEBOX_METHOD", "MODEL_TOLERANCE"]

@@ -72,8 +72,8 @@ class RunPlan:
     targets: tuple[AggregationTarget, ...]
     # what the kernel is evaluated on: the features, or for a precomputed kernel the index rows
     # (split, row) of `PrecomputedKernel.train_points` / `test_points`
-    k_train: np.ndarray = field(default=None, repr=False)
-    k_test: np.ndarray = field(default=None, repr=False)
+    k_train: np.ndarray = field(repr=False)
+    k_test: np.ndarray = field(repr=False)
 
     @property
     def fa_shifts(self) -> dict:
@@ -118,7 +118,7 @@ def precomputed_inputs(cfg: RunConfig, idx_train: np.ndarray, idx_test: np.ndarr
             raise ConfigError(f"config [kernel]: {path} has {n} rows but the data has {what} sample {int(idx.max())} "
                               f"(rows follow the dataset's full {what} split, before classes / n_train / n_test)")
     stats = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns)
-             for p in (kc.train_train, kc.test_train)]
+             for p in (kc.train_train, kc.test_train) if p is not None]
     return (PrecomputedKernel.train_points(idx_train), PrecomputedKernel.test_points(idx_test),
             hashlib.sha256(json.dumps(stats).encode()).hexdigest())
 
@@ -135,6 +135,8 @@ def _digest(*arrays) -> str:
 def _fa_sets(cfg: RunConfig, x: np.ndarray, k: int):
     """Training index sets of the k*d FA learners and the shifts (docs/math.md §5)."""
     fa = cfg.fa
+    if fa is None:
+        raise ConfigError("config: no [fa] section")
     n = len(x)
     kw = {"seed": fa.hash_seed} if fa.rule == "seeded_hash" else {}
     try:
@@ -168,7 +170,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     if problems:
         raise ConfigError.of(problems)
     needs_raw = cfg.partition.rule == "dpa_hash" or (cfg.fa is not None and cfg.fa.rule == "dpa_hash")
-    x_raw = None
+    x_raw = x_tr  # replaced by the unscaled pixels where a rule needs them
     if needs_raw:  # integer pixels for the DPA pixel-sum hash: the same subsample, unscaled
         x_raw, y_raw, _, y_te_raw, *_ = load_data(cfg, raw=True)
         if len(x_raw) != n or not np.array_equal(y_raw, y_tr) or not np.array_equal(y_te_raw, y_te):

@@ -6,7 +6,8 @@
 2. Compute the work units not already stored (`unit`, on a `backends` backend), writing each
    atomically as soon as it arrives, so a killed run resumes without recomputing finished units.
 3. Aggregate every registered method on every target (`aggregate`); with `[exactness] refine = true`
-   refine the EnsembleCert radii that are not proven exact (`exactness`); then write `points.csv`,
+   refine the EnsembleCert radii not proven exact and the white-box ROE radii not resolved at exact
+   class costs (`exactness`); then write `points.csv`,
    `summary.json` (`summary`), plots and `report.md` (`report`); these are recomputed on every
    run, which is cheap.
 
@@ -34,17 +35,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from ..endings import InterruptGuard, clear_ending
 from ..provenance import Provenance, resolved_device
 from ..runlock import RunLock
 
 from .aggregate import MethodResult, aggregate
-from .backends import make_backend
+from .backends import Backend, make_backend
 from .config import RunConfig, config_from_dict, load_config
 from .exactness import exactness_markdown, refine_results
 from .methods import evidence_level
-from .plan import check_c_max, plan_run
+from .plan import RunPlan, UnitSpec, check_c_max, plan_run
 from .progress import Progress
 from .report import markdown_report, write_plots
 from .store import (UnitFile, adopt_units, atomic_write_text, check_unit, older_format_runs, prepare_run_dir,
@@ -61,7 +63,7 @@ class RunResult:
 
     run_dir: Path
     config_hash: str
-    summary: dict
+    summary: dict[str, Any]
     results: tuple[MethodResult, ...] = field(repr=False)
     points_path: Path
     summary_path: Path
@@ -76,7 +78,7 @@ def run_directory(cfg: RunConfig) -> Path:
     return Path(cfg.output.dir) / f"{cfg.output.name}-{cfg.hash()[:12]}"
 
 
-def _as_config(config) -> RunConfig:
+def _as_config(config: RunConfig | str | os.PathLike[str] | dict[str, Any]) -> RunConfig:
     if isinstance(config, (str, os.PathLike)):
         return load_config(config)
     if isinstance(config, dict):
@@ -93,8 +95,14 @@ def _remove_if_empty(run_dir: Path, created: bool) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str, provenance: Provenance, guard,
-                   saved: set) -> None:
+def _unit_memory(cfg: RunConfig, plan: RunPlan) -> Callable[[int], float]:
+    """n_part -> about the peak memory of a work unit with n_part training points, in MiB."""
+    return functools.partial(unit_memory_mb, num_classes=plan.num_classes, num_learners=len(cfg.learners),
+                             ex=cfg.execution)
+
+
+def _compute_units(cfg: RunConfig, plan: RunPlan, todo: Sequence[UnitSpec], be: Backend, run_dir: Path,
+                   cfg_hash: str, provenance: Provenance, guard: InterruptGuard, saved: set[str]) -> None:
     levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
     execution = dataclasses.replace(cfg.execution, device=provenance.device)  # resolved once, here
     shared = SharedInputs(x_test=plan.k_test, num_classes=plan.num_classes, kernel=cfg.kernel,
@@ -102,8 +110,7 @@ def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str, provenance
                           provenance=provenance, progress=cfg.execution.progress and be.in_process)
     tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                       plan.y_train[u.train_index], u.fingerprint) for u in todo)
-    need = functools.partial(unit_memory_mb, num_classes=plan.num_classes, num_learners=len(cfg.learners),
-                             ex=cfg.execution)
+    need = _unit_memory(cfg, plan)
     with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
         for task, result in be.map(compute_unit, tasks, shared, unit_memory_mb=lambda t: need(len(t.y))):
             write_unit(unit_path(run_dir, task.key), result)
@@ -112,7 +119,8 @@ def _compute_units(cfg, plan, todo, be, run_dir: Path, cfg_hash: str, provenance
             guard.check()
 
 
-def _failing_units(cfg, plan, run_dir: Path, cfg_hash: str, provenance: Provenance, units) -> list:
+def _failing_units(cfg: RunConfig, plan: RunPlan, run_dir: Path, cfg_hash: str, provenance: Provenance,
+                   units: Sequence[UnitSpec]) -> list[UnitSpec]:
     """The units among `units` whose stored file does not pass every check (`store.check_unit`);
     logs how many stored files failed, with the first reasons."""
     t, K, L = len(plan.y_test), plan.num_classes, len(cfg.learners)
@@ -132,7 +140,8 @@ def _failing_units(cfg, plan, run_dir: Path, cfg_hash: str, provenance: Provenan
     return failing
 
 
-def run(config, *, backend=None) -> RunResult:
+def run(config: RunConfig | str | os.PathLike[str] | dict[str, Any], *, backend: Backend | None = None
+        ) -> RunResult:
     """Run (or resume) the certification described by `config` (RunConfig, path to a TOML file or dict).
 
     `backend`: an open `kernelcert.pipeline.backends.Backend` to use instead of the configured one.
@@ -150,7 +159,7 @@ def run(config, *, backend=None) -> RunResult:
         lock.release()
 
 
-def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunResult:
+def _run(cfg: RunConfig, backend: Backend | None, lock: RunLock, guard: InterruptGuard) -> RunResult:
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     cfg_hash = cfg.hash()
@@ -162,13 +171,14 @@ def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunRe
             logger.warning("%d run director%s of an older kernelcert format (e.g. %s) %s not reused; this run "
                            "computes its results in %s", len(old), "y" if len(old) == 1 else "ies", old[-1],
                            "is" if len(old) == 1 else "are", run_dir)
-    provenance = Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype)
     prepare_run_dir(cfg.output.dir, run_dir, cfg_hash,
                     {"hash": cfg_hash, "hash_payload": cfg.hash_payload(), "config": cfg.to_dict()}, lock)
     logger.info("run directory %s (config hash %s)", run_dir, cfg_hash[:12])
     for other in (same_config_runs(cfg.output.dir, run_dir, cfg_hash) if created else []):
         logger.info("reusing %d work units of %s (same config hash)", adopt_units(other, run_dir), other)
     try:
+        # after the lock (a second client stops before the device is set up), before any data is loaded
+        provenance = Provenance.current(resolved_device(cfg.execution.device), cfg.kernel.dtype)
         t0 = time.perf_counter()
         plan = plan_run(cfg)
         timings["data_and_partitions"] = time.perf_counter() - t0
@@ -183,14 +193,14 @@ def _run(cfg: RunConfig, backend, lock: RunLock, guard: InterruptGuard) -> RunRe
     logger.info("%d work units: %d already done (skipped), %d to compute", len(plan.units), len(done), len(todo))
 
     t0 = time.perf_counter()
-    computed: set = set()
+    computed: set[str] = set()
     be = make_backend(cfg.execution) if backend is None else backend
     try:
         with clear_ending(len(plan.units), lambda: len(done | computed), run_dir):
             backend_info = be.describe()
             for _ in range(2):  # a unit failing its checks right after being written is computed once more
                 if todo:
-                    be.prepare(provenance)
+                    be.prepare(provenance, largest_unit_mb=_unit_memory(cfg, plan)(max(u.size for u in todo)))
                     try:
                         _compute_units(cfg, plan, sorted(todo, key=lambda u: -u.size), be, run_dir, cfg_hash,
                                        provenance, guard, computed)

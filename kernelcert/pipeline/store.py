@@ -23,8 +23,10 @@ import struct
 import uuid
 import zipfile
 from pathlib import Path
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ..evidence import FIELD_LEVEL, LEVELS, Evidence
 from ..integrity import Check, check_layout, digest_map, verify_digests
@@ -32,6 +34,9 @@ from ..provenance import Provenance
 from ..runlock import RunLock, unique_temp_path
 
 logger = logging.getLogger("kernelcert.pipeline")
+
+PathLike = str | os.PathLike[str]
+Layout = dict[str, tuple[Any, tuple[int, ...]]]  # member -> (dtype or tuple of allowed dtypes, shape)
 
 # Run-directory format. 1: the first release; 2: the config hash leaves out unset (None) fields;
 # 3: each unit file holds a `checksums` member and the producer's provenance in `meta`.
@@ -52,7 +57,7 @@ class RunDirError(ValueError):
 
 
 # --------------------------------------------------------------------------- atomic files
-def _atomic(path, write) -> None:
+def _atomic(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
     path = Path(path)
     tmp = unique_temp_path(path)
     try:
@@ -66,23 +71,24 @@ def _atomic(path, write) -> None:
             tmp.unlink()
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically: a temporary file in the same directory, fsync, os.replace."""
     _atomic(path, lambda f: f.write(data))
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path: PathLike, text: str) -> None:
     """Atomic text write (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_save_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
     """np.savez (uncompressed, so rows can be read in place) to a temporary file, then os.replace."""
-    _atomic(path, lambda f: np.savez(f, **arrays))
+    members: dict[str, Any] = dict(arrays)  # numpy's stubs type **kwds of savez narrowly
+    _atomic(path, lambda f: np.savez(f, **members))
 
 
 # --------------------------------------------------------------------------- flip-count encoding
-def to_counts(a: np.ndarray, dtype, what: str) -> np.ndarray:
+def to_counts(a: npt.ArrayLike, dtype: npt.DTypeLike, what: str) -> np.ndarray:
     """Float flip counts (inf = no attack) -> unsigned integers with the dtype's maximum as inf."""
     a = np.asarray(a, dtype=np.float64)
     sentinel = np.iinfo(dtype).max
@@ -94,7 +100,7 @@ def to_counts(a: np.ndarray, dtype, what: str) -> np.ndarray:
     return np.where(fin, a, sentinel).astype(dtype)
 
 
-def counts_to_float(a: np.ndarray) -> np.ndarray:
+def counts_to_float(a: npt.ArrayLike) -> np.ndarray:
     """Inverse of `to_counts`: float64 with inf where the dtype's maximum was stored."""
     a = np.asarray(a)
     out = a.astype(np.float64)
@@ -116,12 +122,13 @@ def evidence_fields(level: str) -> tuple[str, ...]:
     return tuple(f for f, lv in FIELD_LEVEL.items() if LEVELS.index(lv) <= top)
 
 
-def allocate_unit(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int) -> dict:
+def allocate_unit(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int
+                  ) -> dict[str, np.ndarray]:
     """Empty stored arrays of a unit holding `level` evidence of every learner on every test point."""
     pair_dtype = np.uint16 if n_train < np.iinfo(np.uint16).max else np.uint32
     trail = {"scores": (num_classes,), "cost_lower": (num_classes,), "cost_upper": (num_classes,),
              "pair_costs": (num_classes, num_classes)}
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for j in range(num_learners):
         for f in evidence_fields(level):
             name, dtype = _STORED[f]
@@ -129,7 +136,7 @@ def allocate_unit(num_learners: int, num_test: int, num_classes: int, level: str
     return out
 
 
-def put_evidence(arrays: dict, learner: int, rows: slice, ev: Evidence) -> None:
+def put_evidence(arrays: dict[str, np.ndarray], learner: int, rows: slice, ev: Evidence) -> None:
     """Write learner `learner`'s evidence on test points `rows` into the arrays of `allocate_unit`."""
     for f, (name, _) in _STORED.items():
         key = f"L{learner}.{name}"
@@ -148,7 +155,7 @@ class UnitFile:
     the bytes of rows start..stop of a C-ordered array (one open/seek/read).
     """
 
-    def __init__(self, path):
+    def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         self._index: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
         with zipfile.ZipFile(self.path) as zf, open(self.path, "rb") as f:
@@ -174,13 +181,13 @@ class UnitFile:
                     raise ValueError(f"{self.path}: member {info.filename} holds Python objects")
                 self._index[info.filename[:-4]] = (f.tell(), dtype, tuple(shape))
 
-    def __contains__(self, name) -> bool:
+    def __contains__(self, name: object) -> bool:
         return name in self._index
 
-    def shape(self, name) -> tuple[int, ...]:
+    def shape(self, name: str) -> tuple[int, ...]:
         return self._index[name][2]
 
-    def data_offset(self, name) -> int:
+    def data_offset(self, name: str) -> int:
         """Byte offset in the file of member `name`'s first element (after its .npy header)."""
         return self._index[name][0]
 
@@ -204,21 +211,22 @@ class UnitFile:
         arr = np.frombuffer(buf, dtype=dtype)
         return arr.reshape((stop - start,) + shape[1:]) if shape else arr.reshape(())
 
-    def meta(self) -> dict:
+    def meta(self) -> dict[str, Any]:
         """The unit's JSON metadata."""
         return json.loads(str(self.rows("meta")[()]))
 
 
-def read_stored_block(files, learner: int, start: int, stop: int, fields) -> dict:
+def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop: int, fields: Sequence[str]
+                      ) -> dict[str, np.ndarray]:
     """Rows start..stop of learner `learner`'s stored evidence `fields`, stacked over the unit files
     (axis 1), in their compact stored dtypes (what an aggregation task ships to a worker)."""
     return {f: np.stack([uf.rows(f"L{learner}.{_STORED[f][0]}", start, stop) for uf in files], axis=1)
             for f in fields}
 
 
-def decode_block(stored: dict) -> Evidence:
+def decode_block(stored: dict[str, np.ndarray]) -> Evidence:
     """The stacked `Evidence` of a `read_stored_block` result (float64 costs with inf, int64 votes)."""
-    kw = {}
+    kw: dict[str, Any] = {}
     for f, a in stored.items():
         if f in _COUNTS:
             a = counts_to_float(a)
@@ -230,18 +238,18 @@ def decode_block(stored: dict) -> Evidence:
     return Evidence(**kw)
 
 
-def write_unit(path, arrays: dict[str, np.ndarray]) -> None:
+def write_unit(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write a unit's arrays (meta included) atomically, with a `checksums` member covering every one."""
     atomic_save_npz(path, {**arrays, CHECKSUMS: np.array(json.dumps(digest_map(arrays)))})
 
 
-def unit_layout(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int) -> dict:
+def unit_layout(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int) -> Layout:
     """{member: (dtype, shape)} of the evidence members a unit must hold (meta and checksums aside)."""
     arrays = allocate_unit(num_learners, num_test, num_classes, level, n_train)  # np.empty: no memory touched
     return {name: (a.dtype, a.shape) for name, a in arrays.items()}
 
 
-def check_unit(path: Path, *, cfg_hash: str, fingerprint: str, provenance: Provenance, layout: dict) -> Check:
+def check_unit(path: Path, *, cfg_hash: str, fingerprint: str, provenance: Provenance, layout: Layout) -> Check:
     """Every check a stored unit must pass before it is trusted: readable zip and .npy headers, this
     format, config and inputs, computed in an environment equal to `provenance`, exactly the members
     of `layout` with their dtypes and shapes, and every member's content equal to its checksum."""
@@ -275,7 +283,8 @@ def check_unit(path: Path, *, cfg_hash: str, fingerprint: str, provenance: Prove
 
 
 # --------------------------------------------------------------------------- run directories
-def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict, lock: RunLock) -> Path:
+def prepare_run_dir(out_dir: PathLike, run_dir: Path, cfg_hash: str, config_json: dict[str, Any], lock: RunLock
+                    ) -> Path:
     """Create (or reuse) `run_dir` under `out_dir` after checking it is writable; refuse a directory of
     another config or another format version; take `lock` (one writer per run directory: `RunLocked`
     naming the holder) before touching anything inside."""
@@ -307,13 +316,13 @@ def prepare_run_dir(out_dir, run_dir: Path, cfg_hash: str, config_json: dict, lo
     return run_dir
 
 
-def older_format_runs(out_dir, name: str) -> list[Path]:
+def older_format_runs(out_dir: PathLike, name: str) -> list[Path]:
     """Run directories `<out_dir>/<name>-*` written by an older run-directory format (not reused)."""
     return sorted(p.parent for p in Path(out_dir).glob(f"{name}-*/config.json")
                   if (read_json(p, {}).get("hash_payload") or {}).get("format", FORMAT_VERSION) < FORMAT_VERSION)
 
 
-def same_config_runs(out_dir, run_dir: Path, cfg_hash: str) -> list[Path]:
+def same_config_runs(out_dir: PathLike, run_dir: Path, cfg_hash: str) -> list[Path]:
     """Other run directories `<out_dir>/*-<hash12>` of this very config (e.g. before the config file
     was renamed): their units can be reused."""
     return sorted(p.parent for p in Path(out_dir).glob(f"*-{cfg_hash[:12]}/config.hash")
@@ -336,11 +345,12 @@ def adopt_units(src_dir: Path, run_dir: Path) -> int:
     return count
 
 
-def unit_path(run_dir: Path, key: str) -> Path:
+def unit_path(run_dir: PathLike, key: str) -> Path:
+    """`<run_dir>/units/<key>.npz`."""
     return Path(run_dir) / "units" / f"{key}.npz"
 
 
-def read_json(path, default=None):
+def read_json(path: PathLike, default: Any = None) -> Any:
     """JSON content of `path` (default when it does not exist)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else default
