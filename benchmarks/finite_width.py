@@ -352,46 +352,78 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    """Two panels over the network width (log axis, ticks at the trained widths): the relative L2
+    distance of the networks' test outputs to the kernel model's (with the gradient-descent vs
+    gradient-flow floor and a width^-1/2 guide), and the agreement / attack-transfer rates. Colour =
+    task, line style = quantity (one legend per panel, below it); the setting is in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (name, t), colour in zip(result["tasks"].items(), ("C0", "C1", "C2")):
+    cfg = result["config"]
+    seeds = len(cfg["seeds"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colours = dict(zip(result["tasks"], ("C0", "C1", "C2")))
+    styles1 = {"one": ("o", "-", f"one network (mean ± sd over {seeds} seeds)" if seeds > 1 else "one network"),
+               "avg": ("s", "--", "seed-averaged outputs"),
+               "floor": ("", ":", "floor: GD steps vs gradient flow")}
+    styles2 = {"agreement": ("o", "-", "prediction agrees with the kernel model"),
+               "witness_flip_rate": ("^", "-", "certificate's witness attack flips the network"),
+               "witness_follows_kernel": ("d", "--", "network follows the attacked kernel model"),
+               "random_flip_rate": ("x", ":", "random flips of the same size flip it")}
+    attacked = {}
+    for name, t in result["tasks"].items():
+        c = colours[name]
         w = np.array([r["width"] for r in t["rows"]])
         m = np.array([r["rel_l2_mean"] for r in t["rows"]])
         sd = np.array([r["rel_l2_std"] for r in t["rows"]])
-        ax1.errorbar(w, m, yerr=sd, marker="o", color=colour, capsize=3, label=f"{t['label']}: one network")
+        ax1.errorbar(w, m, yerr=sd, marker="o", color=c, capsize=3)
         if t["rows"][0]["seeds"] > 1:
-            ax1.plot(w, [r["seed_mean_rel_l2"] for r in t["rows"]], "s--", color=colour, alpha=0.7,
-                     label=f"{t['label']}: seed-averaged outputs")
-        ax1.axhline(t["discretisation_floor"], color=colour, ls=":", lw=1)
-        ax2.plot(w, [r["agreement"] for r in t["rows"]], "o-", color=colour, label=f"{t['label']}: agreement")
+            ax1.plot(w, [r["seed_mean_rel_l2"] for r in t["rows"]], "s--", color=c, alpha=0.7)
+        ax1.axhline(t["discretisation_floor"], color=c, ls=":", lw=1)
+        ax2.plot(w, [r["agreement"] for r in t["rows"]], "o-", color=c)
         if t["rows"][-1]["attacked"]:
-            ax2.plot(w, [r["witness_flip_rate"] for r in t["rows"]], "^-", color=colour, alpha=0.8,
-                     label=f"{t['label']}: witness flips")
-            ax2.plot(w, [r["witness_follows_kernel"] for r in t["rows"]], "d--", color=colour, alpha=0.6,
-                     label=f"{t['label']}: net follows attacked kernel")
-            ax2.plot(w, [r["random_flip_rate"] for r in t["rows"]], "x:", color=colour, alpha=0.8,
-                     label=f"{t['label']}: random flips")
+            attacked[name] = len(t["attacked_points"])
+            for key, (marker, ls, _) in list(styles2.items())[1:]:
+                ax2.plot(w, [r[key] for r in t["rows"]], marker=marker, linestyle=ls, color=c, alpha=0.75)
     first = next(iter(result["tasks"].values()))["rows"]
     w0, m0 = first[0]["width"], first[0]["rel_l2_mean"]
     ws = np.array([first[0]["width"], first[-1]["width"]], float)
-    ax1.plot(ws, m0 * (ws / w0) ** -0.5, "k-", lw=0.8, alpha=0.5, label="slope -1/2")
-    ax1.set(xscale="log", yscale="log", xlabel="width", ylabel="rel. L2 distance to kernel (test outputs)",
-            title="distance to the NTK kernel model (dotted: GD-vs-flow floor)")
-    ax1.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 0.1))
-    ax2.set(xscale="log", xlabel="width", ylabel="rate", ylim=(-0.03, 1.03),
-            title="prediction agreement and attack transfer")
-    ax2.legend(fontsize=6.5, loc="center right")
-    for ax in (ax1, ax2):
+    ax1.plot(ws, m0 * (ws / w0) ** -0.5, "k-", lw=0.8, alpha=0.5)
+    ax1.set(xscale="log", yscale="log", xlabel="hidden width (units per layer)",
+            ylabel="||f_net - f_kernel|| / ||f_kernel||  (test outputs)",
+            title="relative L2 distance to the NTK kernel model")
+    ax2.set(xscale="log", xlabel="hidden width (units per layer)",
+            ylabel="fraction of test points (attacks: of attacked points)",
+            ylim=(-0.03, 1.03), title="prediction agreement and label-flip attack transfer")
+    task_handles = [Line2D([], [], color=colours[n], lw=6,
+                           label=t["label"] + (f" ({attacked[n]} attacked points)" if n in attacked else ""))
+                    for n, t in result["tasks"].items()]
+
+    def style_handles(styles: dict) -> list:
+        return [Line2D([], [], color="0.3", marker=mk, linestyle=ls, label=lab) for mk, ls, lab in styles.values()]
+
+    guide = [Line2D([], [], color="k", lw=0.8, alpha=0.5, label="guide: slope width^(-1/2)")]
+    if first[0]["seeds"] <= 1:
+        styles1.pop("avg")
+    for ax, handles in ((ax1, task_handles + style_handles(styles1) + guide),
+                        (ax2, task_handles + style_handles(styles2))):
         ax.set_xticks([r["width"] for r in first])
         ax.set_xticklabels([str(r["width"]) for r in first])
         ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+                  frameon=False)
+    tasks = next(iter(result["tasks"].values()))
+    act = {"relu": "ReLU", "erf": "erf"}.get(cfg["architecture"]["activation"], cfg["architecture"]["activation"])
+    fig.suptitle(f"Finite-width {act} networks vs their NTK limit: MNIST subsets "
+                 f"(n_train = {tasks['n_train']}, n_test = {tasks['n_test']}, {cfg['pool']}x{cfg['pool']}-pooled), "
+                 f"depth {cfg['architecture']['depth']}, {cfg['steps']} full-batch GD steps", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 

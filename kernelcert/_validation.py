@@ -7,12 +7,17 @@ TypeError (non-numeric data).
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Sized
 
 import numpy as np
+import numpy.typing as npt
 
 
-def as_float_array(name: str, a, ndim: int | tuple[int, ...] | None = None, dtype=np.float64) -> np.ndarray:
+def as_float_array(
+    name: str, a: npt.ArrayLike, ndim: int | tuple[int, ...] | None = None, dtype: npt.DTypeLike = np.float64
+) -> np.ndarray:
     """`a` as a float array; ValueError naming `name` on a wrong ndim or any NaN/inf entry."""
     arr = np.asarray(a)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -34,26 +39,30 @@ def as_float_array(name: str, a, ndim: int | tuple[int, ...] | None = None, dtyp
     return arr
 
 
-def check_finite(name: str, a, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+def check_finite(name: str, a: npt.ArrayLike, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
     """Float64 array with every entry finite (alias of `as_float_array` with float64)."""
     return as_float_array(name, a, ndim=ndim, dtype=np.float64)
 
 
-def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
     """A Python int (integral floats accepted, bools rejected) within [minimum, maximum]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    if not np.isfinite(value) or float(value) != int(value):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
+    if isinstance(value, (int, np.integer)):
+        result = int(value)
+    else:
+        as_float = float(value)
+        if not math.isfinite(as_float) or not as_float.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        result = int(as_float)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {result}")
+    return result
 
 
-def check_index_array(name: str, a, size: int, what: str) -> np.ndarray:
+def check_index_array(name: str, a: npt.ArrayLike, size: int, what: str) -> np.ndarray:
     """A non-empty 1-D integer array with entries in 0..size-1, as int64; `what` explains `size`
     in the error message (e.g. "k*d = 6 groups")."""
     arr = np.asarray(a)
@@ -66,19 +75,19 @@ def check_index_array(name: str, a, size: int, what: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def check_positive(name: str, value, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+def check_positive(name: str, value: object, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
     """A real number > 0 (>= 0 with allow_zero; +inf only with allow_inf) as a Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if np.isnan(value) or (np.isinf(value) and not (allow_inf and value > 0)):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return value
+    result = float(value)
+    if np.isnan(result) or (np.isinf(result) and not (allow_inf and result > 0)):
+        raise ValueError(f"{name} must be finite, got {result}")
+    if result < 0 or (result == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {result}")
+    return result
 
 
-def _check_labels(name: str, y, num_classes) -> tuple[np.ndarray, int]:
+def _check_labels(name: str, y: npt.ArrayLike, num_classes: int | None) -> tuple[np.ndarray, int]:
     arr = np.asarray(y)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
@@ -103,7 +112,7 @@ def _check_labels(name: str, y, num_classes) -> tuple[np.ndarray, int]:
     return arr, num_classes
 
 
-def check_labels(y, num_classes=None, *, name: str = "labels") -> tuple[np.ndarray, int]:
+def check_labels(y: npt.ArrayLike, num_classes: int | None = None, *, name: str = "labels") -> tuple[np.ndarray, int]:
     """Integer labels in 0..K-1 as int64 and the number of classes K (>= 2, >= max label + 1).
 
     `num_classes=None` infers `max(max label + 1, 2)` (only for callers whose labels are known to
@@ -113,24 +122,24 @@ def check_labels(y, num_classes=None, *, name: str = "labels") -> tuple[np.ndarr
     return _check_labels(name, y, num_classes)
 
 
-def check_gram(K, *, name: str = "K_train", rtol: float = 1e-8) -> np.ndarray:
+def check_gram(K: npt.ArrayLike, *, name: str = "K_train", rtol: float = 1e-8) -> np.ndarray:
     """A finite, square float64 matrix, symmetric within `rtol` times its largest |entry|.
 
     Returns the matrix as given (not symmetrised); positive semidefiniteness is not checked here.
     """
-    K = as_float_array(name, K, ndim=2)
-    if K.shape[0] != K.shape[1]:
-        raise ValueError(f"{name} must be square, got shape {K.shape}")
-    if K.shape[0] == 0:
+    gram = as_float_array(name, K, ndim=2)
+    if gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"{name} must be square, got shape {gram.shape}")
+    if gram.shape[0] == 0:
         raise ValueError(f"{name} is empty (no training samples)")
-    scale = float(np.max(np.abs(K)))
-    asym = float(np.max(np.abs(K - K.T)))
+    scale = float(np.max(np.abs(gram)))
+    asym = float(np.max(np.abs(gram - gram.T)))
     if asym > rtol * max(scale, 1e-300):
         raise ValueError(f"{name} is not symmetric (max |K - K.T| = {asym:.3g}, largest |entry| = {scale:.3g})")
-    return K
+    return gram
 
 
-def check_same_length(**arrays) -> int:
+def check_same_length(**arrays: int | np.integer | Sized) -> int:
     """All arguments have the same length (first axis; ints are taken as lengths); returns it.
 
     Example: `check_same_length(K_train=K, labels=y)`.
@@ -150,7 +159,7 @@ def check_columns(name: str, a: np.ndarray, expected: int, what: str = "training
         raise ValueError(f"{name} has {a.shape[1]} columns but the model has {expected} {what}")
 
 
-def check_weights(weights, num_train: int | None = None, *, name: str = "weights") -> np.ndarray:
+def check_weights(weights: npt.ArrayLike, num_train: int | None = None, *, name: str = "weights") -> np.ndarray:
     """Label weights as a finite float64 (t, n) array; n must equal `num_train` when given."""
     W = as_float_array(name, weights, ndim=2)
     if num_train is not None:

@@ -9,8 +9,10 @@ black-box aggregation certificates (docs/math.md §4-§5) through the run's meth
 (`kernelcert.pipeline.methods.REGISTRY`: dpa, dpa_roe, fa, fa_roe; DPA*+ROE, which needs several
 models per partition, is `kernelcert.roe.dpa_star_roe`) and writes what a run writes for its
 aggregation: `points.csv` (per test point: label, then prediction, radius and exactness per
-method), `summary.json` (clean and certified accuracy at the budgets, MCR in both conventions, the
-certified-accuracy curve) and plots. FA's k*d learners are the M models in learner order; the
+method), the same as a tidy long table (`points_long.parquet` when pyarrow is installed, else
+`points_long.csv`; read it with `kernelcert.read_points_long`), `summary.json` (clean and
+certified accuracy at the budgets, MCR in both conventions, the certified-accuracy curve) and
+plots. FA's k*d learners are the M models in learner order; the
 shifts default to the published FA code's draw (`random.seed(999999999 + 208);
 random.sample(range(k*d), d)`).
 
@@ -43,7 +45,8 @@ from .pipeline.config import DEFAULT_BUDGETS
 from .pipeline.methods import METHODS, REGISTRY
 from .pipeline.report import results_table, write_plots
 from .pipeline.store import atomic_write_text
-from .pipeline.summary import MCR_CONVENTIONS, method_summary, write_points
+from .pipeline.summary import (MCR_CONVENTIONS, method_summary, remove_stale_points_long, write_points,
+                               write_points_long)
 from .voting import row_blocks
 from .roe import DPA_STAR_SUMMATION, dpa_star_roe
 from .scores import EnsembleOutputs, read_ensemble_outputs
@@ -181,37 +184,49 @@ def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: 
     return AggregateOutput(tuple(results), summary, sh, seconds)
 
 
-def write_outputs(out: AggregateOutput, labels: np.ndarray, out_dir, *, plots: bool = True) -> list[Path]:
-    """points.csv, summary.json and (if `plots`) PNG plots into `out_dir`; returns their paths.
+def write_outputs(out: AggregateOutput, labels: np.ndarray, out_dir: str | os.PathLike[str], *,
+                  plots: bool = True) -> list[Path]:
+    """points.csv, the long per-point table (`_write_long_table`), summary.json and (if `plots`) PNG
+    plots into `out_dir`; returns their paths.
 
     All files are first written into a staging directory next to `out_dir` and only then moved in
     (one `os.replace` each), so a failure while writing leaves `out_dir` as it was.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    target = Path(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write_points(stage / "points.csv", labels, list(out.results))
+        long_name = _write_long_table(stage, labels, out)
         atomic_write_text(stage / "summary.json", json.dumps(out.summary, indent=1))
         pngs = write_plots(out.summary, stage) if plots else []
-        out_dir.mkdir(exist_ok=True)
-        names = ["points.csv", "summary.json"] + [Path(p).name for p in pngs]
+        target.mkdir(exist_ok=True)
+        names = ["points.csv", long_name, "summary.json"] + [Path(p).name for p in pngs]
         for n in names:
-            os.replace(stage / n, out_dir / n)
-        return [out_dir / n for n in names]
+            os.replace(stage / n, target / n)
+        remove_stale_points_long(target, long_name)
+        return [target / n for n in names]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _write_long_table(directory: Path, labels: np.ndarray, out: AggregateOutput) -> str:
+    """The tidy per-point table of `out` into `directory`, as a run writes it
+    (`kernelcert.pipeline.summary.write_points_long`: points_long.parquet with pyarrow, else
+    points_long.csv; num_partitions is M for DPA-type methods and k for FA); returns its file name."""
+    return write_points_long(directory, labels, list(out.results)).name
+
+
 # --------------------------------------------------------------------------- command line
-def add_aggregate_parser(sub) -> argparse.ArgumentParser:
+def add_aggregate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the `aggregate` subcommand on an argparse subparsers object; returns its parser."""
     a = sub.add_parser(
         "aggregate", help="certify a trained ensemble from saved base-model scores or votes",
         description="Certify a trained partition ensemble (DPA, DPA+ROE, FA, FA+ROE, DPA*+ROE) from its saved "
                     "base-model outputs: scores (t, M, K) or votes (t, M) in .npy/.npz, or the published "
-                    "repositories' .pth evaluation files (needs torch). Writes points.csv, summary.json, "
-                    "report.md and plots to --out. Exit status 2 on a bad file.")
+                    "repositories' .pth evaluation files (needs torch). Writes points.csv, the long per-point "
+                    "table (points_long.parquet with pyarrow, else points_long.csv), summary.json and plots to "
+                    "--out. Exit status 2 on a bad file.")
     a.add_argument("scores", metavar="SCORES", help=".npy / .npz (key scores or votes, optionally labels) / .pth")
     a.add_argument("--labels", metavar="LABELS", help="labels file (.npy, .npz key labels, .pth); default: the "
                    "'labels' array of SCORES")
@@ -243,7 +258,7 @@ def add_aggregate_parser(sub) -> argparse.ArgumentParser:
     return a
 
 
-def run_aggregate(args) -> int:
+def run_aggregate(args: argparse.Namespace) -> int:
     """Execute a parsed `aggregate` command; returns the exit status (2 on a bad file or argument)."""
     try:
         if args.num_classes is not None and args.num_classes < 2:

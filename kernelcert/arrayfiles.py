@@ -11,6 +11,7 @@ message starts with the file (and the key, for `.npz`) and says what is wrong.
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -28,7 +29,7 @@ def _where(path: Path, key: str | None) -> str:
     return f"{path}" if key is None else f"{path} [{key}]"
 
 
-def npz_keys(path) -> list[str]:
+def npz_keys(path: str | os.PathLike[str]) -> list[str]:
     """The array names stored in an `.npz` file (ArrayFileError if it is not a readable zip)."""
     path = Path(path)
     if not path.is_file():
@@ -69,7 +70,7 @@ def _memmap_member(path: Path, info: zipfile.ZipInfo, key: str) -> np.ndarray:
                      order="F" if fortran else "C")
 
 
-def open_array(path, key: str | None = None) -> np.ndarray:
+def open_array(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:
     """The array stored in `path` (`.npy`) or under `key` in `path` (`.npz`), memory-mapped where possible.
 
     Returns a read-only array (np.memmap for `.npy` and uncompressed `.npz` members). ArrayFileError

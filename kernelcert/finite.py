@@ -35,13 +35,14 @@ are about the kernel models, not about these networks (see docs/math.md, "Guaran
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 import scipy.linalg
 
 from ._validation import as_float_array, check_int, check_labels, check_positive
@@ -60,8 +61,8 @@ class Params:
     parameterization scales them in `apply`.
     """
 
-    weights: tuple
-    biases: tuple
+    weights: tuple[jax.Array, ...]
+    biases: tuple[jax.Array, ...]
     W_std: float = 1.0
     b_std: float = 0.0
     activation: str = "relu"
@@ -73,6 +74,7 @@ class Params:
 
     @property
     def input_dim(self) -> int:
+        """Number of input features (inputs are flattened)."""
         return int(self.weights[0].shape[0])
 
     @property
@@ -82,13 +84,14 @@ class Params:
 
     @property
     def num_outputs(self) -> int:
+        """Number of outputs (one per class)."""
         return int(self.weights[-1].shape[1])
 
     def kernel(self) -> FullyConnected:
         """The infinite-width kernel of this architecture, `kernels.FullyConnected(depth, W_std, b_std, act)`."""
         return FullyConnected(self.depth, self.W_std, self.b_std, activation=self.activation)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Params(input_dim={self.input_dim}, width={self.width}, depth={self.depth}, "
                 f"num_outputs={self.num_outputs}, W_std={self.W_std}, b_std={self.b_std}, "
                 f"activation={self.activation!r})")
@@ -98,7 +101,7 @@ jax.tree_util.register_dataclass(Params, data_fields=["weights", "biases"],
                                  meta_fields=["W_std", "b_std", "activation"])
 
 
-def _as_key(key):
+def _as_key(key: jax.Array | int) -> jax.Array:
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         if key < 0:
             raise ValueError(f"seed must be non-negative, got {key}")
@@ -108,11 +111,11 @@ def _as_key(key):
     except TypeError:
         raise TypeError(f"key must be a jax PRNG key or a non-negative int seed, got {key!r}") from None
     if jnp.issubdtype(arr.dtype, jax.dtypes.prng_key) or (arr.shape == (2,) and arr.dtype == jnp.uint32):
-        return key
+        return arr
     raise TypeError(f"key must be a jax PRNG key or a non-negative int seed, got {key!r}")
 
 
-def init_params(key, input_dim: int, width: int, depth: int, num_outputs: int, *, W_std: float = 1.0,
+def init_params(key: jax.Array | int, input_dim: int, width: int, depth: int, num_outputs: int, *, W_std: float = 1.0,
                 b_std: float = 0.0, activation: str = "relu") -> Params:
     """Draw the parameters of `depth` hidden layers of `width` units and a `num_outputs` readout.
 
@@ -136,16 +139,16 @@ def init_params(key, input_dim: int, width: int, depth: int, num_outputs: int, *
     return Params(weights, biases, W_std, b_std, activation)
 
 
-def _check_params(params) -> Params:
+def _check_params(params: object) -> Params:
     if not isinstance(params, Params):
         raise TypeError(f"params must be kernelcert.finite.Params (from init_params), got {type(params).__name__}")
     return params
 
 
 # --------------------------------------------------------------------------- forward pass
-def _forward(params: Params, x):
+def _forward(params: Params, x: jax.Array) -> jax.Array:
     """Network outputs (N, num_outputs) for flattened inputs x (N, input_dim); traceable."""
-    act = jax.nn.relu if params.activation == "relu" else jax.scipy.special.erf
+    act: Callable[[jax.Array], jax.Array] = jax.nn.relu if params.activation == "relu" else jax.scipy.special.erf
     h = x
     last = len(params.weights) - 1
     for i, (W, b) in enumerate(zip(params.weights, params.biases)):
@@ -155,7 +158,7 @@ def _forward(params: Params, x):
     return h
 
 
-def _flat_inputs(params: Params, x, name: str = "x"):
+def _flat_inputs(params: Params, x: npt.ArrayLike | jax.Array, name: str = "x") -> jax.Array:
     """Flatten (N, ...) to (N, input_dim) float32; checks shape, and finiteness for concrete inputs."""
     if isinstance(x, jax.core.Tracer):
         if x.ndim < 2:
@@ -172,7 +175,7 @@ def _flat_inputs(params: Params, x, name: str = "x"):
     return flat.astype(jnp.float32)
 
 
-def apply(params: Params, x):
+def apply(params: Params, x: npt.ArrayLike | jax.Array) -> jax.Array:
     """Network outputs f(x) of shape (N, num_outputs) for inputs x (N, ...) (flattened); float32.
 
     A pure JAX function (jit / grad / jacobian work on it); concrete inputs are validated (shape,
@@ -182,7 +185,7 @@ def apply(params: Params, x):
     return _forward(params, _flat_inputs(params, x))
 
 
-def empirical_ntk(params: Params, x1, x2=None, *, output: int = 0) -> np.ndarray:
+def empirical_ntk(params: Params, x1: npt.ArrayLike, x2: npt.ArrayLike | None = None, *, output: int = 0) -> np.ndarray:
     """Empirical NTK of one output, `J(x1) J(x2)^T` over all parameters, shape (N1, N2), float64.
 
     J is the Jacobian of `apply(params, x)[:, output]` with respect to every weight and bias
@@ -193,7 +196,7 @@ def empirical_ntk(params: Params, x1, x2=None, *, output: int = 0) -> np.ndarray
     a = _flat_inputs(params, x1, "x1")
     b = a if x2 is None else _flat_inputs(params, x2, "x2")
 
-    def jac(x):
+    def jac(x: jax.Array) -> jax.Array:
         J = jax.jacrev(lambda p: _forward(p, x)[:, output])(params)
         return jnp.concatenate([leaf.reshape(x.shape[0], -1) for leaf in jax.tree_util.tree_leaves(J)], axis=1)
 
@@ -203,7 +206,7 @@ def empirical_ntk(params: Params, x1, x2=None, *, output: int = 0) -> np.ndarray
 
 
 # --------------------------------------------------------------------------- training
-def gd_learning_rate(params: Params, x, factor: float = 1.0) -> float:
+def gd_learning_rate(params: Params, x: npt.ArrayLike | jax.Array, factor: float = 1.0) -> float:
     """`factor / λ_max(Θ(X, X))` with Θ the analytic NTK of the architecture (float64).
 
     Gradient descent on the linearised model with the summed squared loss is stable iff
@@ -237,7 +240,7 @@ class TrainedNetwork:
     steps: int
     loss: np.ndarray
 
-    def decision_function(self, x) -> np.ndarray:
+    def decision_function(self, x: npt.ArrayLike) -> np.ndarray:
         """Outputs (N, K) float64 of the trained model: f(x) - f_0(x) (center=True) or f(x)."""
         flat = _flat_inputs(self.params, x)
         out = _forward(self.params, flat)
@@ -245,20 +248,20 @@ class TrainedNetwork:
             out = out - _forward(self.init, flat)
         return np.asarray(out, dtype=np.float64)
 
-    def predict(self, x) -> np.ndarray:
+    def predict(self, x: npt.ArrayLike) -> np.ndarray:
         """Predicted classes (N,) int64: argmax of the outputs, ties to the smaller index."""
         return np.argmax(self.decision_function(x), axis=1).astype(np.int64)
 
 
-@functools.partial(jax.jit, static_argnames=("steps",))
-def _gd(params, x, targets, offset, lr, steps):
+def _gd(params: Params, x: jax.Array, targets: jax.Array, offset: jax.Array, lr: jax.Array,
+        steps: int) -> tuple[Params, jax.Array, jax.Array]:
     """Full-batch GD on 0.5 ||f(X) - offset - Y||^2: final params, losses before each step, final loss."""
 
-    def loss_fn(p):
+    def loss_fn(p: Params) -> jax.Array:
         r = _forward(p, x) - offset - targets
         return 0.5 * jnp.sum(r * r)
 
-    def step(p, _):
+    def step(p: Params, _: None) -> tuple[Params, jax.Array]:
         loss, grad = jax.value_and_grad(loss_fn)(p)
         return jax.tree_util.tree_map(lambda w, g: w - lr * g, p, grad), loss
 
@@ -266,11 +269,13 @@ def _gd(params, x, targets, offset, lr, steps):
     return final, losses, loss_fn(final)
 
 
-_gd_many = jax.jit(jax.vmap(_gd.__wrapped__, in_axes=(None, None, 0, None, None, None)),
-                   static_argnames=("steps",))
+# one jitted run for B label sets: vmapped over the targets (axis 0), `steps` static (the scan length)
+_gd_many = jax.jit(jax.vmap(_gd, in_axes=(None, None, 0, None, None, None)), static_argnames=("steps",))
 
 
-def _train_inputs(params, x, label_sets, num_classes, steps, learning_rate, center):
+def _train_inputs(params: Params, x: npt.ArrayLike, label_sets: npt.ArrayLike, num_classes: int | None, steps: int,
+                  learning_rate: float | None, center: bool
+                  ) -> tuple[Params, jax.Array, jax.Array, jax.Array, float, int, bool]:
     params = _check_params(params)
     flat = _flat_inputs(params, x)
     labels = np.asarray(label_sets)
@@ -293,7 +298,8 @@ def _train_inputs(params, x, label_sets, num_classes, steps, learning_rate, cent
     return params, flat, jnp.asarray(targets), offset, float(lr), steps, bool(center)
 
 
-def _finish(params, init, center, lr, steps, losses, final) -> TrainedNetwork:
+def _finish(params: Params, init: Params, center: bool, lr: float, steps: int, losses: jax.Array,
+            final: jax.Array) -> TrainedNetwork:
     history = np.concatenate([np.asarray(losses, np.float64).reshape(-1), [float(final)]])
     if not np.all(np.isfinite(history)):
         raise FloatingPointError(f"gradient descent diverged (loss became {history[~np.isfinite(history)][0]}) "
@@ -301,8 +307,8 @@ def _finish(params, init, center, lr, steps, losses, final) -> TrainedNetwork:
     return TrainedNetwork(params=params, init=init, center=center, learning_rate=lr, steps=steps, loss=history)
 
 
-def train(params: Params, x, y, num_classes: int | None = None, *, steps: int, learning_rate: float | None = None,
-          center: bool = True) -> TrainedNetwork:
+def train(params: Params, x: npt.ArrayLike, y: npt.ArrayLike, num_classes: int | None = None, *, steps: int,
+          learning_rate: float | None = None, center: bool = True) -> TrainedNetwork:
     """Train from `params` with `steps` full-batch GD steps on `0.5 ||g(X) - onehot(y)||^2`.
 
     x (n, ...) inputs; y (n,) labels in 0..K-1 with K = num_outputs (num_classes, if given, must
@@ -310,15 +316,15 @@ def train(params: Params, x, y, num_classes: int | None = None, *, steps: int, l
     center=True trains g = f - f_0 (zero at initialisation; its infinite-width limit is kernel
     regression from zero), center=False trains f. Raises FloatingPointError if the loss diverges.
     """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D (n,), got shape {y.shape}")
-    return train_many(params, x, y[None, :], num_classes, steps=steps, learning_rate=learning_rate,
+    labels = np.asarray(y)
+    if labels.ndim != 1:
+        raise ValueError(f"y must be 1-D (n,), got shape {labels.shape}")
+    return train_many(params, x, labels[None, :], num_classes, steps=steps, learning_rate=learning_rate,
                       center=center)[0]
 
 
-def train_many(params: Params, x, label_sets, num_classes: int | None = None, *, steps: int,
-               learning_rate: float | None = None, center: bool = True) -> list[TrainedNetwork]:
+def train_many(params: Params, x: npt.ArrayLike, label_sets: npt.ArrayLike, num_classes: int | None = None, *,
+               steps: int, learning_rate: float | None = None, center: bool = True) -> list[TrainedNetwork]:
     """`train` for B label vectors at once (label_sets (B, n)), all from the same initialisation.
 
     One vmapped, jitted run: memory and time grow linearly with B. Returns B TrainedNetworks.
@@ -326,7 +332,7 @@ def train_many(params: Params, x, label_sets, num_classes: int | None = None, *,
     p, flat, targets, offset, lr, steps, center = _train_inputs(params, x, label_sets, num_classes, steps,
                                                                 learning_rate, center)
     final, losses, last = _gd_many(p, flat, targets, offset, jnp.float32(lr), steps)
-    out = []
+    out: list[TrainedNetwork] = []
     for i in range(targets.shape[0]):
         pi = jax.tree_util.tree_map(lambda a, i=i: a[i], final)
         out.append(_finish(pi, p, center, lr, steps, losses[i], last[i]))

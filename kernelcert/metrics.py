@@ -11,13 +11,14 @@ Median certified robustness (MCR), two conventions:
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["certified_accuracy", "certified_accuracy_curve", "median_certified_robustness"]
 
 _MAX_DENSE_BUDGETS = 10**7
 
 
-def _check(radius, correct):
+def _check(radius: npt.ArrayLike, correct: npt.ArrayLike) -> np.ndarray:
     r = np.asarray(radius)
     ok = np.asarray(correct)
     if r.ndim != 1 or ok.shape != r.shape:
@@ -36,7 +37,7 @@ def _check(radius, correct):
     return np.where(ok.astype(bool), r, -1)  # effective radius: -1 for misclassified points
 
 
-def certified_accuracy(radius, correct, budget):
+def certified_accuracy(radius: npt.ArrayLike, correct: npt.ArrayLike, budget: npt.ArrayLike) -> float | np.ndarray:
     """Fraction of test points correctly classified with radius >= budget.
 
     radius (t,) int, correct (t,) bool; budget an int (returns a float) or an array of ints
@@ -50,7 +51,9 @@ def certified_accuracy(radius, correct, budget):
     return float(acc) if b.ndim == 0 else acc
 
 
-def certified_accuracy_curve(radius, correct, budgets=None):
+def certified_accuracy_curve(
+    radius: npt.ArrayLike, correct: npt.ArrayLike, budgets: npt.ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(budgets (m,) int64, certified accuracy (m,)) -- non-increasing in the budget.
 
     Default budgets 0..(largest radius of a correctly classified point), at least [0]. Cap
@@ -64,16 +67,17 @@ def certified_accuracy_curve(radius, correct, budgets=None):
             raise ValueError(f"largest radius {top} is too large for dense budgets 0..{top}; cap radii "
                              "(e.g. at the number of training labels) or pass budgets=")
         budgets = np.arange(top + 1)
-    budgets = np.asarray(budgets)
-    if budgets.ndim != 1 or budgets.dtype == bool or not np.issubdtype(budgets.dtype, np.integer):
-        raise ValueError(f"budgets must be a 1-D integer array, got shape {budgets.shape} dtype {budgets.dtype}")
-    budgets = budgets.astype(np.int64)
+    b = np.asarray(budgets)
+    if b.ndim != 1 or b.dtype == bool or not np.issubdtype(b.dtype, np.integer):
+        raise ValueError(f"budgets must be a 1-D integer array, got shape {b.shape} dtype {b.dtype}")
+    b = b.astype(np.int64)
     srt = np.sort(eff)
-    acc = (len(srt) - np.searchsorted(srt, budgets, side="left")) / len(srt)
-    return budgets, acc
+    acc = (len(srt) - np.searchsorted(srt, b, side="left")) / len(srt)
+    return b, acc
 
 
-def median_certified_robustness(radius, correct, convention: str = "radius"):
+def median_certified_robustness(radius: npt.ArrayLike, correct: npt.ArrayLike,
+                                convention: str = "radius") -> int | None:
     """Median certified robustness (int) under `convention` ("radius" or "anchor", see module doc).
 
     "radius": the largest r with certified accuracy >= 0.5, None when clean accuracy < 0.5.

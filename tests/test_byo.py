@@ -1,5 +1,6 @@
 """Bring your own: user arrays as a dataset, precomputed kernels, trained-ensemble scores (`aggregate`)."""
 import argparse
+import importlib.util
 import os
 import random
 
@@ -273,7 +274,9 @@ def test_aggregate_writes_summary_and_plots(tmp_path):
     assert aggregate_cli([tmp_path / "s.npz", "--method", "dpa", "dpa_roe", "--budgets", 0, 1, 3,
                           "--out", tmp_path / "out"]) == 0
     files = sorted(os.listdir(tmp_path / "out"))
-    assert files == ["certified_accuracy_ensemble.png", "mcr_vs_partitions.png", "points.csv", "summary.json"]
+    long_name = "points_long.parquet" if importlib.util.find_spec("pyarrow") else "points_long.csv"
+    assert files == sorted(["certified_accuracy_ensemble.png", "mcr_vs_partitions.png", "points.csv", long_name,
+                            "summary.json"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     r = summary["results"][1]
     assert r["method"] == "dpa_roe" and set(r["certified_accuracy"]) == {"0", "1", "3"}

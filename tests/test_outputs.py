@@ -6,8 +6,11 @@ import pandas as pd
 import pytest
 
 import kernelcert
-from kernelcert import pipeline
+from kernelcert import cli, pipeline
+from kernelcert.ensemble import dpa
+from kernelcert.partition import FA_DEFAULT_SEED, fa_spread
 from kernelcert.pipeline.aggregate import MethodResult
+from kernelcert.roe import dpa_roe, fa
 from kernelcert.pipeline.summary import (POINTS_LONG_COLUMNS, points_long_frame, read_points_long,
                                          write_points_long)
 
@@ -67,20 +70,26 @@ def _results(rng, t):
             MethodResult("ntk regression", 1, "single", rng.integers(0, 3, t), rng.integers(0, 5, t), np.ones(t, bool))]
 
 
-@pytest.mark.parametrize("parquet", [False, True])
-def test_long_table_round_trips_with_missing_fields(tmp_path, monkeypatch, parquet):
+def _long_table_format(monkeypatch, parquet):
+    """Make the long table's writer take the Parquet path (skip without pyarrow) or the CSV path
+    (pyarrow hidden from imports, if installed)."""
     if parquet:
         pytest.importorskip("pyarrow")
-    else:  # hide pyarrow (if installed) so the CSV path runs
-        import builtins
-        real = builtins.__import__
+        return
+    import builtins
+    real = builtins.__import__
 
-        def no_pyarrow(name, *a, **k):
-            if name == "pyarrow" or name.startswith("pyarrow."):
-                raise ImportError(name)
-            return real(name, *a, **k)
+    def no_pyarrow(name, *a, **k):
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError(name)
+        return real(name, *a, **k)
 
-        monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+
+
+@pytest.mark.parametrize("parquet", [False, True])
+def test_long_table_round_trips_with_missing_fields(tmp_path, monkeypatch, parquet):
+    _long_table_format(monkeypatch, parquet)
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 17)
     res = _results(rng, 17)
@@ -95,6 +104,44 @@ def test_long_table_round_trips_with_missing_fields(tmp_path, monkeypatch, parqu
     assert back["radius_upper"].iloc[17:].isna().all() and back["exact_before_refinement"].iloc[17:].isna().all()
     assert back["learner"].iloc[-1] == "ntk regression"
     np.testing.assert_array_equal(back["correct"].to_numpy(), np.concatenate([r.prediction for r in res]) == np.tile(y, 2))
+
+
+@pytest.mark.parametrize("parquet", [False, True])
+def test_aggregate_command_writes_the_long_table(tmp_path, monkeypatch, parquet):
+    """`kernelcert aggregate` writes the run's long table (same writer, same reader): one row per
+    (method, test point) with the certificates of the library functions, radii capped at the number of
+    groups; a table of the other format left in --out by an earlier call is removed."""
+    rng = np.random.default_rng(11)
+    t, k, d, K = 23, 3, 2, 3
+    M = k * d
+    y = rng.integers(0, K, t)
+    s = rng.normal(size=(t, M, K))
+    s[np.arange(t), :, y] += 0.7
+    np.savez(tmp_path / "s.npz", scores=s, labels=y)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ("points_long.csv" if parquet else "points_long.parquet")
+    stale.write_text("stale")
+    _long_table_format(monkeypatch, parquet)
+    assert cli.main(["aggregate", str(tmp_path / "s.npz"), "--method", "dpa", "dpa_roe", "fa", "--d", str(d),
+                     "--out", str(out), "--no-plots", "-q"]) == 0
+    monkeypatch.undo()
+    assert not stale.exists()
+    assert (out / ("points_long.parquet" if parquet else "points_long.csv")).is_file()
+    long = kernelcert.read_points_long(out)
+    assert tuple(long.columns) == POINTS_LONG_COLUMNS
+    assert long["method"].tolist() == ["dpa"] * t + ["dpa_roe"] * t + ["fa"] * t
+    votes = s.argmax(axis=2)
+    shifts = fa_spread(np.arange(M), k, d, seed=FA_DEFAULT_SEED).shifts
+    expect = {("dpa", M): dpa(votes, K), ("dpa_roe", M): dpa_roe(s), ("fa", k): fa(votes, shifts, K)}
+    for (method, size), res in expect.items():
+        part = long[long["method"] == method]
+        assert (part["learner"] == "ensemble").all() and (part["num_partitions"] == size).all()
+        assert part["point"].tolist() == list(range(t)) and part["label"].tolist() == y.tolist()
+        assert part["prediction"].tolist() == res.prediction.tolist()
+        assert part["radius"].tolist() == np.minimum(res.radius, M).tolist()
+        assert part["correct"].tolist() == (res.prediction == y).tolist()
+        assert part["radius_upper"].isna().all() and not part["exact"].any()
 
 
 def test_reader_names_the_directory_without_a_table(tmp_path):
@@ -114,3 +161,21 @@ def test_fa_is_labelled_with_k_and_d(fa_run):
 
     assert _plot_label("fa", fa_run.summary) == "FA (k = N_p, d = 2)"
     assert _plot_label("single", fa_run.summary) == "single model (ScaLabelCert)"
+
+
+def test_curve_at_budgets_matches_certified_accuracy():
+    """The plotted curve (from summary.json's compact curve) is the certified accuracy at every integer
+    budget, computed independently from the radii (`kernelcert.metrics.certified_accuracy`)."""
+    from kernelcert.metrics import certified_accuracy
+    from kernelcert.pipeline.report import curve_at_budgets
+    from kernelcert.pipeline.summary import method_summary
+
+    rng = np.random.default_rng(9)
+    for t in (1, 7, 40):
+        y = rng.integers(0, 3, t)
+        res = MethodResult("svm", 5, "dpa", rng.integers(0, 3, t), rng.integers(0, 12, t), np.zeros(t, bool))
+        curve = method_summary(res, y, [0])["curve"]
+        budgets, acc = curve_at_budgets(curve, 15)
+        assert budgets.tolist() == list(range(16))
+        expect = [certified_accuracy(res.radius, res.prediction == y, int(b)) for b in budgets]
+        np.testing.assert_allclose(acc, expect, rtol=0, atol=1e-12)

@@ -376,6 +376,21 @@ def test_each_method_reads_only_its_declared_evidence(tiny_run):
             np.testing.assert_array_equal(res[f], column(points, f"svm/{n_p}/{name}/{f}"), err_msg=f"{name} {f}")
 
 
+def test_methods_refuse_missing_inputs():
+    """A method never certifies from evidence it lacks: FA methods without the shift table and
+    methods reading a field the evidence level does not have raise ValueError."""
+    from kernelcert.evidence import Evidence
+    from kernelcert.pipeline.methods import REGISTRY
+
+    ev = Evidence(votes=np.zeros((4, 6), np.int64), scores=np.zeros((4, 6, 3)))
+    for name in ("fa", "fa_roe"):
+        with pytest.raises(ValueError, match="shift table"):
+            REGISTRY[name].certify(ev, 3, None)
+    for name in ("single", "ensemblecert"):
+        with pytest.raises(ValueError, match="evidence of level 'votes' has no"):
+            REGISTRY[name].certify(ev, 3, None)
+
+
 def test_single_model_radius_is_sound_by_retraining(tiny_run):
     """Oracle: the witness attack of size radius + 1 flips the retrained single model; radius flips never do
     for the attack found (spot check on a few points)."""

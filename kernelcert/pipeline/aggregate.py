@@ -9,11 +9,14 @@ training labels (a sentinel radius means no relabelling at all changes the predi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..evidence import FIELD_LEVEL
+from .backends import Backend
 from .config import ExecutionConfig, RunConfig
 from .methods import REGISTRY
 from .plan import AggregationTarget, RunPlan
@@ -51,7 +54,7 @@ class AggTask:
     methods: tuple[str, ...]
     num_classes: int
     n_train: int
-    arrays: dict = field(repr=False)
+    arrays: dict[str, np.ndarray] = field(repr=False)
     shifts: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -61,15 +64,15 @@ def agg_block_rows(num_models: int, num_classes: int, ex: ExecutionConfig) -> in
     return rows_per_block(8 * num_models * num_classes * (2 * num_classes + 16), ex)
 
 
-def aggregate_block(task: AggTask, shared=None) -> dict:
+def aggregate_block(task: AggTask, shared: Any = None) -> dict[str, dict[str, np.ndarray]]:
     """Certificates of every method of `task` on its block: {method: {"prediction", "radius", "exact"
     [, "radius_upper"]}} (module-level, runs on any backend)."""
     ev = decode_block(task.arrays)
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for name in task.methods:
         res = REGISTRY[name].certify(ev, task.num_classes, task.shifts)
-        d = {"prediction": np.asarray(res.prediction, np.int64), "radius": np.minimum(res.radius, task.n_train),
-             "exact": res.exact}
+        d: dict[str, np.ndarray] = {"prediction": np.asarray(res.prediction, np.int64),
+                                    "radius": np.minimum(res.radius, task.n_train), "exact": res.exact}
         if res.radius_upper is not None:
             d["radius_upper"] = np.minimum(res.radius_upper, task.n_train)
         out[name] = d
@@ -78,7 +81,7 @@ def aggregate_block(task: AggTask, shared=None) -> dict:
 
 def _groups(cfg: RunConfig, plan: RunPlan) -> list[tuple[int, AggregationTarget, tuple[str, ...]]]:
     """(learner index, target, methods) for every ensemble to aggregate."""
-    groups = []
+    groups: list[tuple[int, AggregationTarget, tuple[str, ...]]] = []
     for j in range(len(cfg.learners)):
         for target in plan.targets:
             methods = tuple(m for m in cfg.methods if REGISTRY[m].applies_to(target.kind, target.size))
@@ -87,7 +90,8 @@ def _groups(cfg: RunConfig, plan: RunPlan) -> list[tuple[int, AggregationTarget,
     return groups
 
 
-def _tasks(cfg: RunConfig, plan: RunPlan, files: dict, groups):
+def _tasks(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
+           groups: list[tuple[int, AggregationTarget, tuple[str, ...]]]) -> Iterator[AggTask]:
     """Lazily yield the AggTasks of `groups` (rows are read from the unit files when a task is built)."""
     K, t, n_train = plan.num_classes, len(plan.y_test), len(plan.y_train)
     for j, target, methods in groups:
@@ -100,11 +104,11 @@ def _tasks(cfg: RunConfig, plan: RunPlan, files: dict, groups):
                           read_stored_block(members, j, s0, s1, fields), target.shifts)
 
 
-def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend) -> list[MethodResult]:
+def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend: Backend) -> list[MethodResult]:
     """Run every aggregation block on `backend`; per-(learner, target size, method) results in
     (learner, size, registry) order."""
     t = len(plan.y_test)
-    acc: dict[tuple, dict] = {}
+    acc: dict[tuple[int, int, str], dict[str, np.ndarray]] = {}
     groups = _groups(cfg, plan)
     total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
     tasks = progress(_tasks(cfg, plan, files, groups), cfg.execution.progress, desc="aggregation blocks",

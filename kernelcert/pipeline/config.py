@@ -17,16 +17,20 @@ import dataclasses
 import hashlib
 import json
 import sys
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .._jax import gpu_devices, resolve_device
 from .._version import __version__
 from ..data import LOADERS, arrays_feature_dtype, arrays_metadata
+from ..kernels import Kernel
+from ..learners import KernelRegression, KernelSVM
 from .methods import REGISTRY
 from .schema import (ARCHITECTURES, BACKENDS, DATASET_CLASSES, DEFAULT_BUDGETS, LEARNER_TYPES, BadValue, ConfigError,
                      DataConfig, ExactnessConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
-                     MethodsConfig, PartitionConfig, check_field, ctor_keys, data_keys, parse_section)
+                     MethodsConfig, PartitionConfig, Problem, check_field, ctor_keys, data_keys, parse_section)
 from .store import FORMAT_VERSION
 
 if sys.version_info >= (3, 11):
@@ -34,8 +38,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-def _set_fields(section) -> dict | None:
+
+def _set_fields(section: DataclassInstance | None) -> dict[str, Any] | None:
     """JSON form of a section dataclass without its None-valued (unset) fields; None for no section."""
     if section is None:
         return None
@@ -43,7 +50,7 @@ def _set_fields(section) -> dict | None:
 
 
 # --------------------------------------------------------------------------- object factories
-def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
+def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None) -> Kernel:
     """The `kernelcert.kernels` object described by a KernelConfig."""
     cls = ARCHITECTURES[kc.architecture]
     kw = {k: getattr(kc, k) for k in ctor_keys(cls, KernelConfig)}
@@ -52,7 +59,7 @@ def make_kernel(kc: KernelConfig, *, max_block_bytes: int | None = None):
     return cls(**kw)
 
 
-def make_learner(lc: LearnerConfig):
+def make_learner(lc: LearnerConfig) -> KernelSVM | KernelRegression:
     """A fresh, unfitted learner for a LearnerConfig."""
     cls = LEARNER_TYPES[lc.type]
     return cls(**{k: getattr(lc, k) for k in ctor_keys(cls, LearnerConfig)})
@@ -65,7 +72,10 @@ def num_classes_of(data: DataConfig) -> int:
     if data.dataset == "synthetic":
         return data.num_classes if data.num_classes is not None else 3
     if data.dataset == "arrays":
-        return data.num_classes  # declared or stored in the .npz (`_resolve_arrays`)
+        if data.num_classes is None:  # declared or stored in the .npz (`_resolve_arrays` fills it in)
+            raise ConfigError.of([("data", "num_classes", "dataset 'arrays' needs num_classes (or a num_classes "
+                                                          "scalar in the .npz)")])
+        return data.num_classes
     return DATASET_CLASSES[data.dataset]
 
 
@@ -84,11 +94,12 @@ class RunConfig:
     execution: ExecutionConfig
     exactness: ExactnessConfig = ExactnessConfig()
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain (JSON-able) dict of every field."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        plain: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(self)))
+        return plain
 
-    def hash_payload(self) -> dict:
+    def hash_payload(self) -> dict[str, Any]:
         """The fields that can change results (see the module docstring). Unset (None) fields are left
         out, so adding an option that defaults to None to a section (a new dataset, kernel or learner
         option) leaves the hash of every existing config unchanged; every other value, defaults
@@ -115,20 +126,20 @@ class RunConfig:
 _SECTIONS = ("data", "kernel", "learners", "partition", "fa", "methods", "output", "execution", "exactness")
 
 
-def _default_learner_name(t: dict) -> str:
+def _default_learner_name(t: dict[str, Any]) -> str:
     if t.get("type") == "svm":
         return "svm" if t.get("C") is None else f"svm_C{t['C']:g}"
     name = f"regression_ridge{t.get('ridge', 0.0):g}"
     return name + (f"_t{t['train_time']:g}" if t.get("train_time") is not None else "")
 
 
-def _parse_learners(items, problems: list) -> tuple[LearnerConfig, ...]:
+def _parse_learners(items: object, problems: list[Problem]) -> tuple[LearnerConfig, ...]:
     if isinstance(items, dict):
         items = [items]
     if not isinstance(items, list) or not items:
         problems.append(("learners", None, "need at least one [[learners]] entry (type = \"svm\" or \"regression\")"))
         return ()
-    out = []
+    out: list[LearnerConfig] = []
     for i, t in enumerate(items):
         where = f"learners #{i + 1}"
         typ = t.get("type") if isinstance(t, dict) else None
@@ -152,7 +163,8 @@ def _parse_learners(items, problems: list) -> tuple[LearnerConfig, ...]:
     return tuple(out)
 
 
-def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
+def _parse_methods(t: object, partition: PartitionConfig | None, fa: FAConfig | None,
+                   problems: list[Problem]) -> tuple[str, ...]:
     section = parse_section(MethodsConfig, "methods", t, problems)
     if section is None:
         return ()
@@ -173,7 +185,7 @@ def _parse_methods(t: dict, partition, fa, problems: list) -> tuple[str, ...]:
     return tuple(m for m in REGISTRY if m in v)  # registry order
 
 
-def _resolve_arrays(data: DataConfig, problems: list) -> DataConfig:
+def _resolve_arrays(data: DataConfig, problems: list[Problem]) -> DataConfig:
     """[data] dataset = "arrays": one source (path or files), num_classes declared or stored in the .npz
     (never guessed from labels; both must agree), max_value likewise."""
     if (data.path is None) == (data.files is None):
@@ -195,7 +207,7 @@ def _resolve_arrays(data: DataConfig, problems: list) -> DataConfig:
                                max_value=data.max_value if data.max_value is not None else stored_max)
 
 
-def _integer_features_problems(data: DataConfig, partition, fa) -> list:
+def _integer_features_problems(data: DataConfig, partition: PartitionConfig, fa: FAConfig | None) -> list[Problem]:
     """The dpa_hash rule (DPA's pixel-sum hash) on arrays needs integer pixel features."""
     rules = [("partition", partition.rule), ("fa", fa.rule if fa is not None else None)]
     hashed = [sec for sec, rule in rules if rule == "dpa_hash"]
@@ -212,12 +224,12 @@ def _integer_features_problems(data: DataConfig, partition, fa) -> list:
                           "embeddings") for sec in hashed]
 
 
-def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
+def config_from_dict(d: dict[str, Any], *, name: str | None = None) -> RunConfig:
     """Validate a parsed TOML document into a `RunConfig`; one ConfigError (a ValueError) lists every
     problem. `name` is the default run name (e.g. the config file's stem) when [output] has none."""
     if not isinstance(d, dict):
         raise ConfigError(f"config must be a table, got {type(d).__name__}")
-    p: list = []
+    p: list[Problem] = []
     unknown = sorted(set(d) - set(_SECTIONS))
     if unknown:
         p.append((None, None, f"unknown section(s) {', '.join(map(repr, unknown))}; allowed: "
@@ -292,17 +304,21 @@ def config_from_dict(d: dict, *, name: str | None = None) -> RunConfig:
         p += _integer_features_problems(data, partition, fa)
     if p:
         raise ConfigError.of(p)
+    # every section that failed to parse (None) appended a problem above
+    assert data is not None and kernel is not None and partition is not None
+    assert output is not None and execution is not None and exactness is not None
     return RunConfig(data=data, kernel=kernel, learners=learners, partition=partition, fa=fa, methods=methods,
                      output=output, execution=execution, exactness=exactness)
 
 
-def size_problems(n_train: int | None, partition: PartitionConfig, fa: FAConfig | None, what: str | None = None) -> list:
+def size_problems(n_train: int | None, partition: PartitionConfig, fa: FAConfig | None,
+                  what: str | None = None) -> list[Problem]:
     """Size checks against the training-set size n (None: unknown until the data is loaded):
     every N_p <= n and every FA k*d <= n. `what` describes n in the messages."""
     if n_train is None:
         return []
     what = what or f"n_train={n_train}"
-    p = [("partition", "num_partitions", f"num_partitions {n_p} exceeds the training set size {what}")
+    p: list[Problem] = [("partition", "num_partitions", f"num_partitions {n_p} exceeds the training set size {what}")
          for n_p in partition.num_partitions if n_p > n_train]
     if fa is not None:
         p += [("fa", "k", f"k*d = {k}*{fa.d} = {k * fa.d} groups exceed {what}")
@@ -310,24 +326,24 @@ def size_problems(n_train: int | None, partition: PartitionConfig, fa: FAConfig 
     return p
 
 
-def load_config(path, **overrides) -> RunConfig:
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> RunConfig:
     """Read and validate a TOML config file; `overrides` as in `with_overrides`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
     try:
-        with open(path, "rb") as f:
+        with open(file, "rb") as f:
             doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+        raise ConfigError(f"{file}: invalid TOML ({exc})") from None
     try:
-        cfg = config_from_dict(doc, name=path.stem)
+        cfg = config_from_dict(doc, name=file.stem)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}", exc.problems) from None
+        raise ConfigError(f"{file}: {exc}", exc.problems) from None
     return with_overrides(cfg, **overrides) if overrides else cfg
 
 
-def parse_toml(text: str) -> dict:
+def parse_toml(text: str) -> dict[str, Any]:
     """The TOML document `text` as a dict (ConfigError on invalid TOML)."""
     try:
         return tomllib.loads(text)
@@ -335,14 +351,15 @@ def parse_toml(text: str) -> dict:
         raise ConfigError(f"invalid TOML ({exc})") from None
 
 
-def load_config_string(text: str, *, name: str = "run", **overrides) -> RunConfig:
+def load_config_string(text: str, *, name: str = "run", **overrides: Any) -> RunConfig:
     """Same as `load_config` for TOML text."""
     cfg = config_from_dict(parse_toml(text), name=name)
     return with_overrides(cfg, **overrides) if overrides else cfg
 
 
-def with_overrides(cfg: RunConfig, *, out_dir=None, backend=None, workers=None, scheduler=None, progress=None,
-                   plots=None, device=None) -> RunConfig:
+def with_overrides(cfg: RunConfig, *, out_dir: str | os.PathLike[str] | None = None, backend: str | None = None,
+                   workers: int | None = None, scheduler: str | None = None, progress: bool | None = None,
+                   plots: bool | None = None, device: str | None = None) -> RunConfig:
     """Copy of `cfg` with command-line overrides (none of them changes the config hash).
 
     scheduler implies backend "dask"; workers without a scheduler implies "dask-local" unless a

@@ -18,6 +18,7 @@ the run caps them at the number of training labels.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +27,7 @@ import numpy as np
 from ..ensemble import dpa, ensemblecert
 from ..evidence import Evidence, level_for_fields
 from ..roe import dpa_roe, fa, fa_roe, whitebox_roe
+from ..voting import AggregateResult
 
 TARGET_KINDS = ("partition", "fa")
 
@@ -73,40 +75,55 @@ def _no_exact(t: int) -> np.ndarray:
     return np.zeros(t, bool)
 
 
-def _from(res, t: int) -> MethodOutput:
+def _from(res: AggregateResult, t: int) -> MethodOutput:
     return MethodOutput(np.asarray(res.prediction, np.int64), res.radius, _no_exact(t))
 
 
-def _single(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
+def _present(ev: Evidence, name: str) -> np.ndarray:
+    """Evidence field `name`; ValueError when the evidence was computed below the level that has it."""
+    value: np.ndarray | None = getattr(ev, name)
+    if value is None:
+        raise ValueError(f"evidence of level {ev.level!r} has no {name!r} (a method reading it needs a higher level)")
+    return value
+
+
+def _fa_shifts(shifts: np.ndarray | None) -> np.ndarray:
+    """The FA shift table of an "fa" target; ValueError when a caller gives none."""
+    if shifts is None:
+        raise ValueError("an FA method needs the shift table of its target (shifts=None given)")
+    return shifts
+
+
+def _single(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     # the one model's ScaLabelCert radius, exact (docs/math.md §3)
-    return MethodOutput(ev.votes[:, 0].copy(), ev.radius[:, 0], np.ones(ev.num_points, bool))
+    return MethodOutput(ev.votes[:, 0].copy(), _present(ev, "radius")[:, 0], np.ones(ev.num_points, bool))
 
 
-def _dpa(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
+def _dpa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     return _from(dpa(ev.votes, num_classes), ev.num_points)
 
 
-def _ensemblecert(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    lo = ensemblecert(ev.votes, ev.cost_lower, num_classes)
-    hi = ensemblecert(ev.votes, ev.cost_upper, num_classes)
+def _ensemblecert(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
+    lo = ensemblecert(ev.votes, _present(ev, "cost_lower"), num_classes)
+    hi = ensemblecert(ev.votes, _present(ev, "cost_upper"), num_classes)
     return MethodOutput(np.asarray(lo.prediction, np.int64), lo.radius, lo.radius == hi.radius, hi.radius)
 
 
-def _dpa_roe(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
+def _dpa_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     return _from(dpa_roe(ev.scores), ev.num_points)
 
 
-def _whitebox_roe(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
+def _whitebox_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     vote_costs, pair_costs = ev.roe_costs()
     return _from(whitebox_roe(ev.scores, vote_costs, pair_costs), ev.num_points)
 
 
-def _fa(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    return _from(fa(ev.votes, shifts, num_classes), ev.num_points)
+def _fa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
+    return _from(fa(ev.votes, _fa_shifts(shifts), num_classes), ev.num_points)
 
 
-def _fa_roe(ev: Evidence, num_classes: int, shifts) -> MethodOutput:
-    return _from(fa_roe(ev.scores, shifts), ev.num_points)
+def _fa_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
+    return _from(fa_roe(ev.scores, _fa_shifts(shifts)), ev.num_points)
 
 
 _ALL = (
@@ -131,12 +148,12 @@ def method_label(name: str) -> str:
     return REGISTRY[name].label if name in REGISTRY else name
 
 
-def method_style(name: str) -> tuple:
+def method_style(name: str) -> tuple[str | None, str, str]:
     """(color, linestyle, marker) of a method for matplotlib."""
     return REGISTRY[name].style if name in REGISTRY else (None, "-", "o")
 
 
-def evidence_level(methods, kind: str) -> str | None:
+def evidence_level(methods: Iterable[str], kind: str) -> str | None:
     """The evidence level the base models of a `kind` target must provide for `methods` (None when
     no method reads that kind of target)."""
     fields = [f for m in methods if REGISTRY[m].target == kind for f in REGISTRY[m].needs]

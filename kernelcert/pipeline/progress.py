@@ -10,10 +10,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sized
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("kernelcert.pipeline")
+
+_T = TypeVar("_T")
 
 
 def _is_terminal() -> bool:
@@ -27,10 +32,10 @@ class Progress:
     """
 
     def __init__(self, total: int | None, enabled: bool, *, desc: str, unit: str, nested: bool = False,
-                 interval: float = 30.0):
+                 interval: float = 30.0) -> None:
         self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
         self.count = 0
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar on a terminal
         self._lines = False
         if enabled and _is_terminal():
             self._bar = tqdm(total=total, desc=desc, unit=unit, leave=not nested)
@@ -58,17 +63,19 @@ class Progress:
             self._lines = False
             self._log()
 
-    def __enter__(self):
+    def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         self.close()
         return False
 
 
-def progress(iterable, enabled: bool, *, desc: str, unit: str, total: int | None = None, nested: bool = False):
+def progress(iterable: Iterable[_T], enabled: bool, *, desc: str, unit: str, total: int | None = None,
+             nested: bool = False) -> Iterator[_T]:
     """Iterate `iterable` while reporting progress (see `Progress`)."""
-    if total is None and hasattr(iterable, "__len__"):
+    if total is None and isinstance(iterable, Sized):
         total = len(iterable)
     with Progress(total, enabled, desc=desc, unit=unit, nested=nested) as p:
         for item in iterable:

@@ -9,42 +9,55 @@ and its certified radius is >= r.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .methods import REGISTRY, method_label, method_style
 from .store import atomic_write_bytes
 
-def _fmt_mcr(v) -> str:
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+Summary = dict[str, Any]
+"""A run's (or `kernelcert aggregate`'s) summary dict, as written to summary.json."""
+
+
+def _fmt_mcr(v: int | None) -> str:
     return "n/a" if v is None else str(int(v))
 
 
-def _learners(summary: dict) -> list[str]:
-    seen = []
+def _learners(summary: Summary) -> list[str]:
+    seen: list[str] = []
     for r in summary["results"]:
         if r["learner"] not in seen:
             seen.append(r["learner"])
     return seen
 
 
-def _rows(summary: dict, learner: str | None = None) -> list[dict]:
+def _rows(summary: Summary, learner: str | None = None) -> list[dict[str, Any]]:
     return [r for r in summary["results"] if learner is None or r["learner"] == learner]
 
 
-def _method_name(r: dict, summary: dict) -> str:
+def _method_name(r: dict[str, Any], summary: Summary) -> str:
     name = method_label(r["method"])
     if r["method"] in REGISTRY and REGISTRY[r["method"]].target == "fa" and summary.get("fa"):
         name += f" (d={summary['fa']['d']})"
     return name
 
 
-def results_table(summary: dict, budgets=None) -> str:
+def results_table(summary: Summary, budgets: Iterable[int | str] | None = None) -> str:
     """Plain-text table: one row per (learner, N_p, method) with accuracy, MCR (both conventions),
     exactness and certified accuracy at a few budgets."""
-    budgets = [str(b) for b in (budgets if budgets is not None else summary.get("budgets", [])[:6])]
+    shown = [str(b) for b in (budgets if budgets is not None else summary.get("budgets", [])[:6])]
     head = (f"{'learner':<26}{'N_p':>5}  {'method':<30}{'acc':>7}{'MCR':>6}{'MCR+1':>7}{'exact':>7}"
-            + "".join(f"{'@' + b:>7}" for b in budgets))
+            + "".join(f"{'@' + b:>7}" for b in shown))
     lines = [head, "-" * len(head)]
     prev = None
     for r in summary["results"]:
@@ -59,7 +72,7 @@ def results_table(summary: dict, budgets=None) -> str:
             upper = f" (<= {_fmt_mcr(r['mcr_upper']['radius'])})"
         lines.append(f"{r['learner']:<26}{r['num_partitions']:>5}  {_method_name(r, summary):<30}"
                      f"{r['clean_accuracy']:>7.3f}{_fmt_mcr(mcr['radius']):>6}{_fmt_mcr(mcr['anchor']):>7}"
-                     f"{r['exact_fraction']:>7.2f}" + "".join(f"{ca.get(b, float('nan')):>7.3f}" for b in budgets)
+                     f"{r['exact_fraction']:>7.2f}" + "".join(f"{ca.get(b, float('nan')):>7.3f}" for b in shown)
                      + upper)
     lines.append("")
     lines.append("acc = clean accuracy of the aggregate's prediction; MCR = median certified robustness (largest "
@@ -69,7 +82,7 @@ def results_table(summary: dict, budgets=None) -> str:
     return "\n".join(lines)
 
 
-def _plot_label(method: str, summary: dict) -> str:
+def _plot_label(method: str, summary: Summary) -> str:
     """Legend label of a method: FA methods with their k (the N_p axis/panel) and d."""
     name = method_label(method)
     if method in REGISTRY and REGISTRY[method].target == "fa" and summary.get("fa"):
@@ -77,25 +90,58 @@ def _plot_label(method: str, summary: dict) -> str:
     return name
 
 
-def _integer_axis(ax, hi: float, locator) -> None:
-    """Linear budget axis from 0 to `hi` with integer ticks only (`locator`: matplotlib's MaxNLocator)."""
+def curve_at_budgets(curve: dict[str, list[Any]], max_budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(budgets 0..max_budget (int64), certified accuracy at each) from a summary's compact curve
+    (`{"radius": distinct radii r_1 < r_2 < ..., "certified_accuracy": accuracy at each}`, as
+    `kernelcert.pipeline.summary.method_summary` writes it): the accuracy at budget b is the one at
+    the smallest stored radius >= b (0 beyond the largest)."""
+    rad = np.asarray(curve["radius"], np.int64)
+    acc = np.asarray(curve["certified_accuracy"], float)
+    budgets = np.arange(max_budget + 1, dtype=np.int64)
+    if rad.size == 0:
+        return budgets, np.zeros(len(budgets))
+    idx = np.searchsorted(rad, budgets, side="left")
+    return budgets, np.where(idx < len(rad), acc[np.minimum(idx, len(rad) - 1)], 0.0)
+
+
+def _setting(summary: Summary) -> str:
+    """One line naming what was certified: run name, dataset and sizes (what the summary records)."""
+    d = summary.get("data", {})
+    parts = [str(summary.get("name", "run"))]
+    if d.get("dataset"):
+        parts.append(str(d["dataset"]))
+    if d.get("n_train") is not None:
+        parts.append(f"n_train = {d['n_train']}")
+    if d.get("n_test") is not None:
+        parts.append(f"n_test = {d['n_test']}")
+    if d.get("num_classes") is not None:
+        parts.append(f"{d['num_classes']} classes")
+    return ", ".join(parts)
+
+
+def _integer_axis(ax: Axes, hi: float, locator: type[MaxNLocator]) -> None:
+    """Linear budget axis from 0 to `hi` with integer ticks at 1, 2 or 5 times a power of ten
+    (`locator`: matplotlib's MaxNLocator)."""
     ax.set_xlim(0, max(hi, 1))
-    ax.xaxis.set_major_locator(locator(integer=True, nbins=8))
+    ax.xaxis.set_major_locator(locator(integer=True, nbins=8, steps=[1, 2, 5, 10]))
 
 
-def _figure_legend(fig, axes, y: float = 0.0) -> None:
+def _figure_legend(fig: Figure, axes: Iterable[Axes], summary: Summary, y: float = 0.0) -> None:
     """One legend for the whole figure, below the panels: every method drawn in any panel, in
     registry order (the single model included, though it is drawn only at N_p = 1)."""
-    handles = {}
+    found: dict[str, Artist] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
+            found.setdefault(lab, h)
+    order = [_plot_label(m, summary) for m in REGISTRY]
+    handles = {lab: found[lab] for lab in sorted(found, key=lambda lab: (order.index(lab) if lab in order
+                                                                         else len(order)))}
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)),
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, y))
 
 
-def write_plots(summary: dict, run_dir) -> list[Path]:
+def write_plots(summary: Summary, run_dir: str | os.PathLike[str]) -> list[Path]:
     """Certified accuracy vs budget (one figure per learner, a panel per N_p, a line per method) and
     MCR vs N_p (a panel per learner). Budgets are integer label flips on a linear axis; one legend
     per figure below the panels. Returns the PNG paths (written atomically)."""
@@ -105,8 +151,8 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    run_dir = Path(run_dir)
-    paths = []
+    out_dir = Path(run_dir)
+    paths: list[Path] = []
     learners = _learners(summary)
     legend_rows = -(-len({r["method"] for r in summary["results"]}) // 4)
     for learner in learners:
@@ -115,30 +161,26 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
         fig, axes = plt.subplots(1, len(nps), figsize=(4.2 * len(nps), 3.6 + 0.3 * legend_rows), squeeze=False,
                                  sharey=True)
         for ax, n_p in zip(axes[0], nps):
-            hi = 1.0
-            for r in (r for r in rows if r["num_partitions"] == n_p):
-                rad = np.asarray(r["curve"]["radius"], float)
-                acc = np.asarray(r["curve"]["certified_accuracy"], float)
-                if rad.size == 0:
-                    x, y = np.array([0.0, 1.0]), np.array([0.0, 0.0])
-                else:
-                    x = np.concatenate([[0.0], rad, [rad[-1] + 1]])
-                    y = np.concatenate([[acc[0]], acc, [0.0]])
-                hi = max(hi, float(x[-1]))
+            panel = [r for r in rows if r["num_partitions"] == n_p]
+            # budgets 0..(largest radius + 1): every curve ends at 0; value on [b, b + 1) = accuracy at b
+            hi = max([max(r["curve"]["radius"], default=0) for r in panel] + [0]) + 1
+            for r in panel:
+                x, y = curve_at_budgets(r["curve"], hi)
                 color, ls, _ = method_style(r["method"])
-                ax.plot(x, y, drawstyle="steps-pre", color=color, linestyle=ls, linewidth=1.6, alpha=0.85,
-                        label=_plot_label(r["method"], summary))
-            _integer_axis(ax, hi, MaxNLocator)
+                ax.plot(np.append(x, hi + 1), np.append(y, y[-1]), drawstyle="steps-post", color=color,
+                        linestyle=ls, linewidth=1.6, alpha=0.85, label=_plot_label(r["method"], summary))
+            _integer_axis(ax, hi + 1, MaxNLocator)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{learner}, N_p = {n_p}")
             ax.set_xlabel("budget r (label flips)")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("certified accuracy")
-        _figure_legend(fig, axes[0])
+        fig.suptitle(f"Certified accuracy vs label-flip budget, learner {learner} ({_setting(summary)})", fontsize=10)
+        _figure_legend(fig, axes[0], summary)
         fig.tight_layout(rect=(0, 0.01 + 0.055 * legend_rows, 1, 1))
-        paths.append(_save(fig, run_dir / f"certified_accuracy_{_safe(learner)}.png"))
+        paths.append(_save(fig, out_dir / f"certified_accuracy_{_safe(learner)}.png"))
         plt.close(fig)
-    fig, axes = plt.subplots(1, len(learners), figsize=(4.5 * len(learners) + 0.5, 3.8 + 0.3 * legend_rows),
+    fig, axes = plt.subplots(1, len(learners), figsize=(max(4.5 * len(learners) + 0.5, 8.5), 3.8 + 0.3 * legend_rows),
                              squeeze=False)
     for ax, learner in zip(axes[0], learners):
         rows = _rows(summary, learner)
@@ -154,17 +196,20 @@ def write_plots(summary: dict, run_dir) -> list[Path]:
         ax.set_xticks(nps)
         ax.set_xticklabels([str(n) for n in nps])
         ax.minorticks_off()
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        top = max([r["mcr"]["radius"] for r in rows if r["mcr"]["radius"] is not None] + [1])
+        ax.set_ylim(-0.05 * top - 0.1, 1.05 * top + 0.1)  # never an empty or sub-integer range
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_title(learner)
         ax.set_xlabel("N_p (number of partitions; k for FA)")
         ax.set_ylabel("MCR (label flips)")
         ax.grid(alpha=0.3)
-    _figure_legend(fig, axes[0], y=0.035)
+    fig.suptitle(f"Median certified robustness vs N_p ({_setting(summary)})", fontsize=10)
+    _figure_legend(fig, axes[0], summary, y=0.035)
     fig.text(0.5, 0.005, "MCR in the radius convention: the largest r with certified accuracy >= 50% "
              "(the DPA/FA/ROE scripts print MCR + 1); missing points: accuracy < 50%.",
              ha="center", va="bottom", fontsize=7, style="italic")
     fig.tight_layout(rect=(0, 0.05 + 0.055 * legend_rows, 1, 1))
-    paths.append(_save(fig, run_dir / "mcr_vs_partitions.png"))
+    paths.append(_save(fig, out_dir / "mcr_vs_partitions.png"))
     plt.close(fig)
     return paths
 
@@ -173,14 +218,15 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # nothing outside the panels is cut off
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
-def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
+def markdown_report(summary: Summary, plots: Sequence[str | os.PathLike[str]] = (),
+                    run_dir: str | os.PathLike[str] | None = None) -> str:
     """Short Markdown report: setup, a results table per learner, C_max, timings, memory, plots."""
     d = summary["data"]
     k = summary["kernel"]
@@ -248,4 +294,4 @@ def markdown_report(summary: dict, plots=(), run_dir=None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["results_table", "write_plots", "markdown_report"]
+__all__ = ["results_table", "write_plots", "markdown_report", "curve_at_budgets"]

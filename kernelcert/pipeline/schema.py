@@ -14,19 +14,30 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
 from ..data import ARRAY_ROLES, LOADERS
-from ..kernels import Convolutional, FullyConnected, PrecomputedKernel
+from ..kernels import Convolutional, FullyConnected, Kernel, PrecomputedKernel
 from ..learners import KernelRegression, KernelSVM
 from ..partition import FA_DEFAULT_SEED
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Problem = tuple[str | None, str | None, str]
+"""One config problem: (section, key, message); section/key None when the problem is not in one."""
+Check = Callable[[str, Any], Any]
+"""A field's value check: (key, raw value) -> the clean value, or BadValue."""
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
 DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}  # synthetic, arrays: num_classes
-ARCHITECTURES = {"fully_connected": FullyConnected, "convolutional": Convolutional, "precomputed": PrecomputedKernel}
-LEARNER_TYPES = {"svm": KernelSVM, "regression": KernelRegression}
+ARCHITECTURES: dict[str, type[Kernel]] = {"fully_connected": FullyConnected, "convolutional": Convolutional,
+                                          "precomputed": PrecomputedKernel}
+LEARNER_TYPES: dict[str, type[KernelSVM] | type[KernelRegression]] = {"svm": KernelSVM, "regression": KernelRegression}
 PARTITION_RULES = ("ss_dpa", "dpa_hash", "seeded_hash")
 FA_RULES = ("dpa_hash", "seeded_hash")
 BACKENDS = ("inprocess", "dask-local", "dask")
@@ -36,18 +47,18 @@ DEFAULT_BUDGETS = (0, 1, 2, 5, 10, 20, 50, 100)
 class ConfigError(ValueError):
     """A bad run configuration (raised before any heavy work). `problems`: ((section, key, message), ...)."""
 
-    def __init__(self, message: str, problems: tuple = ()):
+    def __init__(self, message: str, problems: Iterable[Problem] = ()) -> None:
         super().__init__(message)
         self.problems = tuple(problems)
 
     @classmethod
-    def of(cls, problems) -> "ConfigError":
+    def of(cls, problems: Iterable[Problem]) -> ConfigError:
         """One error listing every (section, key, message) problem."""
-        problems = tuple(problems)
-        lines = [f"[{sec}]: {msg}" if sec else msg for sec, _, msg in problems]
+        listed = tuple(problems)
+        lines = [f"[{sec}]: {msg}" if sec else msg for sec, _, msg in listed]
         text = (f"config {lines[0]}" if len(lines) == 1
                 else f"config: {len(lines)} problems:\n  " + "\n  ".join(lines))
-        return cls(text, problems)
+        return cls(text, listed)
 
 
 class BadValue(ValueError):
@@ -55,8 +66,8 @@ class BadValue(ValueError):
 
 
 # --------------------------------------------------------------------------- value checks
-def _int(minimum=None, maximum=None) -> Callable:
-    def check(key, v):
+def _int(minimum: int | None = None, maximum: int | None = None) -> Check:
+    def check(key: str, v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise BadValue(f"{key} must be an integer, got {v!r}")
         v = int(v)
@@ -68,8 +79,8 @@ def _int(minimum=None, maximum=None) -> Callable:
     return check
 
 
-def _num(*, positive=False, nonneg=False, below=None) -> Callable:
-    def check(key, v):
+def _num(*, positive: bool = False, nonneg: bool = False, below: float | None = None) -> Check:
+    def check(key: str, v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise BadValue(f"{key} must be a number, got {v!r}")
         v = float(v)
@@ -85,22 +96,22 @@ def _num(*, positive=False, nonneg=False, below=None) -> Callable:
     return check
 
 
-def _bool(key, v):
+def _bool(key: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise BadValue(f"{key} must be true or false, got {v!r}")
     return v
 
 
-def _choice(*choices) -> Callable:
-    def check(key, v):
+def _choice(*choices: str) -> Check:
+    def check(key: str, v: Any) -> str:
         if v not in choices:
             raise BadValue(f"{key} must be one of {', '.join(map(repr, choices))}, got {v!r}")
         return v
     return check
 
 
-def _str(forbid: str = "") -> Callable:
-    def check(key, v):
+def _str(forbid: str = "") -> Check:
+    def check(key: str, v: Any) -> str:
         if not isinstance(v, str) or not v or any(ch in v for ch in forbid):
             extra = f" without {' '.join(map(repr, forbid))}" if forbid else ""
             raise BadValue(f"{key} must be a non-empty string{extra}, got {v!r}")
@@ -108,10 +119,10 @@ def _str(forbid: str = "") -> Callable:
     return check
 
 
-def _ints(minimum=None, *, unique=True, sort=False, length=None) -> Callable:
+def _ints(minimum: int | None = None, *, unique: bool = True, sort: bool = False, length: int | None = None) -> Check:
     one = _int(minimum)
 
-    def check(key, v):
+    def check(key: str, v: Any) -> tuple[int, ...]:
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and length is None:
             v = [v]
         if not isinstance(v, (list, tuple)) or len(v) == 0:
@@ -125,7 +136,7 @@ def _ints(minimum=None, *, unique=True, sort=False, length=None) -> Callable:
     return check
 
 
-def _names(key, v):
+def _names(key: str, v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not v or not all(isinstance(m, str) for m in v):
         raise BadValue(f"{key} must be a non-empty list of method names, got {v!r}")
     if len(set(v)) != len(v):
@@ -133,7 +144,7 @@ def _names(key, v):
     return tuple(v)
 
 
-def _array_files(key, v):
+def _array_files(key: str, v: Any) -> tuple[str, ...]:
     """[data] files = {x_train = "...", y_train = "...", x_test = "...", y_test = "..."} -> 4 paths in that order."""
     if not isinstance(v, dict) or set(v) != set(ARRAY_ROLES) or not all(isinstance(p, str) and p for p in v.values()):
         raise BadValue(f"{key} must be a table of the four .npy paths "
@@ -141,7 +152,7 @@ def _array_files(key, v):
     return tuple(v[r] for r in ARRAY_ROLES)
 
 
-def _spec(default, check: Callable, **kw):
+def _spec(default: Any, check: Check, **kw: Any) -> Any:
     """A dataclass field with its value check (read by `_parse_section`)."""
     return field(default=default, metadata={"check": check}, **kw)
 
@@ -175,7 +186,7 @@ class DataConfig:
     max_value: float | None = _spec(None, _num(positive=True))
     files: tuple[str, str, str, str] | None = _spec(None, _array_files)
 
-    def files_dict(self) -> dict | None:
+    def files_dict(self) -> dict[str, str] | None:
         """`files` as the {role: path} dict `kernelcert.data.arrays` takes (None when not given)."""
         return None if self.files is None else dict(zip(ARRAY_ROLES, self.files))
 
@@ -279,22 +290,23 @@ class MethodsConfig:
     aggregations: tuple[str, ...] | None = _spec(None, _names)
 
 
-def parse_section(cls, where: str, table, problems: list, *, allowed=None, defaults=None):
+def parse_section(cls: type[_Section], where: str, table: object, problems: list[Problem], *,
+                  allowed: Iterable[str] | None = None, defaults: Mapping[str, Any] | None = None) -> _Section | None:
     """Validate `table` against dataclass `cls` (only `allowed` keys); the instance, or None with
     the problems appended to `problems`."""
     if not isinstance(table, dict):
         problems.append((where, None, f"must be a table, got {type(table).__name__}"))
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    allowed = set(fields) if allowed is None else set(allowed)
+    allowed_keys = set(fields) if allowed is None else set(allowed)
     n0 = len(problems)
-    unknown = sorted(set(table) - allowed)
+    unknown = sorted(set(table) - allowed_keys)
     if unknown:
         problems.append((where, unknown[0], f"unknown key(s) {', '.join(map(repr, unknown))}; "
-                                            f"allowed: {', '.join(sorted(allowed))}"))
+                                            f"allowed: {', '.join(sorted(allowed_keys))}"))
     kw: dict[str, Any] = dict(defaults or {})
     for key, f in fields.items():
-        if key in table and key in allowed:
+        if key in table and key in allowed_keys:
             try:
                 kw[key] = f.metadata["check"](key, table[key])
             except BadValue as exc:
@@ -304,18 +316,19 @@ def parse_section(cls, where: str, table, problems: list, *, allowed=None, defau
     return cls(**kw) if len(problems) == n0 else None
 
 
-def check_field(cls, key: str, value):
+def check_field(cls: type[DataclassInstance], key: str, value: Any) -> Any:
     """`value` checked by the check of field `key` of section dataclass `cls` (BadValue if invalid)."""
     return {f.name: f for f in dataclasses.fields(cls)}[key].metadata["check"](key, value)
 
 
-def ctor_keys(cls, config_cls) -> set:
+def ctor_keys(cls: Callable[..., Any], config_cls: type[DataclassInstance]) -> set[str]:
     """The constructor arguments of `cls` that are fields of `config_cls`."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     return set(inspect.signature(cls).parameters) & names
 
 
-def data_keys(dataset: str) -> set:
+def data_keys(dataset: str) -> set[str]:
+    """The [data] keys a config for `dataset` may set: the shared ones plus its loader's arguments."""
     loader_args = set(inspect.signature(LOADERS[dataset]).parameters)
     return set(DATA_SHARED) | (loader_args & {f.name for f in dataclasses.fields(DataConfig)})
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,13 +33,13 @@ MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (d
                    "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §7.0.2)"}
 
 
-def method_summary(r: MethodResult, y_test: np.ndarray, budgets) -> dict:
+def method_summary(r: MethodResult, y_test: np.ndarray, budgets: Iterable[int]) -> dict[str, Any]:
     """Accuracy, certified accuracy at `budgets`, MCR (both conventions), exactness and the curve."""
     correct = r.prediction == y_test
     eff = np.where(correct, r.radius, -1)
     vals = np.unique(eff[eff >= 0])
     curve_acc = [float(np.mean(eff >= v)) for v in vals]
-    d = {"learner": r.learner, "num_partitions": r.num_partitions, "method": r.method,
+    d: dict[str, Any] = {"learner": r.learner, "num_partitions": r.num_partitions, "method": r.method,
          "clean_accuracy": float(np.mean(correct)),
          "certified_accuracy": {str(b): certified_accuracy(r.radius, correct, int(b)) for b in budgets},
          "mcr": {"radius": median_certified_robustness(r.radius, correct, "radius"),
@@ -55,7 +57,8 @@ def method_summary(r: MethodResult, y_test: np.ndarray, budgets) -> dict:
 
 
 def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
-                     computed_keys) -> tuple[dict, dict, dict, dict]:
+                     computed_keys: Iterable[str]
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], dict[str, float]]:
     """(base-model accuracy, SVM C_max per partition ensemble, unit seconds, worker peak memory of
     this run: over the units computed by this run, whose workers' peaks were reset at its start)."""
     metas = {k: f.meta() for k, f in files.items()}
@@ -63,8 +66,8 @@ def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
     for m in (metas[k] for k in computed_keys):
         wid = f"{m['host']}:{m['pid']}"
         peaks[wid] = max(peaks.get(wid, 0.0), float(m["peak_rss_mb"]))
-    base_acc: dict = {}
-    c_max: dict = {}
+    base_acc: dict[str, Any] = {}
+    c_max: dict[str, Any] = {}
     for j, lc in enumerate(cfg.learners):
         for target in (t for t in plan.targets if t.kind == "partition"):
             accs = [float(np.mean(files[k].rows(f"L{j}.votes") == plan.y_test)) for k in target.units]
@@ -80,8 +83,8 @@ def _unit_statistics(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
 
 
 def build_summary(cfg: RunConfig, plan: RunPlan, results: list[MethodResult], files: dict[str, UnitFile], *,
-                  run_dir: Path, cfg_hash: str, prepass: dict, computed: set, skipped: int, timings: dict,
-                  backend_info: dict) -> dict:
+                  run_dir: Path, cfg_hash: str, prepass: dict[str, float], computed: Collection[str], skipped: int,
+                  timings: dict[str, float], backend_info: dict[str, Any]) -> dict[str, Any]:
     """The summary dict written to summary.json (and read by the report); `computed`: the keys of
     the units this run computed."""
     base_acc, c_max, seconds, peaks = _unit_statistics(cfg, plan, files, computed)
@@ -107,7 +110,8 @@ def build_summary(cfg: RunConfig, plan: RunPlan, results: list[MethodResult], fi
     }
 
 
-def write_summary(path: Path, summary: dict) -> None:
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write `summary` to `path` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(summary, indent=1, sort_keys=False))
 
 
@@ -132,7 +136,7 @@ def write_points(path: Path, y_test: np.ndarray, results: list[MethodResult]) ->
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_points(path) -> tuple[list[str], np.ndarray]:
+def read_points(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
     """(column names, int64 table) of a points.csv."""
     with open(path) as f:
         header = f.readline().strip().split(",")
@@ -172,7 +176,7 @@ def points_long_frame(y_test: np.ndarray, results: list[MethodResult]) -> pd.Dat
     return frame.astype(_LONG_DTYPES)[list(POINTS_LONG_COLUMNS)]
 
 
-def write_points_long(run_dir, y_test: np.ndarray, results: list[MethodResult]) -> Path:
+def write_points_long(run_dir: str | os.PathLike[str], y_test: np.ndarray, results: list[MethodResult]) -> Path:
     """Write the long table into `run_dir` atomically: Parquet when pyarrow is importable, CSV
     otherwise (missing values as empty fields). Removes a stale table of the other format. Returns
     the path written."""
@@ -188,13 +192,19 @@ def write_points_long(run_dir, y_test: np.ndarray, results: list[MethodResult]) 
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         atomic_write_bytes(path, buf.getvalue())
-    for name in POINTS_LONG_NAMES:
-        if name != path.name and (run_dir / name).exists():
-            (run_dir / name).unlink()
+    remove_stale_points_long(run_dir, path.name)
     return path
 
 
-def read_points_long(run_dir) -> pd.DataFrame:
+def remove_stale_points_long(directory: str | os.PathLike[str], written: str) -> None:
+    """Delete the long tables in `directory` other than `written` (one of `POINTS_LONG_NAMES`): a table
+    of the other format left by an earlier write without / with pyarrow would be out of date."""
+    for name in POINTS_LONG_NAMES:
+        if name != written:
+            (Path(directory) / name).unlink(missing_ok=True)
+
+
+def read_points_long(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The long per-point table of a run directory (or of the file itself) as a pandas DataFrame
     with columns `POINTS_LONG_COLUMNS` (radius_upper: nullable Int64, exact_before_refinement:
     nullable boolean). Raises FileNotFoundError naming the directory when neither file exists."""
@@ -216,11 +226,13 @@ def read_points_long(run_dir) -> pd.DataFrame:
     return frame.astype(_LONG_DTYPES)[list(POINTS_LONG_COLUMNS)]
 
 
-def read_summary(path) -> dict:
+def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The summary dict of a summary.json (or of the run directory holding it)."""
-    path = Path(path)
-    return json.loads((path / "summary.json" if path.is_dir() else path).read_text())
+    p = Path(path)
+    summary: dict[str, Any] = json.loads((p / "summary.json" if p.is_dir() else p).read_text())
+    return summary
 
 
 __all__ = ["method_summary", "build_summary", "write_summary", "write_points", "read_points", "read_summary",
-           "MCR_CONVENTIONS", "POINTS_LONG_COLUMNS", "points_long_frame", "write_points_long", "read_points_long"]
+           "MCR_CONVENTIONS", "POINTS_LONG_COLUMNS", "POINTS_LONG_NAMES", "points_long_frame", "write_points_long",
+           "remove_stale_points_long", "read_points_long"]
