@@ -127,8 +127,11 @@ def build_evidence(weights: ArrayLike, labels: ArrayLike, num_classes: int, *, l
                       cost_upper=costs.copy(), costs_exact=np.ones(t, bool))
         return ev if lv == 1 else dataclasses.replace(ev, pair_costs=pairs, fallback=np.zeros(t, bool))
     # level "pairs": the attacker-tie pairwise costs come from the same certify pass
-    out = certify(W, y, K, pairwise="attacker" if lv == 2 else None, **certify_options)
-    cert, P = out if lv == 2 else (out, None)
+    P: np.ndarray | None = None
+    if lv == 2:
+        cert, P = certify(W, y, K, pairwise="attacker", **certify_options)
+    else:
+        cert = certify(W, y, K, **certify_options)
     ev = Evidence(votes=cert.prediction, scores=scores, radius=cert.radius, cost_lower=cert.cost_lower,
                   cost_upper=cert.cost_upper, costs_exact=cert.exact)
     if lv == 1:

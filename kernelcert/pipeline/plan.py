@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import arrays_split_sizes, load_dataset
+from ..data import Split, arrays_split_sizes, load_dataset
 from ..kernels import PrecomputedKernel, max_abs_row_sum
 from ..partition import fa_groups, fa_spread, partition
 from .config import ConfigError, RunConfig, make_kernel, size_problems
@@ -81,7 +81,7 @@ class RunPlan:
         return {t.size: t.shifts for t in self.targets if t.kind == "fa"}
 
 
-def load_data(cfg: RunConfig, *, raw: bool = False):
+def load_data(cfg: RunConfig, *, raw: bool = False) -> Split:
     """(x_train, y_train, x_test, y_test) via `kernelcert.data.load_dataset`; raw=True gives unscaled pixels.
     With a precomputed kernel (and not raw) also (idx_train, idx_test): the kept rows of the source splits."""
     d = cfg.data
@@ -99,13 +99,15 @@ def load_data(cfg: RunConfig, *, raw: bool = False):
     return load_dataset(d.dataset, **opts)
 
 
-def precomputed_inputs(cfg: RunConfig, idx_train: np.ndarray, idx_test: np.ndarray):
+def precomputed_inputs(cfg: RunConfig, idx_train: np.ndarray, idx_test: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
     """(train index rows, test index rows, fingerprint of the kernel files) for a precomputed kernel;
     ConfigError when the files' rows do not match the data (sizes of an arrays source, or a kept
     sample beyond the files' rows). The fingerprint (path, size, mtime of both files) lets a resumed
     run notice replaced kernel files."""
     kc = cfg.kernel
     kernel = make_kernel(kc)
+    assert isinstance(kernel, PrecomputedKernel), "precomputed_inputs needs architecture = 'precomputed'"
     if cfg.data.dataset == "arrays":
         n_tr, n_te = arrays_split_sizes(cfg.data.path, cfg.data.files_dict())
         for path, got, want, what in ((kc.train_train, kernel.num_train, n_tr, "training"),
@@ -123,7 +125,7 @@ def precomputed_inputs(cfg: RunConfig, idx_train: np.ndarray, idx_test: np.ndarr
             hashlib.sha256(json.dumps(stats).encode()).hexdigest())
 
 
-def _digest(*arrays) -> str:
+def _digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(a)
@@ -132,7 +134,7 @@ def _digest(*arrays) -> str:
     return h.hexdigest()
 
 
-def _fa_sets(cfg: RunConfig, x: np.ndarray, k: int):
+def _fa_sets(cfg: RunConfig, x: np.ndarray, k: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Training index sets of the k*d FA learners and the shifts (docs/math.md §5)."""
     fa = cfg.fa
     if fa is None:

@@ -271,8 +271,8 @@ class ExecutionConfig:
 
 @dataclass(frozen=True)
 class ExactnessConfig:
-    """[exactness]: after aggregation, refine EnsembleCert radii until proven exact (`kernelcert.refine`):
-    refine on/off; CPU-time budget of the refinement, at most budget_factor times the run's time before
+    """[exactness]: after aggregation, refine EnsembleCert radii until proven exact and white-box ROE radii
+    until resolved at exact class costs (`kernelcert.refine`, docs/math.md §4.4): refine on/off; CPU-time budget of the refinement, at most budget_factor times the run's time before
     it (and at most budget_seconds when set); time_limit seconds per class-cost problem. Not hashed: the
     work units do not depend on it (the step re-reads them)."""
 
