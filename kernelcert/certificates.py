@@ -88,7 +88,8 @@ class Certificate:
     fewest flips after which the prediction is class c (0 at the prediction, inf if unreachable /
     no verified attack); class_exact (t, K) = lower == upper; exact (t,) = radius_exact and every
     class exact. With class_bounds=False only the radius is computed: cost_lower is then P(p, c)
-    (c must beat the prediction p) and cost_upper inf off the prediction.
+    (c must beat the prediction p; for weights near the float64 limit, above 2^1000, a sound lower
+    bound on it) and cost_upper inf off the prediction.
     tolerance (t,) float64: the absolute tolerance `rtol * sum_j |W_ij| + atol_i` the certificate
     was computed with: radius and bounds hold for every model whose label weights W* satisfy
     sum_j |W_ij - W*_ij| <= tolerance[i] and that predicts `prediction[i]` on the clean labels.

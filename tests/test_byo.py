@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from benchmarks._published_rules import published_dpa_roe, published_fa, published_fa_roe
 from kernelcert import data
 from kernelcert.aggregate import add_aggregate_parser, certify_ensemble, fa_shifts, run_aggregate
 from kernelcert.arrayfiles import ArrayFileError, open_array
@@ -17,7 +18,6 @@ from kernelcert.learners import KernelRegression
 from kernelcert.pipeline import read_points
 from kernelcert.roe import dpa_roe, dpa_star_roe, fa, fa_roe
 from kernelcert.scores import read_ensemble_outputs
-from test_roe import ref_dpa_roe, ref_fa, ref_fa_roe
 
 
 def digits_npz(path, compressed=False, seed=0, **extra):
@@ -214,12 +214,12 @@ def test_aggregate_cli_matches_python_functions_and_published_algorithms(tmp_pat
     for name, res in expect.items():
         assert np.array_equal(col[f"{name}/prediction"], res.prediction), name
         assert np.array_equal(col[f"{name}/radius"], np.minimum(res.radius, M)), name
-    refs = {f"ensemble/{M}/dpa_roe": [ref_dpa_roe(s64[i]) for i in range(t)],
-            f"ensemble/{k}/fa": [ref_fa(votes[i], shifts, K) for i in range(t)],
-            f"ensemble/{k}/fa_roe": [ref_fa_roe(s64[i], shifts) for i in range(t)]}
-    for name, ref in refs.items():
-        assert col[f"{name}/prediction"].tolist() == [p for p, _ in ref], name
-        assert col[f"{name}/radius"].tolist() == [min(r, M) for _, r in ref], name
+    refs = {f"ensemble/{M}/dpa_roe": published_dpa_roe(s64, None, K),
+            f"ensemble/{k}/fa": published_fa(None, None, K, shifts, max_classes=votes),
+            f"ensemble/{k}/fa_roe": published_fa_roe(s64, None, K, shifts)}
+    for name, (ref_pred, ref_radius) in refs.items():
+        assert np.array_equal(col[f"{name}/prediction"], ref_pred), name
+        assert np.array_equal(col[f"{name}/radius"], np.minimum(ref_radius, M)), name
     assert np.array_equal(col["label"], y)
 
 

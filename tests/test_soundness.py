@@ -129,7 +129,11 @@ def check_against_oracle(W, y, K, where):
         assert np.all(cert.cost_lower[i] <= costs), msg
         assert np.all(costs <= cert.cost_upper[i]), msg
         assert np.all(P[i] <= P_idx) and np.all(Pa[i] <= P_att), msg
-        np.testing.assert_array_equal(fast.cost_lower[i], P_idx[pred], err_msg=msg)
+        # radius mode: P(p, c) from the float core, a sound lower bound that is exact except where
+        # sums of weights near the float64 limit are scaled (the radius itself is exact, checked above)
+        assert np.all(fast.cost_lower[i] <= P_idx[pred]), msg
+        if np.abs(W[i]).max(initial=0.0) < 2.0**1000:
+            np.testing.assert_array_equal(fast.cost_lower[i], P_idx[pred], err_msg=msg)
         assert not cert.exact[i] or np.array_equal(cert.cost_lower[i], costs), msg
         if K == 2:
             np.testing.assert_array_equal(cert.cost_lower[i], costs, err_msg=msg)
