@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import warnings
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar, overload
 
 import numpy as np
 import scipy.linalg
@@ -97,7 +97,7 @@ def _safe_c_max(row_abs_sums: np.ndarray) -> float:
     return float(np.nextafter(1.0 / m_up, 0.0))
 
 
-def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
+def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho: tuple[np.ndarray, bool]) -> float:
     """A rigorous lower bound on the smallest eigenvalue of the symmetric matrix A (<= 0: none found).
 
     Inverse iteration with the Cholesky factor `cho` of A estimates lambda_min from above; then
@@ -157,13 +157,13 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         check_is_fitted(self, msg=f"this {type(self).__name__} is not fitted yet; call fit(K_train, y, num_classes) "
                                   "first")
 
-    def _check_test(self, K_test_train) -> np.ndarray:
+    def _check_test(self, K_test_train: ArrayLike) -> np.ndarray:
         self._require_fit()
         Kt = as_float_array("K_test_train", K_test_train, ndim=2)
         check_columns("K_test_train", Kt, self.n_train_)
         return Kt
 
-    def _fit_inputs(self, K_train, y, num_classes, shared: _SharedGram | None
+    def _fit_inputs(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None
                     ) -> tuple[_SharedGram, np.ndarray, int]:
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         if num_classes is None:
@@ -179,10 +179,10 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self."""
 
     @abc.abstractmethod
-    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "_KernelLearner":
+    def _fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None) -> "_KernelLearner":
         """`fit`, on `shared` (already validated and symmetrised) instead of K_train when given."""
 
-    def _finish_fit(self, y, num_classes, n) -> None:
+    def _finish_fit(self, y: np.ndarray, num_classes: int, n: int) -> None:
         self.labels_ = y
         self.num_classes_ = num_classes
         self.n_train_ = n
@@ -254,6 +254,9 @@ class KernelRegression(_KernelLearner):
     """
 
     eig_lower_: float | None
+    _cho: tuple[np.ndarray, bool] | None  # converged: the Cholesky factor of K + ridge I (`cho_factor`)
+    _M: np.ndarray | None  # finite time: the (n, n) matrix A^-1 (I - exp(-η t A)), W = K_test_train @ _M
+    _dM: float  # finite time: the bound on ||dM||_2 behind weight_error_factor_
 
     def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0) -> None:
         self.ridge = ridge
@@ -267,7 +270,8 @@ class KernelRegression(_KernelLearner):
         """
         return self._fit(K_train, y, num_classes, None)
 
-    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "KernelRegression":
+    def _fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None
+             ) -> "KernelRegression":
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         ridge = check_positive("ridge", self.ridge, allow_zero=True)
         train_time = self.train_time
@@ -332,6 +336,7 @@ class KernelRegression(_KernelLearner):
     def _weights_block(self, Kb: np.ndarray) -> np.ndarray:
         if self._cho is not None:
             return scipy.linalg.cho_solve(self._cho, Kb.T, check_finite=False).T
+        assert self._M is not None  # a fit sets exactly one of _cho (converged) and _M (finite time)
         return Kb @ self._M
 
     def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
@@ -391,7 +396,7 @@ class KernelSVM(_KernelLearner):
     num_classes_, n_train_.
     """
 
-    def __init__(self, C: float | None = None):
+    def __init__(self, C: float | None = None) -> None:
         self.C = C
 
     @property
@@ -413,7 +418,7 @@ class KernelSVM(_KernelLearner):
         """
         return self._fit(K_train, y, num_classes, None)
 
-    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "KernelSVM":
+    def _fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None) -> "KernelSVM":
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         C = None if self.C is None else check_positive("C", self.C)
         gram, y, num_classes = self._fit_inputs(K_train, y, num_classes, shared)
@@ -524,6 +529,21 @@ def fit_learners(learners: Sequence[_KernelLearnerT], K_train: ArrayLike, y: Arr
 
 
 # --------------------------------------------------------------------------- dual QP (C > C_max)
+@overload
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: Literal[False] = ...
+                   ) -> np.ndarray: ...
+
+
+@overload
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: Literal[True]
+                   ) -> tuple[np.ndarray, float]: ...
+
+
+@overload
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: bool = ...
+                   ) -> np.ndarray | tuple[np.ndarray, float]: ...
+
+
 def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: bool = False
                    ) -> np.ndarray | tuple[np.ndarray, float]:
     """Optimal dual variables alpha (n,) of `max 1'a - 1/2 a' diag(s) K diag(s) a, 0 <= a <= C` (no bias).

@@ -12,7 +12,10 @@ from kernelcert.evidence import build_evidence, stack_evidence
 from kernelcert.exact import brute_force_certificate, brute_force_label_flip_roe_radius, milp_class_costs
 from kernelcert.learners import KernelRegression
 from kernelcert.refine import (
+    CostRefinement,
     PartitionSolver,
+    RefinedEnsemble,
+    RefinedWhiteboxROE,
     attack_makes_class_win,
     exact_class_costs,
     refine_class_costs,
@@ -384,6 +387,55 @@ def test_refine_ensemble_stops_without_progress_and_rejects_bad_solvers():
     if before.any():
         with pytest.raises(RuntimeError, match="outside the previous"):
             refine_ensemblecert(votes, L, U, K, lambda p, j, c, lo, hi, cap: (lo - 1, hi))
+
+
+
+def ensemble_costs(s, A, L, U):
+    """Votes (argmax of the scores) and the costs A, L, U with 0 at each model's own vote (as EnsembleCert
+    reads them)."""
+    votes = np.argmax(s, axis=2)
+    own = np.arange(s.shape[2]) == votes[..., None]
+    return (votes,) + tuple(np.where(own, 0.0, C) for C in (A, L, U))
+
+
+def test_refinements_catch_a_solve_that_widens_the_bounds_it_was_given_in_place():
+    """The bounds check compares with the costs before the call, also when `solve` writes into its inputs."""
+    def widen_in_place(p, j, c, lo, hi, cap):
+        hi += 1.0  # an upper bound raised: a verified attack "forgotten"
+        return lo, hi
+
+    rng = np.random.default_rng(11)
+    s, A, L, U, P, fb = cost_level_problem(rng, 10, 6, 4)
+    with pytest.raises(RuntimeError, match="outside the previous"):
+        refine_whitebox_roe(s, L, U, P, widen_in_place, fallback=fb)
+    votes, _, L, U = ensemble_costs(s, A, L, U)
+    assert (ensemblecert(votes, L, 4).radius < ensemblecert(votes, U, 4).radius).any()  # some cost is refined
+    with pytest.raises(RuntimeError, match="outside the previous"):
+        refine_ensemblecert(votes, L, U, 4, widen_in_place)
+
+
+def test_refinement_results_share_the_cost_refinement_fields():
+    """Both results are `CostRefinement`s (prediction, refined costs, counts) with keyword-only fields and
+    their own radii; the attributes the pipeline reads are there."""
+    rng = np.random.default_rng(5)
+    s, A, L, U, P, fb = cost_level_problem(rng, 8, 5, 3)
+    votes, Ae, Le, Ue = ensemble_costs(s, A, L, U)
+    ens = refine_ensemblecert(votes, Le, Ue, 3, oracle_solver(Ae))
+    roe = refine_whitebox_roe(s, L, U, P, oracle_solver(A), fallback=fb)
+    assert isinstance(ens, RefinedEnsemble) and isinstance(roe, RefinedWhiteboxROE)
+    for res in (ens, roe):
+        assert isinstance(res, CostRefinement)
+        assert res.prediction.shape == (8,) and res.cost_lower.shape == res.cost_upper.shape == (8, 5, 3)
+    for res, lo, hi in ((ens, Le, Ue), (roe, L, U)):
+        assert np.all(lo <= res.cost_lower) and np.all(res.cost_upper <= hi) and not res.budget_exhausted
+        assert res.rounds >= 1 and res.problems >= 1 and res.seconds >= 0
+    np.testing.assert_array_equal(ens.prediction, ensemblecert(votes, Le, 3).prediction)
+    np.testing.assert_array_equal(ens.exact, ens.radius_lower == ens.radius_upper)
+    assert ens.exact_before.shape == roe.resolved.shape == roe.resolved_before.shape == (8,)
+    assert np.all(roe.radius <= roe.radius_at_upper_costs)
+    with pytest.raises(TypeError):
+        RefinedEnsemble(ens.prediction, ens.cost_lower, ens.cost_upper, 1, 1, 0.0, False,
+                        ens.radius_lower, ens.radius_upper, ens.exact, ens.exact_before)
 
 
 def test_input_errors_name_the_argument():
