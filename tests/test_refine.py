@@ -484,6 +484,16 @@ def test_run_with_exactness_refinement(tmp_path):
     K = plan.num_classes
     header, table = pipeline.read_points(res.points_path)
     col = {h: i for i, h in enumerate(header)}
+    units = {u.key: u for u in plan.units}
+
+    def partition_models(result):
+        """(label weights on the test points, training labels) of each partition model behind `result`."""
+        learner = conf.learners[[lc.name for lc in conf.learners].index(result.learner)]
+        target = next(t for t in plan.targets if t.kind == "partition" and t.size == result.num_partitions)
+        for key in target.units:
+            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
+            yield make_learner(learner).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x)), y
+
     refined_any = False
     wb_results = []
     for r0, r1 in zip(base.results, res.results):
@@ -501,13 +511,8 @@ def test_run_with_exactness_refinement(tmp_path):
         assert np.all(r1.radius_upper <= r0.radius_upper) and np.all(r1.exact[r0.exact])
         refined_any |= bool(np.any(r1.exact & ~r0.exact))
         # the oracle: the same partition models, every class cost solved exactly
-        j = [lc.name for lc in conf.learners].index(r1.learner)
-        units = {u.key: u for u in plan.units}
-        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
         costs, votes = [], []
-        for key in target.units:
-            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
-            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+        for W, y in partition_models(r1):
             ex = exact_class_costs(W, y, K)
             assert ex.exact.all()
             costs.append(ex.lower)
@@ -531,13 +536,8 @@ def test_run_with_exactness_refinement(tmp_path):
         assert entry["resolved_fraction_after"] >= entry["resolved_fraction_before"]
         resolved = np.ones(len(plan.y_test), bool)
         resolved[entry["points_unresolved"]] = False
-        j = [lc.name for lc in conf.learners].index(r1.learner)
-        units = {u.key: u for u in plan.units}
-        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
         evs, costs = [], []
-        for key in target.units:
-            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
-            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+        for W, y in partition_models(r1):
             evs.append(build_evidence(W, y, K))
             costs.append(exact_class_costs(W, y, K).lower)
         ev = stack_evidence(evs)
