@@ -189,11 +189,36 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         self._Y = onehot(y, num_classes)
         self._fitted = True
 
-    @abc.abstractmethod
+    @overload
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = ...,
+                      return_error: Literal[False] = ...) -> np.ndarray: ...
+
+    @overload
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = ...,
+                      return_error: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = ...,
+                      return_error: bool = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+
     def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
                       ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Label weights W (t, n) float64 (class scores `W @ onehot(y)`); with return_error=True also
-        err (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W*."""
+        """Label weights W (t, n) float64 of the test rows K_test_train (t, n): class scores are exactly
+        `W @ onehot(y)` (computed in row blocks of `block_size` rows). With return_error=True also err
+        (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W* (`certify` takes
+        it as `atol`). KernelRegression: the weights and bound of its class doc; KernelSVM: W =
+        K_test_train and err = 0 (label-linear regime only, ValueError otherwise)."""
+        Kt = self._check_test(K_test_train)
+        W = self._weights(Kt, block_size)
+        return (W, self._weight_error(Kt, W)) if return_error else W
+
+    @abc.abstractmethod
+    def _weights(self, Kt: np.ndarray, block_size: int | None) -> np.ndarray:
+        """`label_weights` W (t, n) float64 of the checked test rows Kt (t, n)."""
+
+    @abc.abstractmethod
+    def _weight_error(self, Kt: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """err (t,): the bound of `label_weights` on sum_j |W_ij - W*_ij| for W = `_weights(Kt, ...)`."""
 
     def certify(self, K_test_train: ArrayLike, **kw: Any) -> Certificate:
         """ScaLabelCert certificate (`certificates.certify`) of the label weights on K_test_train, with
@@ -249,8 +274,10 @@ class KernelRegression(_KernelLearner):
     weights' error bound to its tolerance).
 
     Fitted attributes: labels_, num_classes_, n_train_, eig_lower_ (converged: the lower bound on
-    the smallest eigenvalue of Θ + λI), weight_error_factor_ (the bound on sum_j |W_ij - W*_ij| is
-    this factor times ||W_i||_2).
+    the smallest eigenvalue of Θ + λI), weight_error_factor_: the bound on sum_j |W_ij - W*_ij| that
+    `label_weights(..., return_error=True)` returns is this factor times ||W_i||_2 (converged: the
+    backward error of the Cholesky solve over the proven lower bound on the smallest eigenvalue) or
+    times ||K_test_train_i||_2 (finite time: a first-order bound).
     """
 
     eig_lower_: float | None
@@ -324,7 +351,7 @@ class KernelRegression(_KernelLearner):
             self._M = 0.5 * (self._M + self._M.T)
             # first-order error of M: eigh is backward stable (||E|| <= p(n) eps ||A||), phi has
             # |phi'| <= c^2 / 2 and |phi| <= c on the spectrum, the products add n eps ||M||_F; the
-            # constant 8 n stands for p(n). Row error: sqrt(n) ||k_i||_2 ||dM||_2, see label_weights.
+            # constant 8 n stands for p(n). Row error: sqrt(n) ||k_i||_2 ||dM||_2, see _weight_error.
             normA = float(np.linalg.norm(A))
             dM = 8.0 * n * _EPS * (c + 0.5 * c * c * normA) + _gamma(n + 2) * float(np.linalg.norm(self._M))
             self.eig_lower_ = None
@@ -339,24 +366,17 @@ class KernelRegression(_KernelLearner):
         assert self._M is not None  # a fit sets exactly one of _cho (converged) and _M (finite time)
         return Kb @ self._M
 
-    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
-                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Label weights W (t, n), float64; class scores are `W @ onehot(y)` (streamed over row blocks).
-
-        return_error=True: also err (t,), a bound on sum_j |W_ij - W*_ij| against the exact model's
-        weights W* (converged: the backward error of the Cholesky solve over the proven lower bound
-        on the smallest eigenvalue, `weight_error_factor_ * ||W_i||_2`; finite time: a first-order
-        bound `weight_error_factor_ * ||K_i||_2`). `certify` takes it as `atol`.
-        """
-        Kt = self._check_test(K_test_train)
+    def _weights(self, Kt: np.ndarray, block_size: int | None) -> np.ndarray:
+        """W = Kt A^-1 (converged) or Kt A^-1 (I - exp(-η t A)) (t, n), streamed over row blocks."""
         W = np.empty((Kt.shape[0], self.n_train_), dtype=np.float64)
         for sl in _blocks(Kt.shape[0], self.n_train_, block_size):
             W[sl] = self._weights_block(Kt[sl])
-        if not return_error:
-            return W
+        return W
+
+    def _weight_error(self, Kt: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """weight_error_factor_ * ||W_i||_2 (converged) or * ||Kt_i||_2 (finite time), rounded up."""
         base = np.linalg.norm(W, axis=1) if self._cho is not None else np.linalg.norm(Kt, axis=1)
-        err = self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
-        return W, err
+        return self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
 
     def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Class scores S (t, K) = W @ onehot(y) (regression outputs on one-hot targets)."""
@@ -458,15 +478,15 @@ class KernelSVM(_KernelLearner):
             "num_classes) on small problems"
         )
 
-    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
-                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """W = K_test_train (t, n) float64 (label-linear regime only; a positive multiple of the label
-        weights). return_error=True: also err (t,) = 0 (the weights are the kernel values themselves)."""
-        Kt = self._check_test(K_test_train)
+    def _weights(self, Kt: np.ndarray, block_size: int | None) -> np.ndarray:
+        """W = a copy of Kt (t, n) (label-linear regime only; a positive multiple of the label weights)."""
         if not self.is_label_linear:
             raise self._not_linear_error()
-        W = np.array(Kt, dtype=np.float64, copy=True)
-        return (W, np.zeros(W.shape[0])) if return_error else W
+        return np.array(Kt, dtype=np.float64, copy=True)
+
+    def _weight_error(self, Kt: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """err = 0 (t,): the weights are the kernel values themselves."""
+        return np.zeros(W.shape[0])
 
     def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """One-vs-rest SVM outputs f (t, K): f_k(x) = sum_j alpha_kj y^k_j K(x, x_j)."""
