@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import warnings
-from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar, overload
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar, cast, overload
 
 import numpy as np
 import scipy.linalg
@@ -144,7 +144,7 @@ class _SharedGram:
         """`compute()` the first time `key` is asked for, its stored result afterwards (errors are not stored)."""
         if key not in self._memo:
             self._memo[key] = compute()
-        return self._memo[key]  # type: ignore[return-value]
+        return cast(_T, self._memo[key])  # every caller asks for a key with the same kind of `compute`
 
 
 class _KernelLearner(BaseEstimator, abc.ABC):
