@@ -32,6 +32,7 @@ import abc
 import functools
 import inspect
 import math
+import operator
 import os
 from typing import Any, Callable, Iterator
 
@@ -48,10 +49,11 @@ DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
 TILE_GRID_STEPS = 16  # tile sides m * 2**e with m in [16, 32): at most 1/16 of a side is padding
 _ACTIVATIONS = ("relu", "erf")
 _KINDS = ("ntk", "nngp")
+TileInput = np.ndarray | jax.Array  # one tile's points (numpy, or JAX arrays on the device) or kernel values
 
 
 # --------------------------------------------------------------------------- activations
-def _relu_step(k12, k11, k22, same):
+def _relu_step(k12: jax.Array, k11: jax.Array, k22: jax.Array, same: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Arc-cosine kernels of ReLU for centred Gaussians with covariance [[k11, k12], [k12, k22]].
 
     Returns (E[relu(u) relu(v)], E[relu'(u) relu'(v)]) = (sqrt(k11 k22) (sin θ + (π - θ) cos θ) / 2π,
@@ -67,7 +69,7 @@ def _relu_step(k12, k11, k22, same):
     return k_new, k_dot
 
 
-def _erf_step(k12, k11, k22, same):
+def _erf_step(k12: jax.Array, k11: jax.Array, k22: jax.Array, same: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(E[erf(u) erf(v)], E[erf'(u) erf'(v)]) = ((2/π) arcsin(2 k12 / sqrt(p)), (4/π) / sqrt(p - 4 k12²)),
     p = (1 + 2 k11)(1 + 2 k22); on `same` k12 is set to sqrt(k11 k22) (correlation exactly 1)."""
     prod = (1 + 2 * k11) * (1 + 2 * k22)
@@ -79,25 +81,27 @@ def _erf_step(k12, k11, k22, same):
     return k_new, k_dot
 
 
-def _relu_var(k):
+def _relu_var(k: jax.Array) -> jax.Array:
     """E[relu(u)²] for u ~ N(0, k)."""
     return k / 2
 
 
-def _erf_var(k):
+def _erf_var(k: jax.Array) -> jax.Array:
     """E[erf(u)²] for u ~ N(0, k)."""
     return (2 / jnp.pi) * jnp.arcsin(2 * k / (1 + 2 * k))
 
 
-_STEP = {"relu": (_relu_step, _relu_var), "erf": (_erf_step, _erf_var)}
+_StepFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+_STEP: dict[str, tuple[_StepFn, Callable[[jax.Array], jax.Array]]] = {
+    "relu": (_relu_step, _relu_var), "erf": (_erf_step, _erf_var)}
 
 
-def _same_mask(n1, n2, offset):
+def _same_mask(n1: int, n2: int, offset: int | jax.Array) -> jax.Array:
     """(n1, n2) bool: local column j holds the same point as local row i, i.e. j - i == offset."""
     return (jnp.arange(n2)[None, :] - jnp.arange(n1)[:, None]) == offset
 
 
-def _check_arch(depth, W_std, b_std, activation, parameterization):
+def _check_arch(depth: int, W_std: float, b_std: float, activation: str, parameterization: str) -> None:
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
         raise ValueError(f"depth must be a non-negative integer (number of hidden layers), got {depth!r}")
     if not (np.isfinite(W_std) and W_std > 0):
@@ -113,19 +117,19 @@ def _check_arch(depth, W_std, b_std, activation, parameterization):
             "layer's NTK term by its input width), so it has no width-free infinite-width form")
 
 
-def _check_kind(kind):
+def _check_kind(kind: str) -> None:
     if kind not in _KINDS:
         raise ValueError(f"kind must be 'ntk' or 'nngp', got {kind!r}")
 
 
-def _check_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise ValueError(f"dtype must be float64 or float32, got {dtype}")
-    return dtype
+def _check_dtype(dtype: DTypeLike) -> np.dtype[Any]:
+    checked = np.dtype(dtype)
+    if checked not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ValueError(f"dtype must be float64 or float32, got {checked}")
+    return checked
 
 
-def _check_max_block_bytes(max_block_bytes):
+def _check_max_block_bytes(max_block_bytes: int) -> int:
     if isinstance(max_block_bytes, bool) or not isinstance(max_block_bytes, (int, np.integer)) or max_block_bytes < 1:
         raise ValueError(f"max_block_bytes must be a positive integer, got {max_block_bytes!r}")
     return int(max_block_bytes)
@@ -176,7 +180,7 @@ class CompileCounter:
 
     def __enter__(self) -> "CompileCounter":
         self._active = True
-        jax.monitoring.register_event_duration_secs_listener(self._listener)  # type: ignore[arg-type]
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -222,11 +226,11 @@ class Kernel(abc.ABC):
 
     # -- subclass hooks
     @abc.abstractmethod
-    def _prepare(self, x, name: str) -> np.ndarray:
+    def _prepare(self, x: ArrayLike, name: str) -> np.ndarray:
         """Validate and reshape one input array (float64 numpy)."""
 
     @abc.abstractmethod
-    def _tile(self, x1, x2, offset: int, kind: str):
+    def _tile(self, x1: TileInput, x2: TileInput, offset: int, kind: str) -> TileInput:
         """One (len(x1), len(x2)) tile of the requested kernel."""
 
     def _bytes_per_entry(self, x: np.ndarray, itemsize: int) -> int:
@@ -243,14 +247,15 @@ class Kernel(abc.ABC):
             side = max(1, side * 7 // 8)
         return int(side)
 
-    def _tile_shapes(self, a, b, symmetric, block_size, dtype):
+    def _tile_shapes(self, a: np.ndarray, b: np.ndarray, symmetric: bool, block_size: int | None,
+                     dtype: DTypeLike) -> tuple[int, int]:
         n1, n2 = len(a), len(b)
         if block_size is not None:
             if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
                 raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
             return max(1, min(n1, int(block_size))), max(1, min(n2, int(block_size)))
 
-        def balanced(n, cap):  # fewest tiles of at most `cap`, then equal sizes (little padding)
+        def balanced(n: int, cap: int) -> int:  # fewest tiles of at most `cap`, then equal sizes (little padding)
             n, cap = max(1, n), max(1, cap)
             if not self._pad_tiles:
                 return -(-n // -(-n // cap))
@@ -267,8 +272,8 @@ class Kernel(abc.ABC):
         cols = max(side, self.max_block_bytes // (rows * per_entry))
         return rows, balanced(n2, cols)
 
-    def _tiles(self, a: np.ndarray, b: np.ndarray, symmetric: bool, kind: str, block_size, dtype
-               ) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+    def _tiles(self, a: np.ndarray, b: np.ndarray, symmetric: bool, kind: str, block_size: int | None,
+               dtype: DTypeLike) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
         """Yield (r0, r1, c0, c1, tile) with tile = K(a[r0:r1], b[c0:c1]) as a numpy array.
 
         Symmetric: only tiles with c0 >= r0; diagonal tiles are symmetrised (upper triangle mirrored).
@@ -276,11 +281,11 @@ class Kernel(abc.ABC):
         rows, cols = self._tile_shapes(a, b, symmetric, block_size, dtype)
         device = default_device() if self._on_device else None
 
-        def place(part):
+        def place(part: np.ndarray) -> TileInput:
             part = np.asarray(part, dtype)
             return jax.device_put(part, device) if device is not None else part
 
-        def chunks(x, size):
+        def chunks(x: np.ndarray, size: int) -> list[tuple[int, int, np.ndarray]]:
             out = []
             for start in range(0, len(x), size):
                 part = x[start:start + size]
@@ -304,7 +309,7 @@ class Kernel(abc.ABC):
                         tile = upper + np.triu(tile, 1).T
                     yield r0, r1, c0, c1, tile
 
-    def _inputs(self, x1, x2):
+    def _inputs(self, x1: ArrayLike, x2: ArrayLike | None) -> tuple[np.ndarray, np.ndarray, bool]:
         a = self._prepare(x1, "x1")
         if x2 is None:
             return a, a, True
@@ -313,7 +318,8 @@ class Kernel(abc.ABC):
             raise ValueError(f"x1 and x2 have different feature shapes {a.shape[1:]} and {b.shape[1:]}")
         return a, b, False
 
-    def _evaluate(self, x1, x2, kind, block_size, dtype):
+    def _evaluate(self, x1: ArrayLike, x2: ArrayLike | None, kind: str, block_size: int | None,
+                  dtype: DTypeLike) -> np.ndarray:
         _check_kind(kind)
         dtype = _check_dtype(dtype)
         a, b, symmetric = self._inputs(x1, x2)
@@ -329,7 +335,8 @@ class Kernel(abc.ABC):
 
 # --------------------------------------------------------------------------- fully connected
 @functools.partial(jax.jit, static_argnames=("depth", "activation", "kind"))
-def _fc_tile(x1, x2, offset, W_std, b_std, *, depth, activation, kind):
+def _fc_tile(x1: jax.Array, x2: jax.Array, offset: int | jax.Array, W_std: float, b_std: float, *, depth: int,
+             activation: str, kind: str) -> jax.Array:
     step, var = _STEP[activation]
     d = x1.shape[1]
     w2, b2 = W_std**2, b_std**2
@@ -358,17 +365,17 @@ class FullyConnected(Kernel):
     """
 
     def __init__(self, depth: int, W_std: float = 1.0, b_std: float = 0.0, activation: str = "relu",
-                 parameterization: str = "ntk", *, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+                 parameterization: str = "ntk", *, max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         _check_arch(depth, W_std, b_std, activation, parameterization)
         self.depth, self.W_std, self.b_std = int(depth), float(W_std), float(b_std)
         self.activation, self.parameterization = activation, parameterization
         self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"FullyConnected(depth={self.depth}, W_std={self.W_std}, b_std={self.b_std}, "
                 f"activation={self.activation!r})")
 
-    def _prepare(self, x, name):
+    def _prepare(self, x: ArrayLike, name: str) -> np.ndarray:
         x = as_float_array(name, x)
         if x.ndim < 2:
             raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
@@ -377,41 +384,37 @@ class FullyConnected(Kernel):
             raise ValueError(f"{name} has no features (shape {x.shape})")
         return x
 
-    def _tile(self, x1, x2, offset, kind):
+    def _tile(self, x1: TileInput, x2: TileInput, offset: int, kind: str) -> TileInput:
         return _fc_tile(x1, x2, offset, self.W_std, self.b_std, depth=self.depth, activation=self.activation,
                         kind=kind)
 
 
 # --------------------------------------------------------------------------- convolutional
-def _box_mean(k, filter_shape):
+def _box_mean(k: jax.Array, filter_shape: tuple[int, int]) -> jax.Array:
     """SAME-padded window mean over the trailing two (spatial) axes, zeros outside (lax SAME padding)."""
     fh, fw = filter_shape
     ph, pw = (fh - 1) // 2, (fw - 1) // 2
     kp = jnp.pad(k, [(0, 0)] * (k.ndim - 2) + [(ph, fh - 1 - ph), (pw, fw - 1 - pw)])
     h, w = k.shape[-2:]
-    total = 0.0
-    for i in range(fh):
-        for j in range(fw):
-            total = total + kp[..., i:i + h, j:j + w]
+    total: jax.Array = functools.reduce(operator.add, (kp[..., i:i + h, j:j + w] for i in range(fh) for j in range(fw)))
     return total / (fh * fw)
 
 
-def _box_mean_pair(k, filter_shape):
+def _box_mean_pair(k: jax.Array, filter_shape: tuple[int, int]) -> jax.Array:
     """Conv of a full spatial covariance (..., H, W, H', W'): both positions shifted by the same offset."""
     fh, fw = filter_shape
     ph, pw = (fh - 1) // 2, (fw - 1) // 2
     pad_h, pad_w = (ph, fh - 1 - ph), (pw, fw - 1 - pw)
     kp = jnp.pad(k, [(0, 0)] * (k.ndim - 4) + [pad_h, pad_w, pad_h, pad_w])
     h, w = k.shape[-4:-2]
-    total = 0.0
-    for i in range(fh):
-        for j in range(fw):
-            total = total + kp[..., i:i + h, j:j + w, i:i + h, j:j + w]
+    total: jax.Array = functools.reduce(operator.add, (kp[..., i:i + h, j:j + w, i:i + h, j:j + w]
+                                                       for i in range(fh) for j in range(fw)))
     return total / (fh * fw)
 
 
 @functools.partial(jax.jit, static_argnames=("depth", "activation", "filter_shape", "readout", "kind"))
-def _conv_tile(x1, x2, offset, W_std, b_std, *, depth, activation, filter_shape, readout, kind):
+def _conv_tile(x1: jax.Array, x2: jax.Array, offset: int | jax.Array, W_std: float, b_std: float, *, depth: int,
+               activation: str, filter_shape: tuple[int, int], readout: str, kind: str) -> jax.Array:
     step, var = _STEP[activation]
     n1, n2 = x1.shape[0], x2.shape[0]
     hgt, wid, chan = x1.shape[1:]
@@ -474,7 +477,7 @@ class Convolutional(Kernel):
 
     def __init__(self, depth: int, filter_shape: tuple[int, int] = (3, 3), W_std: float = 1.0, b_std: float = 0.0,
                  activation: str = "relu", parameterization: str = "ntk", readout: str = "flatten", *,
-                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         _check_arch(depth, W_std, b_std, activation, parameterization)
         if readout not in ("flatten", "gap"):
             raise ValueError(f"readout must be 'flatten' or 'gap', got {readout!r}")
@@ -489,11 +492,11 @@ class Convolutional(Kernel):
         self.parameterization, self.readout = parameterization, readout
         self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Convolutional(depth={self.depth}, filter_shape={self.filter_shape}, W_std={self.W_std}, "
                 f"b_std={self.b_std}, activation={self.activation!r}, readout={self.readout!r})")
 
-    def _prepare(self, x, name):
+    def _prepare(self, x: ArrayLike, name: str) -> np.ndarray:
         x = as_float_array(name, x)
         if x.ndim != 4:
             raise ValueError(f"{name} must be images of shape (N, H, W, C), got {x.shape}")
@@ -501,17 +504,17 @@ class Convolutional(Kernel):
             raise ValueError(f"{name} has an empty spatial or channel axis (shape {x.shape})")
         return x
 
-    def _bytes_per_entry(self, x, itemsize):
+    def _bytes_per_entry(self, x: np.ndarray, itemsize: int) -> int:
         positions = int(np.prod(x.shape[1:3]))
         return 12 * itemsize * (positions if self.readout == "flatten" else positions * positions)
 
-    def _tile(self, x1, x2, offset, kind):
+    def _tile(self, x1: TileInput, x2: TileInput, offset: int, kind: str) -> TileInput:
         return _conv_tile(x1, x2, offset, self.W_std, self.b_std, depth=self.depth, activation=self.activation,
                           filter_shape=self.filter_shape, readout=self.readout, kind=kind)
 
 
 # --------------------------------------------------------------------------- user kernels
-def _is_nt_style(fn) -> bool:
+def _is_nt_style(fn: Callable[..., Any]) -> bool:
     """True when `fn` can take a third positional argument or has a parameter named `get`."""
     try:
         params = inspect.signature(fn).parameters.values()
@@ -542,8 +545,8 @@ class CustomKernel(Kernel):
     _pad_tiles = False
     _on_device = False
 
-    def __init__(self, fn: Callable, style: str = "auto", nngp_fn: Callable | None = None, *,
-                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES):
+    def __init__(self, fn: Callable[..., Any], style: str = "auto", nngp_fn: Callable[..., Any] | None = None, *,
+                 max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if nngp_fn is not None and not callable(nngp_fn):
@@ -554,16 +557,16 @@ class CustomKernel(Kernel):
         self.style = ("nt" if _is_nt_style(fn) else "plain") if style == "auto" else style
         self.max_block_bytes = _check_max_block_bytes(max_block_bytes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"CustomKernel({getattr(self.fn, '__name__', self.fn)!r}, style={self.style!r})"
 
-    def _prepare(self, x, name):
+    def _prepare(self, x: ArrayLike, name: str) -> np.ndarray:
         x = as_float_array(name, x)
         if x.ndim < 2:
             raise ValueError(f"{name} must have shape (N, ...) with at least 2 dimensions, got {x.shape}")
         return x
 
-    def _tile(self, x1, x2, offset, kind):
+    def _tile(self, x1: TileInput, x2: TileInput, offset: int, kind: str) -> TileInput:
         if self.style == "nt":
             res = self.fn(x1, x2, kind)
             res = getattr(res, kind, res)
@@ -628,16 +631,17 @@ class PrecomputedKernel(Kernel):
                                  f"{self.train_name} (n = {n} training samples), got {self.test_train.shape}")
 
     @staticmethod
-    def _open(src, what: str) -> tuple[np.ndarray, str]:
-        if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-            arr, name = open_array(src), str(src)
+    def _open(src: str | os.PathLike[str] | ArrayLike, what: str) -> tuple[np.ndarray, str]:
+        if isinstance(src, (str, bytes, os.PathLike)):  # a file name (bytes decoded as `os.fsdecode` does)
+            name = os.fsdecode(src)
+            arr = open_array(name)
         else:
             arr, name = np.asarray(src), f"the {what} array"
         if arr.dtype.kind not in "iuf":
             raise ArrayFileError(f"{name}: {what} must be a real numeric matrix, got dtype {arr.dtype}")
         return arr, name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"PrecomputedKernel({self.train_name!r}, {self.test_name!r}, kind={self.kind!r})"
 
     @property
@@ -660,7 +664,7 @@ class PrecomputedKernel(Kernel):
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         return np.stack([np.full(len(idx), TEST_SPLIT, np.int64), idx], axis=1)
 
-    def _prepare(self, x, name):
+    def _prepare(self, x: ArrayLike, name: str) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != 2 or x.dtype.kind not in "iuf":
             raise ValueError(f"{name}: a precomputed kernel takes index rows (m, 2) from train_points()/test_points(), "
@@ -672,7 +676,7 @@ class PrecomputedKernel(Kernel):
             raise ValueError(f"{name}: the split column must be 0 (train) or 1 (test)")
         return rows
 
-    def _source(self, a, b, kind):
+    def _source(self, a: np.ndarray, b: np.ndarray, kind: str) -> tuple[np.ndarray, str, np.ndarray, np.ndarray]:
         """(matrix, file name, row indices, column indices) for K(a, b)."""
         if kind != self.kind:
             raise ValueError(f"{self.train_name}: this precomputed kernel holds the {self.kind} matrices, "
@@ -682,7 +686,7 @@ class PrecomputedKernel(Kernel):
         if len(a) and np.all(a[:, 0] == TRAIN_SPLIT):
             mat, name = self.train_train, self.train_name
         elif len(a) and np.all(a[:, 0] == TEST_SPLIT):
-            if self.test_train is None:
+            if self.test_train is None or self.test_name is None:
                 raise ValueError(f"{self.train_name}: no K(test, train) file was given, test rows cannot be read")
             mat, name = self.test_train, self.test_name
         else:
@@ -695,7 +699,7 @@ class PrecomputedKernel(Kernel):
                                  "kernel files describe the same samples?)")
         return mat, name, rows, cols
 
-    def _read(self, mat, name, rows, cols, dtype) -> np.ndarray:
+    def _read(self, mat: np.ndarray, name: str, rows: np.ndarray, cols: np.ndarray, dtype: DTypeLike) -> np.ndarray:
         """mat[rows][:, cols] as `dtype`, read in row chunks; ValueError naming the file on NaN/inf."""
         out = np.empty((len(rows), len(cols)), dtype)
         step = max(1, self.max_block_bytes // max(1, 8 * len(cols)))
@@ -708,7 +712,7 @@ class PrecomputedKernel(Kernel):
             raise ArrayFileError(f"{exc} (in the block of rows {rows[:3].tolist()}... read from it)") from None
         return out
 
-    def _symmetric_block(self, mat, name, idx, dtype) -> np.ndarray:
+    def _symmetric_block(self, mat: np.ndarray, name: str, idx: np.ndarray, dtype: DTypeLike) -> np.ndarray:
         G = self._read(mat, name, idx, idx, np.float64)
         scale = float(np.max(np.abs(G))) if G.size else 0.0
         asym = float(np.max(np.abs(G - G.T))) if G.size else 0.0
@@ -721,7 +725,8 @@ class PrecomputedKernel(Kernel):
         G = np.triu(G) + np.triu(G, 1).T  # exactly symmetric, from the upper triangle (as `_tiles` mirrors)
         return G.astype(dtype, copy=False)
 
-    def _evaluate(self, x1, x2, kind, block_size, dtype):
+    def _evaluate(self, x1: ArrayLike, x2: ArrayLike | None, kind: str, block_size: int | None,
+                  dtype: DTypeLike) -> np.ndarray:
         _check_kind(kind)
         dtype = _check_dtype(dtype)
         a, b, symmetric = self._inputs(x1, x2)
@@ -730,14 +735,15 @@ class PrecomputedKernel(Kernel):
             return self._symmetric_block(mat, name, rows, dtype)
         return self._read(mat, name, rows, cols, dtype)
 
-    def _tiles(self, a, b, symmetric, kind, block_size, dtype):
+    def _tiles(self, a: np.ndarray, b: np.ndarray, symmetric: bool, kind: str, block_size: int | None,
+               dtype: DTypeLike) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
         """One tile: the whole (checked, exactly symmetric) block, read in row chunks (see `_read`)."""
         mat, name, rows, cols = self._source(a, b, kind)
         block = self._symmetric_block(mat, name, rows, dtype) if symmetric else self._read(mat, name, rows, cols, dtype)
         if block.size:
             yield 0, len(a), 0, len(b), block
 
-    def _tile(self, x1, x2, offset, kind):
+    def _tile(self, x1: TileInput, x2: TileInput, offset: int, kind: str) -> TileInput:
         """K(x1, x2) for index rows (`_evaluate` and `_tiles` read whole blocks instead of tiles)."""
         a, b = self._prepare(x1, "x1"), self._prepare(x2, "x2")
         mat, name, rows, cols = self._source(a, b, kind)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import warnings
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar, cast, overload
 
 import numpy as np
 import scipy.linalg
@@ -97,7 +97,7 @@ def _safe_c_max(row_abs_sums: np.ndarray) -> float:
     return float(np.nextafter(1.0 / m_up, 0.0))
 
 
-def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho) -> float:
+def _smallest_eigenvalue_lower_bound(A: np.ndarray, cho: tuple[np.ndarray, bool]) -> float:
     """A rigorous lower bound on the smallest eigenvalue of the symmetric matrix A (<= 0: none found).
 
     Inverse iteration with the Cholesky factor `cho` of A estimates lambda_min from above; then
@@ -144,7 +144,7 @@ class _SharedGram:
         """`compute()` the first time `key` is asked for, its stored result afterwards (errors are not stored)."""
         if key not in self._memo:
             self._memo[key] = compute()
-        return self._memo[key]  # type: ignore[return-value]
+        return cast(_T, self._memo[key])  # every caller asks for a key with the same kind of `compute`
 
 
 class _KernelLearner(BaseEstimator, abc.ABC):
@@ -157,13 +157,13 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         check_is_fitted(self, msg=f"this {type(self).__name__} is not fitted yet; call fit(K_train, y, num_classes) "
                                   "first")
 
-    def _check_test(self, K_test_train) -> np.ndarray:
+    def _check_test(self, K_test_train: ArrayLike) -> np.ndarray:
         self._require_fit()
         Kt = as_float_array("K_test_train", K_test_train, ndim=2)
         check_columns("K_test_train", Kt, self.n_train_)
         return Kt
 
-    def _fit_inputs(self, K_train, y, num_classes, shared: _SharedGram | None
+    def _fit_inputs(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None
                     ) -> tuple[_SharedGram, np.ndarray, int]:
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         if num_classes is None:
@@ -179,21 +179,46 @@ class _KernelLearner(BaseEstimator, abc.ABC):
         """Fit on the (n, n) training Gram and integer labels (n,) in 0..num_classes-1; returns self."""
 
     @abc.abstractmethod
-    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "_KernelLearner":
+    def _fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None) -> "_KernelLearner":
         """`fit`, on `shared` (already validated and symmetrised) instead of K_train when given."""
 
-    def _finish_fit(self, y, num_classes, n) -> None:
+    def _finish_fit(self, y: np.ndarray, num_classes: int, n: int) -> None:
         self.labels_ = y
         self.num_classes_ = num_classes
         self.n_train_ = n
         self._Y = onehot(y, num_classes)
         self._fitted = True
 
-    @abc.abstractmethod
+    @overload
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = ...,
+                      return_error: Literal[False] = ...) -> np.ndarray: ...
+
+    @overload
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = ...,
+                      return_error: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = ...,
+                      return_error: bool = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+
     def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
                       ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Label weights W (t, n) float64 (class scores `W @ onehot(y)`); with return_error=True also
-        err (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W*."""
+        """Label weights W (t, n) float64 of the test rows K_test_train (t, n): class scores are exactly
+        `W @ onehot(y)` (computed in row blocks of `block_size` rows). With return_error=True also err
+        (t,): a bound on sum_j |W_ij - W*_ij| against the model's exact label weights W* (`certify` takes
+        it as `atol`). KernelRegression: the weights and bound of its class doc; KernelSVM: W =
+        K_test_train and err = 0 (label-linear regime only, ValueError otherwise)."""
+        Kt = self._check_test(K_test_train)
+        W = self._weights(Kt, block_size)
+        return (W, self._weight_error(Kt, W)) if return_error else W
+
+    @abc.abstractmethod
+    def _weights(self, Kt: np.ndarray, block_size: int | None) -> np.ndarray:
+        """`label_weights` W (t, n) float64 of the checked test rows Kt (t, n)."""
+
+    @abc.abstractmethod
+    def _weight_error(self, Kt: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """err (t,): the bound of `label_weights` on sum_j |W_ij - W*_ij| for W = `_weights(Kt, ...)`."""
 
     def certify(self, K_test_train: ArrayLike, **kw: Any) -> Certificate:
         """ScaLabelCert certificate (`certificates.certify`) of the label weights on K_test_train, with
@@ -249,11 +274,16 @@ class KernelRegression(_KernelLearner):
     weights' error bound to its tolerance).
 
     Fitted attributes: labels_, num_classes_, n_train_, eig_lower_ (converged: the lower bound on
-    the smallest eigenvalue of Θ + λI), weight_error_factor_ (the bound on sum_j |W_ij - W*_ij| is
-    this factor times ||W_i||_2).
+    the smallest eigenvalue of Θ + λI), weight_error_factor_: the bound on sum_j |W_ij - W*_ij| that
+    `label_weights(..., return_error=True)` returns is this factor times ||W_i||_2 (converged: the
+    backward error of the Cholesky solve over the proven lower bound on the smallest eigenvalue) or
+    times ||K_test_train_i||_2 (finite time: a first-order bound).
     """
 
     eig_lower_: float | None
+    _cho: tuple[np.ndarray, bool] | None  # converged: the Cholesky factor of K + ridge I (`cho_factor`)
+    _M: np.ndarray | None  # finite time: the (n, n) matrix A^-1 (I - exp(-η t A)), W = K_test_train @ _M
+    _dM: float  # finite time: the bound on ||dM||_2 behind weight_error_factor_
 
     def __init__(self, ridge: float = 0.0, train_time: float | None = None, learning_rate: float = 1.0) -> None:
         self.ridge = ridge
@@ -267,7 +297,8 @@ class KernelRegression(_KernelLearner):
         """
         return self._fit(K_train, y, num_classes, None)
 
-    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "KernelRegression":
+    def _fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None
+             ) -> "KernelRegression":
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         ridge = check_positive("ridge", self.ridge, allow_zero=True)
         train_time = self.train_time
@@ -320,7 +351,7 @@ class KernelRegression(_KernelLearner):
             self._M = 0.5 * (self._M + self._M.T)
             # first-order error of M: eigh is backward stable (||E|| <= p(n) eps ||A||), phi has
             # |phi'| <= c^2 / 2 and |phi| <= c on the spectrum, the products add n eps ||M||_F; the
-            # constant 8 n stands for p(n). Row error: sqrt(n) ||k_i||_2 ||dM||_2, see label_weights.
+            # constant 8 n stands for p(n). Row error: sqrt(n) ||k_i||_2 ||dM||_2, see _weight_error.
             normA = float(np.linalg.norm(A))
             dM = 8.0 * n * _EPS * (c + 0.5 * c * c * normA) + _gamma(n + 2) * float(np.linalg.norm(self._M))
             self.eig_lower_ = None
@@ -332,26 +363,20 @@ class KernelRegression(_KernelLearner):
     def _weights_block(self, Kb: np.ndarray) -> np.ndarray:
         if self._cho is not None:
             return scipy.linalg.cho_solve(self._cho, Kb.T, check_finite=False).T
+        assert self._M is not None  # a fit sets exactly one of _cho (converged) and _M (finite time)
         return Kb @ self._M
 
-    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
-                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Label weights W (t, n), float64; class scores are `W @ onehot(y)` (streamed over row blocks).
-
-        return_error=True: also err (t,), a bound on sum_j |W_ij - W*_ij| against the exact model's
-        weights W* (converged: the backward error of the Cholesky solve over the proven lower bound
-        on the smallest eigenvalue, `weight_error_factor_ * ||W_i||_2`; finite time: a first-order
-        bound `weight_error_factor_ * ||K_i||_2`). `certify` takes it as `atol`.
-        """
-        Kt = self._check_test(K_test_train)
+    def _weights(self, Kt: np.ndarray, block_size: int | None) -> np.ndarray:
+        """W = Kt A^-1 (converged) or Kt A^-1 (I - exp(-η t A)) (t, n), streamed over row blocks."""
         W = np.empty((Kt.shape[0], self.n_train_), dtype=np.float64)
         for sl in _blocks(Kt.shape[0], self.n_train_, block_size):
             W[sl] = self._weights_block(Kt[sl])
-        if not return_error:
-            return W
+        return W
+
+    def _weight_error(self, Kt: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """weight_error_factor_ * ||W_i||_2 (converged) or * ||Kt_i||_2 (finite time), rounded up."""
         base = np.linalg.norm(W, axis=1) if self._cho is not None else np.linalg.norm(Kt, axis=1)
-        err = self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
-        return W, err
+        return self.weight_error_factor_ * base * (1.0 + (self.n_train_ + 4) * _EPS)
 
     def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """Class scores S (t, K) = W @ onehot(y) (regression outputs on one-hot targets)."""
@@ -391,7 +416,7 @@ class KernelSVM(_KernelLearner):
     num_classes_, n_train_.
     """
 
-    def __init__(self, C: float | None = None):
+    def __init__(self, C: float | None = None) -> None:
         self.C = C
 
     @property
@@ -413,7 +438,7 @@ class KernelSVM(_KernelLearner):
         """
         return self._fit(K_train, y, num_classes, None)
 
-    def _fit(self, K_train, y, num_classes: int, shared: _SharedGram | None) -> "KernelSVM":
+    def _fit(self, K_train: ArrayLike, y: ArrayLike, num_classes: int, shared: _SharedGram | None) -> "KernelSVM":
         self._fitted = False  # a failed re-fit must not leave a half-updated model usable
         C = None if self.C is None else check_positive("C", self.C)
         gram, y, num_classes = self._fit_inputs(K_train, y, num_classes, shared)
@@ -453,15 +478,15 @@ class KernelSVM(_KernelLearner):
             "num_classes) on small problems"
         )
 
-    def label_weights(self, K_test_train: ArrayLike, *, block_size: int | None = None, return_error: bool = False
-                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """W = K_test_train (t, n) float64 (label-linear regime only; a positive multiple of the label
-        weights). return_error=True: also err (t,) = 0 (the weights are the kernel values themselves)."""
-        Kt = self._check_test(K_test_train)
+    def _weights(self, Kt: np.ndarray, block_size: int | None) -> np.ndarray:
+        """W = a copy of Kt (t, n) (label-linear regime only; a positive multiple of the label weights)."""
         if not self.is_label_linear:
             raise self._not_linear_error()
-        W = np.array(Kt, dtype=np.float64, copy=True)
-        return (W, np.zeros(W.shape[0])) if return_error else W
+        return np.array(Kt, dtype=np.float64, copy=True)
+
+    def _weight_error(self, Kt: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """err = 0 (t,): the weights are the kernel values themselves."""
+        return np.zeros(W.shape[0])
 
     def decision_function(self, K_test_train: ArrayLike, *, block_size: int | None = None) -> np.ndarray:
         """One-vs-rest SVM outputs f (t, K): f_k(x) = sum_j alpha_kj y^k_j K(x, x_j)."""
@@ -524,6 +549,21 @@ def fit_learners(learners: Sequence[_KernelLearnerT], K_train: ArrayLike, y: Arr
 
 
 # --------------------------------------------------------------------------- dual QP (C > C_max)
+@overload
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: Literal[False] = ...
+                   ) -> np.ndarray: ...
+
+
+@overload
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: Literal[True]
+                   ) -> tuple[np.ndarray, float]: ...
+
+
+@overload
+def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: bool = ...
+                   ) -> np.ndarray | tuple[np.ndarray, float]: ...
+
+
 def solve_svm_dual(K: ArrayLike, signs: ArrayLike, C: float, *, return_residual: bool = False
                    ) -> np.ndarray | tuple[np.ndarray, float]:
     """Optimal dual variables alpha (n,) of `max 1'a - 1/2 a' diag(s) K diag(s) a, 0 <= a <= C` (no bias).

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -35,7 +35,7 @@ _EXACT_INT = 2**53  # float64 holds every integer below this exactly
 
 
 # --------------------------------------------------------------------------- validation
-def _rows(x) -> np.ndarray:
+def _rows(x: ArrayLike) -> np.ndarray:
     """x (n, ...) -> rows (n, d): integer input keeps its dtype (no float copy of large pixel arrays);
     real input becomes finite float64 with -0.0 normalised to +0.0 (numerically equal rows must sort
     and hash alike)."""
@@ -54,13 +54,13 @@ def _rows(x) -> np.ndarray:
     return rows + 0.0
 
 
-def _float_blocks(rows: np.ndarray, block: int = 4096):
+def _float_blocks(rows: np.ndarray, block: int = 4096) -> Iterator[np.ndarray]:
     """Row blocks as float64 (the representation every rule hashes / sorts on)."""
     for start in range(0, len(rows), block):
         yield rows[start:start + block].astype(np.float64)
 
 
-def _num_parts(num_partitions, n: int, name: str = "num_partitions") -> int:
+def _num_parts(num_partitions: int, n: int, name: str = "num_partitions") -> int:
     k = check_int(name, num_partitions, minimum=1)
     if k > n:
         raise ValueError(f"{name}={k} exceeds the number of training samples ({n}); some partitions would be empty")
@@ -162,7 +162,7 @@ def _dpa_hash_ids(rows: np.ndarray, m: int) -> np.ndarray:
     return np.mod(rows.astype(np.int64).sum(axis=1), m)
 
 
-def _seeded_hash_ids(rows: np.ndarray, m: int, seed) -> np.ndarray:
+def _seeded_hash_ids(rows: np.ndarray, m: int, seed: int) -> np.ndarray:
     seed = check_int("seed", seed, minimum=-(2**63), maximum=2**63 - 1)
     key = seed.to_bytes(8, "little", signed=True)
     h = np.fromiter((int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8, key=key).digest(), "little")

@@ -51,11 +51,12 @@ from .roe import whitebox_roe
 from .voting import NO_ATTACK
 
 __all__ = [
-    "ClassCostSolve", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "RefinedWhiteboxROE",
+    "ClassCostSolve", "CostRefinement", "ExactClassCosts", "PartitionSolver", "RefinedEnsemble", "RefinedWhiteboxROE",
     "attack_makes_class_win", "exact_class_costs", "refine_class_costs", "refine_ensemblecert", "refine_whitebox_roe",
     "solve_class_cost",
 ]
 
+Attack = tuple[tuple[int, int], ...]  # a relabelling: sorted (train_index, new_label) pairs
 _EPS = float(np.finfo(np.float64).eps)
 _DROP = 1e-8  # relabellings moving less than this times max|w| are left out of the MILP (mass accounted for)
 # Margins (times max|w|) around HiGHS's primal feasibility tolerance (1e-7 on rows scaled to max|w| = 1).
@@ -146,7 +147,7 @@ class _Moves:
     increase of s_c - s_k for each k (column c unused). `order` lists chains of move indices that some
     optimal attack uses as prefixes (same source class and sign, decreasing |w|)."""
 
-    def __init__(self, sample, dest, D, chains):
+    def __init__(self, sample: np.ndarray, dest: np.ndarray, D: np.ndarray, chains: list[np.ndarray]) -> None:
         self.sample, self.dest, self.D, self.chains = sample, dest, D, chains
 
     def subset(self, keep: np.ndarray) -> "_Moves":
@@ -267,7 +268,8 @@ def _filter(moves: _Moves, need: np.ndarray, lambdas: np.ndarray, m_max: int) ->
 
 
 # --------------------------------------------------------------------------- the MILP
-def _milp(moves: _Moves, need: np.ndarray, rivals: np.ndarray, m_max: int, scale: float, time_limit: float):
+def _milp(moves: _Moves, need: np.ndarray, rivals: np.ndarray, m_max: int, scale: float, time_limit: float
+          ) -> tuple[str, np.ndarray | None, float]:
     """min #moves s.t. per rival k: sum D[:, k] x >= need[k], one move per sample, at most m_max moves,
     chains used as prefixes; x binary. Returns (status, x or None, dual bound)."""
     m = len(moves.sample)
@@ -325,7 +327,7 @@ class ClassCostSolve:
     upper: float
     exact: bool
     status: str
-    attack: tuple | None
+    attack: Attack | None
     seconds: float
 
 
@@ -367,7 +369,7 @@ def solve_class_cost(weights_row: ArrayLike, labels: ArrayLike, num_classes: int
     return _solve(_Row(w, y, K, rtol, model_tolerance), c, lo, hi, cap, time_limit, t0)
 
 
-def _solve(row: _Row, c: int, lo: float, hi: float, cap, time_limit: float, t0: float) -> ClassCostSolve:
+def _solve(row: _Row, c: int, lo: float, hi: float, cap: float | None, time_limit: float, t0: float) -> ClassCostSolve:
     K = row.K
     limit = hi if cap is None else min(hi, float(cap))
     if lo >= limit or row.n == 0:
@@ -393,19 +395,21 @@ def _solve(row: _Row, c: int, lo: float, hi: float, cap, time_limit: float, t0: 
     if status != "optimal":
         lb = math.ceil(bound - 1e-6) if np.isfinite(bound) else lo
         return _finish(row, c, max(lo, float(min(lb, m_max + 1))), hi, status, None, t0)
+    assert attack is not None  # an "optimal" status always comes with its attack (`_optimise`)
     size = len(attack)
     lo = max(lo, float(size))
     if size >= 1 and _wins(row, _apply(row.y, attack), c):
         return _finish(row, c, lo, min(hi, float(size)), "optimal", attack if size < hi else None, t0)
     if need_strict is not None and lo < hi:
         s2, attack2, _ = _optimise(row, c, moves, need_strict, rivals, int(lo), m_max, time_limit)
-        if s2 == "optimal" and lo <= len(attack2) < hi and _wins(row, _apply(row.y, attack2), c):
+        if (s2 == "optimal" and attack2 is not None and lo <= len(attack2) < hi
+                and _wins(row, _apply(row.y, attack2), c)):
             return _finish(row, c, lo, float(len(attack2)), "near_tie", attack2, t0)
     return _finish(row, c, lo, hi, "near_tie", None, t0)
 
 
 def _optimise(row: _Row, c: int, moves: _Moves, need: np.ndarray, rivals: np.ndarray, m_min: int, m_max: int,
-              time_limit: float):
+              time_limit: float) -> tuple[str, Attack | None, float]:
     """Fewest moves (at least m_min, at most m_max) meeting need. Only moves of positive weights to c
     (every weight >= 0, e.g. the C_max SVM): `_positive_min_moves`; otherwise filter (pairwise and
     uniform multipliers), then the MILP. Returns (status, attack or None, dual bound)."""
@@ -422,10 +426,11 @@ def _optimise(row: _Row, c: int, moves: _Moves, need: np.ndarray, rivals: np.nda
     if len(moves.sample) == 0:
         return ("optimal", (), 0.0) if np.all(need[rivals] <= 0) else ("infeasible", None, np.inf)
     status, x, bound = _milp(moves, need, rivals, m_max, row.maxabs if row.maxabs > 0 else 1.0, time_limit)
-    return status, (_attack(moves, x) if status == "optimal" else None), bound
+    return status, (_attack(moves, x) if status == "optimal" and x is not None else None), bound
 
 
-def _positive_min_moves(row: _Row, c: int, need: np.ndarray, rivals: np.ndarray, m_min: int, m_max: int):
+def _positive_min_moves(row: _Row, c: int, need: np.ndarray, rivals: np.ndarray, m_min: int, m_max: int
+                        ) -> tuple[str, Attack | None, float]:
     """Exact combinatorial solver when every useful move takes a positive weight of a class u != c to c.
 
     Then an attack is a count m_u per class (the m_u largest weights of u, docs/math.md §3.3 dominance)
@@ -477,19 +482,19 @@ def _positive_min_moves(row: _Row, c: int, need: np.ndarray, rivals: np.ndarray,
     return "infeasible", None, np.inf
 
 
-def _attack(moves: _Moves, x: np.ndarray) -> tuple:
+def _attack(moves: _Moves, x: np.ndarray) -> Attack:
     sel = np.flatnonzero(x)
     return tuple(sorted((int(moves.sample[i]), int(moves.dest[i])) for i in sel))
 
 
-def _apply(y: np.ndarray, attack) -> np.ndarray:
+def _apply(y: np.ndarray, attack: Attack) -> np.ndarray:
     y2 = y.copy()
     for j, d in attack:
         y2[j] = d
     return y2
 
 
-def _finish(row, c, lo, hi, status, attack, t0) -> ClassCostSolve:
+def _finish(row: _Row, c: int, lo: float, hi: float, status: str, attack: Attack | None, t0: float) -> ClassCostSolve:
     if lo > hi:  # pragma: no cover - a relaxation above a verified attack would be a solver bug
         raise RuntimeError(f"class {c}: relaxed MILP bound {lo} exceeds a verified attack of {hi} flips")
     return ClassCostSolve(float(lo), float(hi), bool(lo == hi), status, attack, time.process_time() - t0)
@@ -578,19 +583,15 @@ def exact_class_costs(weights: ArrayLike, labels: ArrayLike, num_classes: int | 
                            seconds=time.process_time() - t0)
 
 
-# --------------------------------------------------------------------------- lazy exact EnsembleCert
-@dataclass(frozen=True)
-class RefinedEnsemble:
-    """EnsembleCert radii refined until proven. prediction, radius_lower, radius_upper (t,) int64;
-    exact (t,) bool (radius_lower == radius_upper); exact_before (t,) bool (before refinement);
-    cost_lower / cost_upper (t, N_p, K) float64 the refined costs; rounds, problems (MILPs solved),
-    seconds (CPU time), budget_exhausted (bool)."""
+# --------------------------------------------------------------------------- lazy refinement of per-class costs
+@dataclass(frozen=True, kw_only=True)
+class CostRefinement:
+    """What a lazy refinement of per-partition class costs reports (`refine_ensemblecert`,
+    `refine_whitebox_roe`): prediction (t,) int64; cost_lower / cost_upper (t, N_p, K) float64 the
+    refined costs; rounds, problems (class-cost problems solved), seconds (CPU time),
+    budget_exhausted (bool: `budget_seconds` stopped it). Fields are keyword-only."""
 
     prediction: np.ndarray
-    radius_lower: np.ndarray
-    radius_upper: np.ndarray
-    exact: np.ndarray
-    exact_before: np.ndarray
     cost_lower: np.ndarray
     cost_upper: np.ndarray
     rounds: int
@@ -601,6 +602,34 @@ class RefinedEnsemble:
 
 SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                    tuple[np.ndarray, np.ndarray]]
+
+
+def _refine_round(solve: SolveFn, L: np.ndarray, U: np.ndarray, pi: np.ndarray, jj: np.ndarray, cls: np.ndarray,
+                  caps: np.ndarray) -> np.ndarray:
+    """Refine the costs (pi, jj, cls) of L / U (t, N_p, K) in place with `solve`; returns the (t,) bool mask
+    of the points whose bounds moved. RuntimeError when `solve` leaves the bounds it was given."""
+    old_lo, old_hi = L[pi, jj, cls], U[pi, jj, cls]
+    new_lo, new_hi = solve(pi, jj, cls, old_lo.copy(), old_hi.copy(), caps)
+    new_lo, new_hi = np.asarray(new_lo, np.float64), np.asarray(new_hi, np.float64)
+    if np.any(new_lo < old_lo) or np.any(new_hi > old_hi) or np.any(new_lo > new_hi):
+        raise RuntimeError("solve returned bounds outside the previous ones")
+    L[pi, jj, cls], U[pi, jj, cls] = new_lo, new_hi
+    progress = np.zeros(L.shape[0], bool)
+    np.logical_or.at(progress, pi, (new_lo > old_lo) | (new_hi < old_hi))
+    return progress
+
+
+# --------------------------------------------------------------------------- lazy exact EnsembleCert
+@dataclass(frozen=True, kw_only=True)
+class RefinedEnsemble(CostRefinement):
+    """EnsembleCert radii refined until proven (`refine_ensemblecert`): radius_lower, radius_upper
+    (t,) int64; exact (t,) bool (radius_lower == radius_upper); exact_before (t,) bool (before
+    refinement); and the fields of `CostRefinement` (prediction, refined costs, counts)."""
+
+    radius_lower: np.ndarray
+    radius_upper: np.ndarray
+    exact: np.ndarray
+    exact_before: np.ndarray
 
 
 def refine_ensemblecert(votes: ArrayLike, cost_lower: ArrayLike, cost_upper: ArrayLike, num_classes: int,
@@ -668,15 +697,8 @@ def refine_ensemblecert(votes: ArrayLike, cost_lower: ArrayLike, cost_upper: Arr
         rounds += 1
         if pi.size == 0:  # pragma: no cover - every plan cost exact means both radii already meet
             break
-        new_lo, new_hi = solve(pi, jj, cls, L[pi, jj, cls], U[pi, jj, cls], caps)
-        new_lo, new_hi = np.asarray(new_lo, np.float64), np.asarray(new_hi, np.float64)
-        old_lo, old_hi = L[pi, jj, cls], U[pi, jj, cls]
-        if np.any(new_lo < old_lo) or np.any(new_hi > old_hi) or np.any(new_lo > new_hi):
-            raise RuntimeError("solve returned bounds outside the previous ones")
+        progress = _refine_round(solve, L, U, pi, jj, cls, caps)
         problems += pi.size
-        L[pi, jj, cls], U[pi, jj, cls] = new_lo, new_hi
-        progress = np.zeros(t, bool)
-        np.logical_or.at(progress, pi, (new_lo > old_lo) | (new_hi < old_hi))
         active = pts[progress[pts]]
     exact_before = np.zeros(0, bool) if exact_before is None else exact_before
     return RefinedEnsemble(prediction=pred, radius_lower=r_lo, radius_upper=r_hi, exact=r_lo == r_hi,
@@ -685,30 +707,22 @@ def refine_ensemblecert(votes: ArrayLike, cost_lower: ArrayLike, cost_upper: Arr
 
 
 # --------------------------------------------------------------------------- lazy white-box ROE
-@dataclass(frozen=True)
-class RefinedWhiteboxROE:
+@dataclass(frozen=True, kw_only=True)
+class RefinedWhiteboxROE(CostRefinement):
     """White-box ROE radii with the vote costs refined (`refine_whitebox_roe`).
 
-    prediction (t,) int64; radius (t,) int64: `whitebox_roe(..., joint="per_point")` at the refined
-    lower costs (a sound certificate, never below the one at the original lower costs);
-    radius_at_upper_costs (t,) int64: the same certificate at the refined upper costs (it bounds the
-    certificate at the exact costs from above, NOT the true robustness radius); resolved (t,) bool:
-    radius proven equal to the certificate at the exact per-class costs; resolved_before (t,) bool:
-    the same before refinement; cost_lower / cost_upper (t, N_p, K) float64 the refined costs;
-    rounds, problems (class-cost problems solved), seconds (CPU time), budget_exhausted (bool).
+    radius (t,) int64: `whitebox_roe(..., joint="per_point")` at the refined lower costs (a sound
+    certificate, never below the one at the original lower costs); radius_at_upper_costs (t,) int64:
+    the same certificate at the refined upper costs (it bounds the certificate at the exact costs
+    from above, NOT the true robustness radius); resolved (t,) bool: radius proven equal to the
+    certificate at the exact per-class costs; resolved_before (t,) bool: the same before refinement;
+    and the fields of `CostRefinement` (prediction, refined costs, counts).
     """
 
-    prediction: np.ndarray
     radius: np.ndarray
     radius_at_upper_costs: np.ndarray
     resolved: np.ndarray
     resolved_before: np.ndarray
-    cost_lower: np.ndarray
-    cost_upper: np.ndarray
-    rounds: int
-    problems: int
-    seconds: float
-    budget_exhausted: bool
 
 
 def _whitebox_attack(scores: np.ndarray, vote_costs: np.ndarray,
@@ -790,16 +804,9 @@ def refine_whitebox_roe(scores: ArrayLike, cost_lower: ArrayLike, cost_upper: Ar
         ii, jj, cls = np.nonzero(open_costs(active))
         pi = active[ii]
         caps = np.where(a_hi[pi] >= NO_ATTACK, np.inf, a_hi[pi].astype(np.float64))
-        old_lo, old_hi = L[pi, jj, cls], U[pi, jj, cls]
-        new_lo, new_hi = solve(pi, jj, cls, old_lo, old_hi, caps)
-        new_lo, new_hi = np.asarray(new_lo, np.float64), np.asarray(new_hi, np.float64)
-        if np.any(new_lo < old_lo) or np.any(new_hi > old_hi) or np.any(new_lo > new_hi):
-            raise RuntimeError("solve returned bounds outside the previous ones")
+        progress = _refine_round(solve, L, U, pi, jj, cls, caps)
         rounds += 1
         problems += pi.size
-        L[pi, jj, cls], U[pi, jj, cls] = new_lo, new_hi
-        progress = np.zeros(t, bool)
-        np.logical_or.at(progress, pi, (new_lo > old_lo) | (new_hi < old_hi))
         moved = active[progress[active]]
         if moved.size:
             _, a_lo[moved] = _whitebox_attack(s[moved], vote_costs(L, moved), P[moved])

@@ -1,4 +1,6 @@
 """Kernels against an independent float64 numpy reference of the NTK/NNGP recursions."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from kernelcert.kernels import (
     Convolutional,
     CustomKernel,
     FullyConnected,
+    PrecomputedKernel,
     _fc_tile,
     max_abs_row_sum,
     row_abs_sums,
@@ -415,3 +418,15 @@ def test_empty_inputs():
     k = FullyConnected(2)
     assert k.ntk(np.zeros((0, 4))).shape == (0, 0)
     assert k.ntk(np.zeros((0, 4)), np.ones((3, 4))).shape == (0, 3)
+
+
+def test_precomputed_kernel_opens_file_names_given_as_str_bytes_or_path(tmp_path):
+    """A file name as str, bytes (decoded as `os.fsdecode` does) or os.PathLike opens the same memory-mapped
+    file, named in messages by its path."""
+    G = np.array([[2.0, 1.0, 0.5], [1.0, 3.0, 0.25], [0.5, 0.25, 4.0]])
+    path = tmp_path / "K_train.npy"
+    np.save(path, G)
+    for src in (str(path), os.fsencode(path), path):
+        pk = PrecomputedKernel(src)
+        assert pk.train_name == str(path) and isinstance(pk.train_train, np.memmap)
+        np.testing.assert_array_equal(pk.ntk(pk.train_points([2, 0])), G[np.ix_([2, 0], [2, 0])])

@@ -12,7 +12,10 @@ from kernelcert.evidence import build_evidence, stack_evidence
 from kernelcert.exact import brute_force_certificate, brute_force_label_flip_roe_radius, milp_class_costs
 from kernelcert.learners import KernelRegression
 from kernelcert.refine import (
+    CostRefinement,
     PartitionSolver,
+    RefinedEnsemble,
+    RefinedWhiteboxROE,
     attack_makes_class_win,
     exact_class_costs,
     refine_class_costs,
@@ -386,6 +389,55 @@ def test_refine_ensemble_stops_without_progress_and_rejects_bad_solvers():
             refine_ensemblecert(votes, L, U, K, lambda p, j, c, lo, hi, cap: (lo - 1, hi))
 
 
+
+def ensemble_costs(s, A, L, U):
+    """Votes (argmax of the scores) and the costs A, L, U with 0 at each model's own vote (as EnsembleCert
+    reads them)."""
+    votes = np.argmax(s, axis=2)
+    own = np.arange(s.shape[2]) == votes[..., None]
+    return (votes,) + tuple(np.where(own, 0.0, C) for C in (A, L, U))
+
+
+def test_refinements_catch_a_solve_that_widens_the_bounds_it_was_given_in_place():
+    """The bounds check compares with the costs before the call, also when `solve` writes into its inputs."""
+    def widen_in_place(p, j, c, lo, hi, cap):
+        hi += 1.0  # an upper bound raised: a verified attack "forgotten"
+        return lo, hi
+
+    rng = np.random.default_rng(11)
+    s, A, L, U, P, fb = cost_level_problem(rng, 10, 6, 4)
+    with pytest.raises(RuntimeError, match="outside the previous"):
+        refine_whitebox_roe(s, L, U, P, widen_in_place, fallback=fb)
+    votes, _, L, U = ensemble_costs(s, A, L, U)
+    assert (ensemblecert(votes, L, 4).radius < ensemblecert(votes, U, 4).radius).any()  # some cost is refined
+    with pytest.raises(RuntimeError, match="outside the previous"):
+        refine_ensemblecert(votes, L, U, 4, widen_in_place)
+
+
+def test_refinement_results_share_the_cost_refinement_fields():
+    """Both results are `CostRefinement`s (prediction, refined costs, counts) with keyword-only fields and
+    their own radii; the attributes the pipeline reads are there."""
+    rng = np.random.default_rng(5)
+    s, A, L, U, P, fb = cost_level_problem(rng, 8, 5, 3)
+    votes, Ae, Le, Ue = ensemble_costs(s, A, L, U)
+    ens = refine_ensemblecert(votes, Le, Ue, 3, oracle_solver(Ae))
+    roe = refine_whitebox_roe(s, L, U, P, oracle_solver(A), fallback=fb)
+    assert isinstance(ens, RefinedEnsemble) and isinstance(roe, RefinedWhiteboxROE)
+    for res in (ens, roe):
+        assert isinstance(res, CostRefinement)
+        assert res.prediction.shape == (8,) and res.cost_lower.shape == res.cost_upper.shape == (8, 5, 3)
+    for res, lo, hi in ((ens, Le, Ue), (roe, L, U)):
+        assert np.all(lo <= res.cost_lower) and np.all(res.cost_upper <= hi) and not res.budget_exhausted
+        assert res.rounds >= 1 and res.problems >= 1 and res.seconds >= 0
+    np.testing.assert_array_equal(ens.prediction, ensemblecert(votes, Le, 3).prediction)
+    np.testing.assert_array_equal(ens.exact, ens.radius_lower == ens.radius_upper)
+    assert ens.exact_before.shape == roe.resolved.shape == roe.resolved_before.shape == (8,)
+    assert np.all(roe.radius <= roe.radius_at_upper_costs)
+    with pytest.raises(TypeError):
+        RefinedEnsemble(ens.prediction, ens.cost_lower, ens.cost_upper, 1, 1, 0.0, False,
+                        ens.radius_lower, ens.radius_upper, ens.exact, ens.exact_before)
+
+
 def test_input_errors_name_the_argument():
     w, y = np.array([1.0, -1.0]), np.array([0, 1])
     with pytest.raises(ValueError, match="lower"):
@@ -432,6 +484,16 @@ def test_run_with_exactness_refinement(tmp_path):
     K = plan.num_classes
     header, table = pipeline.read_points(res.points_path)
     col = {h: i for i, h in enumerate(header)}
+    units = {u.key: u for u in plan.units}
+
+    def partition_models(result):
+        """(label weights on the test points, training labels) of each partition model behind `result`."""
+        learner = conf.learners[[lc.name for lc in conf.learners].index(result.learner)]
+        target = next(t for t in plan.targets if t.kind == "partition" and t.size == result.num_partitions)
+        for key in target.units:
+            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
+            yield make_learner(learner).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x)), y
+
     refined_any = False
     wb_results = []
     for r0, r1 in zip(base.results, res.results):
@@ -449,13 +511,8 @@ def test_run_with_exactness_refinement(tmp_path):
         assert np.all(r1.radius_upper <= r0.radius_upper) and np.all(r1.exact[r0.exact])
         refined_any |= bool(np.any(r1.exact & ~r0.exact))
         # the oracle: the same partition models, every class cost solved exactly
-        j = [lc.name for lc in conf.learners].index(r1.learner)
-        units = {u.key: u for u in plan.units}
-        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
         costs, votes = [], []
-        for key in target.units:
-            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
-            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+        for W, y in partition_models(r1):
             ex = exact_class_costs(W, y, K)
             assert ex.exact.all()
             costs.append(ex.lower)
@@ -479,13 +536,8 @@ def test_run_with_exactness_refinement(tmp_path):
         assert entry["resolved_fraction_after"] >= entry["resolved_fraction_before"]
         resolved = np.ones(len(plan.y_test), bool)
         resolved[entry["points_unresolved"]] = False
-        j = [lc.name for lc in conf.learners].index(r1.learner)
-        units = {u.key: u for u in plan.units}
-        target = next(t for t in plan.targets if t.kind == "partition" and t.size == r1.num_partitions)
         evs, costs = [], []
-        for key in target.units:
-            x, y = plan.x_train[units[key].train_index], plan.y_train[units[key].train_index]
-            W = make_learner(conf.learners[j]).fit(kern.ntk(x), y, K).label_weights(kern.ntk(plan.x_test, x))
+        for W, y in partition_models(r1):
             evs.append(build_evidence(W, y, K))
             costs.append(exact_class_costs(W, y, K).lower)
         ev = stack_evidence(evs)
