@@ -3,6 +3,7 @@ enumeration, the existing class-cost MILP, a plain one-hot MILP written here, an
 brute-force costs. Every answer flagged exact must equal the truth; every answer must stay inside
 certify's bounds."""
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -584,6 +585,9 @@ def test_run_writes_the_resolved_flags_of_every_refinement_block(tmp_path, monke
         entry = next(e for e in res.summary["exactness"]["results"] if e["method"] == "whitebox_roe"
                      and (e["learner"], e["num_partitions"]) == (r.learner, r.num_partitions))
         assert entry["points_unresolved"] == np.flatnonzero(~resolved).tolist()
+    table_text = pipeline.results_table(res.summary)
+    shown = [float(f) for f in re.findall(r"\(resolved (\d\.\d\d)\)", table_text)]
+    assert shown == [round(float(r.resolved.mean()), 2) for r in wb]
     others = long[long["method"] != "whitebox_roe"]
     assert isinstance(others["resolved"].dtype, pd.BooleanDtype) and others["resolved"].isna().all()
     assert not any(h.endswith("/resolved") for h in header if "/whitebox_roe/" not in h)
