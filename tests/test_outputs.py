@@ -109,7 +109,8 @@ def test_long_table_round_trips_with_missing_fields(tmp_path, monkeypatch, parqu
     for flag, field in (("resolved", "resolved"), ("resolved_before_refinement", "resolved_before")):
         assert back[flag].iloc[:34].isna().all()
         assert back[flag].iloc[34:].tolist() == getattr(res[2], field).tolist()
-    np.testing.assert_array_equal(back["correct"].to_numpy(), np.concatenate([r.prediction for r in res]) == np.tile(y, 3))
+    np.testing.assert_array_equal(back["correct"].to_numpy(),
+                                  np.concatenate([r.prediction for r in res]) == np.tile(y, 3))
 
 
 def test_long_table_written_before_the_resolved_columns_reads_them_as_missing(tmp_path):

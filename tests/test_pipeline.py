@@ -170,8 +170,10 @@ def test_config_values_use_the_shared_checks():
     from kernelcert._validation import check_range, check_real
 
     assert check_range("x", 3, 1, 3) == 3 and check_range("x", 0.5, above=0, below=1) == 0.5
-    for kw, value, message in [({"minimum": 1}, 0, "x must be >= 1, got 0"), ({"maximum": 2}, 3, "x must be <= 2, got 3"),
-                               ({"above": 0}, 0.0, "x must be > 0, got 0.0"), ({"below": 1}, 1.5, "x must be < 1, got 1.5")]:
+    for kw, value, message in [({"minimum": 1}, 0, "x must be >= 1, got 0"),
+                               ({"maximum": 2}, 3, "x must be <= 2, got 3"),
+                               ({"above": 0}, 0.0, "x must be > 0, got 0.0"),
+                               ({"below": 1}, 1.5, "x must be < 1, got 1.5")]:
         with pytest.raises(ValueError, match=f"^{message}$"):
             check_range("x", value, **kw)
     assert check_real("x", np.float32(2.5)) == 2.5 and check_real("x", np.inf, allow_inf=True) == np.inf
@@ -179,7 +181,8 @@ def test_config_values_use_the_shared_checks():
         check_real("x", -np.inf, allow_inf=True)
     with pytest.raises(TypeError, match="x must be a real number"):
         check_real("x", True)
-    cases = [("kernel", "W_std", 0, "W_std must be > 0, got 0.0"), ("kernel", "b_std", -0.5, "b_std must be >= 0, got -0.5"),
+    cases = [("kernel", "W_std", 0, "W_std must be > 0, got 0.0"),
+             ("kernel", "b_std", -0.5, "b_std must be >= 0, got -0.5"),
              ("kernel", "W_std", float("nan"), "W_std must be finite, got nan"),
              ("kernel", "W_std", "big", "W_std must be a real number, got 'big'"),
              ("exactness", "time_limit", float("inf"), "time_limit must be finite, got inf"),

@@ -270,6 +270,7 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["method_summary", "resolved_flags", "build_summary", "write_summary", "write_points", "read_points", "read_summary",
+__all__ = ["method_summary", "resolved_flags", "build_summary", "write_summary", "write_points", "read_points",
+           "read_summary",
            "MCR_CONVENTIONS", "POINTS_LONG_COLUMNS", "POINTS_LONG_NAMES", "points_long_frame", "write_points_long",
            "remove_stale_points_long", "read_points_long"]
