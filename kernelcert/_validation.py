@@ -10,9 +10,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sized
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+_Number = TypeVar("_Number", int, float)
 
 
 def as_float_array(
@@ -44,6 +47,32 @@ def check_finite(name: str, a: npt.ArrayLike, ndim: int | tuple[int, ...] | None
     return as_float_array(name, a, ndim=ndim, dtype=np.float64)
 
 
+def check_range(name: str, value: _Number, minimum: float | None = None, maximum: float | None = None, *,
+                above: float | None = None, below: float | None = None) -> _Number:
+    """`value` itself when minimum <= value <= maximum, value > above and value < below (each bound
+    optional); otherwise ValueError "`name` must be >= minimum, got value" (resp. <=, >, <)."""
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    if above is not None and not value > above:
+        raise ValueError(f"{name} must be > {above}, got {value}")
+    if below is not None and not value < below:
+        raise ValueError(f"{name} must be < {below}, got {value}")
+    return value
+
+
+def check_real(name: str, value: object, *, allow_inf: bool = False) -> float:
+    """A real number (bools rejected) as a finite Python float (+inf too with allow_inf); TypeError
+    for a non-number, ValueError for NaN or an infinity."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    result = float(value)
+    if np.isnan(result) or (np.isinf(result) and not (allow_inf and result > 0)):
+        raise ValueError(f"{name} must be finite, got {result}")
+    return result
+
+
 def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
     """A Python int (integral floats accepted, bools rejected) within [minimum, maximum]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -55,11 +84,7 @@ def check_int(name: str, value: object, minimum: int | None = None, maximum: int
         if not math.isfinite(as_float) or not as_float.is_integer():
             raise ValueError(f"{name} must be an integer, got {value!r}")
         result = int(as_float)
-    if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {result}")
-    if maximum is not None and result > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {result}")
-    return result
+    return check_range(name, result, minimum, maximum)
 
 
 def check_index_array(name: str, a: npt.ArrayLike, size: int, what: str) -> np.ndarray:
@@ -77,14 +102,8 @@ def check_index_array(name: str, a: npt.ArrayLike, size: int, what: str) -> np.n
 
 def check_positive(name: str, value: object, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
     """A real number > 0 (>= 0 with allow_zero; +inf only with allow_inf) as a Python float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    result = float(value)
-    if np.isnan(result) or (np.isinf(result) and not (allow_inf and result > 0)):
-        raise ValueError(f"{name} must be finite, got {result}")
-    if result < 0 or (result == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {result}")
-    return result
+    result = check_real(name, value, allow_inf=allow_inf)
+    return check_range(name, result, minimum=0 if allow_zero else None, above=None if allow_zero else 0)
 
 
 def _check_labels(name: str, y: npt.ArrayLike, num_classes: int | None) -> tuple[np.ndarray, int]:
@@ -175,6 +194,8 @@ def argmax_smallest(scores: np.ndarray) -> np.ndarray:
 __all__ = [
     "as_float_array",
     "check_finite",
+    "check_range",
+    "check_real",
     "check_int",
     "check_positive",
     "check_labels",

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["ArrayFileError", "open_array", "npz_keys", "check_finite_rows"]
+__all__ = ["ArrayFileError", "open_array", "npz_keys", "check_finite_rows", "NpzMember", "read_npz_member_header"]
 
 
 class ArrayFileError(ValueError):
@@ -41,33 +43,55 @@ def npz_keys(path: str | os.PathLike[str]) -> list[str]:
         raise ArrayFileError(f"{path}: not a readable .npz archive ({exc})") from None
 
 
+@dataclass(frozen=True)
+class NpzMember:
+    """Where an uncompressed `.npz` member's array lies in the file: `offset` of its first element
+    (after the member's `.npy` header), `end` one past the member's stored bytes, and the header's
+    `shape`, `fortran_order` and `dtype`."""
+
+    offset: int
+    end: int
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype
+
+
+def read_npz_member_header(f: BinaryIO, info: zipfile.ZipInfo, where: str) -> NpzMember:
+    """The `NpzMember` of zip entry `info`, read from the open `.npz` file `f` (its local zip header,
+    then the member's `.npy` header; the file position is left after it). ArrayFileError starting with
+    `where` on a corrupt zip or `.npy` header."""
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if local[:4] != b"PK\x03\x04":
+        raise ArrayFileError(f"{where}: corrupt zip member header")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    f.seek(start)
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+    except ValueError as exc:
+        raise ArrayFileError(f"{where}: bad .npy header ({exc})") from None
+    return NpzMember(f.tell(), start + info.file_size, tuple(shape), bool(fortran), dtype)
+
+
 def _memmap_member(path: Path, info: zipfile.ZipInfo, key: str) -> np.ndarray:
     """Memory-map an uncompressed `.npz` member in place."""
     with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if local[:4] != b"PK\x03\x04":
-            raise ArrayFileError(f"{_where(path, key)}: corrupt zip member header")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
-        except ValueError as exc:
-            raise ArrayFileError(f"{_where(path, key)}: bad .npy header ({exc})") from None
-        offset = f.tell()
+        member = read_npz_member_header(f, info, _where(path, key))
+    shape, dtype = member.shape, member.dtype
     if dtype.hasobject:
         raise ArrayFileError(f"{_where(path, key)}: holds Python objects (pickles are never loaded); "
                              "save plain numeric arrays")
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if offset + size > info.header_offset + 30 + name_len + extra_len + info.file_size:
+    if member.offset + size > member.end:
         raise ArrayFileError(f"{_where(path, key)}: truncated member (header shape {shape} of {dtype})")
     if size == 0:
         return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
-                     order="F" if fortran else "C")
+    return np.memmap(path, dtype=dtype, mode="r", offset=member.offset, shape=shape,
+                     order="F" if member.fortran_order else "C")
 
 
 def open_array(path: str | os.PathLike[str], key: str | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@ import argparse
 import importlib.util
 import os
 import random
+import zipfile
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from benchmarks._published_rules import published_dpa_roe, published_fa, published_fa_roe
 from kernelcert import data
 from kernelcert.aggregate import add_aggregate_parser, certify_ensemble, fa_shifts, run_aggregate
-from kernelcert.arrayfiles import ArrayFileError, open_array
+from kernelcert.arrayfiles import ArrayFileError, open_array, read_npz_member_header
 from kernelcert.certificates import certify
 from kernelcert.ensemble import dpa
 from kernelcert.kernels import FullyConnected, PrecomputedKernel, max_abs_row_sum
@@ -63,6 +64,28 @@ def test_arrays_are_memory_mapped(tmp_path):
     assert isinstance(open_array(tmp_path / "a.npy"), np.memmap)
     digits_npz(tmp_path / "c.npz", compressed=True)
     assert not isinstance(open_array(tmp_path / "c.npz", "x_train"), np.memmap)  # compressed: decompressed
+
+
+def test_npz_member_headers_locate_every_array(tmp_path):
+    """`read_npz_member_header`: the bytes at offset..offset+nbytes are the array, ending at `end`;
+    a corrupt local header is named."""
+    arrays = {"a": np.arange(12.0).reshape(3, 4), "b": np.asfortranarray(np.ones((2, 3), np.int32)),
+              "c": np.zeros((0, 5), np.uint8), "d": np.array(7)}
+    np.savez(tmp_path / "m.npz", **arrays)
+    with zipfile.ZipFile(tmp_path / "m.npz") as zf, open(tmp_path / "m.npz", "rb") as f:
+        for name, arr in arrays.items():
+            m = read_npz_member_header(f, zf.getinfo(f"{name}.npy"), name)
+            assert (m.shape, m.dtype, m.fortran_order) == (arr.shape, arr.dtype, name == "b")
+            assert m.offset + arr.nbytes == m.end
+            f.seek(m.offset)
+            back = np.frombuffer(f.read(arr.nbytes), arr.dtype).reshape(arr.shape, order="F" if name == "b" else "C")
+            np.testing.assert_array_equal(back, arr)
+    bad = bytearray((tmp_path / "m.npz").read_bytes())
+    bad[0] = 0  # the first member's local header signature
+    (tmp_path / "bad.npz").write_bytes(bytes(bad))
+    with zipfile.ZipFile(tmp_path / "m.npz") as zf, open(tmp_path / "bad.npz", "rb") as f:
+        with pytest.raises(ArrayFileError, match=r"^bad\.npz \[a\]: corrupt zip member header"):
+            read_npz_member_header(f, zf.infolist()[0], "bad.npz [a]")
 
 
 def test_arrays_embeddings_need_no_max_value(tmp_path):

@@ -31,3 +31,4 @@ def test_usage_toml_example_is_a_valid_config():
     cfg = pipeline.load_config_string(toml)
     assert [lc.type for lc in cfg.learners] == ["regression", "svm"]
     assert cfg.partition.num_partitions == (1, 10, 50)
+    assert not cfg.exactness.refine and cfg.exactness.time_limit == 10.0

@@ -10,9 +10,10 @@ from kernelcert import cli, pipeline
 from kernelcert.ensemble import dpa
 from kernelcert.partition import FA_DEFAULT_SEED, fa_spread
 from kernelcert.pipeline.aggregate import MethodResult
+from kernelcert.pipeline.exactness import RefinedWhiteboxResult
 from kernelcert.roe import dpa_roe, fa
-from kernelcert.pipeline.summary import (POINTS_LONG_COLUMNS, points_long_frame, read_points_long,
-                                         write_points_long)
+from kernelcert.pipeline.summary import (POINTS_LONG_COLUMNS, method_summary, points_long_frame, read_points_long,
+                                         write_points, write_points_long)
 
 from test_pipeline import tiny_config
 
@@ -50,11 +51,11 @@ def test_long_table_agrees_with_points_csv_row_by_row(fa_run):
                                           table[:, header.index(f"{g}/radius_upper")])
         else:
             assert part["radius_upper"].isna().all()
-        if f"{g}/exact_before_refinement" in header:
-            np.testing.assert_array_equal(part["exact_before_refinement"].to_numpy(bool),
-                                          table[:, header.index(f"{g}/exact_before_refinement")] == 1)
-        else:
-            assert part["exact_before_refinement"].isna().all()
+        for flag in ("exact_before_refinement", "resolved", "resolved_before_refinement"):
+            if f"{g}/{flag}" in header:
+                np.testing.assert_array_equal(part[flag].to_numpy(bool), table[:, header.index(f"{g}/{flag}")] == 1)
+            else:
+                assert part[flag].isna().all()
     assert seen == len(long)
     # the accuracies of summary.json follow from the long table
     for r in fa_run.summary["results"]:
@@ -67,7 +68,9 @@ def _results(rng, t):
     up = rng.integers(0, 9, t)
     return [MethodResult("svm", 3, "ensemblecert", rng.integers(0, 3, t), up - rng.integers(0, 2, t).clip(max=up),
                          rng.random(t) < 0.5, up, rng.random(t) < 0.3),
-            MethodResult("ntk regression", 1, "single", rng.integers(0, 3, t), rng.integers(0, 5, t), np.ones(t, bool))]
+            MethodResult("ntk regression", 1, "single", rng.integers(0, 3, t), rng.integers(0, 5, t), np.ones(t, bool)),
+            RefinedWhiteboxResult("svm", 3, "whitebox_roe", rng.integers(0, 3, t), rng.integers(0, 5, t),
+                                  np.zeros(t, bool), resolved=rng.random(t) < 0.7, resolved_before=rng.random(t) < 0.2)]
 
 
 def _long_table_format(monkeypatch, parquet):
@@ -102,8 +105,42 @@ def test_long_table_round_trips_with_missing_fields(tmp_path, monkeypatch, parqu
     pd.testing.assert_frame_equal(back, points_long_frame(y, res))
     assert back["radius_upper"].iloc[:17].tolist() == res[0].radius_upper.tolist()
     assert back["radius_upper"].iloc[17:].isna().all() and back["exact_before_refinement"].iloc[17:].isna().all()
-    assert back["learner"].iloc[-1] == "ntk regression"
-    np.testing.assert_array_equal(back["correct"].to_numpy(), np.concatenate([r.prediction for r in res]) == np.tile(y, 2))
+    assert back["learner"].iloc[17] == "ntk regression"
+    for flag, field in (("resolved", "resolved"), ("resolved_before_refinement", "resolved_before")):
+        assert back[flag].iloc[:34].isna().all()
+        assert back[flag].iloc[34:].tolist() == getattr(res[2], field).tolist()
+    np.testing.assert_array_equal(back["correct"].to_numpy(),
+                                  np.concatenate([r.prediction for r in res]) == np.tile(y, 3))
+
+
+def test_long_table_written_before_the_resolved_columns_reads_them_as_missing(tmp_path):
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 3, 9)
+    frame = points_long_frame(y, _results(rng, 9)[:2])
+    frame.drop(columns=["resolved", "resolved_before_refinement"]).to_csv(tmp_path / "points_long.csv", index=False)
+    back = read_points_long(tmp_path)
+    assert tuple(back.columns) == POINTS_LONG_COLUMNS
+    assert back["resolved"].isna().all() and back["resolved_before_refinement"].isna().all()
+    pd.testing.assert_frame_equal(back, frame)
+
+
+def test_points_csv_and_summary_carry_the_resolved_flags(tmp_path):
+    """points.csv writes a refined white-box ROE result's flags as 0/1 columns after its exact
+    column; summary fractions are their means; other results get no such columns."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 11)
+    res = _results(rng, 11)
+    write_points(tmp_path / "points.csv", y, res)
+    header, table = pipeline.read_points(tmp_path / "points.csv")
+    assert [h for h in header if h.endswith("resolved") or h.endswith("resolved_before_refinement")] == [
+        "svm/3/whitebox_roe/resolved", "svm/3/whitebox_roe/resolved_before_refinement"]
+    np.testing.assert_array_equal(table[:, header.index("svm/3/whitebox_roe/resolved")], res[2].resolved.astype(int))
+    np.testing.assert_array_equal(table[:, header.index("svm/3/whitebox_roe/resolved_before_refinement")],
+                                  res[2].resolved_before.astype(int))
+    d = method_summary(res[2], y, [0, 1])
+    assert d["resolved_fraction"] == res[2].resolved.mean()
+    assert d["resolved_fraction_before_refinement"] == res[2].resolved_before.mean()
+    assert "resolved_fraction" not in method_summary(res[0], y, [0, 1])
 
 
 @pytest.mark.parametrize("parquet", [False, True])

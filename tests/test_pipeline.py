@@ -164,6 +164,38 @@ def test_one_error_lists_every_problem():
     assert "5 problems" in text and "[data]: n_train must be >= 1" in text and "[kernel]: depth must be >= 0" in text
 
 
+def test_config_values_use_the_shared_checks():
+    """The config's number checks are `kernelcert._validation`'s (same bounds, same messages), except
+    that an integer key takes TOML integers only."""
+    from kernelcert._validation import check_range, check_real
+
+    assert check_range("x", 3, 1, 3) == 3 and check_range("x", 0.5, above=0, below=1) == 0.5
+    for kw, value, message in [({"minimum": 1}, 0, "x must be >= 1, got 0"),
+                               ({"maximum": 2}, 3, "x must be <= 2, got 3"),
+                               ({"above": 0}, 0.0, "x must be > 0, got 0.0"),
+                               ({"below": 1}, 1.5, "x must be < 1, got 1.5")]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            check_range("x", value, **kw)
+    assert check_real("x", np.float32(2.5)) == 2.5 and check_real("x", np.inf, allow_inf=True) == np.inf
+    with pytest.raises(ValueError, match="x must be finite"):
+        check_real("x", -np.inf, allow_inf=True)
+    with pytest.raises(TypeError, match="x must be a real number"):
+        check_real("x", True)
+    cases = [("kernel", "W_std", 0, "W_std must be > 0, got 0.0"),
+             ("kernel", "b_std", -0.5, "b_std must be >= 0, got -0.5"),
+             ("kernel", "W_std", float("nan"), "W_std must be finite, got nan"),
+             ("kernel", "W_std", "big", "W_std must be a real number, got 'big'"),
+             ("exactness", "time_limit", float("inf"), "time_limit must be finite, got inf"),
+             ("kernel", "depth", 2.0, "depth must be an integer, got 2.0"),
+             ("execution", "workers", 0, "workers must be >= 1, got 0")]
+    for section, key, value, message in cases:
+        cfg = tiny_config("runs")
+        cfg.setdefault(section, {})[key] = value
+        with pytest.raises(pipeline.ConfigError) as exc:
+            pipeline.config_from_dict(cfg)
+        assert exc.value.problems == ((section, key, message),)
+
+
 def test_keys_follow_the_loader_and_the_architecture():
     """Dataset-specific keys are the loader's arguments; architecture-specific ones the kernel class's."""
     cfg = pipeline.config_from_dict(tiny_config("runs"))

@@ -2,6 +2,9 @@
 enumeration, the existing class-cost MILP, a plain one-hot MILP written here, and EnsembleCert on
 brute-force costs. Every answer flagged exact must equal the truth; every answer must stay inside
 certify's bounds."""
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -457,23 +460,33 @@ def test_input_errors_name_the_argument():
         PartitionSolver(np.zeros((2, 2)), [y], 2)
 
 
-def test_run_with_exactness_refinement(tmp_path):
-    """`[exactness] refine = true` in a run: same units (not hashed), refined EnsembleCert radii inside the
-    unrefined bounds, exact ones equal to EnsembleCert on exactly solved costs of the same models, and
-    the before/after fractions in points.csv, summary.json and the report."""
-    from kernelcert import pipeline
-    from kernelcert.pipeline.config import make_kernel, make_learner
-
-    cfg = {
+def refine_run_config(out_dir):
+    """A small synthetic run (4 classes, N_p in {4, 8}, both learners) with EnsembleCert and white-box ROE."""
+    return {
         "data": {"dataset": "synthetic", "num_classes": 4, "n_train": 240, "n_test": 60, "dim": 6, "seed": 1,
                  "separation": 1.5},
         "kernel": {"architecture": "fully_connected", "depth": 1, "W_std": 1.5, "b_std": 0.1},
         "learners": [{"type": "svm"}, {"type": "regression", "ridge": 0.01}],
         "partition": {"rule": "ss_dpa", "num_partitions": [4, 8]},
         "methods": {"aggregations": ["dpa", "ensemblecert", "whitebox_roe"]},
-        "output": {"dir": str(tmp_path), "name": "tiny", "plots": False},
+        "output": {"dir": str(out_dir), "name": "tiny", "plots": False},
         "execution": {"progress": False},
     }
+
+
+def test_run_with_exactness_refinement(tmp_path):
+    """`[exactness] refine = true` in a run: same units (not hashed), refined EnsembleCert radii inside the
+    unrefined bounds, exact ones equal to EnsembleCert on exactly solved costs of the same models, and
+    the before/after fractions in points.csv, summary.json and the report. White-box ROE: the per-point
+    resolved flags of points.csv are the refine result's and the summary's, resolved radii equal the
+    certificate at exactly solved costs, and every point whose certificate is equal at the stored
+    lower and upper costs is flagged resolved before refinement."""
+    from kernelcert import pipeline
+    from kernelcert.pipeline import store
+    from kernelcert.pipeline.config import make_kernel, make_learner
+    from kernelcert.pipeline.exactness import RefinedWhiteboxResult
+
+    cfg = refine_run_config(tmp_path)
     base = pipeline.run(cfg)
     cfg["exactness"] = {"refine": True, "time_limit": 20}
     res = pipeline.run(cfg)
@@ -499,10 +512,12 @@ def test_run_with_exactness_refinement(tmp_path):
     for r0, r1 in zip(base.results, res.results):
         assert (r0.learner, r0.num_partitions, r0.method) == (r1.learner, r1.num_partitions, r1.method)
         if r1.method == "whitebox_roe":
+            assert isinstance(r1, RefinedWhiteboxResult) and not isinstance(r0, RefinedWhiteboxResult)
             assert r1.exact_before is None and not r1.exact.any()
             assert np.all(r1.radius >= r0.radius)
             wb_results.append(r1)
             continue
+        assert not isinstance(r1, RefinedWhiteboxResult)
         if r1.method != "ensemblecert":
             assert r1.exact_before is None
             continue
@@ -547,5 +562,89 @@ def test_run_with_exactness_refinement(tmp_path):
         truth = np.minimum(truth, len(plan.y_train))
         assert np.all(r1.radius <= truth)
         np.testing.assert_array_equal(r1.radius[resolved], truth[resolved])
+        # the per-point flags of points.csv: the refine result's, the summary's, the oracle-checked ones above
+        wb_col = f"{r1.learner}/{r1.num_partitions}/whitebox_roe"
+        flags = table[:, col[f"{wb_col}/resolved"]] == 1
+        flags_before = table[:, col[f"{wb_col}/resolved_before_refinement"]] == 1
+        np.testing.assert_array_equal(flags, resolved)
+        np.testing.assert_array_equal(flags, r1.resolved)
+        np.testing.assert_array_equal(flags_before, r1.resolved_before)
+        assert flags.mean() == entry["resolved_fraction_after"]
+        assert flags_before.mean() == entry["resolved_fraction_before"]
+        summary_entry = next(e for e in res.summary["results"] if e["method"] == "whitebox_roe"
+                             and (e["learner"], e["num_partitions"]) == (r1.learner, r1.num_partitions))
+        assert summary_entry["resolved_fraction"] == flags.mean()
+        assert summary_entry["resolved_fraction_before_refinement"] == flags_before.mean()
+        assert np.all(flags[flags_before])
+        # resolved before refinement: certainly where the certificate is equal at the stored lower and
+        # upper costs (it is monotone in the costs, and the refinement starts inside those bounds)
+        learner_index = [lc.name for lc in conf.learners].index(r1.learner)
+        wb_target = next(tg for tg in plan.targets if tg.kind == "partition" and tg.size == r1.num_partitions)
+        files = [store.UnitFile(store.unit_path(res.run_dir, key)) for key in wb_target.units]
+        stored = store.decode_block(store.read_stored_block(
+            files, learner_index, 0, len(plan.y_test),
+            ("scores", "cost_lower", "cost_upper", "pair_costs", "fallback")))
+        sfb = stored.fallback
+        spairs = np.where(sfb[..., None, None], 1.0, stored.pair_costs)
+        at_lower, at_upper = (whitebox_roe(stored.scores, np.where(sfb[..., None], 1.0, c), spairs,
+                                           joint="per_point").radius for c in (stored.cost_lower, stored.cost_upper))
+        assert np.all(flags_before[at_lower == at_upper])
     with pytest.raises(ValueError, match="exactness"):
         pipeline.config_from_dict({**cfg, "exactness": {"refine": "yes"}})
+
+
+def test_run_writes_the_resolved_flags_of_every_refinement_block(tmp_path, monkeypatch):
+    """The white-box step runs `refine_whitebox_roe` block by block (block_size 7 of 60 test points);
+    points.csv, the long table and the run's results carry exactly the flags those calls return. The
+    calls are wrapped to drop flags at random (claiming less stays sound), so a flag written
+    to the wrong point, block or column, or one not taken from the refinement, fails this test."""
+    import pandas as pd
+
+    from kernelcert import pipeline
+    from kernelcert.pipeline import exactness
+
+    rng = np.random.default_rng(12)
+    calls = []
+
+    def recorded(*args, **kwargs):
+        res = refine_whitebox_roe(*args, **kwargs)
+        resolved = res.resolved & (rng.random(len(res.resolved)) < 0.7)
+        res = dataclasses.replace(res, resolved=resolved,
+                                  resolved_before=res.resolved_before & resolved & (rng.random(len(resolved)) < 0.5))
+        calls.append(res)
+        return res
+
+    monkeypatch.setattr(exactness, "refine_whitebox_roe", recorded)
+    cfg = refine_run_config(tmp_path)
+    cfg["execution"]["block_size"] = 7
+    cfg["exactness"] = {"refine": True, "time_limit": 20}
+    res = pipeline.run(cfg)
+    header, table = pipeline.read_points(res.points_path)
+    long = pipeline.read_points_long(res.run_dir)
+    wb = [r for r in res.results if r.method == "whitebox_roe"]
+    t = table.shape[0]
+    blocks = -(-t // 7)
+    assert len(wb) == 4 and len(calls) == 4 * blocks
+    for i, r in enumerate(wb):
+        got = calls[i * blocks:(i + 1) * blocks]
+        resolved = np.concatenate([c.resolved for c in got])
+        before = np.concatenate([c.resolved_before for c in got])
+        assert 0 < before.sum() < resolved.sum() < t
+        base = f"{r.learner}/{r.num_partitions}/whitebox_roe"
+        np.testing.assert_array_equal(table[:, header.index(f"{base}/resolved")], resolved.astype(int))
+        np.testing.assert_array_equal(table[:, header.index(f"{base}/resolved_before_refinement")], before.astype(int))
+        np.testing.assert_array_equal(r.resolved, resolved)
+        np.testing.assert_array_equal(r.resolved_before, before)
+        part = long[(long["learner"] == r.learner) & (long["num_partitions"] == r.num_partitions)
+                    & (long["method"] == "whitebox_roe")].sort_values("point")
+        np.testing.assert_array_equal(part["resolved"].to_numpy(bool), resolved)
+        np.testing.assert_array_equal(part["resolved_before_refinement"].to_numpy(bool), before)
+        entry = next(e for e in res.summary["exactness"]["results"] if e["method"] == "whitebox_roe"
+                     and (e["learner"], e["num_partitions"]) == (r.learner, r.num_partitions))
+        assert entry["points_unresolved"] == np.flatnonzero(~resolved).tolist()
+    table_text = pipeline.results_table(res.summary)
+    shown = [float(f) for f in re.findall(r"\(resolved (\d\.\d\d)\)", table_text)]
+    assert shown == [round(float(r.resolved.mean()), 2) for r in wb]
+    others = long[long["method"] != "whitebox_roe"]
+    assert isinstance(others["resolved"].dtype, pd.BooleanDtype) and others["resolved"].isna().all()
+    assert not any(h.endswith("/resolved") for h in header if "/whitebox_roe/" not in h)

@@ -6,7 +6,8 @@ only the per-partition class costs that can change the knapsack optimum (docs/ma
 White-box ROE reads the same class-cost lower bounds as vote costs; `kernelcert.refine.refine_whitebox_roe`
 refines the ones below its attack size until its radius is proven equal to the certificate at the
 exact costs ("resolved"; still a lower bound on the true radius, so its `exact` column stays 0), reusing
-the costs the EnsembleCert step already solved for the same models. The
+the costs the EnsembleCert step already solved for the same models; its results become
+`RefinedWhiteboxResult`s, whose per-point `resolved` flags `points.csv` and the long table show. The
 stored evidence holds costs, not label weights, so the weights of the test points it needs are
 recomputed here for the partitions it touches: the partition's Gram, the learner fitted on it (as
 in the work unit, same config, so the same model) and the kernel rows of those test points only.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +39,7 @@ from ..evidence import Evidence
 from ..refine import PartitionSolver, refine_ensemblecert, refine_whitebox_roe
 from .aggregate import MethodResult, agg_block_rows
 from .config import RunConfig, make_kernel, make_learner
-from .plan import RunPlan
+from .plan import AggregationTarget, RunPlan
 from .store import UnitFile, decode_block, read_stored_block
 from .unit import kernel_block_bytes
 
@@ -45,12 +48,28 @@ WHITEBOX_METHOD = "whitebox_roe"
 MODEL_TOLERANCE = 1e-9  # relative: recomputed weights vs the unit's (rounding-level differences only)
 _SCORE_TOLERANCE = 1e-11
 
+SolvedCosts = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(rows (m,) int64 sorted, cost_lower, cost_upper (m, N_p, K)): class costs the EnsembleCert step refined."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefinedWhiteboxResult(MethodResult):
+    """A white-box ROE `MethodResult` after `[exactness] refine`, with per-point flags (t,) bool:
+    `resolved`: the radius is proven equal to the white-box certificate at the exact per-class costs
+    (docs/math.md §4.4) — still a lower bound on the run-off election's true radius, so `exact` stays
+    False; `resolved_before`: already so at the cost bounds the white-box step started from (the stored
+    bounds, tightened by the EnsembleCert step where it ran). Points the CPU budget did not reach are
+    False in both."""
+
+    resolved: np.ndarray
+    resolved_before: np.ndarray
+
 
 class _PartitionWeights:
     """weights(j, rows) of one learner on one partition ensemble: member j's model (fitted on first
     use, then kept) evaluated on the test points `rows`."""
 
-    def __init__(self, cfg: RunConfig, plan: RunPlan, unit_keys, learner: int):
+    def __init__(self, cfg: RunConfig, plan: RunPlan, unit_keys: Sequence[str], learner: int) -> None:
         self.cfg, self.plan, self.learner = cfg, plan, learner
         by_key = {u.key: u for u in plan.units}
         self.units = [by_key[k] for k in unit_keys]
@@ -62,7 +81,8 @@ class _PartitionWeights:
     def labels(self) -> list[np.ndarray]:
         return [self.plan.y_train[u.train_index] for u in self.units]
 
-    def matches(self, stored_scores: np.ndarray, stored_votes: np.ndarray):
+    def matches(self, stored_scores: np.ndarray, stored_votes: np.ndarray
+                ) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray]:
         """accept(j, rows, W) for `PartitionSolver`: the recomputed rows reproduce the stored scores
         (rows of the refined subset) and votes."""
         def accept(j: int, rows: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -94,14 +114,16 @@ def _present(ev: Evidence, *names: str) -> list[np.ndarray]:
     return out
 
 
-def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], r: MethodResult, target, j: int,
-                     weights: _PartitionWeights, solved, budget: float) -> tuple[MethodResult, dict, bool]:
+def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], r: MethodResult,
+                     target: AggregationTarget, j: int, weights: _PartitionWeights, solved: SolvedCosts | None,
+                     budget: float) -> tuple[RefinedWhiteboxResult, dict[str, Any], bool]:
     """White-box ROE of one (learner, N_p): `refine_whitebox_roe` over blocks of test points (the
-    aggregation's block size), starting from the stored cost bounds tightened by `solved` (rows, lower,
-    upper of the EnsembleCert step on the same models, or None). Returns the result with raised radii,
-    its summary entry and whether the budget ran out. The entry lists the examined points left
-    unresolved (`points_unresolved`, test-point indices); points the budget did not reach
-    (`points_examined` < t) count as unresolved in the fractions."""
+    aggregation's block size), starting from the stored cost bounds tightened by `solved` (the
+    EnsembleCert step's costs on the same models, or None). Returns the result with raised radii and
+    its per-point `resolved` / `resolved_before` flags, its summary entry and whether the budget ran
+    out. The entry lists the examined points left unresolved (`points_unresolved`, test-point
+    indices); points the budget did not reach (`points_examined` < t) are unresolved in the flags
+    and the fractions."""
     t0 = time.process_time()
     t = len(plan.y_test)
     n_train = len(plan.y_train)
@@ -147,15 +169,18 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
              "radius_raised": int(np.count_nonzero(radius > r.radius)), "points_examined": int(examined.sum()),
              "points_unresolved": np.flatnonzero(examined & ~after).tolist(), **counts,
              "partitions_refitted": len(weights.models), "cpu_seconds": time.process_time() - t0}
-    return dataclasses.replace(r, radius=radius), entry, ran_out
+    unrefined = {f.name: getattr(r, f.name) for f in dataclasses.fields(MethodResult)}
+    refined = RefinedWhiteboxResult(**{**unrefined, "radius": radius}, resolved=after, resolved_before=before)
+    return refined, entry, ran_out
 
 
 def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], results: list[MethodResult],
-                   run_seconds: float) -> tuple[list[MethodResult], dict]:
+                   run_seconds: float) -> tuple[list[MethodResult], dict[str, Any]]:
     """Refine every EnsembleCert result whose radius is not proven exact everywhere, and every white-box
     ROE result (`_refine_whitebox`). `run_seconds`: the run's wall time so far (the recorded unit times
     are used when larger, e.g. on a resumed run). Returns the results (EnsembleCert ones with
-    `exact_before` set, white-box ROE ones with raised radii) and the summary block `exactness`."""
+    `exact_before` set, white-box ROE ones as `RefinedWhiteboxResult` with raised radii) and the
+    summary block `exactness`."""
     ex = cfg.exactness
     # the run's time: this process so far, or the recorded unit times when units were reused
     unit_seconds = sum(float(f.meta()["seconds"]["total"]) for f in files.values())
@@ -167,10 +192,11 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
     wall0 = time.perf_counter()
     targets = {t.size: t for t in plan.targets if t.kind == "partition"}
     learner_index = {lc.name: j for j, lc in enumerate(cfg.learners)}
-    out, rows = [], []
+    out: list[MethodResult] = []
+    rows: list[dict[str, Any]] = []
     exhausted = False
     weights_of: dict[tuple[int, int], _PartitionWeights] = {}  # refitted models, shared by both methods
-    solved: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # EnsembleCert's refined costs
+    solved: dict[tuple[int, int], SolvedCosts] = {}  # EnsembleCert's refined costs
     with threadpool_limits(limits=cfg.execution.blas_threads, user_api="blas"):
         for r in results:
             if r.method == WHITEBOX_METHOD:
@@ -233,7 +259,7 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
     return out, block
 
 
-def exactness_markdown(block: dict) -> str:
+def exactness_markdown(block: dict[str, Any]) -> str:
     """Report section: EnsembleCert radii proven exact and white-box ROE radii resolved, before and
     after the refinement, and its cost."""
     ens = [r for r in block["results"] if r.get("method", REFINED_METHOD) == REFINED_METHOD]
@@ -253,8 +279,8 @@ def exactness_markdown(block: dict) -> str:
                   f"{r['partitions_refitted']} | {r['cpu_seconds']:.2f} |" for r in ens]
     if wb:
         lines += ["", "White-box ROE: radii *resolved*, i.e. proven equal to the certificate at the exact per-class "
-                  "costs (a lower bound on the true radius, so the `exact` column stays 0); radii raised by the "
-                  "refined costs.", "",
+                  "costs (a lower bound on the true radius, so the `exact` column stays 0; per point: the `resolved` "
+                  "column of points.csv); radii raised by the refined costs.", "",
                   "| learner | N_p | resolved before | resolved after | radii raised | problems | time limits | s |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['learner']} | {r['num_partitions']} | {r['resolved_fraction_before']:.4f} | "
@@ -263,4 +289,5 @@ def exactness_markdown(block: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["refine_results", "exactness_markdown", "REFINED_METHOD", "WHITEBOX_METHOD", "MODEL_TOLERANCE"]
+__all__ = ["refine_results", "exactness_markdown", "RefinedWhiteboxResult", "SolvedCosts", "REFINED_METHOD",
+           "WHITEBOX_METHOD", "MODEL_TOLERANCE"]

@@ -70,6 +70,8 @@ def results_table(summary: Summary, budgets: Iterable[int | str] | None = None) 
         upper = ""
         if "mcr_upper" in r and r["mcr_upper"]["radius"] != mcr["radius"]:
             upper = f" (<= {_fmt_mcr(r['mcr_upper']['radius'])})"
+        if "resolved_fraction" in r:
+            upper += f" (resolved {r['resolved_fraction']:.2f})"
         lines.append(f"{r['learner']:<26}{r['num_partitions']:>5}  {_method_name(r, summary):<30}"
                      f"{r['clean_accuracy']:>7.3f}{_fmt_mcr(mcr['radius']):>6}{_fmt_mcr(mcr['anchor']):>7}"
                      f"{r['exact_fraction']:>7.2f}" + "".join(f"{ca.get(b, float('nan')):>7.3f}" for b in shown)
@@ -78,7 +80,8 @@ def results_table(summary: Summary, budgets: Iterable[int | str] | None = None) 
     lines.append("acc = clean accuracy of the aggregate's prediction; MCR = median certified robustness (largest "
                  "budget with >= 50% certified accuracy; n/a when accuracy < 50%); MCR+1 = the DPA/FA/ROE scripts' "
                  "convention; exact = fraction of points whose radius is proven exact; @r = certified accuracy at r "
-                 "label flips; '(<= u)' = MCR from EnsembleCert's upper-bound costs.")
+                 "label flips; '(<= u)' = MCR from EnsembleCert's upper-bound costs; '(resolved f)' = fraction of "
+                 "white-box ROE radii proven equal to the certificate at exact class costs ([exactness] refine).")
     return "\n".join(lines)
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
+from .._validation import check_range, check_real
 from ..data import ARRAY_ROLES, LOADERS
 from ..kernels import Convolutional, FullyConnected, Kernel, PrecomputedKernel
 from ..learners import KernelRegression, KernelSVM
@@ -33,6 +33,7 @@ Problem = tuple[str | None, str | None, str]
 Check = Callable[[str, Any], Any]
 """A field's value check: (key, raw value) -> the clean value, or BadValue."""
 _Section = TypeVar("_Section", bound="DataclassInstance")
+_T = TypeVar("_T")
 
 DATASET_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "digits": 10}  # synthetic, arrays: num_classes
 ARCHITECTURES: dict[str, type[Kernel]] = {"fully_connected": FullyConnected, "convolutional": Convolutional,
@@ -66,33 +67,28 @@ class BadValue(ValueError):
 
 
 # --------------------------------------------------------------------------- value checks
+def _shared(check: Callable[..., _T], key: str, *args: Any, **kwargs: Any) -> _T:
+    """`check(key, *args, **kwargs)`, a check of `kernelcert._validation`, with its ValueError or
+    TypeError raised as BadValue (same message)."""
+    try:
+        return check(key, *args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise BadValue(str(exc)) from None
+
+
 def _int(minimum: int | None = None, maximum: int | None = None) -> Check:
     def check(key: str, v: Any) -> int:
+        # a TOML integer: unlike `kernelcert._validation.check_int`, 2.0 is not accepted
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise BadValue(f"{key} must be an integer, got {v!r}")
-        v = int(v)
-        if minimum is not None and v < minimum:
-            raise BadValue(f"{key} must be >= {minimum}, got {v}")
-        if maximum is not None and v > maximum:
-            raise BadValue(f"{key} must be <= {maximum}, got {v}")
-        return v
+        return _shared(check_range, key, int(v), minimum, maximum)
     return check
 
 
 def _num(*, positive: bool = False, nonneg: bool = False, below: float | None = None) -> Check:
     def check(key: str, v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise BadValue(f"{key} must be a number, got {v!r}")
-        v = float(v)
-        if not math.isfinite(v):
-            raise BadValue(f"{key} must be finite, got {v}")
-        if positive and not v > 0:
-            raise BadValue(f"{key} must be > 0, got {v}")
-        if nonneg and v < 0:
-            raise BadValue(f"{key} must be >= 0, got {v}")
-        if below is not None and v >= below:
-            raise BadValue(f"{key} must be < {below}, got {v}")
-        return v
+        value = _shared(check_real, key, v)
+        return _shared(check_range, key, value, 0 if nonneg else None, above=0 if positive else None, below=below)
     return check
 
 

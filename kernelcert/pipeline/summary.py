@@ -5,6 +5,12 @@ per test point, learner, N_p or k, method), plus their readers.
 
 MCR numbers are given in both conventions of docs/math.md §1: "radius" (the largest budget with
 certified accuracy >= 50%) and "anchor" (that plus one, as the DPA/FA/ROE scripts print it).
+
+Per-point flags: `exact` (the radius is the true robustness radius of the aggregate, proven),
+`exact_before_refinement` (EnsembleCert with `[exactness] refine`), and, for white-box ROE with
+`[exactness] refine`, `resolved` / `resolved_before_refinement`: the radius proven equal to the
+white-box certificate at the exact per-class costs — a statement about the certificate, which stays
+a lower bound on the run-off election's true radius (docs/math.md §4.4), so `exact` stays 0 there.
 """
 
 from __future__ import annotations
@@ -29,6 +35,15 @@ from .store import UnitFile, atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     import pandas as pd
 
+def resolved_flags(r: MethodResult) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(resolved, resolved_before) (t,) bool of a white-box ROE result refined by `[exactness] refine`
+    (the fields of `kernelcert.pipeline.exactness.RefinedWhiteboxResult`); (None, None) for any other
+    result."""
+    resolved: np.ndarray | None = getattr(r, "resolved", None)
+    before: np.ndarray | None = getattr(r, "resolved_before", None)
+    return resolved, before
+
+
 MCR_CONVENTIONS = {"radius": "largest budget r with certified accuracy >= 50% (docs/math.md §1)",
                    "anchor": "radius convention + 1, as printed by the DPA/FA/ROE scripts (docs/math.md §7.0.2)"}
 
@@ -49,6 +64,10 @@ def method_summary(r: MethodResult, y_test: np.ndarray, budgets: Iterable[int]) 
          "curve": {"radius": [int(v) for v in vals], "certified_accuracy": curve_acc}}
     if r.exact_before is not None:
         d["exact_fraction_before_refinement"] = float(np.mean(r.exact_before))
+    resolved, resolved_before = resolved_flags(r)
+    if resolved is not None and resolved_before is not None:
+        d["resolved_fraction"] = float(np.mean(resolved))
+        d["resolved_fraction_before_refinement"] = float(np.mean(resolved_before))
     if r.radius_upper is not None:
         d["mcr_upper"] = {"radius": median_certified_robustness(r.radius_upper, correct, "radius"),
                           "anchor": median_certified_robustness(r.radius_upper, correct, "anchor")}
@@ -117,7 +136,7 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 def write_points(path: Path, y_test: np.ndarray, results: list[MethodResult]) -> None:
     """points.csv: index, label, then learner/N_p/method/{prediction, radius, exact[, radius_upper]
-    [, exact_before_refinement]}."""
+    [, exact_before_refinement][, resolved, resolved_before_refinement]}; flags as 0/1."""
     cols = ["index", "label"]
     data = [np.arange(len(y_test)), y_test]
     for r in results:
@@ -130,6 +149,10 @@ def write_points(path: Path, y_test: np.ndarray, results: list[MethodResult]) ->
         if r.exact_before is not None:
             cols.append(f"{base}/exact_before_refinement")
             data.append(r.exact_before.astype(np.int64))
+        resolved, resolved_before = resolved_flags(r)
+        if resolved is not None and resolved_before is not None:
+            cols += [f"{base}/resolved", f"{base}/resolved_before_refinement"]
+            data += [resolved.astype(np.int64), resolved_before.astype(np.int64)]
     table = np.stack([np.asarray(c, np.int64) for c in data], axis=1)
     lines = [",".join(cols)]
     lines += [",".join(map(str, row)) for row in table.tolist()]
@@ -146,22 +169,32 @@ def read_points(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
 
 POINTS_LONG_NAMES = ("points_long.parquet", "points_long.csv")
 POINTS_LONG_COLUMNS = ("point", "label", "learner", "num_partitions", "method", "prediction", "radius",
-                       "radius_upper", "exact", "exact_before_refinement", "correct")
+                       "radius_upper", "exact", "exact_before_refinement", "resolved", "resolved_before_refinement",
+                       "correct")
 _LONG_DTYPES = {"point": "int64", "label": "int64", "learner": "string", "num_partitions": "int64",
                 "method": "string", "prediction": "int64", "radius": "int64", "radius_upper": "Int64",
-                "exact": "bool", "exact_before_refinement": "boolean", "correct": "bool"}
+                "exact": "bool", "exact_before_refinement": "boolean", "resolved": "boolean",
+                "resolved_before_refinement": "boolean", "correct": "bool"}
+_LONG_OPTIONAL = ("radius_upper", "exact_before_refinement", "resolved", "resolved_before_refinement")
+"""Long-table columns missing (<NA>) where a method has none."""
 
 
 def points_long_frame(y_test: np.ndarray, results: list[MethodResult]) -> pd.DataFrame:
     """The tidy form of points.csv: one row per (method result, test point), columns
     `POINTS_LONG_COLUMNS`; `num_partitions` is N_p for partition methods and k for FA methods;
-    radius_upper / exact_before_refinement are missing (<NA>) where a method has none;
-    correct = prediction == label. Rows in the order of points.csv's column groups, then points."""
+    radius_upper / exact_before_refinement / resolved / resolved_before_refinement are missing (<NA>)
+    where a method has none; correct = prediction == label. Rows in the order of points.csv's column
+    groups, then points."""
     import pandas as pd  # imported where the long table is built or read: `import kernelcert` stays light
     y_test = np.asarray(y_test, np.int64)
     t = len(y_test)
     frames = []
+
+    def optional_flags(flags: np.ndarray | None) -> pd.api.extensions.ExtensionArray:
+        return pd.array(np.asarray(flags, bool) if flags is not None else [pd.NA] * t, dtype="boolean")
+
     for r in results:
+        resolved, resolved_before = resolved_flags(r)
         frames.append(pd.DataFrame({
             "point": np.arange(t, dtype=np.int64), "label": y_test, "learner": r.learner,
             "num_partitions": int(r.num_partitions), "method": r.method,
@@ -169,8 +202,8 @@ def points_long_frame(y_test: np.ndarray, results: list[MethodResult]) -> pd.Dat
             "radius_upper": pd.array(np.asarray(r.radius_upper, np.int64) if r.radius_upper is not None
                                      else [pd.NA] * t, dtype="Int64"),
             "exact": np.asarray(r.exact, bool),
-            "exact_before_refinement": pd.array(np.asarray(r.exact_before, bool) if r.exact_before is not None
-                                                else [pd.NA] * t, dtype="boolean"),
+            "exact_before_refinement": optional_flags(r.exact_before),
+            "resolved": optional_flags(resolved), "resolved_before_refinement": optional_flags(resolved_before),
             "correct": np.asarray(r.prediction, np.int64) == y_test}))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(POINTS_LONG_COLUMNS))
     return frame.astype(_LONG_DTYPES)[list(POINTS_LONG_COLUMNS)]
@@ -206,8 +239,9 @@ def remove_stale_points_long(directory: str | os.PathLike[str], written: str) ->
 
 def read_points_long(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The long per-point table of a run directory (or of the file itself) as a pandas DataFrame
-    with columns `POINTS_LONG_COLUMNS` (radius_upper: nullable Int64, exact_before_refinement:
-    nullable boolean). Raises FileNotFoundError naming the directory when neither file exists."""
+    with columns `POINTS_LONG_COLUMNS` (radius_upper: nullable Int64; exact_before_refinement,
+    resolved, resolved_before_refinement: nullable boolean; a table written before a column existed
+    reads it as all <NA>). Raises FileNotFoundError naming the directory when neither file exists."""
     import pandas as pd  # imported where the long table is built or read: `import kernelcert` stays light
     path = Path(run_dir)
     if path.is_dir():
@@ -220,9 +254,12 @@ def read_points_long(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     else:
         frame = pd.read_csv(path, dtype={"learner": "string", "method": "string"}, keep_default_na=False,
-                            na_values={"radius_upper": [""], "exact_before_refinement": [""]})
+                            na_values={col: [""] for col in _LONG_OPTIONAL})
         for col in ("exact", "correct"):
             frame[col] = frame[col].map({True: True, False: False, "True": True, "False": False})
+    for col in _LONG_OPTIONAL:
+        if col not in frame.columns:
+            frame[col] = pd.NA
     return frame.astype(_LONG_DTYPES)[list(POINTS_LONG_COLUMNS)]
 
 
@@ -233,6 +270,7 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["method_summary", "build_summary", "write_summary", "write_points", "read_points", "read_summary",
+__all__ = ["method_summary", "resolved_flags", "build_summary", "write_summary", "write_points", "read_points",
+           "read_summary",
            "MCR_CONVENTIONS", "POINTS_LONG_COLUMNS", "POINTS_LONG_NAMES", "points_long_frame", "write_points_long",
            "remove_stale_points_long", "read_points_long"]
