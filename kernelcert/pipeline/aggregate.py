@@ -9,6 +9,7 @@ training labels (a sentinel radius means no relabelling at all changes the predi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +68,7 @@ def agg_block_rows(num_models: int, num_classes: int, ex: ExecutionConfig) -> in
 def aggregate_block(task: AggTask, shared: Any = None) -> dict[str, dict[str, np.ndarray]]:
     """Certificates of every method of `task` on its block: {method: {"prediction", "radius", "exact"
     [, "radius_upper"]}} (module-level, runs on any backend)."""
-    ev = decode_block(task.arrays)
+    ev = decode_block(task.arrays, compact_pairs=True)
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in task.methods:
         res = REGISTRY[name].certify(ev, task.num_classes, task.shifts)
@@ -104,6 +105,16 @@ def _tasks(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
                           read_stored_block(members, j, s0, s1, fields), target.shifts)
 
 
+def aggregation_threads() -> int:
+    """Threads for in-process aggregation blocks: the cores this process may use (numpy's sorts and
+    the compiled kernels of the certificates release the GIL; every block's result is independent
+    of which thread computes it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
 def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend: Backend) -> list[MethodResult]:
     """Run every aggregation block on `backend`; per-(learner, target size, method) results in
     (learner, size, registry) order."""
@@ -113,7 +124,7 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
     total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
     tasks = progress(_tasks(cfg, plan, files, groups), cfg.execution.progress, desc="aggregation blocks",
                      unit="block", total=total)
-    for task, res in backend.map(aggregate_block, tasks, None):
+    for task, res in backend.map(aggregate_block, tasks, None, threads=aggregation_threads()):
         sl = slice(task.start, task.stop)
         for method, d in res.items():
             key = (task.learner, task.num_partitions, method)
@@ -127,4 +138,4 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
             for (j, n_p, method), d in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]]))]
 
 
-__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows"]
+__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows", "aggregation_threads"]
