@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import struct
 import uuid
 import zipfile
@@ -95,7 +96,7 @@ def atomic_save_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 # --------------------------------------------------------------------------- flip-count encoding
 @njit(cache=True, nogil=True)
-def _encode_counts(a, out, sentinel):  # pragma: no cover - compiled (numba); tested through to_counts
+def _encode_counts(a: np.ndarray, out: np.ndarray, sentinel: Any) -> int:  # pragma: no cover - compiled (numba); tested through to_counts
     """out[i] = a[i] for finite non-negative integers below `sentinel`, `sentinel` for +inf; returns 0,
     or 1 at a NaN / negative / fractional / -inf value, 2 at a finite count >= sentinel (out then partial)."""
     status = 0
@@ -204,6 +205,31 @@ def put_evidence(arrays: dict[str, np.ndarray], learner: int, rows: slice, ev: E
             arrays[key][rows] = value
 
 
+# the header `np.lib.format` writes for a plain dtype: {'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z][0-9]*)', 'fortran_order': (False|True), "
+                         r"'shape': \(((?:[0-9]+, ?)*[0-9]*)\), \} *\n")
+
+
+def _read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy header at f's position, leaving f at the data.
+    Headers of plain dtypes (all a unit holds) are parsed directly; anything else goes through
+    `np.lib.format`'s own reader (a literal_eval per header, about 60 us)."""
+    start = f.tell()
+    magic = f.read(8)
+    if magic[:6] == b"\x93NUMPY" and magic[6:8] == b"\x01\x00":
+        (size,) = struct.unpack("<H", f.read(2))
+        header = f.read(size)
+        m = _NPY_HEADER.fullmatch(header.decode("latin1"))
+        if m is not None and len(header) == size:
+            shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
+            return shape, m.group(2) == "True", np.dtype(m.group(1))
+    f.seek(start)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
+
+
 class UnitFile:
     """Random row access to the arrays of an uncompressed `.npz` without loading whole members.
 
@@ -226,11 +252,7 @@ class UnitFile:
                     raise ValueError(f"{self.path}: corrupt zip member header for {info.filename}")
                 name_len, extra_len = struct.unpack("<HH", local[26:30])
                 f.seek(info.header_offset + 30 + name_len + extra_len)
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                shape, fortran, dtype = _read_npy_header(f)
                 if fortran and len(shape) > 1:
                     raise ValueError(f"{self.path}: member {info.filename} is Fortran-ordered")
                 if dtype.hasobject:
@@ -306,12 +328,13 @@ def decode_block(stored: dict[str, np.ndarray], *, compact_pairs: bool = False) 
     kw: dict[str, Any] = {}
     for f, a in stored.items():
         if f == "pair_costs" and compact_pairs:
-            a = FlipCounts(a)
+            kw[f] = FlipCounts(a)
         elif f in _COUNTS:
-            a = counts_to_float(a)
+            kw[f] = counts_to_float(a)
         elif f == "votes":
-            a = a.astype(np.int64)
-        kw[f] = a
+            kw[f] = a.astype(np.int64)
+        else:
+            kw[f] = a
     kw.setdefault("votes", None)
     kw.setdefault("scores", None)
     return Evidence(**kw)
