@@ -570,26 +570,45 @@ def _whitebox_block(s, vc, pc_cp, e: _Election, joint) -> np.ndarray:
     pc_cp = np.maximum(pc_cp, 1.0)  # (B, M, K)
     g2 = 2 * prefers.sum(axis=1) - M + (cls > cp[:, None])
 
-    def beats(c, a, votes_a, vc_a_other, need):
-        """Knapsack: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c)."""
-        gain1, gain2 = overtake_gains(v, vc[:, :, c], c, votes_a, vc_a_other)
-        return _KNAPSACK(gain1, gain2, np.maximum(need, 0))[0]
+    def beats(c, votes_a, vc_a_other, need, r):
+        """Knapsack on rows r: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c).
+        Each row's value depends on that row alone, so solving a subset of rows changes none of them."""
+        gain1, gain2 = overtake_gains(v[r], vc[r, :, c], c, votes_a[r], vc_a_other[r])
+        return _KNAPSACK(gain1, gain2, np.maximum(need[r], 0))[0]
 
-    best = np.full(B, NO_ATTACK, np.int64)
-    # ---- R2: c != c_pred reaches the final (beats c_sec unless c = c_sec) and wins the run-off
+    # ---- R2: c != c_pred reaches the final (beats c_sec unless c = c_sec) and wins the run-off.
+    # lower[:, c] = max(run-off flips, black box) is the case's value without its round-1 knapsack, which
+    # only raises it; c = c_sec needs none (exact), so it bounds the minimum from above, and the knapsack
+    # of another class is solved only on the rows where its lower value is below the running minimum (a
+    # skipped case is >= the minimum, so the minimum is the one over every case).
+    lower = np.empty((B, K), np.int64)
     for c in range(K):
-        r_a = np.where(sec == c, 0.0, beats(c, sec, votes_sec, vc_sec_other, g_sec[:, c]))
         k = _ceil_pos(g2[:, c], 2)
         flips = np.sort(np.where(prefers[:, :, c], pc_cp[:, :, c], np.inf), axis=1)
         cums = np.concatenate([np.zeros((B, 1)), np.cumsum(flips, axis=1)], axis=1)
         r_b = cums[rows, np.minimum(k, M)]
         r_b = np.where(k > M, np.inf, r_b)
-        val = np.maximum(np.maximum(_as_attack(r_a), _as_attack(r_b)), bb2[:, c])
-        best = np.minimum(best, np.where(cp == c, NO_ATTACK, val))
+        lower[:, c] = np.maximum(_as_attack(r_b), bb2[:, c])
+    best = lower[rows, sec].copy()  # c_sec != c_pred: the other finalist
+    for c in range(K):
+        r = np.flatnonzero((cp != c) & (sec != c) & (lower[:, c] < best))
+        if r.size:
+            val = np.maximum(_as_attack(beats(c, votes_sec, vc_sec_other, g_sec[:, c], r)), lower[r, c])
+            best[r] = np.minimum(best[r], val)
     if K < 3:
         return best
-    # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1
-    single = np.stack([_as_attack(beats(c, cp, votes_cp, vc_cp_other, g_cp[:, c])) for c in range(K)], axis=1)
+    # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1. A pair's value is at least its
+    # black-box value bb1, so "c beats c_pred" is needed only on rows with a pair (c, c2) whose bb1 is
+    # below the R2 minimum; elsewhere single[:, c] = 0 leaves every pair of c at >= bb1 >= the minimum,
+    # where `_r1_cases` neither refines nor lowers anything.
+    other = cls[None, :] != cp[:, None]
+    open_pair = (bb1 < best[:, None, None]) & other[:, :, None] & other[:, None, :] & (cls[:, None] != cls[None, :])
+    needed = open_pair.any(axis=2) | open_pair.any(axis=1)
+    single = np.zeros((B, K), np.int64)
+    for c in range(K):
+        r = np.flatnonzero(needed[:, c])
+        if r.size:
+            single[r, c] = _as_attack(beats(c, votes_cp, vc_cp_other, g_cp[:, c], r))
     return _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint)
 
 
