@@ -1,7 +1,5 @@
 """Execution backends: in-process, local Dask cluster and an existing scheduler give bit-identical results."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -40,22 +38,6 @@ def test_inprocess_backend():
         got = dict(be.map(_square, [1, 2, 3], 10))
     assert got == {1: 11, 2: 14, 3: 19}
     assert be.describe()["name"] == "inprocess"
-
-
-def _slow_square(x, shared):
-    time.sleep(0.01 * (x % 3))  # finish out of order
-    if x == 13:
-        raise ValueError("task 13 fails")
-    return x * x + shared
-
-
-def test_inprocess_backend_threads_give_every_result_and_raise_errors():
-    with InProcessBackend() as be:
-        got = dict(be.map(_slow_square, (i for i in range(12)), 1, threads=2))
-        assert got == {i: i * i + 1 for i in range(12)}
-        assert dict(be.map(_slow_square, range(5), 0, threads=3, max_in_flight=1)) == {i: i * i for i in range(5)}
-        with pytest.raises(ValueError, match="task 13 fails"):
-            list(be.map(_slow_square, range(20), 0, threads=2))
 
 
 def test_make_backend_choices_and_errors():

@@ -9,7 +9,6 @@ training labels (a sentinel radius means no relabelling at all changes the predi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,16 +104,6 @@ def _tasks(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
                           read_stored_block(members, j, s0, s1, fields), target.shifts)
 
 
-def aggregation_threads() -> int:
-    """Threads for in-process aggregation blocks: the cores this process may use (numpy's sorts and
-    the compiled kernels of the certificates release the GIL; every block's result is independent
-    of which thread computes it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # platforms without sched_getaffinity
-        return max(1, os.cpu_count() or 1)
-
-
 def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend: Backend) -> list[MethodResult]:
     """Run every aggregation block on `backend`; per-(learner, target size, method) results in
     (learner, size, registry) order."""
@@ -124,7 +113,9 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
     total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
     tasks = progress(_tasks(cfg, plan, files, groups), cfg.execution.progress, desc="aggregation blocks",
                      unit="block", total=total)
-    for task, res in backend.map(aggregate_block, tasks, None, threads=aggregation_threads()):
+    # Serial in-process: the certificates' Python-level work holds the GIL (two threads measured no faster
+    # than one), and helper processes would need fork after JAX's threads or spawn's re-import of __main__.
+    for task, res in backend.map(aggregate_block, tasks, None):
         sl = slice(task.start, task.stop)
         for method, d in res.items():
             key = (task.learner, task.num_partitions, method)
@@ -138,4 +129,4 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
             for (j, n_p, method), d in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]]))]
 
 
-__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows", "aggregation_threads"]
+__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows"]

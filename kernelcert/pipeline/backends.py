@@ -8,8 +8,7 @@ the units in flight. The aggregation is mapped the same way, one block of test p
 ensemble per task. Tasks may come from a generator: the Dask backend keeps only a bounded number
 in flight.
 
-- `InProcessBackend`: runs the units one after the other in this process (tasks whose work releases
-  the GIL, such as the aggregation blocks, may run on `threads` threads).
+- `InProcessBackend`: runs the units one after the other in this process.
 - `DaskBackend`: a `dask.distributed.LocalCluster` with `n_workers` worker processes
   (`threads_per_worker=1`), or an existing scheduler (`address="tcp://host:port"`; its workers
   must have kernelcert installed). `shared` is scattered once to every worker (broadcast); a run
@@ -29,7 +28,6 @@ import abc
 import contextlib
 import logging
 import uuid
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from ..cluster import check_workers, local_cluster, quiet_reconnection, reset_worker_peaks, resilient_map
@@ -55,9 +53,6 @@ class ExecutionSettings(Protocol):
     def scheduler(self) -> str | None: ...
 
 
-_END = object()  # end of a task iterator
-
-
 class Backend(abc.ABC):
     """Maps `fn(task, shared)` over tasks; use as a context manager or call `close()`."""
 
@@ -66,12 +61,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
-            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None,
-            threads: int = 1) -> Iterator[tuple[Any, Any]]:
+            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
         """Yield (task, fn(task, shared)) for every task (a list or a generator), in completion order.
-        `unit_memory_mb(task)`: an estimate of a task's memory, named when a task kills its workers.
-        `threads`: in-process, run up to this many tasks at once on threads (for an `fn` whose heavy
-        parts release the GIL, e.g. numpy and nogil numba kernels); the Dask backends ignore it."""
+        `unit_memory_mb(task)`: an estimate of a task's memory, named when a task kills its workers."""
 
     @abc.abstractmethod
     def prepare(self, provenance: Provenance, largest_unit_mb: float | None = None) -> None:
@@ -99,34 +92,10 @@ class InProcessBackend(Backend):
     in_process = True
 
     def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
-            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None,
-            threads: int = 1) -> Iterator[tuple[Any, Any]]:
-        if threads <= 1:
-            for task in tasks:
-                yield task, fn(task, shared)
-            return
-        # at most `max_in_flight` tasks (default threads + 1) built and queued: the next task is read
-        # while the threads compute
-        limit = max(threads, max_in_flight or threads + 1)
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kernelcert-map")
-        pending: dict[Future[Any], Any] = {}
-        try:
-            it = iter(tasks)
-            exhausted = False
-            while pending or not exhausted:
-                while not exhausted and len(pending) < limit:
-                    task = next(it, _END)
-                    if task is _END:
-                        exhausted = True
-                    else:
-                        pending[pool.submit(fn, task, shared)] = task
-                if not pending:
-                    break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    yield pending.pop(fut), fut.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
+        for task in tasks:
+            yield task, fn(task, shared)
 
     def prepare(self, provenance: Provenance, largest_unit_mb: float | None = None) -> None:
         reset_peak_rss()
@@ -189,8 +158,8 @@ class DaskBackend(Backend):
         return len(self.client.scheduler_info().get("workers", {}))
 
     def map(self, fn: Callable[[Any, Any], Any], tasks: Iterable[Any], shared: Any,
-            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None,
-            threads: int = 1) -> Iterator[tuple[Any, Any]]:
+            max_in_flight: int | None = None, unit_memory_mb: Callable[[Any], float] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
         """Submit tasks lazily, at most `max_in_flight` at a time (default 2 per worker + 1), so that a
         generator of tasks is never materialised; yields (task, result) in completion order
         (`kernelcert.cluster.resilient_map`: lost workers survived, clear errors otherwise)."""
