@@ -99,16 +99,19 @@ def atomic_save_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
 def _encode_counts(a: np.ndarray, out: np.ndarray, sentinel: Any) -> int:  # pragma: no cover - compiled (numba); tested through to_counts
     """out[i] = a[i] for finite non-negative integers below `sentinel`, `sentinel` for +inf; returns 0,
     or 1 at a NaN / negative / fractional / -inf value, 2 at a finite count >= sentinel (out then partial)."""
+    top = float(sentinel)
     status = 0
     for i in range(a.size):
         x = a[i]
-        if x == np.inf:
+        if 0.0 <= x < top:  # False for NaN
+            k = np.int64(x)
+            if k != x:
+                return 1
+            out[i] = k
+        elif x == np.inf:
             out[i] = sentinel
-        elif x >= 0 and x == np.floor(x):
-            if x >= sentinel:
-                status = 2
-            else:
-                out[i] = np.int64(x)
+        elif x >= top:
+            status = 2
         else:
             return 1
     return status
