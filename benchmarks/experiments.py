@@ -138,9 +138,9 @@ def _class_cost_exactness(files, j: int) -> dict:
         ce = f.rows(f"L{j}.class_exact")
         exact += int(ce.sum())
         n_pairs += ce.size
-        lo = f.rows(f"L{j}.cost_lower").astype(np.float64)
-        hi = f.rows(f"L{j}.cost_upper").astype(np.float64)
-        fin = (lo != store.COST_INF) & (hi != store.COST_INF)
+        lo = store.counts_to_float(f.rows(f"L{j}.cost_lower"))
+        hi = store.counts_to_float(f.rows(f"L{j}.cost_upper"))
+        fin = np.isfinite(lo) & np.isfinite(hi)
         cells += int(fin.sum())
         cells_exact += int((fin & (lo == hi)).sum())
         g = (hi - lo)[fin & (hi > lo)]

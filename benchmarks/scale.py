@@ -16,7 +16,9 @@ evidence), copying into the stored arrays (wall and CPU each), plus unit I/O and
 wall minus the units' own time). The floor measured in the same process: the CPU time of the
 test-by-train matmul `x_test @ x_train.T` that every kernel evaluation contains (measured on 1,000
 test rows, scaled to n_test). Targets (issue 14): N_p = 50 at most 300 s wall and 2 GiB peak RSS;
-N_p = 1000 at most 15 minutes wall. Run directories are under runs/bench_scale/e2e (full), so an
+N_p = 1000 at most 15 minutes wall. A run on fewer than 10,000 test points also reports its wall time
+projected to 10,000 (`project_full_test`: Grams, fits and data as measured, the rest linear in the
+number of test points). Run directories are under runs/bench_scale/e2e (full), so an
 interrupted run resumes its units; a resumed run is flagged `resumed` (its timings cover only the
 units it computed), and a row measured without resuming is kept over a later resumed one. The
 result file is rewritten after every finished N_p.
@@ -69,6 +71,7 @@ LEARNERS = [{"type": "regression", "name": "regression", "ridge": 1e-3}, {"type"
 METHODS = ["dpa", "ensemblecert", "dpa_roe", "whitebox_roe"]
 TARGETS = {50: {"wall_seconds": 300.0, "peak_rss_mb": 2048.0}, 1000: {"wall_seconds": 900.0}}  # full MNIST, issue 14
 FLOOR_ROWS = 1000  # test rows of the matmul floor (scaled to n_test)
+FULL_TEST = 10000  # MNIST test points: runs on fewer are projected to this many
 MEMORY_CAP_MB = 512  # test-block temporaries per unit: with the process (~0.6 GiB) and the data, under the 2 GiB target
 
 
@@ -154,10 +157,23 @@ def run_end_to_end(n_train: int, n_test: int, n_p: int, out_root: Path) -> dict:
         "results": [{k: r[k] for k in ("learner", "num_partitions", "method", "clean_accuracy", "mcr",
                                        "exact_fraction")} for r in s["results"]],
     }
+    if n_test < FULL_TEST:
+        row["projected_wall_seconds_full_test"] = project_full_test(row)
     target = TARGETS.get(n_p) if (n_train, n_test) == (60000, 10000) else None
     if target:
         row["targets"] = {k: {"target": v, "measured": row[k], "met": row[k] <= v} for k, v in target.items()}
     return row
+
+
+def project_full_test(row: dict) -> float:
+    """Wall seconds projected to FULL_TEST test points from a run on fewer: the data, partitions,
+    Grams and fits as measured, everything else (kernel rows, label weights, certificates, storing,
+    unit I/O and scheduling, aggregation) scaled linearly in the number of test points. An upper
+    estimate for the per-unit fixed costs inside "I/O and scheduling", which do not grow."""
+    t, uw = row["timings"], row["unit_wall"]
+    fixed = t["data_and_partitions"] + uw["gram"] + uw["fit"]
+    per_test = t["units_wall"] - uw["gram"] - uw["fit"] + t["aggregation"]
+    return float(fixed + per_test * FULL_TEST / row["n_test"])
 
 
 def _unit_keys(run_dir: Path) -> list[str]:
@@ -352,6 +368,8 @@ def _e2e_rows_markdown(rows: list[dict]) -> list[str]:
             *[[label, f"units: {k.replace('_', ' ')}", uw[k], uc[k]] for k in UNIT_STAGES],
             [label, "units: I/O and scheduling", r["unit_io_and_scheduling_wall"], None],
             [label, "aggregation (all methods, both learners)", t["aggregation"], None],
+            *([[label, f"projected wall at {FULL_TEST:,} test points (linear in test points)",
+                r["projected_wall_seconds_full_test"], None]] if "projected_wall_seconds_full_test" in r else []),
             [label, "floor: x_test @ x_train.T matmul", None, p["matmul_floor_cpu"]],
         ]
     notes = [f"- {r['n_test']:,} test, N_p = {r['num_partitions']}: `{r.get('command', '-')}`"

@@ -118,6 +118,8 @@ def _ensemblecert_block(v, A, K, solver, return_plan):
     target = np.full(B, -1, np.int64)
     plan = np.full((B, N), -1, np.int64) if return_plan else None
     cheapest_class = off_p.argmin(axis=2) if return_plan else None
+    if not return_plan:
+        return p, _cheapest_attack(v, A, K, n, p, votes_p, cheapest_other, solver), target, plan
     for c in range(K):
         sel = np.flatnonzero(p != c)
         if sel.size == 0:
@@ -135,6 +137,42 @@ def _ensemblecert_block(v, A, K, solver, return_plan):
             to = np.where(ch == 2, c, np.where(vp[improve], cheapest_class[r], c))
             plan[r] = np.where(ch > 0, to, -1)
     return p, best, target, plan
+
+
+def _cheapest_attack(v, A, K, n, p, votes_p, cheapest_other, solver) -> np.ndarray:
+    """min over rival classes c of the knapsack cost "c overtakes p" (B,), the value of
+    `_ensemblecert_block` without its plan, solving fewer knapsacks.
+
+    The runner-up class (most votes after p) is solved on every row first; every other class only
+    on the rows where a lower bound on its cost is below the minimum so far: need_c x (the cheapest
+    cost per unit of gain of any partition, min(gain1, gain2 / 2)), since every partition gains at
+    most 2. A skipped class costs >= the minimum, so the minimum is the same, and each row's
+    knapsack value depends on that row alone (the solvers are row-wise)."""
+    B = len(v)
+    rows = np.arange(B)
+    rival = np.where(np.arange(K)[None, :] == p[:, None], -1, n)
+    runner = np.argmax(rival, axis=1)
+    best = np.full(B, np.inf)
+    for first in (True, False):
+        for c in range(K):
+            if first:
+                sel = np.flatnonzero(runner == c)
+            else:
+                sel = np.flatnonzero((p != c) & (runner != c))
+            if sel.size == 0:
+                continue
+            ps = p[sel]
+            need = n[sel, ps] - n[sel, c] + (c > ps)  # G_c >= 1: gain in n_c - n_p that makes c beat p
+            gain1, gain2 = overtake_gains(v[sel], A[sel, :, c], c, votes_p[sel], cheapest_other[sel])
+            if not first:
+                unit = np.minimum(gain1, gain2 / 2).min(axis=1)  # cheapest cost per unit of gain
+                keep = need * unit < best[sel]
+                sel, need, gain1, gain2 = sel[keep], need[keep], gain1[keep], gain2[keep]
+                if sel.size == 0:
+                    continue
+            cost, _ = solver(gain1, gain2, need, keep_choices=False)
+            best[sel] = np.minimum(best[sel], cost)
+    return best
 
 
 def _run(v, cost_arrays, names, K, method, return_plan, max_radius, block_size):

@@ -11,7 +11,9 @@ y (n,) and the number of classes K by one function, `build_evidence`:
 - `cost_lower` / `cost_upper` (t, K) float64: per-class flip-cost bounds (inf = no attack);
 - `costs_exact` (t,) bool: lower == upper for every class;
 - `pair_costs` (t, K, K) float64: P[i, a, b] = fewest flips after which b beats a, with ties
-  counted for the attacker (a lower bound under any tie convention; inf = no attack);
+  counted for the attacker (a lower bound under any tie convention; inf = no attack); or the same
+  counts held compactly as `FlipCounts` (unsigned integers, the dtype's maximum = inf), which the
+  run's aggregation reads so that only the rows white-box ROE needs are ever widened to float64;
 - `fallback` (t,) bool: the certified vote and the argmax of the scores disagree (a rounding-level
   tie); white-box run-off election then gives this model black-box unit costs (`roe_costs`).
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import ArrayLike
 
 from .certificates import certify
@@ -41,12 +44,63 @@ FIELD_LEVEL = {"votes": "votes", "scores": "votes", "radius": "certificate", "co
 
 
 @dataclass(frozen=True)
+class FlipCounts:
+    """Flip counts held as unsigned integers whose dtype's maximum means inf (no attack).
+
+    `codes` (..., K, K) for pairwise costs (t, M, K, K) of M stacked models; `unit` (t, M) bool or
+    None: models whose every count reads as 1 (black-box unit costs, `Evidence.roe_costs`). The
+    decoded values are exactly the float64 counts (inf at the maximum); `rows_at` widens only the
+    rows a caller reads, so a block of M models x K^2 counts is never copied to float64 whole.
+    """
+
+    codes: np.ndarray
+    unit: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.codes.dtype.kind != "u":
+            raise TypeError(f"FlipCounts needs unsigned integer codes, got dtype {self.codes.dtype}")
+        if self.unit is not None and self.unit.shape != self.codes.shape[:self.unit.ndim]:
+            raise ValueError(f"FlipCounts: unit mask of shape {self.unit.shape} does not lead codes {self.codes.shape}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def decode(self) -> npt.NDArray[np.float64]:
+        """All counts as float64 (inf where the dtype's maximum is stored; 1 on `unit` models)."""
+        return _widen(self.codes, None if self.unit is None else self.unit)
+
+    def rows_at(self, rows: slice, classes: npt.NDArray[np.integer]) -> npt.NDArray[np.float64]:
+        """codes[rows][i, :, classes[i], :] as float64, shape (B, M, K) for codes (t, M, K, K):
+        each test point's counts out of row `classes[i]` (i indexes the points of `rows`)."""
+        block = self.codes[rows]
+        if block.ndim != 4 or len(classes) != len(block):
+            raise ValueError(f"rows_at needs codes (t, M, K, K) and one class per row, got {block.shape}, "
+                             f"{len(classes)} classes")
+        picked = block[np.arange(len(block)), :, np.asarray(classes), :]  # (B, M, K)
+        return _widen(picked, None if self.unit is None else self.unit[rows])
+
+
+def _widen(codes: np.ndarray, unit: np.ndarray | None) -> npt.NDArray[np.float64]:
+    """float64 of unsigned codes, inf at the dtype's maximum, every count of a `unit` row (leading axes) = 1."""
+    out = codes.astype(np.float64)
+    out[codes == np.iinfo(codes.dtype).max] = np.inf
+    if unit is not None:
+        out[unit] = 1.0
+    return out
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Evidence of one base model on t test points, or of M models stacked on axis 1 (see module doc).
 
     Shapes for one model: votes (t,), scores (t, K), radius (t,), cost_lower / cost_upper (t, K),
     costs_exact (t,), pair_costs (t, K, K), fallback (t,); stacked: (t, M, ...) throughout.
-    Fields above the computed `level` are None.
+    Fields above the computed `level` are None. `pair_costs` is float64, or `FlipCounts` where the
+    run's aggregation decodes its stored counts lazily.
     """
 
     votes: np.ndarray
@@ -55,7 +109,7 @@ class Evidence:
     cost_lower: np.ndarray | None = None
     cost_upper: np.ndarray | None = None
     costs_exact: np.ndarray | None = None
-    pair_costs: np.ndarray | None = None
+    pair_costs: np.ndarray | FlipCounts | None = None
     fallback: np.ndarray | None = None
 
     @property
@@ -73,13 +127,17 @@ class Evidence:
                    if all(getattr(self, f) is not None for f, need in FIELD_LEVEL.items() if need == lv)]
         return present[-1] if present else "votes"
 
-    def roe_costs(self) -> tuple[np.ndarray, np.ndarray]:
+    def roe_costs(self) -> tuple[np.ndarray, np.ndarray | FlipCounts]:
         """(vote costs, pair costs) for white-box run-off election: `cost_lower` and `pair_costs`,
         with black-box unit costs (1 flip) for every model flagged `fallback` (sound: any change of a
-        model needs at least one flip)."""
+        model needs at least one flip). Pair costs held as `FlipCounts` stay so (the fallback models
+        become its `unit` mask): `kernelcert.roe.whitebox_roe` widens only the rows it reads."""
         if self.cost_lower is None or self.pair_costs is None or self.fallback is None:
             raise ValueError("white-box ROE costs need evidence of level 'pairs'")
         vote_costs = np.where(self.fallback[..., None], 1.0, self.cost_lower)
+        if isinstance(self.pair_costs, FlipCounts):
+            unit = self.fallback if self.pair_costs.unit is None else self.fallback | self.pair_costs.unit
+            return vote_costs, FlipCounts(self.pair_costs.codes, unit)
         pair_costs = np.where(self.fallback[..., None, None], 1.0, self.pair_costs)
         return vote_costs, pair_costs
 
@@ -151,9 +209,11 @@ def stack_evidence(items: Sequence[Evidence]) -> Evidence:
             if not all(v is None for v in vals):
                 raise ValueError(f"evidence field {f.name!r} is present for some models only")
             out[f.name] = None
+        elif any(isinstance(v, FlipCounts) for v in vals):  # compact pair costs: decoded to float64 to stack
+            out[f.name] = np.stack([v.decode() if isinstance(v, FlipCounts) else v for v in vals], axis=1)
         else:
             out[f.name] = np.stack(vals, axis=1)
     return Evidence(**out)
 
 
-__all__ = ["Evidence", "build_evidence", "stack_evidence", "level_for_fields", "LEVELS", "FIELD_LEVEL"]
+__all__ = ["Evidence", "FlipCounts", "build_evidence", "stack_evidence", "level_for_fields", "LEVELS", "FIELD_LEVEL"]

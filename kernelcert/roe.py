@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from numba import njit
 from numpy.typing import ArrayLike
 
 from ._validation import as_float_array, check_index_array, check_labels
-from .evidence import build_evidence, stack_evidence
+from .evidence import FlipCounts, build_evidence, stack_evidence
 from .partition import fa_reach
 from .voting import (
     NO_ATTACK, AggregateResult, check_votes, knapsack_dp, knapsack_solver, overtake_gains, radius_from_attack,
@@ -429,26 +430,45 @@ def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
 
 # --------------------------------------------------------------------------- white-box ROE
 def _min_cost_gain2(options, need1, need2) -> np.ndarray:
-    """Two-dimensional version of voting.knapsack_dp: total gains >= (need1, need2); options (g1, g2, cost (B, N))."""
+    """Two-dimensional version of voting.knapsack_dp: total gains >= (need1, need2); options (g1, g2, cost (B, N)).
+
+    f[i1, i2] = min cost of total gains >= (i1, i2) over the partitions seen so far; per partition
+    and option, f[max(i1 - g1, 0), max(i2 - g2, 0)] + cost, in one compiled pass per test point
+    (the same float64 sums and minima as the table-at-a-time form, so the same values)."""
     B = len(need1)
-    G1, G2 = int(max(need1.max(), 0)), int(max(need2.max(), 0))
-    f = np.full((B, G1 + 1, G2 + 1), np.inf)
-    f[:, 0, 0] = 0.0
-    N = options[0][2].shape[1]
-    shifted = np.empty_like(f)
-    for m in range(N):
-        new = f.copy()
-        for g1, g2, cost in options:
-            # f[max(i1 - g1, 0), max(i2 - g2, 0)] by slices: the first g1 rows / g2 columns repeat f's first
-            k1, k2 = min(g1, G1 + 1), min(g2, G2 + 1)
-            shifted[:, k1:, k2:] = f[:, :G1 + 1 - k1, :G2 + 1 - k2]
-            shifted[:, :k1, k2:] = f[:, :1, :G2 + 1 - k2]
-            shifted[:, k1:, :k2] = f[:, :G1 + 1 - k1, :1]
-            shifted[:, :k1, :k2] = f[:, :1, :1]
-            shifted += cost[:, m, None, None]
-            np.minimum(new, shifted, out=new)
-        f = new
-    return f[np.arange(B), np.clip(need1, 0, G1), np.clip(need2, 0, G2)]
+    if B == 0:
+        return np.zeros(0)
+    gains = np.array([(g1, g2) for g1, g2, _ in options], np.int64).reshape(-1, 2)
+    costs = np.ascontiguousarray(np.stack([np.asarray(c, np.float64) for _, _, c in options]))  # (O, B, N)
+    return _min_cost_gain2_kernel(gains, costs, np.maximum(np.asarray(need1, np.int64), 0),
+                                  np.maximum(np.asarray(need2, np.int64), 0))
+
+
+@njit(cache=True, nogil=True)
+def _min_cost_gain2_kernel(gains, costs, need1, need2):  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    O, B, N = costs.shape
+    out = np.empty(B)
+    for b in range(B):
+        G1, G2 = need1[b], need2[b]
+        f = np.full((G1 + 1, G2 + 1), np.inf)
+        f[0, 0] = 0.0
+        new = np.empty_like(f)
+        for m in range(N):
+            new[:, :] = f
+            for o in range(O):
+                c = costs[o, b, m]
+                if c == np.inf:  # f + inf never lowers a minimum
+                    continue
+                g1, g2 = gains[o, 0], gains[o, 1]
+                for i1 in range(G1 + 1):
+                    j1 = max(i1 - g1, 0)
+                    for i2 in range(G2 + 1):
+                        v = f[j1, max(i2 - g2, 0)] + c
+                        if v < new[i1, i2]:
+                            new[i1, i2] = v
+            f, new = new, f
+        out[b] = f[G1, G2]
+    return out
 
 
 def _as_attack(cost) -> np.ndarray:
@@ -471,15 +491,16 @@ _JOINT_BUDGET = 400_000  # partitions * (G1 + 1) * (G2 + 1) per test point above
 JOINT_MODES = (True, False, "auto", "per_point")
 
 
-def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike, *, joint: bool | str = "auto",
+def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike | FlipCounts, *, joint: bool | str = "auto",
                  block_size: int | None = None) -> AggregateResult:
     """White-box DPA+ROE certificate from per-partition flip costs (docs/math.md §5).
 
     scores (t, M, K): base-model scores. vote_costs (t, M, K): lower bound on the flips inside
     partition m after which model m votes c (its own vote is treated as 0). pair_costs (t, M, K, K):
     pair_costs[i, m, a, b] lower bound on the flips after which model m no longer has z(a) > z(b)
-    (i.e. z(b) >= z(a): tie="attacker" pairwise costs). inf = unreachable. Costs below 1 for a change
-    are raised to 1 (a partition without flips keeps its model).
+    (i.e. z(b) >= z(a): tie="attacker" pairwise costs), float64 or `evidence.FlipCounts`; only the
+    rows a = prediction are read. inf = unreachable. Costs below 1 for a change are raised to 1
+    (a partition without flips keeps its model).
 
     R1 (c_pred knocked out by c1, c2): max of the knapsacks "c1 beats c_pred", "c2 beats c_pred",
     the summed-gap knapsack and (joint=True, or "auto" / "per_point" when affordable) the joint 2-D
@@ -496,17 +517,35 @@ def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike
     s = _check_scores(scores)
     t, M, K = s.shape
     vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
-    pc_all = _check_costs("pair_costs", pair_costs, (t, M, K, K))
+    rows_at = _pair_rows(pair_costs, (t, M, K, K))
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
     for sl in row_blocks(t, M * K * (K + 12) * 8, block_size):
         e = _Election(s[sl])
         pred[sl] = e.pred
-        att[sl] = _whitebox_block(s[sl], vc_all[sl], pc_all[sl], e, joint)
+        att[sl] = _whitebox_block(s[sl], vc_all[sl], rows_at(sl, e.pred), e, joint)
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
-def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
+def _pair_rows(pair_costs: ArrayLike | FlipCounts, shape: tuple[int, int, int, int]
+               ) -> Callable[[slice, np.ndarray], np.ndarray]:
+    """(rows, classes) -> pair_costs[rows][i, :, classes[i], :] (B, M, K) float64: the only pair
+    costs white-box ROE reads are those of each point's prediction against the other classes.
+    `FlipCounts` (non-negative integer codes by construction) are widened row by row; an array is
+    checked whole (`_check_costs`)."""
+    if isinstance(pair_costs, FlipCounts):
+        if pair_costs.shape != shape:
+            raise ValueError(f"pair_costs must have shape {shape}, got {pair_costs.shape}")
+        return pair_costs.rows_at
+    pc_all = _check_costs("pair_costs", pair_costs, shape)
+
+    def rows_at(rows: slice, classes: np.ndarray) -> np.ndarray:
+        return pc_all[rows][np.arange(len(classes)), :, classes, :]
+    return rows_at
+
+
+def _whitebox_block(s, vc, pc_cp, e: _Election, joint) -> np.ndarray:
+    """Attack-size lower bound (B,) for one block; pc_cp (B, M, K) = pair costs of c_pred against each class."""
     B, M, K = s.shape
     rows = np.arange(B)
     cls = np.arange(K)
@@ -528,29 +567,48 @@ def _whitebox_block(s, vc, pc, e: _Election, joint) -> np.ndarray:
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
     zcp = np.take_along_axis(s, cp[:, None, None], axis=2)  # (B, M, 1)
     prefers = zcp > s  # (B, M, K): model counts for c_pred against c
-    pc_cp = np.maximum(pc[rows, :, cp, :], 1.0)  # (B, M, K)
+    pc_cp = np.maximum(pc_cp, 1.0)  # (B, M, K)
     g2 = 2 * prefers.sum(axis=1) - M + (cls > cp[:, None])
 
-    def beats(c, a, votes_a, vc_a_other, need):
-        """Knapsack: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c)."""
-        gain1, gain2 = overtake_gains(v, vc[:, :, c], c, votes_a, vc_a_other)
-        return _KNAPSACK(gain1, gain2, np.maximum(need, 0))[0]
+    def beats(c, votes_a, vc_a_other, need, r):
+        """Knapsack on rows r: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c).
+        Each row's value depends on that row alone, so solving a subset of rows changes none of them."""
+        gain1, gain2 = overtake_gains(v[r], vc[r, :, c], c, votes_a[r], vc_a_other[r])
+        return _KNAPSACK(gain1, gain2, np.maximum(need[r], 0))[0]
 
-    best = np.full(B, NO_ATTACK, np.int64)
-    # ---- R2: c != c_pred reaches the final (beats c_sec unless c = c_sec) and wins the run-off
+    # ---- R2: c != c_pred reaches the final (beats c_sec unless c = c_sec) and wins the run-off.
+    # lower[:, c] = max(run-off flips, black box) is the case's value without its round-1 knapsack, which
+    # only raises it; c = c_sec needs none (exact), so it bounds the minimum from above, and the knapsack
+    # of another class is solved only on the rows where its lower value is below the running minimum (a
+    # skipped case is >= the minimum, so the minimum is the one over every case).
+    lower = np.empty((B, K), np.int64)
     for c in range(K):
-        r_a = np.where(sec == c, 0.0, beats(c, sec, votes_sec, vc_sec_other, g_sec[:, c]))
         k = _ceil_pos(g2[:, c], 2)
         flips = np.sort(np.where(prefers[:, :, c], pc_cp[:, :, c], np.inf), axis=1)
         cums = np.concatenate([np.zeros((B, 1)), np.cumsum(flips, axis=1)], axis=1)
         r_b = cums[rows, np.minimum(k, M)]
         r_b = np.where(k > M, np.inf, r_b)
-        val = np.maximum(np.maximum(_as_attack(r_a), _as_attack(r_b)), bb2[:, c])
-        best = np.minimum(best, np.where(cp == c, NO_ATTACK, val))
+        lower[:, c] = np.maximum(_as_attack(r_b), bb2[:, c])
+    best = lower[rows, sec].copy()  # c_sec != c_pred: the other finalist
+    for c in range(K):
+        r = np.flatnonzero((cp != c) & (sec != c) & (lower[:, c] < best))
+        if r.size:
+            val = np.maximum(_as_attack(beats(c, votes_sec, vc_sec_other, g_sec[:, c], r)), lower[r, c])
+            best[r] = np.minimum(best[r], val)
     if K < 3:
         return best
-    # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1
-    single = np.stack([_as_attack(beats(c, cp, votes_cp, vc_cp_other, g_cp[:, c])) for c in range(K)], axis=1)
+    # ---- R1: two classes c1, c2 != c_pred both beat c_pred in round 1. A pair's value is at least its
+    # black-box value bb1, so "c beats c_pred" is needed only on rows with a pair (c, c2) whose bb1 is
+    # below the R2 minimum; elsewhere single[:, c] = 0 leaves every pair of c at >= bb1 >= the minimum,
+    # where `_r1_cases` neither refines nor lowers anything.
+    other = cls[None, :] != cp[:, None]
+    open_pair = (bb1 < best[:, None, None]) & other[:, :, None] & other[:, None, :] & (cls[:, None] != cls[None, :])
+    needed = open_pair.any(axis=2) | open_pair.any(axis=1)
+    single = np.zeros((B, K), np.int64)
+    for c in range(K):
+        r = np.flatnonzero(needed[:, c])
+        if r.size:
+            single[r, c] = _as_attack(beats(c, votes_cp, vc_cp_other, g_cp[:, c], r))
     return _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint)
 
 

@@ -212,6 +212,22 @@ def test_ensemblecert_equals_brute_force_and_plans_verify(N, K, seed, method, sa
             assert res.radius[i] == NO_ATTACK and res.target[i] == -1 and np.all(res.plan[i] == -1)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 60), st.integers(2, 8), st.integers(0, 2**32 - 1), st.sampled_from(METHODS),
+       st.floats(0.0, 0.5), st.booleans())
+def test_ensemblecert_without_plan_equals_every_class_solved(N, K, seed, method, zero_frac, same):
+    """The radius without a plan (runner-up first, other classes only where a lower bound can still beat
+    the minimum) equals the radius of the plan path, which solves the knapsack of every rival class."""
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 30))
+    v, A = _instance(rng, t, N, K, inf_frac=float(rng.random() * 0.5), hi=int(rng.integers(2, 12)),
+                     zero_frac=zero_frac, same_votes=same)
+    fast = ensemblecert(v, A, K, method=method, block_size=int(rng.integers(1, 8)))
+    full = ensemblecert(v, A, K, method=method, return_plan=True)
+    np.testing.assert_array_equal(fast.prediction, full.prediction)
+    np.testing.assert_array_equal(fast.radius, full.radius)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 40), st.integers(2, 6), st.integers(0, 2**32 - 1), st.booleans())
 def test_unit_costs_reproduce_dpa_and_whitebox_dominates(N, K, seed, same):

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from kernelcert import exact, roe
 from kernelcert.certificates import certify, pairwise_costs
 from kernelcert.ensemble import ensemblecert
-from kernelcert.evidence import LEVELS, Evidence, build_evidence, level_for_fields, stack_evidence
+from kernelcert.evidence import LEVELS, Evidence, FlipCounts, build_evidence, level_for_fields, stack_evidence
 
 # the brute-force oracle lives in kernelcert.exact (kernelcert.roe in older trees)
 brute_force_label_flip_roe_radius = getattr(exact, "brute_force_label_flip_roe_radius", None) or getattr(
@@ -109,3 +109,50 @@ def test_levels_and_errors():
         stack_evidence([build_evidence(W, y, 2, level="votes"), build_evidence(W, y, 2)])
     with pytest.raises(ValueError, match="at least one"):
         stack_evidence([])
+
+
+# --------------------------------------------------------------------------- compact pair costs
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 12), st.integers(2, 5), st.sampled_from([np.uint8, np.uint16]))
+def test_flip_counts_decode_and_rows_equal_the_float_costs(seed, M, K, dtype):
+    """FlipCounts (the run's stored codes) decode to the float64 costs, row gathers included, and white-box
+    ROE gives the same certificates from them as from the float64 costs (fallback models as unit costs)."""
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 15))
+    top = np.iinfo(dtype).max
+    codes = rng.integers(0, 6, size=(t, M, K, K)).astype(dtype)
+    codes[rng.random(codes.shape) < 0.2] = top  # inf
+    if rng.random() < 0.3:
+        codes[rng.random(codes.shape) < 0.1] = top - 1  # the largest finite count
+    want = np.where(codes == top, np.inf, codes.astype(np.float64))
+    fc = FlipCounts(codes)
+    np.testing.assert_array_equal(fc.decode(), want)
+    cls = rng.integers(0, K, t)
+    sl = slice(0, t)
+    np.testing.assert_array_equal(fc.rows_at(sl, cls), want[np.arange(t), :, cls, :])
+    scores = rng.normal(size=(t, M, K))
+    lower = np.where(rng.random((t, M, K)) < 0.1, np.inf, rng.integers(0, 6, size=(t, M, K)).astype(float))
+    votes = np.argmax(scores, axis=2)
+    lower[np.arange(t)[:, None], np.arange(M)[None, :], votes] = 0.0
+    fallback = rng.random((t, M)) < 0.2
+    dense = Evidence(votes=votes, scores=scores, cost_lower=lower, pair_costs=want, fallback=fallback)
+    compact = Evidence(votes=votes, scores=scores, cost_lower=lower, pair_costs=fc, fallback=fallback)
+    vc, pc = compact.roe_costs()
+    assert isinstance(pc, FlipCounts)
+    np.testing.assert_array_equal(pc.decode(), dense.roe_costs()[1])
+    block = int(rng.integers(1, 6))
+    a = roe.whitebox_roe(scores, *dense.roe_costs(), block_size=block)
+    b = roe.whitebox_roe(scores, vc, pc, block_size=block)
+    np.testing.assert_array_equal(a.prediction, b.prediction)
+    np.testing.assert_array_equal(a.radius, b.radius)
+    stacked = stack_evidence([Evidence(votes=votes[:, 0], scores=scores[:, 0], pair_costs=FlipCounts(codes[:, 0]))])
+    np.testing.assert_array_equal(stacked.pair_costs[:, 0], want[:, 0])
+
+
+def test_flip_counts_reject_bad_codes():
+    with pytest.raises(TypeError, match="unsigned"):
+        FlipCounts(np.zeros((2, 3, 3), np.int16))
+    with pytest.raises(ValueError, match="unit mask"):
+        FlipCounts(np.zeros((2, 3, 3), np.uint8), unit=np.zeros(3, bool))
+    with pytest.raises(ValueError, match="pair_costs must have shape"):
+        roe.whitebox_roe(np.zeros((2, 1, 3)), np.zeros((2, 1, 3)), FlipCounts(np.zeros((2, 1, 2, 2), np.uint8)))

@@ -21,6 +21,7 @@ from kernelcert import pipeline
 from kernelcert.pipeline import store
 from kernelcert.certificates import certify
 from kernelcert.data import synthetic
+from kernelcert.evidence import Evidence
 from kernelcert.ensemble import dpa, ensemblecert
 from kernelcert.kernels import FullyConnected
 from kernelcert.learners import KernelRegression, KernelSVM
@@ -476,6 +477,67 @@ def test_flip_count_encoding_round_trips(values):
         store.to_counts(np.array([0.5]), np.uint32, "x")
     with pytest.raises(ValueError, match="does not fit"):
         store.to_counts(np.array([70000.0]), np.uint16, "x")
+    for bad in (np.nan, -1.0, -np.inf):
+        with pytest.raises(ValueError, match="integer flip counts"):
+            store.to_counts(np.array([1.0, bad]), np.uint8, "x")
+
+
+def test_count_dtype_is_the_narrowest_above_n_and_a_unit_widens_when_a_count_does_not_fit():
+    assert [store.count_dtype(n) for n in (0, 60, 254, 255, 65534, 65535)] == [
+        np.uint8, np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]
+    arrays = store.allocate_unit(1, 5, 3, "pairs", 60)
+    assert arrays["L0.pair"].dtype == arrays["L0.cost_lower"].dtype == np.uint8
+    layout = store.unit_layout(1, 5, 3, "pairs", 60)
+    assert layout["L0.pair"][0] == (np.uint8, np.uint32) and layout["L0.scores"][0] == np.float64
+    rng = np.random.default_rng(0)
+
+    def ev(top):
+        pair = rng.integers(0, 50, size=(2, 3, 3)).astype(float)
+        pair[0, 1, 2], pair[1, 0, 0] = top, np.inf
+        lower = np.array([[0.0, 3.0, np.inf], [1.0, 0.0, 7.0]])
+        return Evidence(votes=np.array([0, 1]), scores=rng.normal(size=(2, 3)), radius=np.array([2, 0]),
+                        cost_lower=lower, cost_upper=lower, costs_exact=np.ones(2, bool), pair_costs=pair,
+                        fallback=np.zeros(2, bool))
+
+    first, second = ev(40.0), ev(300.0)  # 300 > 254: the pair member is widened to uint32 on the way
+    store.put_evidence(arrays, 0, slice(0, 2), first)
+    store.put_evidence(arrays, 0, slice(2, 4), second)
+    assert arrays["L0.pair"].dtype == np.uint32 and arrays["L0.cost_lower"].dtype == np.uint8
+    decoded = store.counts_to_float(arrays["L0.pair"][:4])
+    np.testing.assert_array_equal(decoded, np.concatenate([first.pair_costs, second.pair_costs]))
+    np.testing.assert_array_equal(store.counts_to_float(arrays["L0.cost_lower"][:2]), first.cost_lower)
+
+
+def test_stored_blocks_of_units_with_different_count_dtypes_stack_widened(tmp_path):
+    a = {"L0.pair": np.array([[[0, 255]], [[3, 4]]], np.uint8), "L0.scores": np.zeros((2, 1))}
+    b = {"L0.pair": np.array([[[70000, 2**32 - 1]], [[1, 2]]], np.uint32), "L0.scores": np.ones((2, 1))}
+    files = []
+    for name, arrays in (("a", a), ("b", b)):
+        store.atomic_save_npz(tmp_path / f"{name}.npz", arrays)
+        files.append(store.UnitFile(tmp_path / f"{name}.npz"))
+    block = store.read_stored_block(files, 0, 0, 2, ["scores", "pair_costs"])
+    assert block["pair_costs"].dtype == np.uint32 and block["pair_costs"].shape == (2, 2, 1, 2)
+    ev = store.decode_block(block)
+    np.testing.assert_array_equal(ev.pair_costs[0, :, 0], [[0, np.inf], [70000, np.inf]])
+    compact = store.decode_block(block, compact_pairs=True).pair_costs
+    np.testing.assert_array_equal(compact.decode(), ev.pair_costs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["<f8", "<i2", "|u1", "<u4", "|b1", "<i8", ">f8", "<U7", "<f4"]),
+       st.lists(st.integers(0, 4), max_size=3), st.booleans())
+def test_npy_headers_are_read_as_numpy_reads_them(descr, shape, fortran):
+    import io
+    a = np.zeros(tuple(shape), np.dtype(descr), order="F" if fortran else "C")
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a)
+    buf.seek(0)
+    got = store._read_npy_header(buf)
+    at = buf.tell()
+    buf.seek(0)
+    version = np.lib.format.read_magic(buf)
+    want = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(buf)
+    assert got == want and at == buf.tell()
 
 
 # --------------------------------------------------------------------------- resume and hashing

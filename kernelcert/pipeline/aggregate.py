@@ -67,7 +67,7 @@ def agg_block_rows(num_models: int, num_classes: int, ex: ExecutionConfig) -> in
 def aggregate_block(task: AggTask, shared: Any = None) -> dict[str, dict[str, np.ndarray]]:
     """Certificates of every method of `task` on its block: {method: {"prediction", "radius", "exact"
     [, "radius_upper"]}} (module-level, runs on any backend)."""
-    ev = decode_block(task.arrays)
+    ev = decode_block(task.arrays, compact_pairs=True)
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in task.methods:
         res = REGISTRY[name].certify(ev, task.num_classes, task.shifts)
@@ -113,6 +113,8 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
     total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
     tasks = progress(_tasks(cfg, plan, files, groups), cfg.execution.progress, desc="aggregation blocks",
                      unit="block", total=total)
+    # Serial in-process: the certificates' Python-level work holds the GIL (two threads measured no faster
+    # than one), and helper processes would need fork after JAX's threads or spawn's re-import of __main__.
     for task, res in backend.map(aggregate_block, tasks, None):
         sl = slice(task.start, task.stop)
         for method, d in res.items():

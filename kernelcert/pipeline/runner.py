@@ -20,7 +20,9 @@ Reliability: one client per run directory (`kernelcert.runlock`: a second one st
 `RunLocked` naming the holder); the device is resolved once here and sent to the workers, whose
 environment must equal this client's (`kernelcert.provenance`); every stored unit is verified
 (`store.check_unit`: readable, this format/config/inputs/environment, its members' layout and
-checksums) on resume and again before aggregation, and a unit failing any check is recomputed;
+checksums) on resume and again before aggregation (a unit this run writes is verified right after
+it is written, on the writer thread that overlaps the next unit), and a unit failing any check is
+recomputed;
 the expected ways a run stops (disk full, permissions, memory, a lost cluster, Ctrl-C) end with
 `RunStopped` / `RunInterrupted` and one line (`kernelcert.endings`); SIGINT always stops the run.
 """
@@ -33,11 +35,13 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..endings import InterruptGuard, clear_ending
+from ..integrity import Check
 from ..provenance import Provenance, resolved_device
 from ..runlock import RunLock
 
@@ -101,8 +105,70 @@ def _unit_memory(cfg: RunConfig, plan: RunPlan) -> Callable[[int], float]:
                              ex=cfg.execution)
 
 
+class _UnitWriter:
+    """Writes each finished unit on a helper thread while the next one is computed, then verifies
+    the file it wrote (`store.check_unit`), so neither the write (serialisation, checksums, fsync)
+    nor the verification holds up the units.
+
+    At most one write is in flight: `put` first waits for the previous one (raising its error, so a
+    failed write stops the run before anything else is written), and leaving the block waits for the
+    last one, also when the run stops. `saved` gets the key of every unit on disk, `verified` those
+    that passed their check right after being written."""
+
+    def __init__(self, check: Callable[[str], bool], saved: set[str], bar: Progress) -> None:
+        self._check, self.saved, self._bar = check, saved, bar
+        self.verified: set[str] = set()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernelcert-writer")
+        self._pending: tuple[str, Future[bool]] | None = None
+
+    def _write(self, key: str, path: Path, arrays: dict[str, Any]) -> bool:
+        write_unit(path, arrays)
+        return self._check(key)
+
+    def put(self, key: str, path: Path, arrays: dict[str, Any]) -> None:
+        self._finish()
+        self._pending = (key, self._pool.submit(self._write, key, path, arrays))
+
+    def _finish(self) -> None:
+        if self._pending is None:
+            return
+        key, fut = self._pending
+        self._pending = None
+        ok = fut.result()
+        self.saved.add(key)
+        if ok:
+            self.verified.add(key)
+        self._bar.update(1)
+
+    def __enter__(self) -> "_UnitWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+            elif self._pending is not None:  # the run stops: let the write in flight end (it is atomic)
+                key, fut = self._pending
+                self._pending = None
+                if fut.exception() is None:
+                    self.saved.add(key)
+                    if fut.result():
+                        self.verified.add(key)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _unit_check(cfg: RunConfig, plan: RunPlan, run_dir: Path, cfg_hash: str, provenance: Provenance,
+                u: UnitSpec) -> Check:
+    """`store.check_unit` of unit `u`'s stored file against this run (config, inputs, environment, layout)."""
+    levels = {kind: evidence_level(cfg.methods, kind) or "votes" for kind in ("partition", "fa")}
+    return check_unit(unit_path(run_dir, u.key), cfg_hash=cfg_hash, fingerprint=u.fingerprint, provenance=provenance,
+                      layout=unit_layout(len(cfg.learners), len(plan.y_test), plan.num_classes, levels[u.kind], u.size))
+
+
 def _compute_units(cfg: RunConfig, plan: RunPlan, todo: Sequence[UnitSpec], be: Backend, run_dir: Path,
-                   cfg_hash: str, provenance: Provenance, guard: InterruptGuard, saved: set[str]) -> None:
+                   cfg_hash: str, provenance: Provenance, guard: InterruptGuard, saved: set[str]) -> set[str]:
+    """Compute and write the units `todo`; returns the keys of those verified right after being written."""
     levels = {kind: evidence_level(cfg.methods, kind) for kind in ("partition", "fa")}
     execution = dataclasses.replace(cfg.execution, device=provenance.device)  # resolved once, here
     shared = SharedInputs(x_test=plan.k_test, num_classes=plan.num_classes, kernel=cfg.kernel,
@@ -111,28 +177,29 @@ def _compute_units(cfg: RunConfig, plan: RunPlan, todo: Sequence[UnitSpec], be: 
     tasks = (UnitTask(u.key, u.kind, u.num_partitions, u.index, plan.k_train[u.train_index],
                       plan.y_train[u.train_index], u.fingerprint) for u in todo)
     need = _unit_memory(cfg, plan)
-    with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar:
+    specs = {u.key: u for u in todo}
+
+    def verify(key: str) -> bool:
+        return _unit_check(cfg, plan, run_dir, cfg_hash, provenance, specs[key]).ok
+
+    with Progress(len(todo), cfg.execution.progress, desc="work units", unit="unit") as bar, \
+            _UnitWriter(verify, saved, bar) as writer:
         for task, result in be.map(compute_unit, tasks, shared, unit_memory_mb=lambda t: need(len(t.y))):
-            write_unit(unit_path(run_dir, task.key), result)
-            saved.add(task.key)
-            bar.update(1)
+            writer.put(task.key, unit_path(run_dir, task.key), result)
             guard.check()
+    return writer.verified
 
 
 def _failing_units(cfg: RunConfig, plan: RunPlan, run_dir: Path, cfg_hash: str, provenance: Provenance,
                    units: Sequence[UnitSpec]) -> list[UnitSpec]:
     """The units among `units` whose stored file does not pass every check (`store.check_unit`);
     logs how many stored files failed, with the first reasons."""
-    t, K, L = len(plan.y_test), plan.num_classes, len(cfg.learners)
-    levels = {kind: evidence_level(cfg.methods, kind) or "votes" for kind in ("partition", "fa")}
     failing, reasons = [], []
     for u in units:
-        path = unit_path(run_dir, u.key)
-        check = check_unit(path, cfg_hash=cfg_hash, fingerprint=u.fingerprint, provenance=provenance,
-                           layout=unit_layout(L, t, K, levels[u.kind], u.size))
+        check = _unit_check(cfg, plan, run_dir, cfg_hash, provenance, u)
         if not check.ok:
             failing.append(u)
-            if path.exists():
+            if unit_path(run_dir, u.key).exists():
                 reasons.append(f"{u.key}: {check.summary(limit=2)}")
     if reasons:
         logger.warning("%d stored work units fail their checks and are recomputed (%s%s)", len(reasons),
@@ -194,6 +261,7 @@ def _run(cfg: RunConfig, backend: Backend | None, lock: RunLock, guard: Interrup
 
     t0 = time.perf_counter()
     computed: set[str] = set()
+    verified: set[str] = set()  # units this run wrote and verified right after writing
     be = make_backend(cfg.execution) if backend is None else backend
     try:
         with clear_ending(len(plan.units), lambda: len(done | computed), run_dir):
@@ -202,15 +270,19 @@ def _run(cfg: RunConfig, backend: Backend | None, lock: RunLock, guard: Interrup
                 if todo:
                     be.prepare(provenance, largest_unit_mb=_unit_memory(cfg, plan)(max(u.size for u in todo)))
                     try:
-                        _compute_units(cfg, plan, sorted(todo, key=lambda u: -u.size), be, run_dir, cfg_hash,
-                                       provenance, guard, computed)
+                        fresh = _compute_units(cfg, plan, sorted(todo, key=lambda u: -u.size), be, run_dir,
+                                               cfg_hash, provenance, guard, computed)
                     except BaseException:
                         _remove_if_empty(run_dir, created)
                         raise
-                todo = _failing_units(cfg, plan, run_dir, cfg_hash, provenance, plan.units)  # before aggregation
+                    verified |= fresh
+                # before aggregation: every unit not verified right after this run wrote it
+                todo = _failing_units(cfg, plan, run_dir, cfg_hash, provenance,
+                                      [u for u in plan.units if u.key not in verified])
                 if not todo:
                     break
                 done -= {u.key for u in todo}
+                verified -= {u.key for u in todo}
             if todo:
                 raise RuntimeError(f"{len(todo)} work units fail their checks right after being written (e.g. "
                                    f"{unit_path(run_dir, todo[0].key)}): the run directory's storage alters files")

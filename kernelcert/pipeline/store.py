@@ -8,17 +8,21 @@ fsync, `os.replace`), so a killed run leaves either the old or the new file, nev
 Unit file format (version `FORMAT_VERSION`; `.npz` stored uncompressed so `UnitFile` reads rows in
 place): `meta` (JSON) and, per learner j, the `Evidence` of its model on every test point:
 `L{j}.votes` (t,) int16, `L{j}.scores` (t, K) float64; at level "certificate" also `L{j}.radius`
-(t,) int64, `L{j}.cost_lower` / `L{j}.cost_upper` (t, K) uint32 and `L{j}.class_exact` (t,) bool;
-at level "pairs" also `L{j}.pair` (t, K, K) uint16 (uint32 for partitions of 65535 samples or
-more) and `L{j}.roe_fallback` (t,) bool. Flip counts are stored as unsigned integers whose
-maximum value means "no attack" (inf).
+(t,) int64, `L{j}.cost_lower` / `L{j}.cost_upper` (t, K) and `L{j}.class_exact` (t,) bool; at level
+"pairs" also `L{j}.pair` (t, K, K) and `L{j}.roe_fallback` (t,) bool. Flip counts (costs and pair
+costs) are stored as unsigned integers whose maximum value means "no attack" (inf), in the smallest
+dtype of uint8 / uint16 / uint32 whose maximum exceeds the unit's number of training labels n
+(`count_dtype`; a finite count is at most n); a member whose counts do not fit after all is widened
+(to uint32) before it is written, and the reader accepts any of the three.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import struct
 import uuid
 import zipfile
@@ -28,7 +32,9 @@ from typing import IO, Any, Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..evidence import FIELD_LEVEL, LEVELS, Evidence
+from numba import njit
+
+from ..evidence import FIELD_LEVEL, LEVELS, Evidence, FlipCounts
 from ..integrity import Check, check_layout, digest_map, verify_digests
 from ..provenance import Provenance
 from ..runlock import RunLock, unique_temp_path
@@ -39,15 +45,16 @@ PathLike = str | os.PathLike[str]
 Layout = dict[str, tuple[Any, tuple[int, ...]]]  # member -> (dtype or tuple of allowed dtypes, shape)
 
 # Run-directory format. 1: the first release; 2: the config hash leaves out unset (None) fields;
-# 3: each unit file holds a `checksums` member and the producer's provenance in `meta`.
+# 3: each unit file holds a `checksums` member and the producer's provenance in `meta`;
+# 4: flip counts in the smallest unsigned dtype above the unit's n (uint8 for partitions under 255 samples).
 # A directory of another format is never reused (its units are not mixed into a run of this one).
-FORMAT_VERSION = 3
-COST_INF = np.iinfo(np.uint32).max  # stored "no attack" in uint32 cost arrays
+FORMAT_VERSION = 4
+COUNT_DTYPES = (np.uint8, np.uint16, np.uint32)  # flip-count encodings, narrowest first
 CHECKSUMS = "checksums"  # member: JSON {member: BLAKE2b-256 of its dtype, shape and bytes} of every other member
 
-# evidence field -> (stored name, stored dtype or None for the pair dtype)
+# evidence field -> (stored name, stored dtype or None for the flip-count dtype `count_dtype(n)`)
 _STORED = {"votes": ("votes", np.int16), "scores": ("scores", np.float64), "radius": ("radius", np.int64),
-           "cost_lower": ("cost_lower", np.uint32), "cost_upper": ("cost_upper", np.uint32),
+           "cost_lower": ("cost_lower", None), "cost_upper": ("cost_upper", None),
            "costs_exact": ("class_exact", bool), "pair_costs": ("pair", None), "fallback": ("roe_fallback", bool)}
 _COUNTS = ("cost_lower", "cost_upper", "pair_costs")
 
@@ -88,23 +95,71 @@ def atomic_save_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 
 # --------------------------------------------------------------------------- flip-count encoding
+@njit(cache=True, nogil=True)
+def _encode_counts(a: np.ndarray, out: np.ndarray, sentinel: Any) -> int:  # pragma: no cover - compiled (numba); tested through to_counts
+    """out[i] = a[i] for finite non-negative integers below `sentinel`, `sentinel` for +inf; returns 0,
+    or 1 at a NaN / negative / fractional / -inf value, 2 at a finite count >= sentinel (out then partial)."""
+    top = float(sentinel)
+    status = 0
+    for i in range(a.size):
+        x = a[i]
+        if 0.0 <= x < top:  # False for NaN
+            k = np.int64(x)
+            if k != x:
+                return 1
+            out[i] = k
+        elif x == np.inf:
+            out[i] = sentinel
+        elif x >= top:
+            status = 2
+        else:
+            return 1
+    return status
+
+
+def encode_counts(a: npt.ArrayLike, out: np.ndarray, what: str) -> bool:
+    """Write float flip counts `a` (inf = no attack) into the unsigned integer array `out` (same
+    shape) with the dtype's maximum as inf, in one compiled pass. Returns False (out partly written)
+    when a finite count does not fit the dtype; ValueError for NaN, negative or fractional values."""
+    src = np.ascontiguousarray(a, dtype=np.float64)
+    if src.shape != out.shape:
+        raise ValueError(f"{what}: shape {src.shape} does not match the stored shape {out.shape}")
+    flat = out.reshape(-1)  # a view for the C-contiguous row blocks of the stored arrays
+    if not np.shares_memory(flat, out):
+        raise ValueError(f"{what}: the stored array must be C-contiguous")
+    status = _encode_counts(src.reshape(-1), flat, flat.dtype.type(np.iinfo(out.dtype).max))
+    if status == 1:
+        raise ValueError(f"{what}: expected non-negative integer flip counts or inf")
+    return status == 0
+
+
 def to_counts(a: npt.ArrayLike, dtype: npt.DTypeLike, what: str) -> np.ndarray:
     """Float flip counts (inf = no attack) -> unsigned integers with the dtype's maximum as inf."""
-    a = np.asarray(a, dtype=np.float64)
-    sentinel = np.iinfo(dtype).max
-    fin = np.isfinite(a)
-    if np.any(np.isnan(a)) or np.any(a[fin] < 0) or np.any(a[fin] != np.round(a[fin])):
-        raise ValueError(f"{what}: expected non-negative integer flip counts or inf")
-    if np.any(a[fin] >= sentinel):
+    src = np.asarray(a, dtype=np.float64)
+    out = np.empty(src.shape, dtype)
+    if not encode_counts(src, out, what):
         raise ValueError(f"{what}: a flip count does not fit {np.dtype(dtype).name}")
-    return np.where(fin, a, sentinel).astype(dtype)
+    return out
 
 
 def counts_to_float(a: npt.ArrayLike) -> np.ndarray:
     """Inverse of `to_counts`: float64 with inf where the dtype's maximum was stored."""
-    a = np.asarray(a)
-    out = a.astype(np.float64)
-    out[a == np.iinfo(a.dtype).max] = np.inf
+    return FlipCounts(np.asarray(a)).decode()
+
+
+def count_dtype(n_train: int) -> np.dtype:
+    """The narrowest of `COUNT_DTYPES` whose maximum (the inf code) exceeds n_train: every finite flip
+    count of a model trained on n_train labels is at most n_train."""
+    for dt in COUNT_DTYPES:
+        if n_train < np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"a unit of {n_train} training labels is too large for the flip-count encoding")
+
+
+def _widen_codes(codes: np.ndarray, dtype: npt.DTypeLike) -> np.ndarray:
+    """Stored counts re-encoded in a wider unsigned dtype (the inf code mapped to the new maximum)."""
+    out = codes.astype(dtype)
+    out[codes == np.iinfo(codes.dtype).max] = np.iinfo(dtype).max
     return out
 
 
@@ -125,14 +180,14 @@ def evidence_fields(level: str) -> tuple[str, ...]:
 def allocate_unit(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int
                   ) -> dict[str, np.ndarray]:
     """Empty stored arrays of a unit holding `level` evidence of every learner on every test point."""
-    pair_dtype = np.uint16 if n_train < np.iinfo(np.uint16).max else np.uint32
+    counts = count_dtype(n_train)
     trail = {"scores": (num_classes,), "cost_lower": (num_classes,), "cost_upper": (num_classes,),
              "pair_costs": (num_classes, num_classes)}
     out: dict[str, np.ndarray] = {}
     for j in range(num_learners):
         for f in evidence_fields(level):
             name, dtype = _STORED[f]
-            out[f"L{j}.{name}"] = np.empty((num_test, *trail.get(f, ())), pair_dtype if dtype is None else dtype)
+            out[f"L{j}.{name}"] = np.empty((num_test, *trail.get(f, ())), counts if dtype is None else dtype)
     return out
 
 
@@ -144,8 +199,38 @@ def put_evidence(arrays: dict[str, np.ndarray], learner: int, rows: slice, ev: E
             continue
         value = getattr(ev, f)
         if f in _COUNTS:
-            value = to_counts(value, arrays[key].dtype, f)
-        arrays[key][rows] = value
+            if not encode_counts(value, arrays[key][rows], f):  # a count above n: widen the member, once
+                wide = _widen_codes(arrays[key], np.uint32)
+                if not encode_counts(value, wide[rows], f):
+                    raise ValueError(f"{f}: a flip count does not fit uint32")
+                arrays[key] = wide
+        else:
+            arrays[key][rows] = value
+
+
+# the header `np.lib.format` writes for a plain dtype: {'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z][0-9]*)', 'fortran_order': (False|True), "
+                         r"'shape': \(((?:[0-9]+, ?)*[0-9]*)\), \} *\n")
+
+
+def _read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy header at f's position, leaving f at the data.
+    Headers of plain dtypes (all a unit holds) are parsed directly; anything else goes through
+    `np.lib.format`'s own reader (a literal_eval per header, about 60 us)."""
+    start = f.tell()
+    magic = f.read(8)
+    if magic[:6] == b"\x93NUMPY" and magic[6:8] == b"\x01\x00":
+        (size,) = struct.unpack("<H", f.read(2))
+        header = f.read(size)
+        m = _NPY_HEADER.fullmatch(header.decode("latin1"))
+        if m is not None and len(header) == size:
+            shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
+            return shape, m.group(2) == "True", np.dtype(m.group(1))
+    f.seek(start)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
 
 
 class UnitFile:
@@ -170,11 +255,7 @@ class UnitFile:
                     raise ValueError(f"{self.path}: corrupt zip member header for {info.filename}")
                 name_len, extra_len = struct.unpack("<HH", local[26:30])
                 f.seek(info.header_offset + 30 + name_len + extra_len)
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                shape, fortran, dtype = _read_npy_header(f)
                 if fortran and len(shape) > 1:
                     raise ValueError(f"{self.path}: member {info.filename} is Fortran-ordered")
                 if dtype.hasobject:
@@ -197,16 +278,26 @@ class UnitFile:
 
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows start..stop of member `name` (all rows when stop is None)."""
+        return self.rows_of([name], start, stop)[0]
+
+    def rows_of(self, names: Sequence[str], start: int = 0, stop: int | None = None) -> list[np.ndarray]:
+        """`rows(name, start, stop)` for each of `names`: one open file descriptor, one positioned
+        read (`os.pread`) per member."""
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            return [self._read(fd, name, start, stop) for name in names]
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, name: str, start: int, stop: int | None) -> np.ndarray:
         offset, dtype, shape = self._index[name]
         n = shape[0] if shape else 1
         stop = n if stop is None else min(stop, n)
         start = max(0, min(start, stop))
-        row_items = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        row_bytes = row_items * dtype.itemsize
-        with open(self.path, "rb") as f:
-            f.seek(offset + start * row_bytes)
-            buf = f.read((stop - start) * row_bytes)
-        if len(buf) != (stop - start) * row_bytes:
+        row_bytes = dtype.itemsize * math.prod(shape[1:])
+        size = (stop - start) * row_bytes
+        buf = os.pread(fd, size, offset + start * row_bytes) if size else b""
+        if len(buf) != size:
             raise ValueError(f"{self.path}: truncated member {name}")
         arr = np.frombuffer(buf, dtype=dtype)
         return arr.reshape((stop - start,) + shape[1:]) if shape else arr.reshape(())
@@ -219,20 +310,34 @@ class UnitFile:
 def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop: int, fields: Sequence[str]
                       ) -> dict[str, np.ndarray]:
     """Rows start..stop of learner `learner`'s stored evidence `fields`, stacked over the unit files
-    (axis 1), in their compact stored dtypes (what an aggregation task ships to a worker)."""
-    return {f: np.stack([uf.rows(f"L{learner}.{_STORED[f][0]}", start, stop) for uf in files], axis=1)
-            for f in fields}
+    (axis 1), in their compact stored dtypes (what an aggregation task ships to a worker). Each file
+    is opened once for all fields; a member's counts are widened to the widest dtype among the files."""
+    names = [f"L{learner}.{_STORED[f][0]}" for f in fields]
+    per_file = [uf.rows_of(names, start, stop) for uf in files]
+    out: dict[str, np.ndarray] = {}
+    for k, f in enumerate(fields):
+        parts = [rows[k] for rows in per_file]
+        if f in _COUNTS and len({p.dtype for p in parts}) > 1:
+            wide = max((p.dtype for p in parts), key=lambda d: d.itemsize)
+            parts = [p if p.dtype == wide else _widen_codes(p, wide) for p in parts]
+        out[f] = np.stack(parts, axis=1)
+    return out
 
 
-def decode_block(stored: dict[str, np.ndarray]) -> Evidence:
-    """The stacked `Evidence` of a `read_stored_block` result (float64 costs with inf, int64 votes)."""
+def decode_block(stored: dict[str, np.ndarray], *, compact_pairs: bool = False) -> Evidence:
+    """The stacked `Evidence` of a `read_stored_block` result (float64 costs with inf, int64 votes).
+    compact_pairs: pair costs stay in their stored codes as `evidence.FlipCounts` (white-box ROE
+    widens only the rows it reads)."""
     kw: dict[str, Any] = {}
     for f, a in stored.items():
-        if f in _COUNTS:
-            a = counts_to_float(a)
+        if f == "pair_costs" and compact_pairs:
+            kw[f] = FlipCounts(a)
+        elif f in _COUNTS:
+            kw[f] = counts_to_float(a)
         elif f == "votes":
-            a = a.astype(np.int64)
-        kw[f] = a
+            kw[f] = a.astype(np.int64)
+        else:
+            kw[f] = a
     kw.setdefault("votes", None)
     kw.setdefault("scores", None)
     return Evidence(**kw)
@@ -246,7 +351,9 @@ def write_unit(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
 def unit_layout(num_learners: int, num_test: int, num_classes: int, level: str, n_train: int) -> Layout:
     """{member: (dtype, shape)} of the evidence members a unit must hold (meta and checksums aside)."""
     arrays = allocate_unit(num_learners, num_test, num_classes, level, n_train)  # np.empty: no memory touched
-    return {name: (a.dtype, a.shape) for name, a in arrays.items()}
+    counts = tuple(dict.fromkeys((count_dtype(n_train), np.dtype(np.uint32))))  # as allocated, or widened
+    return {name: (counts if a.dtype.kind == "u" else a.dtype, a.shape)  # flip counts: the only unsigned members
+            for name, a in arrays.items()}
 
 
 def check_unit(path: Path, *, cfg_hash: str, fingerprint: str, provenance: Provenance, layout: Layout) -> Check:
@@ -356,7 +463,7 @@ def read_json(path: PathLike, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
 
-__all__ = ["FORMAT_VERSION", "COST_INF", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
+__all__ = ["FORMAT_VERSION", "COUNT_DTYPES", "count_dtype", "encode_counts", "RunDirError", "atomic_write_bytes", "atomic_write_text", "atomic_save_npz",
            "to_counts", "counts_to_float", "unit_key", "unit_path", "evidence_fields", "allocate_unit",
            "put_evidence", "UnitFile", "read_stored_block", "decode_block", "CHECKSUMS", "write_unit", "unit_layout",
            "check_unit", "prepare_run_dir", "older_format_runs", "same_config_runs", "adopt_units", "read_json"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .._jax import device_scope
 from ..evidence import build_evidence
@@ -101,9 +101,16 @@ def compute_unit(task: UnitTask, shared: SharedInputs) -> dict:
     `meta` (JSON string, with the provenance of this process). Raises `EnvironmentMismatch` if this
     process's environment differs from the client's."""
     here = check_environment(shared.provenance, f"worker {socket.gethostname()}:{os.getpid()}")
-    with threadpool_limits(limits=shared.execution.blas_threads, user_api="blas"), \
+    with _blas_controller().limit(limits=shared.execution.blas_threads, user_api="blas"), \
             device_scope(shared.execution.device):
         return _compute_unit(task, shared, here)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """This process's threadpoolctl view of its BLAS libraries, scanned once (a fresh
+    `threadpool_limits` rescans every loaded library: about 8 ms per unit in a run)."""
+    return ThreadpoolController()
 
 
 UNIT_STAGES = ("gram", "fit", "test_kernel", "label_weights", "certify", "store")
@@ -118,15 +125,24 @@ class _StageClock:
         self.wall = dict.fromkeys(UNIT_STAGES, 0.0)
         self.cpu = dict.fromkeys(UNIT_STAGES, 0.0)
         self._start = (time.perf_counter(), time.process_time())
+        self._last = self._start  # the clock read at the end of the previous stage
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        w0, c0 = time.perf_counter(), time.process_time()
+        """Time the block as stage `name`. Back-to-back stages share the clock read between them (the
+        process CPU clock sums over every thread, so each read costs more in a many-threaded process)."""
+        w0, c0 = self._last
         try:
             yield
         finally:
-            self.wall[name] += time.perf_counter() - w0
-            self.cpu[name] += time.process_time() - c0
+            now = (time.perf_counter(), time.process_time())
+            self.wall[name] += now[0] - w0
+            self.cpu[name] += now[1] - c0
+            self._last = now
+
+    def idle(self) -> None:
+        """Mark the time since the last stage as outside every stage."""
+        self._last = (time.perf_counter(), time.process_time())
 
     def totals(self) -> tuple[dict[str, float], dict[str, float]]:
         """(wall, CPU) per stage plus "total" since construction."""
@@ -143,6 +159,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dic
     sort_device = {"cpu": "numpy", "gpu": "jax"}.get(ex.device, "auto")  # certificate sorts follow the kernels
     x, y = task.x, task.y
     n = len(y)
+    clock.idle()
     with clock.stage("gram"):
         G = evaluate(x)
     with clock.stage("fit"):
@@ -153,6 +170,7 @@ def _compute_unit(task: UnitTask, shared: SharedInputs, here: Provenance) -> dic
     level = shared.levels.get(task.kind) or "votes"
     out = allocate_unit(len(models), t_test, K, level, n)
     B = unit_block_rows(n, K, len(models), ex)
+    clock.idle()
     # One core's worth of Python here: the heavy parts use both cores on their own (XLA's intra-op threads
     # for the kernel rows, numba's parallel rows in ScaLabelCert); BLAS uses `execution.blas_threads`.
     # (A helper thread prefetching kernel rows / label weights while this one certifies was tried on MNIST
