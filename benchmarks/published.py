@@ -37,7 +37,7 @@ from kernelcert.ensemble import NO_ATTACK, dpa_from_counts
 from kernelcert.kernels import FullyConnected
 from kernelcert.learners import KernelSVM
 from kernelcert.partition import FA_DEFAULT_SEED, fa_spread
-from kernelcert.voting import argmax_votes, vote_counts
+from kernelcert.voting import argmax_counts, argmax_votes, vote_counts
 
 FULL = {"t": 10_000, "K": 10, "M_dpa": 50, "M_dpa_large": 1200, "k": 50, "d": 16,
         "milp": [[10, 2.0, 5], [10, 5.0, 5], [20, 2.0, 5], [20, 3.0, 5], [20, 5.0, 5], [50, 2.0, 2], [50, 5.0, 2]],
@@ -69,11 +69,13 @@ def _ours(method, scores, labels, K, k, d, votes=None):
     the vote-based methods also compute the base models' accuracy (from the vote counts, free)."""
     t = len(labels)
     if method in ("dpa", "dpa_large", "fa"):
-        if votes is None:
+        if votes is not None:
+            counts = vote_counts(votes, K)
+        elif method == "fa":
             votes, counts = argmax_votes(scores)  # one compiled pass: votes, counts and the finiteness check
         else:
-            counts = vote_counts(votes, K)
-        _base_accuracy = counts[np.arange(t), labels].sum() / votes.size
+            counts = argmax_counts(scores)  # DPA needs only the counts: the votes are never stored
+        _base_accuracy = counts[np.arange(t), labels].sum() / (t * scores.shape[1])
         if method == "fa":
             r = roe.fa(votes, fa_spread(np.arange(k * d), k, d).shifts, K)
         else:

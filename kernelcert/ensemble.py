@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe  # re-exported (one import path for users)
 from .voting import (
-    NO_ATTACK, AggregateResult, argmax_votes, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
+    NO_ATTACK, AggregateResult, argmax_counts, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
     radius_from_cost, row_blocks, vote_counts,
 )
 
@@ -41,15 +42,15 @@ def dpa(votes: npt.ArrayLike, num_classes: int) -> AggregateResult:
     radius R = floor((n_p - max_{c != p}(n_c + [c < p])) / 2) >= 0 (int64).
     """
     v = check_votes(votes, num_classes)
-    return dpa_from_counts(vote_counts(v, int(num_classes)))
+    return _dpa(vote_counts(v, int(num_classes)))
 
 
 def dpa_from_scores(scores: npt.ArrayLike) -> AggregateResult:
     """The DPA certificate of `dpa` straight from base-model scores (t, N_p, K): each model votes
     for the first maximiser of its K scores (as `numpy.argmax`), and the votes are counted in the
-    same compiled pass over the scores (`voting.argmax_votes`), so the scores are read once."""
-    _, counts = argmax_votes(scores)
-    return dpa_from_counts(counts)
+    same compiled pass over the scores (`voting.argmax_counts`), so the scores are read once and
+    the votes never stored."""
+    return _dpa(argmax_counts(scores))
 
 
 def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
@@ -58,14 +59,36 @@ def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
     n = np.asarray(counts)
     if n.ndim != 2 or n.shape[1] < 2 or not np.issubdtype(n.dtype, np.integer) or (n.size and n.min() < 0):
         raise ValueError(f"counts must be non-negative integers of shape (t, K) with K >= 2, got {n.dtype} {n.shape}")
-    n = n.astype(np.int64, copy=False)
+    return _dpa(n)
+
+
+@njit(cache=True, nogil=True)
+def _dpa_kernel(n, prediction, radius):  # pragma: no cover - compiled (numba); tested through dpa, dpa_from_*
+    """prediction[i] = first maximiser of n[i] (plurality, ties to the smaller index) and
+    radius[i] = (n_p - max_{c != p}(n_c + [c < p])) // 2 (>= 0: n_c < n_p for c < p, n_c <= n_p else)."""
     t, K = n.shape
-    p = plurality(n)
-    rows = np.arange(t)
-    rival = n + (np.arange(K)[None, :] < p[:, None])
-    rival[rows, p] = np.iinfo(np.int64).min
-    radius = (n[rows, p] - rival.max(axis=1)) // 2
-    return AggregateResult(prediction=p, radius=radius.astype(np.int64))
+    for i in range(t):
+        p = 0
+        top = n[i, 0]
+        for c in range(1, K):
+            if n[i, c] > top:
+                p = c
+                top = n[i, c]
+        rival = np.iinfo(np.int64).min
+        for c in range(K):
+            if c != p:
+                rival = max(rival, n[i, c] + (1 if c < p else 0))
+        prediction[i] = p
+        radius[i] = (top - rival) // 2
+
+
+def _dpa(counts: np.ndarray) -> AggregateResult:
+    """DPA from checked vote counts (t, K >= 2), one compiled pass over them."""
+    n = np.ascontiguousarray(counts, dtype=np.int64)
+    prediction = np.empty(len(n), np.int64)
+    radius = np.empty(len(n), np.int64)
+    _dpa_kernel(n, prediction, radius)
+    return AggregateResult(prediction=prediction, radius=radius)
 
 
 # =========================================================================== EnsembleCert

@@ -8,8 +8,9 @@ imports nothing from kernelcert but `_validation`.
   kind of attack is impossible" (`radius_from_attack`, `radius_from_cost`).
 - `AggregateResult`: the one result type of every aggregation certificate.
 - `check_votes`, `vote_counts`, `plurality` (ties to the smaller class index), `row_blocks`.
-- `argmax_votes`: votes (and vote counts) straight from float scores (t, M, K), one compiled pass
-  that reads each score once (no float64 copy, no separate validation pass).
+- `argmax_votes`, `argmax_counts`: votes and vote counts (or the counts alone) straight from float
+  scores (t, M, K), one compiled pass that reads each score once (no float64 copy, no separate
+  validation pass), vectorised over the models for K <= 16.
 - `min_cost_gain12`: the multiple-choice knapsack with gains {0, 1, 2} (EnsembleCert and the
   white-box run-off election), solved exactly by a sort-based method; `knapsack_dp`, the general
   dynamic programme (any positive integer gains), serves as its oracle and for the other gains.
@@ -28,7 +29,8 @@ from numba import njit
 from ._validation import check_int
 
 __all__ = [
-    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "argmax_votes", "plurality",
+    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "argmax_votes", "argmax_counts",
+    "plurality",
     "row_blocks",
     "radius_from_attack", "radius_from_cost", "min_cost_gain12", "knapsack_dp", "overtake_gains",
 ]
@@ -98,28 +100,77 @@ def vote_counts(votes: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]
     return out
 
 
-@njit(cache=True, nogil=True)
-def _argmax_count_kernel(s, votes, counts):  # pragma: no cover - compiled (numba); tested through argmax_votes
-    """votes[i, m] = first maximiser of s[i, m, :], counts[i, c] += 1 per vote; True if a score is NaN
-    or infinite. Branch-free inner loop (conditional moves), so the pass runs near the speed of
-    reading s."""
-    t, M, K = s.shape
-    nan = False
+SPECIALISED_MAX_CLASSES = 16  # up to this K the argmax pass is compiled for the exact K (see `_argmax_pass`)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _argmax_pass(s, K, votes, counts):  # pragma: no cover - compiled (numba); tested through argmax_votes
+    """votes[i, m] = first maximiser of s[i, m, :] (C-contiguous, last axis of length K), counts[i, c] += 1
+    per vote; returns True if a score is NaN or infinite. votes is (t, M), or one reused row (1, M)
+    when only the counts are wanted. Branch-free (selects, no jumps) over each model's K scores, read
+    through a flat view of the test point's row: when K is a compile-time constant LLVM vectorises the
+    loop over models (8 models per AVX2 register), with the finiteness check in the same loop."""
+    t, M = s.shape[0], s.shape[1]
+    all_rows = votes.shape[0] == t
+    bad = False
     for i in range(t):
+        row = s[i].reshape(M * K)
+        vr = votes[i if all_rows else 0]
         for m in range(M):
-            best = s[i, m, 0]
+            b = m * K
+            best = row[b]
             arg = 0
-            bad = not (best - best == 0)  # NaN or +-inf
+            nonfinite = not (best - best == 0)  # NaN or +-inf
             for c in range(1, K):
-                x = s[i, m, c]
+                x = row[b + c]
                 gt = x > best
                 arg = c if gt else arg
                 best = x if gt else best
-                bad |= not (x - x == 0)
-            nan |= bad
-            votes[i, m] = arg
-            counts[i, arg] += 1
-    return nan
+                nonfinite |= not (x - x == 0)
+            bad |= nonfinite
+            vr[m] = arg
+        for m in range(M):
+            counts[i, vr[m]] += 1
+    return bad
+
+
+@njit(cache=True, nogil=True)
+def _argmax_count_fixed(s, classes, votes, counts):  # pragma: no cover - compiled (numba)
+    """`_argmax_pass` compiled per K = len(classes) (a tuple of K zeros: its length is part of the type)."""
+    return _argmax_pass(s, len(classes), votes, counts)
+
+
+@njit(cache=True, nogil=True)
+def _argmax_count_kernel(s, votes, counts):  # pragma: no cover - compiled (numba)
+    """`_argmax_pass` for any K (read from the array; not vectorised over models)."""
+    return _argmax_pass(s, s.shape[2], votes, counts)
+
+
+def _scores_for_argmax(scores: npt.ArrayLike) -> np.ndarray:
+    """scores (t, M, K) as a C-contiguous native float32/float64 array, without a copy when it already is one."""
+    s = np.asarray(scores)
+    if s.ndim != 3:
+        raise ValueError(f"scores must have shape (t, M, K), got {s.shape}")
+    if s.shape[1] < 1 or s.shape[2] < 2:
+        raise ValueError(f"scores need at least one model and two classes, got shape {s.shape}")
+    if s.dtype.kind != "f" or s.dtype.itemsize not in (4, 8):
+        if s.dtype.kind not in "iuf" or s.dtype == bool:
+            raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+        s = s.astype(np.float64)
+    if not s.dtype.isnative:
+        s = s.astype(s.dtype.newbyteorder("="))
+    return np.ascontiguousarray(s)
+
+
+def _argmax_into(s: np.ndarray, votes: np.ndarray, counts: np.ndarray) -> None:
+    """Run the compiled argmax pass of `s` (from `_scores_for_argmax`) into votes and counts (zeros)."""
+    K = s.shape[2]
+    if not s.shape[0]:
+        return
+    bad = (_argmax_count_fixed(s, (0,) * K, votes, counts) if K <= SPECIALISED_MAX_CLASSES
+           else _argmax_count_kernel(s, votes, counts))
+    if bad:
+        raise ValueError("scores contain NaN or infinite values")
 
 
 def argmax_votes(scores: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -132,23 +183,20 @@ def argmax_votes(scores: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDAr
     is part of the same pass. ValueError if the shape is not (t, M, K) with M >= 1 and K >= 2, or
     if a score is NaN or infinite.
     """
-    s = np.asarray(scores)
-    if s.ndim != 3:
-        raise ValueError(f"scores must have shape (t, M, K), got {s.shape}")
-    if s.shape[1] < 1 or s.shape[2] < 2:
-        raise ValueError(f"scores need at least one model and two classes, got shape {s.shape}")
-    if s.dtype.kind != "f" or s.dtype.itemsize not in (4, 8):
-        if s.dtype.kind not in "iuf" or s.dtype == bool:
-            raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
-        s = s.astype(np.float64)
-    s = np.ascontiguousarray(s)
-    if not s.dtype.isnative:
-        s = s.astype(s.dtype.newbyteorder("="))
+    s = _scores_for_argmax(scores)
     votes = np.empty(s.shape[:2], np.int64)
     counts = np.zeros((s.shape[0], s.shape[2]), np.int64)
-    if s.shape[0] and _argmax_count_kernel(s, votes, counts):
-        raise ValueError("scores contain NaN or infinite values")
+    _argmax_into(s, votes, counts)
     return votes, counts
+
+
+def argmax_counts(scores: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """The vote counts (t, K) int64 of `argmax_votes` alone: the votes are never stored (one row of
+    M votes is reused), so the pass only reads the scores. Same input rules and errors."""
+    s = _scores_for_argmax(scores)
+    counts = np.zeros((s.shape[0], s.shape[2]), np.int64)
+    _argmax_into(s, np.empty((1, s.shape[1]), np.int32), counts)
+    return counts
 
 
 def plurality(counts: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
