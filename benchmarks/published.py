@@ -33,11 +33,11 @@ from benchmarks._published_rules import (
     dp_table, published_dpa, published_dpa_roe, published_fa, published_fa_roe, published_shifts,
 )
 from kernelcert import exact, roe
-from kernelcert.ensemble import NO_ATTACK, dpa_from_counts
+from kernelcert.ensemble import NO_ATTACK, dpa_from_counts, dpa_from_scores
 from kernelcert.kernels import FullyConnected
 from kernelcert.learners import KernelSVM
 from kernelcert.partition import FA_DEFAULT_SEED, fa_spread
-from kernelcert.voting import argmax_counts, argmax_votes, vote_counts
+from kernelcert.voting import argmax_votes, vote_counts
 
 FULL = {"t": 10_000, "K": 10, "M_dpa": 50, "M_dpa_large": 1200, "k": 50, "d": 16,
         "milp": [[10, 2.0, 5], [10, 5.0, 5], [20, 2.0, 5], [20, 3.0, 5], [20, 5.0, 5], [50, 2.0, 2], [50, 5.0, 2]],
@@ -69,17 +69,17 @@ def _ours(method, scores, labels, K, k, d, votes=None):
     the vote-based methods also compute the base models' accuracy (from the vote counts, free)."""
     t = len(labels)
     if method in ("dpa", "dpa_large", "fa"):
-        if votes is not None:
-            counts = vote_counts(votes, K)
-        elif method == "fa":
-            votes, counts = argmax_votes(scores)  # one compiled pass: votes, counts and the finiteness check
+        if method != "fa" and votes is None:  # DPA: one compiled pass, votes never stored, counts kept
+            counts = np.empty((t, K), np.int64)
+            r = dpa_from_scores(scores, counts_out=counts)
         else:
-            counts = argmax_counts(scores)  # DPA needs only the counts: the votes are never stored
+            if votes is None:
+                votes, counts = argmax_votes(scores)  # one compiled pass: votes, counts and the finiteness check
+            else:
+                counts = vote_counts(votes, K)
+            r = (roe.fa(votes, fa_spread(np.arange(k * d), k, d).shifts, K) if method == "fa"
+                 else dpa_from_counts(counts))
         _base_accuracy = counts[np.arange(t), labels].sum() / (t * scores.shape[1])
-        if method == "fa":
-            r = roe.fa(votes, fa_spread(np.arange(k * d), k, d).shifts, K)
-        else:
-            r = dpa_from_counts(counts)
     elif method == "dpa_roe":
         r = roe.dpa_roe(scores)
     else:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe  # re-exported (one import path for users)
 from .voting import (
-    NO_ATTACK, AggregateResult, argmax_counts, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
-    radius_from_cost, row_blocks, vote_counts,
+    NO_ATTACK, AggregateResult, argmax_plurality_margin, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
+    plurality_margin, radius_from_cost, row_blocks, vote_counts,
 )
 
 __all__ = [
@@ -45,12 +44,14 @@ def dpa(votes: npt.ArrayLike, num_classes: int) -> AggregateResult:
     return _dpa(vote_counts(v, int(num_classes)))
 
 
-def dpa_from_scores(scores: npt.ArrayLike) -> AggregateResult:
+def dpa_from_scores(scores: npt.ArrayLike, *, counts_out: npt.NDArray[np.int64] | None = None) -> AggregateResult:
     """The DPA certificate of `dpa` straight from base-model scores (t, N_p, K): each model votes
-    for the first maximiser of its K scores (as `numpy.argmax`), and the votes are counted in the
-    same compiled pass over the scores (`voting.argmax_counts`), so the scores are read once and
-    the votes never stored."""
-    return _dpa(argmax_counts(scores))
+    for the first maximiser of its K scores (as `numpy.argmax`); votes are counted and the
+    certificate computed in one compiled pass over the scores (`voting.argmax_plurality_margin`), which reads
+    every score once and never stores the votes. Same input rules and errors as
+    `voting.argmax_counts`. counts_out: an int64 array (t, K) that receives the vote counts."""
+    prediction, radius = argmax_plurality_margin(scores, counts_out)
+    return AggregateResult(prediction=prediction, radius=radius)
 
 
 def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
@@ -62,32 +63,9 @@ def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
     return _dpa(n)
 
 
-@njit(cache=True, nogil=True)
-def _dpa_kernel(n, prediction, radius):  # pragma: no cover - compiled (numba); tested through dpa, dpa_from_*
-    """prediction[i] = first maximiser of n[i] (plurality, ties to the smaller index) and
-    radius[i] = (n_p - max_{c != p}(n_c + [c < p])) // 2 (>= 0: n_c < n_p for c < p, n_c <= n_p else)."""
-    t, K = n.shape
-    for i in range(t):
-        p = 0
-        top = n[i, 0]
-        for c in range(1, K):
-            if n[i, c] > top:
-                p = c
-                top = n[i, c]
-        rival = np.iinfo(np.int64).min
-        for c in range(K):
-            if c != p:
-                rival = max(rival, n[i, c] + (1 if c < p else 0))
-        prediction[i] = p
-        radius[i] = (top - rival) // 2
-
-
 def _dpa(counts: np.ndarray) -> AggregateResult:
     """DPA from checked vote counts (t, K >= 2), one compiled pass over them."""
-    n = np.ascontiguousarray(counts, dtype=np.int64)
-    prediction = np.empty(len(n), np.int64)
-    radius = np.empty(len(n), np.int64)
-    _dpa_kernel(n, prediction, radius)
+    prediction, radius = plurality_margin(counts)
     return AggregateResult(prediction=prediction, radius=radius)
 
 
