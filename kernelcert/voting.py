@@ -106,46 +106,66 @@ def vote_counts(votes: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]
 SPECIALISED_MAX_CLASSES = 16  # up to this K the argmax pass is compiled for the exact K (see `argmax_pass`)
 
 
+ARGMAX_CHUNK_MODELS = 4096  # models per chunk of the argmax pass when the votes are not kept (see `argmax_pass`)
+
+
 @njit(cache=True, nogil=True, inline="always")
 def argmax_pass(s, K, votes, counts):  # pragma: no cover - compiled (numba); tested through argmax_votes
-    """votes[i, m] = first maximiser of s[i, m, :] (C-contiguous, last axis of length K), counts[i, c] += 1
-    per vote; returns True if a score is NaN or infinite. votes is (t, M), or one reused row (1, M)
-    when only the counts are wanted. Branch-free (selects, no jumps) over each model's K scores, read
-    through a flat view of the test point's row: when K is a compile-time constant LLVM vectorises the
-    loop over models (8 models per AVX2 register), with the finiteness check in the same loop."""
+    """votes = first maximiser of each s[i, m, :] (s C-contiguous (t, M, K)), counts[i, c] += 1 per
+    vote (counts start at zero); returns True if a score is NaN or infinite.
+
+    votes is (t, M) (all votes kept) or a buffer (1, R * M) reused for chunks of R test points. The
+    models of consecutive test points are contiguous, so each chunk is one loop over its R * M
+    models (no per-test-point loop tail), branch-free (selects) over each model's K scores with the
+    finiteness check in the same loop: with K a compile-time constant, LLVM vectorises it over
+    models (8 per AVX2 register). The votes are then counted per test point in 4 counter banks
+    (consecutive votes for one class do not wait on each other)."""
     t, M = s.shape[0], s.shape[1]
-    all_rows = votes.shape[0] == t
+    flat = s.reshape(t * M * K)
+    keep = votes.shape[0] == t and votes.shape[1] == M
+    rows = t if keep else max(1, votes.shape[1] // M)
+    vflat = votes.reshape(votes.shape[0] * votes.shape[1])
     bad = False
-    bank = np.zeros((4, K), np.int64)  # 4 counter banks: consecutive votes for one class do not wait on each other
-    for i in range(t):
-        row = s[i].reshape(M * K)
-        vr = votes[i if all_rows else 0]
-        for m in range(M):
-            b = m * K
-            best = row[b]
+    bank = np.zeros((4, K), np.int64)
+    for r0 in range(0, t, rows):
+        r1 = min(t, r0 + rows)
+        n = (r1 - r0) * M  # models in the chunk
+        chunk = flat[r0 * M * K:r1 * M * K]
+        vc = vflat[r0 * M:r1 * M] if keep else vflat[:n]
+        for j in range(n):
+            b = j * K
+            best = chunk[b]
             arg = 0
             nonfinite = not (best - best == 0)  # NaN or +-inf
             for c in range(1, K):
-                x = row[b + c]
+                x = chunk[b + c]
                 gt = x > best
                 arg = c if gt else arg
                 best = x if gt else best
                 nonfinite |= not (x - x == 0)
             bad |= nonfinite
-            vr[m] = arg
-        bank[:] = 0
-        m = 0
-        while m + 4 <= M:
-            bank[0, vr[m]] += 1
-            bank[1, vr[m + 1]] += 1
-            bank[2, vr[m + 2]] += 1
-            bank[3, vr[m + 3]] += 1
-            m += 4
-        for m in range(m, M):
-            bank[0, vr[m]] += 1
-        for c in range(K):
-            counts[i, c] += bank[0, c] + bank[1, c] + bank[2, c] + bank[3, c]
+            vc[j] = arg
+        for i in range(r1 - r0):
+            bank[:] = 0
+            vr = vc[i * M:(i + 1) * M]
+            m = 0
+            while m + 4 <= M:
+                bank[0, vr[m]] += 1
+                bank[1, vr[m + 1]] += 1
+                bank[2, vr[m + 2]] += 1
+                bank[3, vr[m + 3]] += 1
+                m += 4
+            for m in range(m, M):
+                bank[0, vr[m]] += 1
+            for c in range(K):
+                counts[r0 + i, c] += bank[0, c] + bank[1, c] + bank[2, c] + bank[3, c]
     return bad
+
+
+def _vote_buffer(t: int, M: int) -> np.ndarray:
+    """The reusable vote buffer (1, R * M) int32 of `argmax_pass` when the votes are not kept."""
+    rows = max(1, min(t, ARGMAX_CHUNK_MODELS // M))
+    return np.empty((1, rows * M), np.int32)
 
 
 @njit(cache=True, nogil=True)
@@ -209,7 +229,7 @@ def argmax_counts(scores: npt.ArrayLike) -> npt.NDArray[np.int64]:
     M votes is reused), so the pass only reads the scores. Same input rules and errors."""
     s = scores_for_argmax(scores)
     counts = np.zeros((s.shape[0], s.shape[2]), np.int64)
-    _argmax_into(s, np.empty((1, s.shape[1]), np.int32), counts)
+    _argmax_into(s, _vote_buffer(s.shape[0], s.shape[1]), counts)
     return counts
 
 
@@ -285,7 +305,7 @@ def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.in
         counts[:] = 0
     prediction = np.empty(t, np.int64)
     radius = np.empty(t, np.int64)
-    buf = np.empty((1, M), np.int32)
+    buf = _vote_buffer(t, M)
     if t and (_argmax_margin_fixed(s, (0,) * K, buf, counts, prediction, radius) if K <= SPECIALISED_MAX_CLASSES
               else _argmax_margin_any(s, buf, counts, prediction, radius)):
         raise ValueError("scores contain NaN or infinite values")
