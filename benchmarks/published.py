@@ -277,8 +277,10 @@ def markdown(result: dict) -> str:
                     [[names[r["method"]], r["models"], r["published_from_votes_cpu_s"], r["ours_from_votes_cpu_s"],
                       x(r["speedup_from_votes"])] for r in rows if "speedup_from_votes" in r]),
            "", "The floor of DPA is the pass over the logits, not `numpy.argmax`: the published DPA script is one "
-           "argmax over them plus a few vectorised passes over the (t, K) counts, so 20x its time leaves about 1.3 "
-           "streaming reads. kernelcert's DPA is one compiled call (`voting.argmax_plurality_margin`): the argmax "
+           "argmax over them plus a few vectorised passes over the (t, K) counts, so 20x its time leaves "
+           + ", ".join(f"{r['published_cpu_s'] / 20 / r['read_cpu_s']:.1f} streaming reads at M = {r['models']}"
+                       for r in rows if r["method"] in ("dpa", "dpa_large") and r.get("read_cpu_s")) +
+           ". kernelcert's DPA is one compiled call (`voting.argmax_plurality_margin`): the argmax "
            "pass, compiled for the exact K and vectorised by LLVM over 8 models at a time, counts the votes in the "
            "same pass (never storing them), checks finiteness and computes the radii. Its steady-state cost is "
            + ", ".join(f"{r['ours_again_cpu_s'] / r['read_cpu_s']:.1f} reads at M = {r['models']}"
