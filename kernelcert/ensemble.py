@@ -20,8 +20,8 @@ import numpy.typing as npt
 
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe  # re-exported (one import path for users)
 from .voting import (
-    NO_ATTACK, AggregateResult, argmax_votes, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
-    radius_from_cost, row_blocks, vote_counts,
+    NO_ATTACK, AggregateResult, argmax_plurality_margin, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
+    plurality_margin, radius_from_cost, row_blocks, vote_counts,
 )
 
 __all__ = [
@@ -41,15 +41,17 @@ def dpa(votes: npt.ArrayLike, num_classes: int) -> AggregateResult:
     radius R = floor((n_p - max_{c != p}(n_c + [c < p])) / 2) >= 0 (int64).
     """
     v = check_votes(votes, num_classes)
-    return dpa_from_counts(vote_counts(v, int(num_classes)))
+    return _dpa(vote_counts(v, int(num_classes)))
 
 
-def dpa_from_scores(scores: npt.ArrayLike) -> AggregateResult:
+def dpa_from_scores(scores: npt.ArrayLike, *, counts_out: npt.NDArray[np.int64] | None = None) -> AggregateResult:
     """The DPA certificate of `dpa` straight from base-model scores (t, N_p, K): each model votes
-    for the first maximiser of its K scores (as `numpy.argmax`), and the votes are counted in the
-    same compiled pass over the scores (`voting.argmax_votes`), so the scores are read once."""
-    _, counts = argmax_votes(scores)
-    return dpa_from_counts(counts)
+    for the first maximiser of its K scores (as `numpy.argmax`); votes are counted and the
+    certificate computed in one compiled pass over the scores (`voting.argmax_plurality_margin`), which reads
+    every score once and never stores the votes. Same input rules and errors as
+    `voting.argmax_counts`. counts_out: an int64 array (t, K) that receives the vote counts."""
+    prediction, radius = argmax_plurality_margin(scores, counts_out)
+    return AggregateResult(prediction=prediction, radius=radius)
 
 
 def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
@@ -58,14 +60,13 @@ def dpa_from_counts(counts: npt.ArrayLike) -> AggregateResult:
     n = np.asarray(counts)
     if n.ndim != 2 or n.shape[1] < 2 or not np.issubdtype(n.dtype, np.integer) or (n.size and n.min() < 0):
         raise ValueError(f"counts must be non-negative integers of shape (t, K) with K >= 2, got {n.dtype} {n.shape}")
-    n = n.astype(np.int64, copy=False)
-    t, K = n.shape
-    p = plurality(n)
-    rows = np.arange(t)
-    rival = n + (np.arange(K)[None, :] < p[:, None])
-    rival[rows, p] = np.iinfo(np.int64).min
-    radius = (n[rows, p] - rival.max(axis=1)) // 2
-    return AggregateResult(prediction=p, radius=radius.astype(np.int64))
+    return _dpa(n)
+
+
+def _dpa(counts: np.ndarray) -> AggregateResult:
+    """DPA from checked vote counts (t, K >= 2), one compiled pass over them."""
+    prediction, radius = plurality_margin(counts)
+    return AggregateResult(prediction=prediction, radius=radius)
 
 
 # =========================================================================== EnsembleCert

@@ -8,8 +8,11 @@ imports nothing from kernelcert but `_validation`.
   kind of attack is impossible" (`radius_from_attack`, `radius_from_cost`).
 - `AggregateResult`: the one result type of every aggregation certificate.
 - `check_votes`, `vote_counts`, `plurality` (ties to the smaller class index), `row_blocks`.
-- `argmax_votes`: votes (and vote counts) straight from float scores (t, M, K), one compiled pass
-  that reads each score once (no float64 copy, no separate validation pass).
+- `argmax_votes`, `argmax_counts` (and their compiled core `argmax_pass`): votes and vote counts (or the counts alone) straight from float
+  scores (t, M, K), one compiled pass that reads each score once (no float64 copy, no separate
+  validation pass), vectorised over the models for K <= 16. `plurality_margin`: the plurality
+  winner and the DPA radius from vote counts, compiled; `argmax_plurality_margin`: both from the
+  scores in one compiled call (`ensemble.dpa_from_scores`).
 - `min_cost_gain12`: the multiple-choice knapsack with gains {0, 1, 2} (EnsembleCert and the
   white-box run-off election), solved exactly by a sort-based method; `knapsack_dp`, the general
   dynamic programme (any positive integer gains), serves as its oracle and for the other gains.
@@ -28,7 +31,9 @@ from numba import njit
 from ._validation import check_int
 
 __all__ = [
-    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "argmax_votes", "plurality",
+    "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "argmax_votes", "argmax_counts",
+    "argmax_pass", "scores_for_argmax", "SPECIALISED_MAX_CLASSES", "plurality", "plurality_margin",
+    "argmax_plurality_margin",
     "row_blocks",
     "radius_from_attack", "radius_from_cost", "min_cost_gain12", "knapsack_dp", "overtake_gains",
 ]
@@ -98,28 +103,108 @@ def vote_counts(votes: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]
     return out
 
 
-@njit(cache=True, nogil=True)
-def _argmax_count_kernel(s, votes, counts):  # pragma: no cover - compiled (numba); tested through argmax_votes
-    """votes[i, m] = first maximiser of s[i, m, :], counts[i, c] += 1 per vote; True if a score is NaN
-    or infinite. Branch-free inner loop (conditional moves), so the pass runs near the speed of
-    reading s."""
-    t, M, K = s.shape
-    nan = False
-    for i in range(t):
-        for m in range(M):
-            best = s[i, m, 0]
+SPECIALISED_MAX_CLASSES = 16  # up to this K the argmax pass is compiled for the exact K (see `argmax_pass`)
+
+
+ARGMAX_CHUNK_MODELS = 4096  # models per chunk of the argmax pass when the votes are not kept (see `argmax_pass`)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def argmax_pass(s, K, votes, counts):  # pragma: no cover - compiled (numba); tested through argmax_votes
+    """votes = first maximiser of each s[i, m, :] (s C-contiguous (t, M, K)), counts[i, c] += 1 per
+    vote (counts start at zero); returns True if a score is NaN or infinite.
+
+    votes is (t, M) (all votes kept) or a buffer (1, R * M) reused for chunks of R test points. The
+    models of consecutive test points are contiguous, so each chunk is one loop over its R * M
+    models (no per-test-point loop tail), branch-free (selects) over each model's K scores with the
+    finiteness check in the same loop: with K a compile-time constant, LLVM vectorises it over
+    models (8 per AVX2 register). The votes are then counted per test point in 4 counter banks
+    (consecutive votes for one class do not wait on each other)."""
+    t, M = s.shape[0], s.shape[1]
+    flat = s.reshape(t * M * K)
+    keep = votes.shape[0] == t and votes.shape[1] == M
+    rows = t if keep else max(1, votes.shape[1] // M)
+    vflat = votes.reshape(votes.shape[0] * votes.shape[1])
+    bad = False
+    bank = np.zeros((4, K), np.int64)
+    for r0 in range(0, t, rows):
+        r1 = min(t, r0 + rows)
+        n = (r1 - r0) * M  # models in the chunk
+        chunk = flat[r0 * M * K:r1 * M * K]
+        vc = vflat[r0 * M:r1 * M] if keep else vflat[:n]
+        for j in range(n):
+            b = j * K
+            best = chunk[b]
             arg = 0
-            bad = not (best - best == 0)  # NaN or +-inf
+            nonfinite = not (best - best == 0)  # NaN or +-inf
             for c in range(1, K):
-                x = s[i, m, c]
+                x = chunk[b + c]
                 gt = x > best
                 arg = c if gt else arg
                 best = x if gt else best
-                bad |= not (x - x == 0)
-            nan |= bad
-            votes[i, m] = arg
-            counts[i, arg] += 1
-    return nan
+                nonfinite |= not (x - x == 0)
+            bad |= nonfinite
+            vc[j] = arg
+        for i in range(r1 - r0):
+            bank[:] = 0
+            vr = vc[i * M:(i + 1) * M]
+            m = 0
+            while m + 4 <= M:
+                bank[0, vr[m]] += 1
+                bank[1, vr[m + 1]] += 1
+                bank[2, vr[m + 2]] += 1
+                bank[3, vr[m + 3]] += 1
+                m += 4
+            for m in range(m, M):
+                bank[0, vr[m]] += 1
+            for c in range(K):
+                counts[r0 + i, c] += bank[0, c] + bank[1, c] + bank[2, c] + bank[3, c]
+    return bad
+
+
+def _vote_buffer(t: int, M: int) -> np.ndarray:
+    """The reusable vote buffer (1, R * M) int32 of `argmax_pass` when the votes are not kept."""
+    rows = max(1, min(t, ARGMAX_CHUNK_MODELS // M))
+    return np.empty((1, rows * M), np.int32)
+
+
+@njit(cache=True, nogil=True)
+def _argmax_count_fixed(s, classes, votes, counts):  # pragma: no cover - compiled (numba)
+    """`argmax_pass` compiled per K = len(classes) (a tuple of K zeros: its length is part of the type)."""
+    return argmax_pass(s, len(classes), votes, counts)
+
+
+@njit(cache=True, nogil=True)
+def _argmax_count_kernel(s, votes, counts):  # pragma: no cover - compiled (numba)
+    """`argmax_pass` for any K (read from the array; not vectorised over models)."""
+    return argmax_pass(s, s.shape[2], votes, counts)
+
+
+def scores_for_argmax(scores: npt.ArrayLike) -> np.ndarray:
+    """The input rules of `argmax_votes`: scores (t, M, K) as a C-contiguous native float32/float64 array, without a copy when it already is one."""
+    s = np.asarray(scores)
+    if s.ndim != 3:
+        raise ValueError(f"scores must have shape (t, M, K), got {s.shape}")
+    if s.shape[1] < 1 or s.shape[2] < 2:
+        raise ValueError(f"scores need at least one model and two classes, got shape {s.shape}")
+    if s.dtype.kind != "f" or s.dtype.itemsize not in (4, 8):
+        if s.dtype.kind not in "iuf" or s.dtype == bool:
+            raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+        s = s.astype(np.float64)
+    if not s.dtype.isnative:
+        s = s.astype(s.dtype.newbyteorder("="))
+    return np.ascontiguousarray(s)
+
+
+def _argmax_into(s: np.ndarray, votes: np.ndarray, counts: np.ndarray) -> None:
+    """Run the compiled argmax pass of `s` (from `scores_for_argmax`) into votes and counts (zeros)."""
+    K = s.shape[2]
+    if not s.shape[0]:
+        return
+    bad = (_argmax_count_fixed(s, (0,) * K, votes, counts) if K <= SPECIALISED_MAX_CLASSES
+           else _argmax_count_kernel(s, votes, counts))
+    if bad:
+        raise ValueError("scores contain NaN or infinite values")
 
 
 def argmax_votes(scores: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -132,23 +217,99 @@ def argmax_votes(scores: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDAr
     is part of the same pass. ValueError if the shape is not (t, M, K) with M >= 1 and K >= 2, or
     if a score is NaN or infinite.
     """
-    s = np.asarray(scores)
-    if s.ndim != 3:
-        raise ValueError(f"scores must have shape (t, M, K), got {s.shape}")
-    if s.shape[1] < 1 or s.shape[2] < 2:
-        raise ValueError(f"scores need at least one model and two classes, got shape {s.shape}")
-    if s.dtype.kind != "f" or s.dtype.itemsize not in (4, 8):
-        if s.dtype.kind not in "iuf" or s.dtype == bool:
-            raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
-        s = s.astype(np.float64)
-    s = np.ascontiguousarray(s)
-    if not s.dtype.isnative:
-        s = s.astype(s.dtype.newbyteorder("="))
+    s = scores_for_argmax(scores)
     votes = np.empty(s.shape[:2], np.int64)
     counts = np.zeros((s.shape[0], s.shape[2]), np.int64)
-    if s.shape[0] and _argmax_count_kernel(s, votes, counts):
-        raise ValueError("scores contain NaN or infinite values")
+    _argmax_into(s, votes, counts)
     return votes, counts
+
+
+def argmax_counts(scores: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """The vote counts (t, K) int64 of `argmax_votes` alone: the votes are never stored (one row of
+    M votes is reused), so the pass only reads the scores. Same input rules and errors."""
+    s = scores_for_argmax(scores)
+    counts = np.zeros((s.shape[0], s.shape[2]), np.int64)
+    _argmax_into(s, _vote_buffer(s.shape[0], s.shape[1]), counts)
+    return counts
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _plurality_margin_pass(n, prediction, radius):  # pragma: no cover - compiled (numba); tested through dpa
+    """prediction[i] = p = first maximiser of n[i] (plurality, ties to the smaller index) and
+    radius[i] = (n_p - max_{c != p}(n_c + [c < p])) // 2, the DPA radius (>= 0: n_c < n_p for c < p)."""
+    t, K = n.shape
+    for i in range(t):
+        p = 0
+        top = n[i, 0]
+        for c in range(1, K):
+            if n[i, c] > top:
+                p = c
+                top = n[i, c]
+        rival = np.iinfo(np.int64).min
+        for c in range(K):
+            if c != p:
+                rival = max(rival, n[i, c] + (1 if c < p else 0))
+        prediction[i] = p
+        radius[i] = (top - rival) // 2
+
+
+@njit(cache=True, nogil=True)
+def _plurality_margin_kernel(n, prediction, radius):  # pragma: no cover - compiled (numba)
+    _plurality_margin_pass(n, prediction, radius)
+
+
+@njit(cache=True, nogil=True)
+def _argmax_margin_fixed(s, classes, buf, counts, prediction, radius):  # pragma: no cover - compiled (numba)
+    """`argmax_pass` compiled for K = len(classes), then `_plurality_margin_pass`: one compiled call
+    (one load from numba's on-disk cache on a first call). True if a score is NaN or infinite."""
+    if argmax_pass(s, len(classes), buf, counts):
+        return True
+    _plurality_margin_pass(counts, prediction, radius)
+    return False
+
+
+@njit(cache=True, nogil=True)
+def _argmax_margin_any(s, buf, counts, prediction, radius):  # pragma: no cover - compiled (numba)
+    """`_argmax_margin_fixed` for any K (read from the array)."""
+    if argmax_pass(s, s.shape[2], buf, counts):
+        return True
+    _plurality_margin_pass(counts, prediction, radius)
+    return False
+
+
+def plurality_margin(counts: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(prediction, radius) (t,) int64 from vote counts (t, K >= 2), non-negative integers (not
+    checked): the plurality winner p (ties to the smaller index) and the DPA radius
+    (n_p - max_{c != p}(n_c + [c < p])) // 2 (docs/math.md §4), in one compiled pass."""
+    n = np.ascontiguousarray(counts, dtype=np.int64)
+    prediction = np.empty(len(n), np.int64)
+    radius = np.empty(len(n), np.int64)
+    _plurality_margin_kernel(n, prediction, radius)
+    return prediction, radius
+
+
+def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.int64] | None = None
+                            ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """`plurality_margin` of `argmax_counts(scores)` in one compiled call: the scores are read
+    once, the votes never stored. Same input rules and errors as `argmax_votes`. counts_out: an
+    int64 C-contiguous array (t, K) that receives the vote counts."""
+    s = scores_for_argmax(scores)
+    t, M, K = s.shape
+    if counts_out is None:
+        counts = np.zeros((t, K), np.int64)
+    elif counts_out.shape != (t, K) or counts_out.dtype != np.int64 or not counts_out.flags.c_contiguous:
+        raise ValueError(f"counts_out must be a C-contiguous int64 array of shape {(t, K)}, got {counts_out.dtype} "
+                         f"{counts_out.shape}")
+    else:
+        counts = counts_out
+        counts[:] = 0
+    prediction = np.empty(t, np.int64)
+    radius = np.empty(t, np.int64)
+    buf = _vote_buffer(t, M)
+    if t and (_argmax_margin_fixed(s, (0,) * K, buf, counts, prediction, radius) if K <= SPECIALISED_MAX_CLASSES
+              else _argmax_margin_any(s, buf, counts, prediction, radius)):
+        raise ValueError("scores contain NaN or infinite values")
+    return prediction, radius
 
 
 def plurality(counts: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:

@@ -11,7 +11,7 @@ from kernelcert.ensemble import (
     NO_ATTACK, AggregateResult, EnsembleBounds, dpa, dpa_from_scores, ensemblecert, ensemblecert_bounds,
     min_cost_gain12, plurality, vote_counts,
 )
-from kernelcert.voting import argmax_votes, knapsack_dp
+from kernelcert.voting import argmax_counts, argmax_votes, knapsack_dp, plurality_margin
 
 METHODS = ("dp", "sorted")
 
@@ -418,3 +418,52 @@ def test_dpa_from_scores_equals_dpa_of_argmax(M, K, seed):
     a, b = dpa_from_scores(s), dpa(s.argmax(2), K)
     np.testing.assert_array_equal(a.prediction, b.prediction)
     np.testing.assert_array_equal(a.radius, b.radius)
+
+
+@pytest.mark.parametrize("K", [2, 3, 8, 10, 16, 17, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_argmax_pass_every_k_and_model_count(K, dtype):
+    """K <= 16 runs the pass compiled for that K (vectorised over models, with a scalar tail for the
+    last M mod 8 models), K > 16 the generic one; both against numpy's argmax on tied scores, and
+    the counts-only, DPA-fused and vote-storing entry points against each other."""
+    rng = np.random.default_rng(K)
+    for M in (1, 7, 8, 9, 33):
+        s = rng.integers(-2, 3, (13, M, K)).astype(dtype)  # few values: many exact ties
+        want = s.argmax(2)
+        votes, counts = argmax_votes(s)
+        np.testing.assert_array_equal(votes, want)
+        np.testing.assert_array_equal(counts, vote_counts(want, K))
+        np.testing.assert_array_equal(argmax_counts(s), counts)
+        out = np.full((13, K), 7, np.int64)
+        a, b = dpa_from_scores(s, counts_out=out), dpa(want, K)
+        np.testing.assert_array_equal(out, counts)
+        np.testing.assert_array_equal(a.prediction, b.prediction)
+        np.testing.assert_array_equal(a.radius, b.radius)
+
+
+@pytest.mark.parametrize("K", [3, 10, 20])
+def test_fused_dpa_rejects_non_finite_anywhere(K):
+    rng = np.random.default_rng(0)
+    for bad in (np.nan, np.inf, -np.inf):
+        for _ in range(5):
+            s = rng.normal(size=(4, 11, K)).astype(np.float32)
+            s[tuple(rng.integers(0, n) for n in s.shape)] = bad
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                dpa_from_scores(s)
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                argmax_counts(s)
+
+
+def test_plurality_margin_against_formula_and_counts_out_errors():
+    rng = np.random.default_rng(3)
+    n = rng.integers(0, 6, (200, 5))
+    p, r = plurality_margin(n)
+    np.testing.assert_array_equal(p, n.argmax(1))
+    for i in range(len(n)):
+        rival = max(n[i, c] + (c < p[i]) for c in range(5) if c != p[i])
+        assert r[i] == (n[i, p[i]] - rival) // 2
+    s = np.zeros((3, 2, 4), np.float32)
+    for bad in (np.zeros((3, 4), np.int32), np.zeros((3, 3), np.int64), np.zeros((4, 3), np.int64)[::2]):
+        with pytest.raises(ValueError, match="counts_out"):
+            dpa_from_scores(s, counts_out=bad)
+    assert dpa_from_scores(np.zeros((0, 2, 4))).radius.shape == (0,)
