@@ -438,7 +438,7 @@ def test_exhaustive_retraining_fresh_equals_brute_force(K):
     the attack it returns equal retraining every relabelling one by one (`brute_force_retrain`)."""
     rng = np.random.default_rng([SEED, 30 + K])
     n = 9 if K == 2 else 7
-    Kt, Kx, y = _fresh_svm_problem(rng, n, K, 3, False)
+    Kt, Kx, y = _fresh_svm_problem(rng, n, K, 16, False)  # many test points: many minimal attacks to miss
     C = float(rng.uniform(2, 10)) * KernelSVM().fit(Kt, y, K).C_max
     retrain = exact._Retrainer(Kt, y, K, C)
     assert retrain.usable
@@ -452,3 +452,15 @@ def test_exhaustive_retraining_fresh_equals_brute_force(K):
             assert excluded == bf.radius[i], SEED
             assert (attack != y).sum() == bf.radius[i] + 1, SEED
             assert KernelSVM(C).fit(Kt, attack, K).predict(Kx[i:i + 1])[0] != p, SEED
+            # and it is the first attack of that size in the documented order (none skipped)
+            first = None
+            for idx in itertools.combinations(range(n), excluded + 1):
+                for targets in itertools.product(*[[c for c in range(K) if c != y[j]] for j in idx]):
+                    lab = y.copy()
+                    lab[list(idx)] = targets
+                    if KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0] != p:
+                        first = lab
+                        break
+                if first is not None:
+                    break
+            np.testing.assert_array_equal(attack, first, err_msg=f"seed {SEED}")
