@@ -1,5 +1,10 @@
-"""Exact oracles against each other: enumeration, retraining, the class-cost MILP and the LabelCert MILP."""
+"""Exact oracles against each other: enumeration, retraining, the class-cost MILP and the LabelCert MILP.
+
+The LabelCert tests marked "fresh" draw a new seed on every run (set KERNELCERT_SOUNDNESS_SEED to
+replay one); the seed is printed and named in their failure messages."""
 import itertools
+import os
+import secrets
 
 import numpy as np
 import pytest
@@ -15,6 +20,9 @@ from kernelcert.exact import (
 )
 from kernelcert.learners import KernelRegression, KernelSVM
 from problems import rbf_gram, rbf_problem
+
+SEED = int(os.environ.get("KERNELCERT_SOUNDNESS_SEED", secrets.randbits(32)))
+print(f"test_exact seed: {SEED} (replay with KERNELCERT_SOUNDNESS_SEED={SEED})")
 
 
 def naive_enumeration(w, y, K, max_flips=None):
@@ -327,3 +335,132 @@ def test_labelcert_input_errors():
     res = labelcert_svm_milp(Kt, y, Kx, 1.0, 2, max_flips=0)
     np.testing.assert_array_equal(res.radius, [0, 0])
     assert isinstance(brute_force_certificate(Kx, y, 2), BruteForceResult)
+
+
+# --------------------------------------------------------------------------- fast retraining (fresh seeds)
+def _box_qp_reference(H, rng):
+    """The optimum of min (1/2) b'Hb - 1'b on [0, 1]^n by `learners._polish_box_qp` from an
+    interior-point start (cvxpy/Clarabel through `solve_svm_dual` on a factor of H)."""
+    from kernelcert.learners import _kkt_residual
+
+    L = np.linalg.cholesky(H)
+    b = exact.solve_svm_dual(L @ L.T, np.ones(len(H)), 1.0)  # H = L L': the dual of that Gram at C = 1
+    assert _kkt_residual(H, b) < 1e-7
+    return b
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_batch_box_qp_finds_the_unique_optimum_from_any_start(case):
+    """Fresh random positive definite problems (some nearly singular), starts at the optimum of a
+    neighbouring problem, at random vertices and at random interior points: every converged row is
+    the optimum (KKT residual below 1e-9 relative, equal to the interior-point solution)."""
+    rng = np.random.default_rng([SEED, case])
+    m, n = 12, int(rng.integers(3, 25))
+    A = rng.normal(size=(m, n, n))
+    scale = 10.0 ** rng.uniform(-3, 1, (m, 1, 1))
+    H = scale * (A @ A.transpose(0, 2, 1) / n + 10.0 ** rng.uniform(-6, 0, (m, 1, 1)) * np.eye(n))
+    starts = np.concatenate([rng.integers(0, 2, (m // 3, n)).astype(float), rng.random((m // 3, n)),
+                             np.clip(rng.normal(0.5, 1.0, (m - 2 * (m // 3), n)), 0, 1)])
+    b, done = exact._batch_box_qp(H, starts)
+    assert done.mean() >= 0.75, f"seed {SEED}: only {done.sum()}/{m} converged"
+    for r in np.flatnonzero(done):
+        ref = _box_qp_reference(H[r], rng)
+        grad = H[r] @ b[r] - 1.0
+        assert np.max(np.abs(b[r] - np.clip(b[r] - grad, 0, 1))) <= 1e-8 * (1 + np.abs(H[r]).sum(1).max()), SEED
+        np.testing.assert_allclose(b[r], ref, atol=1e-5, err_msg=f"seed {SEED}")
+
+
+def _fresh_svm_problem(rng, n, K, t, duplicates):
+    Kt, Kx, y = cluster_problem(n, t, K, int(rng.integers(2**31)), float(rng.choice([0.1, 0.3, 1.0])))
+    if duplicates:  # repeat two samples with their labels: a singular Gram (the MILP runs) and symmetric pairs
+        idx = np.concatenate([np.arange(n), rng.choice(n, 2, replace=False)])
+        Kt, Kx, y = Kt[np.ix_(idx, idx)], Kx[:, idx], y[idx]
+    return Kt, Kx, y
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_retrain_many_verdicts_do_not_depend_on_the_starts(K):
+    """Fresh relabellings retrained in one batch from the clean duals, from random starts and one by
+    one (`decide`): the same verdicts, and margins within the certified error bounds."""
+    rng = np.random.default_rng([SEED, 10 + K])
+    Kt, Kx, y = _fresh_svm_problem(rng, 12, K, 2, False)
+    C = float(rng.uniform(2, 10)) * KernelSVM().fit(Kt, y, K).C_max
+    retrain = exact._Retrainer(Kt, y, K, C)
+    assert retrain.usable
+    labs = np.repeat(y[None], 40, axis=0)
+    for r in range(40):
+        flip = rng.choice(len(y), int(rng.integers(1, 5)), replace=False)
+        labs[r, flip] = (labs[r, flip] + rng.integers(1, K, len(flip))) % K
+    p = int(KernelSVM(C).fit(Kt, y, K).predict(Kx[:1])[0])
+    v1, g1, d1 = retrain.retrain_many(labs, Kx[0], p)
+    v2, g2, _ = retrain.retrain_many(labs, Kx[0], p, rng.random(d1.shape))
+    np.testing.assert_array_equal(v1, v2, err_msg=f"seed {SEED}")
+    np.testing.assert_allclose(g1, g2, atol=1e-6 * C * np.abs(Kx[0]).sum(), err_msg=f"seed {SEED}")
+    for r in range(40):
+        assert retrain.decide(labs[r], Kx[0], p) == v1[r], SEED
+        ref = KernelSVM(C).fit(Kt, labs[r], K).decision_function(Kx[:1])[0]
+        if v1[r] == 1:  # clearly kept: retraining agrees
+            assert int(np.argmax(ref)) == p, SEED
+        elif v1[r] == -1:
+            assert int(np.argmax(ref)) != p, SEED
+
+
+@pytest.mark.parametrize("K,duplicates", [(2, False), (3, False), (2, True)])
+def test_labelcert_fresh_problems_equal_brute_force_retraining(K, duplicates):
+    """Fresh random problems above and below C_max (and with duplicated samples): the radii equal
+    retraining the SVM on every relabelling within the budget, every point is exact, every attack
+    re-verifies, and below C_max the radius equals the label-linear certificate's."""
+    from kernelcert.certificates import certify
+
+    rng = np.random.default_rng([SEED, 20 + K, duplicates])
+    n = 7 if K == 2 else 6
+    Kt, Kx, y = _fresh_svm_problem(rng, n, K, 3, duplicates)
+    budget = 3
+    for factor in (0.5, float(rng.uniform(1.5, 4.0)), float(rng.uniform(4.0, 20.0))):
+        C = factor * KernelSVM().fit(Kt, y, K).C_max
+        lc = labelcert_svm_milp(Kt, y, Kx, C, K, max_flips=budget)
+        bf = _svm_oracle(Kt, Kx, y, K, C, budget)
+        msg = f"seed {SEED}, K={K}, duplicates={duplicates}, C = {factor:.3f} C_max"
+        np.testing.assert_array_equal(lc.prediction, bf.prediction, err_msg=msg)
+        np.testing.assert_array_equal(lc.radius, bf.radius, err_msg=msg)
+        assert lc.exact.all(), msg
+        if factor <= 1:
+            np.testing.assert_array_equal(np.minimum(certify(Kx, y, K).radius, budget), lc.radius, err_msg=msg)
+        for i, lab in enumerate(lc.attacks):
+            if lab is not None:
+                assert (lab != y).sum() == lc.radius_upper[i] + 1, msg
+                assert KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0] != lc.prediction[i], msg
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_exhaustive_retraining_fresh_equals_brute_force(K):
+    """The batched, warm-started enumeration on fresh problems above C_max: the sizes it excludes and
+    the attack it returns equal retraining every relabelling one by one (`brute_force_retrain`)."""
+    rng = np.random.default_rng([SEED, 30 + K])
+    n = 9 if K == 2 else 7
+    Kt, Kx, y = _fresh_svm_problem(rng, n, K, 16, False)  # many test points: many minimal attacks to miss
+    C = float(rng.uniform(2, 10)) * KernelSVM().fit(Kt, y, K).C_max
+    retrain = exact._Retrainer(Kt, y, K, C)
+    assert retrain.usable
+    bf = _svm_oracle(Kt, Kx, y, K, C, 4)
+    for i in range(len(Kx)):
+        p = int(bf.prediction[i])
+        excluded, attack = exact._exhaustive_small_attacks(retrain, y, Kx[i], p, 4, 10**6)
+        if attack is None:  # a near tie stops the search: it then proves less, never more
+            assert excluded <= bf.radius[i], SEED
+        else:
+            assert excluded == bf.radius[i], SEED
+            assert (attack != y).sum() == bf.radius[i] + 1, SEED
+            assert KernelSVM(C).fit(Kt, attack, K).predict(Kx[i:i + 1])[0] != p, SEED
+            # and it is the first attack of that size in the documented order (none skipped)
+            first = None
+            for idx in itertools.combinations(range(n), excluded + 1):
+                for targets in itertools.product(*[[c for c in range(K) if c != y[j]] for j in idx]):
+                    lab = y.copy()
+                    lab[list(idx)] = targets
+                    if KernelSVM(C).fit(Kt, lab, K).predict(Kx[i:i + 1])[0] != p:
+                        first = lab
+                        break
+                if first is not None:
+                    break
+            np.testing.assert_array_equal(attack, first, err_msg=f"seed {SEED}")
