@@ -150,7 +150,6 @@ def _cheapest_attack(v, A, K, n, p, votes_p, cheapest_other, solver) -> np.ndarr
     most 2. A skipped class costs >= the minimum, so the minimum is the same, and each row's
     knapsack value depends on that row alone (the solvers are row-wise)."""
     B = len(v)
-    rows = np.arange(B)
     rival = np.where(np.arange(K)[None, :] == p[:, None], -1, n)
     runner = np.argmax(rival, axis=1)
     best = np.full(B, np.inf)

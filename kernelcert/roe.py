@@ -30,7 +30,6 @@ from numpy.typing import ArrayLike
 
 from ._validation import as_float_array, check_index_array, check_labels
 from .evidence import FlipCounts, build_evidence, stack_evidence
-from .partition import fa_reach
 from .voting import (
     NO_ATTACK, AggregateResult, check_votes, knapsack_dp, knapsack_solver, overtake_gains, radius_from_attack,
     row_blocks, vote_counts,
