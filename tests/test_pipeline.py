@@ -19,6 +19,7 @@ from hypothesis import given, settings, strategies as st
 
 from kernelcert import pipeline
 from kernelcert.pipeline import store
+from kernelcert.arrayfiles import read_npy_header
 from kernelcert.certificates import certify
 from kernelcert.data import synthetic
 from kernelcert.evidence import Evidence
@@ -532,7 +533,7 @@ def test_npy_headers_are_read_as_numpy_reads_them(descr, shape, fortran):
     buf = io.BytesIO()
     np.lib.format.write_array(buf, a)
     buf.seek(0)
-    got = store._read_npy_header(buf)
+    got = read_npy_header(buf)
     at = buf.tell()
     buf.seek(0)
     version = np.lib.format.read_magic(buf)

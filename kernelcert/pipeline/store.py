@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 import struct
 import uuid
 import zipfile
@@ -34,6 +33,7 @@ import numpy.typing as npt
 
 from numba import njit
 
+from ..arrayfiles import read_npz_member_header
 from ..evidence import FIELD_LEVEL, LEVELS, Evidence, FlipCounts
 from ..integrity import Check, check_layout, digest_map, verify_digests
 from ..provenance import Provenance
@@ -208,31 +208,6 @@ def put_evidence(arrays: dict[str, np.ndarray], learner: int, rows: slice, ev: E
             arrays[key][rows] = value
 
 
-# the header `np.lib.format` writes for a plain dtype: {'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }
-_NPY_HEADER = re.compile(r"\{'descr': '([<>|=][a-zA-Z][0-9]*)', 'fortran_order': (False|True), "
-                         r"'shape': \(((?:[0-9]+, ?)*[0-9]*)\), \} *\n")
-
-
-def _read_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """(shape, fortran_order, dtype) of the .npy header at f's position, leaving f at the data.
-    Headers of plain dtypes (all a unit holds) are parsed directly; anything else goes through
-    `np.lib.format`'s own reader (a literal_eval per header, about 60 us)."""
-    start = f.tell()
-    magic = f.read(8)
-    if magic[:6] == b"\x93NUMPY" and magic[6:8] == b"\x01\x00":
-        (size,) = struct.unpack("<H", f.read(2))
-        header = f.read(size)
-        m = _NPY_HEADER.fullmatch(header.decode("latin1"))
-        if m is not None and len(header) == size:
-            shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
-            return shape, m.group(2) == "True", np.dtype(m.group(1))
-    f.seek(start)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    return np.lib.format.read_array_header_2_0(f)
-
-
 class UnitFile:
     """Random row access to the arrays of an uncompressed `.npz` without loading whole members.
 
@@ -249,18 +224,12 @@ class UnitFile:
                     continue
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise ValueError(f"{self.path}: member {info.filename} is compressed; expected np.savez output")
-                f.seek(info.header_offset)
-                local = f.read(30)
-                if local[:4] != b"PK\x03\x04":
-                    raise ValueError(f"{self.path}: corrupt zip member header for {info.filename}")
-                name_len, extra_len = struct.unpack("<HH", local[26:30])
-                f.seek(info.header_offset + 30 + name_len + extra_len)
-                shape, fortran, dtype = _read_npy_header(f)
-                if fortran and len(shape) > 1:
+                member = read_npz_member_header(f, info, f"{self.path}: member {info.filename}")
+                if member.fortran_order and len(member.shape) > 1:
                     raise ValueError(f"{self.path}: member {info.filename} is Fortran-ordered")
-                if dtype.hasobject:
+                if member.dtype.hasobject:
                     raise ValueError(f"{self.path}: member {info.filename} holds Python objects")
-                self._index[info.filename[:-4]] = (f.tell(), dtype, tuple(shape))
+                self._index[info.filename[:-4]] = (member.offset, member.dtype, member.shape)
 
     def __contains__(self, name: object) -> bool:
         return name in self._index
