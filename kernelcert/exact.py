@@ -768,10 +768,17 @@ class _Retrainer:
 
         Returns verdicts (B,) int64 (+1, -1, 0 as in `decide`, _UNSOLVED where no certified solve
         exists), f_p - max_{c != p} f_c (B,) (inf where unsolved) and the scaled duals (B, problems, n)."""
+        verdict, low, b, _ = self.retrain_many_bounded(labels, kx, p, starts)
+        return verdict, low, b
+
+    def retrain_many_bounded(self, labels: np.ndarray, kx: np.ndarray, p: int, starts: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`retrain_many` plus (B,) proven lower bounds on f_p - max_{c != p} f_c of the exact retrained
+        SVM (the computed margin minus its certified error; -inf where unsolved)."""
         B, n, P = labels.shape[0], self.n, self.problems
         signs = np.where(labels[:, None, :] == np.arange(P)[None, :, None], 1.0, -1.0)  # (B, P, n)
         if not self.usable:
-            return np.full(B, _UNSOLVED, np.int64), np.full(B, np.inf), np.ones((B, P, n))
+            return np.full(B, _UNSOLVED, np.int64), np.full(B, np.inf), np.ones((B, P, n)), np.full(B, -np.inf)
         s = signs.reshape(B * P, n)
         H = self.C * (s[:, :, None] * self.Kt[None, :, :] * s[:, None, :])
         H = 0.5 * (H + H.transpose(0, 2, 1))
@@ -796,43 +803,99 @@ class _Retrainer:
         certified = ok.reshape(B, P).all(axis=1)
         verdict[~certified] = _UNSOLVED
         low[~certified] = np.inf
-        return verdict, low, b
+        proven = np.where(certified, low - tol[:, 0], -np.inf)
+        return verdict, low, b, proven
 
 
-def _count_attacks(n: int, K: int, size: int) -> int:
-    return math.comb(n, size) * (K - 1) ** size
+def _flip_bounds(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int) -> np.ndarray | None:
+    """Per-sample bounds G (n,) of the stability bound (docs/math.md §7.4): for ANY labelling y' whose
+    labels on a set T of samples still equal y, the exact SVMs trained on y' and on y' with the labels
+    of T changed (to any classes) have margins f_p - max_{c != p} f_c at x that differ by at most
+    sum_{j in T} G_j. None when K_train is not certified positive definite.
+
+    With Pphi_x the projection of the test point's feature onto the span of the training features
+    (||Pphi_x||^2 = kx' K^-1 kx, bounded from above here with the residual of the solve and the
+    certified smallest eigenvalue), G_j = 2C (sqrt(K_jj) ||Pphi_x|| + s y_j K(x, x_j)) for K = 2
+    (s = +1 when p = 0, y_j = +1 when y_j is class 0), 2C (sqrt(K_jj) ||Pphi_x|| + |K(x, x_j)|) for
+    K > 2; inflated by 1e-9 relative for rounding."""
+    if not retrain.usable or retrain.mu <= 0:
+        return None
+    Kt, C, n = retrain.Kt, retrain.C, retrain.n
+    lam = retrain.mu / C  # certified lower bound on the smallest eigenvalue of K_train
+    eps = np.finfo(np.float64).eps
+    z = np.linalg.solve(Kt, kx)
+    Kz = Kt @ z
+    # |true residual K z - kx| <= |computed| + rounding of the product and the difference
+    res = np.abs(Kz - kx) + (n + 2) * eps * (np.abs(Kt) @ np.abs(z) + np.abs(kx))
+    # kx' K^-1 kx = z'Kz - 2 z'r + r'K^-1 r for r = K z - kx exactly
+    quad = float(z @ Kz) + 2.0 * float(np.abs(z) @ res) + float(res @ res) / lam
+    quad += 4 * (n + 2) * eps * float(np.abs(z) @ (np.abs(Kt) @ np.abs(z)))
+    px = math.sqrt(max(quad, 0.0))
+    diag = np.sqrt(np.maximum(np.diag(Kt), 0.0))
+    if retrain.K == 2:
+        s = 1.0 if p == 0 else -1.0
+        lin = s * np.where(y == 0, 1.0, -1.0) * kx
+    else:
+        lin = np.abs(kx)
+    return np.maximum(2.0 * C * (diag * px + lin), 0.0) * (1.0 + 1e-9) + 1e-12 * C * float(np.abs(kx).sum()) / n
 
 
 def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int, max_size: int,
-                              limit: int) -> tuple[int, np.ndarray | None]:
-    """Every relabelling of 1, 2, ... samples, in that order, retrained (`_Retrainer.retrain_many`)
-    while the number of relabellings tried stays within `limit`. Returns (s, attack): no relabelling
-    of at most s samples changes the prediction (each was decided clearly), and attack, a
-    relabelling of s + 1 samples that clearly changes it (None if the search stopped first: limit,
-    max_size, a near tie, or a solve without a certified optimum). The answer is that of retraining
-    the relabellings one by one in order (sizes ascending, then `itertools.combinations` order, then
-    target classes); they are retrained in batches, each warm-started from the duals of the
-    relabelling of its first s - 1 flips (kept from the previous size while the next size fits the
-    limit and the duals fit _KEPT_DUALS floats; otherwise from the clean labels' duals); the verdicts
-    do not depend on the starts."""
-    n, K = len(y), retrain.K
-    tried = 0
-    parents: dict[tuple, int] = {}
-    parent_duals = retrain.start[None]
-    step = retrain.batch_size()
-    for size in range(1, max_size + 1):
-        tried += _count_attacks(n, K, size)
-        if tried > limit:
-            return size - 1, None
-        keep = (size < max_size and tried + _count_attacks(n, K, size + 1) <= limit
-                and _count_attacks(n, K, size) * retrain.problems * n <= _KEPT_DUALS)
-        children: dict[tuple, int] = {}
-        child_duals: list[np.ndarray] = []
+                              limit: int, prune: bool = True) -> tuple[int, np.ndarray | None]:
+    """Every relabelling of 1, 2, ... samples, size by size, retrained (`_Retrainer.retrain_many`)
+    unless the stability bound (`_flip_bounds`, docs/math.md §7.4) proves it harmless, while the
+    number of relabellings retrained stays within `limit`. Returns (s, attack): no relabelling of at
+    most s samples changes the prediction (each was decided clearly or lies in a pruned subtree), and
+    attack, a relabelling of s + 1 samples that clearly changes it (None if the search stopped first:
+    limit, max_size, a near tie, or a solve without a certified optimum).
 
-        def relabellings() -> Iterator[tuple[tuple, tuple]]:
-            for idx in itertools.combinations(range(n), size):
-                yield from ((idx, targets) for targets in
-                            itertools.product(*[[c for c in range(K) if c != y[j]] for j in idx]))
+    Branch and bound over flip sets: samples are ordered by decreasing bound G_j; a relabelling of
+    the samples at positions q_1 < ... < q_s is extended by samples after q_s only. When its proven
+    margin (retrained, minus the certified error) exceeds the sum of the next max_size - s bounds
+    (the largest of the samples it may still add), no extension within max_size can change the
+    prediction, and its subtree is pruned. Every flip set of at most max_size samples is a chain of
+    such extensions, so each is retrained or covered by a pruned ancestor. prune=False (or no
+    certified bound) retrains every relabelling in `itertools.combinations` order, then target
+    classes. Children are warm-started from their parent's duals (kept while they fit _KEPT_DUALS
+    floats); the verdicts do not depend on the starts."""
+    n, K = len(y), retrain.K
+    G = _flip_bounds(retrain, y, kx, p) if prune else None
+    if G is None:
+        order = np.arange(n)
+        csum = None
+    else:
+        order = np.argsort(-G, kind="stable")
+        csum = np.concatenate([[0.0], np.cumsum(G[order])])
+    step = retrain.batch_size()
+    tried = 0
+    # survivors of the previous size: (positions in `order`, target classes, index into duals)
+    level: list[tuple[tuple[int, ...], tuple[int, ...], int]] = [((), (), 0)]
+    level_duals = retrain.start[None]
+    for size in range(1, max_size + 1):
+        count = sum((n - 1 - (pos[-1] if pos else -1)) for pos, _, _ in level) * (K - 1)
+        if count == 0:
+            return max_size, None
+        if tried + count > limit:
+            return size - 1, None
+        tried += count
+        rem = max_size - size
+        keep = rem > 0 and count * retrain.problems * n <= _KEPT_DUALS
+        survivors: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []
+        kept: list[np.ndarray] = []
+        undecided = False
+
+        groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], int]]] = {}
+        for pos, tg, di in level:  # same positions, different target classes
+            groups.setdefault(pos, []).append((tg, di))
+
+        def relabellings() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], int]]:
+            for pos, members in groups.items():  # positions in lexicographic order, then the targets
+                for q in range((pos[-1] if pos else -1) + 1, n):
+                    j = int(order[q])
+                    for tg, di in members:
+                        for c in range(K):
+                            if c != y[j]:
+                                yield pos + (q,), tg + (c,), di
 
         todo = relabellings()
         while True:
@@ -840,21 +903,36 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
             if not chunk:
                 break
             labs = np.repeat(y[None, :], len(chunk), axis=0)
-            for r, (idx, targets) in enumerate(chunk):
-                labs[r, list(idx)] = targets
-            starts = parent_duals[[parents.get((idx[:-1], targets[:-1]), 0) if size > 1 else 0
-                                   for idx, targets in chunk]]
-            verdict, _, duals = retrain.retrain_many(labs, kx, p, starts)
-            undecided = np.flatnonzero(verdict != 1)
-            if undecided.size:
-                r = int(undecided[0])
+            for r, (pos, tg, _) in enumerate(chunk):
+                labs[r, order[list(pos)]] = tg
+            starts = level_duals[[di for _, _, di in chunk]]
+            verdict, _, duals, proven = retrain.retrain_many_bounded(labs, kx, p, starts)
+            bad = np.flatnonzero(verdict != 1)
+            if bad.size and G is None:  # the first relabelling not clearly harmless, in order
+                r = int(bad[0])
                 return size - 1, (labs[r] if verdict[r] == -1 else None)
-            if keep:
-                for r, key in enumerate(chunk):
-                    children[key] = len(children)
-                child_duals.append(duals)
-        if keep:
-            parents, parent_duals = children, np.concatenate(child_duals)
+            attack = np.flatnonzero(verdict == -1)
+            if attack.size:
+                return size - 1, labs[int(attack[0])]
+            if bad.size:
+                undecided = True  # a near tie or an uncertified solve: only size - 1 stays proven
+            if undecided or rem == 0:
+                continue
+            for r, (pos, tg, _) in enumerate(chunk):
+                q = pos[-1]
+                if q == n - 1:
+                    continue
+                if csum is not None and proven[r] > csum[min(q + 1 + rem, n)] - csum[q + 1]:
+                    continue  # no extension by at most rem later samples changes the prediction
+                survivors.append((pos, tg, len(survivors)))
+                if keep:
+                    kept.append(duals[r])
+        if undecided:
+            return size - 1, None
+        if not survivors:
+            return max_size, None
+        level = survivors if keep else [(pos, tg, 0) for pos, tg, _ in survivors]
+        level_duals = np.stack(kept) if keep else retrain.start[None]
     return max_size, None
 
 
@@ -872,16 +950,19 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
     1. Above C_max, a verified attack (`_greedy_svm_attack`: beam search over one-flip extensions
        ranked by the retrained margin, every candidate retrained, warm-started from its parent):
        an upper bound g. An attack of one flip settles the point (radius 0).
-    2. Exhaustive retraining (`_exhaustive_small_attacks`): every relabelling of 1, 2, ... samples
-       is retrained while at most `exhaustive_limit` relabellings are tried in all (0 = skip this
-       step; default DEFAULT_EXHAUSTIVE_LIMIT = 300,000, every relabelling of up to 4 of 50 binary
-       labels). Relabellings are retrained in batches (`_batch_box_qp`, a primal active-set method,
-       each warm-started from the duals of the relabelling one flip shorter). Each retrained margin
+    2. Branch and bound over small relabellings (`_exhaustive_small_attacks`): relabellings of 1, 2,
+       ... samples are retrained, size by size, while at most `exhaustive_limit` relabellings are
+       retrained in all (0 = skip this step; default DEFAULT_EXHAUSTIVE_LIMIT = 300,000).
+       Relabellings are retrained in batches (`_batch_box_qp`, a primal active-set method, each
+       warm-started from the duals of the relabelling one flip shorter). Each retrained margin
        comes with a certified error bound (`_Retrainer`: unique dual optimum on a positive definite
-       K_train, error bound of a strongly convex box QP), which alone decides: sizes whose every
-       relabelling clearly keeps p are excluded, an attack that clearly changes p and passes
-       retraining by `KernelSVM` is the answer, and a near tie (margin within the error bound) or a
-       singular K_train hands the rest to the MILP.
+       K_train, error bound of a strongly convex box QP), which alone decides: a relabelling that
+       clearly keeps p and whose proven margin exceeds what its allowed extensions can remove (the
+       stability bound of `_flip_bounds`, docs/math.md §7.4, with at most g - 1 or `max_flips` flips
+       in all) has its whole subtree pruned; sizes whose every relabelling is retrained or pruned
+       are excluded; an attack that clearly changes p and passes retraining by `KernelSVM` is the
+       answer; a near tie (margin within the error bound) or a singular K_train hands the rest to
+       the MILP.
     3. The MILP (`_AttackMilp`, HiGHS through highspy, one model per test point) minimises the
        flips over the attack sizes still open: its budget row runs from the proven lower bound to
        g - 1 (or `max_flips`), so it only looks for strictly smaller attacks and its infeasibility
@@ -898,9 +979,10 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
     proven bound minus one, flagged `exact=False` and `stopped_early=True`. Budget: `max_flips`
     (radius = budget when nothing within it changes the prediction). Measured (one core, binary
     Gaussians, NTK of a one-hidden-layer ReLU net; benchmarks/published.py): n = 10-20 at 2-5 C_max
-    take about 0.05 s per point, all exact (attack and enumeration meet); at n = 50 the enumeration
-    of every relabelling of up to 4 samples takes about a minute and the MILP stays open at the time
-    limit, so the bracket [radius, radius_upper] is reported (exact only where they meet).
+    take about 0.05 s per point, all exact (attack and enumeration meet); at n = 50, 2 C_max the
+    pruned retraining proves both benchmark points exact (radius 8) in 6.4 s CPU for the two; at
+    larger C the stability bound prunes less and points may end as a bracket [radius, radius_upper]
+    (exact only where they meet).
     progress=True shows a progress bar over the test points (tqdm).
     """
     Kt = check_gram(K_train, name="K_train")
@@ -959,7 +1041,8 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
         excluded = 0  # no attack of at most this many flips (retraining every relabelling)
         if retrain is not None and retrain.usable:
             excluded, cand = _exhaustive_small_attacks(retrain, y, Kx[i], p, milp_budget, exhaustive_limit)
-            status_i.append(f"retrained every relabelling of <= {excluded} samples")
+            status_i.append(f"no relabelling of <= {excluded} samples changes the prediction (each retrained with "
+                            "a certified error bound or in a subtree pruned by the stability bound)")
             if cand is not None and attack_works(cand, i, p):
                 best, best_lab = excluded + 1, cand
                 lower = excluded + 1
@@ -1002,6 +1085,12 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
             upper[i] = budget
             exact[i] = lower == budget + 1
         attacks.append(best_lab)
+        if exact[i]:
+            status_i.append(f"exact: no attack of <= {lower - 1} flips (proven)"
+                            + (f", a verified attack of {best} flips" if best is not None else ", budget reached"))
+        else:
+            status_i.append(f"not exact: no attack of <= {lower - 1} flips (proven), "
+                            + (f"a verified attack of {best} flips" if best is not None else "no verified attack"))
         statuses.append("/".join(status_i))
     return LabelCertResult(prediction=prediction, radius=radius, radius_upper=upper, exact=exact,
                            attacks=tuple(attacks), status=tuple(statuses), max_flips=budget, C=float(C),

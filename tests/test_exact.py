@@ -276,7 +276,7 @@ def test_labelcert_exact_tie_after_one_flip_is_no_attack(monkeypatch):
     lc = labelcert_svm_milp(Kt, y, Kx, C, 2)
     np.testing.assert_array_equal(lc.radius, bf.radius)
     assert lc.exact.all()
-    assert lc.status[0].startswith("retrained every relabelling of <= 0 samples/")  # then the MILP
+    assert lc.status[0].startswith("no relabelling of <= 0 samples changes the prediction")  # then the MILP
 
 
 def test_exhaustive_retraining_respects_its_limit_and_finds_the_smallest_attack():
@@ -445,7 +445,16 @@ def test_exhaustive_retraining_fresh_equals_brute_force(K):
     bf = _svm_oracle(Kt, Kx, y, K, C, 4)
     for i in range(len(Kx)):
         p = int(bf.prediction[i])
+        # pruned by the stability bound: same sizes excluded, an attack of the same size
         excluded, attack = exact._exhaustive_small_attacks(retrain, y, Kx[i], p, 4, 10**6)
+        if attack is None:
+            assert excluded <= bf.radius[i], SEED
+        else:
+            assert excluded == bf.radius[i], SEED
+            assert (attack != y).sum() == bf.radius[i] + 1, SEED
+            assert KernelSVM(C).fit(Kt, attack, K).predict(Kx[i:i + 1])[0] != p, SEED
+        # every relabelling retrained, in the documented order
+        excluded, attack = exact._exhaustive_small_attacks(retrain, y, Kx[i], p, 4, 10**6, prune=False)
         if attack is None:  # a near tie stops the search: it then proves less, never more
             assert excluded <= bf.radius[i], SEED
         else:
@@ -464,3 +473,73 @@ def test_exhaustive_retraining_fresh_equals_brute_force(K):
                 if first is not None:
                     break
             np.testing.assert_array_equal(attack, first, err_msg=f"seed {SEED}")
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_flip_bounds_hold_against_retraining(K):
+    """The stability bound of `_flip_bounds` (docs/math.md §7.4) on fresh problems above C_max: from
+    random base labellings, changing the labels of random sets T never lowers the margin
+    f_p - max_{c != p} f_c of the retrained SVM (`KernelSVM`, independent solver) by more than
+    sum_{j in T} G_j, for every class p; and the check is not vacuous (some drop reaches 5% of its
+    bound)."""
+    rng = np.random.default_rng([SEED, 40 + K])
+    n = 14 if K == 2 else 10
+    Kt, Kx, y0 = _fresh_svm_problem(rng, n, K, 3, False)
+    C = float(rng.uniform(1.5, 10)) * KernelSVM().fit(Kt, y0, K).C_max
+    worst = 0.0
+    for trial in range(12):
+        base = y0.copy()
+        moved = rng.choice(n, int(rng.integers(0, 4)), replace=False)
+        base[moved] = (base[moved] + rng.integers(1, K, len(moved))) % K
+        retrain = exact._Retrainer(Kt, base, K, C)
+        assert retrain.usable
+        f0 = KernelSVM(C).fit(Kt, base, K).decision_function(Kx)
+        for _ in range(4):
+            T = rng.choice(n, int(rng.integers(1, 5)), replace=False)
+            lab = base.copy()
+            lab[T] = (lab[T] + rng.integers(1, K, len(T))) % K
+            f1 = KernelSVM(C).fit(Kt, lab, K).decision_function(Kx)
+            for i in range(len(Kx)):
+                for p in range(K):
+                    G = exact._flip_bounds(retrain, base, Kx[i], p)
+                    gap0 = f0[i, p] - np.delete(f0[i], p).max()
+                    gap1 = f1[i, p] - np.delete(f1[i], p).max()
+                    tol = 1e-6 * C * np.abs(Kx[i]).sum()
+                    assert gap0 - gap1 <= G[T].sum() + tol, f"seed {SEED}: drop {gap0 - gap1} > {G[T].sum()}"
+                    worst = max(worst, (gap0 - gap1) / G[T].sum())
+    assert worst > 0.05, f"seed {SEED}: the bound is never approached ({worst})"
+
+
+def test_pruned_search_retrains_fewer_and_agrees_with_full_enumeration():
+    """The two-Gaussian NTK problem of the benchmark (n = 16, C = 3 C_max): the pruned branch and bound
+    excludes the same sizes and finds attacks of the same size as retraining every relabelling, while
+    retraining fewer relabellings."""
+    from kernelcert.kernels import FullyConnected
+
+    rng = np.random.default_rng(1)
+    n = 16
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 2)) + np.where(y == 1, 2.0, -2.0)[:, None] * np.array([1.0, 0.0])
+    xt = rng.normal(size=(4, 2)) + rng.choice([-2.0, 2.0], 4)[:, None] * np.array([1.0, 0.0])
+    kern = FullyConnected(depth=1, W_std=2**0.5, b_std=0.1)
+    Kt, Kx = np.asarray(kern.ntk(x)), np.asarray(kern.ntk(xt, x))
+    C = 3.0 * KernelSVM().fit(Kt, y, 2).C_max
+    retrain = exact._Retrainer(Kt, y, 2, C)
+    counts = {True: 0, False: 0}
+    real = retrain.retrain_many_bounded
+
+    def counting(labels, *a, **k):
+        counts[mode] += len(labels)
+        return real(labels, *a, **k)
+
+    retrain.retrain_many_bounded = counting
+    p = KernelSVM(C).fit(Kt, y, 2).predict(Kx)
+    for i in range(len(Kx)):
+        out = {}
+        for mode in (True, False):
+            out[mode] = exact._exhaustive_small_attacks(retrain, y, Kx[i], int(p[i]), 5, 10**6, prune=mode)
+        assert out[True][0] == out[False][0]
+        assert (out[True][1] is None) == (out[False][1] is None)
+        if out[True][1] is not None:
+            assert (out[True][1] != y).sum() == (out[False][1] != y).sum()
+    assert counts[True] < counts[False]

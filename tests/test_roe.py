@@ -565,3 +565,29 @@ def test_whitebox_per_point_joint_is_block_independent_monotone_and_at_least_aut
     assert np.all(auto.radius <= one.radius)
     assert np.all(higher.radius >= one.radius)
     assert np.all(one.radius >= roe.whitebox_roe(s, vc, pc, joint=False).radius)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_fa_equals_numpy_fa_on_ties_and_skewed_votes(seed):
+    """The compiled FA kernel (`roe.fa`) against the vectorised numpy form (`roe._fa_numpy`) on fresh
+    random votes: near-uniform votes (many exact ties between classes), votes skewed to one class,
+    votes from two classes only, and a shift set of one (DPA)."""
+    rng = np.random.default_rng(7100 + seed)
+    for _ in range(8):
+        K = int(rng.integers(2, 7))
+        k = int(rng.integers(1, 9))
+        d = int(rng.integers(1, k + 1)) if rng.random() < 0.8 else 1
+        L = k * d
+        shifts = np.sort(rng.choice(L, size=d, replace=False)) if d > 1 else np.array([0])
+        t = 40
+        kind = rng.integers(3)
+        if kind == 0:
+            votes = rng.integers(0, K, size=(t, L))
+        elif kind == 1:
+            votes = np.where(rng.random((t, L)) < 0.7, 0, rng.integers(0, K, size=(t, L)))
+        else:
+            votes = rng.integers(0, 2, size=(t, L)) * (K - 1)
+        got = roe.fa(votes, shifts, K)
+        ref = roe._fa_numpy(votes, shifts, K)
+        np.testing.assert_array_equal(got.prediction, ref.prediction)
+        np.testing.assert_array_equal(got.radius, ref.radius)
