@@ -33,8 +33,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ._jax import device_scope
 from .arrayfiles import ArrayFileError
@@ -67,13 +69,13 @@ class AggregateOutput:
     the summary dict written to summary.json, and the FA shifts used (None without FA)."""
 
     results: tuple[MethodResult, ...] = field(repr=False)
-    summary: dict = field(repr=False)
+    summary: dict[str, Any] = field(repr=False)
     shifts: np.ndarray | None = None
     seconds: float = 0.0
 
 
-def fa_shifts(num_learners: int, *, k: int | None = None, d: int | None = None, shifts=None,
-              seed: int = FA_DEFAULT_SEED) -> tuple[int, int, np.ndarray]:
+def fa_shifts(num_learners: int, *, k: int | None = None, d: int | None = None,
+              shifts: npt.ArrayLike | None = None, seed: int = FA_DEFAULT_SEED) -> tuple[int, int, np.ndarray]:
     """(k, d, shifts) for FA over `num_learners` = k*d learners: explicit `shifts` (d distinct values in
     0..k*d-1), else the published draw with `seed` (as `kernelcert.partition.fa_spread`)."""
     if shifts is not None:
@@ -100,20 +102,23 @@ def fa_shifts(num_learners: int, *, k: int | None = None, d: int | None = None, 
     return int(k), int(d), np.asarray(sh, np.int64)
 
 
-def _run_method(method: str, ens: EnsembleOutputs, shifts, star_summation: str) -> tuple[np.ndarray, np.ndarray]:
+def _run_method(method: str, ens: EnsembleOutputs, shifts: np.ndarray | None,
+                star_summation: str) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, radius) over all test points, computed in blocks of test points: the registry's
     certificate function on the block's `Evidence` (votes, and scores when the method reads them)."""
     t, K = ens.num_test, ens.num_classes
     pred, rad = np.empty(t, np.int64), np.empty(t, np.int64)
-    uses_scores = AGGREGATE_METHODS[method] != "votes"
-    row_bytes = 8 * (int(np.prod(ens.scores.shape[1:])) if uses_scores else ens.num_models * K)
+    all_scores = ens.scores if AGGREGATE_METHODS[method] != "votes" else None  # checked by _check_methods
+    row_bytes = 8 * (int(np.prod(all_scores.shape[1:])) if all_scores is not None else ens.num_models * K)
     for sl in row_blocks(t, row_bytes, block_size=max(1, _BLOCK_BYTES // max(1, row_bytes))):
-        if method == "dpa_star_roe":  # scores as stored: the float32 published summation sees the original values
-            res = dpa_star_roe(np.asarray(ens.scores[sl]), summation=star_summation)
+        if method == "dpa_star_roe" and all_scores is not None:
+            # scores as stored: the float32 published summation sees the original values
+            star = dpa_star_roe(np.asarray(all_scores[sl]), summation=star_summation)
+            pred[sl], rad[sl] = star.prediction, star.radius
         else:
-            scores = np.asarray(ens.scores[sl], np.float64) if uses_scores else None
+            scores = None if all_scores is None else np.asarray(all_scores[sl], np.float64)
             res = REGISTRY[method].certify(Evidence(votes=ens.votes[sl], scores=scores), K, shifts)
-        pred[sl], rad[sl] = res.prediction, res.radius
+            pred[sl], rad[sl] = res.prediction, res.radius
     return pred, rad
 
 
@@ -121,7 +126,7 @@ def _is_fa(method: str) -> bool:
     return method in REGISTRY and REGISTRY[method].target == "fa"
 
 
-def _check_methods(methods, ens: EnsembleOutputs) -> tuple[str, ...]:
+def _check_methods(methods: Sequence[str], ens: EnsembleOutputs) -> tuple[str, ...]:
     out = []
     for m in methods:
         if m not in AGGREGATE_METHODS:
@@ -133,7 +138,7 @@ def _check_methods(methods, ens: EnsembleOutputs) -> tuple[str, ...]:
         if need == "star" and not ens.per_partition:
             raise ArrayFileError(f"{ens.source}: method dpa_star_roe needs several models per partition: scores "
                                  "(t, N_p, V, K), or (t, N_p*V, K) with --models-per-partition V")
-        if _is_fa(m) and ens.per_partition:
+        if _is_fa(m) and ens.scores is not None and ens.per_partition:
             raise ArrayFileError(f"{ens.source}: method {m} needs one output per FA learner, not DPA* scores "
                                  f"of shape {ens.scores.shape}")
         if m not in out:
@@ -143,8 +148,9 @@ def _check_methods(methods, ens: EnsembleOutputs) -> tuple[str, ...]:
     return tuple(out)
 
 
-def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: int | None = None, shifts=None,
-                     fa_seed: int = FA_DEFAULT_SEED, budgets=DEFAULT_BUDGETS, name: str = "ensemble",
+def certify_ensemble(ens: EnsembleOutputs, methods: Sequence[str], *, k: int | None = None, d: int | None = None,
+                     shifts: npt.ArrayLike | None = None, fa_seed: int = FA_DEFAULT_SEED,
+                     budgets: Sequence[int] = DEFAULT_BUDGETS, name: str = "ensemble",
                      star_summation: str = "float64") -> AggregateOutput:
     """Certificates of every method in `methods` for the saved ensemble `ens`; nothing is written.
 
@@ -166,7 +172,8 @@ def certify_ensemble(ens: EnsembleOutputs, methods, *, k: int | None = None, d: 
     for m in methods:
         pred, rad = _run_method(m, ens, sh, star_summation)
         groups = M  # DPA: one poison per partition; FA: one poison per group, k*d = M groups
-        results.append(MethodResult(name, k if _is_fa(m) else M, m, pred, np.minimum(rad, groups),
+        results.append(MethodResult(name, int(k) if _is_fa(m) and k is not None else M, m, pred,
+                                    np.minimum(rad, groups),
                                     np.zeros(len(pred), bool)))
     summary = {
         "name": name, "source": ens.source,

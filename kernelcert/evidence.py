@@ -104,7 +104,7 @@ class Evidence:
     """
 
     votes: np.ndarray
-    scores: np.ndarray
+    scores: np.ndarray | None = None
     radius: np.ndarray | None = None
     cost_lower: np.ndarray | None = None
     cost_upper: np.ndarray | None = None
@@ -126,6 +126,14 @@ class Evidence:
         present = [lv for lv in LEVELS
                    if all(getattr(self, f) is not None for f, need in FIELD_LEVEL.items() if need == lv)]
         return present[-1] if present else "votes"
+
+    def require(self, name: str) -> Any:
+        """Field `name` (an array; `pair_costs` may be `FlipCounts`); ValueError when the evidence was
+        computed below the level that has it."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"evidence of level {self.level!r} has no {name!r} (reading it needs a higher level)")
+        return value
 
     def roe_costs(self) -> tuple[np.ndarray, np.ndarray | FlipCounts]:
         """(vote costs, pair costs) for white-box run-off election: `cost_lower` and `pair_costs`,

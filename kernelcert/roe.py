@@ -42,7 +42,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- validation / blocks
-def _check_scores(scores, name="scores", ndim=3, dtype=None) -> np.ndarray:
+def _check_scores(scores: ArrayLike, name: str = "scores", ndim: int = 3, dtype: Any = None) -> np.ndarray:
     """Finite scores as float64, or as float32 when they are float32 (the election only compares
     scores, so keeping float32 changes no result and saves a copy)."""
     if dtype is None:
@@ -55,7 +55,7 @@ def _check_scores(scores, name="scores", ndim=3, dtype=None) -> np.ndarray:
     return s
 
 
-def _check_costs(name, costs, shape) -> np.ndarray:
+def _check_costs(name: str, costs: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
     c = np.asarray(costs)
     if c.dtype == object or not np.issubdtype(c.dtype, np.number):
         raise TypeError(f"{name} must be a numeric array, got dtype {c.dtype}")
@@ -69,14 +69,14 @@ def _check_costs(name, costs, shape) -> np.ndarray:
     return c
 
 
-def _check_shifts(shifts, num_learners) -> np.ndarray:
+def _check_shifts(shifts: ArrayLike, num_learners: int) -> np.ndarray:
     sh = check_index_array("shifts", shifts, num_learners, f"number of learners k*d = {num_learners}")
     if len(np.unique(sh)) != len(sh):
         raise ValueError("shifts must be distinct")
     return sh
 
 
-def _ceil_pos(a, b):
+def _ceil_pos(a: np.ndarray, b: int) -> np.ndarray:
     """ceil+(a, b) = ceil(max(a, 0) / b) for integer arrays."""
     return (np.maximum(a, 0) + b - 1) // b
 
@@ -98,7 +98,7 @@ class _Election:
         self.sec = self.m1 + self.m2 - self.pred
 
 
-def _prefer(s, a, b=None) -> np.ndarray:
+def _prefer(s: np.ndarray, a: Any, b: Any = None) -> np.ndarray:
     """#{models with z(a) > z(b)}: (B,) for class arrays a, b (B,); (B, K) against every class when b is None."""
     za = np.take_along_axis(s, a[:, None, None], axis=2)  # (B, M, 1)
     if b is None:
@@ -151,7 +151,7 @@ def _knockout_table(min_size: int) -> np.ndarray:
     return _knockout_table_cached(size)
 
 
-def _dpa_roe_cases(s, e: _Election):
+def _dpa_roe_cases(s: np.ndarray, e: _Election) -> tuple[np.ndarray, np.ndarray]:
     """Black-box attack-size lower bounds per case (ROE paper), int64 with NO_ATTACK where the case is impossible.
 
     r1 (B, K, K): c_pred knocked out of round 1 by the ordered pair (c1, c2), DP(g(cp, c1)+, g(cp, c2)+).
@@ -230,7 +230,7 @@ def dpa_star_roe(scores: ArrayLike, *, summation: str = "float64", block_size: i
 # a histogram shared by all classes (reductions can only be smaller). Exact counts are computed
 # only for the cases whose lower bound could still set the minimum; the result equals evaluating
 # every case (a skipped case's exact value is >= its bound >= the minimum found).
-def _greedy_count(gap, red) -> np.ndarray:
+def _greedy_count(gap: np.ndarray, red: np.ndarray) -> np.ndarray:
     """Fewest groups whose largest reductions red (B, H) >= 0 sum to >= gap (B,); 0 if gap <= 0, NO_ATTACK if never."""
     if red.shape[1] == 0:
         return np.where(gap <= 0, 0, NO_ATTACK).astype(np.int64)
@@ -240,7 +240,7 @@ def _greedy_count(gap, red) -> np.ndarray:
     return np.where(gap <= 0, 0, count).astype(np.int64)
 
 
-def _group_sums(x, shifts) -> np.ndarray:
+def _group_sums(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """x (B, L) 0/1 per learner -> (B, L): sum over s of x[:, (h + s) mod L] (group h's learners).
 
     int8 when every derived reduction (at most 3d) fits in it, else int16."""
@@ -255,14 +255,14 @@ def _group_sums(x, shifts) -> np.ndarray:
     return out
 
 
-def _histogram(values, num_values: int) -> np.ndarray:
+def _histogram(values: np.ndarray, num_values: int) -> np.ndarray:
     """(B, H) integers in 0..num_values-1 -> counts (B, num_values) of each value per row."""
     B = values.shape[0]
     flat = values.astype(np.int64) + num_values * np.arange(B)[:, None]
     return np.bincount(flat.ravel(), minlength=B * num_values).reshape(B, num_values)
 
 
-def _greedy_from_histogram(hist, gap) -> np.ndarray:
+def _greedy_from_histogram(hist: np.ndarray, gap: np.ndarray) -> np.ndarray:
     """`_greedy_count` from a histogram (B, V) of the reduction values 0..V-1 of each row, for gaps
     (B,) or (B, m) (m gaps per row share the row's histogram)."""
     B, V = hist.shape
@@ -307,7 +307,7 @@ def fa(votes: ArrayLike, shifts: ArrayLike, num_classes: int, *, block_size: int
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _greedy_on_histogram(hist, gap):  # pragma: no cover - compiled (numba); tested through fa
+def _greedy_on_histogram(hist: np.ndarray, gap: int) -> int:  # pragma: no cover - compiled (numba); tested through fa
     """`_greedy_from_histogram` for one row and one gap: fewest groups whose largest reductions (a
     histogram of the values 0..len(hist)-1) sum to >= gap; 0 if gap <= 0, NO_ATTACK if never."""
     if gap <= 0:
@@ -323,7 +323,8 @@ def _greedy_on_histogram(hist, gap):  # pragma: no cover - compiled (numba); tes
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _fa_group_sums(votes_row, c, shifts, ext, out):  # pragma: no cover - compiled (numba); tested through fa
+def _fa_group_sums(votes_row: np.ndarray, c: int, shifts: np.ndarray, ext: np.ndarray,
+                   out: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through fa
     """out[h] = #{s in shifts: votes_row[(h + s) mod L] == c} (`_group_sums` of one row and class);
     ext (2L,) is scratch."""
     L = votes_row.shape[0]
@@ -338,7 +339,8 @@ def _fa_group_sums(votes_row, c, shifts, ext, out):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
-def _fa_kernel(votes, shifts, K, pred, att):  # pragma: no cover - compiled (numba); tested against _fa_numpy
+def _fa_kernel(votes: np.ndarray, shifts: np.ndarray, K: int, pred: np.ndarray,
+               att: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested against _fa_numpy
     """FA (`fa`) for votes (t, L) int64 and shifts (d,) int64 into pred, att (t,) int64 (attack sizes).
 
     Per test point, as `_fa_numpy`: the histogram of the class-independent reduction bounds d +
@@ -459,7 +461,7 @@ def fa_roe(scores: ArrayLike, shifts: ArrayLike, *, block_size: int | None = Non
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
-def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
+def _fa_roe_block(s: np.ndarray, e: _Election, sh: np.ndarray) -> np.ndarray:
     """Attack-size lower bound (B,) of the published FA+ROE algorithm for one block (lazy evaluation).
 
     Components (B, K) / (B, K, K), each a greedy count: r1[c] = cost(c_pred -> c), r1s[c] =
@@ -492,7 +494,7 @@ def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
     valid2 = cls[None, :] != cp[:, None]
     pair = (cls[:, None] < cls[None, :])[None] & valid2[:, :, None] & valid2[:, None, :]
 
-    def counts_of(r, c):
+    def counts_of(r: Any, c: Any) -> np.ndarray:
         return _group_sums(v[r] == c, sh)
 
     while True:
@@ -537,7 +539,8 @@ def _fa_roe_block(s, e: _Election, sh) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- white-box ROE
-def _min_cost_gain2(options, need1, need2) -> np.ndarray:
+def _min_cost_gain2(options: Sequence[tuple[int, int, np.ndarray]], need1: np.ndarray,
+                    need2: np.ndarray) -> np.ndarray:
     """Two-dimensional version of voting.knapsack_dp: total gains >= (need1, need2); options (g1, g2, cost (B, N)).
 
     f[i1, i2] = min cost of total gains >= (i1, i2) over the partitions seen so far; per partition
@@ -553,7 +556,8 @@ def _min_cost_gain2(options, need1, need2) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _min_cost_gain2_kernel(gains, costs, need1, need2):  # pragma: no cover - compiled (numba); tested through whitebox_roe
+def _min_cost_gain2_kernel(gains: np.ndarray, costs: np.ndarray, need1: np.ndarray,
+                           need2: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled (numba); tested through whitebox_roe
     O, B, N = costs.shape
     out = np.empty(B)
     for b in range(B):
@@ -579,7 +583,7 @@ def _min_cost_gain2_kernel(gains, costs, need1, need2):  # pragma: no cover - co
     return out
 
 
-def _as_attack(cost) -> np.ndarray:
+def _as_attack(cost: np.ndarray) -> np.ndarray:
     """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> NO_ATTACK."""
     fin = np.isfinite(cost)
     safe = np.where(fin, cost, 0.0)
@@ -587,7 +591,7 @@ def _as_attack(cost) -> np.ndarray:
     return np.where(fin, c, NO_ATTACK).astype(np.int64)
 
 
-def _where_min(mask, cost):
+def _where_min(mask: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """min over the last axis of cost where mask, inf where none."""
     return np.where(mask, cost, np.inf).min(axis=-1)
 
@@ -652,7 +656,8 @@ def _pair_rows(pair_costs: ArrayLike | FlipCounts, shape: tuple[int, int, int, i
     return rows_at
 
 
-def _whitebox_block(s, vc, pc_cp, e: _Election, joint) -> np.ndarray:
+def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Election, joint: bool | str
+                    ) -> np.ndarray:
     """Attack-size lower bound (B,) for one block; pc_cp (B, M, K) = pair costs of c_pred against each class."""
     B, M, K = s.shape
     rows = np.arange(B)
@@ -678,7 +683,7 @@ def _whitebox_block(s, vc, pc_cp, e: _Election, joint) -> np.ndarray:
     pc_cp = np.maximum(pc_cp, 1.0)  # (B, M, K)
     g2 = 2 * prefers.sum(axis=1) - M + (cls > cp[:, None])
 
-    def beats(c, votes_a, vc_a_other, need, r):
+    def beats(c: Any, votes_a: np.ndarray, vc_a_other: np.ndarray, need: np.ndarray, r: Any) -> np.ndarray:
         """Knapsack on rows r: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c).
         Each row's value depends on that row alone, so solving a subset of rows changes none of them."""
         gain1, gain2 = overtake_gains(v[r], vc[r, :, c], c, votes_a[r], vc_a_other[r])
@@ -720,7 +725,8 @@ def _whitebox_block(s, vc, pc_cp, e: _Election, joint) -> np.ndarray:
     return _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint)
 
 
-def _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint) -> np.ndarray:
+def _r1_cases(best: np.ndarray, single: np.ndarray, bb1: np.ndarray, v: np.ndarray, vc: np.ndarray, cp: np.ndarray,
+              g_cp: np.ndarray, joint: bool | str) -> np.ndarray:
     """min(best, R1 case values) (B,) for every pair c1 < c2 of classes other than c_pred.
 
     A pair's value is max(single[c1], single[c2], black-box R1) raised by the summed-gap knapsack
@@ -769,7 +775,8 @@ def _r1_cases(best, single, bb1, v, vc, cp, g_cp, joint) -> np.ndarray:
     return best
 
 
-def _pair_options(rows, c1, c2, v, vc, cp):
+def _pair_options(rows: np.ndarray, c1: np.ndarray, c2: np.ndarray, v: np.ndarray, vc: np.ndarray, cp: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-partition quantities of the pairs (c1[q], c2[q]) on rows[q] (arrays (Q,)): on_cp, in_pair
     (Q, M) bool, vote costs to c1 / c2 (Q, M) and to_third (Q, M), the cheapest vote for a class
     outside {c_pred, c1, c2}."""
@@ -791,7 +798,9 @@ def _pair_options(rows, c1, c2, v, vc, cp):
 _SUMMED_ELEMENTS = 1 << 21  # pairs x partitions per batched summed-gap call (bounds the working memory)
 
 
-def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) -> np.ndarray:
+def _summed_gap_attack(rows: np.ndarray, c1: np.ndarray, c2: np.ndarray, v: np.ndarray, vc: np.ndarray,
+                       cp: np.ndarray, g_cp: np.ndarray, above: np.ndarray | None = None,
+                       below: np.ndarray | None = None) -> np.ndarray:
     """Summed-gap knapsack attack bound (Q,) of the pairs (c1[q], c2[q]) on rows[q], batched.
 
     Per partition, moving its vote from u to w changes g(cp, c1) + g(cp, c2) by at most
@@ -847,7 +856,7 @@ def _summed_gap_attack(rows, c1, c2, v, vc, cp, g_cp, above=None, below=None) ->
     return out
 
 
-def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bounds (lower, upper) (Q,) and the LP's unit price lam (Q,) for the summed-gap knapsack: gain 3
     at gain3, gain 2 at gain2 (a partition voting c_pred), gain 1 at gain1 (Q, M), total gain >= need (Q,).
 
@@ -906,7 +915,8 @@ def _summed_gap_lp(gain3, gain2, gain1, need) -> tuple[np.ndarray, np.ndarray, n
     return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper), lam
 
 
-def _fits_budget(gain3, gain2, gain1, need, lam, budget) -> np.ndarray:
+def _fits_budget(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need: np.ndarray, lam: np.ndarray,
+                 budget: np.ndarray) -> np.ndarray:
     """Whether the summed-gap knapsack (gains 3 / 2 / 1 at gain3 / gain2 / gain1 (Q, M), total gain >=
     need (Q,)) has a solution of cost <= budget (Q,), by reduced-cost fixing at the unit price lam >= 0.
 
@@ -939,13 +949,14 @@ def _fits_budget(gain3, gain2, gain1, need, lam, budget) -> np.ndarray:
     # the free partitions of each row packed into F columns (padding: no option)
     pos = np.argsort(~free, axis=1, kind="stable")[:, :F]
     keep = np.take_along_axis(free, pos, axis=1)
-    opts = [(g, np.where(keep, np.take_along_axis(np.where(allowed[:, :, g], cost[:, :, g], np.inf), pos, axis=1),
+    opts: list[tuple[int, ArrayLike]] = [(g, np.where(keep, np.take_along_axis(np.where(allowed[:, :, g], cost[:, :, g], np.inf), pos, axis=1),
                          np.inf)) for g in (3, 2, 1)]
     free_cost, _ = knapsack_dp(opts, rest)
     return fixed_cost + free_cost <= budget
 
 
-def _joint_attack(rows, c1: int, c2: int, v, vc, cp, n1, n2) -> np.ndarray:
+def _joint_attack(rows: np.ndarray, c1: int, c2: int, v: np.ndarray, vc: np.ndarray, cp: np.ndarray, n1: np.ndarray,
+                  n2: np.ndarray) -> np.ndarray:
     """Joint 2-D knapsack attack bound (len(rows),) of the pair (c1, c2): both gaps n1, n2 (>= 0) closed;
     gains per gap, negative ones clipped to 0 (a relaxation, so still a lower bound)."""
     Q = len(rows)
@@ -997,7 +1008,7 @@ def whitebox_roe_from_label_linear(weights_list: Sequence[ArrayLike], labels_lis
     row_bytes = 8 * (M * K * (K + 4) + max(W.shape[1] for W in Ws) * (K + 4))
     for sl in row_blocks(t, row_bytes, block_size):
         ev = stack_evidence([build_evidence(W[sl], y, K, level="pairs", **certify_options) for W, y in zip(Ws, ys)])
-        res = whitebox_roe(ev.scores, *ev.roe_costs(), joint=joint)
+        res = whitebox_roe(ev.require("scores"), *ev.roe_costs(), joint=joint)
         pred[sl] = res.prediction
         radius[sl] = np.minimum(res.radius, n_total)
     return AggregateResult(prediction=pred, radius=radius)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from .arrayfiles import ArrayFileError, check_finite_rows, npz_keys, open_array
 from .voting import argmax_votes
@@ -102,13 +104,13 @@ def _members(path: Path) -> tuple[dict, str]:
     raise ArrayFileError(f"{path}: unknown file type {suffix!r}; expected .npy, .npz or .pth")
 
 
-def _get(path: Path, members: dict, kind: str, key):
+def _get(path: Path, members: dict[Any, Any], kind: str, key: str | None) -> np.ndarray:
     if kind == "pth":
         return np.asarray(members[key])
     return open_array(path, key)
 
 
-def _pick(path: Path, members: dict, key: str | None, candidates) -> str | None:
+def _pick(path: Path, members: dict[Any, Any], key: str | None, candidates: Iterable[str]) -> str | None:
     if key is not None:
         if key not in members:
             present = ", ".join(map(str, members)) or "none"
@@ -120,7 +122,7 @@ def _pick(path: Path, members: dict, key: str | None, candidates) -> str | None:
     return None
 
 
-def _check_labels_array(where: str, y, t: int | None, num_classes: int) -> np.ndarray:
+def _check_labels_array(where: str, y: npt.ArrayLike, t: int | None, num_classes: int) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         if y.ndim == 1 and y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.array_equal(y, np.round(y)):

@@ -103,17 +103,6 @@ class _PartitionWeights:
         return self.models[j].label_weights(self.evaluate(self.plan.x_test[np.asarray(rows)], x))
 
 
-def _present(ev: Evidence, *names: str) -> list[np.ndarray]:
-    """The evidence fields `names`, which the stored units must provide (ValueError naming the first missing)."""
-    out = []
-    for name in names:
-        value = getattr(ev, name)
-        if value is None:
-            raise ValueError(f"the stored evidence has no {name!r}; the refinement needs it")
-        out.append(value)
-    return out
-
-
 def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], r: MethodResult,
                      target: AggregationTarget, j: int, weights: _PartitionWeights, solved: SolvedCosts | None,
                      budget: float) -> tuple[RefinedWhiteboxResult, dict[str, Any], bool]:
@@ -143,7 +132,7 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
             break
         rows = np.arange(s0, min(t, s0 + B))
         ev = decode_block(read_stored_block(members, j, s0, rows[-1] + 1, fields))
-        lower, upper, pairs, fallback = _present(ev, "cost_lower", "cost_upper", "pair_costs", "fallback")
+        lower, upper, pairs, fallback = (ev.require(f) for f in ("cost_lower", "cost_upper", "pair_costs", "fallback"))
         L, U = lower.copy(), upper.copy()
         if solved is not None:
             done_rows, done_lo, done_hi = solved
@@ -153,8 +142,8 @@ def _refine_whitebox(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], 
             U[hit] = np.minimum(U[hit], done_hi[pos[hit]])
         solver = PartitionSolver(lambda m, rr: weights(m, rows[rr]), weights.labels(), plan.num_classes,
                                  time_limit=cfg.exactness.time_limit, model_tolerance=MODEL_TOLERANCE,
-                                 accept=weights.matches(ev.scores, ev.votes))
-        res = refine_whitebox_roe(ev.scores, L, U, pairs, solver, fallback=fallback, budget_seconds=left,
+                                 accept=weights.matches(ev.require("scores"), ev.votes))
+        res = refine_whitebox_roe(ev.require("scores"), L, U, pairs, solver, fallback=fallback, budget_seconds=left,
                                   max_radius=n_train)
         ran_out |= res.budget_exhausted
         radius[rows] = np.maximum(radius[rows], np.minimum(res.radius, n_train))
@@ -235,9 +224,9 @@ def refine_results(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], re
             weights = weights_of.setdefault((j, r.num_partitions), _PartitionWeights(cfg, plan, target.units, j))
             solver = PartitionSolver(lambda m, rr: weights(m, open_rows[rr]), weights.labels(), plan.num_classes,
                                      time_limit=ex.time_limit, model_tolerance=MODEL_TOLERANCE,
-                                     accept=weights.matches(ev.scores[open_rows], ev.votes[open_rows]))
+                                     accept=weights.matches(ev.require("scores")[open_rows], ev.votes[open_rows]))
             t1 = time.process_time()
-            lower, upper = _present(ev, "cost_lower", "cost_upper")
+            lower, upper = ev.require("cost_lower"), ev.require("cost_upper")
             res = refine_ensemblecert(ev.votes[open_rows], lower[open_rows], upper[open_rows],
                                       plan.num_classes, solver, budget_seconds=left, max_radius=len(plan.y_train))
             exhausted |= res.budget_exhausted

@@ -79,14 +79,6 @@ def _from(res: AggregateResult, t: int) -> MethodOutput:
     return MethodOutput(np.asarray(res.prediction, np.int64), res.radius, _no_exact(t))
 
 
-def _present(ev: Evidence, name: str) -> np.ndarray:
-    """Evidence field `name`; ValueError when the evidence was computed below the level that has it."""
-    value: np.ndarray | None = getattr(ev, name)
-    if value is None:
-        raise ValueError(f"evidence of level {ev.level!r} has no {name!r} (a method reading it needs a higher level)")
-    return value
-
-
 def _fa_shifts(shifts: np.ndarray | None) -> np.ndarray:
     """The FA shift table of an "fa" target; ValueError when a caller gives none."""
     if shifts is None:
@@ -96,7 +88,7 @@ def _fa_shifts(shifts: np.ndarray | None) -> np.ndarray:
 
 def _single(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     # the one model's ScaLabelCert radius, exact (docs/math.md §3)
-    return MethodOutput(ev.votes[:, 0].copy(), _present(ev, "radius")[:, 0], np.ones(ev.num_points, bool))
+    return MethodOutput(ev.votes[:, 0].copy(), ev.require("radius")[:, 0], np.ones(ev.num_points, bool))
 
 
 def _dpa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
@@ -104,18 +96,18 @@ def _dpa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOut
 
 
 def _ensemblecert(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
-    lo = ensemblecert(ev.votes, _present(ev, "cost_lower"), num_classes)
-    hi = ensemblecert(ev.votes, _present(ev, "cost_upper"), num_classes)
+    lo = ensemblecert(ev.votes, ev.require("cost_lower"), num_classes)
+    hi = ensemblecert(ev.votes, ev.require("cost_upper"), num_classes)
     return MethodOutput(np.asarray(lo.prediction, np.int64), lo.radius, lo.radius == hi.radius, hi.radius)
 
 
 def _dpa_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
-    return _from(dpa_roe(ev.scores), ev.num_points)
+    return _from(dpa_roe(ev.require("scores")), ev.num_points)
 
 
 def _whitebox_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
     vote_costs, pair_costs = ev.roe_costs()
-    return _from(whitebox_roe(ev.scores, vote_costs, pair_costs), ev.num_points)
+    return _from(whitebox_roe(ev.require("scores"), vote_costs, pair_costs), ev.num_points)
 
 
 def _fa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
@@ -123,7 +115,7 @@ def _fa(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutp
 
 
 def _fa_roe(ev: Evidence, num_classes: int, shifts: np.ndarray | None) -> MethodOutput:
-    return _from(fa_roe(ev.scores, _fa_shifts(shifts)), ev.num_points)
+    return _from(fa_roe(ev.require("scores"), _fa_shifts(shifts)), ev.num_points)
 
 
 _ALL = (
