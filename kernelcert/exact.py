@@ -768,17 +768,19 @@ class _Retrainer:
 
         Returns verdicts (B,) int64 (+1, -1, 0 as in `decide`, _UNSOLVED where no certified solve
         exists), f_p - max_{c != p} f_c (B,) (inf where unsolved) and the scaled duals (B, problems, n)."""
-        verdict, low, b, _ = self.retrain_many_bounded(labels, kx, p, starts)
+        verdict, low, b, _, _ = self.retrain_many_bounded(labels, kx, p, starts)
         return verdict, low, b
 
     def retrain_many_bounded(self, labels: np.ndarray, kx: np.ndarray, p: int, starts: np.ndarray | None = None
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`retrain_many` plus (B,) proven lower bounds on f_p - max_{c != p} f_c of the exact retrained
-        SVM (the computed margin minus its certified error; -inf where unsolved)."""
+        SVM (the computed margin minus its certified error; -inf where unsolved) and (B, problems)
+        certified bounds on ||b - b*||_2 of the returned scaled duals (inf where unsolved)."""
         B, n, P = labels.shape[0], self.n, self.problems
         signs = np.where(labels[:, None, :] == np.arange(P)[None, :, None], 1.0, -1.0)  # (B, P, n)
         if not self.usable:
-            return np.full(B, _UNSOLVED, np.int64), np.full(B, np.inf), np.ones((B, P, n)), np.full(B, -np.inf)
+            return (np.full(B, _UNSOLVED, np.int64), np.full(B, np.inf), np.ones((B, P, n)), np.full(B, -np.inf),
+                    np.full((B, P), np.inf))
         s = signs.reshape(B * P, n)
         H = self.C * (s[:, :, None] * self.Kt[None, :, :] * s[:, None, :])
         H = 0.5 * (H + H.transpose(0, 2, 1))
@@ -804,7 +806,7 @@ class _Retrainer:
         verdict[~certified] = _UNSOLVED
         low[~certified] = np.inf
         proven = np.where(certified, low - tol[:, 0], -np.inf)
-        return verdict, low, b, proven
+        return verdict, low, b, proven, np.where(ok.reshape(B, P), bound, np.inf)
 
 
 def _flip_bounds(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int) -> np.ndarray | None:
@@ -840,6 +842,47 @@ def _flip_bounds(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int) -> 
     return np.maximum(2.0 * C * (diag * px + lin), 0.0) * (1.0 + 1e-9) + 1e-12 * C * float(np.abs(kx).sum()) / n
 
 
+def _top_sum(values: np.ndarray, count: int) -> np.ndarray:
+    """(B,) sums of the `count` largest entries of each row of values (B, n) (all of them if count >= n)."""
+    if count >= values.shape[1]:
+        return values.sum(axis=1)
+    return -np.partition(-values, count - 1, axis=1)[:, :count].sum(axis=1)
+
+
+def _node_flip_bounds(retrain: _Retrainer, G: np.ndarray, labels: np.ndarray, duals: np.ndarray,
+                      errors: np.ndarray, allowed: np.ndarray, rem: int) -> np.ndarray:
+    """The stability bound of `_flip_bounds` sharpened at B nodes of the search (docs/math.md §7.4 (vi)).
+
+    G (n,) from `_flip_bounds`; labels (B, n) the nodes' labellings, duals (B, problems, n) their
+    scaled duals with certified errors `errors` (B, problems) (`_Retrainer.retrain_many_bounded`);
+    allowed (B, n) bool: the samples each node may still flip, at most `rem` >= 1 of them, all still
+    at their clean labels. Returns G' (B, n), G' <= G: flipping any such set T of at most rem allowed
+    samples lowers the margin f_p - max_{c != p} f_c of the exact SVM by at most sum_{j in T} G'_j.
+
+    G'_j = G_j lambda_j / 2 with lambda_j = 2 - min(1, g_j / D_j) in [1, 2]: g_j a proven lower bound on
+    (m_j - 1)^+ over the problems, m_j = y^k_j f_k(x_j) the sample's margin at the node (duals' error
+    bound included), D_j = R sqrt(K_jj) a bound on how far a flip set can move m_j, and
+    R = C (sum of the rem largest lambda_i sqrt(K_ii) over the allowed samples) a bound on the change
+    of every w_k; lambda and R are refined together (each pass is a valid bound given the last)."""
+    Kt, C, P = retrain.Kt, retrain.C, retrain.problems
+    signs = np.where(labels[:, None, :] == np.arange(P)[None, :, None], 1.0, -1.0)  # (B, P, n)
+    m = signs * (C * np.einsum("ij,bpj->bpi", Kt, signs * duals))
+    finite = np.isfinite(errors)
+    err = (C * np.linalg.norm(Kt, axis=1)[None, None, :] * np.where(finite, errors, 0.0)[:, :, None]
+           + 1e-9 * C * np.abs(Kt).sum(axis=1)[None, None, :])
+    g = np.maximum((m - err).min(axis=1) - 1.0, 0.0)
+    g[~finite.all(axis=1)] = 0.0
+    sk = np.sqrt(np.maximum(np.diag(Kt), 0.0)) * (1.0 + 1e-12)
+    lam = np.full(g.shape, 2.0)
+    for _ in range(4):
+        R = C * _top_sum(np.where(allowed, lam * sk, 0.0), rem)
+        D = R[:, None] * sk[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(D > 0, g / D, 0.0)
+        lam = np.minimum(lam, 2.0 - np.minimum(ratio, 1.0))
+    return np.minimum(G[None, :] * lam * (0.5 * (1.0 + 1e-9)), G[None, :])
+
+
 def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int, max_size: int,
                               limit: int, prune: bool = True) -> tuple[int, np.ndarray | None]:
     """Every relabelling of 1, 2, ... samples, size by size, retrained (`_Retrainer.retrain_many`)
@@ -862,10 +905,10 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
     G = _flip_bounds(retrain, y, kx, p) if prune else None
     if G is None:
         order = np.arange(n)
-        csum = None
     else:
         order = np.argsort(-G, kind="stable")
-        csum = np.concatenate([[0.0], np.cumsum(G[order])])
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
     step = retrain.batch_size()
     tried = 0
     # survivors of the previous size: (positions in `order`, target classes, index into duals)
@@ -906,7 +949,7 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
             for r, (pos, tg, _) in enumerate(chunk):
                 labs[r, order[list(pos)]] = tg
             starts = level_duals[[di for _, _, di in chunk]]
-            verdict, _, duals, proven = retrain.retrain_many_bounded(labs, kx, p, starts)
+            verdict, _, duals, proven, errors = retrain.retrain_many_bounded(labs, kx, p, starts)
             bad = np.flatnonzero(verdict != 1)
             if bad.size and G is None:  # the first relabelling not clearly harmless, in order
                 r = int(bad[0])
@@ -918,11 +961,16 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
                 undecided = True  # a near tie or an uncertified solve: only size - 1 stays proven
             if undecided or rem == 0:
                 continue
+            if G is not None:
+                last = np.array([pos[-1] for pos, _, _ in chunk])
+                allowed = rank[None, :] > last[:, None]  # the samples after the last flipped position
+                Gn = _node_flip_bounds(retrain, G, labs, duals, errors, allowed, rem)
+                reach = _top_sum(np.where(allowed, Gn, 0.0), rem)
             for r, (pos, tg, _) in enumerate(chunk):
                 q = pos[-1]
                 if q == n - 1:
                     continue
-                if csum is not None and proven[r] > csum[min(q + 1 + rem, n)] - csum[q + 1]:
+                if G is not None and proven[r] > reach[r]:
                     continue  # no extension by at most rem later samples changes the prediction
                 survivors.append((pos, tg, len(survivors)))
                 if keep:
