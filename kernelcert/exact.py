@@ -883,39 +883,69 @@ def _node_flip_bounds(retrain: _Retrainer, G: np.ndarray, labels: np.ndarray, du
     return np.minimum(G[None, :] * lam * (0.5 * (1.0 + 1e-9)), G[None, :])
 
 
+def _children(retrain: _Retrainer, G: np.ndarray, order: np.ndarray, labels: np.ndarray, duals: np.ndarray,
+              errors: np.ndarray, proven: np.ndarray, last: np.ndarray, rem: int) -> np.ndarray:
+    """Which children B nodes of the branch and bound must retrain: (B, n) bool over positions in `order`.
+
+    A node (labels (B, n), duals and their errors from `_Retrainer.retrain_many_bounded`, proven
+    margins (B,), last flipped position `last` (B,), -1 for none) may add up to rem >= 1 flips at
+    positions after `last`. Its child at position q, with its whole subtree, flips the node's set plus
+    sample order[q] plus at most rem - 1 samples after q, so by `_node_flip_bounds` (G' of the node)
+    the margin drops by at most reach_q = G'_(order[q]) + (the rem - 1 largest G' after q). Children
+    with proven > reach_q keep the prediction in their whole subtree and are not needed (False);
+    a node with no child needed is pruned."""
+    B, n = labels.shape[0], len(order)
+    later = np.arange(n)[None, :] > last[:, None]  # (B, n) over positions
+    allowed = np.empty_like(later)
+    allowed[:, order] = later  # the same over samples
+    Gn = _node_flip_bounds(retrain, G, labels, duals, errors, allowed, rem)
+    Gp = np.where(later, Gn[:, order], 0.0)
+    k = min(rem - 1, n)
+    suffix = np.zeros((B, n))  # sum of the k largest Gp strictly after each position
+    if k > 0:
+        top = np.zeros((B, k))  # the k largest so far (zeros stand in for missing entries: Gp >= 0)
+        for q in range(n - 1, -1, -1):
+            suffix[:, q] = top.sum(axis=1)
+            top = np.sort(np.concatenate([top, Gp[:, q:q + 1]], axis=1), axis=1)[:, 1:]
+    return later & ~(proven[:, None] > Gp + suffix)
+
+
 def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int, max_size: int,
                               limit: int, prune: bool = True) -> tuple[int, np.ndarray | None]:
     """Every relabelling of 1, 2, ... samples, size by size, retrained (`_Retrainer.retrain_many`)
-    unless the stability bound (`_flip_bounds`, docs/math.md §7.4) proves it harmless, while the
-    number of relabellings retrained stays within `limit`. Returns (s, attack): no relabelling of at
-    most s samples changes the prediction (each was decided clearly or lies in a pruned subtree), and
-    attack, a relabelling of s + 1 samples that clearly changes it (None if the search stopped first:
-    limit, max_size, a near tie, or a solve without a certified optimum).
+    unless the stability bound (`_flip_bounds`, `_node_flip_bounds`, docs/math.md §7.4) proves it
+    harmless, while the number of relabellings retrained stays within `limit`. Returns (s, attack):
+    no relabelling of at most s samples changes the prediction (each was decided clearly or lies in
+    a subtree the bound covers), and attack, a relabelling of s + 1 samples that clearly changes it
+    (None if the search stopped first: limit, max_size, a near tie, or a solve without a certified
+    optimum).
 
     Branch and bound over flip sets: samples are ordered by decreasing bound G_j; a relabelling of
-    the samples at positions q_1 < ... < q_s is extended by samples after q_s only. When its proven
-    margin (retrained, minus the certified error) exceeds the sum of the next max_size - s bounds
-    (the largest of the samples it may still add), no extension within max_size can change the
-    prediction, and its subtree is pruned. Every flip set of at most max_size samples is a chain of
-    such extensions, so each is retrained or covered by a pruned ancestor. prune=False (or no
-    certified bound) retrains every relabelling in `itertools.combinations` order, then target
-    classes. Children are warm-started from their parent's duals (kept while they fit _KEPT_DUALS
-    floats); the verdicts do not depend on the starts."""
+    the samples at positions q_1 < ... < q_s is extended by samples after q_s only. Each node (the
+    clean labels first, then every retrained relabelling) retrains only the children `_children`
+    does not cover: a child whose subtree (at most max_size flips in all) provably keeps the
+    prediction, by the node's proven margin (retrained, minus the certified error) against the
+    node's sharpened bounds G', is skipped with that subtree. Every flip set of at most max_size
+    samples is a chain of such extensions, so each is retrained or covered by a skipped child.
+    prune=False (or no certified bound) retrains every relabelling in `itertools.combinations`
+    order, then target classes. Children are warm-started from their parent's duals (kept while they
+    fit _KEPT_DUALS floats); the verdicts do not depend on the starts."""
     n, K = len(y), retrain.K
     G = _flip_bounds(retrain, y, kx, p) if prune else None
-    if G is None:
-        order = np.arange(n)
-    else:
-        order = np.argsort(-G, kind="stable")
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
+    order = np.arange(n) if G is None else np.argsort(-G, kind="stable")
+    positions = np.arange(n)
     step = retrain.batch_size()
     tried = 0
-    # survivors of the previous size: (positions in `order`, target classes, index into duals)
-    level: list[tuple[tuple[int, ...], tuple[int, ...], int]] = [((), (), 0)]
+    if G is None or max_size < 1:
+        root_kids = np.ones(n, bool)
+    else:
+        _, _, d0, p0, e0 = retrain.retrain_many_bounded(y[None], kx, p, retrain.start[None])
+        root_kids = _children(retrain, G, order, y[None], d0, e0, p0, np.array([-1]), max_size)[0]
+    # nodes of the previous size: (positions in `order`, target classes, index into duals, children needed)
+    level: list[tuple[tuple[int, ...], tuple[int, ...], int, np.ndarray]] = [((), (), 0, root_kids)]
     level_duals = retrain.start[None]
     for size in range(1, max_size + 1):
-        count = sum((n - 1 - (pos[-1] if pos else -1)) for pos, _, _ in level) * (K - 1)
+        count = sum(int(kids.sum()) for _, _, _, kids in level) * (K - 1)
         if count == 0:
             return max_size, None
         if tried + count > limit:
@@ -923,22 +953,24 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
         tried += count
         rem = max_size - size
         keep = rem > 0 and count * retrain.problems * n <= _KEPT_DUALS
-        survivors: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []
+        survivors: list[tuple[tuple[int, ...], tuple[int, ...], int, np.ndarray]] = []
         kept: list[np.ndarray] = []
         undecided = False
 
-        groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], int]]] = {}
-        for pos, tg, di in level:  # same positions, different target classes
-            groups.setdefault(pos, []).append((tg, di))
+        groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], int, np.ndarray]]] = {}
+        for pos, tg, di, kids in level:  # same positions, different target classes
+            groups.setdefault(pos, []).append((tg, di, kids))
 
         def relabellings() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], int]]:
             for pos, members in groups.items():  # positions in lexicographic order, then the targets
-                for q in range((pos[-1] if pos else -1) + 1, n):
+                union = np.logical_or.reduce([kids for _, _, kids in members])
+                for q in np.flatnonzero(union).tolist():
                     j = int(order[q])
-                    for tg, di in members:
-                        for c in range(K):
-                            if c != y[j]:
-                                yield pos + (q,), tg + (c,), di
+                    for tg, di, kids in members:
+                        if kids[q]:
+                            for c in range(K):
+                                if c != y[j]:
+                                    yield pos + (q,), tg + (c,), di
 
         todo = relabellings()
         while True:
@@ -961,25 +993,22 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
                 undecided = True  # a near tie or an uncertified solve: only size - 1 stays proven
             if undecided or rem == 0:
                 continue
-            if G is not None:
-                last = np.array([pos[-1] for pos, _, _ in chunk])
-                allowed = rank[None, :] > last[:, None]  # the samples after the last flipped position
-                Gn = _node_flip_bounds(retrain, G, labs, duals, errors, allowed, rem)
-                reach = _top_sum(np.where(allowed, Gn, 0.0), rem)
+            last = np.array([pos[-1] for pos, _, _ in chunk])
+            if G is None:
+                needed = positions[None, :] > last[:, None]
+            else:
+                needed = _children(retrain, G, order, labs, duals, errors, proven, last, rem)
             for r, (pos, tg, _) in enumerate(chunk):
-                q = pos[-1]
-                if q == n - 1:
-                    continue
-                if G is not None and proven[r] > reach[r]:
+                if not needed[r].any():
                     continue  # no extension by at most rem later samples changes the prediction
-                survivors.append((pos, tg, len(survivors)))
+                survivors.append((pos, tg, len(survivors), needed[r]))
                 if keep:
                     kept.append(duals[r])
         if undecided:
             return size - 1, None
         if not survivors:
             return max_size, None
-        level = survivors if keep else [(pos, tg, 0) for pos, tg, _ in survivors]
+        level = survivors if keep else [(pos, tg, 0, kids) for pos, tg, _, kids in survivors]
         level_duals = np.stack(kept) if keep else retrain.start[None]
     return max_size, None
 

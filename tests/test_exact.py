@@ -613,3 +613,42 @@ def test_node_flip_bounds_hold_against_retraining(K, kind):
     # (with K = 3 a sample needs margin > 1 in every one-vs-rest problem: rare at this size)
     assert sharper or kind == "rbf" or K == 3, f"seed {SEED}: the node bound never improves on G"
     assert worst > 0.05, f"seed {SEED}: the bound is never approached ({worst})"
+
+
+@pytest.mark.parametrize("K,kind", [(2, "ntk"), (3, "ntk"), (2, "ill-conditioned")])
+def test_pruned_search_fresh_ntk_equals_full_enumeration(K, kind):
+    """Fresh NTK problems above C_max (also with a near-duplicate sample: an ill-conditioned Gram), many
+    test points: the branch and bound with its skipped children (`_children`) excludes the same sizes
+    and finds attacks of the same size as retraining every relabelling (prune=False, itself checked
+    against one-by-one retraining above), every attack re-verifies, and it retrains fewer."""
+    rng = np.random.default_rng([SEED, 60 + K, kind == "ntk"])
+    n = 12 if K == 2 else 9
+    Kt, Kx, y = _ntk_problem(rng, n, K, 10)
+    if kind == "ill-conditioned":
+        idx = np.concatenate([np.arange(n), [1]])
+        Kt, Kx, y = Kt[np.ix_(idx, idx)].copy(), Kx[:, idx], y[idx]
+        Kt[n, n] += 1e-4
+    C = float(rng.uniform(2, 6)) * KernelSVM().fit(Kt, y, K).C_max
+    retrain = exact._Retrainer(Kt, y, K, C)
+    assert retrain.usable, SEED
+    counts = {True: 0, False: 0}
+    real = retrain.retrain_many_bounded
+
+    def counting(labels, *a, **k):
+        counts[mode] += len(labels)
+        return real(labels, *a, **k)
+
+    retrain.retrain_many_bounded = counting
+    p = KernelSVM(C).fit(Kt, y, K).predict(Kx)
+    for i in range(len(Kx)):
+        out = {}
+        for mode in (False, True):
+            out[mode] = exact._exhaustive_small_attacks(retrain, y, Kx[i], int(p[i]), 4, 10**6, prune=mode)
+        if out[False][1] is not None:  # the full enumeration decided every size up to its attack
+            assert out[True][0] == out[False][0], SEED
+            assert out[True][1] is not None and (out[True][1] != y).sum() == (out[False][1] != y).sum(), SEED
+        elif out[False][0] == 4:
+            assert out[True][0] == 4 and out[True][1] is None, SEED
+        if out[True][1] is not None:
+            assert KernelSVM(C).fit(Kt, out[True][1], K).predict(Kx[i:i + 1])[0] != p[i], SEED
+    assert counts[True] < counts[False], SEED
