@@ -1034,12 +1034,13 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
        warm-started from the duals of the relabelling one flip shorter). Each retrained margin
        comes with a certified error bound (`_Retrainer`: unique dual optimum on a positive definite
        K_train, error bound of a strongly convex box QP), which alone decides: a relabelling that
-       clearly keeps p and whose proven margin exceeds what its allowed extensions can remove (the
-       stability bound of `_flip_bounds`, docs/math.md §7.4, with at most g - 1 or `max_flips` flips
-       in all) has its whole subtree pruned; sizes whose every relabelling is retrained or pruned
-       are excluded; an attack that clearly changes p and passes retraining by `KernelSVM` is the
-       answer; a near tie (margin within the error bound) or a singular K_train hands the rest to
-       the MILP.
+       clearly keeps p retrains only the one-flip extensions whose subtree its proven margin does
+       not cover (the stability bound of `_flip_bounds`, sharpened at each relabelling by
+       `_node_flip_bounds` and applied per child by `_children`, docs/math.md §7.4 (v)-(vii), with
+       at most g - 1 or `max_flips` flips in all); sizes whose every relabelling is retrained or
+       covered are excluded; an attack that clearly changes p and passes retraining by `KernelSVM`
+       is the answer; a near tie (margin within the error bound) or a singular K_train hands the
+       rest to the MILP.
     3. The MILP (`_AttackMilp`, HiGHS through highspy, one model per test point) minimises the
        flips over the attack sizes still open: its budget row runs from the proven lower bound to
        g - 1 (or `max_flips`), so it only looks for strictly smaller attacks and its infeasibility
@@ -1054,12 +1055,13 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
     radius_upper from the best verified attack. When `time_limit` (seconds per MILP solve; default
     DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is the solver's
     proven bound minus one, flagged `exact=False` and `stopped_early=True`. Budget: `max_flips`
-    (radius = budget when nothing within it changes the prediction). Measured (one core, binary
-    Gaussians, NTK of a one-hidden-layer ReLU net; benchmarks/published.py): n = 10-20 at 2-5 C_max
-    take about 0.05 s per point, all exact (attack and enumeration meet); at n = 50, 2 C_max the
-    pruned retraining proves both benchmark points exact (radius 8) in 6.4 s CPU for the two; at
-    larger C the stability bound prunes less and points may end as a bracket [radius, radius_upper]
-    (exact only where they meet).
+    (radius = budget when nothing within it changes the prediction). Measured (process CPU time,
+    binary Gaussians, NTK of a one-hidden-layer ReLU net: `python -m benchmarks.published --part milp`,
+    `run_milp`): n = 10-20 at 2-5 C_max take about 0.05 s per point, all exact (attack and
+    enumeration meet); at n = 50 the two points are exact at 2, 3 and 5 C_max (radii 8 8, 8 7, 7 7)
+    in about 1.7, 7.5 and 27 s for the two (7,000, 29,000 and 102,000 relabellings retrained). The
+    bound prunes less as C grows or attacks get larger; points whose search hits `exhaustive_limit`
+    end as a bracket [radius, radius_upper] unless the MILP closes it (exact only where they meet).
     progress=True shows a progress bar over the test points (tqdm).
     """
     Kt = check_gram(K_train, name="K_train")
