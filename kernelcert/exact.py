@@ -1059,7 +1059,7 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
     binary Gaussians, NTK of a one-hidden-layer ReLU net: `python -m benchmarks.published --part milp`,
     `run_milp`): n = 10-20 at 2-5 C_max take about 0.05 s per point, all exact (attack and
     enumeration meet); at n = 50 the two points are exact at 2, 3 and 5 C_max (radii 8 8, 8 7, 7 7)
-    in about 1.7, 7.5 and 27 s for the two (7,000, 29,000 and 102,000 relabellings retrained). The
+    in 1.3, 6.0 and 24 s CPU for the two (7,216, 28,720 and 102,209 relabellings retrained). The
     bound prunes less as C grows or attacks get larger; points whose search hits `exhaustive_limit`
     end as a bracket [radius, radius_upper] unless the MILP closes it (exact only where they meet).
     progress=True shows a progress bar over the test points (tqdm).
