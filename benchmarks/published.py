@@ -177,12 +177,20 @@ def gaussian_problem(n, t, seed):
 
 
 def run_milp(cfg, seed):
-    """labelcert_svm_milp above C_max: the default (beam-search attack, batched retraining of every
-    small relabelling, then the MILP for what is left) and the MILP alone (no attack search, no
-    retraining: `exhaustive_limit=0`), same problems, same per-MILP time limit; radii must agree
-    where both are exact."""
+    """labelcert_svm_milp above C_max: the default (beam-search attack, batched retraining of the small
+    relabellings the stability bound does not cover, then the MILP for what is left) and the MILP
+    alone (no attack search, no retraining: `exhaustive_limit=0`), same problems, same per-MILP time
+    limit; radii must agree where both are exact. `retrained`: relabellings the default retrained
+    (attack search and enumeration, all points of the row)."""
     rows = []
     real_greedy = exact._greedy_svm_attack
+    real_retrain = exact._Retrainer.retrain_many_bounded
+    retrained = [0]
+
+    def counting(self, labels, *a, **k):  # relabellings retrained (attack search and enumeration)
+        retrained[0] += len(labels)
+        return real_retrain(self, labels, *a, **k)
+
     Kt, Kx, y = gaussian_problem(6, 2, seed)  # warm-up: imports and first calls are not timed
     exact.labelcert_svm_milp(Kt, y, Kx, 3 * KernelSVM().fit(Kt, y, 2).C_max, 2)
     exact.labelcert_svm_milp(Kt, y, Kx, 3 * KernelSVM().fit(Kt, y, 2).C_max, 2, exhaustive_limit=0)
@@ -194,18 +202,22 @@ def run_milp(cfg, seed):
         for variant in variants:
             kw = {} if variant == "default" else {"exhaustive_limit": 0}
             exact._greedy_svm_attack = real_greedy if variant == "default" else (lambda *a, **k: None)
+            exact._Retrainer.retrain_many_bounded = counting
+            retrained[0] = 0
             try:
                 res, cpu = _cpu(lambda: exact.labelcert_svm_milp(Kt, y, Kx, C, 2, time_limit=cfg["milp_time_limit"],
                                                                  **kw))
             finally:
                 exact._greedy_svm_attack = real_greedy
-            out[variant] = (res, cpu)
+                exact._Retrainer.retrain_many_bounded = real_retrain
+            out[variant] = (res, cpu, retrained[0])
             print(f"MILP n={n:<3} C={factor:g} C_max {variant:<10} cpu {cpu:8.1f} s  radius {res.radius.tolist()}  "
                   f"upper {res.radius_upper.tolist()}  exact {int(res.exact.sum())}/{len(res.exact)}  "
-                  f"stopped {int(res.stopped_early.sum())}", flush=True)
-        (a, ta), (b, tb) = out["default"], out.get("milp only", (None, None))
+                  f"stopped {int(res.stopped_early.sum())}  retrained {retrained[0]}", flush=True)
+        (a, ta, ra), (b, tb, _) = out["default"], out.get("milp only", (None, None, None))
         both = a.exact & (b.exact if b is not None else False)
         rows.append({"n": n, "C_over_C_max": factor, "points": len(a.radius), "cpu_s": ta, "plain_cpu_s": tb,
+                     "retrained": ra,
                      "cpu_s_per_point": ta / len(a.radius), "exact": int(a.exact.sum()),
                      "plain_exact": None if b is None else int(b.exact.sum()), "stopped": int(a.stopped_early.sum()),
                      "plain_stopped": None if b is None else int(b.stopped_early.sum()),

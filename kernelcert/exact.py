@@ -768,17 +768,19 @@ class _Retrainer:
 
         Returns verdicts (B,) int64 (+1, -1, 0 as in `decide`, _UNSOLVED where no certified solve
         exists), f_p - max_{c != p} f_c (B,) (inf where unsolved) and the scaled duals (B, problems, n)."""
-        verdict, low, b, _ = self.retrain_many_bounded(labels, kx, p, starts)
+        verdict, low, b, _, _ = self.retrain_many_bounded(labels, kx, p, starts)
         return verdict, low, b
 
     def retrain_many_bounded(self, labels: np.ndarray, kx: np.ndarray, p: int, starts: np.ndarray | None = None
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`retrain_many` plus (B,) proven lower bounds on f_p - max_{c != p} f_c of the exact retrained
-        SVM (the computed margin minus its certified error; -inf where unsolved)."""
+        SVM (the computed margin minus its certified error; -inf where unsolved) and (B, problems)
+        certified bounds on ||b - b*||_2 of the returned scaled duals (inf where unsolved)."""
         B, n, P = labels.shape[0], self.n, self.problems
         signs = np.where(labels[:, None, :] == np.arange(P)[None, :, None], 1.0, -1.0)  # (B, P, n)
         if not self.usable:
-            return np.full(B, _UNSOLVED, np.int64), np.full(B, np.inf), np.ones((B, P, n)), np.full(B, -np.inf)
+            return (np.full(B, _UNSOLVED, np.int64), np.full(B, np.inf), np.ones((B, P, n)), np.full(B, -np.inf),
+                    np.full((B, P), np.inf))
         s = signs.reshape(B * P, n)
         H = self.C * (s[:, :, None] * self.Kt[None, :, :] * s[:, None, :])
         H = 0.5 * (H + H.transpose(0, 2, 1))
@@ -804,7 +806,7 @@ class _Retrainer:
         verdict[~certified] = _UNSOLVED
         low[~certified] = np.inf
         proven = np.where(certified, low - tol[:, 0], -np.inf)
-        return verdict, low, b, proven
+        return verdict, low, b, proven, np.where(ok.reshape(B, P), bound, np.inf)
 
 
 def _flip_bounds(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int) -> np.ndarray | None:
@@ -840,39 +842,110 @@ def _flip_bounds(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int) -> 
     return np.maximum(2.0 * C * (diag * px + lin), 0.0) * (1.0 + 1e-9) + 1e-12 * C * float(np.abs(kx).sum()) / n
 
 
+def _top_sum(values: np.ndarray, count: int) -> np.ndarray:
+    """(B,) sums of the `count` largest entries of each row of values (B, n) (all of them if count >= n)."""
+    if count >= values.shape[1]:
+        return values.sum(axis=1)
+    return -np.partition(-values, count - 1, axis=1)[:, :count].sum(axis=1)
+
+
+def _node_flip_bounds(retrain: _Retrainer, G: np.ndarray, labels: np.ndarray, duals: np.ndarray,
+                      errors: np.ndarray, allowed: np.ndarray, rem: int) -> np.ndarray:
+    """The stability bound of `_flip_bounds` sharpened at B nodes of the search (docs/math.md §7.4 (vi)).
+
+    G (n,) from `_flip_bounds`; labels (B, n) the nodes' labellings, duals (B, problems, n) their
+    scaled duals with certified errors `errors` (B, problems) (`_Retrainer.retrain_many_bounded`);
+    allowed (B, n) bool: the samples each node may still flip, at most `rem` >= 1 of them, all still
+    at their clean labels. Returns G' (B, n), G' <= G: flipping any such set T of at most rem allowed
+    samples lowers the margin f_p - max_{c != p} f_c of the exact SVM by at most sum_{j in T} G'_j.
+
+    G'_j = G_j lambda_j / 2 with lambda_j = 2 - min(1, g_j / D_j) in [1, 2]: g_j a proven lower bound on
+    (m_j - 1)^+ over the problems, m_j = y^k_j f_k(x_j) the sample's margin at the node (duals' error
+    bound included), D_j = R sqrt(K_jj) a bound on how far a flip set can move m_j, and
+    R = C (sum of the rem largest lambda_i sqrt(K_ii) over the allowed samples) a bound on the change
+    of every w_k; lambda and R are refined together (each pass is a valid bound given the last)."""
+    Kt, C, P = retrain.Kt, retrain.C, retrain.problems
+    signs = np.where(labels[:, None, :] == np.arange(P)[None, :, None], 1.0, -1.0)  # (B, P, n)
+    m = signs * (C * np.einsum("ij,bpj->bpi", Kt, signs * duals))
+    finite = np.isfinite(errors)
+    err = (C * np.linalg.norm(Kt, axis=1)[None, None, :] * np.where(finite, errors, 0.0)[:, :, None]
+           + 1e-9 * C * np.abs(Kt).sum(axis=1)[None, None, :])
+    g = np.maximum((m - err).min(axis=1) - 1.0, 0.0)
+    g[~finite.all(axis=1)] = 0.0
+    sk = np.sqrt(np.maximum(np.diag(Kt), 0.0)) * (1.0 + 1e-12)
+    lam = np.full(g.shape, 2.0)
+    for _ in range(4):
+        R = C * _top_sum(np.where(allowed, lam * sk, 0.0), rem)
+        D = R[:, None] * sk[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(D > 0, g / D, 0.0)
+        lam = np.minimum(lam, 2.0 - np.minimum(ratio, 1.0))
+    return np.minimum(G[None, :] * lam * (0.5 * (1.0 + 1e-9)), G[None, :])
+
+
+def _children(retrain: _Retrainer, G: np.ndarray, order: np.ndarray, labels: np.ndarray, duals: np.ndarray,
+              errors: np.ndarray, proven: np.ndarray, last: np.ndarray, rem: int) -> np.ndarray:
+    """Which children B nodes of the branch and bound must retrain: (B, n) bool over positions in `order`.
+
+    A node (labels (B, n), duals and their errors from `_Retrainer.retrain_many_bounded`, proven
+    margins (B,), last flipped position `last` (B,), -1 for none) may add up to rem >= 1 flips at
+    positions after `last`. Its child at position q, with its whole subtree, flips the node's set plus
+    sample order[q] plus at most rem - 1 samples after q, so by `_node_flip_bounds` (G' of the node)
+    the margin drops by at most reach_q = G'_(order[q]) + (the rem - 1 largest G' after q). Children
+    with proven > reach_q keep the prediction in their whole subtree and are not needed (False);
+    a node with no child needed is pruned."""
+    B, n = labels.shape[0], len(order)
+    later = np.arange(n)[None, :] > last[:, None]  # (B, n) over positions
+    allowed = np.empty_like(later)
+    allowed[:, order] = later  # the same over samples
+    Gn = _node_flip_bounds(retrain, G, labels, duals, errors, allowed, rem)
+    Gp = np.where(later, Gn[:, order], 0.0)
+    k = min(rem - 1, n)
+    suffix = np.zeros((B, n))  # sum of the k largest Gp strictly after each position
+    if k > 0:
+        top = np.zeros((B, k))  # the k largest so far (zeros stand in for missing entries: Gp >= 0)
+        for q in range(n - 1, -1, -1):
+            suffix[:, q] = top.sum(axis=1)
+            top = np.sort(np.concatenate([top, Gp[:, q:q + 1]], axis=1), axis=1)[:, 1:]
+    return later & ~(proven[:, None] > Gp + suffix)
+
+
 def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray, p: int, max_size: int,
                               limit: int, prune: bool = True) -> tuple[int, np.ndarray | None]:
     """Every relabelling of 1, 2, ... samples, size by size, retrained (`_Retrainer.retrain_many`)
-    unless the stability bound (`_flip_bounds`, docs/math.md §7.4) proves it harmless, while the
-    number of relabellings retrained stays within `limit`. Returns (s, attack): no relabelling of at
-    most s samples changes the prediction (each was decided clearly or lies in a pruned subtree), and
-    attack, a relabelling of s + 1 samples that clearly changes it (None if the search stopped first:
-    limit, max_size, a near tie, or a solve without a certified optimum).
+    unless the stability bound (`_flip_bounds`, `_node_flip_bounds`, docs/math.md §7.4) proves it
+    harmless, while the number of relabellings retrained stays within `limit`. Returns (s, attack):
+    no relabelling of at most s samples changes the prediction (each was decided clearly or lies in
+    a subtree the bound covers), and attack, a relabelling of s + 1 samples that clearly changes it
+    (None if the search stopped first: limit, max_size, a near tie, or a solve without a certified
+    optimum).
 
     Branch and bound over flip sets: samples are ordered by decreasing bound G_j; a relabelling of
-    the samples at positions q_1 < ... < q_s is extended by samples after q_s only. When its proven
-    margin (retrained, minus the certified error) exceeds the sum of the next max_size - s bounds
-    (the largest of the samples it may still add), no extension within max_size can change the
-    prediction, and its subtree is pruned. Every flip set of at most max_size samples is a chain of
-    such extensions, so each is retrained or covered by a pruned ancestor. prune=False (or no
-    certified bound) retrains every relabelling in `itertools.combinations` order, then target
-    classes. Children are warm-started from their parent's duals (kept while they fit _KEPT_DUALS
-    floats); the verdicts do not depend on the starts."""
+    the samples at positions q_1 < ... < q_s is extended by samples after q_s only. Each node (the
+    clean labels first, then every retrained relabelling) retrains only the children `_children`
+    does not cover: a child whose subtree (at most max_size flips in all) provably keeps the
+    prediction, by the node's proven margin (retrained, minus the certified error) against the
+    node's sharpened bounds G', is skipped with that subtree. Every flip set of at most max_size
+    samples is a chain of such extensions, so each is retrained or covered by a skipped child.
+    prune=False (or no certified bound) retrains every relabelling in `itertools.combinations`
+    order, then target classes. Children are warm-started from their parent's duals (kept while they
+    fit _KEPT_DUALS floats); the verdicts do not depend on the starts."""
     n, K = len(y), retrain.K
     G = _flip_bounds(retrain, y, kx, p) if prune else None
-    if G is None:
-        order = np.arange(n)
-        csum = None
-    else:
-        order = np.argsort(-G, kind="stable")
-        csum = np.concatenate([[0.0], np.cumsum(G[order])])
+    order = np.arange(n) if G is None else np.argsort(-G, kind="stable")
+    positions = np.arange(n)
     step = retrain.batch_size()
     tried = 0
-    # survivors of the previous size: (positions in `order`, target classes, index into duals)
-    level: list[tuple[tuple[int, ...], tuple[int, ...], int]] = [((), (), 0)]
+    if G is None or max_size < 1:
+        root_kids = np.ones(n, bool)
+    else:
+        _, _, d0, p0, e0 = retrain.retrain_many_bounded(y[None], kx, p, retrain.start[None])
+        root_kids = _children(retrain, G, order, y[None], d0, e0, p0, np.array([-1]), max_size)[0]
+    # nodes of the previous size: (positions in `order`, target classes, index into duals, children needed)
+    level: list[tuple[tuple[int, ...], tuple[int, ...], int, np.ndarray]] = [((), (), 0, root_kids)]
     level_duals = retrain.start[None]
     for size in range(1, max_size + 1):
-        count = sum((n - 1 - (pos[-1] if pos else -1)) for pos, _, _ in level) * (K - 1)
+        count = sum(int(kids.sum()) for _, _, _, kids in level) * (K - 1)
         if count == 0:
             return max_size, None
         if tried + count > limit:
@@ -880,22 +953,24 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
         tried += count
         rem = max_size - size
         keep = rem > 0 and count * retrain.problems * n <= _KEPT_DUALS
-        survivors: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []
+        survivors: list[tuple[tuple[int, ...], tuple[int, ...], int, np.ndarray]] = []
         kept: list[np.ndarray] = []
         undecided = False
 
-        groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], int]]] = {}
-        for pos, tg, di in level:  # same positions, different target classes
-            groups.setdefault(pos, []).append((tg, di))
+        groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], int, np.ndarray]]] = {}
+        for pos, tg, di, kids in level:  # same positions, different target classes
+            groups.setdefault(pos, []).append((tg, di, kids))
 
         def relabellings() -> Iterator[tuple[tuple[int, ...], tuple[int, ...], int]]:
             for pos, members in groups.items():  # positions in lexicographic order, then the targets
-                for q in range((pos[-1] if pos else -1) + 1, n):
+                union = np.logical_or.reduce([kids for _, _, kids in members])
+                for q in np.flatnonzero(union).tolist():
                     j = int(order[q])
-                    for tg, di in members:
-                        for c in range(K):
-                            if c != y[j]:
-                                yield pos + (q,), tg + (c,), di
+                    for tg, di, kids in members:
+                        if kids[q]:
+                            for c in range(K):
+                                if c != y[j]:
+                                    yield pos + (q,), tg + (c,), di
 
         todo = relabellings()
         while True:
@@ -906,7 +981,7 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
             for r, (pos, tg, _) in enumerate(chunk):
                 labs[r, order[list(pos)]] = tg
             starts = level_duals[[di for _, _, di in chunk]]
-            verdict, _, duals, proven = retrain.retrain_many_bounded(labs, kx, p, starts)
+            verdict, _, duals, proven, errors = retrain.retrain_many_bounded(labs, kx, p, starts)
             bad = np.flatnonzero(verdict != 1)
             if bad.size and G is None:  # the first relabelling not clearly harmless, in order
                 r = int(bad[0])
@@ -918,20 +993,22 @@ def _exhaustive_small_attacks(retrain: _Retrainer, y: np.ndarray, kx: np.ndarray
                 undecided = True  # a near tie or an uncertified solve: only size - 1 stays proven
             if undecided or rem == 0:
                 continue
+            last = np.array([pos[-1] for pos, _, _ in chunk])
+            if G is None:
+                needed = positions[None, :] > last[:, None]
+            else:
+                needed = _children(retrain, G, order, labs, duals, errors, proven, last, rem)
             for r, (pos, tg, _) in enumerate(chunk):
-                q = pos[-1]
-                if q == n - 1:
-                    continue
-                if csum is not None and proven[r] > csum[min(q + 1 + rem, n)] - csum[q + 1]:
+                if not needed[r].any():
                     continue  # no extension by at most rem later samples changes the prediction
-                survivors.append((pos, tg, len(survivors)))
+                survivors.append((pos, tg, len(survivors), needed[r]))
                 if keep:
                     kept.append(duals[r])
         if undecided:
             return size - 1, None
         if not survivors:
             return max_size, None
-        level = survivors if keep else [(pos, tg, 0) for pos, tg, _ in survivors]
+        level = survivors if keep else [(pos, tg, 0, kids) for pos, tg, _, kids in survivors]
         level_duals = np.stack(kept) if keep else retrain.start[None]
     return max_size, None
 
@@ -957,12 +1034,13 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
        warm-started from the duals of the relabelling one flip shorter). Each retrained margin
        comes with a certified error bound (`_Retrainer`: unique dual optimum on a positive definite
        K_train, error bound of a strongly convex box QP), which alone decides: a relabelling that
-       clearly keeps p and whose proven margin exceeds what its allowed extensions can remove (the
-       stability bound of `_flip_bounds`, docs/math.md §7.4, with at most g - 1 or `max_flips` flips
-       in all) has its whole subtree pruned; sizes whose every relabelling is retrained or pruned
-       are excluded; an attack that clearly changes p and passes retraining by `KernelSVM` is the
-       answer; a near tie (margin within the error bound) or a singular K_train hands the rest to
-       the MILP.
+       clearly keeps p retrains only the one-flip extensions whose subtree its proven margin does
+       not cover (the stability bound of `_flip_bounds`, sharpened at each relabelling by
+       `_node_flip_bounds` and applied per child by `_children`, docs/math.md §7.4 (v)-(vii), with
+       at most g - 1 or `max_flips` flips in all); sizes whose every relabelling is retrained or
+       covered are excluded; an attack that clearly changes p and passes retraining by `KernelSVM`
+       is the answer; a near tie (margin within the error bound) or a singular K_train hands the
+       rest to the MILP.
     3. The MILP (`_AttackMilp`, HiGHS through highspy, one model per test point) minimises the
        flips over the attack sizes still open: its budget row runs from the proven lower bound to
        g - 1 (or `max_flips`), so it only looks for strictly smaller attacks and its infeasibility
@@ -977,12 +1055,13 @@ def labelcert_svm_milp(K_train: npt.ArrayLike, labels: npt.ArrayLike, K_test_tra
     radius_upper from the best verified attack. When `time_limit` (seconds per MILP solve; default
     DEFAULT_MILP_TIME_LIMIT = 300 s, None = no limit) stops the solver, the radius is the solver's
     proven bound minus one, flagged `exact=False` and `stopped_early=True`. Budget: `max_flips`
-    (radius = budget when nothing within it changes the prediction). Measured (one core, binary
-    Gaussians, NTK of a one-hidden-layer ReLU net; benchmarks/published.py): n = 10-20 at 2-5 C_max
-    take about 0.05 s per point, all exact (attack and enumeration meet); at n = 50, 2 C_max the
-    pruned retraining proves both benchmark points exact (radius 8) in 6.4 s CPU for the two; at
-    larger C the stability bound prunes less and points may end as a bracket [radius, radius_upper]
-    (exact only where they meet).
+    (radius = budget when nothing within it changes the prediction). Measured (process CPU time,
+    binary Gaussians, NTK of a one-hidden-layer ReLU net: `python -m benchmarks.published --part milp`,
+    `run_milp`): n = 10-20 at 2-5 C_max take about 0.05 s per point, all exact (attack and
+    enumeration meet); at n = 50 the two points are exact at 2, 3 and 5 C_max (radii 8 8, 8 7, 7 7)
+    in 1.3, 6.0 and 24 s CPU for the two (7,216, 28,720 and 102,209 relabellings retrained). The
+    bound prunes less as C grows or attacks get larger; points whose search hits `exhaustive_limit`
+    end as a bracket [radius, radius_upper] unless the MILP closes it (exact only where they meet).
     progress=True shows a progress bar over the test points (tqdm).
     """
     Kt = check_gram(K_train, name="K_train")
