@@ -29,6 +29,7 @@ from .backends import Backend, DaskBackend, InProcessBackend, make_backend
 from .config import (ConfigError, DataConfig, ExecutionConfig, FAConfig, KernelConfig, LearnerConfig, OutputConfig,
                      PartitionConfig, RunConfig, config_from_dict, load_config, load_config_string, make_kernel,
                      make_learner, with_overrides)
+from .exactness import RefinedWhiteboxResult
 from .methods import METHODS, REGISTRY, AggregationMethod, MethodOutput
 from .plan import AggregationTarget, RunPlan, plan_run
 from .report import markdown_report, results_table, write_plots
@@ -41,7 +42,7 @@ __all__ = [
     "run", "RunResult", "run_directory", "RunConfig", "DataConfig", "KernelConfig", "LearnerConfig",
     "PartitionConfig", "FAConfig", "OutputConfig", "ExecutionConfig", "ConfigError", "load_config",
     "load_config_string", "config_from_dict", "with_overrides", "make_kernel", "make_learner", "plan_run", "RunPlan",
-    "AggregationTarget", "MethodResult", "METHODS", "REGISTRY", "AggregationMethod", "MethodOutput", "Evidence",
+    "AggregationTarget", "MethodResult", "RefinedWhiteboxResult", "METHODS", "REGISTRY", "AggregationMethod", "MethodOutput", "Evidence",
     "build_evidence", "stack_evidence", "read_points", "read_points_long", "read_summary", "results_table", "write_plots",
     "markdown_report", "UnitFile", "FORMAT_VERSION", "unit_block_rows", "Backend", "InProcessBackend",
     "DaskBackend", "make_backend",
