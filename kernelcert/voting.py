@@ -12,7 +12,9 @@ imports nothing from kernelcert but `_validation`.
   scores (t, M, K), one compiled pass that reads each score once (no float64 copy, no separate
   validation pass), vectorised over the models for K <= 16. `plurality_margin`: the plurality
   winner and the DPA radius from vote counts, compiled; `argmax_plurality_margin`: both from the
-  scores in one compiled call (`ensemble.dpa_from_scores`).
+  scores in one compiled call (`ensemble.dpa_from_scores`): for float32 scores with 8 <= K <= 16 a
+  C pass built at install time (`kernelcert/_argmax_c.c`, `NATIVE_DPA`; no numba initialisation or
+  cache load on a first call), otherwise the numba kernel (also the C pass's oracle in the tests).
 - `min_cost_gain12`: the multiple-choice knapsack with gains {0, 1, 2} (EnsembleCert and the
   white-box run-off election), solved exactly by a sort-based method; `knapsack_dp`, the general
   dynamic programme (any positive integer gains), serves as its oracle and for the other gains.
