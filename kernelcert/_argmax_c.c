@@ -14,9 +14,10 @@
  * maxima, -0.0 == +0.0, as numpy.argmax and the numba kernel's strict `>` scan). Per model: two
  * overlapping 8-lane loads, floats [0, 8) and [K - 8, K), their lane-wise max, the horizontal max
  * broadcast to every lane, the lanes equal to it as two bit masks combined into one K-bit mask
- * (bit c = score c is a maximum), and its lowest set bit. NaN cannot slip through the max (a NaN
- * anywhere is detected separately): finiteness is x * 0 (NaN iff x is NaN or infinite) OR-ed into
- * an accumulator; its bit pattern is a NaN at the end iff one score was not finite. The votes of
+ * (bit c = score c is a maximum), and its lowest set bit; two consecutive models share the
+ * reduction across the register. NaN cannot slip through the max (a NaN anywhere is detected
+ * separately): finiteness is x * 0 (NaN iff x is NaN or infinite) added into accumulators (fused
+ * multiply-add), NaN at the end iff one score was not finite. The votes of
  * one test point are stored as bytes (one store per model: counting in place, a load-add-store
  * per vote, cost as much as the argmax), counted per class 32 at a time (compare, bit mask,
  * popcount), then the plurality margin of that row. The GIL is released during the pass.
@@ -51,28 +52,53 @@ static inline void count_votes(uint8_t *v, Py_ssize_t M, int K, int64_t *out)
     }
 }
 
+/* the vote of one model from its two loads a (classes 0..7), b (classes K-8..K-1) and x, their max
+   in every lane: bit c of the mask is set iff score c equals the max, the lowest is the first
+   maximiser (bit 16: only reached when x is NaN, i.e. a non-finite score, reported by the caller;
+   it keeps the vote < 16) */
+__attribute__((target("avx2,bmi")))
+static inline uint8_t first_max(__m256 a, __m256 b, __m256 x, int shift)
+{
+    unsigned ea = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, x, _CMP_EQ_OQ));
+    unsigned eb = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(b, x, _CMP_EQ_OQ));
+    return (uint8_t)(__builtin_ctz(ea | (eb << shift) | (1u << 16)) & 15);
+}
+
 __attribute__((target("avx2,fma,bmi,popcnt")))
 static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K, uint8_t *votes, int64_t *counts,
                               int64_t *prediction, int64_t *radius)
 {
     const __m256 zero = _mm256_setzero_ps();
-    __m256 fin = zero;
+    /* finiteness: f += x * 0 (NaN iff x is NaN or infinite, then NaN for good), 4 independent sums */
+    __m256 f0 = zero, f1 = zero, f2 = zero, f3 = zero;
     const int shift = K - 8;
     for (Py_ssize_t i = 0; i < t; i++) {
         const float *p = s + (size_t)i * (size_t)M * (size_t)K;
-        for (Py_ssize_t m = 0; m < M; m++, p += K) {
-            __m256 a = _mm256_loadu_ps(p);          /* classes 0..7 */
-            __m256 b = _mm256_loadu_ps(p + shift);  /* classes K-8..K-1 */
-            fin = _mm256_or_ps(fin, _mm256_fmadd_ps(b, zero, _mm256_mul_ps(a, zero)));
+        Py_ssize_t m = 0;
+        for (; m + 2 <= M; m += 2, p += 2 * K) {  /* two models share the reduction across the register */
+            __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + shift);
+            __m256 c = _mm256_loadu_ps(p + K), d = _mm256_loadu_ps(p + K + shift);
+            f0 = _mm256_fmadd_ps(a, zero, f0);
+            f1 = _mm256_fmadd_ps(b, zero, f1);
+            f2 = _mm256_fmadd_ps(c, zero, f2);
+            f3 = _mm256_fmadd_ps(d, zero, f3);
+            __m256 x = _mm256_max_ps(a, b), y = _mm256_max_ps(c, d);
+            /* [max of x's halves | max of y's halves], then within each 128-bit half */
+            __m256 z = _mm256_max_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+            z = _mm256_max_ps(z, _mm256_shuffle_ps(z, z, 0x4E));
+            z = _mm256_max_ps(z, _mm256_shuffle_ps(z, z, 0xB1));
+            votes[m] = first_max(a, b, _mm256_permute2f128_ps(z, z, 0x00), shift);
+            votes[m + 1] = first_max(c, d, _mm256_permute2f128_ps(z, z, 0x11), shift);
+        }
+        if (m < M) {  /* the last model of an odd M */
+            __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + shift);
+            f0 = _mm256_fmadd_ps(a, zero, f0);
+            f1 = _mm256_fmadd_ps(b, zero, f1);
             __m256 x = _mm256_max_ps(a, b);
             x = _mm256_max_ps(x, _mm256_permute2f128_ps(x, x, 1));
             x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0x4E));
-            x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0xB1));  /* the max in every lane */
-            unsigned ea = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, x, _CMP_EQ_OQ));
-            unsigned eb = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(b, x, _CMP_EQ_OQ));
-            /* bit c set iff score c equals the max; the lowest is the first maximiser (bit 16: only
-               reached when x is NaN, i.e. a non-finite score, reported below; keeps the vote < 16) */
-            votes[m] = (uint8_t)(__builtin_ctz(ea | (eb << shift) | (1u << 16)) & 15);
+            x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0xB1));
+            votes[m] = first_max(a, b, x, shift);
         }
         int64_t *n = counts + (size_t)i * (size_t)K;
         count_votes(votes, M, K, n);
@@ -89,8 +115,8 @@ static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K,
         prediction[i] = pw;
         radius[i] = (top - rival) / 2;  /* top >= rival: n_c < n_p for c < p, n_c <= n_p for c > p */
     }
-    /* a lane is NaN iff a score was NaN or infinite (x * 0); OR-ing +-0 in only adds the sign bit */
-    return _mm256_movemask_ps(_mm256_cmp_ps(fin, fin, _CMP_UNORD_Q)) != 0;
+    __m256 f = _mm256_add_ps(_mm256_add_ps(f0, f1), _mm256_add_ps(f2, f3));  /* NaN iff a score was not finite */
+    return _mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)) != 0;
 }
 #endif
 

@@ -104,11 +104,11 @@ def test_other_inputs_run_numba_and_equal_numpy(K, dtype):
 @pytest.mark.parametrize("K", [8, 10, 16])
 def test_native_pass_rejects_non_finite_at_every_class(K):
     """NaN, +inf and -inf at every class position (both overlapping loads, their shared classes) and
-    in the first and last model: ValueError, as the numba kernel; finite extremes pass."""
+    in the first, second and last model: ValueError, as the numba kernel; finite extremes pass."""
     rng = np.random.default_rng()
     for bad in (np.nan, np.inf, -np.inf):
         for c in range(K):
-            for m in (0, 4):
+            for m in (0, 1, 4):  # first and second model of a pair (they share a reduction), the odd last
                 s = rng.normal(size=(3, 5, K)).astype(np.float32)
                 s[2, m, c] = bad
                 if NATIVE_DPA:
