@@ -271,8 +271,8 @@ def markdown(result: dict) -> str:
                     "the register, the classes equal to it as a bit mask and its lowest set bit (the first maximiser, "
                     "as `numpy.argmax`); finiteness in the same pass; the votes of a test point stored as bytes and "
                     "counted 32 at a time, then the radius. Its cost is " + steady + " (*kernelcert again / read*): "
-                    "about 25 instructions per model (the reduction across the register, the two comparisons and "
-                    "their bit masks, the finiteness check), so the pass is bound by its instructions where the "
+                    "per model the reduction across the register (shared by two models), two comparisons with their "
+                    "bit masks and the finiteness check, so the pass is bound by its instructions where the "
                     "logits sit in the last-level cache (M = 50: 20 MB) and comes closer to the read from memory at "
                     "M = 1200 (480 MB).")
     else:
