@@ -12,7 +12,9 @@ imports nothing from kernelcert but `_validation`.
   scores (t, M, K), one compiled pass that reads each score once (no float64 copy, no separate
   validation pass), vectorised over the models for K <= 16. `plurality_margin`: the plurality
   winner and the DPA radius from vote counts, compiled; `argmax_plurality_margin`: both from the
-  scores in one compiled call (`ensemble.dpa_from_scores`).
+  scores in one compiled call (`ensemble.dpa_from_scores`): for float32 scores with 8 <= K <= 16 a
+  C pass built at install time (`kernelcert/_argmax_c.c`, `NATIVE_DPA`; no numba initialisation or
+  cache load on a first call), otherwise the numba kernel (also the C pass's oracle in the tests).
 - `min_cost_gain12`: the multiple-choice knapsack with gains {0, 1, 2} (EnsembleCert and the
   white-box run-off election), solved exactly by a sort-based method; `knapsack_dp`, the general
   dynamic programme (any positive integer gains), serves as its oracle and for the other gains.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -30,10 +33,16 @@ from numba import njit
 
 from ._validation import check_int
 
+_argmax_c: ModuleType | None
+try:  # the compiled DPA pass (kernelcert/_argmax_c.c, an optional extension built by `pip install`)
+    from . import _argmax_c
+except ImportError:  # not built (e.g. a checkout without `make install`): the numba kernel runs instead
+    _argmax_c = None
+
 __all__ = [
     "NO_ATTACK", "AggregateResult", "check_num_classes", "check_votes", "vote_counts", "argmax_votes", "argmax_counts",
     "argmax_pass", "scores_for_argmax", "SPECIALISED_MAX_CLASSES", "plurality", "plurality_margin",
-    "argmax_plurality_margin",
+    "argmax_plurality_margin", "NATIVE_DPA",
     "row_blocks",
     "radius_from_attack", "radius_from_cost", "min_cost_gain12", "knapsack_dp", "overtake_gains",
 ]
@@ -288,26 +297,54 @@ def plurality_margin(counts: npt.NDArray[np.integer]) -> tuple[npt.NDArray[np.in
     return prediction, radius
 
 
+NATIVE_DPA: bool = bool(_argmax_c is not None and _argmax_c.AVAILABLE)
+"""True when `argmax_plurality_margin` runs the C pass (kernelcert/_argmax_c.c: built at install time,
+x86-64 with AVX2 and FMA) for float32 scores with 8 <= K <= 16; otherwise (and for every other
+input) it runs the numba kernel, which needs numba's one-time initialisation and a load from
+numba's cache on the first call of a process."""
+
+
+def _native_dpa_applies(s: np.ndarray) -> bool:
+    """Whether the C pass handles `s` (from `scores_for_argmax`): float32, 8 <= K <= 16, `NATIVE_DPA`."""
+    return NATIVE_DPA and s.dtype == np.float32 and 8 <= s.shape[2] <= SPECIALISED_MAX_CLASSES
+
+
+def _argmax_margin_into(s: np.ndarray, counts: np.ndarray, prediction: np.ndarray, radius: np.ndarray,
+                        native: bool) -> bool:
+    """The fused DPA pass over s (t >= 1, M, K) from `scores_for_argmax` into counts (t, K) int64
+    (C-contiguous, overwritten), prediction and radius (t,) int64; True if a score is NaN or
+    infinite. native: the C pass (`_native_dpa_applies(s)` must hold), else the numba kernel (its
+    oracle in the tests, with numpy's argmax)."""
+    if native:
+        assert _argmax_c is not None
+        t, M, K = s.shape
+        return bool(_argmax_c.argmax_margin_f32(s, t, M, K, counts, prediction, radius))
+    counts[:] = 0
+    buf = _vote_buffer(s.shape[0], s.shape[1])
+    if s.shape[2] <= SPECIALISED_MAX_CLASSES:
+        return bool(_argmax_margin_fixed(s, (0,) * s.shape[2], buf, counts, prediction, radius))
+    return bool(_argmax_margin_any(s, buf, counts, prediction, radius))
+
+
 def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.int64] | None = None
                             ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """`plurality_margin` of `argmax_counts(scores)` in one compiled call: the scores are read
     once, the votes never stored. Same input rules and errors as `argmax_votes`. counts_out: an
-    int64 C-contiguous array (t, K) that receives the vote counts."""
+    int64 C-contiguous array (t, K) that receives the vote counts. float32 scores with
+    8 <= K <= 16 run the C pass where `NATIVE_DPA` (no numba initialisation or cache load; the
+    same votes, counts, predictions and radii as the numba kernel, bit for bit)."""
     s = scores_for_argmax(scores)
     t, M, K = s.shape
     if counts_out is None:
-        counts = np.zeros((t, K), np.int64)
+        counts = np.empty((t, K), np.int64)
     elif counts_out.shape != (t, K) or counts_out.dtype != np.int64 or not counts_out.flags.c_contiguous:
         raise ValueError(f"counts_out must be a C-contiguous int64 array of shape {(t, K)}, got {counts_out.dtype} "
                          f"{counts_out.shape}")
     else:
         counts = counts_out
-        counts[:] = 0
     prediction = np.empty(t, np.int64)
     radius = np.empty(t, np.int64)
-    buf = _vote_buffer(t, M)
-    if t and (_argmax_margin_fixed(s, (0,) * K, buf, counts, prediction, radius) if K <= SPECIALISED_MAX_CLASSES
-              else _argmax_margin_any(s, buf, counts, prediction, radius)):
+    if t and _argmax_margin_into(s, counts, prediction, radius, _native_dpa_applies(s)):
         raise ValueError("scores contain NaN or infinite values")
     return prediction, radius
 
