@@ -96,3 +96,33 @@ def test_choices_still_come_from_the_numpy_form():
     np.testing.assert_array_equal(cost, want_cost)
     np.testing.assert_array_equal(choice, want_choice)
     np.testing.assert_array_equal(cost, min_cost_gain12(a, b, need))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(2, 6), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.3]),
+       st.booleans())
+def test_compiled_cheapest_attack_equals_numpy_loop(N, K, seed, zero_frac, same):
+    """EnsembleCert's compiled search over rival classes (`ensemble._cheapest_attack_kernel`) against the
+    numpy loop with the numpy knapsack and with the dynamic programme, on fresh random votes and costs
+    (zero costs, inf, all partitions voting alike)."""
+    from kernelcert.ensemble import _cheapest_attack
+    from kernelcert.voting import _knapsack_dp12
+    from kernelcert.voting import plurality, vote_counts
+
+    rng = np.random.default_rng(seed)
+    B = 9
+    v = rng.integers(0, K, (B, N))
+    if same:
+        v[:] = v[:, :1]
+    A = rng.integers(1, 7, (B, N, K)).astype(float)
+    A[rng.random(A.shape) < 0.2] = np.inf
+    A[rng.random(A.shape) < zero_frac] = 0.0
+    A[np.arange(B)[:, None], np.arange(N)[None, :], v] = 0
+    n = vote_counts(v, K)
+    p = plurality(n)
+    off_p = A.copy()
+    off_p[np.arange(B), :, p] = np.inf
+    args = (v, A, K, n, p, v == p[:, None], off_p.min(axis=2))
+    got = _cheapest_attack(*args, _knapsack_sorted)
+    np.testing.assert_array_equal(got, _cheapest_attack(*args, _knapsack_sorted_numpy))
+    np.testing.assert_array_equal(got, _cheapest_attack(*args, _knapsack_dp12))
