@@ -114,7 +114,9 @@ def _tasks(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
 def aggregation_threads(ex: ExecutionConfig, backend: Backend) -> int:
     """Threads that run the aggregation blocks in this process: `ex.workers` on the in-process
     backend, at most the CPUs this process may run on; 1 on other backends (their workers map the
-    blocks)."""
+    blocks). Each thread works on one block at a time, so the aggregation's working memory is up to
+    that many blocks (each sized by `agg_block_rows` under `memory_cap_mb`, as a Dask worker's), plus
+    the stored rows of one block read ahead."""
     if not backend.in_process:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
