@@ -5,13 +5,31 @@ labels in another) is certified through the command line in this process, one me
 with plots off. The floor is the time this process needs to read the scores file once and take
 every base model's argmax (np.load + argmax), measured in the same process: the ratio says how
 much of each command is certification rather than I/O.
+
+`--threads`: the pipeline's aggregation stage (`kernelcert.pipeline.aggregate`) on 1 and on 2
+threads, on the stored units of a real MNIST run (60,000 training points, `--n-test` test points,
+`--partitions` SS-DPA partitions, the methods and memory cap of benchmarks.scale; the run is made
+under runs/bench_aggregate_threads the first time, resumed after). Alternating 1- and 2-thread
+aggregations in one process, per repetition: wall, process CPU, and per worker thread the
+scheduler's accounting (/proc/self/task/TID/schedstat): time on a CPU, time runnable but waiting
+for one (other processes), and the rest of the block's wall time, blocked (the GIL: nothing else
+blocks inside a block). "Idle-machine wall": what the wall would be without other processes (GIL
+waits as measured here): 1 thread: the calling thread's time on a CPU plus the blocks' blocked
+time; 2 threads: the larger of the busiest worker's on-CPU + blocked time and the calling thread's
+time on a CPU (it reads the stored rows meanwhile). This machine shares its cores between sessions
+per session (autogroup), so a process there may get under one core whatever its thread count: the
+wall alone does not show what a second thread buys. Prints; writes no result file.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
+import os
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,11 +65,85 @@ def _cpu(fn):
     return out, time.process_time() - c0, time.perf_counter() - w0
 
 
+def _schedstat() -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting) of the calling thread (Linux)."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+        run, wait, _ = map(int, f.read().split())
+    return run / 1e9, wait / 1e9
+
+
+def aggregation_threads_benchmark(n_test: int, n_p: int, reps: int) -> dict:
+    """1 vs 2 threads of `pipeline.aggregate` on a stored MNIST run (see the module docstring)."""
+    from benchmarks.scale import ROOT, mnist_config
+    from kernelcert import pipeline
+    from kernelcert.pipeline import aggregate as agg
+    from kernelcert.pipeline.backends import InProcessBackend
+    from kernelcert.pipeline.store import UnitFile, unit_path
+
+    cfg = mnist_config(60000, n_test, n_p, ROOT / "runs" / "bench_aggregate_threads")
+    cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, workers=1))
+    run = pipeline.run(cfg)
+    plan = pipeline.plan_run(cfg)
+    files = {u.key: UnitFile(unit_path(run.run_dir, u.key)) for u in plan.units}
+    block = agg.aggregate_block
+    per_thread: dict[int, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+
+    def accounted(task, shared):
+        w0, (r0, q0) = time.perf_counter(), _schedstat()
+        out = block(task, shared)
+        (r1, q1), acc = _schedstat(), per_thread[threading.get_native_id()]
+        acc[0] += time.perf_counter() - w0
+        acc[1] += r1 - r0
+        acc[2] += q1 - q0
+        return out
+
+    agg.aggregate_block = accounted
+    rows = []
+    try:
+        for rep in range(reps + 1):  # the first pair warms the caches
+            for threads in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                run_cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, workers=threads))
+                per_thread.clear()
+                load = os.getloadavg()[0]
+                w0, c0, (m0, _) = time.perf_counter(), time.process_time(), _schedstat()
+                agg.aggregate(run_cfg, plan, files, InProcessBackend())
+                wall, cpu, main_cpu = time.perf_counter() - w0, time.process_time() - c0, _schedstat()[0] - m0
+                if rep == 0:
+                    continue
+                acc = list(per_thread.values())
+                blocked = sum(a[0] - a[1] - a[2] for a in acc)
+                idle = main_cpu + blocked if threads == 1 else max(main_cpu, max(a[0] - a[2] for a in acc))
+                row = {"threads": len(acc), "wall_s": wall, "cpu_s": cpu, "load_1min": load,
+                       "block_on_cpu_s": sum(a[1] for a in acc), "block_runqueue_wait_s": sum(a[2] for a in acc),
+                       "block_blocked_s": blocked, "calling_thread_cpu_s": main_cpu, "idle_machine_wall_s": idle}
+                rows.append(row)
+                print(f"threads {row['threads']}: wall {wall:6.2f} s  CPU {cpu:6.2f} s  | blocks: on CPU "
+                      f"{row['block_on_cpu_s']:6.2f} s, waiting for a CPU {row['block_runqueue_wait_s']:6.2f} s, "
+                      f"blocked {blocked:5.2f} s; calling thread on CPU {main_cpu:5.2f} s; idle-machine wall {idle:6.2f} s"
+                      f"  (load {load:.1f})", flush=True)
+    finally:
+        agg.aggregate_block = block
+    out: dict = {"n_test": n_test, "num_partitions": n_p, "run_dir": str(run.run_dir), "rows": rows}
+    for threads in (1, 2):
+        mine = [r for r in rows if r["threads"] == threads]
+        med = {k: float(sorted(r[k] for r in mine)[len(mine) // 2]) for k in mine[0] if k != "threads"}
+        out[f"median_{threads}"] = med
+        print(f"median, {threads} thread(s): wall {med['wall_s']:.2f} s, CPU {med['cpu_s']:.2f} s, "
+              f"blocked {med['block_blocked_s']:.2f} s, idle-machine wall {med['idle_machine_wall_s']:.2f} s")
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"t = {QUICK['t']} instead of {FULL['t']}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", action="store_true", help="time the pipeline's aggregation on 1 vs 2 threads")
+    ap.add_argument("--n-test", type=int, default=1000, help="--threads: MNIST test points")
+    ap.add_argument("--partitions", type=int, default=1000, help="--threads: N_p")
+    ap.add_argument("--reps", type=int, default=4, help="--threads: timed repetitions per thread count")
     args = ap.parse_args(argv)
+    if args.threads:
+        return aggregation_threads_benchmark(args.n_test, args.partitions, args.reps)
     cfg = QUICK if args.quick else FULL
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

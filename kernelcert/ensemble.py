@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 from .roe import dpa_roe, dpa_star_roe, fa, fa_roe, whitebox_roe  # re-exported (one import path for users)
 from .voting import (
     NO_ATTACK, AggregateResult, argmax_plurality_margin, check_votes, knapsack_solver, min_cost_gain12, overtake_gains, plurality,
     plurality_margin, radius_from_cost, row_blocks, vote_counts,
 )
+from .voting import _knapsack_row, _knapsack_sorted, _knapsack_work
 
 __all__ = [
     "NO_ATTACK", "AggregateResult", "EnsembleBounds", "vote_counts", "plurality", "dpa", "dpa_from_scores",
@@ -148,11 +150,22 @@ def _cheapest_attack(v, A, K, n, p, votes_p, cheapest_other, solver) -> np.ndarr
     on the rows where a lower bound on its cost is below the minimum so far: need_c x (the cheapest
     cost per unit of gain of any partition, min(gain1, gain2 / 2)), since every partition gains at
     most 2. A skipped class costs >= the minimum, so the minimum is the same, and each row's
-    knapsack value depends on that row alone (the solvers are row-wise)."""
+    knapsack value depends on that row alone (the solvers are row-wise).
+
+    With the sorted solver (the default) the whole search runs in one compiled pass
+    (`_cheapest_attack_kernel`, releases the GIL); other solvers (and the tests' oracle) take the
+    numpy loop below, class by class over all rows."""
     B = len(v)
     rival = np.where(np.arange(K)[None, :] == p[:, None], -1, n)
     runner = np.argmax(rival, axis=1)
     best = np.full(B, np.inf)
+    if solver is _knapsack_sorted:
+        if B:
+            _cheapest_attack_kernel(np.ascontiguousarray(v, np.int64), np.ascontiguousarray(A, np.float64),
+                                    np.ascontiguousarray(n, np.int64), np.ascontiguousarray(p, np.int64),
+                                    np.ascontiguousarray(cheapest_other, np.float64),
+                                    np.ascontiguousarray(runner, np.int64), best)
+        return best
     for first in (True, False):
         for c in range(K):
             if first:
@@ -173,6 +186,53 @@ def _cheapest_attack(v, A, K, n, p, votes_p, cheapest_other, solver) -> np.ndarr
             cost, _ = solver(gain1, gain2, need, keep_choices=False)
             best[sel] = np.minimum(best[sel], cost)
     return best
+
+
+@njit(cache=True, nogil=True)
+def _cheapest_attack_kernel(v, A, n, p, cheapest_other, runner, best):  # pragma: no cover - compiled (numba); tested against the numpy loop
+    """`_cheapest_attack` with the sorted solver, row by row: the runner-up class first, then every
+    other class c != p in class order unless need_c x min over partitions of min(gain1, gain2 / 2)
+    is not below the minimum so far; the options of `voting.overtake_gains` and the knapsack value
+    of `voting._knapsack_row` (the same values as the numpy loop). v (B, N) int64, A (B, N, K)
+    float64, n (B, K) int64 counts, p and runner (B,) int64, cheapest_other (B, N) float64;
+    writes best (B,) float64."""
+    B, N = v.shape
+    K = A.shape[2]
+    inf = np.inf
+    g1 = np.empty(N)
+    g2 = np.empty(N)
+    cb, ca, units, P, F, e1, sm = _knapsack_work(N)
+    for r in range(B):
+        pr = p[r]
+        ru = runner[r]
+        low = inf
+        for first in range(2):
+            for c in range(K):
+                if first == 0:
+                    if c != ru:
+                        continue
+                elif c == pr or c == ru:
+                    continue
+                need = n[r, pr] - n[r, c] + (1 if c > pr else 0)
+                unit = inf  # cheapest cost per unit of gain
+                for i in range(N):
+                    vi = v[r, i]
+                    if vi == pr:  # gains 1 by its cheapest change, 2 by moving to c
+                        x = cheapest_other[r, i]
+                        y = A[r, i, c]
+                    elif vi == c:
+                        x = inf
+                        y = inf
+                    else:
+                        x = A[r, i, c]
+                        y = inf
+                    g1[i] = x
+                    g2[i] = y
+                    unit = min(unit, min(x, y / 2))
+                if first == 1 and not need * unit < low:
+                    continue
+                low = min(low, _knapsack_row(g1, g2, need, cb, ca, units, P, F, e1, sm))
+        best[r] = low
 
 
 def _run(v, cost_arrays, names, K, method, return_plan, max_radius, block_size):

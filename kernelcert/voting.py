@@ -449,7 +449,112 @@ def knapsack_dp(options: list[tuple[int, npt.ArrayLike]], need: npt.ArrayLike, k
 
 
 def _knapsack_sorted(gain1, gain2, need, keep_choices: bool = False):
-    """Exact sort-based solver of the gains-{1, 2} knapsack, O(N log N) per row, vectorised over rows.
+    """Exact sort-based solver of the gains-{1, 2} knapsack (the method of `_knapsack_sorted_numpy`).
+
+    gain1, gain2 (B, N) float64 (>= 0, inf allowed, no NaN), need (B,) integers. The cost alone
+    (keep_choices False) comes from one compiled pass over the rows (`_knapsack_sorted_cost_kernel`,
+    numba, releases the GIL), bit-identical to `_knapsack_sorted_numpy`'s cost (the same sorted
+    sums in the same order); with keep_choices the numpy solver runs (it reconstructs the choice).
+    Returns (cost (B,) float64, choice (B, N) int8 or None), like `knapsack_dp`.
+    """
+    if keep_choices:
+        return _knapsack_sorted_numpy(gain1, gain2, need, keep_choices=True)
+    a = np.ascontiguousarray(gain1, dtype=np.float64)
+    b = np.ascontiguousarray(gain2, dtype=np.float64)
+    nd = np.ascontiguousarray(need, dtype=np.int64)
+    cost = np.empty(a.shape[0])
+    if a.shape[0]:
+        _knapsack_sorted_cost_kernel(a, b, nd, cost)
+    return cost, None
+
+
+@njit(cache=True, nogil=True)
+def _knapsack_sorted_cost_kernel(a, b, need, cost):  # pragma: no cover - compiled (numba); tested against the numpy form
+    """cost[r] = `_knapsack_row` of row r: the optimum of `_knapsack_sorted_numpy` on row r."""
+    B, N = a.shape
+    cb, ca, units, P, F, e1, sm = _knapsack_work(N)
+    for r in range(B):
+        cost[r] = _knapsack_row(a[r], b[r], need[r], cb, ca, units, P, F, e1, sm)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _knapsack_work(N):  # pragma: no cover - compiled (numba)
+    """The work buffers of `_knapsack_row` for N partitions (reused from row to row)."""
+    return (np.empty(N), np.empty(N), np.empty(2 * N), np.empty(N + 1), np.empty(2 * N + 1), np.empty(N + 1),
+            np.empty(N + 1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _knapsack_row(a, b, G, cb, ca, units, P, F, e1, sm):  # pragma: no cover - compiled (numba); tested via the kernel
+    """The optimum of `_knapsack_sorted_numpy` on one row a, b (N,), need G, computed the same way.
+
+    Concave partitions (b < 2a) in stable b-order give P[k] (sequential prefix sums of their b, as
+    numpy's cumsum) and cost_e1[k] = min(P[k+1] + min_{pos <= k} (a - b), P[k] + min_{pos > k} a);
+    the finite units of the convex partitions (a, and b - a where b is finite), sorted, give F[m]
+    (prefix sums; inf beyond the finite units, as numpy's cumsum over the inf entries). The cost is
+    the first minimum of P[k] + F[need - 2k] (k = 0..#concave), then cost_e1[k] + F[need - 2k - 1]
+    (k < #concave), indices clipped at 0, in the order of the numpy form's argmin: the same value;
+    0.0 where need <= 0. cb .. sm: work buffers (`_knapsack_work`)."""
+    inf = np.inf
+    N = a.shape[0]
+    if G <= 0:
+        return 0.0
+    nc = 0
+    nu = 0
+    for i in range(N):
+        ai = a[i]
+        bi = b[i]
+        if bi < 2 * ai:  # concave (b finite: b < 2a <= inf)
+            cb[nc] = bi
+            ca[nc] = ai
+            nc += 1
+        else:  # convex: unit items a and b - a (b - a >= a), the infinite ones never count
+            if ai < inf:
+                units[nu] = ai
+                nu += 1
+            if bi < inf:
+                units[nu] = bi - ai
+                nu += 1
+    # ---- concave partitions in stable b-order
+    P[0] = 0.0
+    if nc:
+        order = np.argsort(cb[:nc], kind="mergesort")
+        P[1] = cb[order[0]]
+        for k in range(1, nc):
+            P[k + 1] = P[k] + cb[order[k]]
+        sm[nc] = inf  # sm[j] = min of a over b-sorted positions >= j
+        for j in range(nc - 1, -1, -1):
+            sm[j] = min(sm[j + 1], ca[order[j]])
+        pm = inf  # min of a - b over positions <= k
+        for k in range(nc):
+            o = order[k]
+            pm = min(pm, ca[o] - cb[o])
+            e1[k] = min(P[k + 1] + pm, P[k] + sm[k + 1])
+    # ---- convex units: F[m] = sum of the m cheapest, needed up to m = min(G, nu)
+    top = min(G, nu)
+    F[0] = 0.0
+    if top:
+        us = np.sort(units[:nu]) if top == nu else np.sort(np.partition(units[:nu], top - 1)[:top])
+        F[1] = us[0]
+        for m in range(1, top):
+            F[m + 1] = F[m] + us[m]
+    best = inf
+    found = False
+    for e in range(2):
+        for k in range(nc + 1 - e):
+            m = max(G - 2 * k - e, 0)
+            if m > top:
+                continue  # F[m] = inf
+            v = (P[k] if e == 0 else e1[k]) + F[m]
+            if not found or v < best:
+                best = v
+                found = True
+    return best
+
+
+def _knapsack_sorted_numpy(gain1, gain2, need, keep_choices: bool = False):
+    """Exact sort-based solver of the gains-{1, 2} knapsack, O(N log N) per row, vectorised over rows
+    (the numpy form: the choice reconstruction, and the test oracle of `_knapsack_sorted_cost_kernel`).
 
     With a_i = gain1 and b_i = gain2 (>= 0, inf allowed), call a partition *concave* if
     b_i < 2 a_i and *convex* otherwise.

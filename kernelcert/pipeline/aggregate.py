@@ -5,11 +5,18 @@ their compact stored dtypes, so a Dask worker needs no access to the run directo
 `aggregate_block` decodes them into stacked `Evidence` and calls each method's certificate
 function from the registry (`kernelcert.pipeline.methods`). Radii are capped at the number of
 training labels (a sentinel radius means no relabelling at all changes the prediction).
+
+On the in-process backend the blocks run on `aggregation_threads` threads of this process (the
+`[execution] workers` count, at most the CPUs it may use): the certificates' heavy parts are numpy
+calls and numba kernels that release the GIL. Every block's result depends on its rows alone and
+lands in its own slice, so the results are the same, bit for bit, for any number of threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,18 +111,56 @@ def _tasks(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
                           read_stored_block(members, j, s0, s1, fields), target.shifts)
 
 
+def aggregation_threads(ex: ExecutionConfig, backend: Backend) -> int:
+    """Threads that run the aggregation blocks in this process: `ex.workers` on the in-process
+    backend, at most the CPUs this process may run on; 1 on other backends (their workers map the
+    blocks). Each thread works on one block at a time, so the aggregation's working memory is up to
+    that many blocks (each sized by `agg_block_rows` under `memory_cap_mb`, as a Dask worker's), plus
+    the stored rows of one block read ahead."""
+    if not backend.in_process:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(ex.workers, cpus))
+
+
+def map_threads(fn: Callable[[AggTask, Any], Any], tasks: Iterable[AggTask], threads: int
+                ) -> Iterator[tuple[AggTask, Any]]:
+    """Yield (task, fn(task, None)) in completion order, computed on `threads` threads; tasks are
+    drawn lazily from `tasks` (in this thread), at most threads + 1 in flight. The first exception
+    of any task is raised here (tasks not yet started are cancelled, running ones finish first)."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="kernelcert-aggregate") as pool:
+        pending: dict[Future[Any], AggTask] = {}
+        try:
+            it = iter(tasks)
+            while True:
+                for task in it:
+                    pending[pool.submit(fn, task, None)] = task
+                    if len(pending) > threads:
+                        break
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield pending.pop(fut), fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
 def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend: Backend) -> list[MethodResult]:
-    """Run every aggregation block on `backend`; per-(learner, target size, method) results in
-    (learner, size, registry) order."""
+    """Run every aggregation block on `backend` (in-process: on `aggregation_threads` threads);
+    per-(learner, target size, method) results in (learner, size, registry) order, the same for
+    any backend and thread count."""
     t = len(plan.y_test)
     acc: dict[tuple[int, int, str], dict[str, np.ndarray]] = {}
     groups = _groups(cfg, plan)
     total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
-    tasks = progress(_tasks(cfg, plan, files, groups), cfg.execution.progress, desc="aggregation blocks",
-                     unit="block", total=total)
-    # Serial in-process: the certificates' Python-level work holds the GIL (two threads measured no faster
-    # than one), and helper processes would need fork after JAX's threads or spawn's re-import of __main__.
-    for task, res in backend.map(aggregate_block, tasks, None):
+    tasks = _tasks(cfg, plan, files, groups)
+    threads = aggregation_threads(cfg.execution, backend)
+    # Helper processes would need fork after JAX's threads or spawn's re-import of __main__; threads share
+    # the stored rows and the heavy parts of the certificates release the GIL.
+    results = map_threads(aggregate_block, tasks, threads) if threads > 1 else backend.map(aggregate_block, tasks, None)
+    for task, res in progress(results, cfg.execution.progress, desc="aggregation blocks", unit="block", total=total):
         sl = slice(task.start, task.stop)
         for method, d in res.items():
             key = (task.learner, task.num_partitions, method)
@@ -129,4 +174,5 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
             for (j, n_p, method), d in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]]))]
 
 
-__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows"]
+__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows", "aggregation_threads",
+           "map_threads"]
