@@ -86,7 +86,8 @@ class Backend(abc.ABC):
 
 
 class InProcessBackend(Backend):
-    """Runs every task sequentially in the calling process."""
+    """Runs every task sequentially in the calling process (the aggregation stage runs its blocks on
+    `[execution] workers` threads itself: `pipeline.aggregate.aggregation_threads`)."""
 
     name = "inprocess"
     in_process = True
