@@ -5,7 +5,8 @@
  *
  * argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool
  *   scores      C-contiguous float32 (t, M, K), read once (any object with the buffer protocol)
- *   counts      C-contiguous int64 (t, K), written: votes per class (overwritten, not accumulated)
+ *   counts      C-contiguous int64 (t, K), written: votes per class (overwritten, not accumulated);
+ *               or None: not stored (no (t, K) output to allocate and fault in)
  *   prediction  int64 (t,), written: the plurality winner p (ties to the smaller class index)
  *   radius      int64 (t,), written: (n_p - max_{c != p}(n_c + [c < p])) // 2, the DPA radius
  *   returns True if a score is NaN or +-inf (then the outputs are unspecified), else False.
@@ -100,7 +101,8 @@ static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K,
             x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0xB1));
             votes[m] = first_max(a, b, x, shift);
         }
-        int64_t *n = counts + (size_t)i * (size_t)K;
+        int64_t row[16];
+        int64_t *n = counts != NULL ? counts + (size_t)i * (size_t)K : row;
         count_votes(votes, M, K, n);
         int pw = 0;
         int64_t top = n[0];
@@ -144,8 +146,16 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
 {
     Py_buffer sb, cb, pb, rb;
     Py_ssize_t t, M, K;
-    if (!PyArg_ParseTuple(args, "y*nnnw*w*w*", &sb, &t, &M, &K, &cb, &pb, &rb))
+    PyObject *counts_obj;
+    if (!PyArg_ParseTuple(args, "y*nnnOw*w*", &sb, &t, &M, &K, &counts_obj, &pb, &rb))
         return NULL;
+    const int keep_counts = counts_obj != Py_None;
+    if (keep_counts && PyObject_GetBuffer(counts_obj, &cb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&sb);
+        PyBuffer_Release(&pb);
+        PyBuffer_Release(&rb);
+        return NULL;
+    }
     int bad = 0, ok = 1;
     if (K < 8 || K > 16 || t < 0 || M < 1) {
         PyErr_SetString(PyExc_ValueError, "argmax_margin_f32 needs 8 <= K <= 16, t >= 0, M >= 1");
@@ -153,7 +163,8 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
     } else if (!have_avx2()) {
         PyErr_SetString(PyExc_RuntimeError, "argmax_margin_f32 needs a CPU with AVX2 and FMA");
         ok = 0;
-    } else if (check_buffer(&sb, t * M * K * 4, "scores") || check_buffer(&cb, t * K * 8, "counts")
+    } else if (check_buffer(&sb, t * M * K * 4, "scores")
+               || (keep_counts && check_buffer(&cb, t * K * 8, "counts"))
                || check_buffer(&pb, t * 8, "prediction") || check_buffer(&rb, t * 8, "radius")) {
         ok = 0;
     }
@@ -165,14 +176,15 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
     }
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        bad = argmax_margin_avx2((const float *)sb.buf, t, M, (int)K, votes, (int64_t *)cb.buf, (int64_t *)pb.buf,
+        bad = argmax_margin_avx2((const float *)sb.buf, t, M, (int)K, votes, keep_counts ? (int64_t *)cb.buf : NULL, (int64_t *)pb.buf,
                                  (int64_t *)rb.buf);
         Py_END_ALLOW_THREADS
     }
     PyMem_Free(votes);
 #endif
     PyBuffer_Release(&sb);
-    PyBuffer_Release(&cb);
+    if (keep_counts)
+        PyBuffer_Release(&cb);
     PyBuffer_Release(&pb);
     PyBuffer_Release(&rb);
     if (!ok)
@@ -183,7 +195,8 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
 static PyMethodDef methods[] = {
     {"argmax_margin_f32", argmax_margin_f32, METH_VARARGS,
      "argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool: the DPA pass over float32 "
-     "scores (t, M, K), 8 <= K <= 16 (see the module source); True if a score is NaN or infinite."},
+     "scores (t, M, K), 8 <= K <= 16 (counts: int64 (t, K) or None; see the module source); True if a score "
+     "is NaN or infinite."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kernelcert._argmax_c",

@@ -309,16 +309,18 @@ def _native_dpa_applies(s: np.ndarray) -> bool:
     return NATIVE_DPA and s.dtype == np.float32 and 8 <= s.shape[2] <= SPECIALISED_MAX_CLASSES
 
 
-def _argmax_margin_into(s: np.ndarray, counts: np.ndarray, prediction: np.ndarray, radius: np.ndarray,
+def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np.ndarray, radius: np.ndarray,
                         native: bool) -> bool:
     """The fused DPA pass over s (t >= 1, M, K) from `scores_for_argmax` into counts (t, K) int64
-    (C-contiguous, overwritten), prediction and radius (t,) int64; True if a score is NaN or
-    infinite. native: the C pass (`_native_dpa_applies(s)` must hold), else the numba kernel (its
-    oracle in the tests, with numpy's argmax)."""
+    (C-contiguous, overwritten; None: the C pass keeps them per row only), prediction and radius
+    (t,) int64; True if a score is NaN or infinite. native: the C pass (`_native_dpa_applies(s)`
+    must hold), else the numba kernel (its oracle in the tests, with numpy's argmax)."""
     if native:
         assert _argmax_c is not None
         t, M, K = s.shape
         return bool(_argmax_c.argmax_margin_f32(s, t, M, K, counts, prediction, radius))
+    if counts is None:
+        counts = np.empty((s.shape[0], s.shape[2]), np.int64)
     counts[:] = 0
     buf = _vote_buffer(s.shape[0], s.shape[1])
     if s.shape[2] <= SPECIALISED_MAX_CLASSES:
@@ -335,8 +337,10 @@ def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.in
     same votes, counts, predictions and radii as the numba kernel, bit for bit)."""
     s = scores_for_argmax(scores)
     t, M, K = s.shape
-    if counts_out is None:
-        counts = np.empty((t, K), np.int64)
+    native = _native_dpa_applies(s)
+    counts: np.ndarray | None
+    if counts_out is None:  # the C pass needs no (t, K) array (its pages would cost a fifth of the pass)
+        counts = None if native else np.empty((t, K), np.int64)
     elif counts_out.shape != (t, K) or counts_out.dtype != np.int64 or not counts_out.flags.c_contiguous:
         raise ValueError(f"counts_out must be a C-contiguous int64 array of shape {(t, K)}, got {counts_out.dtype} "
                          f"{counts_out.shape}")
@@ -344,7 +348,7 @@ def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.in
         counts = counts_out
     prediction = np.empty(t, np.int64)
     radius = np.empty(t, np.int64)
-    if t and _argmax_margin_into(s, counts, prediction, radius, _native_dpa_applies(s)):
+    if t and _argmax_margin_into(s, counts, prediction, radius, native):
         raise ValueError("scores contain NaN or infinite values")
     return prediction, radius
 

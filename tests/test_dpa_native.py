@@ -84,6 +84,9 @@ def test_native_pass_equals_numba_and_numpy(K, kind):
             np.testing.assert_array_equal(p, p0, err_msg=msg)
             np.testing.assert_array_equal(r, r0, err_msg=msg)
             np.testing.assert_array_equal(n, n0, err_msg=msg)
+        p, r = argmax_plurality_margin(s)  # no counts wanted: the C pass keeps them per row only
+        np.testing.assert_array_equal(p, p0, err_msg=f"seed {seed}, M {M}, counts not kept")
+        np.testing.assert_array_equal(r, r0, err_msg=f"seed {seed}, M {M}, counts not kept")
 
 
 @pytest.mark.parametrize("K,dtype", [(2, np.float32), (7, np.float32), (17, np.float32), (43, np.float32),
@@ -135,6 +138,14 @@ def test_native_pass_input_checks():
     read_only.setflags(write=False)
     with pytest.raises(TypeError):  # outputs must be writable
         _argmax_c.argmax_margin_f32(s, 2, 3, 10, n, p, read_only)
+    read_only_counts = np.empty((2, 10), np.int64)
+    read_only_counts.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):  # counts too, when given
+        _argmax_c.argmax_margin_f32(s, 2, 3, 10, read_only_counts, p, r)
+    p[:], r[:] = -1, -1
+    assert _argmax_c.argmax_margin_f32(s, 2, 3, 10, None, p, r) is False  # counts not stored
+    np.testing.assert_array_equal(p, [0, 0])
+    np.testing.assert_array_equal(r, [1, 1])
     with pytest.raises((ValueError, BufferError)):  # non-contiguous scores are refused by the buffer protocol
         _argmax_c.argmax_margin_f32(np.zeros((2, 3, 20), np.float32)[:, :, ::2], 2, 3, 10, n, p, r)
     assert _argmax_c.argmax_margin_f32(s, 2, 3, 10, n, p, r) is False
