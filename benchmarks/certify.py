@@ -33,7 +33,9 @@
    one-thread time into its stages (input checks, the per-class segment sort, the compiled kernel,
    the exact pass and the number of rows it resolved). Checks that both engines give bit-identical
    outputs and reports the kernel's compile count.
-   `--partitions-only` runs just this section (writes certify_partitions[_quick].json).
+   `--partitions-only` runs just this section (writes certify_partitions[_quick].json);
+   `--weights-cache DIR` saves the partition label weights to DIR (one npz per N_p) and reuses them
+   in later runs (computing them takes minutes; the timings do not include it).
 
 Writes benchmarks/results/certify[_quick].json atomically. Full mode caches finished pieces in
 benchmarks/results/certify_cache.json (keyed by the configuration and the source of the modules
