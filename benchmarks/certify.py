@@ -33,7 +33,9 @@
    one-thread time into its stages (input checks, the per-class segment sort, the compiled kernel,
    the exact pass and the number of rows it resolved). Checks that both engines give bit-identical
    outputs and reports the kernel's compile count.
-   `--partitions-only` runs just this section (writes certify_partitions[_quick].json).
+   `--partitions-only` runs just this section (writes certify_partitions[_quick].json);
+   `--weights-cache DIR` saves the partition label weights to DIR (one npz per N_p) and reuses them
+   in later runs (computing them takes minutes; the timings do not include it).
 
 Writes benchmarks/results/certify[_quick].json atomically. Full mode caches finished pieces in
 benchmarks/results/certify_cache.json (keyed by the configuration and the source of the modules
@@ -433,29 +435,51 @@ def _stage_split(W: np.ndarray, y: np.ndarray, K: int) -> dict:
             "exact_pass_cpu_s": exact, "exact_pass_rows": int(rows.size)}
 
 
-def partition_piece(cfg: dict, seed: int) -> dict:
-    """Sort floor, compiled kernel (1 thread / all cores) and numpy engine on partition-sized MNIST rows."""
+def partition_weights(cfg: dict, seed: int, weights_dir: Path | None = None):
+    """Yield (N_p, learner name, label weights W (t, n), labels y (n,)) of section 5: partition 0 of the
+    SS-DPA split of MNIST, the depth-2 ReLU NTK, kernel regression and C_max SVM. With `weights_dir`
+    the weights are read from / saved to weights_dir/partition_<N_p>_<test>_<seed>.npz (computing them
+    takes minutes; the file holds only what this function computed, keyed by its configuration)."""
     from kernelcert.data import mnist
     from kernelcert.kernels import FullyConnected
     from kernelcert.learners import KernelRegression, KernelSVM
     from kernelcert.partition import ss_dpa_partition
 
-    try:
-        xtr, ytr, xte, _ = mnist(n_test=cfg["partition_test"], seed=seed)
-    except FileNotFoundError as exc:  # reported, never invented
-        return {"error": str(exc)}
+    data = None
     kern = FullyConnected(depth=2, W_std=2.0 ** 0.5, b_std=0.1, activation="relu")
+    for n_p in cfg["partitions"]:
+        path = None if weights_dir is None else weights_dir / f"partition_{n_p}_{cfg['partition_test']}_{seed}.npz"
+        if path is not None and path.exists():
+            z = np.load(path)
+            for name in ("regression", "svm"):
+                yield n_p, name, np.ascontiguousarray(z[name]), z["y"]
+            continue
+        if data is None:
+            data = mnist(n_test=cfg["partition_test"], seed=seed)  # FileNotFoundError: reported by the caller
+        xtr, ytr, xte, _ = data
+        idx = np.flatnonzero(ss_dpa_partition(xtr, n_p) == 0)
+        Ktr, Kx = kern.ntk(xtr[idx]), kern.ntk(xte, xtr[idx])
+        y = ytr[idx]
+        Ws = {}
+        for name, model in (("regression", KernelRegression(ridge=1e-3)), ("svm", KernelSVM(None))):
+            model.fit(Ktr, y, 10)
+            Ws[name] = np.ascontiguousarray(model.label_weights(Kx))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, y=y, **Ws)
+        for name in ("regression", "svm"):
+            yield n_p, name, Ws[name], y
+
+
+def partition_piece(cfg: dict, seed: int, weights_dir: Path | None = None) -> dict:
+    """Sort floor, compiled kernel (1 thread / all cores) and numpy engine on partition-sized MNIST rows
+    (weights from `partition_weights`, cached in weights_dir if given)."""
     cores = numba.config.NUMBA_NUM_THREADS
     warm = np.random.default_rng(0).standard_normal((2, 20))
     certify(warm, np.arange(20) % 10, 10, pairwise="attacker")  # compile (or load from numba's cache)
     rows = []
-    for n_p in cfg["partitions"]:
-        idx = np.flatnonzero(ss_dpa_partition(xtr, n_p) == 0)
-        Ktr, Kx = kern.ntk(xtr[idx]), kern.ntk(xte, xtr[idx])
-        y = ytr[idx]
-        for name, model in (("regression", KernelRegression(ridge=1e-3)), ("svm", KernelSVM(None))):
-            model.fit(Ktr, y, 10)
-            W = np.ascontiguousarray(model.label_weights(Kx))
+    try:
+        for n_p, name, W, y in partition_weights(cfg, seed, weights_dir):
             t = W.shape[0]
             sort_cpu = sort_floor_cpu(W)
             one = [_timed_threads(lambda: certify(W, y, 10, pairwise="attacker"), 1) for _ in range(2)]
@@ -482,6 +506,8 @@ def partition_piece(cfg: dict, seed: int) -> dict:
                   f"exact pass {1e6 * stages['exact_pass_cpu_s'] / t:.1f} us/pt on {stages['exact_pass_rows']} rows); "
                   f"{cores} threads: {1e6 * wall_all / t:.1f} us/pt wall; numpy engine {row['numpy_ratio']:.1f}x; "
                   f"identical {identical}", flush=True)
+    except FileNotFoundError as exc:  # no MNIST: reported, never invented
+        return {"error": str(exc)}
     return {"threads": cores, "compile_count": _scalabel_kernel.compile_count(), "rows": rows}
 
 
@@ -763,13 +789,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--fresh", action="store_true", help="full mode: ignore cached pieces of an earlier run")
     ap.add_argument("--partitions-only", action="store_true",
                     help="run only section 5 (partition-sized rows); writes certify_partitions[_quick].json")
+    ap.add_argument("--weights-cache", type=Path, default=None, metavar="DIR",
+                    help="section 5: read the partition label weights from / save them to DIR (npz per N_p)")
     args = ap.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.partitions_only:
         t_start = time.perf_counter()
         print("5. partition-sized rows", flush=True)
         result = {"config": {"partitions": cfg["partitions"], "partition_test": cfg["partition_test"],
-                             "seed": args.seed}, "partitions": partition_piece(cfg, args.seed),
+                             "seed": args.seed}, "partitions": partition_piece(cfg, args.seed, args.weights_cache),
                   "wall_seconds": time.perf_counter() - t_start}
         stamp(result, NAME, args.quick, argv)
         print("\n".join(partition_markdown(result["partitions"])))
@@ -795,7 +823,7 @@ def main(argv=None) -> dict:
             print(f"  K={K} n={n}: {r['agree']} agree, {r['within_bounds']} within bounds, {r['disagree']} disagree, "
                   f"{r['timeouts']} timeouts, MILP {r['milp_s_per_point']:.1f}s/pt", flush=True)
     print("5. partition-sized rows", flush=True)
-    part = cache.get("partitions", lambda: partition_piece(cfg, args.seed))
+    part = cache.get("partitions", lambda: partition_piece(cfg, args.seed, args.weights_cache))
     result = {"config": dict(cfg, seed=args.seed), "throughput": thr, "peak_rss_mib": peak_rss, "mnist": mn,
               "small": small, "labelcert": lc, "partitions": part, "wall_seconds": time.perf_counter() - t_start}
     png = RESULTS / ("certify_gaps_quick.png" if args.quick else "certify_gaps.png")

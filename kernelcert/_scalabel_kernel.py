@@ -171,7 +171,8 @@ _SPARSE_SHIFT = 3  # beyond, every 8th row
 def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, sh):
     """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags
     (GL,), its prefix sums Cc (GL+1,), count table CT, c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
-    c and buf_v have GL+1 entries (the last one is a sentinel); cnt (G,) is scratch.
+    c and buf_v have GL+1 entries (the last one is a sentinel); cnt (G,) is scratch. Returns nz, the
+    number of positive entries of c (they come first; c[nz:], V[2 nz:] are 0).
     Same definitions (and tie orders: stable by flat index) as `certificates._Context`.
 
     CT[r, g] = number of group-g entries among the first r 2^sh entries of c (`_ct` adds the tags
@@ -288,6 +289,7 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
     for o in range(2 * nz, 2 * GL):
         V[o] = 0.0
         Q2[o + 1] = nz + max(0, o + 1 - GL - nz)
+    return nz
 
 
 @njit(cache=True, inline="always")
@@ -342,7 +344,9 @@ def _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, q):
 @njit(cache=True)
 def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b):
     """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none), validity and whether the
-    decision lies within `band` of its threshold (`_pairs`)."""
+    decision lies within `band` of its threshold (`_pairs`). The binary search probes the same
+    prefixes as `certificates._pairs` (the rounded sums need not be monotone in q); it is skipped
+    where its result is not used (no prefix reaches the threshold)."""
     sa = s[a]
     sb = s[b]
     if sb > sa or (sb == sa and b < a):
@@ -351,21 +355,21 @@ def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b
         return np.inf, -1, True, abs(sa - sb) <= band
     T = (sa - sb) - tol
     top = 2 * GL
-    tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)
-    found = tot >= T and cnt >= 1
+    tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)  # (sum, count) at q = hi, kept as hi moves
+    found = tq >= T and m >= 1
     lo = 0
     hi = top
-    for _ in range(_iters(top + 1)):
+    for _ in range(_iters(top + 1) if found else 0):  # not found: the search's result is not used
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
         tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, mid)
         if tot >= T and cnt >= 1:
             hi = mid
+            tq, m = tot, cnt
         else:
             lo = mid + 1
     q = hi
-    tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, q)
     v = V[max(q - 1, 0)]
     need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
     valid = (v > need) if found else (cutmax == 0.0)
@@ -416,25 +420,26 @@ def _wins(new, c, margin):
 
 @njit(cache=True)
 def _safe_search(s, margin, Cc, CT, Xc, Q2, tag, sh, K, GL, c, member1, member2, dest, new, signed):
-    """Shortest verified prefix of a monotone attack order: (count or inf)."""
+    """Shortest verified prefix of a monotone attack order: (count or inf). The same probes as the
+    numpy core (the rounded verification need not be monotone in the prefix); none when the whole
+    order does not verify (the result is inf then whatever they find)."""
     top = 2 * GL
-    _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, member1, member2, dest, new, signed)
-    found = _wins(new, c, margin)
+    cnt_hi = _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, member1, member2, dest, new, signed)
+    if not _wins(new, c, margin):  # the whole order does not verify: no prefix is searched
+        return np.inf
     lo = 0
-    hi = top
+    hi = top  # the prefix of length hi verifies (cnt_hi moves); the shortest one is searched
     for _ in range(_iters(top + 1)):
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
-        _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, member1, member2, dest, new, signed)
+        cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, member1, member2, dest, new, signed)
         if _wins(new, c, margin):
             hi = mid
+            cnt_hi = cnt
         else:
             lo = mid + 1
-    cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, hi, member1, member2, dest, new, signed)
-    if found and _wins(new, c, margin):
-        return float(cnt)
-    return np.inf
+    return float(cnt_hi)
 
 
 @njit(cache=True, inline="always")
@@ -528,13 +533,17 @@ def _greedy_moves(s, X, margin, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v
 
 # --------------------------------------------------------------------------- Lagrangian lower bounds
 @njit(cache=True)
-def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, npos, terms, hint_j, hint_q):
+def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, nb, terms, hint_j, hint_q):
     """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`).
 
-    npos[j]: how many entries q of c have fl(fu[j] c[q]) >= tau (> tau), a prefix since c decreases.
-    hint (not strict): tau == fl(fu[hint_j] c[hint_q]), so that prefix ends at the first q > hint_q
-    whose product is smaller (found by scanning forward; the same count as the bit-by-bit search)."""
+    npos[j] = nb[0, j]: how many entries q of c have fl(fu[j] c[q]) >= tau (> tau), a prefix since c
+    decreases (and fl(fu[j] x) is monotone in x), so any search for the end of that prefix gives the
+    same count. hint (not strict): tau == fl(fu[hint_j] c[hint_q]), so that prefix ends at the first
+    q > hint_q whose product is smaller (found by scanning forward). Not strict, the other counts are
+    searched within the bounds nb[1, j] <= npos[j] <= nb[2, j] (the caller's binary searches narrow
+    them as tau moves monotonically); strict, over all of c."""
     G = 2 * K
+    npos = nb[0]
     for j in range(3):
         if not present[j]:
             continue
@@ -543,6 +552,18 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
             while p < GL and fu[j] * c[p] >= tau:
                 p += 1
             npos[j] = p
+            continue
+        if not strict:
+            lo = nb[1, j]
+            hi = nb[2, j]
+            fj = fu[j]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if fj * c[mid] >= tau:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            npos[j] = lo
             continue
         p = 0
         step = top_step
@@ -565,20 +586,24 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
 
 
 @njit(cache=True)
-def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, cidx, R, fi, f, npos, terms, sR):
+def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, nz, cidx, R, fi, f, nb, terms, sR, fu, present):
     """Lower bound on A_c from the rival set R (K,) bool with uniform multipliers (`_lagrangian`):
-    returns (bound or inf, valid)."""
+    returns (bound or inf, valid). nb (3, 3) int64, fu (3,), present (3,) bool: scratch. The first
+    threshold search runs over c[:nz + 1] only (nz: positive entries of c): every later entry is 0,
+    the same threshold tau = 0 as c[nz], and the sum F(tau) is exactly monotone (non-negative terms,
+    each non-decreasing as tau falls), so the first index that reaches T is the same; where none
+    does, hi ends at nz instead of GL - 1, both with tau = 0 and the same counts."""
     G = 2 * K
     size = 0
     for k in range(K):
         if R[k]:
             size += 1
     inv = 1.0 / float(size)
-    fu = np.empty(3)
     fu[0] = 1.0 + inv
     fu[1] = 1.0
     fu[2] = inv
-    present = np.zeros(3, np.bool_)
+    for j in range(3):
+        present[j] = False
     for g in range(G):
         cls = g // 2
         inr = R[cls]
@@ -608,20 +633,33 @@ def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, cidx, R, fi, f, npos, te
     while not present[j0]:
         j0 += 1
     f0 = fu[j0]
+    # the probes' tau = fl(f0 c[mid]) decreases with mid: the counts of a probe bound those of the later ones
+    for j in range(3):
+        nb[1, j] = 0
+        nb[2, j] = GL
     lo = 0
-    hi = GL - 1
+    hi = min(nz, GL - 1)
+    F_hi = -1.0  # the sum at tau = fl(f0 c[hi]) once a probe moved hi (it is >= T >= 0 then)
     for _ in range(_iters(GL)):
         if lo >= hi:
             break
         mid = (lo + hi) >> 1
-        F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, f0 * c[mid], False, top_step, npos, terms, j0,
+        F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, f0 * c[mid], False, top_step, nb, terms, j0,
                             mid)
         if F >= T:
             hi = mid
+            F_hi = F
+            for j in range(3):
+                nb[2, j] = nb[0, j]
         else:
             lo = mid + 1
+            for j in range(3):
+                nb[1, j] = nb[0, j]
     tau0 = f0 * c[hi]
-    F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau0, False, top_step, npos, terms, j0, hi)
+    if F_hi >= 0.0:
+        F = F_hi
+    else:
+        F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau0, False, top_step, nb, terms, j0, hi)
     ok0 = F >= T
     hit0 = ok0 and tau0 > 0.0
     if ok0:
@@ -648,21 +686,31 @@ def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, cidx, R, fi, f, npos, te
         qb = max(qa, qb)
         lo = qa
         hi = qb
+        for i in range(3):
+            nb[1, i] = 0
+            nb[2, i] = GL
         while lo < hi:
             mid = (lo + hi) >> 1
             F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, fj * c[min(mid, GL - 1)], False, top_step,
-                                npos, terms, j, min(mid, GL - 1))
+                                nb, terms, j, min(mid, GL - 1))
             if F >= T:
                 hi = mid
+                for i in range(3):
+                    nb[2, i] = nb[0, i]
             else:
                 lo = mid + 1
+                for i in range(3):
+                    nb[1, i] = nb[0, i]
         tau = fj * c[min(hi, GL - 1)] if hi < qb else 0.0
         if tau > v:
             v = tau
     found = v > 0.0
     vv = v if found else 1.0
-    F_gt, N_gt = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, True, top_step, npos, terms, -1, 0)
-    _f, N_ge = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, False, top_step, npos, terms, -1, 0)
+    F_gt, N_gt = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, True, top_step, nb, terms, -1, 0)
+    for j in range(3):
+        nb[1, j] = 0
+        nb[2, j] = GL
+    _f, N_ge = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, False, top_step, nb, terms, -1, 0)
     k = max(1.0, np.ceil((T - F_gt) / vv))
     m = min(float(N_gt) + k, float(N_ge))
     valid = ((v > need) if found else (need == 0.0)) and T > 0.0
@@ -695,8 +743,8 @@ def _scratch(K):
     return (np.zeros((K, K), np.bool_), np.zeros(G, np.bool_), np.zeros(G, np.bool_), np.zeros(G, np.int64),
             np.zeros(K), np.zeros(G), np.zeros(K, np.bool_), np.zeros(K, np.int64), np.zeros(K, np.bool_),
             np.zeros(K), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(G, np.int64),
-            np.zeros(G), np.zeros(3, np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
-            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free)
+            np.zeros(G), np.zeros((3, 3), np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
+            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free, np.zeros(3), np.zeros(3, np.bool_))
 
 
 @njit(cache=True)
@@ -709,13 +757,13 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
     G = 2 * K
     GL = G * L
     X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt = ws
-    _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, 0 if sh is None else sh)
+    nz = _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, 0 if sh is None else sh)
     cutmax = 0.0
     for g in range(G):
         if cut[g] > cutmax:
             cutmax = cut[g]
-    (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, npos, terms, sR,
-     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free) = bs
+    (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, nb, terms, sR,
+     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present) = bs
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
     tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
     band = 2.0 * user_tol + 4.0 * slack
@@ -792,10 +840,17 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         if ver:
             continue
         rest[cc] = True
-        # (2) safe orders
+        # (2) safe orders. Variants 3 / 5 (prio: the classes that beat cc) repeat variants 2 / 4 (prio: t
+        # alone) when t is the only class that beats cc: the same search, skipped.
+        nbeat = 0
+        for k in range(K):
+            if k != cc and _beats(s, cc, k):
+                nbeat += 1
         for variant in range(2, 6):
             t = js if variant < 4 else pred
             if not ((variant < 4 or js != pred) and upper[cc] > lower[cc]):
+                continue
+            if (variant == 3 or variant == 5) and nbeat == 1 and _beats(s, cc, t):
                 continue
             for k in range(K):
                 if variant == 2 or variant == 4:
@@ -865,7 +920,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
                         R[k] = k != cc
                     else:
                         R[k] = top2[k]
-                lb, ok = _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, cc, R, fi, f, npos, terms, sR)
+                lb, ok = _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, nz, cc, R, fi, f, nb, terms, sR, fu, present)
                 if ok and lb > lower[cc]:
                     lower[cc] = lb
     # (3) sequential greedy where a gap remains

@@ -91,6 +91,19 @@ def test_large_rows_and_many_classes():
         assert_same(adversarial_rows(rng, 3, n, K, y, "favoured"), y, K)
 
 
+@pytest.mark.parametrize("density", [0.02, 0.1, 0.5])
+def test_sparse_rows_per_class_bounds(density):
+    """Rows with few non-zero weights (SVM-like: most of every window is zero, so the merged list has
+    a long zero tail that the Lagrangian threshold search leaves out) and up to 10 classes, full mode."""
+    rng = np.random.default_rng([23, int(1000 * density)])
+    for K in (3, 6, 10):
+        n = int(rng.integers(150, 500))
+        y = rng.integers(0, K, n)
+        W = rng.standard_t(2.0, (10, n)) * (rng.random((10, n)) < density)
+        W += 0.3 * (y == rng.integers(0, K, (10, 1))) * (W != 0)  # one favoured class per row
+        assert_same(W, y, K)
+
+
 def test_degenerate_rows():
     rng = np.random.default_rng(5)
     y = rng.integers(0, 4, 30)
