@@ -34,7 +34,11 @@ def module_name(path: Path) -> str:
 
 
 def modules() -> dict[str, Path]:
-    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    """Every kernelcert module: the .py sources, and the compiled extensions by their type stubs (.pyi
+    next to a .c source; a stub has no kernelcert imports)."""
+    found = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    found.update({module_name(p): p for p in sorted(PACKAGE.rglob("*.pyi")) if p.with_suffix(".c").exists()})
+    return found
 
 
 def _resolve(node: ast.ImportFrom, importer: str, is_package: bool) -> list[str]:
