@@ -45,7 +45,7 @@ from ..integrity import Check
 from ..provenance import Provenance, resolved_device
 from ..runlock import RunLock
 
-from .aggregate import MethodResult, aggregate
+from .aggregate import MethodResult, aggregate, aggregation_threads
 from .backends import Backend, make_backend
 from .config import RunConfig, config_from_dict, load_config
 from .exactness import exactness_markdown, refine_results
@@ -265,7 +265,7 @@ def _run(cfg: RunConfig, backend: Backend | None, lock: RunLock, guard: Interrup
     be = make_backend(cfg.execution) if backend is None else backend
     try:
         with clear_ending(len(plan.units), lambda: len(done | computed), run_dir):
-            backend_info = be.describe()
+            backend_info = {**be.describe(), "aggregation_threads": aggregation_threads(cfg.execution, be)}
             for _ in range(2):  # a unit failing its checks right after being written is computed once more
                 if todo:
                     be.prepare(provenance, largest_unit_mb=_unit_memory(cfg, plan)(max(u.size for u in todo)))
