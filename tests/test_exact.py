@@ -558,17 +558,9 @@ def _ntk_problem(rng, n, K, t):
     return np.asarray(kern.ntk(x)), np.asarray(kern.ntk(xt, x)), y
 
 
-@pytest.mark.parametrize("K", [2, 3])
-@pytest.mark.parametrize("kind", ["rbf", "ntk", "ill-conditioned"])
-def test_node_flip_bounds_hold_against_retraining(K, kind):
-    """The sharpened stability bound of `_node_flip_bounds` (docs/math.md §7.4 (vi)) on fresh problems
-    above C_max (RBF clusters, NTK Gaussians, NTK Gaussians with a near-duplicate sample: an
-    ill-conditioned Gram): from random nodes (base labellings, duals from `retrain_many_bounded`),
-    changing the labels of random sets T of at most rem allowed samples never lowers the margin of
-    the retrained SVM (`KernelSVM`, independent solver) by more than sum_{j in T} G'_j; G' <= G,
-    strictly smaller somewhere on the binary NTK problems, and the check is not vacuous (some drop reaches
-    5% of its bound)."""
-    rng = np.random.default_rng([SEED, 50 + K, ["rbf", "ntk", "ill-conditioned"].index(kind)])
+def _node_bound_problem(rng, K, kind):
+    """One fresh problem of test_node_flip_bounds_hold_against_retraining: asserts the bound on every
+    retraining; returns (largest drop / bound, whether G' < 0.99 G somewhere)."""
     n = 20 if K == 2 else 15
     if kind == "rbf":
         Kt, Kx, y0 = _fresh_svm_problem(rng, n, K, 3, False)
@@ -581,7 +573,8 @@ def test_node_flip_bounds_hold_against_retraining(K, kind):
         n += 1
     C = float(rng.uniform(1.5, 10)) * KernelSVM().fit(Kt, y0, K).C_max
     retrain = exact._Retrainer(Kt, y0, K, C)
-    assert retrain.usable, SEED
+    if not retrain.usable:  # a numerically singular Gram (close RBF points): no bound to test, pruning is off
+        return 0.0, False
     worst, sharper = 0.0, False
     for trial in range(6):
         base = y0.copy()
@@ -610,6 +603,26 @@ def test_node_flip_bounds_hold_against_retraining(K, kind):
                     tol = 1e-6 * C * np.abs(Kx[i]).sum()
                     assert gap0 - gap1 <= Gn[T].sum() + tol, f"seed {SEED}: drop {gap0 - gap1} > {Gn[T].sum()}"
                     worst = max(worst, (gap0 - gap1) / Gn[T].sum())
+    return worst, sharper
+
+
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("kind", ["rbf", "ntk", "ill-conditioned"])
+def test_node_flip_bounds_hold_against_retraining(K, kind):
+    """The sharpened stability bound of `_node_flip_bounds` (docs/math.md §7.4 (vi)) on fresh problems
+    above C_max (RBF clusters, NTK Gaussians, NTK Gaussians with a near-duplicate sample: an
+    ill-conditioned Gram): from random nodes (base labellings, duals from `retrain_many_bounded`),
+    changing the labels of random sets T of at most rem allowed samples never lowers the margin of
+    the retrained SVM (`KernelSVM`, independent solver) by more than sum_{j in T} G'_j; G' <= G,
+    strictly smaller somewhere on the binary NTK problems, and the check is not vacuous (some drop reaches
+    5% of its bound) within at most four fresh problems (one problem alone can miss it)."""
+    rng = np.random.default_rng([SEED, 50 + K, ["rbf", "ntk", "ill-conditioned"].index(kind)])
+    worst, sharper = 0.0, False
+    for _ in range(4):  # soundness asserted on every problem; a fresh problem only while the checks are vacuous
+        w, sh = _node_bound_problem(rng, K, kind)
+        worst, sharper = max(worst, w), sharper or sh
+        if worst > 0.05 and (sharper or kind == "rbf" or K == 3):
+            break
     # (with K = 3 a sample needs margin > 1 in every one-vs-rest problem: rare at this size)
     assert sharper or kind == "rbf" or K == 3, f"seed {SEED}: the node bound never improves on G"
     assert worst > 0.05, f"seed {SEED}: the bound is never approached ({worst})"
