@@ -634,9 +634,8 @@ def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, nz, cidx, R, fi, f, nb, 
         j0 += 1
     f0 = fu[j0]
     # the probes' tau = fl(f0 c[mid]) decreases with mid: the counts of a probe bound those of the later ones
-    for j in range(3):
-        nb[1, j] = 0
-        nb[2, j] = GL
+    nb[1, :] = 0  # the counts searched over all of c
+    nb[2, :] = GL
     lo = 0
     hi = min(nz, GL - 1)
     F_hi = -1.0  # the sum at tau = fl(f0 c[hi]) once a probe moved hi (it is >= T >= 0 then)
@@ -649,12 +648,10 @@ def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, nz, cidx, R, fi, f, nb, 
         if F >= T:
             hi = mid
             F_hi = F
-            for j in range(3):
-                nb[2, j] = nb[0, j]
+            nb[2, :] = nb[0, :]
         else:
             lo = mid + 1
-            for j in range(3):
-                nb[1, j] = nb[0, j]
+            nb[1, :] = nb[0, :]
     tau0 = f0 * c[hi]
     if F_hi >= 0.0:
         F = F_hi
@@ -686,30 +683,26 @@ def _lagrangian(s, tol, c, CT, tag, sh, Xc, cut, K, GL, nz, cidx, R, fi, f, nb, 
         qb = max(qa, qb)
         lo = qa
         hi = qb
-        for i in range(3):
-            nb[1, i] = 0
-            nb[2, i] = GL
+        nb[1, :] = 0  # the counts searched over all of c
+        nb[2, :] = GL
         while lo < hi:
             mid = (lo + hi) >> 1
             F, _n = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, fj * c[min(mid, GL - 1)], False, top_step,
                                 nb, terms, j, min(mid, GL - 1))
             if F >= T:
                 hi = mid
-                for i in range(3):
-                    nb[2, i] = nb[0, i]
+                nb[2, :] = nb[0, :]
             else:
                 lo = mid + 1
-                for i in range(3):
-                    nb[1, i] = nb[0, i]
+                nb[1, :] = nb[0, :]
         tau = fj * c[min(hi, GL - 1)] if hi < qb else 0.0
         if tau > v:
             v = tau
     found = v > 0.0
     vv = v if found else 1.0
     F_gt, N_gt = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, True, top_step, nb, terms, -1, 0)
-    for j in range(3):
-        nb[1, j] = 0
-        nb[2, j] = GL
+    nb[1, :] = 0  # the counts searched over all of c
+    nb[2, :] = GL
     _f, N_ge = _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, vv, False, top_step, nb, terms, -1, 0)
     k = max(1.0, np.ceil((T - F_gt) / vv))
     m = min(float(N_gt) + k, float(N_ge))

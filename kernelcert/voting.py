@@ -543,16 +543,14 @@ def _knapsack_row(a, b, G, cb, ca, units, P, F, e1, sm):  # pragma: no cover - c
         for m in range(1, top):
             F[m + 1] = F[m] + us[m]
     best = inf
-    found = False
     for e in range(2):
         for k in range(nc + 1 - e):
             m = max(G - 2 * k - e, 0)
             if m > top:
                 continue  # F[m] = inf
             v = (P[k] if e == 0 else e1[k]) + F[m]
-            if not found or v < best:
+            if v < best:
                 best = v
-                found = True
     return best
 
 

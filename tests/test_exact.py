@@ -510,6 +510,20 @@ def test_flip_bounds_hold_against_retraining(K):
     assert worst > 0.05, f"seed {SEED}: the bound is never approached ({worst})"
 
 
+def _count_retrains(retrain):
+    """Count the relabellings `retrain.retrain_many_bounded` retrains, per the key the caller sets in
+    the returned dict's "mode" (True / False)."""
+    counts = {"mode": None, True: 0, False: 0}
+    real = retrain.retrain_many_bounded
+
+    def counting(labels, *a, **k):
+        counts[counts["mode"]] += len(labels)
+        return real(labels, *a, **k)
+
+    retrain.retrain_many_bounded = counting
+    return counts
+
+
 def test_pruned_search_retrains_fewer_and_agrees_with_full_enumeration():
     """The two-Gaussian NTK problem of the benchmark (n = 16, C = 3 C_max): the pruned branch and bound
     excludes the same sizes and finds attacks of the same size as retraining every relabelling, while
@@ -525,18 +539,12 @@ def test_pruned_search_retrains_fewer_and_agrees_with_full_enumeration():
     Kt, Kx = np.asarray(kern.ntk(x)), np.asarray(kern.ntk(xt, x))
     C = 3.0 * KernelSVM().fit(Kt, y, 2).C_max
     retrain = exact._Retrainer(Kt, y, 2, C)
-    counts = {True: 0, False: 0}
-    real = retrain.retrain_many_bounded
-
-    def counting(labels, *a, **k):
-        counts[mode] += len(labels)
-        return real(labels, *a, **k)
-
-    retrain.retrain_many_bounded = counting
+    counts = _count_retrains(retrain)
     p = KernelSVM(C).fit(Kt, y, 2).predict(Kx)
     for i in range(len(Kx)):
         out = {}
         for mode in (True, False):
+            counts["mode"] = mode
             out[mode] = exact._exhaustive_small_attacks(retrain, y, Kx[i], int(p[i]), 5, 10**6, prune=mode)
         assert out[True][0] == out[False][0]
         assert (out[True][1] is None) == (out[False][1] is None)
@@ -644,18 +652,12 @@ def test_pruned_search_fresh_ntk_equals_full_enumeration(K, kind):
     C = float(rng.uniform(2, 6)) * KernelSVM().fit(Kt, y, K).C_max
     retrain = exact._Retrainer(Kt, y, K, C)
     assert retrain.usable, SEED
-    counts = {True: 0, False: 0}
-    real = retrain.retrain_many_bounded
-
-    def counting(labels, *a, **k):
-        counts[mode] += len(labels)
-        return real(labels, *a, **k)
-
-    retrain.retrain_many_bounded = counting
+    counts = _count_retrains(retrain)
     p = KernelSVM(C).fit(Kt, y, K).predict(Kx)
     for i in range(len(Kx)):
         out = {}
         for mode in (False, True):
+            counts["mode"] = mode
             out[mode] = exact._exhaustive_small_attacks(retrain, y, Kx[i], int(p[i]), 4, 10**6, prune=mode)
         if out[False][1] is not None:  # the full enumeration decided every size up to its attack
             assert out[True][0] == out[False][0], SEED
