@@ -305,8 +305,9 @@ numba's cache on the first call of a process."""
 
 
 def _native_dpa_applies(s: np.ndarray) -> bool:
-    """Whether the C pass handles `s` (from `scores_for_argmax`): float32, 8 <= K <= 16, `NATIVE_DPA`."""
-    return NATIVE_DPA and s.dtype == np.float32 and 8 <= s.shape[2] <= SPECIALISED_MAX_CLASSES
+    """Whether the C pass handles `s` (from `scores_for_argmax`): float32, 8 <= K <= 16, M < 2**31 (its
+    int32 counts), `NATIVE_DPA`."""
+    return NATIVE_DPA and s.dtype == np.float32 and 8 <= s.shape[2] <= SPECIALISED_MAX_CLASSES and s.shape[1] < 2**31
 
 
 def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np.ndarray, radius: np.ndarray,
