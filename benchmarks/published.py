@@ -72,7 +72,7 @@ def _ours(method, scores, labels, K, k, d, votes=None):
     t = len(labels)
     if method in ("dpa", "dpa_large", "fa"):
         if method != "fa" and votes is None:  # DPA: one compiled pass, votes never stored, counts kept
-            counts = np.empty((t, K), np.int64)
+            counts = np.empty((t, K), np.uint16 if scores.shape[1] <= 65535 else np.int64)  # fewer pages to fault in
             r = dpa_from_scores(scores, counts_out=counts)
         else:
             if votes is None:
@@ -81,7 +81,7 @@ def _ours(method, scores, labels, K, k, d, votes=None):
                 counts = vote_counts(votes, K)
             r = (roe.fa(votes, fa_spread(np.arange(k * d), k, d).shifts, K) if method == "fa"
                  else dpa_from_counts(counts))
-        _base_accuracy = counts[np.arange(t), labels].sum() / (t * scores.shape[1])
+        _base_accuracy = int(counts[np.arange(t), labels].sum()) / (t * scores.shape[1])
     elif method == "dpa_roe":
         r = roe.dpa_roe(scores)
     else:

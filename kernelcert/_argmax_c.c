@@ -5,8 +5,9 @@
  *
  * argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool
  *   scores      C-contiguous float32 (t, M, K), read once (any object with the buffer protocol)
- *   counts      C-contiguous int64 (t, K), written: votes per class (overwritten, not accumulated);
- *               or None: not stored (no (t, K) output to allocate and fault in)
+ *   counts      C-contiguous (t, K) of int64, int32 or uint16 (M must fit), written: votes per class
+ *               (overwritten, not accumulated); or None: not stored (no (t, K) output to allocate and
+ *               fault in)
  *   prediction  int64 (t,), written: the plurality winner p (ties to the smaller class index)
  *   radius      int64 (t,), written: (n_p - max_{c != p}(n_c + [c < p])) // 2, the DPA radius
  *   returns True if a score is NaN or +-inf (then the outputs are unspecified), else False.
@@ -138,8 +139,8 @@ static inline __m256i hmax_epi32(__m256i x)
 
 /* the pass for one chunk count NC (a compile-time constant after inlining) */
 __attribute__((target("avx2,fma,bmi,popcnt")))
-static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, int NC, int64_t *counts,
-                           int64_t *prediction, int64_t *radius)
+static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, int NC, void *counts,
+                           int counts_size, int64_t *prediction, int64_t *radius)
 {
     __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     float lim_lanes[8];
@@ -190,9 +191,16 @@ static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, in
             int32_t n[16];
             _mm256_storeu_si256((__m256i *)n, n_lo);
             _mm256_storeu_si256((__m256i *)(n + 8), n_hi);
-            int64_t *out = counts + (size_t)i * (size_t)K;
-            for (int c = 0; c < K; c++)
-                out[c] = n[c];
+            const size_t at_row = (size_t)i * (size_t)K;
+            if (counts_size == 8)
+                for (int c = 0; c < K; c++)
+                    ((int64_t *)counts)[at_row + c] = n[c];
+            else if (counts_size == 4)
+                for (int c = 0; c < K; c++)
+                    ((int32_t *)counts)[at_row + c] = n[c];
+            else
+                for (int c = 0; c < K; c++)
+                    ((uint16_t *)counts)[at_row + c] = (uint16_t)n[c];
         }
     }
     __m256 g = _mm256_add_ps(_mm256_add_ps(f[0], f[1]), _mm256_add_ps(f[2], f[3]));  /* NaN iff not finite */
@@ -200,16 +208,16 @@ static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, in
 }
 
 __attribute__((target("avx2,fma,bmi,popcnt")))
-static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K, int64_t *counts,
+static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K, void *counts, int counts_size,
                               int64_t *prediction, int64_t *radius)
 {
     switch ((K + 3) / 4) {
     case 2:
-        return dpa_pass(s, t, M, K, 2, counts, prediction, radius);
+        return dpa_pass(s, t, M, K, 2, counts, counts_size, prediction, radius);
     case 3:
-        return dpa_pass(s, t, M, K, 3, counts, prediction, radius);
+        return dpa_pass(s, t, M, K, 3, counts, counts_size, prediction, radius);
     default:
-        return dpa_pass(s, t, M, K, 4, counts, prediction, radius);
+        return dpa_pass(s, t, M, K, 4, counts, counts_size, prediction, radius);
     }
 }
 #endif
@@ -223,6 +231,23 @@ static int have_avx2(void)
 #else
     return 0;
 #endif
+}
+
+/* the item size of a counts buffer of int64, int32 or uint16 (native struct format codes), else 0 */
+static int counts_dtype_size(const Py_buffer *b)
+{
+    const char *f = b->format == NULL ? "B" : b->format;
+    if (*f == '=' || *f == '@')
+        f++;
+    if (f[0] == 0 || f[1] != 0)
+        return 0;
+    if ((f[0] == 'q' || f[0] == 'l') && b->itemsize == 8)
+        return 8;
+    if ((f[0] == 'i' || f[0] == 'l') && b->itemsize == 4)
+        return 4;
+    if (f[0] == 'H' && b->itemsize == 2)
+        return 2;
+    return 0;
 }
 
 static int check_buffer(Py_buffer *b, Py_ssize_t bytes, const char *name)
@@ -242,28 +267,32 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nnnOw*w*", &sb, &t, &M, &K, &counts_obj, &pb, &rb))
         return NULL;
     const int keep_counts = counts_obj != Py_None;
-    if (keep_counts && PyObject_GetBuffer(counts_obj, &cb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+    if (keep_counts && PyObject_GetBuffer(counts_obj, &cb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&sb);
         PyBuffer_Release(&pb);
         PyBuffer_Release(&rb);
         return NULL;
     }
     int bad = 0, ok = 1;
+    const int counts_size = keep_counts ? counts_dtype_size(&cb) : 0;
     if (K < 8 || K > 16 || t < 0 || M < 1 || M > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "argmax_margin_f32 needs 8 <= K <= 16, t >= 0, 1 <= M < 2**31");
+        ok = 0;
+    } else if (keep_counts && (counts_size == 0 || (counts_size == 2 && M > 65535))) {
+        PyErr_SetString(PyExc_ValueError, "counts must be int64, int32 or uint16 (then M <= 65535), or None");
         ok = 0;
     } else if (!have_avx2()) {
         PyErr_SetString(PyExc_RuntimeError, "argmax_margin_f32 needs a CPU with AVX2 and FMA");
         ok = 0;
     } else if (check_buffer(&sb, t * M * K * 4, "scores")
-               || (keep_counts && check_buffer(&cb, t * K * 8, "counts"))
+               || (keep_counts && check_buffer(&cb, t * K * counts_size, "counts"))
                || check_buffer(&pb, t * 8, "prediction") || check_buffer(&rb, t * 8, "radius")) {
         ok = 0;
     }
 #if KC_X86
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        bad = argmax_margin_avx2((const float *)sb.buf, t, M, (int)K, keep_counts ? (int64_t *)cb.buf : NULL,
+        bad = argmax_margin_avx2((const float *)sb.buf, t, M, (int)K, keep_counts ? cb.buf : NULL, counts_size,
                                  (int64_t *)pb.buf, (int64_t *)rb.buf);
         Py_END_ALLOW_THREADS
     }
@@ -281,7 +310,8 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
 static PyMethodDef methods[] = {
     {"argmax_margin_f32", argmax_margin_f32, METH_VARARGS,
      "argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool: the DPA pass over float32 "
-     "scores (t, M, K), 8 <= K <= 16 (counts: int64 (t, K) or None; see the module source); True if a score "
+     "scores (t, M, K), 8 <= K <= 16 (counts: int64, int32 or uint16 (t, K), or None; see the module source); "
+     "True if a score "
      "is NaN or infinite."},
     {NULL, NULL, 0, NULL}};
 
