@@ -357,7 +357,7 @@ def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.in
     radius = np.empty(t, np.int64)
     if t and _argmax_margin_into(s, counts, prediction, radius, native):
         raise ValueError("scores contain NaN or infinite values")
-    if counts_out is not None and counts is not counts_out:  # the numba kernel counts in int64
+    if counts_out is not None and counts is not None and counts is not counts_out:  # numba counts in int64
         counts_out[...] = counts
     return prediction, radius
 
