@@ -5,23 +5,34 @@
  *
  * argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool
  *   scores      C-contiguous float32 (t, M, K), read once (any object with the buffer protocol)
- *   counts      C-contiguous int64 (t, K), written: votes per class (overwritten, not accumulated);
- *               or None: not stored (no (t, K) output to allocate and fault in)
+ *   counts      C-contiguous (t, K) of int64, int32 or uint16 (M must fit), written: votes per class
+ *               (overwritten, not accumulated); or None: not stored (no (t, K) output to allocate and
+ *               fault in)
  *   prediction  int64 (t,), written: the plurality winner p (ties to the smaller class index)
  *   radius      int64 (t,), written: (n_p - max_{c != p}(n_c + [c < p])) // 2, the DPA radius
  *   returns True if a score is NaN or +-inf (then the outputs are unspecified), else False.
  *
  * Each model votes for the FIRST maximiser of its K scores (smallest class index among the equal
- * maxima, -0.0 == +0.0, as numpy.argmax and the numba kernel's strict `>` scan). Per model: two
- * overlapping 8-lane loads, floats [0, 8) and [K - 8, K), their lane-wise max, the horizontal max
- * broadcast to every lane, the lanes equal to it as two bit masks combined into one K-bit mask
- * (bit c = score c is a maximum), and its lowest set bit; two consecutive models share the
- * reduction across the register. NaN cannot slip through the max (a NaN anywhere is detected
- * separately): finiteness is x * 0 (NaN iff x is NaN or infinite) added into accumulators (fused
- * multiply-add), NaN at the end iff one score was not finite. The votes of
- * one test point are stored as bytes (one store per model: counting in place, a load-add-store
- * per vote, cost as much as the argmax), counted per class 32 at a time (compare, bit mask,
- * popcount), then the plurality margin of that row. The GIL is released during the pass.
+ * maxima, -0.0 == +0.0, as numpy.argmax and the numba kernel's strict `>` scan).
+ *
+ * Two consecutive models (a pair) share every register: the scores are read in chunks of 4 classes,
+ * one register per chunk holding [chunk of the first model | same chunk of the second] (NC = ceil(K/4)
+ * chunks; the last chunk's classes >= K hold the next model's scores and are set to -inf with one
+ * `min`). The lane-wise max of the chunks, then of the 4 lanes within each half, is each model's
+ * maximum in every lane of its half; the chunks' lane-wise "== maximum" masks packed to bytes give,
+ * per half, 16 bytes: byte c is 0xFF iff score c is a maximum. Without ties (one 0xFF per half,
+ * checked on the 32-bit byte mask) those bytes ARE the two one-hot votes, and subtracting them from
+ * a register of byte counters counts both votes with one instruction; with ties the lowest set bit
+ * of each half is the vote (added as a one-hot byte from a sliding window). The byte counters hold
+ * at most 255 pairs; then they are widened into the row's 16 int32 counts. The plurality winner
+ * (first maximum of the counts) and the rival count are found with compares and horizontal maxima,
+ * no branches. The last pair of the last test point (whose padded chunk would read past the scores)
+ * and the last model of an odd M are voted one at a time: two overlapping 8-lane loads (classes
+ * [0, 8) and [K - 8, K)), their horizontal max, the lowest set bit of the "== max" mask.
+ *
+ * NaN cannot slip through: finiteness is x * 0 (NaN iff x is NaN or infinite) added into
+ * accumulators (fused multiply-add) over every score read, NaN at the end iff one score was not
+ * finite. The GIL is released during the pass.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,89 +47,178 @@
 #endif
 
 #if KC_X86
-/* out[c] = number of c in the votes v[0..M) (bytes; v has room for M rounded up to 32, padded here) */
-__attribute__((target("avx2,popcnt")))
-static inline void count_votes(uint8_t *v, Py_ssize_t M, int K, int64_t *out)
-{
-    Py_ssize_t blocks = (M + 31) / 32;
-    memset(v + M, 0xFF, (size_t)(blocks * 32 - M));  /* no class is 255 */
-    for (int c = 0; c < K; c++) {
-        const __m256i cc = _mm256_set1_epi8((char)c);
-        int64_t n = 0;
-        for (Py_ssize_t j = 0; j < blocks; j++) {
-            __m256i x = _mm256_loadu_si256((const __m256i *)(v + 32 * j));
-            n += __builtin_popcount((unsigned)_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, cc)));
-        }
-        out[c] = n;
-    }
-}
+/* a byte 1 at offset 32: the 32 bytes from ONEHOT + 32 - j are 1 at byte j, 0 elsewhere (0 <= j < 32) */
+static const uint8_t ONEHOT[64] __attribute__((aligned(64))) = {[32] = 1};
 
 /* the vote of one model from its two loads a (classes 0..7), b (classes K-8..K-1) and x, their max
    in every lane: bit c of the mask is set iff score c equals the max, the lowest is the first
    maximiser (bit 16: only reached when x is NaN, i.e. a non-finite score, reported by the caller;
    it keeps the vote < 16) */
 __attribute__((target("avx2,bmi")))
-static inline uint8_t first_max(__m256 a, __m256 b, __m256 x, int shift)
+static inline int first_max(__m256 a, __m256 b, __m256 x, int shift)
 {
     unsigned ea = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(a, x, _CMP_EQ_OQ));
     unsigned eb = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(b, x, _CMP_EQ_OQ));
-    return (uint8_t)(__builtin_ctz(ea | (eb << shift) | (1u << 16)) & 15);
+    return __builtin_ctz(ea | (eb << shift) | (1u << 16)) & 15;
+}
+
+/* the vote of the model at p (K scores), one model alone; f: its finiteness accumulator */
+__attribute__((target("avx2,fma,bmi")))
+static inline int single_vote(const float *p, int K, __m256 *f)
+{
+    const int shift = K - 8;
+    __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + shift);
+    *f = _mm256_fmadd_ps(a, _mm256_setzero_ps(), *f);
+    *f = _mm256_fmadd_ps(b, _mm256_setzero_ps(), *f);
+    __m256 x = _mm256_max_ps(a, b);
+    x = _mm256_max_ps(x, _mm256_permute2f128_ps(x, x, 1));
+    x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0x4E));
+    x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0xB1));
+    return first_max(a, b, x, shift);
+}
+
+/* [4 floats at p | 4 floats at q] */
+__attribute__((target("avx2")))
+static inline __m256 load_pair(const float *p, const float *q)
+{
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(q), 1);
+}
+
+/* the votes of the models at p and p + K (NC = ceil(K / 4) chunks; reads up to p + K + 4 NC - 1)
+   added into the byte counters acc ([first model's classes | second's]); lim: +inf at the last
+   chunk's classes < K, -inf at the others; f: finiteness accumulators */
+__attribute__((target("avx2,fma,bmi,popcnt")))
+static inline __m256i pair_votes(const float *p, int K, int NC, __m256 lim, __m256i acc, __m256 *f)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 v0 = load_pair(p, p + K), v1 = load_pair(p + 4, p + K + 4);
+    __m256 v2 = NC > 2 ? load_pair(p + 8, p + K + 8) : zero;
+    __m256 v3 = NC > 3 ? load_pair(p + 12, p + K + 12) : zero;
+    f[0] = _mm256_fmadd_ps(v0, zero, f[0]);
+    f[1] = _mm256_fmadd_ps(v1, zero, f[1]);
+    if (NC > 2)
+        f[2] = _mm256_fmadd_ps(v2, zero, f[2]);
+    if (NC > 3)
+        f[3] = _mm256_fmadd_ps(v3, zero, f[3]);
+    if (NC == 2)
+        v1 = _mm256_min_ps(v1, lim);
+    else if (NC == 3)
+        v2 = _mm256_min_ps(v2, lim);
+    else
+        v3 = _mm256_min_ps(v3, lim);
+    __m256 x = _mm256_max_ps(v0, v1);
+    if (NC > 2)
+        x = _mm256_max_ps(x, v2);
+    if (NC > 3)
+        x = _mm256_max_ps(x, v3);
+    x = _mm256_max_ps(x, _mm256_permute_ps(x, 0x4E));  /* each half's maximum in its 4 lanes */
+    x = _mm256_max_ps(x, _mm256_permute_ps(x, 0xB1));
+    __m256i e0 = _mm256_castps_si256(_mm256_cmp_ps(v0, x, _CMP_EQ_OQ));
+    __m256i e1 = _mm256_castps_si256(_mm256_cmp_ps(v1, x, _CMP_EQ_OQ));
+    __m256i e2 = NC > 2 ? _mm256_castps_si256(_mm256_cmp_ps(v2, x, _CMP_EQ_OQ)) : _mm256_setzero_si256();
+    __m256i e3 = NC > 3 ? _mm256_castps_si256(_mm256_cmp_ps(v3, x, _CMP_EQ_OQ)) : _mm256_setzero_si256();
+    /* per half, bytes [chunk 0 | chunk 1 | chunk 2 | chunk 3] = classes 0..15: 0xFF at each maximum */
+    __m256i e = _mm256_packs_epi16(_mm256_packs_epi32(e0, e1), _mm256_packs_epi32(e2, e3));
+    unsigned mask = (unsigned)_mm256_movemask_epi8(e);
+    if (__builtin_expect(__builtin_popcount(mask) == 2, 1))  /* one maximum in each half (both finite) */
+        return _mm256_sub_epi8(acc, e);                           /* 0xFF = -1: one vote each */
+    unsigned a = (unsigned)__builtin_ctz((mask & 0xFFFFu) | 0x10000u) & 15;  /* ties: first maximisers */
+    unsigned b = (unsigned)__builtin_ctz((mask >> 16) | 0x10000u) & 15;
+    acc = _mm256_add_epi8(acc, _mm256_loadu_si256((const __m256i *)(ONEHOT + 32 - a)));
+    return _mm256_add_epi8(acc, _mm256_loadu_si256((const __m256i *)(ONEHOT + 16 - b)));
+}
+
+/* the maximum of the 8 int32 lanes of x, in every lane */
+__attribute__((target("avx2")))
+static inline __m256i hmax_epi32(__m256i x)
+{
+    x = _mm256_max_epi32(x, _mm256_permute2x128_si256(x, x, 1));
+    x = _mm256_max_epi32(x, _mm256_shuffle_epi32(x, 0x4E));
+    return _mm256_max_epi32(x, _mm256_shuffle_epi32(x, 0xB1));
+}
+
+/* the pass for one chunk count NC (a compile-time constant after inlining) */
+__attribute__((target("avx2,fma,bmi,popcnt")))
+static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, int NC, void *counts,
+                           int counts_size, int64_t *prediction, int64_t *radius)
+{
+    __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float lim_lanes[8];
+    for (int l = 0; l < 8; l++)
+        lim_lanes[l] = 4 * (NC - 1) + (l & 3) < K ? __builtin_inff() : -__builtin_inff();
+    const __m256 lim = _mm256_loadu_ps(lim_lanes);
+    const __m256i class_lo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i class_hi = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+    for (Py_ssize_t i = 0; i < t; i++) {
+        const float *p = s + (size_t)i * (size_t)M * (size_t)K;
+        __m256i n_lo = _mm256_setzero_si256(), n_hi = n_lo;  /* votes of classes 0..7 and 8..15 */
+        /* pairs (m, m + 1) while m < pairs_end; the last point's last pair reads no padding */
+        const Py_ssize_t pairs_end = i + 1 < t || K % 4 == 0 ? M - 1 : M - 2;
+        Py_ssize_t m = 0;
+        while (m < pairs_end) {
+            __m256i acc = _mm256_setzero_si256();  /* byte counters: at most 255 pairs */
+            const Py_ssize_t stop = pairs_end - m > 2 * 255 ? m + 2 * 255 : pairs_end;
+            for (; m < stop; m += 2, p += 2 * K)
+                acc = pair_votes(p, K, NC, lim, acc, f);
+            __m256i h = _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(acc)),
+                                         _mm256_cvtepu8_epi16(_mm256_extracti128_si256(acc, 1)));
+            n_lo = _mm256_add_epi32(n_lo, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)));
+            n_hi = _mm256_add_epi32(n_hi, _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)));
+        }
+        if (m < M) {
+            int32_t alone[16] = {0};
+            for (; m < M; m++, p += K)
+                alone[single_vote(p, K, &f[0])]++;
+            n_lo = _mm256_add_epi32(n_lo, _mm256_loadu_si256((const __m256i *)alone));
+            n_hi = _mm256_add_epi32(n_hi, _mm256_loadu_si256((const __m256i *)(alone + 8)));
+        }
+        /* classes >= K hold 0 votes: below the maximum (M >= 1 votes) and never above a rival (>= 0) */
+        const __m256i top = hmax_epi32(_mm256_max_epi32(n_lo, n_hi));
+        const unsigned at = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(n_lo, top)))
+                            | (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(n_hi, top))) << 8;
+        const int winner = __builtin_ctz(at);
+        const __m256i w = _mm256_set1_epi32(winner);
+        /* rivals n_c + [c < p] (cmpgt is -1 where c < p), the winner's own lane set to 0 */
+        __m256i r_lo = _mm256_andnot_si256(_mm256_cmpeq_epi32(w, class_lo),
+                                           _mm256_sub_epi32(n_lo, _mm256_cmpgt_epi32(w, class_lo)));
+        __m256i r_hi = _mm256_andnot_si256(_mm256_cmpeq_epi32(w, class_hi),
+                                           _mm256_sub_epi32(n_hi, _mm256_cmpgt_epi32(w, class_hi)));
+        const __m256i rival = hmax_epi32(_mm256_max_epi32(r_lo, r_hi));
+        prediction[i] = winner;
+        /* top >= rival: n_c < n_p for c < p, n_c <= n_p for c > p */
+        radius[i] = ((int64_t)_mm256_cvtsi256_si32(top) - (int64_t)_mm256_cvtsi256_si32(rival)) / 2;
+        if (counts != NULL) {
+            int32_t n[16];
+            _mm256_storeu_si256((__m256i *)n, n_lo);
+            _mm256_storeu_si256((__m256i *)(n + 8), n_hi);
+            const size_t at_row = (size_t)i * (size_t)K;
+            if (counts_size == 8)
+                for (int c = 0; c < K; c++)
+                    ((int64_t *)counts)[at_row + c] = n[c];
+            else if (counts_size == 4)
+                for (int c = 0; c < K; c++)
+                    ((int32_t *)counts)[at_row + c] = n[c];
+            else
+                for (int c = 0; c < K; c++)
+                    ((uint16_t *)counts)[at_row + c] = (uint16_t)n[c];
+        }
+    }
+    __m256 g = _mm256_add_ps(_mm256_add_ps(f[0], f[1]), _mm256_add_ps(f[2], f[3]));  /* NaN iff not finite */
+    return _mm256_movemask_ps(_mm256_cmp_ps(g, g, _CMP_UNORD_Q)) != 0;
 }
 
 __attribute__((target("avx2,fma,bmi,popcnt")))
-static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K, uint8_t *votes, int64_t *counts,
+static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K, void *counts, int counts_size,
                               int64_t *prediction, int64_t *radius)
 {
-    const __m256 zero = _mm256_setzero_ps();
-    /* finiteness: f += x * 0 (NaN iff x is NaN or infinite, then NaN for good), 4 independent sums */
-    __m256 f0 = zero, f1 = zero, f2 = zero, f3 = zero;
-    const int shift = K - 8;
-    for (Py_ssize_t i = 0; i < t; i++) {
-        const float *p = s + (size_t)i * (size_t)M * (size_t)K;
-        Py_ssize_t m = 0;
-        for (; m + 2 <= M; m += 2, p += 2 * K) {  /* two models share the reduction across the register */
-            __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + shift);
-            __m256 c = _mm256_loadu_ps(p + K), d = _mm256_loadu_ps(p + K + shift);
-            f0 = _mm256_fmadd_ps(a, zero, f0);
-            f1 = _mm256_fmadd_ps(b, zero, f1);
-            f2 = _mm256_fmadd_ps(c, zero, f2);
-            f3 = _mm256_fmadd_ps(d, zero, f3);
-            __m256 x = _mm256_max_ps(a, b), y = _mm256_max_ps(c, d);
-            /* [max of x's halves | max of y's halves], then within each 128-bit half */
-            __m256 z = _mm256_max_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
-            z = _mm256_max_ps(z, _mm256_shuffle_ps(z, z, 0x4E));
-            z = _mm256_max_ps(z, _mm256_shuffle_ps(z, z, 0xB1));
-            votes[m] = first_max(a, b, _mm256_permute2f128_ps(z, z, 0x00), shift);
-            votes[m + 1] = first_max(c, d, _mm256_permute2f128_ps(z, z, 0x11), shift);
-        }
-        if (m < M) {  /* the last model of an odd M */
-            __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + shift);
-            f0 = _mm256_fmadd_ps(a, zero, f0);
-            f1 = _mm256_fmadd_ps(b, zero, f1);
-            __m256 x = _mm256_max_ps(a, b);
-            x = _mm256_max_ps(x, _mm256_permute2f128_ps(x, x, 1));
-            x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0x4E));
-            x = _mm256_max_ps(x, _mm256_shuffle_ps(x, x, 0xB1));
-            votes[m] = first_max(a, b, x, shift);
-        }
-        int64_t row[16];
-        int64_t *n = counts != NULL ? counts + (size_t)i * (size_t)K : row;
-        count_votes(votes, M, K, n);
-        int pw = 0;
-        int64_t top = n[0];
-        for (int c = 1; c < K; c++)
-            if (n[c] > top) { pw = c; top = n[c]; }
-        int64_t rival = INT64_MIN;
-        for (int c = 0; c < K; c++) {
-            if (c == pw) continue;
-            int64_t v = n[c] + (c < pw ? 1 : 0);
-            if (v > rival) rival = v;
-        }
-        prediction[i] = pw;
-        radius[i] = (top - rival) / 2;  /* top >= rival: n_c < n_p for c < p, n_c <= n_p for c > p */
+    switch ((K + 3) / 4) {
+    case 2:
+        return dpa_pass(s, t, M, K, 2, counts, counts_size, prediction, radius);
+    case 3:
+        return dpa_pass(s, t, M, K, 3, counts, counts_size, prediction, radius);
+    default:
+        return dpa_pass(s, t, M, K, 4, counts, counts_size, prediction, radius);
     }
-    __m256 f = _mm256_add_ps(_mm256_add_ps(f0, f1), _mm256_add_ps(f2, f3));  /* NaN iff a score was not finite */
-    return _mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)) != 0;
 }
 #endif
 
@@ -131,6 +231,23 @@ static int have_avx2(void)
 #else
     return 0;
 #endif
+}
+
+/* the item size of a counts buffer of int64, int32 or uint16 (native struct format codes), else 0 */
+static int counts_dtype_size(const Py_buffer *b)
+{
+    const char *f = b->format == NULL ? "B" : b->format;
+    if (*f == '=' || *f == '@')
+        f++;
+    if (f[0] == 0 || f[1] != 0)
+        return 0;
+    if ((f[0] == 'q' || f[0] == 'l') && b->itemsize == 8)
+        return 8;
+    if ((f[0] == 'i' || f[0] == 'l') && b->itemsize == 4)
+        return 4;
+    if (f[0] == 'H' && b->itemsize == 2)
+        return 2;
+    return 0;
 }
 
 static int check_buffer(Py_buffer *b, Py_ssize_t bytes, const char *name)
@@ -150,37 +267,35 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nnnOw*w*", &sb, &t, &M, &K, &counts_obj, &pb, &rb))
         return NULL;
     const int keep_counts = counts_obj != Py_None;
-    if (keep_counts && PyObject_GetBuffer(counts_obj, &cb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+    if (keep_counts && PyObject_GetBuffer(counts_obj, &cb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&sb);
         PyBuffer_Release(&pb);
         PyBuffer_Release(&rb);
         return NULL;
     }
     int bad = 0, ok = 1;
-    if (K < 8 || K > 16 || t < 0 || M < 1) {
-        PyErr_SetString(PyExc_ValueError, "argmax_margin_f32 needs 8 <= K <= 16, t >= 0, M >= 1");
+    const int counts_size = keep_counts ? counts_dtype_size(&cb) : 0;
+    if (K < 8 || K > 16 || t < 0 || M < 1 || M > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "argmax_margin_f32 needs 8 <= K <= 16, t >= 0, 1 <= M < 2**31");
+        ok = 0;
+    } else if (keep_counts && (counts_size == 0 || (counts_size == 2 && M > 65535))) {
+        PyErr_SetString(PyExc_ValueError, "counts must be int64, int32 or uint16 (then M <= 65535), or None");
         ok = 0;
     } else if (!have_avx2()) {
         PyErr_SetString(PyExc_RuntimeError, "argmax_margin_f32 needs a CPU with AVX2 and FMA");
         ok = 0;
     } else if (check_buffer(&sb, t * M * K * 4, "scores")
-               || (keep_counts && check_buffer(&cb, t * K * 8, "counts"))
+               || (keep_counts && check_buffer(&cb, t * K * counts_size, "counts"))
                || check_buffer(&pb, t * 8, "prediction") || check_buffer(&rb, t * 8, "radius")) {
         ok = 0;
     }
 #if KC_X86
-    uint8_t *votes = ok ? (uint8_t *)PyMem_Malloc((size_t)((M + 31) / 32 * 32)) : NULL;
-    if (ok && votes == NULL) {
-        PyErr_NoMemory();
-        ok = 0;
-    }
     if (ok) {
         Py_BEGIN_ALLOW_THREADS
-        bad = argmax_margin_avx2((const float *)sb.buf, t, M, (int)K, votes, keep_counts ? (int64_t *)cb.buf : NULL, (int64_t *)pb.buf,
-                                 (int64_t *)rb.buf);
+        bad = argmax_margin_avx2((const float *)sb.buf, t, M, (int)K, keep_counts ? cb.buf : NULL, counts_size,
+                                 (int64_t *)pb.buf, (int64_t *)rb.buf);
         Py_END_ALLOW_THREADS
     }
-    PyMem_Free(votes);
 #endif
     PyBuffer_Release(&sb);
     if (keep_counts)
@@ -195,7 +310,8 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
 static PyMethodDef methods[] = {
     {"argmax_margin_f32", argmax_margin_f32, METH_VARARGS,
      "argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool: the DPA pass over float32 "
-     "scores (t, M, K), 8 <= K <= 16 (counts: int64 (t, K) or None; see the module source); True if a score "
+     "scores (t, M, K), 8 <= K <= 16 (counts: int64, int32 or uint16 (t, K), or None; see the module source); "
+     "True if a score "
      "is NaN or infinite."},
     {NULL, NULL, 0, NULL}};
 

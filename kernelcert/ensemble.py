@@ -46,12 +46,13 @@ def dpa(votes: npt.ArrayLike, num_classes: int) -> AggregateResult:
     return _dpa(vote_counts(v, int(num_classes)))
 
 
-def dpa_from_scores(scores: npt.ArrayLike, *, counts_out: npt.NDArray[np.int64] | None = None) -> AggregateResult:
+def dpa_from_scores(scores: npt.ArrayLike, *, counts_out: npt.NDArray[np.integer] | None = None) -> AggregateResult:
     """The DPA certificate of `dpa` straight from base-model scores (t, N_p, K): each model votes
     for the first maximiser of its K scores (as `numpy.argmax`); votes are counted and the
     certificate computed in one compiled pass over the scores (`voting.argmax_plurality_margin`), which reads
     every score once and never stores the votes. Same input rules and errors as
-    `voting.argmax_counts`. counts_out: an int64 array (t, K) that receives the vote counts."""
+    `voting.argmax_counts`. counts_out: an array (t, K) of int64, int32 or uint16 (M must fit) that
+    receives the vote counts."""
     prediction, radius = argmax_plurality_margin(scores, counts_out)
     return AggregateResult(prediction=prediction, radius=radius)
 

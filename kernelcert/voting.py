@@ -305,15 +305,16 @@ numba's cache on the first call of a process."""
 
 
 def _native_dpa_applies(s: np.ndarray) -> bool:
-    """Whether the C pass handles `s` (from `scores_for_argmax`): float32, 8 <= K <= 16, `NATIVE_DPA`."""
-    return NATIVE_DPA and s.dtype == np.float32 and 8 <= s.shape[2] <= SPECIALISED_MAX_CLASSES
+    """Whether the C pass handles `s` (from `scores_for_argmax`): float32, 8 <= K <= 16, M < 2**31 (its
+    int32 counts), `NATIVE_DPA`."""
+    return NATIVE_DPA and s.dtype == np.float32 and 8 <= s.shape[2] <= SPECIALISED_MAX_CLASSES and s.shape[1] < 2**31
 
 
 def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np.ndarray, radius: np.ndarray,
                         native: bool) -> bool:
     """The fused DPA pass over s (t >= 1, M, K) from `scores_for_argmax` into counts (t, K) int64
-    (C-contiguous, overwritten; None: the C pass keeps them per row only), prediction and radius
-    (t,) int64; True if a score is NaN or infinite. native: the C pass (`_native_dpa_applies(s)`
+    (C-contiguous, overwritten; int32 or uint16 for the C pass only; None: the C pass keeps them per
+    row only), prediction and radius (t,) int64; True if a score is NaN or infinite. native: the C pass (`_native_dpa_applies(s)`
     must hold), else the numba kernel (its oracle in the tests, with numpy's argmax)."""
     if native:
         assert _argmax_c is not None
@@ -328,28 +329,36 @@ def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np
     return bool(_argmax_margin_any(s, buf, counts, prediction, radius))
 
 
-def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.int64] | None = None
+COUNT_DTYPES = (np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.uint16))
+"""dtypes `argmax_plurality_margin` writes vote counts in (a smaller one: fewer pages to allocate)."""
+
+
+def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.integer] | None = None
                             ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """`plurality_margin` of `argmax_counts(scores)` in one compiled call: the scores are read
-    once, the votes never stored. Same input rules and errors as `argmax_votes`. counts_out: an
-    int64 C-contiguous array (t, K) that receives the vote counts. float32 scores with
-    8 <= K <= 16 run the C pass where `NATIVE_DPA` (no numba initialisation or cache load; the
-    same votes, counts, predictions and radii as the numba kernel, bit for bit)."""
+    once, the votes never stored. Same input rules and errors as `argmax_votes`. counts_out: a
+    C-contiguous array (t, K) of int64, int32 or uint16 (`COUNT_DTYPES`; the number of models M
+    must fit in it) that receives the vote counts. float32 scores with 8 <= K <= 16 run the C pass
+    where `NATIVE_DPA` (no numba initialisation or cache load; the same votes, counts, predictions
+    and radii as the numba kernel, bit for bit)."""
     s = scores_for_argmax(scores)
     t, M, K = s.shape
     native = _native_dpa_applies(s)
     counts: np.ndarray | None
     if counts_out is None:  # the C pass needs no (t, K) array (its pages would cost a fifth of the pass)
         counts = None if native else np.empty((t, K), np.int64)
-    elif counts_out.shape != (t, K) or counts_out.dtype != np.int64 or not counts_out.flags.c_contiguous:
-        raise ValueError(f"counts_out must be a C-contiguous int64 array of shape {(t, K)}, got {counts_out.dtype} "
-                         f"{counts_out.shape}")
+    elif (counts_out.shape != (t, K) or counts_out.dtype not in COUNT_DTYPES or not counts_out.flags.c_contiguous
+          or M > np.iinfo(counts_out.dtype).max):
+        raise ValueError(f"counts_out must be a C-contiguous array of shape {(t, K)} and dtype int64, int32 or "
+                         f"uint16 that holds M = {M}, got {counts_out.dtype} {counts_out.shape}")
     else:
-        counts = counts_out
+        counts = counts_out if native or counts_out.dtype == np.int64 else np.empty((t, K), np.int64)
     prediction = np.empty(t, np.int64)
     radius = np.empty(t, np.int64)
     if t and _argmax_margin_into(s, counts, prediction, radius, native):
         raise ValueError("scores contain NaN or infinite values")
+    if counts_out is not None and counts is not None and counts is not counts_out:  # numba counts in int64
+        counts_out[...] = counts
     return prediction, radius
 
 

@@ -61,21 +61,27 @@ def _tied_scores(rng, t, M, K, kind):
         vals = np.array([3.4028235e38, -3.4028235e38, 1e-45, -1e-45, 0.0, 1.0], np.float32)
         return vals[rng.integers(0, len(vals), (t, M, K))]
     s = rng.normal(size=(t, M, K)).astype(np.float32)
+    if kind == "unanimous":  # every model votes for one class (the C pass's byte counters at their limit)
+        s[:, :, rng.integers(K)] += 100
+        return s
     s[rng.random((t, M)) < 0.3, :] = s[0, 0, 0]  # whole models tied across every class
     return s
 
 
 @pytest.mark.parametrize("K", [8, 9, 10, 13, 16])
-@pytest.mark.parametrize("kind", ["few values", "signed zeros", "extremes", "normal"])
+@pytest.mark.parametrize("kind", ["few values", "signed zeros", "extremes", "normal", "unanimous"])
 def test_native_pass_equals_numba_and_numpy(K, kind):
     """C pass == numba kernel == numpy oracle (predictions, radii and counts) on fresh random
-    scores, for model counts around the 32-vote blocks of the C pass's counting."""
+    scores, for model counts around the pairs of the C pass (odd and even M) and its byte counters
+    (255 pairs, then widened), and one or several test points (the last point's last pair is voted
+    model by model)."""
     if not NATIVE_DPA:
         pytest.skip("the C pass is not built or the CPU lacks AVX2/FMA (see the test above)")
     seed = int(np.random.SeedSequence().entropy % 2**63)  # fresh inputs each run; the seed is in any failure
     rng = np.random.default_rng(seed)
-    for M in (1, 2, 7, 31, 32, 33, 64, 100):
-        s = _tied_scores(rng, 23, M, K, kind)
+    for t, M in ((23, 1), (23, 2), (23, 3), (23, 7), (23, 32), (23, 33), (7, 509), (5, 510), (5, 511), (3, 1021),
+                 (1, 2), (1, 3), (1, 6), (2, 1), (2, 4)):
+        s = _tied_scores(rng, t, M, K, kind)
         p0, r0, n0 = _oracle(s)
         for native in (True, False):
             bad, p, r, n = _run(s, native)
@@ -84,6 +90,11 @@ def test_native_pass_equals_numba_and_numpy(K, kind):
             np.testing.assert_array_equal(p, p0, err_msg=msg)
             np.testing.assert_array_equal(r, r0, err_msg=msg)
             np.testing.assert_array_equal(n, n0, err_msg=msg)
+        for dtype in (np.int32, np.uint16):  # smaller counts, written by the C pass (numba: converted)
+            n = np.full((t, K), 9, dtype)
+            p, r = argmax_plurality_margin(s, n)
+            np.testing.assert_array_equal(n, n0, err_msg=f"seed {seed}, M {M}, counts {dtype}")
+            np.testing.assert_array_equal(p, p0, err_msg=f"seed {seed}, M {M}, counts {dtype}")
         p, r = argmax_plurality_margin(s)  # no counts wanted: the C pass keeps them per row only
         np.testing.assert_array_equal(p, p0, err_msg=f"seed {seed}, M {M}, counts not kept")
         np.testing.assert_array_equal(r, r0, err_msg=f"seed {seed}, M {M}, counts not kept")
@@ -104,16 +115,18 @@ def test_other_inputs_run_numba_and_equal_numpy(K, dtype):
     np.testing.assert_array_equal(n, n0)
 
 
-@pytest.mark.parametrize("K", [8, 10, 16])
+@pytest.mark.parametrize("K", [8, 9, 10, 13, 16])
 def test_native_pass_rejects_non_finite_at_every_class(K):
     """NaN, +inf and -inf at every class position (both overlapping loads, their shared classes) and
     in the first, second and last model: ValueError, as the numba kernel; finite extremes pass."""
     rng = np.random.default_rng()
     for bad in (np.nan, np.inf, -np.inf):
         for c in range(K):
-            for m in (0, 1, 4):  # first and second model of a pair (they share a reduction), the odd last
+            # first and second model of a pair (they share registers), the odd last; a point before the
+            # last (pairs only) and the last (its last pair voted model by model)
+            for i, m in ((0, 0), (0, 1), (1, 3), (2, 0), (2, 3), (2, 4)):
                 s = rng.normal(size=(3, 5, K)).astype(np.float32)
-                s[2, m, c] = bad
+                s[i, m, c] = bad
                 if NATIVE_DPA:
                     assert _run(s, True)[0]
                 assert _run(s, False)[0]
@@ -122,6 +135,38 @@ def test_native_pass_rejects_non_finite_at_every_class(K):
     s = np.full((2, 3, K), np.finfo(np.float32).max, np.float32)
     s[:, :, 1] = -np.finfo(np.float32).max
     np.testing.assert_array_equal(dpa_from_scores(s).prediction, [0, 0])
+
+
+@pytest.mark.parametrize("K", [9, 10, 13, 15])
+def test_native_pass_reads_nothing_past_the_scores(K):
+    """Scores that end where an inaccessible page begins (mprotect PROT_NONE): the C pass must not read
+    past them (the padded last chunk of a pair reads 4 ceil(K / 4) - K floats beyond its second model;
+    the last point's last pair is voted model by model). A read past the end is a segmentation fault."""
+    if not NATIVE_DPA or platform.system() != "Linux":
+        pytest.skip("the C pass is not built, or no mprotect")
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    page = mmap.PAGESIZE
+    rng = np.random.default_rng()
+    for t, M in ((1, 2), (1, 5), (2, 6), (3, 7)):
+        n = t * M * K
+        pages = -(-n * 4 // page)
+        buf = mmap.mmap(-1, (pages + 1) * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        assert libc.mprotect(base + pages * page, page, 0) == 0, ctypes.get_errno()  # PROT_NONE after the data
+        s = np.frombuffer(buf, np.float32, n, pages * page - n * 4).reshape(t, M, K)
+        s[...] = rng.integers(-2, 3, (t, M, K))
+        p0, r0, _ = _oracle(s)
+        bad, p, r, _ = _run(s, True)
+        assert not bad
+        np.testing.assert_array_equal(p, p0)
+        np.testing.assert_array_equal(r, r0)
+        del s
+        libc.mprotect(base + pages * page, page, 3)  # readable and writable again before unmapping
+        buf.close()
 
 
 def test_native_pass_input_checks():
@@ -134,6 +179,14 @@ def test_native_pass_input_checks():
         _argmax_c.argmax_margin_f32(s, 2, 3, 10, np.empty((2, 9), np.int64), p, r)
     with pytest.raises(ValueError, match="8 <= K <= 16"):
         _argmax_c.argmax_margin_f32(np.zeros((2, 3, 7), np.float32), 2, 3, 7, n, p, r)
+    for dtype in (np.uint32, np.int16, np.float64, np.uint64):  # counts: int64, int32 or uint16 only
+        with pytest.raises(ValueError, match="int64, int32 or uint16"):
+            _argmax_c.argmax_margin_f32(s, 2, 3, 10, np.empty((2, 10), dtype), p, r)
+    big = np.zeros((1, 65536, 10), np.float32)
+    with pytest.raises(ValueError, match="M <= 65535"):  # uint16 counts must hold M
+        _argmax_c.argmax_margin_f32(big, 1, 65536, 10, np.empty((1, 10), np.uint16), p[:1], r[:1])
+    with pytest.raises(ValueError, match="counts_out"):
+        argmax_plurality_margin(big, np.empty((1, 10), np.uint16))
     read_only = np.empty(2, np.int64)
     read_only.setflags(write=False)
     with pytest.raises(TypeError):  # outputs must be writable

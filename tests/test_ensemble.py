@@ -437,6 +437,9 @@ def test_argmax_pass_every_k_and_model_count(K, dtype):
         out = np.full((13, K), 7, np.int64)
         a, b = dpa_from_scores(s, counts_out=out), dpa(want, K)
         np.testing.assert_array_equal(out, counts)
+        out16 = np.full((13, K), 7, np.uint16)  # smaller counts: the same numbers
+        dpa_from_scores(s, counts_out=out16)
+        np.testing.assert_array_equal(out16, counts)
         np.testing.assert_array_equal(a.prediction, b.prediction)
         np.testing.assert_array_equal(a.radius, b.radius)
 
@@ -463,7 +466,8 @@ def test_plurality_margin_against_formula_and_counts_out_errors():
         rival = max(n[i, c] + (c < p[i]) for c in range(5) if c != p[i])
         assert r[i] == (n[i, p[i]] - rival) // 2
     s = np.zeros((3, 2, 4), np.float32)
-    for bad in (np.zeros((3, 4), np.int32), np.zeros((3, 3), np.int64), np.zeros((4, 3), np.int64)[::2]):
+    for bad in (np.zeros((3, 4), np.uint32), np.zeros((3, 4), np.int8), np.zeros((3, 3), np.int64),
+                np.zeros((4, 3), np.int64)[::2]):
         with pytest.raises(ValueError, match="counts_out"):
             dpa_from_scores(s, counts_out=bad)
     assert dpa_from_scores(np.zeros((0, 2, 4))).radius.shape == (0,)
