@@ -15,20 +15,22 @@
  * Each model votes for the FIRST maximiser of its K scores (smallest class index among the equal
  * maxima, -0.0 == +0.0, as numpy.argmax and the numba kernel's strict `>` scan).
  *
- * Two consecutive models (a pair) share every register: the scores are read in chunks of 4 classes,
- * one register per chunk holding [chunk of the first model | same chunk of the second] (NC = ceil(K/4)
- * chunks; the last chunk's classes >= K hold the next model's scores and are set to -inf with one
- * `min`). The lane-wise max of the chunks, then of the 4 lanes within each half, is each model's
- * maximum in every lane of its half; the chunks' lane-wise "== maximum" masks packed to bytes give,
- * per half, 16 bytes: byte c is 0xFF iff score c is a maximum. Without ties (one 0xFF per half,
- * checked on the 32-bit byte mask) those bytes ARE the two one-hot votes, and subtracting them from
- * a register of byte counters counts both votes with one instruction; with ties the lowest set bit
- * of each half is the vote (added as a one-hot byte from a sliding window). The byte counters hold
- * at most 255 pairs; then they are widened into the row's 16 int32 counts. The plurality winner
- * (first maximum of the counts) and the rival count are found with compares and horizontal maxima,
- * no branches. The last pair of the last test point (whose padded chunk would read past the scores)
- * and the last model of an odd M are voted one at a time: two overlapping 8-lane loads (classes
- * [0, 8) and [K - 8, K)), their horizontal max, the lowest set bit of the "== max" mask.
+ * Two consecutive models (a pair) share every register: the scores are read in NC = ceil(K / 4)
+ * chunks of 4 classes, one register per chunk holding [chunk of the first model | same chunk of the
+ * second]; chunk j < NC - 1 holds classes 4j..4j+3, the last one classes K-4..K-1 (overlapping the
+ * one before when K is not a multiple of 4: nothing is read past a model's scores). The lane-wise
+ * max of the chunks, then of the 4 lanes within each half, is each model's maximum in every lane of
+ * its half; the chunks' lane-wise "== maximum" masks packed to bytes give, per half, 16 bytes at
+ * "positions" 4j + l (0xFF iff that score is a maximum). The first maximiser of a model is its first
+ * 0xFF byte: within each 64-bit word x & -x keeps only the lowest set bit (byte value 1 there), and
+ * the word of positions 8..15 counts only where positions 0..7 hold no maximum; adding those bytes
+ * to a register of byte counters counts both models' votes without a branch. The byte counters hold
+ * at most 255 pairs; then they are widened into the row's 16 int32 counts per position, and the
+ * positions of the last chunk are moved to their classes (duplicates of the chunk before dropped).
+ * The plurality winner (first maximum of the counts) and the rival count are found with compares
+ * and horizontal maxima, no branches. The last model of an odd M is voted alone: two overlapping
+ * 8-lane loads (classes [0, 8) and [K - 8, K)), their horizontal max, the lowest set bit of the
+ * "== max" mask.
  *
  * NaN cannot slip through: finiteness is x * 0 (NaN iff x is NaN or infinite) added into
  * accumulators (fused multiply-add) over every score read, NaN at the end iff one score was not
@@ -47,9 +49,6 @@
 #endif
 
 #if KC_X86
-/* a byte 1 at offset 32: the 32 bytes from ONEHOT + 32 - j are 1 at byte j, 0 elsewhere (0 <= j < 32) */
-static const uint8_t ONEHOT[64] __attribute__((aligned(64))) = {[32] = 1};
-
 /* the vote of one model from its two loads a (classes 0..7), b (classes K-8..K-1) and x, their max
    in every lane: bit c of the mask is set iff score c equals the max, the lowest is the first
    maximiser (bit 16: only reached when x is NaN, i.e. a non-finite score, reported by the caller;
@@ -84,28 +83,29 @@ static inline __m256 load_pair(const float *p, const float *q)
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(q), 1);
 }
 
-/* the votes of the models at p and p + K (NC = ceil(K / 4) chunks; reads up to p + K + 4 NC - 1)
-   added into the byte counters acc ([first model's classes | second's]); lim: +inf at the last
-   chunk's classes < K, -inf at the others; f: finiteness accumulators */
-__attribute__((target("avx2,fma,bmi,popcnt")))
-static inline __m256i pair_votes(const float *p, int K, int NC, __m256 lim, __m256i acc, __m256 *f)
+/* offset of chunk j (of NC) in a model's K scores: 4j, the last one K - 4 */
+static inline int chunk_at(int j, int K, int NC)
+{
+    return j == NC - 1 ? K - 4 : 4 * j;
+}
+
+/* the votes of the models at p and p + K (NC = ceil(K / 4) chunks) added into the byte counters acc
+   ([first model's positions | second's], position 4j + l = lane l of chunk j); f: finiteness
+   accumulators */
+__attribute__((target("avx2,fma")))
+static inline __m256i pair_votes(const float *p, int K, int NC, __m256i acc, __m256 *f)
 {
     const __m256 zero = _mm256_setzero_ps();
-    __m256 v0 = load_pair(p, p + K), v1 = load_pair(p + 4, p + K + 4);
-    __m256 v2 = NC > 2 ? load_pair(p + 8, p + K + 8) : zero;
-    __m256 v3 = NC > 3 ? load_pair(p + 12, p + K + 12) : zero;
+    __m256 v0 = load_pair(p, p + K);
+    __m256 v1 = load_pair(p + chunk_at(1, K, NC), p + K + chunk_at(1, K, NC));
+    __m256 v2 = NC > 2 ? load_pair(p + chunk_at(2, K, NC), p + K + chunk_at(2, K, NC)) : zero;
+    __m256 v3 = NC > 3 ? load_pair(p + chunk_at(3, K, NC), p + K + chunk_at(3, K, NC)) : zero;
     f[0] = _mm256_fmadd_ps(v0, zero, f[0]);
     f[1] = _mm256_fmadd_ps(v1, zero, f[1]);
     if (NC > 2)
         f[2] = _mm256_fmadd_ps(v2, zero, f[2]);
     if (NC > 3)
         f[3] = _mm256_fmadd_ps(v3, zero, f[3]);
-    if (NC == 2)
-        v1 = _mm256_min_ps(v1, lim);
-    else if (NC == 3)
-        v2 = _mm256_min_ps(v2, lim);
-    else
-        v3 = _mm256_min_ps(v3, lim);
     __m256 x = _mm256_max_ps(v0, v1);
     if (NC > 2)
         x = _mm256_max_ps(x, v2);
@@ -117,15 +117,13 @@ static inline __m256i pair_votes(const float *p, int K, int NC, __m256 lim, __m2
     __m256i e1 = _mm256_castps_si256(_mm256_cmp_ps(v1, x, _CMP_EQ_OQ));
     __m256i e2 = NC > 2 ? _mm256_castps_si256(_mm256_cmp_ps(v2, x, _CMP_EQ_OQ)) : _mm256_setzero_si256();
     __m256i e3 = NC > 3 ? _mm256_castps_si256(_mm256_cmp_ps(v3, x, _CMP_EQ_OQ)) : _mm256_setzero_si256();
-    /* per half, bytes [chunk 0 | chunk 1 | chunk 2 | chunk 3] = classes 0..15: 0xFF at each maximum */
+    /* per half, bytes [chunk 0 | chunk 1 | chunk 2 | chunk 3]: 0xFF at each maximum */
     __m256i e = _mm256_packs_epi16(_mm256_packs_epi32(e0, e1), _mm256_packs_epi32(e2, e3));
-    unsigned mask = (unsigned)_mm256_movemask_epi8(e);
-    if (__builtin_expect(__builtin_popcount(mask) == 2, 1))  /* one maximum in each half (both finite) */
-        return _mm256_sub_epi8(acc, e);                           /* 0xFF = -1: one vote each */
-    unsigned a = (unsigned)__builtin_ctz((mask & 0xFFFFu) | 0x10000u) & 15;  /* ties: first maximisers */
-    unsigned b = (unsigned)__builtin_ctz((mask >> 16) | 0x10000u) & 15;
-    acc = _mm256_add_epi8(acc, _mm256_loadu_si256((const __m256i *)(ONEHOT + 32 - a)));
-    return _mm256_add_epi8(acc, _mm256_loadu_si256((const __m256i *)(ONEHOT + 16 - b)));
+    __m256i first = _mm256_and_si256(e, _mm256_sub_epi64(_mm256_setzero_si256(), e));  /* x & -x per word */
+    if (NC > 2)  /* positions 8..15 vote only where 0..7 hold no maximum */
+        first = _mm256_and_si256(first, _mm256_unpacklo_epi64(_mm256_set1_epi32(-1),
+                                                              _mm256_cmpeq_epi64(e, _mm256_setzero_si256())));
+    return _mm256_add_epi8(acc, first);
 }
 
 /* the maximum of the 8 int32 lanes of x, in every lane */
@@ -138,34 +136,41 @@ static inline __m256i hmax_epi32(__m256i x)
 }
 
 /* the pass for one chunk count NC (a compile-time constant after inlining) */
-__attribute__((target("avx2,fma,bmi,popcnt")))
+__attribute__((target("avx2,fma,bmi")))
 static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, int NC, void *counts,
                            int counts_size, int64_t *prediction, int64_t *radius)
 {
     __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float lim_lanes[8];
-    for (int l = 0; l < 8; l++)
-        lim_lanes[l] = 4 * (NC - 1) + (l & 3) < K ? __builtin_inff() : -__builtin_inff();
-    const __m256 lim = _mm256_loadu_ps(lim_lanes);
+    /* counts per position -> per class: positions 8..15 (chunks 2, 3) to classes, duplicates dropped */
+    const int last = 4 * (NC - 1), dup = 4 * NC - K;  /* the last chunk's first `dup` positions repeat classes */
+    int32_t from[8], keep[8];
+    for (int c = 8; c < 16; c++) {
+        const int at = c < last ? c : c + dup;  /* position holding class c */
+        from[c - 8] = at < 16 ? at - 8 : 7;
+        keep[c - 8] = c < K ? -1 : 0;
+    }
+    const __m256i from_hi = _mm256_loadu_si256((const __m256i *)from);
+    const __m256i keep_hi = _mm256_loadu_si256((const __m256i *)keep);
     const __m256i class_lo = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i class_hi = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
     for (Py_ssize_t i = 0; i < t; i++) {
         const float *p = s + (size_t)i * (size_t)M * (size_t)K;
         __m256i n_lo = _mm256_setzero_si256(), n_hi = n_lo;  /* votes of classes 0..7 and 8..15 */
-        /* pairs (m, m + 1) while m < pairs_end; the last point's last pair reads no padding */
-        const Py_ssize_t pairs_end = i + 1 < t || K % 4 == 0 ? M - 1 : M - 2;
+        const Py_ssize_t pairs_end = M - 1;  /* pairs (m, m + 1) while m < M - 1 */
         Py_ssize_t m = 0;
         while (m < pairs_end) {
             __m256i acc = _mm256_setzero_si256();  /* byte counters: at most 255 pairs */
             const Py_ssize_t stop = pairs_end - m > 2 * 255 ? m + 2 * 255 : pairs_end;
             for (; m < stop; m += 2, p += 2 * K)
-                acc = pair_votes(p, K, NC, lim, acc, f);
+                acc = pair_votes(p, K, NC, acc, f);
             __m256i h = _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(acc)),
                                          _mm256_cvtepu8_epi16(_mm256_extracti128_si256(acc, 1)));
             n_lo = _mm256_add_epi32(n_lo, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)));
             n_hi = _mm256_add_epi32(n_hi, _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1)));
         }
-        if (m < M) {
+        if (NC > 2)
+            n_hi = _mm256_and_si256(_mm256_permutevar8x32_epi32(n_hi, from_hi), keep_hi);
+        if (m < M) {  /* the last model of an odd M */
             int32_t alone[16] = {0};
             for (; m < M; m++, p += K)
                 alone[single_vote(p, K, &f[0])]++;
@@ -207,7 +212,7 @@ static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, in
     return _mm256_movemask_ps(_mm256_cmp_ps(g, g, _CMP_UNORD_Q)) != 0;
 }
 
-__attribute__((target("avx2,fma,bmi,popcnt")))
+__attribute__((target("avx2,fma,bmi")))
 static int argmax_margin_avx2(const float *s, Py_ssize_t t, Py_ssize_t M, int K, void *counts, int counts_size,
                               int64_t *prediction, int64_t *radius)
 {
@@ -226,8 +231,7 @@ static int have_avx2(void)
 {
 #if KC_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi")
-           && __builtin_cpu_supports("popcnt");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi");
 #else
     return 0;
 #endif
