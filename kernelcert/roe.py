@@ -151,11 +151,12 @@ def _knockout_table(min_size: int) -> np.ndarray:
     return _knockout_table_cached(size)
 
 
-def _dpa_roe_cases(s: np.ndarray, e: _Election) -> tuple[np.ndarray, np.ndarray]:
+def _dpa_roe_cases(s: np.ndarray, e: _Election, prefer_cp: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Black-box attack-size lower bounds per case (ROE paper), int64 with NO_ATTACK where the case is impossible.
 
     r1 (B, K, K): c_pred knocked out of round 1 by the ordered pair (c1, c2), DP(g(cp, c1)+, g(cp, c2)+).
     r2 (B, K): c reaches the final and wins it, max(ceil+(g(c_sec, c), 2), ceil+(g2(c), 2)).
+    prefer_cp (B, K): `_prefer(s, e.pred)` where the caller has it already.
     """
     B, M, K = s.shape
     rows = np.arange(B)
@@ -169,7 +170,7 @@ def _dpa_roe_cases(s: np.ndarray, e: _Election) -> tuple[np.ndarray, np.ndarray]
         cls[:, :, None] == cls[:, None, :])
     r1 = np.where(bad, NO_ATTACK, r1)
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])  # g(c_sec, c); 0 for c = c_sec
-    g2 = 2 * _prefer(s, cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
+    g2 = 2 * (_prefer(s, cp) if prefer_cp is None else prefer_cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
     r2 = np.maximum(_ceil_pos(g_sec, 2), _ceil_pos(g2, 2))
     # With a model whose finalist scores are equal, g2(c_sec) can already be <= 0 although c_pred
     # wins (the published script asserts CertR2 > 0 here); any attack needs at least one poison.
@@ -583,6 +584,96 @@ def _min_cost_gain2_kernel(gains: np.ndarray, costs: np.ndarray, need1: np.ndarr
     return out
 
 
+_HIST_COSTS = 1024  # run-off flip costs that are integers below this are summed from a histogram
+
+
+@njit(cache=True, nogil=True)
+def _whitebox_prep_kernel(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_code: int, unit: np.ndarray,
+                          v: np.ndarray, cp: np.ndarray, sec: np.ndarray, vc: np.ndarray, vc_cp_other: np.ndarray,
+                          vc_sec_other: np.ndarray, r_b: np.ndarray, prefer_cp: np.ndarray
+                          ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    """Per-block inputs of white-box ROE, for scores s (B, M, K), vote costs vc_in (B, M, K), pair costs
+    pc (B, M, K, K) (float64 with inf_code -1, or unsigned codes with inf at inf_code; every count of a
+    `unit` (B, M) model is 1), votes v (B, M) and finalists cp, sec (B,):
+
+    vc (B, M, K) = 0 at the model's own vote, max(vc_in, 1) elsewhere; vc_cp_other / vc_sec_other (B, M)
+    = min of vc over the classes other than c_pred / c_sec; prefer_cp (B, K) = #{models with z(c_pred) >
+    z(c)} (`_prefer`); r_b (B, K) = the sum of the k = ceil+(g2(c), 2) smallest max(pc[c_pred, c], 1) over
+    those models, with g2(c) = 2 prefer_cp[c] - M + [c > c_pred]; inf when k > M.
+
+    The same values as numpy's np.where / min / np.sort + np.cumsum form (tests/roe_reference.py): the
+    minima are exact, and the sum is the sequential sum of the k smallest values in ascending order, as
+    the cumulative sum of the sorted values; where every summed value is an integer below
+    `_HIST_COSTS` (flip counts), every partial sum is an exact integer, so the sum is taken from a
+    histogram of the values in any order."""
+    B, M, K = s.shape
+    cand = np.empty((K, M))  # the preferring models' max(pc, 1), per class
+    count = np.zeros(K, np.int64)
+    general = np.zeros(K, np.bool_)  # a value that is not an integer below _HIST_COSTS (or inf)
+    top = np.zeros(K, np.int64)
+    hist = np.zeros((K, _HIST_COSTS), np.int64)
+    for b in range(B):
+        c_p, c_s = cp[b], sec[b]
+        count[:] = 0
+        general[:] = False
+        top[:] = 0
+        for m in range(M):
+            own = v[b, m]
+            z = s[b, m, c_p]
+            lo_cp = np.inf
+            lo_sec = np.inf
+            for k in range(K):
+                x = 0.0 if k == own else max(vc_in[b, m, k], 1.0)
+                vc[b, m, k] = x
+                if k != c_p and x < lo_cp:
+                    lo_cp = x
+                if k != c_s and x < lo_sec:
+                    lo_sec = x
+                if z > s[b, m, k]:
+                    if unit[b, m]:
+                        y = 1.0
+                    elif inf_code >= 0 and pc[b, m, c_p, k] == inf_code:
+                        y = np.inf
+                    else:
+                        y = max(float(pc[b, m, c_p, k]), 1.0)
+                    cand[k, count[k]] = y
+                    count[k] += 1
+                    if y < _HIST_COSTS and y == np.floor(y):
+                        slot = int(y)
+                        hist[k, slot] += 1
+                        if slot > top[k]:
+                            top[k] = slot
+                    else:
+                        general[k] = True
+            vc_cp_other[b, m] = lo_cp
+            vc_sec_other[b, m] = lo_sec
+        for k in range(K):
+            prefer_cp[b, k] = count[k]
+            g2 = 2 * count[k] - M + (1 if k > c_p else 0)
+            need = (max(g2, 0) + 1) // 2
+            if need > M:
+                r_b[b, k] = np.inf
+            elif need == 0:
+                r_b[b, k] = 0.0
+            elif general[k]:
+                vals = np.sort(cand[k, :count[k]])
+                acc = 0.0
+                for i in range(need):
+                    acc += vals[i]
+                r_b[b, k] = acc
+            else:
+                left = need
+                total = 0
+                for i in range(1, top[k] + 1):
+                    take = min(hist[k, i], left)
+                    total += take * i
+                    left -= take
+                    if left == 0:
+                        break
+                r_b[b, k] = np.inf if left > 0 else float(total)
+            hist[k, :top[k] + 1] = 0
+
+
 def _as_attack(cost: np.ndarray) -> np.ndarray:
     """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> NO_ATTACK."""
     fin = np.isfinite(cost)
@@ -629,36 +720,36 @@ def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike
     s = _check_scores(scores)
     t, M, K = s.shape
     vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
-    rows_at = _pair_rows(pair_costs, (t, M, K, K))
+    pair_rows = _pair_rows(pair_costs, (t, M, K, K))
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
     for sl in row_blocks(t, M * K * (K + 12) * 8, block_size):
         e = _Election(s[sl])
         pred[sl] = e.pred
-        att[sl] = _whitebox_block(s[sl], vc_all[sl], rows_at(sl, e.pred), e, joint)
+        att[sl] = _whitebox_block(s[sl], vc_all[sl], *pair_rows(sl), e, joint)
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
 def _pair_rows(pair_costs: ArrayLike | FlipCounts, shape: tuple[int, int, int, int]
-               ) -> Callable[[slice, np.ndarray], np.ndarray]:
-    """(rows, classes) -> pair_costs[rows][i, :, classes[i], :] (B, M, K) float64: the only pair
-    costs white-box ROE reads are those of each point's prediction against the other classes.
-    `FlipCounts` (non-negative integer codes by construction) are widened row by row; an array is
-    checked whole (`_check_costs`)."""
+               ) -> Callable[[slice], tuple[np.ndarray, int, np.ndarray | None]]:
+    """rows -> (pair costs of those rows (B, M, K, K), inf code, unit (B, M) or None) as
+    `_whitebox_prep_kernel` reads them: `FlipCounts` as their unsigned codes (inf code = the dtype's
+    maximum, `unit` its models of unit costs; non-negative integers by construction, decoded only
+    where read: the rows of each point's prediction), an array as checked float64 (`_check_costs`,
+    whole; inf code -1: none)."""
     if isinstance(pair_costs, FlipCounts):
         if pair_costs.shape != shape:
             raise ValueError(f"pair_costs must have shape {shape}, got {pair_costs.shape}")
-        return pair_costs.rows_at
+        codes, unit, top = pair_costs.codes, pair_costs.unit, int(np.iinfo(pair_costs.codes.dtype).max)
+        return lambda rows: (codes[rows], top, None if unit is None else unit[rows])
     pc_all = _check_costs("pair_costs", pair_costs, shape)
-
-    def rows_at(rows: slice, classes: np.ndarray) -> np.ndarray:
-        return pc_all[rows][np.arange(len(classes)), :, classes, :]
-    return rows_at
+    return lambda rows: (pc_all[rows], -1, None)
 
 
-def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Election, joint: bool | str
-                    ) -> np.ndarray:
-    """Attack-size lower bound (B,) for one block; pc_cp (B, M, K) = pair costs of c_pred against each class."""
+def _whitebox_block(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_code: int, unit: np.ndarray | None,
+                    e: _Election, joint: bool | str) -> np.ndarray:
+    """Attack-size lower bound (B,) for one block; pc (B, M, K, K), inf_code, unit: the block's pair costs
+    (`_pair_rows`), of which only those of c_pred against each class are read."""
     B, M, K = s.shape
     rows = np.arange(B)
     cls = np.arange(K)
@@ -669,19 +760,23 @@ def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Electi
     # given number of flips in its partition and flips in different partitions add up. Both are
     # valid for the same case, so their max is, and the min over the exhaustive cases bounds every
     # successful attack (hence the result is also never below the black-box certificate).
-    bb1, bb2 = _dpa_roe_cases(s, e)
-    own = v[:, :, None] == cls
-    vc = np.where(own, 0.0, np.maximum(vc, 1.0))  # (B, M, K)
+    # vote costs (own vote 0, others >= 1), the cheapest change away from c_pred / c_sec, the models
+    # preferring c_pred to each class and the run-off flips r_b of each class (`_whitebox_prep_kernel`),
+    # in one compiled pass
+    vc = np.empty((B, M, K))
+    vc_cp_other = np.empty((B, M))
+    vc_sec_other = np.empty((B, M))
+    r_b = np.empty((B, K))
+    prefer_cp = np.empty((B, K), np.int64)
+    _whitebox_prep_kernel(s, np.ascontiguousarray(vc_in, dtype=np.float64), np.ascontiguousarray(pc), inf_code,
+                          np.zeros((B, M), np.bool_) if unit is None else np.ascontiguousarray(unit, dtype=np.bool_),
+                          np.ascontiguousarray(v, dtype=np.int64), cp.astype(np.int64), sec.astype(np.int64),
+                          vc, vc_cp_other, vc_sec_other, r_b, prefer_cp)
+    bb1, bb2 = _dpa_roe_cases(s, e, prefer_cp)
     votes_cp = v == cp[:, None]
     votes_sec = v == sec[:, None]
-    vc_cp_other = _where_min(cls != cp[:, None, None], vc)  # cheapest vote change away from c_pred
-    vc_sec_other = _where_min(cls != sec[:, None, None], vc)
     g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
-    zcp = np.take_along_axis(s, cp[:, None, None], axis=2)  # (B, M, 1)
-    prefers = zcp > s  # (B, M, K): model counts for c_pred against c
-    pc_cp = np.maximum(pc_cp, 1.0)  # (B, M, K)
-    g2 = 2 * prefers.sum(axis=1) - M + (cls > cp[:, None])
 
     def beats(c: Any, votes_a: np.ndarray, vc_a_other: np.ndarray, need: np.ndarray, r: Any) -> np.ndarray:
         """Knapsack on rows r: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c).
@@ -694,14 +789,7 @@ def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Electi
     # only raises it; c = c_sec needs none (exact), so it bounds the minimum from above, and the knapsack
     # of another class is solved only on the rows where its lower value is below the running minimum (a
     # skipped case is >= the minimum, so the minimum is the one over every case).
-    lower = np.empty((B, K), np.int64)
-    for c in range(K):
-        k = _ceil_pos(g2[:, c], 2)
-        flips = np.sort(np.where(prefers[:, :, c], pc_cp[:, :, c], np.inf), axis=1)
-        cums = np.concatenate([np.zeros((B, 1)), np.cumsum(flips, axis=1)], axis=1)
-        r_b = cums[rows, np.minimum(k, M)]
-        r_b = np.where(k > M, np.inf, r_b)
-        lower[:, c] = np.maximum(_as_attack(r_b), bb2[:, c])
+    lower = np.maximum(_as_attack(r_b), bb2)
     best = lower[rows, sec].copy()  # c_sec != c_pred: the other finalist
     for c in range(K):
         r = np.flatnonzero((cp != c) & (sec != c) & (lower[:, c] < best))

@@ -508,6 +508,31 @@ def test_whitebox_roe_byte_identical_to_previous_implementation(seed, M, K, cost
     np.testing.assert_array_equal(new.radius, radius)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seeds, st.integers(1, 25), st.integers(2, 6), st.sampled_from([np.uint8, np.uint16]), st.booleans())
+def test_whitebox_roe_reads_compact_pair_costs_as_their_decoded_values(seed, M, K, dtype, scores32):
+    """Pair costs as `FlipCounts` (inf codes, unit models, counts above the histogram's range) and
+    float32 scores give the results of the reference on the decoded float64 costs."""
+    from roe_reference import whitebox_roe_reference
+    from kernelcert.evidence import FlipCounts
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 30))
+    s, vc, _ = _wb_inputs(rng, t, M, K, "integer")
+    top = np.iinfo(dtype).max
+    scale = rng.choice([6, 2000]) if dtype == np.uint16 else 6  # 2000: past roe._HIST_COSTS
+    codes = rng.integers(0, scale, size=(t, M, K, K)).astype(dtype)
+    codes[rng.random(codes.shape) < 0.15] = top
+    unit = rng.random((t, M)) < 0.2 if rng.random() < 0.5 else None
+    compact = FlipCounts(codes, unit)
+    if scores32:
+        s = s.astype(np.float32)
+    block = int(rng.integers(1, 12))
+    new = roe.whitebox_roe(s, vc, compact, block_size=block)
+    pred, radius = whitebox_roe_reference(s.astype(np.float64), vc, compact.decode(), block_size=block)
+    np.testing.assert_array_equal(new.prediction, pred)
+    np.testing.assert_array_equal(new.radius, radius)
+
+
 @settings(max_examples=60, deadline=None)
 @given(seeds, st.integers(1, 30), st.sampled_from(["integer", "fractional", "ties"]))
 def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
