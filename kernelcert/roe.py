@@ -867,20 +867,36 @@ def _pair_options(rows: np.ndarray, c1: np.ndarray, c2: np.ndarray, v: np.ndarra
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-partition quantities of the pairs (c1[q], c2[q]) on rows[q] (arrays (Q,)): on_cp, in_pair
     (Q, M) bool, vote costs to c1 / c2 (Q, M) and to_third (Q, M), the cheapest vote for a class
-    outside {c_pred, c1, c2}."""
-    va, vca, cpa = v[rows], vc[rows], cp[rows]
-    Q, K = len(rows), vc.shape[2]
-    q = np.arange(Q)
-    on_cp = va == cpa[:, None]
-    in_pair = (va == c1[:, None]) | (va == c2[:, None])
-    third = np.ones((Q, K), bool)
-    third[q, c1] = False
-    third[q, c2] = False
-    third[q, cpa] = False
-    to_third = _where_min(third[:, None, :], vca)
-    to_c1 = np.take_along_axis(vca, c1[:, None, None], axis=2)[..., 0]
-    to_c2 = np.take_along_axis(vca, c2[:, None, None], axis=2)[..., 0]
+    outside {c_pred, c1, c2} (inf where there is none); one compiled pass, no copy of vc[rows]."""
+    Q, M = len(rows), v.shape[1]
+    on_cp = np.empty((Q, M), np.bool_)
+    in_pair = np.empty((Q, M), np.bool_)
+    to_c1, to_c2, to_third = np.empty((Q, M)), np.empty((Q, M)), np.empty((Q, M))
+    _pair_options_kernel(np.asarray(rows, np.int64), np.asarray(c1, np.int64), np.asarray(c2, np.int64),
+                         np.ascontiguousarray(v, dtype=np.int64), np.ascontiguousarray(vc, dtype=np.float64),
+                         np.asarray(cp, np.int64), on_cp, in_pair, to_c1, to_c2, to_third)
     return on_cp, in_pair, to_c1, to_c2, to_third
+
+
+@njit(cache=True, nogil=True)
+def _pair_options_kernel(rows: np.ndarray, c1: np.ndarray, c2: np.ndarray, v: np.ndarray, vc: np.ndarray,
+                         cp: np.ndarray, on_cp: np.ndarray, in_pair: np.ndarray, to_c1: np.ndarray,
+                         to_c2: np.ndarray, to_third: np.ndarray
+                         ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    K = vc.shape[2]
+    for q in range(len(rows)):
+        r, a, b, p = rows[q], c1[q], c2[q], cp[rows[q]]
+        for m in range(v.shape[1]):
+            own = v[r, m]
+            on_cp[q, m] = own == p
+            in_pair[q, m] = own == a or own == b
+            to_c1[q, m] = vc[r, m, a]
+            to_c2[q, m] = vc[r, m, b]
+            lo = np.inf
+            for k in range(K):
+                if k != a and k != b and k != p and vc[r, m, k] < lo:
+                    lo = vc[r, m, k]
+            to_third[q, m] = lo
 
 
 _SUMMED_ELEMENTS = 1 << 21  # pairs x partitions per batched summed-gap call (bounds the working memory)
@@ -966,17 +982,13 @@ def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need
         last = np.where(two_then_one, gain3 - gain2, third)
     # units (Q, M, 4): partition m's steps in columns 4m..4m+3 (its own order among equal slopes)
     units = np.stack([first, first, last, gain1], axis=2).reshape(Q, 4 * M)
-    order = np.argsort(units, axis=1, kind="stable")
-    sorted_units = np.take_along_axis(units, order, axis=1)
-    n = np.clip(need, 0, 4 * M)
-    cums = np.zeros((Q, 4 * M + 1))
-    np.cumsum(sorted_units, axis=1, out=cums[:, 1:])
-    rows = np.arange(Q)
-    lower = cums[rows, n]
+    n = np.clip(need, 0, 4 * M).astype(np.int64)
+    lower = np.empty(Q)
+    nth = np.empty(Q)  # the n-th smallest unit (the smallest for n = 0)
+    taken = np.zeros((Q, 4 * M), bool)
+    _cheapest_units_kernel(units, n, lower, nth, taken)
     feasible = (need <= 4 * M) & np.isfinite(lower)
     lower = np.where(feasible, lower * (1.0 - 1e-12), np.inf)
-    taken = np.zeros((Q, 4 * M), bool)
-    np.put_along_axis(taken, order, np.arange(4 * M)[None, :] < n[:, None], axis=1)
     taken = taken.reshape(Q, M, 4)
     units_a = taken[:, :, :3].sum(axis=2)
     whole = np.where(two_then_one, np.where(units_a == 3, 3, np.where(units_a >= 1, 2, 0)),
@@ -999,8 +1011,49 @@ def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need
         swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
     upper = np.where(feasible, np.minimum(rounded, swapped), np.inf)
     zero = need <= 0
-    lam = np.where(feasible & ~zero, sorted_units[rows, np.maximum(n - 1, 0)], 0.0)  # the LP's price of a unit
+    lam = np.where(feasible & ~zero, nth, 0.0)  # the LP's price of a unit
     return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper), lam
+
+
+@njit(cache=True, nogil=True)
+def _cheapest_units_kernel(units: np.ndarray, n: np.ndarray, total: np.ndarray, nth: np.ndarray, taken: np.ndarray
+                           ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    """Per row q of units (Q, U) (no NaN): taken[q] marks the first n[q] units of the stable ascending
+    order (by value, then position), total[q] = their sequential sum in that order (the cumulative sum
+    of the sorted row at n[q]; 0 for n[q] = 0) and nth[q] = the n[q]-th smallest unit (the smallest for
+    n[q] = 0): what `np.argsort(kind="stable")`, `np.cumsum` and `np.put_along_axis` give, by selection
+    (the n[q]-th smallest value, then the units below it and the first ones equal to it) instead of a
+    sort of the whole row."""
+    Q, U = units.shape
+    for q in range(Q):
+        row = units[q]
+        k = n[q]
+        if k == 0:
+            total[q] = 0.0
+            nth[q] = row.min()
+            continue
+        t = np.partition(row, k - 1)[k - 1]
+        below = 0
+        for j in range(U):
+            if row[j] < t:
+                below += 1
+        vals = np.empty(k)
+        i = 0
+        ties = k - below
+        for j in range(U):
+            x = row[j]
+            if x < t or (x == t and ties > 0):
+                if x == t:
+                    ties -= 1
+                taken[q, j] = True
+                vals[i] = x
+                i += 1
+        vals.sort()
+        acc = 0.0
+        for j in range(k):
+            acc += vals[j]
+        total[q] = acc
+        nth[q] = t
 
 
 def _fits_budget(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need: np.ndarray, lam: np.ndarray,
