@@ -616,3 +616,26 @@ def test_compiled_fa_equals_numpy_fa_on_ties_and_skewed_votes(seed):
         ref = roe._fa_numpy(votes, shifts, K)
         np.testing.assert_array_equal(got.prediction, ref.prediction)
         np.testing.assert_array_equal(got.radius, ref.radius)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 12), st.sampled_from(["ties", "fractional"]))
+def test_cheapest_units_equal_the_stable_sort(seed, U, kind):
+    """`_cheapest_units_kernel` = the stable argsort's first n units, their cumulative sum and the n-th
+    value (what the summed-gap LP read from a full sort), with tied and infinite units."""
+    rng = np.random.default_rng(seed)
+    Q = int(rng.integers(1, 20))
+    units = rng.integers(0, 4, (Q, 4 * U)).astype(float) if kind == "ties" else rng.random((Q, 4 * U)) * 5 / 3
+    units[rng.random(units.shape) < 0.2] = np.inf
+    n = rng.integers(0, 4 * U + 1, Q)
+    total, nth, taken = np.empty(Q), np.empty(Q), np.zeros((Q, 4 * U), bool)
+    roe._cheapest_units_kernel(units, n, total, nth, taken)
+    order = np.argsort(units, axis=1, kind="stable")
+    ordered = np.take_along_axis(units, order, axis=1)
+    cums = np.zeros((Q, 4 * U + 1))
+    np.cumsum(ordered, axis=1, out=cums[:, 1:])
+    want = np.zeros((Q, 4 * U), bool)
+    np.put_along_axis(want, order, np.arange(4 * U)[None, :] < n[:, None], axis=1)
+    np.testing.assert_array_equal(taken, want)
+    assert total.tobytes() == cums[np.arange(Q), n].tobytes()
+    np.testing.assert_array_equal(nth, ordered[np.arange(Q), np.maximum(n - 1, 0)])
