@@ -89,13 +89,47 @@ class _Election:
 
     def __init__(self, s: np.ndarray):
         B, M, K = s.shape
-        self.votes = np.argmax(s, axis=2)  # ties to the smaller index
-        self.counts = vote_counts(self.votes, K)
-        order = np.argsort(-self.counts, axis=1, kind="stable")
-        self.m1, self.m2 = order[:, 0], order[:, 1]
-        e = 2 * _prefer(s, self.m1, self.m2) - M  # E_{m1}(m2)
-        self.pred = np.where(e > 0, self.m1, np.where(e < 0, self.m2, np.minimum(self.m1, self.m2)))
+        self.votes = np.empty((B, M), np.int64)
+        self.counts = np.empty((B, K), np.int64)
+        self.m1, self.m2, self.pred = np.empty(B, np.int64), np.empty(B, np.int64), np.empty(B, np.int64)
+        _election_kernel(np.ascontiguousarray(s), self.votes, self.counts, self.m1, self.m2, self.pred)
         self.sec = self.m1 + self.m2 - self.pred
+
+
+@njit(cache=True, nogil=True)
+def _election_kernel(s: np.ndarray, votes: np.ndarray, counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
+                     pred: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through roe_predict
+    """The election of scores s (B, M, K) (finite) in one pass: votes = argmax over classes (the first
+    maximum, as np.argmax); counts; m1, m2 = the first two classes of the stable descending order of
+    the counts (ties to the smaller index); pred = m1 if E > 0, m2 if E < 0, min(m1, m2) if E = 0, where
+    E = 2 #{models with z(m1) > z(m2)} - M."""
+    B, M, K = s.shape
+    for b in range(B):
+        counts[b, :] = 0
+        for m in range(M):
+            best = 0
+            top = s[b, m, 0]
+            for k in range(1, K):
+                if s[b, m, k] > top:
+                    top = s[b, m, k]
+                    best = k
+            votes[b, m] = best
+            counts[b, best] += 1
+        a = 0
+        for k in range(1, K):
+            if counts[b, k] > counts[b, a]:
+                a = k
+        c = 1 if a == 0 else 0
+        for k in range(K):
+            if k != a and counts[b, k] > counts[b, c]:
+                c = k
+        wins = 0
+        for m in range(M):
+            if s[b, m, a] > s[b, m, c]:
+                wins += 1
+        e = 2 * wins - M
+        m1[b], m2[b] = a, c
+        pred[b] = a if e > 0 else (c if e < 0 else min(a, c))
 
 
 def _prefer(s: np.ndarray, a: Any, b: Any = None) -> np.ndarray:

@@ -639,3 +639,27 @@ def test_cheapest_units_equal_the_stable_sort(seed, U, kind):
     np.testing.assert_array_equal(taken, want)
     assert total.tobytes() == cums[np.arange(Q), n].tobytes()
     np.testing.assert_array_equal(nth, ordered[np.arange(Q), np.maximum(n - 1, 0)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 9), st.integers(2, 6), st.sampled_from(["ties", "normal"]), st.booleans())
+def test_election_kernel_equals_the_numpy_election(seed, M, K, kind, f32):
+    """`_Election` (one compiled pass) = argmax votes, counts, the stable descending order's first two
+    classes and the run-off rule written with numpy, on tie-heavy scores too."""
+    from kernelcert.voting import vote_counts
+    rng = np.random.default_rng(seed)
+    s = random_scores(rng, (int(rng.integers(1, 30)), M, K), kind)
+    s = s.astype(np.float32) if f32 else s
+    e = roe._Election(s)
+    votes = np.argmax(s, axis=2)
+    counts = vote_counts(votes, K)
+    order = np.argsort(-counts, axis=1, kind="stable")
+    m1, m2 = order[:, 0], order[:, 1]
+    z1 = np.take_along_axis(s, m1[:, None, None], axis=2)[..., 0]
+    z2 = np.take_along_axis(s, m2[:, None, None], axis=2)[..., 0]
+    margin = 2 * (z1 > z2).sum(axis=1) - M
+    pred = np.where(margin > 0, m1, np.where(margin < 0, m2, np.minimum(m1, m2)))
+    for got, want in ((e.votes, votes), (e.counts, counts), (e.m1, m1), (e.m2, m2), (e.pred, pred),
+                      (e.sec, m1 + m2 - pred)):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
