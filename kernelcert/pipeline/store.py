@@ -323,10 +323,14 @@ def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop:
     widened to the widest dtype among the files."""
     if not files:
         raise ValueError("read_stored_block needs at least one unit file")
+    if not fields:
+        return {}
     names = [f"L{learner}.{_STORED[f][0]}" for f in fields]
     buffers: list[np.ndarray] = []
+    uniform = _HAS_PREADV  # every file stores every field in the block's dtype: one positioned read each
+    first_rows: list[int] = []  # byte offset of row `start` inside each member
     for f, name in zip(fields, names):
-        layouts = {uf.layout_of(name) for uf in files}
+        layouts = {uf._index[name][1:] for uf in files}
         shapes = set()
         for _, shape in layouts:
             lo, hi = _clip_rows(shape, start, stop)
@@ -335,12 +339,27 @@ def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop:
             raise ValueError(f"{name}: rows {start}..{stop} differ in shape between the unit files: {sorted(shapes)}")
         dtypes = {dtype for dtype, _ in layouts}
         dtype = max(dtypes, key=lambda d: d.itemsize) if f in _COUNTS else np.result_type(*dtypes)
+        shape = next(iter(layouts))[1]
+        uniform &= len(dtypes) == 1 and bool(shape)
+        first_rows.append(_clip_rows(shape, start, stop)[0] * dtype.itemsize * math.prod(shape[1:]))
         buffers.append(np.empty((min(len(files), _STACK_TILE), *shapes.pop()), dtype))
     out = {f: np.empty((b.shape[1], len(files), *b.shape[2:]), b.dtype) for f, b in zip(fields, buffers)}
+    views = [[b[i].reshape(-1).view(np.uint8).data for b in buffers] for i in range(len(buffers[0]))]
+    sizes = [b[0].nbytes for b in buffers]
     for m0 in range(0, len(files), _STACK_TILE):
         tile = files[m0:m0 + _STACK_TILE]
-        for m, uf in enumerate(tile):
-            uf.read_rows_into(names, start, stop, [b[m] for b in buffers])
+        for i, uf in enumerate(tile):
+            if not uniform:
+                uf.read_rows_into(names, start, stop, [b[i] for b in buffers])
+                continue
+            fd = os.open(uf.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                index = uf._index
+                for name, view, first, size in zip(names, views[i], first_rows, sizes):
+                    if size and os.preadv(fd, [view], index[name][0] + first) != size:
+                        raise ValueError(f"{uf.path}: truncated member {name}")
+            finally:
+                os.close(fd)
         for f, b in zip(fields, buffers):
             out[f][:, m0:m0 + len(tile)] = b[:len(tile)].swapaxes(0, 1)
     return out
