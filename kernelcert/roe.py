@@ -83,26 +83,28 @@ def _ceil_pos(a: np.ndarray, b: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the election
 class _Election:
-    """Round-1 votes / counts, finalists m1, m2, prediction c_pred and the other finalist c_sec (arrays over B)."""
+    """Round-1 votes / counts, finalists m1, m2, prediction c_pred and the other finalist c_sec (arrays over B);
+    prefer (B, K) = #{models with z(c_pred) > z(c)}."""
 
-    __slots__ = ("votes", "counts", "m1", "m2", "pred", "sec")
+    __slots__ = ("votes", "counts", "m1", "m2", "pred", "sec", "prefer")
 
     def __init__(self, s: np.ndarray):
         B, M, K = s.shape
         self.votes = np.empty((B, M), np.int64)
         self.counts = np.empty((B, K), np.int64)
         self.m1, self.m2, self.pred = np.empty(B, np.int64), np.empty(B, np.int64), np.empty(B, np.int64)
-        _election_kernel(np.ascontiguousarray(s), self.votes, self.counts, self.m1, self.m2, self.pred)
+        self.prefer = np.empty((B, K), np.int64)
+        _election_kernel(np.ascontiguousarray(s), self.votes, self.counts, self.m1, self.m2, self.pred, self.prefer)
         self.sec = self.m1 + self.m2 - self.pred
 
 
 @njit(cache=True, nogil=True)
 def _election_kernel(s: np.ndarray, votes: np.ndarray, counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
-                     pred: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through roe_predict
+                     pred: np.ndarray, prefer: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through roe_predict
     """The election of scores s (B, M, K) (finite) in one pass: votes = argmax over classes (the first
     maximum, as np.argmax); counts; m1, m2 = the first two classes of the stable descending order of
     the counts (ties to the smaller index); pred = m1 if E > 0, m2 if E < 0, min(m1, m2) if E = 0, where
-    E = 2 #{models with z(m1) > z(m2)} - M."""
+    E = 2 #{models with z(m1) > z(m2)} - M; prefer[:, c] = #{models with z(pred) > z(c)}."""
     B, M, K = s.shape
     for b in range(B):
         counts[b, :] = 0
@@ -129,16 +131,14 @@ def _election_kernel(s: np.ndarray, votes: np.ndarray, counts: np.ndarray, m1: n
                 wins += 1
         e = 2 * wins - M
         m1[b], m2[b] = a, c
-        pred[b] = a if e > 0 else (c if e < 0 else min(a, c))
-
-
-def _prefer(s: np.ndarray, a: Any, b: Any = None) -> np.ndarray:
-    """#{models with z(a) > z(b)}: (B,) for class arrays a, b (B,); (B, K) against every class when b is None."""
-    za = np.take_along_axis(s, a[:, None, None], axis=2)  # (B, M, 1)
-    if b is None:
-        return (za > s).sum(axis=1)
-    zb = np.take_along_axis(s, b[:, None, None], axis=2)
-    return (za > zb)[..., 0].sum(axis=1)
+        p = a if e > 0 else (c if e < 0 else min(a, c))
+        pred[b] = p
+        prefer[b, :] = 0
+        for m in range(M):
+            z = s[b, m, p]
+            for k in range(K):
+                if z > s[b, m, k]:
+                    prefer[b, k] += 1
 
 
 def roe_predict(scores: ArrayLike) -> np.ndarray:
@@ -185,12 +185,11 @@ def _knockout_table(min_size: int) -> np.ndarray:
     return _knockout_table_cached(size)
 
 
-def _dpa_roe_cases(s: np.ndarray, e: _Election, prefer_cp: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _dpa_roe_cases(s: np.ndarray, e: _Election) -> tuple[np.ndarray, np.ndarray]:
     """Black-box attack-size lower bounds per case (ROE paper), int64 with NO_ATTACK where the case is impossible.
 
     r1 (B, K, K): c_pred knocked out of round 1 by the ordered pair (c1, c2), DP(g(cp, c1)+, g(cp, c2)+).
     r2 (B, K): c reaches the final and wins it, max(ceil+(g(c_sec, c), 2), ceil+(g2(c), 2)).
-    prefer_cp (B, K): `_prefer(s, e.pred)` where the caller has it already.
     """
     B, M, K = s.shape
     rows = np.arange(B)
@@ -204,7 +203,7 @@ def _dpa_roe_cases(s: np.ndarray, e: _Election, prefer_cp: np.ndarray | None = N
         cls[:, :, None] == cls[:, None, :])
     r1 = np.where(bad, NO_ATTACK, r1)
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])  # g(c_sec, c); 0 for c = c_sec
-    g2 = 2 * (_prefer(s, cp) if prefer_cp is None else prefer_cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
+    g2 = 2 * e.prefer - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
     r2 = np.maximum(_ceil_pos(g_sec, 2), _ceil_pos(g2, 2))
     # With a model whose finalist scores are equal, g2(c_sec) can already be <= 0 although c_pred
     # wins (the published script asserts CertR2 > 0 here); any attack needs at least one poison.
@@ -624,16 +623,15 @@ _HIST_COSTS = 1024  # run-off flip costs that are integers below this are summed
 @njit(cache=True, nogil=True)
 def _whitebox_prep_kernel(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_code: int, unit: np.ndarray,
                           v: np.ndarray, cp: np.ndarray, sec: np.ndarray, vc: np.ndarray, vc_cp_other: np.ndarray,
-                          vc_sec_other: np.ndarray, r_b: np.ndarray, prefer_cp: np.ndarray
-                          ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+                          vc_sec_other: np.ndarray, r_b: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
     """Per-block inputs of white-box ROE, for scores s (B, M, K), vote costs vc_in (B, M, K), pair costs
     pc (B, M, K, K) (float64 with inf_code -1, or unsigned codes with inf at inf_code; every count of a
     `unit` (B, M) model is 1), votes v (B, M) and finalists cp, sec (B,):
 
     vc (B, M, K) = 0 at the model's own vote, max(vc_in, 1) elsewhere; vc_cp_other / vc_sec_other (B, M)
-    = min of vc over the classes other than c_pred / c_sec; prefer_cp (B, K) = #{models with z(c_pred) >
-    z(c)} (`_prefer`); r_b (B, K) = the sum of the k = ceil+(g2(c), 2) smallest max(pc[c_pred, c], 1) over
-    those models, with g2(c) = 2 prefer_cp[c] - M + [c > c_pred]; inf when k > M.
+    = min of vc over the classes other than c_pred / c_sec; r_b (B, K) = the sum of the k = ceil+(g2(c), 2)
+    smallest max(pc[c_pred, c], 1) over the models with z(c_pred) > z(c), with g2(c) = 2 #{those models}
+    - M + [c > c_pred]; inf when k > M.
 
     The same values as numpy's np.where / min / np.sort + np.cumsum form (tests/roe_reference.py): the
     minima are exact, and the sum is the sequential sum of the k smallest values in ascending order, as
@@ -682,7 +680,6 @@ def _whitebox_prep_kernel(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_
             vc_cp_other[b, m] = lo_cp
             vc_sec_other[b, m] = lo_sec
         for k in range(K):
-            prefer_cp[b, k] = count[k]
             g2 = 2 * count[k] - M + (1 if k > c_p else 0)
             need = (max(g2, 0) + 1) // 2
             if need > M:
@@ -794,19 +791,17 @@ def _whitebox_block(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_code: 
     # given number of flips in its partition and flips in different partitions add up. Both are
     # valid for the same case, so their max is, and the min over the exhaustive cases bounds every
     # successful attack (hence the result is also never below the black-box certificate).
-    # vote costs (own vote 0, others >= 1), the cheapest change away from c_pred / c_sec, the models
-    # preferring c_pred to each class and the run-off flips r_b of each class (`_whitebox_prep_kernel`),
-    # in one compiled pass
+    # vote costs (own vote 0, others >= 1), the cheapest change away from c_pred / c_sec and the run-off
+    # flips r_b of each class (`_whitebox_prep_kernel`), in one compiled pass
     vc = np.empty((B, M, K))
     vc_cp_other = np.empty((B, M))
     vc_sec_other = np.empty((B, M))
     r_b = np.empty((B, K))
-    prefer_cp = np.empty((B, K), np.int64)
     _whitebox_prep_kernel(s, np.ascontiguousarray(vc_in, dtype=np.float64), np.ascontiguousarray(pc), inf_code,
                           np.zeros((B, M), np.bool_) if unit is None else np.ascontiguousarray(unit, dtype=np.bool_),
                           np.ascontiguousarray(v, dtype=np.int64), cp.astype(np.int64), sec.astype(np.int64),
-                          vc, vc_cp_other, vc_sec_other, r_b, prefer_cp)
-    bb1, bb2 = _dpa_roe_cases(s, e, prefer_cp)
+                          vc, vc_cp_other, vc_sec_other, r_b)
+    bb1, bb2 = _dpa_roe_cases(s, e)
     votes_cp = v == cp[:, None]
     votes_sec = v == sec[:, None]
     g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])

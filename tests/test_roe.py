@@ -645,7 +645,8 @@ def test_cheapest_units_equal_the_stable_sort(seed, U, kind):
 @given(seeds, st.integers(1, 9), st.integers(2, 6), st.sampled_from(["ties", "normal"]), st.booleans())
 def test_election_kernel_equals_the_numpy_election(seed, M, K, kind, f32):
     """`_Election` (one compiled pass) = argmax votes, counts, the stable descending order's first two
-    classes and the run-off rule written with numpy, on tie-heavy scores too."""
+    classes, the run-off rule and the preference counts of the prediction written with numpy, on
+    tie-heavy scores too."""
     from kernelcert.voting import vote_counts
     rng = np.random.default_rng(seed)
     s = random_scores(rng, (int(rng.integers(1, 30)), M, K), kind)
@@ -659,7 +660,8 @@ def test_election_kernel_equals_the_numpy_election(seed, M, K, kind, f32):
     z2 = np.take_along_axis(s, m2[:, None, None], axis=2)[..., 0]
     margin = 2 * (z1 > z2).sum(axis=1) - M
     pred = np.where(margin > 0, m1, np.where(margin < 0, m2, np.minimum(m1, m2)))
+    prefer = (np.take_along_axis(s, pred[:, None, None], axis=2) > s).sum(axis=1)
     for got, want in ((e.votes, votes), (e.counts, counts), (e.m1, m1), (e.m2, m2), (e.pred, pred),
-                      (e.sec, m1 + m2 - pred)):
+                      (e.sec, m1 + m2 - pred), (e.prefer, prefer)):
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, want)
