@@ -635,13 +635,13 @@ def _whitebox_prep_kernel(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_
 
     The same values as numpy's np.where / min / np.sort + np.cumsum form (tests/roe_reference.py): the
     minima are exact, and the sum is the sequential sum of the k smallest values in ascending order, as
-    the cumulative sum of the sorted values; where every summed value is an integer below
+    the cumulative sum of the sorted values; where every finite value is an integer below
     `_HIST_COSTS` (flip counts), every partial sum is an exact integer, so the sum is taken from a
-    histogram of the values in any order."""
+    histogram of the values in any order (inf where it reaches past the finite values)."""
     B, M, K = s.shape
     cand = np.empty((K, M))  # the preferring models' max(pc, 1), per class
     count = np.zeros(K, np.int64)
-    general = np.zeros(K, np.bool_)  # a value that is not an integer below _HIST_COSTS (or inf)
+    general = np.zeros(K, np.bool_)  # a finite value that is not an integer below _HIST_COSTS
     top = np.zeros(K, np.int64)
     hist = np.zeros((K, _HIST_COSTS), np.int64)
     for b in range(B):
@@ -675,7 +675,7 @@ def _whitebox_prep_kernel(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_
                         hist[k, slot] += 1
                         if slot > top[k]:
                             top[k] = slot
-                    else:
+                    elif y != np.inf:  # inf: counted, never in the histogram (the largest values)
                         general[k] = True
             vc_cp_other[b, m] = lo_cp
             vc_sec_other[b, m] = lo_sec
@@ -1032,9 +1032,8 @@ def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need
     with np.errstate(invalid="ignore"):
         single = np.minimum(single, np.where(two_then_one & (units_a == 2), gain3 - gain2, np.inf))
     single = np.where(cut, np.inf, single)
-    two = np.sort(np.partition(single, min(1, M - 1), axis=1)[:, :2], axis=1) if M >= 2 else np.full((Q, 2), np.inf)
-    if M == 1:
-        two[:, 0] = single[:, 0]
+    two = np.empty((Q, 2))
+    _two_smallest_kernel(np.ascontiguousarray(single), two)  # inf where a row has fewer than two
     extra = np.where(short == 0, 0.0, np.where(short == 1, two[:, 0], two[:, 0] + two[:, 1]))
     with np.errstate(invalid="ignore"):  # inf - inf only on infeasible rows, which take inf below
         swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
@@ -1042,6 +1041,24 @@ def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need
     zero = need <= 0
     lam = np.where(feasible & ~zero, nth, 0.0)  # the LP's price of a unit
     return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper), lam
+
+
+@njit(cache=True, nogil=True)
+def _two_smallest_kernel(x: np.ndarray, out: np.ndarray
+                         ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    """out[q] = the two smallest values of row x[q] (no NaN) in ascending order, inf padded (the first
+    two of np.sort(x[q]))."""
+    for q in range(x.shape[0]):
+        a = np.inf
+        b = np.inf
+        for y in x[q]:
+            if y < a:
+                b = a
+                a = y
+            elif y < b:
+                b = y
+        out[q, 0] = a
+        out[q, 1] = b
 
 
 @njit(cache=True, nogil=True)

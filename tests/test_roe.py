@@ -665,3 +665,15 @@ def test_election_kernel_equals_the_numpy_election(seed, M, K, kind, f32):
                       (e.sec, m1 + m2 - pred), (e.prefer, prefer)):
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seeds, st.integers(1, 9))
+def test_two_smallest_equal_the_sorted_row(seed, M):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (int(rng.integers(1, 15)), M)).astype(float)
+    x[rng.random(x.shape) < 0.3] = np.inf
+    out = np.empty((len(x), 2))
+    roe._two_smallest_kernel(x, out)
+    want = np.sort(np.concatenate([x, np.full((len(x), 2), np.inf)], axis=1), axis=1)[:, :2]
+    np.testing.assert_array_equal(out, want)
