@@ -714,7 +714,8 @@ def _as_attack(cost: np.ndarray) -> np.ndarray:
 
 
 def _where_min(mask: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """min over the last axis of cost where mask, inf where none."""
+    """min over the last axis of cost where mask, inf where none (the numpy form of the minima the
+    compiled kernels take; tests/roe_reference.py)."""
     return np.where(mask, cost, np.inf).min(axis=-1)
 
 

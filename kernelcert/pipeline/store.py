@@ -239,10 +239,6 @@ class UnitFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._index[name][2]
 
-    def layout_of(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
-        """(dtype, shape) of member `name` as read from its .npy header."""
-        return self._index[name][1], self._index[name][2]
-
     def data_offset(self, name: str) -> int:
         """Byte offset in the file of member `name`'s first element (after its .npy header)."""
         return self._index[name][0]
