@@ -9,16 +9,19 @@ much of each command is certification rather than I/O.
 `--threads`: the pipeline's aggregation stage (`kernelcert.pipeline.aggregate`) on 1 and on 2
 threads, on the stored units of a real MNIST run (60,000 training points, `--n-test` test points,
 `--partitions` SS-DPA partitions, the methods and memory cap of benchmarks.scale; the run is made
-under runs/bench_aggregate_threads the first time, resumed after). Alternating 1- and 2-thread
+under runs/bench_aggregate_threads the first time, resumed when unfinished, and reused as it is
+once it has its summary.json). Alternating 1- and 2-thread
 aggregations in one process, per repetition: wall, process CPU, and per worker thread the
-scheduler's accounting (/proc/self/task/TID/schedstat): time on a CPU, time runnable but waiting
-for one (other processes), and the rest of the block's wall time, blocked (the GIL: nothing else
-blocks inside a block). "Idle-machine wall": what the wall would be without other processes (GIL
-waits as measured here): 1 thread: the calling thread's time on a CPU plus the blocks' blocked
-time; 2 threads: the larger of the busiest worker's on-CPU + blocked time and the calling thread's
-time on a CPU (it reads the stored rows meanwhile). This machine shares its cores between sessions
-per session (autogroup), so a process there may get under one core whatever its thread count: the
-wall alone does not show what a second thread buys. Prints; writes no result file.
+scheduler's accounting (/proc/self/task/TID/schedstat): time on a CPU (and, of it, the thread CPU
+time spent reading the blocks' stored rows, `StoredRows.read`), time runnable but waiting for one
+(other processes), and the rest of the block's wall time, blocked (the GIL or the page cache:
+nothing else blocks inside a block); the calling thread's time on a CPU (it builds the tasks and
+collects the results). "Idle-machine wall": what the wall would be without other processes (GIL
+waits as measured here): 1 thread: the calling thread's time on a CPU plus the blocks' on-CPU and
+blocked time; 2 threads: the larger of the busiest worker's on-CPU + blocked time and the calling
+thread's time on a CPU. This machine shares its cores between sessions per session (autogroup), so a
+process there may get under one core whatever its thread count: the wall alone does not show what
+a second thread buys. Prints; writes no result file.
 """
 
 from __future__ import annotations
@@ -82,9 +85,11 @@ def aggregation_threads_benchmark(n_test: int, n_p: int, reps: int) -> dict:
 
     cfg = mnist_config(60000, n_test, n_p, ROOT / "runs" / "bench_aggregate_threads")
     cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, workers=1))
-    run = pipeline.run(cfg)
+    run_dir = pipeline.run_directory(cfg)
+    if not (run_dir / "summary.json").exists():
+        run_dir = pipeline.run(cfg).run_dir
     plan = pipeline.plan_run(cfg)
-    files = {u.key: UnitFile(unit_path(run.run_dir, u.key)) for u in plan.units}
+    files = {u.key: UnitFile(unit_path(run_dir, u.key)) for u in plan.units}
     block = agg.aggregate_block
     per_thread: dict[int, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
 
@@ -98,37 +103,57 @@ def aggregation_threads_benchmark(n_test: int, n_p: int, reps: int) -> dict:
         return out
 
     agg.aggregate_block = accounted
+    read = agg.StoredRows.read
+    reading: dict[int, float] = collections.defaultdict(float)
+
+    def timed_read(self):
+        c0 = time.thread_time()
+        out = read(self)
+        reading[threading.get_native_id()] += time.thread_time() - c0
+        return out
+
+    agg.StoredRows.read = timed_read  # type: ignore[method-assign]
     rows = []
     try:
         for rep in range(reps + 1):  # the first pair warms the caches
             for threads in ((1, 2) if rep % 2 == 0 else (2, 1)):
                 run_cfg = dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, workers=threads))
                 per_thread.clear()
+                reading.clear()
                 load = os.getloadavg()[0]
                 w0, c0, (m0, _) = time.perf_counter(), time.process_time(), _schedstat()
                 agg.aggregate(run_cfg, plan, files, InProcessBackend())
                 wall, cpu, main_cpu = time.perf_counter() - w0, time.process_time() - c0, _schedstat()[0] - m0
                 if rep == 0:
                     continue
-                acc = list(per_thread.values())
+                tids = sorted(per_thread)
+                acc = [per_thread[tid] for tid in tids]
                 blocked = sum(a[0] - a[1] - a[2] for a in acc)
+                # 1 thread: the blocks run on the calling thread (its CPU time includes theirs)
                 idle = main_cpu + blocked if threads == 1 else max(main_cpu, max(a[0] - a[2] for a in acc))
                 row = {"threads": len(acc), "wall_s": wall, "cpu_s": cpu, "load_1min": load,
-                       "block_on_cpu_s": sum(a[1] for a in acc), "block_runqueue_wait_s": sum(a[2] for a in acc),
-                       "block_blocked_s": blocked, "calling_thread_cpu_s": main_cpu, "idle_machine_wall_s": idle}
+                       "block_on_cpu_s": sum(a[1] for a in acc), "block_read_cpu_s": sum(reading.values()),
+                       "block_runqueue_wait_s": sum(a[2] for a in acc), "block_blocked_s": blocked,
+                       "calling_thread_cpu_s": main_cpu, "idle_machine_wall_s": idle,
+                       "per_thread": [{"on_cpu_s": a[1], "read_cpu_s": reading.get(tid, 0.0),
+                                       "runqueue_wait_s": a[2], "blocked_s": a[0] - a[1] - a[2]}
+                                      for tid, a in zip(tids, acc)]}
                 rows.append(row)
-                print(f"threads {row['threads']}: wall {wall:6.2f} s  CPU {cpu:6.2f} s  | blocks: on CPU "
-                      f"{row['block_on_cpu_s']:6.2f} s, waiting for a CPU {row['block_runqueue_wait_s']:6.2f} s, "
-                      f"blocked {blocked:5.2f} s; calling thread on CPU {main_cpu:5.2f} s; idle-machine wall {idle:6.2f} s"
-                      f"  (load {load:.1f})", flush=True)
+                split = ", ".join(f"[on CPU {t['on_cpu_s']:.2f} (reading {t['read_cpu_s']:.2f}), waiting "
+                                  f"{t['runqueue_wait_s']:.2f}, blocked {t['blocked_s']:.2f}]" for t in row["per_thread"])
+                print(f"threads {row['threads']}: wall {wall:6.2f} s  CPU {cpu:6.2f} s  | per block thread: {split}; "
+                      f"calling thread on CPU {main_cpu:5.2f} s; idle-machine wall {idle:6.2f} s  (load {load:.1f})",
+                      flush=True)
     finally:
         agg.aggregate_block = block
-    out: dict = {"n_test": n_test, "num_partitions": n_p, "run_dir": str(run.run_dir), "rows": rows}
+        agg.StoredRows.read = read  # type: ignore[method-assign]
+    out: dict = {"n_test": n_test, "num_partitions": n_p, "run_dir": str(run_dir), "rows": rows}
     for threads in (1, 2):
         mine = [r for r in rows if r["threads"] == threads]
-        med = {k: float(sorted(r[k] for r in mine)[len(mine) // 2]) for k in mine[0] if k != "threads"}
+        med = {k: float(sorted(r[k] for r in mine)[len(mine) // 2]) for k in mine[0] if k not in ("threads", "per_thread")}
         out[f"median_{threads}"] = med
         print(f"median, {threads} thread(s): wall {med['wall_s']:.2f} s, CPU {med['cpu_s']:.2f} s, "
+              f"blocks on CPU {med['block_on_cpu_s']:.2f} s (reading {med['block_read_cpu_s']:.2f} s), "
               f"blocked {med['block_blocked_s']:.2f} s, idle-machine wall {med['idle_machine_wall_s']:.2f} s")
     return out
 

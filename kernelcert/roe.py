@@ -83,28 +83,62 @@ def _ceil_pos(a: np.ndarray, b: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the election
 class _Election:
-    """Round-1 votes / counts, finalists m1, m2, prediction c_pred and the other finalist c_sec (arrays over B)."""
+    """Round-1 votes / counts, finalists m1, m2, prediction c_pred and the other finalist c_sec (arrays over B);
+    prefer (B, K) = #{models with z(c_pred) > z(c)}."""
 
-    __slots__ = ("votes", "counts", "m1", "m2", "pred", "sec")
+    __slots__ = ("votes", "counts", "m1", "m2", "pred", "sec", "prefer")
 
     def __init__(self, s: np.ndarray):
         B, M, K = s.shape
-        self.votes = np.argmax(s, axis=2)  # ties to the smaller index
-        self.counts = vote_counts(self.votes, K)
-        order = np.argsort(-self.counts, axis=1, kind="stable")
-        self.m1, self.m2 = order[:, 0], order[:, 1]
-        e = 2 * _prefer(s, self.m1, self.m2) - M  # E_{m1}(m2)
-        self.pred = np.where(e > 0, self.m1, np.where(e < 0, self.m2, np.minimum(self.m1, self.m2)))
+        self.votes = np.empty((B, M), np.int64)
+        self.counts = np.empty((B, K), np.int64)
+        self.m1, self.m2, self.pred = np.empty(B, np.int64), np.empty(B, np.int64), np.empty(B, np.int64)
+        self.prefer = np.empty((B, K), np.int64)
+        _election_kernel(np.ascontiguousarray(s), self.votes, self.counts, self.m1, self.m2, self.pred, self.prefer)
         self.sec = self.m1 + self.m2 - self.pred
 
 
-def _prefer(s: np.ndarray, a: Any, b: Any = None) -> np.ndarray:
-    """#{models with z(a) > z(b)}: (B,) for class arrays a, b (B,); (B, K) against every class when b is None."""
-    za = np.take_along_axis(s, a[:, None, None], axis=2)  # (B, M, 1)
-    if b is None:
-        return (za > s).sum(axis=1)
-    zb = np.take_along_axis(s, b[:, None, None], axis=2)
-    return (za > zb)[..., 0].sum(axis=1)
+@njit(cache=True, nogil=True)
+def _election_kernel(s: np.ndarray, votes: np.ndarray, counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
+                     pred: np.ndarray, prefer: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through roe_predict
+    """The election of scores s (B, M, K) (finite) in one pass: votes = argmax over classes (the first
+    maximum, as np.argmax); counts; m1, m2 = the first two classes of the stable descending order of
+    the counts (ties to the smaller index); pred = m1 if E > 0, m2 if E < 0, min(m1, m2) if E = 0, where
+    E = 2 #{models with z(m1) > z(m2)} - M; prefer[:, c] = #{models with z(pred) > z(c)}."""
+    B, M, K = s.shape
+    for b in range(B):
+        counts[b, :] = 0
+        for m in range(M):
+            best = 0
+            top = s[b, m, 0]
+            for k in range(1, K):
+                if s[b, m, k] > top:
+                    top = s[b, m, k]
+                    best = k
+            votes[b, m] = best
+            counts[b, best] += 1
+        a = 0
+        for k in range(1, K):
+            if counts[b, k] > counts[b, a]:
+                a = k
+        c = 1 if a == 0 else 0
+        for k in range(K):
+            if k != a and counts[b, k] > counts[b, c]:
+                c = k
+        wins = 0
+        for m in range(M):
+            if s[b, m, a] > s[b, m, c]:
+                wins += 1
+        e = 2 * wins - M
+        m1[b], m2[b] = a, c
+        p = a if e > 0 else (c if e < 0 else min(a, c))
+        pred[b] = p
+        prefer[b, :] = 0
+        for m in range(M):
+            z = s[b, m, p]
+            for k in range(K):
+                if z > s[b, m, k]:
+                    prefer[b, k] += 1
 
 
 def roe_predict(scores: ArrayLike) -> np.ndarray:
@@ -169,7 +203,7 @@ def _dpa_roe_cases(s: np.ndarray, e: _Election) -> tuple[np.ndarray, np.ndarray]
         cls[:, :, None] == cls[:, None, :])
     r1 = np.where(bad, NO_ATTACK, r1)
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])  # g(c_sec, c); 0 for c = c_sec
-    g2 = 2 * _prefer(s, cp) - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
+    g2 = 2 * e.prefer - M + (cls > cp[:, None])  # E_{c_pred}(c) + [c > c_pred]
     r2 = np.maximum(_ceil_pos(g_sec, 2), _ceil_pos(g2, 2))
     # With a model whose finalist scores are equal, g2(c_sec) can already be <= 0 although c_pred
     # wins (the published script asserts CertR2 > 0 here); any attack needs at least one poison.
@@ -583,6 +617,94 @@ def _min_cost_gain2_kernel(gains: np.ndarray, costs: np.ndarray, need1: np.ndarr
     return out
 
 
+_HIST_COSTS = 1024  # run-off flip costs that are integers below this are summed from a histogram
+
+
+@njit(cache=True, nogil=True)
+def _whitebox_prep_kernel(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_code: int, unit: np.ndarray,
+                          v: np.ndarray, cp: np.ndarray, sec: np.ndarray, vc: np.ndarray, vc_cp_other: np.ndarray,
+                          vc_sec_other: np.ndarray, r_b: np.ndarray) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    """Per-block inputs of white-box ROE, for scores s (B, M, K), vote costs vc_in (B, M, K), pair costs
+    pc (B, M, K, K) (float64 with inf_code -1, or unsigned codes with inf at inf_code; every count of a
+    `unit` (B, M) model is 1), votes v (B, M) and finalists cp, sec (B,):
+
+    vc (B, M, K) = 0 at the model's own vote, max(vc_in, 1) elsewhere; vc_cp_other / vc_sec_other (B, M)
+    = min of vc over the classes other than c_pred / c_sec; r_b (B, K) = the sum of the k = ceil+(g2(c), 2)
+    smallest max(pc[c_pred, c], 1) over the models with z(c_pred) > z(c), with g2(c) = 2 #{those models}
+    - M + [c > c_pred]; inf when k > M.
+
+    The same values as numpy's np.where / min / np.sort + np.cumsum form (tests/roe_reference.py): the
+    minima are exact, and the sum is the sequential sum of the k smallest values in ascending order, as
+    the cumulative sum of the sorted values; where every finite value is an integer below
+    `_HIST_COSTS` (flip counts), every partial sum is an exact integer, so the sum is taken from a
+    histogram of the values in any order (inf where it reaches past the finite values)."""
+    B, M, K = s.shape
+    cand = np.empty((K, M))  # the preferring models' max(pc, 1), per class
+    count = np.zeros(K, np.int64)
+    general = np.zeros(K, np.bool_)  # a finite value that is not an integer below _HIST_COSTS
+    top = np.zeros(K, np.int64)
+    hist = np.zeros((K, _HIST_COSTS), np.int64)
+    for b in range(B):
+        c_p, c_s = cp[b], sec[b]
+        count[:] = 0
+        general[:] = False
+        top[:] = 0
+        for m in range(M):
+            own = v[b, m]
+            z = s[b, m, c_p]
+            lo_cp = np.inf
+            lo_sec = np.inf
+            for k in range(K):
+                x = 0.0 if k == own else max(vc_in[b, m, k], 1.0)
+                vc[b, m, k] = x
+                if k != c_p and x < lo_cp:
+                    lo_cp = x
+                if k != c_s and x < lo_sec:
+                    lo_sec = x
+                if z > s[b, m, k]:
+                    if unit[b, m]:
+                        y = 1.0
+                    elif inf_code >= 0 and pc[b, m, c_p, k] == inf_code:
+                        y = np.inf
+                    else:
+                        y = max(float(pc[b, m, c_p, k]), 1.0)
+                    cand[k, count[k]] = y
+                    count[k] += 1
+                    if y < _HIST_COSTS and y == np.floor(y):
+                        slot = int(y)
+                        hist[k, slot] += 1
+                        if slot > top[k]:
+                            top[k] = slot
+                    elif y != np.inf:  # inf: counted, never in the histogram (the largest values)
+                        general[k] = True
+            vc_cp_other[b, m] = lo_cp
+            vc_sec_other[b, m] = lo_sec
+        for k in range(K):
+            g2 = 2 * count[k] - M + (1 if k > c_p else 0)
+            need = (max(g2, 0) + 1) // 2
+            if need > M:
+                r_b[b, k] = np.inf
+            elif need == 0:
+                r_b[b, k] = 0.0
+            elif general[k]:
+                vals = np.sort(cand[k, :count[k]])
+                acc = 0.0
+                for i in range(need):
+                    acc += vals[i]
+                r_b[b, k] = acc
+            else:
+                left = need
+                total = 0
+                for i in range(1, top[k] + 1):
+                    take = min(hist[k, i], left)
+                    total += take * i
+                    left -= take
+                    if left == 0:
+                        break
+                r_b[b, k] = np.inf if left > 0 else float(total)
+            hist[k, :top[k] + 1] = 0
+
+
 def _as_attack(cost: np.ndarray) -> np.ndarray:
     """Float lower bound on a flip count -> integer lower bound (rounding only downwards); inf -> NO_ATTACK."""
     fin = np.isfinite(cost)
@@ -592,7 +714,8 @@ def _as_attack(cost: np.ndarray) -> np.ndarray:
 
 
 def _where_min(mask: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """min over the last axis of cost where mask, inf where none."""
+    """min over the last axis of cost where mask, inf where none (the numpy form of the minima the
+    compiled kernels take; tests/roe_reference.py)."""
     return np.where(mask, cost, np.inf).min(axis=-1)
 
 
@@ -629,36 +752,36 @@ def whitebox_roe(scores: ArrayLike, vote_costs: ArrayLike, pair_costs: ArrayLike
     s = _check_scores(scores)
     t, M, K = s.shape
     vc_all = _check_costs("vote_costs", vote_costs, (t, M, K))
-    rows_at = _pair_rows(pair_costs, (t, M, K, K))
+    pair_rows = _pair_rows(pair_costs, (t, M, K, K))
     pred = np.empty(t, np.int64)
     att = np.empty(t, np.int64)
     for sl in row_blocks(t, M * K * (K + 12) * 8, block_size):
         e = _Election(s[sl])
         pred[sl] = e.pred
-        att[sl] = _whitebox_block(s[sl], vc_all[sl], rows_at(sl, e.pred), e, joint)
+        att[sl] = _whitebox_block(s[sl], vc_all[sl], *pair_rows(sl), e, joint)
     return AggregateResult(prediction=pred, radius=radius_from_attack(att))
 
 
 def _pair_rows(pair_costs: ArrayLike | FlipCounts, shape: tuple[int, int, int, int]
-               ) -> Callable[[slice, np.ndarray], np.ndarray]:
-    """(rows, classes) -> pair_costs[rows][i, :, classes[i], :] (B, M, K) float64: the only pair
-    costs white-box ROE reads are those of each point's prediction against the other classes.
-    `FlipCounts` (non-negative integer codes by construction) are widened row by row; an array is
-    checked whole (`_check_costs`)."""
+               ) -> Callable[[slice], tuple[np.ndarray, int, np.ndarray | None]]:
+    """rows -> (pair costs of those rows (B, M, K, K), inf code, unit (B, M) or None) as
+    `_whitebox_prep_kernel` reads them: `FlipCounts` as their unsigned codes (inf code = the dtype's
+    maximum, `unit` its models of unit costs; non-negative integers by construction, decoded only
+    where read: the rows of each point's prediction), an array as checked float64 (`_check_costs`,
+    whole; inf code -1: none)."""
     if isinstance(pair_costs, FlipCounts):
         if pair_costs.shape != shape:
             raise ValueError(f"pair_costs must have shape {shape}, got {pair_costs.shape}")
-        return pair_costs.rows_at
+        codes, unit, top = pair_costs.codes, pair_costs.unit, int(np.iinfo(pair_costs.codes.dtype).max)
+        return lambda rows: (codes[rows], top, None if unit is None else unit[rows])
     pc_all = _check_costs("pair_costs", pair_costs, shape)
-
-    def rows_at(rows: slice, classes: np.ndarray) -> np.ndarray:
-        return pc_all[rows][np.arange(len(classes)), :, classes, :]
-    return rows_at
+    return lambda rows: (pc_all[rows], -1, None)
 
 
-def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Election, joint: bool | str
-                    ) -> np.ndarray:
-    """Attack-size lower bound (B,) for one block; pc_cp (B, M, K) = pair costs of c_pred against each class."""
+def _whitebox_block(s: np.ndarray, vc_in: np.ndarray, pc: np.ndarray, inf_code: int, unit: np.ndarray | None,
+                    e: _Election, joint: bool | str) -> np.ndarray:
+    """Attack-size lower bound (B,) for one block; pc (B, M, K, K), inf_code, unit: the block's pair costs
+    (`_pair_rows`), of which only those of c_pred against each class are read."""
     B, M, K = s.shape
     rows = np.arange(B)
     cls = np.arange(K)
@@ -669,19 +792,21 @@ def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Electi
     # given number of flips in its partition and flips in different partitions add up. Both are
     # valid for the same case, so their max is, and the min over the exhaustive cases bounds every
     # successful attack (hence the result is also never below the black-box certificate).
+    # vote costs (own vote 0, others >= 1), the cheapest change away from c_pred / c_sec and the run-off
+    # flips r_b of each class (`_whitebox_prep_kernel`), in one compiled pass
+    vc = np.empty((B, M, K))
+    vc_cp_other = np.empty((B, M))
+    vc_sec_other = np.empty((B, M))
+    r_b = np.empty((B, K))
+    _whitebox_prep_kernel(s, np.ascontiguousarray(vc_in, dtype=np.float64), np.ascontiguousarray(pc), inf_code,
+                          np.zeros((B, M), np.bool_) if unit is None else np.ascontiguousarray(unit, dtype=np.bool_),
+                          np.ascontiguousarray(v, dtype=np.int64), cp.astype(np.int64), sec.astype(np.int64),
+                          vc, vc_cp_other, vc_sec_other, r_b)
     bb1, bb2 = _dpa_roe_cases(s, e)
-    own = v[:, :, None] == cls
-    vc = np.where(own, 0.0, np.maximum(vc, 1.0))  # (B, M, K)
     votes_cp = v == cp[:, None]
     votes_sec = v == sec[:, None]
-    vc_cp_other = _where_min(cls != cp[:, None, None], vc)  # cheapest vote change away from c_pred
-    vc_sec_other = _where_min(cls != sec[:, None, None], vc)
     g_cp = n[rows, cp][:, None] - n + (cls > cp[:, None])
     g_sec = n[rows, sec][:, None] - n + (cls > sec[:, None])
-    zcp = np.take_along_axis(s, cp[:, None, None], axis=2)  # (B, M, 1)
-    prefers = zcp > s  # (B, M, K): model counts for c_pred against c
-    pc_cp = np.maximum(pc_cp, 1.0)  # (B, M, K)
-    g2 = 2 * prefers.sum(axis=1) - M + (cls > cp[:, None])
 
     def beats(c: Any, votes_a: np.ndarray, vc_a_other: np.ndarray, need: np.ndarray, r: Any) -> np.ndarray:
         """Knapsack on rows r: class c overtakes class a in round 1 (docs/math.md §4 gains 2 / 1), need = g(a, c).
@@ -694,14 +819,7 @@ def _whitebox_block(s: np.ndarray, vc: np.ndarray, pc_cp: np.ndarray, e: _Electi
     # only raises it; c = c_sec needs none (exact), so it bounds the minimum from above, and the knapsack
     # of another class is solved only on the rows where its lower value is below the running minimum (a
     # skipped case is >= the minimum, so the minimum is the one over every case).
-    lower = np.empty((B, K), np.int64)
-    for c in range(K):
-        k = _ceil_pos(g2[:, c], 2)
-        flips = np.sort(np.where(prefers[:, :, c], pc_cp[:, :, c], np.inf), axis=1)
-        cums = np.concatenate([np.zeros((B, 1)), np.cumsum(flips, axis=1)], axis=1)
-        r_b = cums[rows, np.minimum(k, M)]
-        r_b = np.where(k > M, np.inf, r_b)
-        lower[:, c] = np.maximum(_as_attack(r_b), bb2[:, c])
+    lower = np.maximum(_as_attack(r_b), bb2)
     best = lower[rows, sec].copy()  # c_sec != c_pred: the other finalist
     for c in range(K):
         r = np.flatnonzero((cp != c) & (sec != c) & (lower[:, c] < best))
@@ -779,20 +897,36 @@ def _pair_options(rows: np.ndarray, c1: np.ndarray, c2: np.ndarray, v: np.ndarra
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-partition quantities of the pairs (c1[q], c2[q]) on rows[q] (arrays (Q,)): on_cp, in_pair
     (Q, M) bool, vote costs to c1 / c2 (Q, M) and to_third (Q, M), the cheapest vote for a class
-    outside {c_pred, c1, c2}."""
-    va, vca, cpa = v[rows], vc[rows], cp[rows]
-    Q, K = len(rows), vc.shape[2]
-    q = np.arange(Q)
-    on_cp = va == cpa[:, None]
-    in_pair = (va == c1[:, None]) | (va == c2[:, None])
-    third = np.ones((Q, K), bool)
-    third[q, c1] = False
-    third[q, c2] = False
-    third[q, cpa] = False
-    to_third = _where_min(third[:, None, :], vca)
-    to_c1 = np.take_along_axis(vca, c1[:, None, None], axis=2)[..., 0]
-    to_c2 = np.take_along_axis(vca, c2[:, None, None], axis=2)[..., 0]
+    outside {c_pred, c1, c2} (inf where there is none); one compiled pass, no copy of vc[rows]."""
+    Q, M = len(rows), v.shape[1]
+    on_cp = np.empty((Q, M), np.bool_)
+    in_pair = np.empty((Q, M), np.bool_)
+    to_c1, to_c2, to_third = np.empty((Q, M)), np.empty((Q, M)), np.empty((Q, M))
+    _pair_options_kernel(np.asarray(rows, np.int64), np.asarray(c1, np.int64), np.asarray(c2, np.int64),
+                         np.ascontiguousarray(v, dtype=np.int64), np.ascontiguousarray(vc, dtype=np.float64),
+                         np.asarray(cp, np.int64), on_cp, in_pair, to_c1, to_c2, to_third)
     return on_cp, in_pair, to_c1, to_c2, to_third
+
+
+@njit(cache=True, nogil=True)
+def _pair_options_kernel(rows: np.ndarray, c1: np.ndarray, c2: np.ndarray, v: np.ndarray, vc: np.ndarray,
+                         cp: np.ndarray, on_cp: np.ndarray, in_pair: np.ndarray, to_c1: np.ndarray,
+                         to_c2: np.ndarray, to_third: np.ndarray
+                         ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    K = vc.shape[2]
+    for q in range(len(rows)):
+        r, a, b, p = rows[q], c1[q], c2[q], cp[rows[q]]
+        for m in range(v.shape[1]):
+            own = v[r, m]
+            on_cp[q, m] = own == p
+            in_pair[q, m] = own == a or own == b
+            to_c1[q, m] = vc[r, m, a]
+            to_c2[q, m] = vc[r, m, b]
+            lo = np.inf
+            for k in range(K):
+                if k != a and k != b and k != p and vc[r, m, k] < lo:
+                    lo = vc[r, m, k]
+            to_third[q, m] = lo
 
 
 _SUMMED_ELEMENTS = 1 << 21  # pairs x partitions per batched summed-gap call (bounds the working memory)
@@ -878,17 +1012,13 @@ def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need
         last = np.where(two_then_one, gain3 - gain2, third)
     # units (Q, M, 4): partition m's steps in columns 4m..4m+3 (its own order among equal slopes)
     units = np.stack([first, first, last, gain1], axis=2).reshape(Q, 4 * M)
-    order = np.argsort(units, axis=1, kind="stable")
-    sorted_units = np.take_along_axis(units, order, axis=1)
-    n = np.clip(need, 0, 4 * M)
-    cums = np.zeros((Q, 4 * M + 1))
-    np.cumsum(sorted_units, axis=1, out=cums[:, 1:])
-    rows = np.arange(Q)
-    lower = cums[rows, n]
+    n = np.clip(need, 0, 4 * M).astype(np.int64)
+    lower = np.empty(Q)
+    nth = np.empty(Q)  # the n-th smallest unit (the smallest for n = 0)
+    taken = np.zeros((Q, 4 * M), bool)
+    _cheapest_units_kernel(units, n, lower, nth, taken)
     feasible = (need <= 4 * M) & np.isfinite(lower)
     lower = np.where(feasible, lower * (1.0 - 1e-12), np.inf)
-    taken = np.zeros((Q, 4 * M), bool)
-    np.put_along_axis(taken, order, np.arange(4 * M)[None, :] < n[:, None], axis=1)
     taken = taken.reshape(Q, M, 4)
     units_a = taken[:, :, :3].sum(axis=2)
     whole = np.where(two_then_one, np.where(units_a == 3, 3, np.where(units_a >= 1, 2, 0)),
@@ -903,16 +1033,74 @@ def _summed_gap_lp(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need
     with np.errstate(invalid="ignore"):
         single = np.minimum(single, np.where(two_then_one & (units_a == 2), gain3 - gain2, np.inf))
     single = np.where(cut, np.inf, single)
-    two = np.sort(np.partition(single, min(1, M - 1), axis=1)[:, :2], axis=1) if M >= 2 else np.full((Q, 2), np.inf)
-    if M == 1:
-        two[:, 0] = single[:, 0]
+    two = np.empty((Q, 2))
+    _two_smallest_kernel(np.ascontiguousarray(single), two)  # inf where a row has fewer than two
     extra = np.where(short == 0, 0.0, np.where(short == 1, two[:, 0], two[:, 0] + two[:, 1]))
     with np.errstate(invalid="ignore"):  # inf - inf only on infeasible rows, which take inf below
         swapped = rounded - np.where(cut, cost_a, 0.0).sum(axis=1) + extra
     upper = np.where(feasible, np.minimum(rounded, swapped), np.inf)
     zero = need <= 0
-    lam = np.where(feasible & ~zero, sorted_units[rows, np.maximum(n - 1, 0)], 0.0)  # the LP's price of a unit
+    lam = np.where(feasible & ~zero, nth, 0.0)  # the LP's price of a unit
     return np.where(zero, 0.0, lower), np.where(zero, 0.0, upper), lam
+
+
+@njit(cache=True, nogil=True)
+def _two_smallest_kernel(x: np.ndarray, out: np.ndarray
+                         ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    """out[q] = the two smallest values of row x[q] (no NaN) in ascending order, inf padded (the first
+    two of np.sort(x[q]))."""
+    for q in range(x.shape[0]):
+        a = np.inf
+        b = np.inf
+        for y in x[q]:
+            if y < a:
+                b = a
+                a = y
+            elif y < b:
+                b = y
+        out[q, 0] = a
+        out[q, 1] = b
+
+
+@njit(cache=True, nogil=True)
+def _cheapest_units_kernel(units: np.ndarray, n: np.ndarray, total: np.ndarray, nth: np.ndarray, taken: np.ndarray
+                           ) -> None:  # pragma: no cover - compiled (numba); tested through whitebox_roe
+    """Per row q of units (Q, U) (no NaN): taken[q] marks the first n[q] units of the stable ascending
+    order (by value, then position), total[q] = their sequential sum in that order (the cumulative sum
+    of the sorted row at n[q]; 0 for n[q] = 0) and nth[q] = the n[q]-th smallest unit (the smallest for
+    n[q] = 0): what `np.argsort(kind="stable")`, `np.cumsum` and `np.put_along_axis` give, by selection
+    (the n[q]-th smallest value, then the units below it and the first ones equal to it) instead of a
+    sort of the whole row."""
+    Q, U = units.shape
+    for q in range(Q):
+        row = units[q]
+        k = n[q]
+        if k == 0:
+            total[q] = 0.0
+            nth[q] = row.min()
+            continue
+        t = np.partition(row, k - 1)[k - 1]
+        below = 0
+        for j in range(U):
+            if row[j] < t:
+                below += 1
+        vals = np.empty(k)
+        i = 0
+        ties = k - below
+        for j in range(U):
+            x = row[j]
+            if x < t or (x == t and ties > 0):
+                if x == t:
+                    ties -= 1
+                taken[q, j] = True
+                vals[i] = x
+                i += 1
+        vals.sort()
+        acc = 0.0
+        for j in range(k):
+            acc += vals[j]
+        total[q] = acc
+        nth[q] = t
 
 
 def _fits_budget(gain3: np.ndarray, gain2: np.ndarray, gain1: np.ndarray, need: np.ndarray, lam: np.ndarray,

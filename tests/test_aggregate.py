@@ -1,6 +1,8 @@
 """In-process aggregation on threads (`kernelcert.pipeline.aggregate`): the same results, bit for bit,
-for 1 and 2 threads (and against the run's own points.csv); blocks really run on several threads;
-a block's exception reaches the caller; progress counts every finished block."""
+for 1 and 2 threads (and against the run's own points.csv); blocks really run, and read their stored
+rows, on several threads; tasks that carry their rows (other backends) give the same results; the
+stacked rows equal `np.stack` of each file's rows; a block's exception reaches the caller; progress
+counts every finished block."""
 
 import dataclasses
 import logging
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from kernelcert import pipeline
-from kernelcert.pipeline import aggregate as agg
+from kernelcert.pipeline import aggregate as agg, store
 from kernelcert.pipeline.backends import InProcessBackend
 from kernelcert.pipeline.plan import plan_run
 from kernelcert.pipeline.store import UnitFile, unit_path
@@ -63,18 +65,26 @@ def test_two_threads_give_the_same_results_bit_for_bit(stored, monkeypatch):
     cfg, plan, files, res = stored
     _threads_as_workers(monkeypatch)
     seen: set[int] = set()
-    block = agg.aggregate_block
+    readers: set[int] = set()
+    block, read = agg.aggregate_block, agg.StoredRows.read
 
     def recording(task, shared):
         seen.add(threading.get_ident())
         return block(task, shared)
 
+    def recording_read(self):
+        readers.add(threading.get_ident())
+        return read(self)
+
     monkeypatch.setattr(agg, "aggregate_block", recording)
+    monkeypatch.setattr(agg.StoredRows, "read", recording_read)
     one = agg.aggregate(_with(cfg, workers=1), plan, files, InProcessBackend())
-    assert seen == {threading.get_ident()}  # one thread: the blocks run in the caller's thread
+    assert seen == readers == {threading.get_ident()}  # one thread: the blocks run in the caller's thread
     seen.clear()
+    readers.clear()
     two = agg.aggregate(_with(cfg, workers=2), plan, files, InProcessBackend())
     assert len(seen) == 2 and threading.get_ident() not in seen
+    assert readers == seen  # each block's rows are read by the thread that certifies it
     assert [(r.learner, r.num_partitions, r.method) for r in one] == [(r.learner, r.num_partitions, r.method)
                                                                      for r in two]
     assert {r.method for r in one} >= {"single", "dpa", "ensemblecert", "dpa_roe", "whitebox_roe", "fa", "fa_roe"}
@@ -135,3 +145,54 @@ def test_map_threads_yields_every_task_once():
     tasks = [agg.AggTask(0, 1, "partition", s, s + 1, (), 2, 1, {}) for s in range(23)]
     out = list(agg.map_threads(lambda task, shared: task.start * 2, iter(tasks), 3))
     assert sorted((t.start, r) for t, r in out) == [(s, 2 * s) for s in range(23)]
+
+
+def test_tasks_that_carry_their_rows_give_the_same_results(stored):
+    """The tasks of a backend outside this process carry their stored rows (read when the task is built)."""
+    cfg, plan, files, _ = stored
+    groups = agg._groups(cfg, plan)
+    eager = list(agg._tasks(cfg, plan, files, groups))
+    deferred = list(agg._tasks(cfg, plan, files, groups, deferred=True))
+    assert len(eager) == len(deferred) and all(t.source is None and t.arrays for t in eager)
+    assert all(t.source is not None and not t.arrays for t in deferred)
+    for a, b in zip(eager, deferred):
+        ra, rb = agg.aggregate_block(a), agg.aggregate_block(b)
+        assert ra.keys() == rb.keys()
+        for method in ra:
+            for name in ra[method]:
+                assert ra[method][name].dtype == rb[method][name].dtype
+                np.testing.assert_array_equal(ra[method][name], rb[method][name])
+
+
+@pytest.mark.parametrize("seed, preadv", [(0, True), (1, True), (2, False)])
+def test_stored_block_equals_stacked_rows(tmp_path, monkeypatch, seed, preadv):
+    """`read_stored_block` = np.stack of every file's `rows` (widened flip counts where the files'
+    count dtypes differ), for any row range, clipped ones included; with `os.preadv` or without."""
+    monkeypatch.setattr(store, "_HAS_PREADV", preadv and store._HAS_PREADV)
+    rng = np.random.default_rng(seed)
+    t, K, M = 11, 3, 5
+    files = []
+    for m in range(M):
+        counts = [np.uint8, np.uint16, np.uint32][rng.integers(0, 3)] if seed else np.uint8
+        arrays = {"L0.votes": rng.integers(0, K, t).astype(np.int16), "L0.scores": rng.normal(size=(t, K)),
+                  "L0.roe_fallback": rng.random(t) < 0.3,
+                  "L0.cost_lower": rng.integers(0, np.iinfo(counts).max + 1, (t, K)).astype(counts),
+                  "L0.pair": rng.integers(0, np.iinfo(counts).max + 1, (t, K, K)).astype(counts)}
+        arrays["L0.pair"][rng.random((t, K, K)) < 0.2] = np.iinfo(counts).max
+        store.atomic_save_npz(tmp_path / f"u{m}.npz", arrays)
+        files.append(store.UnitFile(tmp_path / f"u{m}.npz"))
+    fields = ["votes", "scores", "cost_lower", "pair_costs", "fallback"]
+    for start, stop in [(0, t), (3, 7), (10, 11), (5, 5), (9, 40), (12, 15), (0, 1)]:
+        got = store.read_stored_block(files, 0, start, stop, fields)
+        for f in fields:
+            parts = [uf.rows(f"L0.{store._STORED[f][0]}", start, stop) for uf in files]
+            if f in ("cost_lower", "pair_costs"):
+                wide = max((p.dtype for p in parts), key=lambda d: d.itemsize)
+                parts = [store.counts_to_float(p) for p in parts]
+                want = np.stack(parts, axis=1)
+                assert got[f].dtype == wide
+                np.testing.assert_array_equal(store.counts_to_float(got[f]), want)
+            else:
+                want = np.stack(parts, axis=1)
+                assert got[f].dtype == want.dtype and got[f].flags.c_contiguous
+                assert got[f].tobytes() == want.tobytes()

@@ -508,6 +508,31 @@ def test_whitebox_roe_byte_identical_to_previous_implementation(seed, M, K, cost
     np.testing.assert_array_equal(new.radius, radius)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seeds, st.integers(1, 25), st.integers(2, 6), st.sampled_from([np.uint8, np.uint16]), st.booleans())
+def test_whitebox_roe_reads_compact_pair_costs_as_their_decoded_values(seed, M, K, dtype, scores32):
+    """Pair costs as `FlipCounts` (inf codes, unit models, counts above the histogram's range) and
+    float32 scores give the results of the reference on the decoded float64 costs."""
+    from roe_reference import whitebox_roe_reference
+    from kernelcert.evidence import FlipCounts
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(1, 30))
+    s, vc, _ = _wb_inputs(rng, t, M, K, "integer")
+    top = np.iinfo(dtype).max
+    scale = rng.choice([6, 2000]) if dtype == np.uint16 else 6  # 2000: past roe._HIST_COSTS
+    codes = rng.integers(0, scale, size=(t, M, K, K)).astype(dtype)
+    codes[rng.random(codes.shape) < 0.15] = top
+    unit = rng.random((t, M)) < 0.2 if rng.random() < 0.5 else None
+    compact = FlipCounts(codes, unit)
+    if scores32:
+        s = s.astype(np.float32)
+    block = int(rng.integers(1, 12))
+    new = roe.whitebox_roe(s, vc, compact, block_size=block)
+    pred, radius = whitebox_roe_reference(s.astype(np.float64), vc, compact.decode(), block_size=block)
+    np.testing.assert_array_equal(new.prediction, pred)
+    np.testing.assert_array_equal(new.radius, radius)
+
+
 @settings(max_examples=60, deadline=None)
 @given(seeds, st.integers(1, 30), st.sampled_from(["integer", "fractional", "ties"]))
 def test_summed_gap_bounds_bracket_the_dynamic_programme(seed, M, costs):
@@ -591,3 +616,64 @@ def test_compiled_fa_equals_numpy_fa_on_ties_and_skewed_votes(seed):
         ref = roe._fa_numpy(votes, shifts, K)
         np.testing.assert_array_equal(got.prediction, ref.prediction)
         np.testing.assert_array_equal(got.radius, ref.radius)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 12), st.sampled_from(["ties", "fractional"]))
+def test_cheapest_units_equal_the_stable_sort(seed, U, kind):
+    """`_cheapest_units_kernel` = the stable argsort's first n units, their cumulative sum and the n-th
+    value (what the summed-gap LP read from a full sort), with tied and infinite units."""
+    rng = np.random.default_rng(seed)
+    Q = int(rng.integers(1, 20))
+    units = rng.integers(0, 4, (Q, 4 * U)).astype(float) if kind == "ties" else rng.random((Q, 4 * U)) * 5 / 3
+    units[rng.random(units.shape) < 0.2] = np.inf
+    n = rng.integers(0, 4 * U + 1, Q)
+    total, nth, taken = np.empty(Q), np.empty(Q), np.zeros((Q, 4 * U), bool)
+    roe._cheapest_units_kernel(units, n, total, nth, taken)
+    order = np.argsort(units, axis=1, kind="stable")
+    ordered = np.take_along_axis(units, order, axis=1)
+    cums = np.zeros((Q, 4 * U + 1))
+    np.cumsum(ordered, axis=1, out=cums[:, 1:])
+    want = np.zeros((Q, 4 * U), bool)
+    np.put_along_axis(want, order, np.arange(4 * U)[None, :] < n[:, None], axis=1)
+    np.testing.assert_array_equal(taken, want)
+    assert total.tobytes() == cums[np.arange(Q), n].tobytes()
+    np.testing.assert_array_equal(nth, ordered[np.arange(Q), np.maximum(n - 1, 0)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seeds, st.integers(1, 9), st.integers(2, 6), st.sampled_from(["ties", "normal"]), st.booleans())
+def test_election_kernel_equals_the_numpy_election(seed, M, K, kind, f32):
+    """`_Election` (one compiled pass) = argmax votes, counts, the stable descending order's first two
+    classes, the run-off rule and the preference counts of the prediction written with numpy, on
+    tie-heavy scores too."""
+    from kernelcert.voting import vote_counts
+    rng = np.random.default_rng(seed)
+    s = random_scores(rng, (int(rng.integers(1, 30)), M, K), kind)
+    s = s.astype(np.float32) if f32 else s
+    e = roe._Election(s)
+    votes = np.argmax(s, axis=2)
+    counts = vote_counts(votes, K)
+    order = np.argsort(-counts, axis=1, kind="stable")
+    m1, m2 = order[:, 0], order[:, 1]
+    z1 = np.take_along_axis(s, m1[:, None, None], axis=2)[..., 0]
+    z2 = np.take_along_axis(s, m2[:, None, None], axis=2)[..., 0]
+    margin = 2 * (z1 > z2).sum(axis=1) - M
+    pred = np.where(margin > 0, m1, np.where(margin < 0, m2, np.minimum(m1, m2)))
+    prefer = (np.take_along_axis(s, pred[:, None, None], axis=2) > s).sum(axis=1)
+    for got, want in ((e.votes, votes), (e.counts, counts), (e.m1, m1), (e.m2, m2), (e.pred, pred),
+                      (e.sec, m1 + m2 - pred), (e.prefer, prefer)):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seeds, st.integers(1, 9))
+def test_two_smallest_equal_the_sorted_row(seed, M):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (int(rng.integers(1, 15)), M)).astype(float)
+    x[rng.random(x.shape) < 0.3] = np.inf
+    out = np.empty((len(x), 2))
+    roe._two_smallest_kernel(x, out)
+    want = np.sort(np.concatenate([x, np.full((len(x), 2), np.inf)], axis=1), axis=1)[:, :2]
+    np.testing.assert_array_equal(out, want)

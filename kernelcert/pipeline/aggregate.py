@@ -1,9 +1,11 @@
 """Aggregation: every registered method on every (learner, aggregation target), in blocks of test points.
 
 Each block is one backend task (`AggTask`) carrying the block's rows of its target's unit files in
-their compact stored dtypes, so a Dask worker needs no access to the run directory;
-`aggregate_block` decodes them into stacked `Evidence` and calls each method's certificate
-function from the registry (`kernelcert.pipeline.methods`). Radii are capped at the number of
+their compact stored dtypes, so a Dask worker needs no access to the run directory; on the
+in-process backend a task carries where its rows lie instead (`StoredRows`) and the thread that
+runs it reads them, so the blocks' reading runs in parallel too. `aggregate_block` decodes the rows
+into stacked `Evidence` and calls each method's certificate function from the registry
+(`kernelcert.pipeline.methods`). Radii are capped at the number of
 training labels (a sentinel radius means no relabelling at all changes the prediction).
 
 On the in-process backend the blocks run on `aggregation_threads` threads of this process (the
@@ -49,9 +51,27 @@ class MethodResult:
 
 
 @dataclass(frozen=True)
+class StoredRows:
+    """Where an aggregation block's rows lie: rows start..stop of learner `learner`'s evidence
+    `fields` in each of `files` (a target's unit files, in member order); `read()` =
+    `store.read_stored_block` (thread-safe: each read opens its own file descriptors)."""
+
+    files: tuple[UnitFile, ...]
+    learner: int
+    start: int
+    stop: int
+    fields: tuple[str, ...]
+
+    def read(self) -> dict[str, np.ndarray]:
+        return read_stored_block(self.files, self.learner, self.start, self.stop, self.fields)
+
+
+@dataclass(frozen=True)
 class AggTask:
     """One aggregation work item: learner `learner` on target (`kind`, `num_partitions`), test points
-    start..stop; `arrays` maps evidence fields to stored rows stacked over the target's units."""
+    start..stop; `arrays` maps evidence fields to stored rows stacked over the target's units, or,
+    when `source` is set (in-process backends), is empty and the rows are read from `source` by
+    `aggregate_block`."""
 
     learner: int
     num_partitions: int
@@ -63,6 +83,7 @@ class AggTask:
     n_train: int
     arrays: dict[str, np.ndarray] = field(repr=False)
     shifts: np.ndarray | None = field(default=None, repr=False)
+    source: StoredRows | None = field(default=None, repr=False)
 
 
 def agg_block_rows(num_models: int, num_classes: int, ex: ExecutionConfig) -> int:
@@ -73,8 +94,9 @@ def agg_block_rows(num_models: int, num_classes: int, ex: ExecutionConfig) -> in
 
 def aggregate_block(task: AggTask, shared: Any = None) -> dict[str, dict[str, np.ndarray]]:
     """Certificates of every method of `task` on its block: {method: {"prediction", "radius", "exact"
-    [, "radius_upper"]}} (module-level, runs on any backend)."""
-    ev = decode_block(task.arrays, compact_pairs=True)
+    [, "radius_upper"]}} (module-level, runs on any backend). Reads the block's rows first when the
+    task carries their `source`."""
+    ev = decode_block(task.arrays if task.source is None else task.source.read(), compact_pairs=True)
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in task.methods:
         res = REGISTRY[name].certify(ev, task.num_classes, task.shifts)
@@ -98,25 +120,27 @@ def _groups(cfg: RunConfig, plan: RunPlan) -> list[tuple[int, AggregationTarget,
 
 
 def _tasks(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile],
-           groups: list[tuple[int, AggregationTarget, tuple[str, ...]]]) -> Iterator[AggTask]:
-    """Lazily yield the AggTasks of `groups` (rows are read from the unit files when a task is built)."""
+           groups: list[tuple[int, AggregationTarget, tuple[str, ...]]], *, deferred: bool = False
+           ) -> Iterator[AggTask]:
+    """Lazily yield the AggTasks of `groups`: rows are read from the unit files when a task is built,
+    or (deferred) by the task's `aggregate_block` from its `source`."""
     K, t, n_train = plan.num_classes, len(plan.y_test), len(plan.y_train)
     for j, target, methods in groups:
         fields = sorted({f for m in methods for f in REGISTRY[m].needs}, key=list(FIELD_LEVEL).index)
-        members = [files[key] for key in target.units]
+        members = tuple(files[key] for key in target.units)
         B = agg_block_rows(len(members), K, cfg.execution)
         for s0 in range(0, t, B):
             s1 = min(t, s0 + B)
+            source = StoredRows(members, j, s0, s1, tuple(fields))
             yield AggTask(j, target.size, target.kind, s0, s1, methods, K, n_train,
-                          read_stored_block(members, j, s0, s1, fields), target.shifts)
+                          {} if deferred else source.read(), target.shifts, source if deferred else None)
 
 
 def aggregation_threads(ex: ExecutionConfig, backend: Backend) -> int:
     """Threads that run the aggregation blocks in this process: `ex.workers` on the in-process
     backend, at most the CPUs this process may run on; 1 on other backends (their workers map the
-    blocks). Each thread works on one block at a time, so the aggregation's working memory is up to
-    that many blocks (each sized by `agg_block_rows` under `memory_cap_mb`, as a Dask worker's), plus
-    the stored rows of one block read ahead."""
+    blocks). Each thread reads and works on one block at a time, so the aggregation's working memory is
+    up to that many blocks (each sized by `agg_block_rows` under `memory_cap_mb`, as a Dask worker's)."""
     if not backend.in_process:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -155,10 +179,11 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
     acc: dict[tuple[int, int, str], dict[str, np.ndarray]] = {}
     groups = _groups(cfg, plan)
     total = sum(-(-t // agg_block_rows(len(g[1].units), plan.num_classes, cfg.execution)) for g in groups)
-    tasks = _tasks(cfg, plan, files, groups)
+    # in this process, each block's rows are read by the thread that certifies it (in parallel)
+    tasks = _tasks(cfg, plan, files, groups, deferred=backend.in_process)
     threads = aggregation_threads(cfg.execution, backend)
-    # Helper processes would need fork after JAX's threads or spawn's re-import of __main__; threads share
-    # the stored rows and the heavy parts of the certificates release the GIL.
+    # Helper processes would need fork after JAX's threads or spawn's re-import of __main__; threads read
+    # the unit files themselves and the heavy parts of reading and certifying release the GIL.
     results = map_threads(aggregate_block, tasks, threads) if threads > 1 else backend.map(aggregate_block, tasks, None)
     for task, res in progress(results, cfg.execution.progress, desc="aggregation blocks", unit="block", total=total):
         sl = slice(task.start, task.stop)
@@ -174,5 +199,5 @@ def aggregate(cfg: RunConfig, plan: RunPlan, files: dict[str, UnitFile], backend
             for (j, n_p, method), d in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], order[kv[0][2]]))]
 
 
-__all__ = ["MethodResult", "AggTask", "aggregate_block", "aggregate", "agg_block_rows", "aggregation_threads",
+__all__ = ["MethodResult", "AggTask", "StoredRows", "aggregate_block", "aggregate", "agg_block_rows", "aggregation_threads",
            "map_threads"]

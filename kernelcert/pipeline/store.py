@@ -40,6 +40,8 @@ from ..provenance import Provenance
 from ..runlock import RunLock, unique_temp_path
 
 logger = logging.getLogger("kernelcert.pipeline")
+_STACK_TILE = 64  # unit files read into one buffer before their rows are copied into a stacked block
+_HAS_PREADV = hasattr(os, "preadv")  # Linux, BSD, macOS 11+; elsewhere rows are read with os.pread and copied
 
 PathLike = str | os.PathLike[str]
 Layout = dict[str, tuple[Any, tuple[int, ...]]]  # member -> (dtype or tuple of allowed dtypes, shape)
@@ -260,9 +262,7 @@ class UnitFile:
 
     def _read(self, fd: int, name: str, start: int, stop: int | None) -> np.ndarray:
         offset, dtype, shape = self._index[name]
-        n = shape[0] if shape else 1
-        stop = n if stop is None else min(stop, n)
-        start = max(0, min(start, stop))
+        start, stop = _clip_rows(shape, start, stop)
         row_bytes = dtype.itemsize * math.prod(shape[1:])
         size = (stop - start) * row_bytes
         buf = os.pread(fd, size, offset + start * row_bytes) if size else b""
@@ -271,25 +271,93 @@ class UnitFile:
         arr = np.frombuffer(buf, dtype=dtype)
         return arr.reshape((stop - start,) + shape[1:]) if shape else arr.reshape(())
 
+    def read_rows_into(self, names: Sequence[str], start: int, stop: int, outs: Sequence[np.ndarray]) -> None:
+        """Rows start..stop of each member of `names` (clipped to its rows, as `rows`) written into
+        `outs`: C-contiguous arrays of the rows' shape, in the member's dtype, or in another dtype to
+        which they are converted (flip counts: a wider unsigned dtype, re-encoded as `_widen_codes`).
+        One open file descriptor; where the dtypes agree, one positioned read per member straight into
+        its output (`os.preadv`, no intermediate copy)."""
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            for name, out in zip(names, outs):
+                offset, dtype, shape = self._index[name]
+                lo, hi = _clip_rows(shape, start, stop)
+                if out.shape != (hi - lo,) + shape[1:] or not out.flags.c_contiguous:
+                    raise ValueError(f"{self.path}: rows {lo}..{hi} of member {name} {shape} do not fit an "
+                                     f"output of shape {out.shape}")
+                if out.dtype != dtype or not _HAS_PREADV or not shape:
+                    src = self._read(fd, name, lo, hi)
+                    codes = out.dtype != dtype and out.dtype.kind == dtype.kind == "u"  # flip counts, widened
+                    out[...] = _widen_codes(src, out.dtype) if codes else src
+                    continue
+                size = out.nbytes
+                got = os.preadv(fd, [out.reshape(-1).view(np.uint8).data], offset + lo * (size // (hi - lo))) if size else 0
+                if got != size:
+                    raise ValueError(f"{self.path}: truncated member {name}")
+        finally:
+            os.close(fd)
+
     def meta(self) -> dict[str, Any]:
         """The unit's JSON metadata."""
         return json.loads(str(self.rows("meta")[()]))
 
 
+def _clip_rows(shape: tuple[int, ...], start: int, stop: int | None) -> tuple[int, int]:
+    """Rows start..stop of a member of `shape` clipped to its rows (a 0-d member has one)."""
+    n = shape[0] if shape else 1
+    stop = n if stop is None else min(stop, n)
+    return max(0, min(start, stop)), stop
+
+
 def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop: int, fields: Sequence[str]
                       ) -> dict[str, np.ndarray]:
     """Rows start..stop of learner `learner`'s stored evidence `fields`, stacked over the unit files
-    (axis 1), in their compact stored dtypes (what an aggregation task ships to a worker). Each file
-    is opened once for all fields; a member's counts are widened to the widest dtype among the files."""
+    (axis 1), in their compact stored dtypes (what an aggregation task ships to a worker): the arrays
+    `np.stack` of each file's rows gives. Each file is opened once for all fields and its rows are read
+    straight into a small file-major buffer (`_STACK_TILE` files x rows x ...), copied into its
+    columns of the (rows, M, ...) result while it is still in the CPU caches; a member's counts are
+    widened to the widest dtype among the files."""
+    if not files:
+        raise ValueError("read_stored_block needs at least one unit file")
+    if not fields:
+        return {}
     names = [f"L{learner}.{_STORED[f][0]}" for f in fields]
-    per_file = [uf.rows_of(names, start, stop) for uf in files]
-    out: dict[str, np.ndarray] = {}
-    for k, f in enumerate(fields):
-        parts = [rows[k] for rows in per_file]
-        if f in _COUNTS and len({p.dtype for p in parts}) > 1:
-            wide = max((p.dtype for p in parts), key=lambda d: d.itemsize)
-            parts = [p if p.dtype == wide else _widen_codes(p, wide) for p in parts]
-        out[f] = np.stack(parts, axis=1)
+    buffers: list[np.ndarray] = []
+    uniform = _HAS_PREADV  # every file stores every field in the block's dtype: one positioned read each
+    first_rows: list[int] = []  # byte offset of row `start` inside each member
+    for f, name in zip(fields, names):
+        layouts = {uf._index[name][1:] for uf in files}
+        shapes = set()
+        for _, shape in layouts:
+            lo, hi = _clip_rows(shape, start, stop)
+            shapes.add((hi - lo,) + shape[1:])
+        if len(shapes) > 1:
+            raise ValueError(f"{name}: rows {start}..{stop} differ in shape between the unit files: {sorted(shapes)}")
+        dtypes = {dtype for dtype, _ in layouts}
+        dtype = max(dtypes, key=lambda d: d.itemsize) if f in _COUNTS else np.result_type(*dtypes)
+        shape = next(iter(layouts))[1]
+        uniform &= len(dtypes) == 1 and bool(shape)
+        first_rows.append(_clip_rows(shape, start, stop)[0] * dtype.itemsize * math.prod(shape[1:]))
+        buffers.append(np.empty((min(len(files), _STACK_TILE), *shapes.pop()), dtype))
+    out = {f: np.empty((b.shape[1], len(files), *b.shape[2:]), b.dtype) for f, b in zip(fields, buffers)}
+    views = [[b[i].reshape(-1).view(np.uint8).data for b in buffers] for i in range(len(buffers[0]))]
+    sizes = [b[0].nbytes for b in buffers]
+    for m0 in range(0, len(files), _STACK_TILE):
+        tile = files[m0:m0 + _STACK_TILE]
+        for i, uf in enumerate(tile):
+            if not uniform:
+                uf.read_rows_into(names, start, stop, [b[i] for b in buffers])
+                continue
+            fd = os.open(uf.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                index = uf._index
+                for name, view, first, size in zip(names, views[i], first_rows, sizes):
+                    if size and os.preadv(fd, [view], index[name][0] + first) != size:
+                        raise ValueError(f"{uf.path}: truncated member {name}")
+            finally:
+                os.close(fd)
+        for f, b in zip(fields, buffers):
+            out[f][:, m0:m0 + len(tile)] = b[:len(tile)].swapaxes(0, 1)
     return out
 
 
