@@ -255,7 +255,7 @@ class ExecutionConfig:
     """[execution]: backend, workers (dask-local: worker processes; inprocess: threads that run the
     aggregation blocks, at most the CPUs; results are bit-identical for every count), scheduler, memory
     cap per block (kernel blocks; aggregation blocks, of which the in-process aggregation holds up to
-    workers + 1), test block size, BLAS threads (hashed: a fixed count makes every backend
+    `workers`: each thread reads and certifies one block at a time), test block size, BLAS threads (hashed: a fixed count makes every backend
     bit-identical), progress, device."""
 
     backend: str = _spec("inprocess", _choice(*BACKENDS))
