@@ -82,8 +82,9 @@ def _ours(method, scores, labels, K, k, d, votes=None):
                 counts = vote_counts(votes, K)
             r = (roe.fa(votes, fa_spread(np.arange(k * d), k, d).shifts, K) if method == "fa"
                  else dpa_from_counts(counts))
-        # votes for each point's label: counts[i, labels[i]], read from the flat counts
-        _base_accuracy = int(counts.ravel().take(np.arange(0, t * K, K) + labels).sum()) / (t * scores.shape[1])
+        at_label = np.arange(0, t * K, K)  # votes for each point's label: counts[i, labels[i]], from the flat counts
+        at_label += labels
+        _base_accuracy = int(counts.ravel().take(at_label).sum()) / (t * scores.shape[1])
     elif method == "dpa_roe":
         r = roe.dpa_roe(scores)
     else:

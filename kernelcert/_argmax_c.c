@@ -32,6 +32,8 @@
  * 8-lane loads (classes [0, 8) and [K - 8, K)), their horizontal max, the lowest set bit of the
  * "== max" mask.
  *
+ * The pass prefetches 4 KiB ahead of the pair it votes (software prefetch).
+ *
  * NaN cannot slip through: finiteness is x * 0 (NaN iff x is NaN or infinite) added into
  * accumulators (fused multiply-add) over every score read, NaN at the end iff one score was not
  * finite. The GIL is released during the pass.
@@ -82,6 +84,11 @@ static inline __m256 load_pair(const float *p, const float *q)
 {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(q), 1);
 }
+
+/* software prefetch distance of the pass: at t = 10,000 x M = 50 x K = 10 (20 MB) it cut the pass from
+   1.36 to 1.16 streaming reads, at M = 1200 (96 MB) from 1.76 to 1.01 (2 KiB: 1.09 / 1.13, 8 KiB:
+   1.17 / 0.92) on the measuring machine */
+#define PREFETCH_BYTES 4096
 
 /* offset of chunk j (of NC) in a model's K scores: 4j, the last one K - 4 */
 static inline int chunk_at(int j, int K, int NC)
@@ -161,8 +168,11 @@ static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, in
         while (m < pairs_end) {
             __m256i acc = _mm256_setzero_si256();  /* byte counters: at most 255 pairs */
             const Py_ssize_t stop = pairs_end - m > 2 * 255 ? m + 2 * 255 : pairs_end;
-            for (; m < stop; m += 2, p += 2 * K)
+            for (; m < stop; m += 2, p += 2 * K) {
+                /* a hint 4 KiB ahead (never faults, also past the end): about 1.2x faster here */
+                _mm_prefetch((const char *)((uintptr_t)p + PREFETCH_BYTES), _MM_HINT_T0);
                 acc = pair_votes(p, K, NC, acc, f);
+            }
             __m256i h = _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(acc)),
                                          _mm256_cvtepu8_epi16(_mm256_extracti128_si256(acc, 1)));
             n_lo = _mm256_add_epi32(n_lo, _mm256_cvtepu16_epi32(_mm256_castsi256_si128(h)));
