@@ -138,29 +138,102 @@ def _iters(size):
 # --------------------------------------------------------------------------- per-row tables
 @njit(cache=True)
 def _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end):
-    """Stable merge of the decreasing runs src[start:mid] and src[mid:end] into dst[start:end] (the left
-    run first among equals)."""
-    i, j, o = start, mid, start
-    while i < mid and j < end:
-        if src_v[i] >= src_v[j]:
-            dst_v[o] = src_v[i]
-            dst_t[o] = src_t[i]
-            i += 1
-        else:
-            dst_v[o] = src_v[j]
-            dst_t[o] = src_t[j]
-            j += 1
-        o += 1
-    while i < mid:
-        dst_v[o] = src_v[i]
-        dst_t[o] = src_t[i]
-        i += 1
-        o += 1
-    while j < end:
-        dst_v[o] = src_v[j]
-        dst_t[o] = src_t[j]
-        j += 1
-        o += 1
+    """Stable merge of the decreasing runs src[start:mid] and src[mid:end] (both non-empty) into
+    dst[start:end] (the left run first among equals). Branch-free, from both ends at once (two
+    independent chains): the front takes the larger head (the left one among equals), the back the
+    smaller tail (the right one among equals); each end writes its half of the output. Indices are
+    unsigned (no wrap-around code): the front may read src[end] (src holds one entry more than any
+    run ends at), the back reads src[min(ib, jb)] when its left run is used up (ib wrapped below
+    start); such values are never selected."""
+    one = np.uint64(1)
+    us = np.uint64(start)
+    um = np.uint64(mid)
+    ue = np.uint64(end)
+    i = us
+    j = um
+    ib = um - one
+    jb = ue - one
+    o = us
+    ob = ue - one
+    n = end - start
+    for _ in range(n >> 1):
+        a = src_v[i]
+        b = src_v[j]
+        ta = (i < um) & ((j >= ue) | (a >= b))
+        dst_v[o] = a if ta else b
+        dst_t[o] = src_t[i] if ta else src_t[j]
+        ua = np.uint64(ta)
+        i += ua
+        j += one - ua
+        o += one
+        ir = min(ib, jb)  # ib once wrapped (the left run used up) is the largest uint64
+        a = src_v[ir]
+        b = src_v[jb]
+        tb = (jb >= um) & ((ib + one < us + one) | (b <= a))
+        dst_v[ob] = b if tb else a
+        dst_t[ob] = src_t[jb] if tb else src_t[ir]
+        ub = np.uint64(tb)
+        jb -= ub
+        ib -= one - ub
+        ob -= one
+    if n & 1:
+        a = src_v[i]
+        b = src_v[j]
+        ta = (i < um) & ((j >= ue) | (a >= b))
+        dst_v[o] = a if ta else b
+        dst_t[o] = src_t[i] if ta else src_t[j]
+
+
+@njit(cache=True)
+def _merge_double(c, nz, V, Q2):
+    """V[:2 nz]: the positive entries c[:nz] (decreasing) and their doubles merged, decreasing, c
+    first among equals; Q2[:2 nz + 1]: how many doubles among the first q. Branch-free, from both
+    ends at once (`_merge_runs`): the front takes c[i] when c[i] >= 2 c[j], the back 2 c[jb] when
+    2 c[jb] <= c[ib]. Unsigned indices, reads clamped to [0, nz): a used-up list (front: index nz,
+    back: index wrapped below 0) is read at a valid index and never selected."""
+    one = np.uint64(1)
+    un = np.uint64(nz)
+    i = np.uint64(0)
+    j = np.uint64(0)
+    ib = un - one
+    jb = un - one
+    o = np.uint64(0)
+    ob = un + un - one
+    last = un - one if nz > 0 else un
+    Q2[0] = 0
+    for _ in range(nz):
+        x = c[min(i, last)]
+        z = 2.0 * c[min(j, last)]
+        t = (j >= un) | ((i < un) & (x >= z))
+        V[o] = x if t else z
+        ut = np.uint64(t)
+        i += ut
+        j += one - ut
+        o += one
+        Q2[o] = j
+        x = c[min(ib, last)]  # ib once wrapped (c used up) is the largest uint64
+        z = 2.0 * c[min(jb, last)]
+        tb = (jb + one >= one) & ((ib + one < one) | (z <= x))
+        V[ob] = z if tb else x
+        Q2[ob + one] = jb + one
+        ub = np.uint64(tb)
+        jb -= ub
+        ib -= one - ub
+        ob -= one
+
+
+@njit(cache=True)
+def _count_rows(CTf, tag, G, GL):
+    """The dense count table, flat (CTf[q G + g] = CT[q, g]): row q+1 = row q plus the one-hot of
+    tag[q] (each row one vectorised pass over the previous one)."""
+    for g in range(G):
+        CTf[g] = 0
+    base = 0
+    for q in range(GL):
+        t = tag[q]
+        for g in range(G):
+            CTf[base + G + g] = CTf[base + g] + np.int32(g == t)
+        base += G
 
 
 _DENSE_COUNTS = 4096  # up to this many window entries (G L) the count table holds every row
@@ -171,8 +244,8 @@ _SPARSE_SHIFT = 3  # beyond, every 8th row
 def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, sh):
     """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags
     (GL,), its prefix sums Cc (GL+1,), count table CT, c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
-    c and buf_v have GL+1 entries (the last one is a sentinel); cnt (G,) is scratch. Returns nz, the
-    number of positive entries of c (they come first; c[nz:], V[2 nz:] are 0).
+    c, tag, buf_v and buf_t have GL+1 entries (the merges may read one past a run); cnt (G,) is
+    scratch. Returns nz, the number of positive entries of c (they come first; c[nz:], V[2 nz:] are 0).
     Same definitions (and tie orders: stable by flat index) as `certificates._Context`.
 
     CT[r, g] = number of group-g entries among the first r 2^sh entries of c (`_ct` adds the tags
@@ -210,40 +283,63 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
             Xc[g, i + 1] = acc
     # c: stable merge (decreasing, ties by flat index) of the G decreasing group lists. Zeros (the
     # tail of every group) all come last, in flat-index order, so only the positive prefixes are
-    # merged: bottom-up, adjacent runs pairwise (the left run first among equals).
-    runs = np.empty(G + 1, np.int64)
+    # merged: bottom-up, adjacent non-empty runs pairwise (`_merge_runs`, the left run first among
+    # equals: any such merge tree gives the one stable order).
+    runs = cnt  # run starts (cnt is free until the count table is built)
+    nruns = 0
     pos = 0
     for g in range(G):
-        runs[g] = pos
+        x = X[g, 0]
+        if x > 0.0:  # only the non-empty runs
+            runs[nruns] = pos
+            nruns += 1
         for i in range(L):
             x = X[g, i]
             if not x > 0.0:
                 break
-            c[pos] = x
-            tag[pos] = g
             pos += 1
-    runs[G] = pos
     nz = pos
-    src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
-    nruns = G
-    flips = 0
+    # the lists start in c or buf so that the last level lands in c
+    levels = 0
+    while (1 << levels) < nruns:
+        levels += 1
+    if levels % 2 == 1:
+        dst_v, dst_t = buf_v, buf_t
+    else:
+        dst_v, dst_t = c, tag
+    pos = 0
+    for g in range(G):
+        for i in range(L):
+            x = X[g, i]
+            if not x > 0.0:
+                break
+            dst_v[pos] = x
+            dst_t[pos] = g
+            pos += 1
+    dst_v[nz] = -1.0  # the merges may read one entry past a run
+    dst_t[nz] = 0
+    if levels % 2 == 1:
+        src_v, src_t, dst_v, dst_t = buf_v, buf_t, c, tag
+    else:
+        src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
     while nruns > 1:
         k = 0
         while k < nruns:
             start = runs[k]
-            mid = runs[k + 1]
-            end = runs[k + 2] if k + 2 <= nruns else mid
-            _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end)
+            mid = runs[k + 1] if k + 1 < nruns else nz
+            end = runs[k + 2] if k + 2 < nruns else nz
+            if k + 1 < nruns:
+                _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end)
+            else:
+                for q in range(start, end):
+                    dst_v[q] = src_v[q]
+                    dst_t[q] = src_t[q]
             runs[k // 2] = start
             k += 2
         nruns = (nruns + 1) // 2
-        runs[nruns] = nz
+        dst_v[nz] = -1.0
+        dst_t[nz] = 0
         src_v, src_t, dst_v, dst_t = dst_v, dst_t, src_v, src_t
-        flips += 1
-    if flips % 2 == 1:
-        for q in range(nz):
-            c[q] = buf_v[q]
-            tag[q] = buf_t[q]
     pos = nz
     for g in range(G):
         for i in range(L):
@@ -257,38 +353,31 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
     for q in range(1, GL):
         acc = acc + c[q]
         Cc[q + 1] = acc
-    mask = (1 << sh) - 1
-    for g in range(G):
-        cnt[g] = 0
-        CT[0, g] = 0
-    for q in range(GL):
-        cnt[tag[q]] += 1
-        if (q + 1) & mask == 0:
-            r = (q + 1) >> sh
-            for g in range(G):
-                CT[r, g] = cnt[g]
+    if sh == 0:
+        # every row: row q+1 = row q plus the one-hot of tag[q], each row one vectorised pass over the
+        # previous one (a per-group counter array read back right after its scalar update would stall)
+        _count_rows(CT.reshape(CT.size), tag, G, GL)
+    else:
+        mask = (1 << sh) - 1
+        for g in range(G):
+            cnt[g] = 0
+            CT[0, g] = 0
+        for q in range(GL):
+            cnt[tag[q]] += 1
+            if (q + 1) & mask == 0:
+                r = (q + 1) >> sh
+                for g in range(G):
+                    CT[r, g] = cnt[g]
     # V: c and 2c merged (decreasing; c first among equals), Q2[q]: 2c entries among the first q.
     # The positive entries of both come first (2 nz of them), then c's GL - nz zeros, then 2c's.
-    c_nz = c[nz] if nz < GL else 0.0
-    c[nz] = -1.0  # a sentinel below every positive entry
-    i, j = 0, 0
-    q2 = 0
-    Q2[0] = 0
-    for o in range(2 * nz):
-        x = c[i]
-        z = 2.0 * c[j]
-        one = x >= z
-        V[o] = x if one else z
-        q2 += 1 - one
-        Q2[o + 1] = q2
-        i += one
-        j += 1 - one
-    if nz < GL:
-        c[nz] = c_nz
+    _merge_double(c, nz, V, Q2)
     c[GL] = -1.0
     for o in range(2 * nz, 2 * GL):
         V[o] = 0.0
-        Q2[o + 1] = nz + max(0, o + 1 - GL - nz)
+    for o in range(2 * nz, GL + nz):  # c's zeros, then 2c's
+        Q2[o + 1] = nz
+    for o in range(GL + nz, 2 * GL):
+        Q2[o + 1] = o + 1 - GL
     return nz
 
 
@@ -717,8 +806,8 @@ def _tables(K, L):
     G = 2 * K
     GL = G * L
     rows = GL if GL <= _DENSE_COUNTS else GL >> _SPARSE_SHIFT  # rows of the count table (`_build_tables`)
-    return (np.empty((G, L)), np.empty(G), np.empty((G, L + 1)), np.empty(GL + 1), np.empty(GL, np.int64),
-            np.empty(GL + 1), np.empty(GL, np.int64), np.empty(GL + 1), np.empty((rows + 1, G), np.int32),
+    return (np.empty((G, L)), np.empty(G), np.empty((G, L + 1)), np.empty(GL + 1), np.empty(GL + 1, np.int64),
+            np.empty(GL + 1), np.empty(GL + 1, np.int64), np.empty(GL + 1), np.empty((rows + 1, G), np.int32),
             np.empty(2 * GL), np.empty(2 * GL + 1, np.int64), np.empty(G, np.int32))
 
 
