@@ -387,9 +387,9 @@ def _ct(CT, tag, sh, q, g):
     row (sh is None: a separate compiled specialisation, no branch), else the table row below q (every
     2^sh-th row) plus the tags in between."""
     if sh is None:
-        return CT[q, g]
+        return CT[np.uint64(q), np.uint64(g)]  # unsigned: no wrap-around code
     r = q >> sh
-    k = CT[r, g]
+    k = CT[np.uint64(r), np.uint64(g)]
     for j in range(r << sh, q):
         k += tag[j] == g
     return k
@@ -399,73 +399,110 @@ def _ct(CT, tag, sh, q, g):
 @njit(cache=True, inline="always")
 def _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, q):
     """Sum and number of active reductions of pair (a, b) among the first q entries of V."""
-    q2 = Q2[q]
+    q2 = Q2[np.uint64(q)]
     q1 = q - q2
-    tot = Cc[q1]
+    tot = Cc[np.uint64(q1)]
     cnt = q1
     g = 2 * a
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * a + 1
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * b
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * b + 1
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * a
     k = _ct(CT, tag, sh, q2, g)
     cnt += k
-    tot = tot + 2.0 * Xc[g, k]
+    tot = tot + 2.0 * Xc[np.uint64(g), np.uint64(k)]
     g = 2 * b + 1
     k = _ct(CT, tag, sh, q2, g)
     cnt += k
-    tot = tot + 2.0 * Xc[g, k]
+    tot = tot + 2.0 * Xc[np.uint64(g), np.uint64(k)]
     return tot, cnt
 
 
 @njit(cache=True)
-def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b):
-    """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none), validity and whether the
-    decision lies within `band` of its threshold (`_pairs`). The binary search probes the same
-    prefixes as `certificates._pairs` (the rounded sums need not be monotone in q); it is skipped
-    where its result is not used (no prefix reaches the threshold)."""
-    sa = s[a]
-    sb = s[b]
-    if sb > sa or (sb == sa and b < a):
-        return 0.0, -1, True, abs(sa - sb) <= band
-    if absum == 0.0:
-        return np.inf, -1, True, abs(sa - sb) <= band
-    T = (sa - sb) - tol
+def _pair_row(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, K, a, P, Qs, NR, si, sf):
+    """P(a, b) for every b (`certificates._pairs`): P[a, b] (inf: unreachable), Qs[a, b] its prefix q in
+    V (-1: none), NR[a, b]: the decision lies within `band` of its threshold. Returns (every P[a, b]
+    valid, some NR[a, b]). si (4, K) int64, sf (2, K) float64: scratch.
+
+    Every binary search probes the same prefixes as `certificates._pairs` (the rounded sums need not
+    be monotone in q); a search is skipped where its result is not used (no prefix reaches the
+    threshold). The searches of the K - 1 pairs run in lockstep, one probe of each per step, with
+    branch-free updates: independent chains of look-ups the processor overlaps."""
+    lo_, hi_, m_, found_ = si[0], si[1], si[2], si[3]
+    T_, tq_ = sf[0], sf[1]
     top = 2 * GL
-    tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)  # (sum, count) at q = hi, kept as hi moves
-    found = tq >= T and m >= 1
-    lo = 0
-    hi = top
-    for _ in range(_iters(top + 1) if found else 0):  # not found: the search's result is not used
-        if lo >= hi:
-            break
-        mid = (lo + hi) >> 1
-        tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, mid)
-        if tot >= T and cnt >= 1:
-            hi = mid
-            tq, m = tot, cnt
+    sa = s[a]
+    ok_all = True
+    nr_any = False
+    for b in range(K):
+        lo_[b] = 0
+        hi_[b] = 0  # lo == hi: no search
+        found_[b] = -1  # decided here (b == a, b already beats a, or all weights 0)
+        if b == a:
+            P[a, b] = 0.0
+            Qs[a, b] = -1
+            NR[a, b] = False
+            continue
+        sb = s[b]
+        if sb > sa or (sb == sa and b < a) or absum == 0.0:
+            P[a, b] = 0.0 if absum != 0.0 or sb > sa or (sb == sa and b < a) else np.inf
+            Qs[a, b] = -1
+            NR[a, b] = abs(sa - sb) <= band
+            nr_any = nr_any or NR[a, b]
+            continue
+        T = (sa - sb) - tol
+        tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)  # (sum, count) at q = hi, kept as hi moves
+        T_[b] = T
+        tq_[b] = tq
+        m_[b] = m
+        hi_[b] = top
+        found_[b] = tq >= T and m >= 1
+        if not found_[b]:  # the search's result is not used
+            lo_[b] = top
+    for _ in range(_iters(top + 1)):
+        for b in range(K):
+            lo = lo_[b]
+            hi = hi_[b]
+            if lo < hi:
+                mid = (lo + hi) >> 1
+                tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, mid)
+                hit = (tot >= T_[b]) & (cnt >= 1)
+                hi_[b] = mid if hit else hi
+                lo_[b] = lo if hit else mid + 1
+                tq_[b] = tot if hit else tq_[b]
+                m_[b] = cnt if hit else m_[b]
+    for b in range(K):
+        if found_[b] < 0:
+            continue
+        found = found_[b] == 1
+        T = T_[b]
+        tq = tq_[b]
+        q = hi_[b]
+        v = V[max(q - 1, 0)]
+        need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
+        valid = (v > need) if found else (cutmax == 0.0)
+        near = (T <= 0.0) or (found and (tq - T <= band))
+        Qs[a, b] = q if found else -1
+        NR[a, b] = near
+        nr_any = nr_any or near
+        if T <= 0.0:
+            P[a, b] = 1.0
         else:
-            lo = mid + 1
-    q = hi
-    v = V[max(q - 1, 0)]
-    need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
-    valid = (v > need) if found else (cutmax == 0.0)
-    near = (T <= 0.0) or (found and (tq - T <= band))
-    if T <= 0.0:
-        return 1.0, (q if found else -1), True, near
-    return (float(m) if found else np.inf), (q if found else -1), valid, near
+            P[a, b] = float(m_[b]) if found else np.inf
+            ok_all = ok_all and valid
+    return ok_all, nr_any
 
 
 # --------------------------------------------------------------------------- attacks as group prefixes
@@ -473,7 +510,7 @@ def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b
 def _after(s, Cc, CT, tag, sh, Xc, Q2, K, q, member1, member2, dest, new, signed):
     """Scores `new` (K,) after the moves of a spec in the first q entries of V; returns their number."""
     G = 2 * K
-    q2 = Q2[q]
+    q2 = Q2[np.uint64(q)]
     q1 = q - q2
     count = 0
     for g in range(G):
@@ -483,7 +520,7 @@ def _after(s, Cc, CT, tag, sh, Xc, Q2, K, q, member1, member2, dest, new, signed
         elif member2[g]:
             k = _ct(CT, tag, sh, q2, g)
         count += k
-        moved = Xc[g, k]
+        moved = Xc[np.uint64(g), np.uint64(k)]
         signed[g] = moved if g % 2 == 0 else -moved
     for k in range(K):
         part = 0.0
@@ -638,7 +675,7 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
             continue
         if j == hint_j and not strict:
             p = hint_q + 1
-            while p < GL and fu[j] * c[p] >= tau:
+            while p < GL and fu[j] * c[np.uint64(p)] >= tau:
                 p += 1
             npos[j] = p
             continue
@@ -648,7 +685,7 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
             fj = fu[j]
             while lo < hi:
                 mid = (lo + hi) >> 1
-                if fj * c[mid] >= tau:
+                if fj * c[np.uint64(mid)] >= tau:
                     lo = mid + 1
                 else:
                     hi = mid
@@ -670,7 +707,7 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
         if fi[g] >= 0:
             k = _ct(CT, tag, sh, npos[fi[g]], g)
         n += k
-        terms[g] = f[g] * Xc[g, k]
+        terms[g] = f[g] * Xc[np.uint64(g), np.uint64(k)]
     return 0.0 + _pairwise_sum(terms, 0, G), n
 
 
@@ -826,7 +863,8 @@ def _scratch(K):
             np.zeros(K), np.zeros(G), np.zeros(K, np.bool_), np.zeros(K, np.int64), np.zeros(K, np.bool_),
             np.zeros(K), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(G, np.int64),
             np.zeros(G), np.zeros((3, 3), np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
-            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free, np.zeros(3), np.zeros(3, np.bool_))
+            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free, np.zeros(3), np.zeros(3, np.bool_),
+            np.zeros((4, K), np.int64), np.zeros((2, K)))
 
 
 @njit(cache=True)
@@ -845,7 +883,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         if cut[g] > cutmax:
             cutmax = cut[g]
     (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, nb, terms, sR,
-     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present) = bs
+     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present, si, sf) = bs
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
     tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
     band = 2.0 * user_tol + 4.0 * slack
@@ -856,21 +894,13 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
     for a in range(K):
         if mode == MODE_RADIUS and a != pred:
             continue
-        for b in range(K):
-            if a == b:
-                P[a, b] = 0.0
-                Qs[a, b] = -1
-                NR[a, b] = False
-                continue
-            p, q, ok, near = _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b)
-            P[a, b] = p
-            Qs[a, b] = q
-            NR[a, b] = near
-            nr_any = nr_any or near
-            if not ok:
-                pairs_ok = False
-            if a == pred and p < best:
-                best = p
+        ok, near = _pair_row(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, K, a, P, Qs, NR, si, sf)
+        pairs_ok = pairs_ok and ok
+        nr_any = nr_any or near
+        if a == pred:
+            for b in range(K):
+                if b != a and P[a, b] < best:
+                    best = P[a, b]
     # rows to resolve exactly: top two scores within the band, or a pair attaining the radius decided in it
     second = -np.inf
     for k in range(K):
