@@ -545,27 +545,37 @@ def _wins(new, c, margin):
 
 
 @njit(cache=True)
-def _safe_search(s, margin, Cc, CT, Xc, Q2, tag, sh, K, GL, c, member1, member2, dest, new, signed):
-    """Shortest verified prefix of a monotone attack order: (count or inf). The same probes as the
-    numpy core (the rounded verification need not be monotone in the prefix); none when the whole
-    order does not verify (the result is inf then whatever they find)."""
+def _safe_searches(s, margin, Cc, CT, Xc, Q2, tag, sh, K, GL, cls, nact, M1, M2, D, upper, new, signed, si):
+    """Shortest verified prefix of a monotone attack order (count or inf) for the classes cls[:nact],
+    order of class c: member1 M1[c], member2 M2[c], dest D[c] (`_after`); upper[c] is lowered to it.
+    The same probes as the numpy core (the rounded verification need not be monotone in the prefix);
+    none when the whole order does not verify (the result is inf then whatever they find). The
+    searches run in lockstep, one probe of each class per step, with branch-free updates (independent
+    chains the processor overlaps). si (4, K) int64: scratch."""
     top = 2 * GL
-    cnt_hi = _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, member1, member2, dest, new, signed)
-    if not _wins(new, c, margin):  # the whole order does not verify: no prefix is searched
-        return np.inf
-    lo = 0
-    hi = top  # the prefix of length hi verifies (cnt_hi moves); the shortest one is searched
+    lo_, hi_, cnt_, ok_ = si[0], si[1], si[2], si[3]
+    for i in range(nact):
+        c = cls[i]
+        cnt_[i] = _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, M1[c], M2[c], D[c], new, signed)
+        ok_[i] = _wins(new, c, margin)
+        lo_[i] = 0 if ok_[i] else top  # the whole order does not verify: no prefix is searched
+        hi_[i] = top  # the prefix of length hi verifies (cnt moves); the shortest one is searched
     for _ in range(_iters(top + 1)):
-        if lo >= hi:
-            break
-        mid = (lo + hi) >> 1
-        cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, member1, member2, dest, new, signed)
-        if _wins(new, c, margin):
-            hi = mid
-            cnt_hi = cnt
-        else:
-            lo = mid + 1
-    return float(cnt_hi)
+        for i in range(nact):
+            lo = lo_[i]
+            hi = hi_[i]
+            if lo < hi:
+                c = cls[i]
+                mid = (lo + hi) >> 1
+                cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, M1[c], M2[c], D[c], new, signed)
+                w = _wins(new, c, margin)
+                hi_[i] = mid if w else hi
+                lo_[i] = lo if w else mid + 1
+                cnt_[i] = cnt if w else cnt_[i]
+    for i in range(nact):
+        x = float(cnt_[i]) if ok_[i] else np.inf
+        if x < upper[cls[i]]:
+            upper[cls[i]] = x
 
 
 @njit(cache=True, inline="always")
@@ -864,7 +874,8 @@ def _scratch(K):
             np.zeros(K), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(G, np.int64),
             np.zeros(G), np.zeros((3, 3), np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
             np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free, np.zeros(3), np.zeros(3, np.bool_),
-            np.zeros((4, K), np.int64), np.zeros((2, K)))
+            np.zeros((4, K), np.int64), np.zeros((2, K)), np.zeros((K, G), np.bool_), np.zeros((K, G), np.bool_),
+            np.zeros((K, G), np.int64), np.zeros(K, np.int64), np.zeros(K, np.int64))
 
 
 @njit(cache=True)
@@ -883,7 +894,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         if cut[g] > cutmax:
             cutmax = cut[g]
     (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, nb, terms, sR,
-     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present, si, sf) = bs
+     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present, si, sf, M1, M2, D, nbeats, active) = bs
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
     tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
     band = 2.0 * user_tol + 4.0 * slack
@@ -952,17 +963,25 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         if ver:
             continue
         rest[cc] = True
-        # (2) safe orders. Variants 3 / 5 (prio: the classes that beat cc) repeat variants 2 / 4 (prio: t
-        # alone) when t is the only class that beats cc: the same search, skipped.
         nbeat = 0
         for k in range(K):
             if k != cc and _beats(s, cc, k):
                 nbeat += 1
-        for variant in range(2, 6):
+        nbeats[cc] = nbeat
+    # (2) safe orders, variant by variant, the searches of all classes of a variant in lockstep (each
+    # class's searches depend only on its own earlier ones). Variants 3 / 5 (prio: the classes that beat
+    # cc) repeat variants 2 / 4 (prio: t alone) when t is the only class that beats cc: the same search,
+    # skipped.
+    for variant in range(2, 6):
+        nact = 0
+        for cc in range(K):
+            if not rest[cc]:
+                continue
+            js = jstar[cc]
             t = js if variant < 4 else pred
             if not ((variant < 4 or js != pred) and upper[cc] > lower[cc]):
                 continue
-            if (variant == 3 or variant == 5) and nbeat == 1 and _beats(s, cc, t):
+            if (variant == 3 or variant == 5) and nbeats[cc] == 1 and _beats(s, cc, t):
                 continue
             for k in range(K):
                 if variant == 2 or variant == 4:
@@ -972,16 +991,16 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
             for g in range(G):
                 cls = g // 2
                 if g % 2 == 0:
-                    member1[g] = cls != cc and not prio[cls]
-                    member2[g] = cls != cc and prio[cls]
-                    dest[g] = cc
+                    M1[cc, g] = cls != cc and not prio[cls]
+                    M2[cc, g] = cls != cc and prio[cls]
+                    D[cc, g] = cc
                 else:
-                    member1[g] = False
-                    member2[g] = g == 2 * cc + 1
-                    dest[g] = t
-            cnt = _safe_search(s, tol, Cc, CT, Xc, Q2, tag, sh, K, GL, cc, member1, member2, dest, new, signed)
-            if cnt < upper[cc]:
-                upper[cc] = cnt
+                    M1[cc, g] = False
+                    M2[cc, g] = g == 2 * cc + 1
+                    D[cc, g] = t
+            active[nact] = cc
+            nact += 1
+        _safe_searches(s, tol, Cc, CT, Xc, Q2, tag, sh, K, GL, active, nact, M1, M2, D, upper, new, signed, si)
     for cc in range(K):
         lower_pair[cc] = lower[cc]
     # Lagrangian lower bounds where the pairwise bound is not tight
