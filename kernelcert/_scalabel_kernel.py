@@ -5,8 +5,9 @@ exactly what the vectorised numpy core of `kernelcert.certificates` computes for
 `_solve` and the window-growing loop of `_run`): the prediction, the radius, the pairwise costs
 P(a, b) and the per-class bounds (pairwise lower bounds, verified greedy / safe-order attacks,
 Lagrangian lower bounds, sequential greedy). The windows, merged lists, prefix sums and count
-tables are built once per row and window size; every pairwise problem, search and bound is then
-a scalar loop over those tables. Every floating-point expression is evaluated in the same order
+tables are built once per row and window size (branch-free merges); every pairwise problem, search
+and bound is then a scalar loop over those tables, the independent binary searches (the K - 1 pairs
+of a class, the safe-order searches of all classes) in lockstep so that their look-ups overlap. Every floating-point expression is evaluated in the same order
 as the numpy code (sequential prefix sums, numpy's pairwise summation for `sum`/`add.reduce`,
 the same binary-search probes), so every integer output (radius, costs, bounds, prediction) is
 bit-identical to the numpy core; `tests/test_scalabel_kernel.py` checks this on random and
@@ -668,7 +669,7 @@ def _greedy_moves(s, X, margin, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v
 
 
 # --------------------------------------------------------------------------- Lagrangian lower bounds
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, nb, terms, hint_j, hint_q):
     """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`).
 
