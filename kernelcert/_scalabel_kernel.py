@@ -5,8 +5,9 @@ exactly what the vectorised numpy core of `kernelcert.certificates` computes for
 `_solve` and the window-growing loop of `_run`): the prediction, the radius, the pairwise costs
 P(a, b) and the per-class bounds (pairwise lower bounds, verified greedy / safe-order attacks,
 Lagrangian lower bounds, sequential greedy). The windows, merged lists, prefix sums and count
-tables are built once per row and window size; every pairwise problem, search and bound is then
-a scalar loop over those tables. Every floating-point expression is evaluated in the same order
+tables are built once per row and window size (branch-free merges); every pairwise problem, search
+and bound is then a scalar loop over those tables, the independent binary searches (the K - 1 pairs
+of a class, the safe-order searches of all classes) in lockstep so that their look-ups overlap. Every floating-point expression is evaluated in the same order
 as the numpy code (sequential prefix sums, numpy's pairwise summation for `sum`/`add.reduce`,
 the same binary-search probes), so every integer output (radius, costs, bounds, prediction) is
 bit-identical to the numpy core; `tests/test_scalabel_kernel.py` checks this on random and
@@ -138,29 +139,102 @@ def _iters(size):
 # --------------------------------------------------------------------------- per-row tables
 @njit(cache=True)
 def _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end):
-    """Stable merge of the decreasing runs src[start:mid] and src[mid:end] into dst[start:end] (the left
-    run first among equals)."""
-    i, j, o = start, mid, start
-    while i < mid and j < end:
-        if src_v[i] >= src_v[j]:
-            dst_v[o] = src_v[i]
-            dst_t[o] = src_t[i]
-            i += 1
-        else:
-            dst_v[o] = src_v[j]
-            dst_t[o] = src_t[j]
-            j += 1
-        o += 1
-    while i < mid:
-        dst_v[o] = src_v[i]
-        dst_t[o] = src_t[i]
-        i += 1
-        o += 1
-    while j < end:
-        dst_v[o] = src_v[j]
-        dst_t[o] = src_t[j]
-        j += 1
-        o += 1
+    """Stable merge of the decreasing runs src[start:mid] and src[mid:end] (both non-empty) into
+    dst[start:end] (the left run first among equals). Branch-free, from both ends at once (two
+    independent chains): the front takes the larger head (the left one among equals), the back the
+    smaller tail (the right one among equals); each end writes its half of the output. Indices are
+    unsigned (no wrap-around code): the front may read src[end] (src holds one entry more than any
+    run ends at), the back reads src[min(ib, jb)] when its left run is used up (ib wrapped below
+    start); such values are never selected."""
+    one = np.uint64(1)
+    us = np.uint64(start)
+    um = np.uint64(mid)
+    ue = np.uint64(end)
+    i = us
+    j = um
+    ib = um - one
+    jb = ue - one
+    o = us
+    ob = ue - one
+    n = end - start
+    for _ in range(n >> 1):
+        a = src_v[i]
+        b = src_v[j]
+        ta = (i < um) & ((j >= ue) | (a >= b))
+        dst_v[o] = a if ta else b
+        dst_t[o] = src_t[i] if ta else src_t[j]
+        ua = np.uint64(ta)
+        i += ua
+        j += one - ua
+        o += one
+        ir = min(ib, jb)  # ib once wrapped (the left run used up) is the largest uint64
+        a = src_v[ir]
+        b = src_v[jb]
+        tb = (jb >= um) & ((ib + one < us + one) | (b <= a))
+        dst_v[ob] = b if tb else a
+        dst_t[ob] = src_t[jb] if tb else src_t[ir]
+        ub = np.uint64(tb)
+        jb -= ub
+        ib -= one - ub
+        ob -= one
+    if n & 1:
+        a = src_v[i]
+        b = src_v[j]
+        ta = (i < um) & ((j >= ue) | (a >= b))
+        dst_v[o] = a if ta else b
+        dst_t[o] = src_t[i] if ta else src_t[j]
+
+
+@njit(cache=True)
+def _merge_double(c, nz, V, Q2):
+    """V[:2 nz]: the positive entries c[:nz] (decreasing) and their doubles merged, decreasing, c
+    first among equals; Q2[:2 nz + 1]: how many doubles among the first q. Branch-free, from both
+    ends at once (`_merge_runs`): the front takes c[i] when c[i] >= 2 c[j], the back 2 c[jb] when
+    2 c[jb] <= c[ib]. Unsigned indices, reads clamped to [0, nz): a used-up list (front: index nz,
+    back: index wrapped below 0) is read at a valid index and never selected."""
+    one = np.uint64(1)
+    un = np.uint64(nz)
+    i = np.uint64(0)
+    j = np.uint64(0)
+    ib = un - one
+    jb = un - one
+    o = np.uint64(0)
+    ob = un + un - one
+    last = un - one if nz > 0 else un
+    Q2[0] = 0
+    for _ in range(nz):
+        x = c[min(i, last)]
+        z = 2.0 * c[min(j, last)]
+        t = (j >= un) | ((i < un) & (x >= z))
+        V[o] = x if t else z
+        ut = np.uint64(t)
+        i += ut
+        j += one - ut
+        o += one
+        Q2[o] = j
+        x = c[min(ib, last)]  # ib once wrapped (c used up) is the largest uint64
+        z = 2.0 * c[min(jb, last)]
+        tb = (jb + one >= one) & ((ib + one < one) | (z <= x))
+        V[ob] = z if tb else x
+        Q2[ob + one] = jb + one
+        ub = np.uint64(tb)
+        jb -= ub
+        ib -= one - ub
+        ob -= one
+
+
+@njit(cache=True)
+def _count_rows(CTf, tag, G, GL):
+    """The dense count table, flat (CTf[q G + g] = CT[q, g]): row q+1 = row q plus the one-hot of
+    tag[q] (each row one vectorised pass over the previous one)."""
+    for g in range(G):
+        CTf[g] = 0
+    base = 0
+    for q in range(GL):
+        t = tag[q]
+        for g in range(G):
+            CTf[base + G + g] = CTf[base + g] + np.int32(g == t)
+        base += G
 
 
 _DENSE_COUNTS = 4096  # up to this many window entries (G L) the count table holds every row
@@ -171,8 +245,8 @@ _SPARSE_SHIFT = 3  # beyond, every 8th row
 def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q2, cnt, sh):
     """Windows X (G, L), cut (G,), prefix sums Xc (G, L+1), merged list c (GL,) with group tags
     (GL,), its prefix sums Cc (GL+1,), count table CT, c ∪ 2c merged V (2GL,) and Q2 (2GL+1,).
-    c and buf_v have GL+1 entries (the last one is a sentinel); cnt (G,) is scratch. Returns nz, the
-    number of positive entries of c (they come first; c[nz:], V[2 nz:] are 0).
+    c, tag, buf_v and buf_t have GL+1 entries (the merges may read one past a run); cnt (G,) is
+    scratch. Returns nz, the number of positive entries of c (they come first; c[nz:], V[2 nz:] are 0).
     Same definitions (and tie orders: stable by flat index) as `certificates._Context`.
 
     CT[r, g] = number of group-g entries among the first r 2^sh entries of c (`_ct` adds the tags
@@ -210,40 +284,63 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
             Xc[g, i + 1] = acc
     # c: stable merge (decreasing, ties by flat index) of the G decreasing group lists. Zeros (the
     # tail of every group) all come last, in flat-index order, so only the positive prefixes are
-    # merged: bottom-up, adjacent runs pairwise (the left run first among equals).
-    runs = np.empty(G + 1, np.int64)
+    # merged: bottom-up, adjacent non-empty runs pairwise (`_merge_runs`, the left run first among
+    # equals: any such merge tree gives the one stable order).
+    runs = cnt  # run starts (cnt is free until the count table is built)
+    nruns = 0
     pos = 0
     for g in range(G):
-        runs[g] = pos
+        x = X[g, 0]
+        if x > 0.0:  # only the non-empty runs
+            runs[nruns] = pos
+            nruns += 1
         for i in range(L):
             x = X[g, i]
             if not x > 0.0:
                 break
-            c[pos] = x
-            tag[pos] = g
             pos += 1
-    runs[G] = pos
     nz = pos
-    src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
-    nruns = G
-    flips = 0
+    # the lists start in c or buf so that the last level lands in c
+    levels = 0
+    while (1 << levels) < nruns:
+        levels += 1
+    if levels % 2 == 1:
+        dst_v, dst_t = buf_v, buf_t
+    else:
+        dst_v, dst_t = c, tag
+    pos = 0
+    for g in range(G):
+        for i in range(L):
+            x = X[g, i]
+            if not x > 0.0:
+                break
+            dst_v[pos] = x
+            dst_t[pos] = g
+            pos += 1
+    dst_v[nz] = -1.0  # the merges may read one entry past a run
+    dst_t[nz] = 0
+    if levels % 2 == 1:
+        src_v, src_t, dst_v, dst_t = buf_v, buf_t, c, tag
+    else:
+        src_v, src_t, dst_v, dst_t = c, tag, buf_v, buf_t
     while nruns > 1:
         k = 0
         while k < nruns:
             start = runs[k]
-            mid = runs[k + 1]
-            end = runs[k + 2] if k + 2 <= nruns else mid
-            _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end)
+            mid = runs[k + 1] if k + 1 < nruns else nz
+            end = runs[k + 2] if k + 2 < nruns else nz
+            if k + 1 < nruns:
+                _merge_runs(src_v, src_t, dst_v, dst_t, start, mid, end)
+            else:
+                for q in range(start, end):
+                    dst_v[q] = src_v[q]
+                    dst_t[q] = src_t[q]
             runs[k // 2] = start
             k += 2
         nruns = (nruns + 1) // 2
-        runs[nruns] = nz
+        dst_v[nz] = -1.0
+        dst_t[nz] = 0
         src_v, src_t, dst_v, dst_t = dst_v, dst_t, src_v, src_t
-        flips += 1
-    if flips % 2 == 1:
-        for q in range(nz):
-            c[q] = buf_v[q]
-            tag[q] = buf_t[q]
     pos = nz
     for g in range(G):
         for i in range(L):
@@ -257,38 +354,31 @@ def _build_tables(row, off, K, L, X, cut, Xc, c, tag, buf_v, buf_t, Cc, CT, V, Q
     for q in range(1, GL):
         acc = acc + c[q]
         Cc[q + 1] = acc
-    mask = (1 << sh) - 1
-    for g in range(G):
-        cnt[g] = 0
-        CT[0, g] = 0
-    for q in range(GL):
-        cnt[tag[q]] += 1
-        if (q + 1) & mask == 0:
-            r = (q + 1) >> sh
-            for g in range(G):
-                CT[r, g] = cnt[g]
+    if sh == 0:
+        # every row: row q+1 = row q plus the one-hot of tag[q], each row one vectorised pass over the
+        # previous one (a per-group counter array read back right after its scalar update would stall)
+        _count_rows(CT.reshape(CT.size), tag, G, GL)
+    else:
+        mask = (1 << sh) - 1
+        for g in range(G):
+            cnt[g] = 0
+            CT[0, g] = 0
+        for q in range(GL):
+            cnt[tag[q]] += 1
+            if (q + 1) & mask == 0:
+                r = (q + 1) >> sh
+                for g in range(G):
+                    CT[r, g] = cnt[g]
     # V: c and 2c merged (decreasing; c first among equals), Q2[q]: 2c entries among the first q.
     # The positive entries of both come first (2 nz of them), then c's GL - nz zeros, then 2c's.
-    c_nz = c[nz] if nz < GL else 0.0
-    c[nz] = -1.0  # a sentinel below every positive entry
-    i, j = 0, 0
-    q2 = 0
-    Q2[0] = 0
-    for o in range(2 * nz):
-        x = c[i]
-        z = 2.0 * c[j]
-        one = x >= z
-        V[o] = x if one else z
-        q2 += 1 - one
-        Q2[o + 1] = q2
-        i += one
-        j += 1 - one
-    if nz < GL:
-        c[nz] = c_nz
+    _merge_double(c, nz, V, Q2)
     c[GL] = -1.0
     for o in range(2 * nz, 2 * GL):
         V[o] = 0.0
-        Q2[o + 1] = nz + max(0, o + 1 - GL - nz)
+    for o in range(2 * nz, GL + nz):  # c's zeros, then 2c's
+        Q2[o + 1] = nz
+    for o in range(GL + nz, 2 * GL):
+        Q2[o + 1] = o + 1 - GL
     return nz
 
 
@@ -298,9 +388,9 @@ def _ct(CT, tag, sh, q, g):
     row (sh is None: a separate compiled specialisation, no branch), else the table row below q (every
     2^sh-th row) plus the tags in between."""
     if sh is None:
-        return CT[q, g]
+        return CT[np.uint64(q), np.uint64(g)]  # unsigned: no wrap-around code
     r = q >> sh
-    k = CT[r, g]
+    k = CT[np.uint64(r), np.uint64(g)]
     for j in range(r << sh, q):
         k += tag[j] == g
     return k
@@ -310,73 +400,110 @@ def _ct(CT, tag, sh, q, g):
 @njit(cache=True, inline="always")
 def _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, q):
     """Sum and number of active reductions of pair (a, b) among the first q entries of V."""
-    q2 = Q2[q]
+    q2 = Q2[np.uint64(q)]
     q1 = q - q2
-    tot = Cc[q1]
+    tot = Cc[np.uint64(q1)]
     cnt = q1
     g = 2 * a
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * a + 1
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * b
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * b + 1
     k = _ct(CT, tag, sh, q1, g)
     cnt -= k
-    tot = tot - Xc[g, k]
+    tot = tot - Xc[np.uint64(g), np.uint64(k)]
     g = 2 * a
     k = _ct(CT, tag, sh, q2, g)
     cnt += k
-    tot = tot + 2.0 * Xc[g, k]
+    tot = tot + 2.0 * Xc[np.uint64(g), np.uint64(k)]
     g = 2 * b + 1
     k = _ct(CT, tag, sh, q2, g)
     cnt += k
-    tot = tot + 2.0 * Xc[g, k]
+    tot = tot + 2.0 * Xc[np.uint64(g), np.uint64(k)]
     return tot, cnt
 
 
 @njit(cache=True)
-def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b):
-    """P(a, b) (float, inf: unreachable), its prefix q in V (-1: none), validity and whether the
-    decision lies within `band` of its threshold (`_pairs`). The binary search probes the same
-    prefixes as `certificates._pairs` (the rounded sums need not be monotone in q); it is skipped
-    where its result is not used (no prefix reaches the threshold)."""
-    sa = s[a]
-    sb = s[b]
-    if sb > sa or (sb == sa and b < a):
-        return 0.0, -1, True, abs(sa - sb) <= band
-    if absum == 0.0:
-        return np.inf, -1, True, abs(sa - sb) <= band
-    T = (sa - sb) - tol
+def _pair_row(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, K, a, P, Qs, NR, si, sf):
+    """P(a, b) for every b (`certificates._pairs`): P[a, b] (inf: unreachable), Qs[a, b] its prefix q in
+    V (-1: none), NR[a, b]: the decision lies within `band` of its threshold. Returns (every P[a, b]
+    valid, some NR[a, b]). si (4, K) int64, sf (2, K) float64: scratch.
+
+    Every binary search probes the same prefixes as `certificates._pairs` (the rounded sums need not
+    be monotone in q); a search is skipped where its result is not used (no prefix reaches the
+    threshold). The searches of the K - 1 pairs run in lockstep, one probe of each per step, with
+    branch-free updates: independent chains of look-ups the processor overlaps."""
+    lo_, hi_, m_, found_ = si[0], si[1], si[2], si[3]
+    T_, tq_ = sf[0], sf[1]
     top = 2 * GL
-    tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)  # (sum, count) at q = hi, kept as hi moves
-    found = tq >= T and m >= 1
-    lo = 0
-    hi = top
-    for _ in range(_iters(top + 1) if found else 0):  # not found: the search's result is not used
-        if lo >= hi:
-            break
-        mid = (lo + hi) >> 1
-        tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, mid)
-        if tot >= T and cnt >= 1:
-            hi = mid
-            tq, m = tot, cnt
+    sa = s[a]
+    ok_all = True
+    nr_any = False
+    for b in range(K):
+        lo_[b] = 0
+        hi_[b] = 0  # lo == hi: no search
+        found_[b] = -1  # decided here (b == a, b already beats a, or all weights 0)
+        if b == a:
+            P[a, b] = 0.0
+            Qs[a, b] = -1
+            NR[a, b] = False
+            continue
+        sb = s[b]
+        if sb > sa or (sb == sa and b < a) or absum == 0.0:
+            P[a, b] = 0.0 if absum != 0.0 or sb > sa or (sb == sa and b < a) else np.inf
+            Qs[a, b] = -1
+            NR[a, b] = abs(sa - sb) <= band
+            nr_any = nr_any or NR[a, b]
+            continue
+        T = (sa - sb) - tol
+        tq, m = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, top)  # (sum, count) at q = hi, kept as hi moves
+        T_[b] = T
+        tq_[b] = tq
+        m_[b] = m
+        hi_[b] = top
+        found_[b] = tq >= T and m >= 1
+        if not found_[b]:  # the search's result is not used
+            lo_[b] = top
+    for _ in range(_iters(top + 1)):
+        for b in range(K):
+            lo = lo_[b]
+            hi = hi_[b]
+            if lo < hi:
+                mid = (lo + hi) >> 1
+                tot, cnt = _pair_active(Cc, CT, tag, sh, Xc, Q2, a, b, mid)
+                hit = (tot >= T_[b]) & (cnt >= 1)
+                hi_[b] = mid if hit else hi
+                lo_[b] = lo if hit else mid + 1
+                tq_[b] = tot if hit else tq_[b]
+                m_[b] = cnt if hit else m_[b]
+    for b in range(K):
+        if found_[b] < 0:
+            continue
+        found = found_[b] == 1
+        T = T_[b]
+        tq = tq_[b]
+        q = hi_[b]
+        v = V[max(q - 1, 0)]
+        need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
+        valid = (v > need) if found else (cutmax == 0.0)
+        near = (T <= 0.0) or (found and (tq - T <= band))
+        Qs[a, b] = q if found else -1
+        NR[a, b] = near
+        nr_any = nr_any or near
+        if T <= 0.0:
+            P[a, b] = 1.0
         else:
-            lo = mid + 1
-    q = hi
-    v = V[max(q - 1, 0)]
-    need = max(cutmax, 2.0 * max(cut[2 * a], cut[2 * b + 1]))
-    valid = (v > need) if found else (cutmax == 0.0)
-    near = (T <= 0.0) or (found and (tq - T <= band))
-    if T <= 0.0:
-        return 1.0, (q if found else -1), True, near
-    return (float(m) if found else np.inf), (q if found else -1), valid, near
+            P[a, b] = float(m_[b]) if found else np.inf
+            ok_all = ok_all and valid
+    return ok_all, nr_any
 
 
 # --------------------------------------------------------------------------- attacks as group prefixes
@@ -384,7 +511,7 @@ def _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b
 def _after(s, Cc, CT, tag, sh, Xc, Q2, K, q, member1, member2, dest, new, signed):
     """Scores `new` (K,) after the moves of a spec in the first q entries of V; returns their number."""
     G = 2 * K
-    q2 = Q2[q]
+    q2 = Q2[np.uint64(q)]
     q1 = q - q2
     count = 0
     for g in range(G):
@@ -394,7 +521,7 @@ def _after(s, Cc, CT, tag, sh, Xc, Q2, K, q, member1, member2, dest, new, signed
         elif member2[g]:
             k = _ct(CT, tag, sh, q2, g)
         count += k
-        moved = Xc[g, k]
+        moved = Xc[np.uint64(g), np.uint64(k)]
         signed[g] = moved if g % 2 == 0 else -moved
     for k in range(K):
         part = 0.0
@@ -419,27 +546,37 @@ def _wins(new, c, margin):
 
 
 @njit(cache=True)
-def _safe_search(s, margin, Cc, CT, Xc, Q2, tag, sh, K, GL, c, member1, member2, dest, new, signed):
-    """Shortest verified prefix of a monotone attack order: (count or inf). The same probes as the
-    numpy core (the rounded verification need not be monotone in the prefix); none when the whole
-    order does not verify (the result is inf then whatever they find)."""
+def _safe_searches(s, margin, Cc, CT, Xc, Q2, tag, sh, K, GL, cls, nact, M1, M2, D, upper, new, signed, si):
+    """Shortest verified prefix of a monotone attack order (count or inf) for the classes cls[:nact],
+    order of class c: member1 M1[c], member2 M2[c], dest D[c] (`_after`); upper[c] is lowered to it.
+    The same probes as the numpy core (the rounded verification need not be monotone in the prefix);
+    none when the whole order does not verify (the result is inf then whatever they find). The
+    searches run in lockstep, one probe of each class per step, with branch-free updates (independent
+    chains the processor overlaps). si (4, K) int64: scratch."""
     top = 2 * GL
-    cnt_hi = _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, member1, member2, dest, new, signed)
-    if not _wins(new, c, margin):  # the whole order does not verify: no prefix is searched
-        return np.inf
-    lo = 0
-    hi = top  # the prefix of length hi verifies (cnt_hi moves); the shortest one is searched
+    lo_, hi_, cnt_, ok_ = si[0], si[1], si[2], si[3]
+    for i in range(nact):
+        c = cls[i]
+        cnt_[i] = _after(s, Cc, CT, tag, sh, Xc, Q2, K, top, M1[c], M2[c], D[c], new, signed)
+        ok_[i] = _wins(new, c, margin)
+        lo_[i] = 0 if ok_[i] else top  # the whole order does not verify: no prefix is searched
+        hi_[i] = top  # the prefix of length hi verifies (cnt moves); the shortest one is searched
     for _ in range(_iters(top + 1)):
-        if lo >= hi:
-            break
-        mid = (lo + hi) >> 1
-        cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, member1, member2, dest, new, signed)
-        if _wins(new, c, margin):
-            hi = mid
-            cnt_hi = cnt
-        else:
-            lo = mid + 1
-    return float(cnt_hi)
+        for i in range(nact):
+            lo = lo_[i]
+            hi = hi_[i]
+            if lo < hi:
+                c = cls[i]
+                mid = (lo + hi) >> 1
+                cnt = _after(s, Cc, CT, tag, sh, Xc, Q2, K, mid, M1[c], M2[c], D[c], new, signed)
+                w = _wins(new, c, margin)
+                hi_[i] = mid if w else hi
+                lo_[i] = lo if w else mid + 1
+                cnt_[i] = cnt if w else cnt_[i]
+    for i in range(nact):
+        x = float(cnt_[i]) if ok_[i] else np.inf
+        if x < upper[cls[i]]:
+            upper[cls[i]] = x
 
 
 @njit(cache=True, inline="always")
@@ -532,7 +669,7 @@ def _greedy_moves(s, X, margin, K, L, c, max_steps, sc, ptr, val, scn_, wn_, T1v
 
 
 # --------------------------------------------------------------------------- Lagrangian lower bounds
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_step, nb, terms, hint_j, hint_q):
     """Sum and number of the reductions >= tau (> tau when strict) of the relaxation (`counts`).
 
@@ -549,7 +686,7 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
             continue
         if j == hint_j and not strict:
             p = hint_q + 1
-            while p < GL and fu[j] * c[p] >= tau:
+            while p < GL and fu[j] * c[np.uint64(p)] >= tau:
                 p += 1
             npos[j] = p
             continue
@@ -559,7 +696,7 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
             fj = fu[j]
             while lo < hi:
                 mid = (lo + hi) >> 1
-                if fj * c[mid] >= tau:
+                if fj * c[np.uint64(mid)] >= tau:
                     lo = mid + 1
                 else:
                     hi = mid
@@ -581,7 +718,7 @@ def _lag_counts(c, CT, tag, sh, Xc, K, GL, fu, fi, f, present, tau, strict, top_
         if fi[g] >= 0:
             k = _ct(CT, tag, sh, npos[fi[g]], g)
         n += k
-        terms[g] = f[g] * Xc[g, k]
+        terms[g] = f[g] * Xc[np.uint64(g), np.uint64(k)]
     return 0.0 + _pairwise_sum(terms, 0, G), n
 
 
@@ -717,8 +854,8 @@ def _tables(K, L):
     G = 2 * K
     GL = G * L
     rows = GL if GL <= _DENSE_COUNTS else GL >> _SPARSE_SHIFT  # rows of the count table (`_build_tables`)
-    return (np.empty((G, L)), np.empty(G), np.empty((G, L + 1)), np.empty(GL + 1), np.empty(GL, np.int64),
-            np.empty(GL + 1), np.empty(GL, np.int64), np.empty(GL + 1), np.empty((rows + 1, G), np.int32),
+    return (np.empty((G, L)), np.empty(G), np.empty((G, L + 1)), np.empty(GL + 1), np.empty(GL + 1, np.int64),
+            np.empty(GL + 1), np.empty(GL + 1, np.int64), np.empty(GL + 1), np.empty((rows + 1, G), np.int32),
             np.empty(2 * GL), np.empty(2 * GL + 1, np.int64), np.empty(G, np.int32))
 
 
@@ -737,7 +874,9 @@ def _scratch(K):
             np.zeros(K), np.zeros(G), np.zeros(K, np.bool_), np.zeros(K, np.int64), np.zeros(K, np.bool_),
             np.zeros(K), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(K, np.bool_), np.zeros(G, np.int64),
             np.zeros(G), np.zeros((3, 3), np.int64), np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(G, np.int64),
-            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free, np.zeros(3), np.zeros(3, np.bool_))
+            np.zeros(G), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(K), np.zeros(G), first_free, np.zeros(3), np.zeros(3, np.bool_),
+            np.zeros((4, K), np.int64), np.zeros((2, K)), np.zeros((K, G), np.bool_), np.zeros((K, G), np.bool_),
+            np.zeros((K, G), np.int64), np.zeros(K, np.int64), np.zeros(K, np.int64))
 
 
 @njit(cache=True)
@@ -756,7 +895,7 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         if cut[g] > cutmax:
             cutmax = cut[g]
     (NR, member1, member2, dest, new, signed, prio, jstar, rest, lower_pair, R, beat, top2, fi, f, nb, terms, sR,
-     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present) = bs
+     sc, ptr, val, scn_, wn_, T1v, A, worst, first_free, fu, present, si, sf, M1, M2, D, nbeats, active) = bs
     slack = 16.0 * (n + G * L + 16) * _EPS * absum
     tol = user_tol + slack  # an attack succeeds within tol; a verified attack wins by more than tol
     band = 2.0 * user_tol + 4.0 * slack
@@ -767,21 +906,13 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
     for a in range(K):
         if mode == MODE_RADIUS and a != pred:
             continue
-        for b in range(K):
-            if a == b:
-                P[a, b] = 0.0
-                Qs[a, b] = -1
-                NR[a, b] = False
-                continue
-            p, q, ok, near = _pair(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, a, b)
-            P[a, b] = p
-            Qs[a, b] = q
-            NR[a, b] = near
-            nr_any = nr_any or near
-            if not ok:
-                pairs_ok = False
-            if a == pred and p < best:
-                best = p
+        ok, near = _pair_row(s, tol, band, absum, Cc, CT, Xc, Q2, V, tag, sh, cut, cutmax, GL, K, a, P, Qs, NR, si, sf)
+        pairs_ok = pairs_ok and ok
+        nr_any = nr_any or near
+        if a == pred:
+            for b in range(K):
+                if b != a and P[a, b] < best:
+                    best = P[a, b]
     # rows to resolve exactly: top two scores within the band, or a pair attaining the radius decided in it
     second = -np.inf
     for k in range(K):
@@ -833,17 +964,25 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
         if ver:
             continue
         rest[cc] = True
-        # (2) safe orders. Variants 3 / 5 (prio: the classes that beat cc) repeat variants 2 / 4 (prio: t
-        # alone) when t is the only class that beats cc: the same search, skipped.
         nbeat = 0
         for k in range(K):
             if k != cc and _beats(s, cc, k):
                 nbeat += 1
-        for variant in range(2, 6):
+        nbeats[cc] = nbeat
+    # (2) safe orders, variant by variant, the searches of all classes of a variant in lockstep (each
+    # class's searches depend only on its own earlier ones). Variants 3 / 5 (prio: the classes that beat
+    # cc) repeat variants 2 / 4 (prio: t alone) when t is the only class that beats cc: the same search,
+    # skipped.
+    for variant in range(2, 6):
+        nact = 0
+        for cc in range(K):
+            if not rest[cc]:
+                continue
+            js = jstar[cc]
             t = js if variant < 4 else pred
             if not ((variant < 4 or js != pred) and upper[cc] > lower[cc]):
                 continue
-            if (variant == 3 or variant == 5) and nbeat == 1 and _beats(s, cc, t):
+            if (variant == 3 or variant == 5) and nbeats[cc] == 1 and _beats(s, cc, t):
                 continue
             for k in range(K):
                 if variant == 2 or variant == 4:
@@ -853,16 +992,16 @@ def _solve_row(row, off, K, L, complete, n, user_tol, absum, s, pred, mode, P, Q
             for g in range(G):
                 cls = g // 2
                 if g % 2 == 0:
-                    member1[g] = cls != cc and not prio[cls]
-                    member2[g] = cls != cc and prio[cls]
-                    dest[g] = cc
+                    M1[cc, g] = cls != cc and not prio[cls]
+                    M2[cc, g] = cls != cc and prio[cls]
+                    D[cc, g] = cc
                 else:
-                    member1[g] = False
-                    member2[g] = g == 2 * cc + 1
-                    dest[g] = t
-            cnt = _safe_search(s, tol, Cc, CT, Xc, Q2, tag, sh, K, GL, cc, member1, member2, dest, new, signed)
-            if cnt < upper[cc]:
-                upper[cc] = cnt
+                    M1[cc, g] = False
+                    M2[cc, g] = g == 2 * cc + 1
+                    D[cc, g] = t
+            active[nact] = cc
+            nact += 1
+        _safe_searches(s, tol, Cc, CT, Xc, Q2, tag, sh, K, GL, active, nact, M1, M2, D, upper, new, signed, si)
     for cc in range(K):
         lower_pair[cc] = lower[cc]
     # Lagrangian lower bounds where the pairwise bound is not tight

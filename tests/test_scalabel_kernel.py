@@ -168,3 +168,44 @@ def test_bad_arguments(call, msg):
     W, y = np.ones((2, 4)), np.array([0, 1, 2, 0])
     with pytest.raises(ValueError, match=msg):
         call(W, y)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_table_building_blocks_against_numpy(seed):
+    """The branch-free merges and the dense count table against numpy's stable sort and cumsum, on
+    runs full of ties (few distinct values), runs of length 1 and odd total lengths, starting at 0."""
+    rng = np.random.default_rng([31, seed])
+    for _ in range(40):
+        G = int(rng.integers(1, 9))
+        lens = rng.integers(1, 7, G)
+        vals = [np.sort(rng.choice([0.25, 0.5, 1.0, 2.0, 3.0], m) * rng.choice([1.0, 1.5]))[::-1] for m in lens]
+        flat = np.concatenate(vals)
+        tags = np.repeat(np.arange(G), lens)
+        nz = flat.size
+        order = np.argsort(-flat, kind="stable")  # decreasing, ties by flat index
+        # merge two adjacent runs (as `_build_tables` does level by level) of the flat list
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        k = int(rng.integers(0, G - 1)) if G > 1 else 0
+        if G > 1:
+            s0, m0, e0 = starts[k], starts[k + 1], starts[k + 2]
+            src_v = np.append(flat, -1.0)
+            src_t = np.append(tags, 0).astype(np.int64)
+            dst_v, dst_t = np.full(nz + 1, np.nan), np.full(nz + 1, -7, np.int64)
+            _scalabel_kernel._merge_runs(src_v, src_t, dst_v, dst_t, s0, m0, e0)
+            o = s0 + np.argsort(-flat[s0:e0], kind="stable")
+            np.testing.assert_array_equal(dst_v[s0:e0], flat[o])
+            np.testing.assert_array_equal(dst_t[s0:e0], tags[o])
+            assert np.isnan(dst_v[:s0]).all() and np.isnan(dst_v[e0:]).all()  # nothing outside the runs
+        # c and 2c merged, c first among equals; Q2 counts the doubles
+        c = np.append(flat[order], [0.0])
+        V, Q2 = np.zeros(2 * nz), np.zeros(2 * nz + 1, np.int64)
+        _scalabel_kernel._merge_double(c, nz, V, Q2)
+        both = np.concatenate([c[:nz], 2.0 * c[:nz]])
+        o2 = np.argsort(-both, kind="stable")
+        np.testing.assert_array_equal(V, both[o2])
+        np.testing.assert_array_equal(Q2, np.concatenate([[0], np.cumsum(o2 >= nz)]))
+        # dense count table: CT[q, g] = group-g entries among the first q
+        CT = np.full((nz + 1, G), -1, np.int32)
+        _scalabel_kernel._count_rows(CT.reshape(-1), tags[order].astype(np.int64), G, nz)
+        ref = np.concatenate([np.zeros((1, G), int), np.cumsum(tags[order][:, None] == np.arange(G), axis=0)])
+        np.testing.assert_array_equal(CT, ref)
