@@ -73,7 +73,8 @@ def _ours(method, scores, labels, K, k, d, votes=None):
     t = len(labels)
     if method in ("dpa", "dpa_large", "fa"):
         if method != "fa" and votes is None:  # DPA: one compiled pass, votes never stored, counts kept
-            counts = np.empty((t, K), np.uint16 if scores.shape[1] <= 65535 else np.int64)  # fewer pages to fault in
+            M = scores.shape[1]  # the smallest counts that hold M: fewer pages to fault in
+            counts = np.empty((t, K), np.uint8 if M <= 255 else np.uint16 if M <= 65535 else np.int64)
             r = dpa_from_scores(scores, counts_out=counts)
         else:
             if votes is None:

@@ -5,7 +5,7 @@
  *
  * argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool
  *   scores      C-contiguous float32 (t, M, K), read once (any object with the buffer protocol)
- *   counts      C-contiguous (t, K) of int64, int32 or uint16 (M must fit), written: votes per class
+ *   counts      C-contiguous (t, K) of int64, int32, uint16 or uint8 (M must fit), written: votes per class
  *               (overwritten, not accumulated); or None: not stored (no (t, K) output to allocate and
  *               fault in)
  *   prediction  int64 (t,), written: the plurality winner p (ties to the smaller class index)
@@ -213,9 +213,12 @@ static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, in
             else if (counts_size == 4)
                 for (int c = 0; c < K; c++)
                     ((int32_t *)counts)[at_row + c] = n[c];
-            else
+            else if (counts_size == 2)
                 for (int c = 0; c < K; c++)
                     ((uint16_t *)counts)[at_row + c] = (uint16_t)n[c];
+            else
+                for (int c = 0; c < K; c++)
+                    ((uint8_t *)counts)[at_row + c] = (uint8_t)n[c];
         }
     }
     __m256 g = _mm256_add_ps(_mm256_add_ps(f[0], f[1]), _mm256_add_ps(f[2], f[3]));  /* NaN iff not finite */
@@ -247,7 +250,7 @@ static int have_avx2(void)
 #endif
 }
 
-/* the item size of a counts buffer of int64, int32 or uint16 (native struct format codes), else 0 */
+/* the item size of a counts buffer of int64, int32, uint16 or uint8 (native struct format codes), else 0 */
 static int counts_dtype_size(const Py_buffer *b)
 {
     const char *f = b->format == NULL ? "B" : b->format;
@@ -261,6 +264,8 @@ static int counts_dtype_size(const Py_buffer *b)
         return 4;
     if (f[0] == 'H' && b->itemsize == 2)
         return 2;
+    if (f[0] == 'B' && b->itemsize == 1)
+        return 1;
     return 0;
 }
 
@@ -292,8 +297,9 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
     if (K < 8 || K > 16 || t < 0 || M < 1 || M > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "argmax_margin_f32 needs 8 <= K <= 16, t >= 0, 1 <= M < 2**31");
         ok = 0;
-    } else if (keep_counts && (counts_size == 0 || (counts_size == 2 && M > 65535))) {
-        PyErr_SetString(PyExc_ValueError, "counts must be int64, int32 or uint16 (then M <= 65535), or None");
+    } else if (keep_counts && (counts_size == 0 || (counts_size == 2 && M > 65535) || (counts_size == 1 && M > 255))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "counts must be int64, int32, uint16 (then M <= 65535) or uint8 (M <= 255), or None");
         ok = 0;
     } else if (!have_avx2()) {
         PyErr_SetString(PyExc_RuntimeError, "argmax_margin_f32 needs a CPU with AVX2 and FMA");
@@ -324,7 +330,8 @@ static PyObject *argmax_margin_f32(PyObject *Py_UNUSED(self), PyObject *args)
 static PyMethodDef methods[] = {
     {"argmax_margin_f32", argmax_margin_f32, METH_VARARGS,
      "argmax_margin_f32(scores, t, M, K, counts, prediction, radius) -> bool: the DPA pass over float32 "
-     "scores (t, M, K), 8 <= K <= 16 (counts: int64, int32 or uint16 (t, K), or None; see the module source); "
+     "scores (t, M, K), 8 <= K <= 16 (counts: int64, int32, uint16 or uint8 (t, K), or None; see the module "
+     "source); "
      "True if a score "
      "is NaN or infinite."},
     {NULL, NULL, 0, NULL}};

@@ -51,7 +51,7 @@ def dpa_from_scores(scores: npt.ArrayLike, *, counts_out: npt.NDArray[np.integer
     for the first maximiser of its K scores (as `numpy.argmax`); votes are counted and the
     certificate computed in one compiled pass over the scores (`voting.argmax_plurality_margin`), which reads
     every score once and never stores the votes. Same input rules and errors as
-    `voting.argmax_counts`. counts_out: an array (t, K) of int64, int32 or uint16 (M must fit) that
+    `voting.argmax_counts`. counts_out: an array (t, K) of int64, int32, uint16 or uint8 (M must fit) that
     receives the vote counts."""
     prediction, radius = argmax_plurality_margin(scores, counts_out)
     return AggregateResult(prediction=prediction, radius=radius)

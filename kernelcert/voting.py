@@ -313,7 +313,7 @@ def _native_dpa_applies(s: np.ndarray) -> bool:
 def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np.ndarray, radius: np.ndarray,
                         native: bool) -> bool:
     """The fused DPA pass over s (t >= 1, M, K) from `scores_for_argmax` into counts (t, K) int64
-    (C-contiguous, overwritten; int32 or uint16 for the C pass only; None: the C pass keeps them per
+    (C-contiguous, overwritten; int32, uint16 or uint8 for the C pass only; None: the C pass keeps them per
     row only), prediction and radius (t,) int64; True if a score is NaN or infinite. native: the C pass (`_native_dpa_applies(s)`
     must hold), else the numba kernel (its oracle in the tests, with numpy's argmax)."""
     if native:
@@ -329,7 +329,7 @@ def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np
     return bool(_argmax_margin_any(s, buf, counts, prediction, radius))
 
 
-COUNT_DTYPES = (np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.uint16))
+COUNT_DTYPES = (np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.uint16), np.dtype(np.uint8))
 """dtypes `argmax_plurality_margin` writes vote counts in (a smaller one: fewer pages to allocate)."""
 
 
@@ -337,7 +337,7 @@ def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.in
                             ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """`plurality_margin` of `argmax_counts(scores)` in one compiled call: the scores are read
     once, the votes never stored. Same input rules and errors as `argmax_votes`. counts_out: a
-    C-contiguous array (t, K) of int64, int32 or uint16 (`COUNT_DTYPES`; the number of models M
+    C-contiguous array (t, K) of int64, int32, uint16 or uint8 (`COUNT_DTYPES`; the number of models M
     must fit in it) that receives the vote counts. float32 scores with 8 <= K <= 16 run the C pass
     where `NATIVE_DPA` (no numba initialisation or cache load; the same votes, counts, predictions
     and radii as the numba kernel, bit for bit)."""
@@ -349,8 +349,8 @@ def argmax_plurality_margin(scores: npt.ArrayLike, counts_out: npt.NDArray[np.in
         counts = None if native else np.empty((t, K), np.int64)
     elif (counts_out.shape != (t, K) or counts_out.dtype not in COUNT_DTYPES or not counts_out.flags.c_contiguous
           or M > np.iinfo(counts_out.dtype).max):
-        raise ValueError(f"counts_out must be a C-contiguous array of shape {(t, K)} and dtype int64, int32 or "
-                         f"uint16 that holds M = {M}, got {counts_out.dtype} {counts_out.shape}")
+        raise ValueError(f"counts_out must be a C-contiguous array of shape {(t, K)} and dtype int64, int32, uint16 "
+                         f"or uint8 that holds M = {M}, got {counts_out.dtype} {counts_out.shape}")
     else:
         counts = counts_out if native or counts_out.dtype == np.int64 else np.empty((t, K), np.int64)
     prediction = np.empty(t, np.int64)

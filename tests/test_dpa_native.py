@@ -89,7 +89,7 @@ def test_native_pass_equals_numba_and_numpy(K, kind):
             np.testing.assert_array_equal(p, p0, err_msg=msg)
             np.testing.assert_array_equal(r, r0, err_msg=msg)
             np.testing.assert_array_equal(n, n0, err_msg=msg)
-        for dtype in (np.int32, np.uint16):  # smaller counts, written by the C pass (numba: converted)
+        for dtype in (np.int32, np.uint16) + ((np.uint8,) if M <= 255 else ()):  # smaller counts (numba: converted)
             n = np.full((t, K), 9, dtype)
             p, r = argmax_plurality_margin(s, n)
             np.testing.assert_array_equal(n, n0, err_msg=f"seed {seed}, M {M}, counts {dtype}")
@@ -178,14 +178,16 @@ def test_native_pass_input_checks():
         _argmax_c.argmax_margin_f32(s, 2, 3, 10, np.empty((2, 9), np.int64), p, r)
     with pytest.raises(ValueError, match="8 <= K <= 16"):
         _argmax_c.argmax_margin_f32(np.zeros((2, 3, 7), np.float32), 2, 3, 7, n, p, r)
-    for dtype in (np.uint32, np.int16, np.float64, np.uint64):  # counts: int64, int32 or uint16 only
-        with pytest.raises(ValueError, match="int64, int32 or uint16"):
+    for dtype in (np.uint32, np.int16, np.int8, np.float64, np.uint64):  # counts: int64, int32, uint16, uint8 only
+        with pytest.raises(ValueError, match="int64, int32, uint16"):
             _argmax_c.argmax_margin_f32(s, 2, 3, 10, np.empty((2, 10), dtype), p, r)
     big = np.zeros((1, 65536, 10), np.float32)
     with pytest.raises(ValueError, match="M <= 65535"):  # uint16 counts must hold M
         _argmax_c.argmax_margin_f32(big, 1, 65536, 10, np.empty((1, 10), np.uint16), p[:1], r[:1])
     with pytest.raises(ValueError, match="counts_out"):
         argmax_plurality_margin(big, np.empty((1, 10), np.uint16))
+    with pytest.raises(ValueError, match="M <= 255"):  # uint8 counts: M <= 255
+        _argmax_c.argmax_margin_f32(big[:, :256], 1, 256, 10, np.empty((1, 10), np.uint8), p[:1], r[:1])
     read_only = np.empty(2, np.int64)
     read_only.setflags(write=False)
     with pytest.raises(TypeError):  # outputs must be writable
