@@ -196,3 +196,23 @@ def test_stored_block_equals_stacked_rows(tmp_path, monkeypatch, seed, preadv):
                 want = np.stack(parts, axis=1)
                 assert got[f].dtype == want.dtype and got[f].flags.c_contiguous
                 assert got[f].tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("preadv", [True, False])
+def test_stored_block_of_a_truncated_file_raises(tmp_path, monkeypatch, preadv):
+    """A unit file cut short after it was indexed: `read_stored_block` names the file and the member
+    instead of returning rows it did not read (both the positioned-read and the per-member path)."""
+    monkeypatch.setattr(store, "_HAS_PREADV", preadv and store._HAS_PREADV)
+    rng = np.random.default_rng(7)
+    files = []
+    for m in range(3):
+        arrays = {"L0.votes": rng.integers(0, 3, 40).astype(np.int16), "L0.scores": rng.normal(size=(40, 3))}
+        store.atomic_save_npz(tmp_path / f"u{m}.npz", arrays)
+        files.append(store.UnitFile(tmp_path / f"u{m}.npz"))
+    np.testing.assert_array_equal(store.read_stored_block(files, 0, 0, 40, ["votes", "scores"])["votes"][:, 1],
+                                  files[1].rows("L0.votes", 0, 40))
+    offset = files[1]._index["L0.scores"][0]
+    with open(files[1].path, "r+b") as fh:  # the file ends inside the scores' rows
+        fh.truncate(offset + 8 * 3 * 20)
+    with pytest.raises(ValueError, match=r"u1\.npz: truncated member L0\.scores"):
+        store.read_stored_block(files, 0, 10, 30, ["votes", "scores"])

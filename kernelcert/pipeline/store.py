@@ -291,15 +291,21 @@ class UnitFile:
                     out[...] = _widen_codes(src, out.dtype) if codes else src
                     continue
                 size = out.nbytes
-                got = os.preadv(fd, [out.reshape(-1).view(np.uint8).data], offset + lo * (size // (hi - lo))) if size else 0
-                if got != size:
-                    raise ValueError(f"{self.path}: truncated member {name}")
+                if size:
+                    _preadv_exact(fd, self.path, name, out.reshape(-1).view(np.uint8).data, offset + lo * (size // (hi - lo)))
         finally:
             os.close(fd)
 
     def meta(self) -> dict[str, Any]:
         """The unit's JSON metadata."""
         return json.loads(str(self.rows("meta")[()]))
+
+
+def _preadv_exact(fd: int, path: PathLike, name: str, view: memoryview, offset: int) -> None:
+    """Fill `view` (a writable byte buffer) from `fd` at `offset`; a short read means member `name`
+    of the unit file `path` is truncated."""
+    if os.preadv(fd, [view], offset) != view.nbytes:
+        raise ValueError(f"{path}: truncated member {name}")
 
 
 def _clip_rows(shape: tuple[int, ...], start: int, stop: int | None) -> tuple[int, int]:
@@ -341,7 +347,6 @@ def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop:
         buffers.append(np.empty((min(len(files), _STACK_TILE), *shapes.pop()), dtype))
     out = {f: np.empty((b.shape[1], len(files), *b.shape[2:]), b.dtype) for f, b in zip(fields, buffers)}
     views = [[b[i].reshape(-1).view(np.uint8).data for b in buffers] for i in range(len(buffers[0]))]
-    sizes = [b[0].nbytes for b in buffers]
     for m0 in range(0, len(files), _STACK_TILE):
         tile = files[m0:m0 + _STACK_TILE]
         for i, uf in enumerate(tile):
@@ -351,9 +356,9 @@ def read_stored_block(files: Sequence[UnitFile], learner: int, start: int, stop:
             fd = os.open(uf.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             try:
                 index = uf._index
-                for name, view, first, size in zip(names, views[i], first_rows, sizes):
-                    if size and os.preadv(fd, [view], index[name][0] + first) != size:
-                        raise ValueError(f"{uf.path}: truncated member {name}")
+                for name, view, first in zip(names, views[i], first_rows):
+                    if view.nbytes:
+                        _preadv_exact(fd, uf.path, name, view, index[name][0] + first)
             finally:
                 os.close(fd)
         for f, b in zip(fields, buffers):
