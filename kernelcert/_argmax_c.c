@@ -85,9 +85,9 @@ static inline __m256 load_pair(const float *p, const float *q)
     return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(q), 1);
 }
 
-/* software prefetch distance of the pass: at t = 10,000 x M = 50 x K = 10 (20 MB) it cut the pass from
-   1.36 to 1.16 streaming reads, at M = 1200 (96 MB) from 1.76 to 1.01 (2 KiB: 1.09 / 1.13, 8 KiB:
-   1.17 / 0.92) on the measuring machine */
+/* software prefetch distance of the pass, chosen among 1, 2, 4 and 8 KiB by timing the pass alone on
+   this machine (20 MB and 480 MB of logits); `python -m benchmarks.published` reports the pass it
+   gives as *kernelcert again / read* */
 #define PREFETCH_BYTES 4096
 
 /* offset of chunk j (of NC) in a model's K scores: 4j, the last one K - 4 */
@@ -169,7 +169,7 @@ static inline int dpa_pass(const float *s, Py_ssize_t t, Py_ssize_t M, int K, in
             __m256i acc = _mm256_setzero_si256();  /* byte counters: at most 255 pairs */
             const Py_ssize_t stop = pairs_end - m > 2 * 255 ? m + 2 * 255 : pairs_end;
             for (; m < stop; m += 2, p += 2 * K) {
-                /* a hint 4 KiB ahead (never faults, also past the end): about 1.2x faster here */
+                /* a hint PREFETCH_BYTES ahead (never faults, also past the end) */
                 _mm_prefetch((const char *)((uintptr_t)p + PREFETCH_BYTES), _MM_HINT_T0);
                 acc = pair_votes(p, K, NC, acc, f);
             }

@@ -313,9 +313,10 @@ def _native_dpa_applies(s: np.ndarray) -> bool:
 def _argmax_margin_into(s: np.ndarray, counts: np.ndarray | None, prediction: np.ndarray, radius: np.ndarray,
                         native: bool) -> bool:
     """The fused DPA pass over s (t >= 1, M, K) from `scores_for_argmax` into counts (t, K) int64
-    (C-contiguous, overwritten; int32, uint16 or uint8 for the C pass only; None: the C pass keeps them per
-    row only), prediction and radius (t,) int64; True if a score is NaN or infinite. native: the C pass (`_native_dpa_applies(s)`
-    must hold), else the numba kernel (its oracle in the tests, with numpy's argmax)."""
+    (C-contiguous, overwritten; int32, uint16 or uint8 for the C pass only; None: the C pass keeps
+    them per row only), prediction and radius (t,) int64; True if a score is NaN or infinite.
+    native: the C pass (`_native_dpa_applies(s)` must hold), else the numba kernel (its oracle in
+    the tests, with numpy's argmax)."""
     if native:
         assert _argmax_c is not None
         t, M, K = s.shape
